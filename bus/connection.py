@@ -1,0 +1,58 @@
+"""Connecting to NATS: reconnect forever once up, fail fast and clearly when it never was."""
+
+from __future__ import annotations
+
+import logging
+
+import nats
+from nats.aio.client import Client
+
+from bus.errors import BusUnavailable
+
+log = logging.getLogger("soma.bus")
+
+
+def unreachable_message(url: str, err: BaseException | str) -> str:
+    return (
+        f"cannot reach NATS at {url} ({err}). "
+        "Start the whole system with `soma up` (it starts an embedded nats-server), "
+        "or start nats-server with JetStream (`nats-server -js`) and point NATS_URL at it."
+    )
+
+
+def connection_options(url: str, name: str) -> dict:
+    """Options shared by raw clients and the FastStream broker: reconnect without limit."""
+
+    async def _error(err: Exception) -> None:
+        log.warning("nats connection error (%s): %s", url, err)
+
+    async def _disconnected() -> None:
+        log.warning("nats disconnected from %s; reconnecting", url)
+
+    async def _reconnected() -> None:
+        log.info("nats reconnected to %s", url)
+
+    return {
+        "servers": [u.strip() for u in url.split(",")],
+        "name": name,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+        "connect_timeout": 3,
+        "allow_reconnect": True,
+        "error_cb": _error,
+        "disconnected_cb": _disconnected,
+        "reconnected_cb": _reconnected,
+    }
+
+
+async def connect(url: str, name: str = "soma") -> Client:
+    """A nats-py client; ``BusUnavailable`` names the URL and what to run if none answers."""
+    opts = connection_options(url, name)
+    opts["max_reconnect_attempts"] = 2
+    try:
+        nc = await nats.connect(**opts)
+    except Exception as exc:
+        raise BusUnavailable(unreachable_message(url, exc)) from exc
+    nc._max_reconnect_attempts = -1  # once connected, keep trying for ever
+    nc.options["max_reconnect_attempts"] = -1
+    return nc

@@ -1,0 +1,157 @@
+"""The consumer runtime: one function decides the fate of every delivered message.
+
+    decode envelope + payload ──bad──▶ dead letter (reason) + term, and `<service>.failed`
+    handler ok                  ─────▶ publish reply event (id derived from the command) + ack
+    handler raises Rejected     ─────▶ publish `<service>.failed` + ack
+    handler raises anything else ───▶ nak with backoff; past MaxDeliver ▶ dead letter + term
+
+The reply's message id is derived from the command's id, so a redelivered command that is
+handled again publishes a reply the server drops as a duplicate: the effect is not doubled.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from bus import deadletter
+from bus.errors import Rejected
+from bus.metrics import HANDLE_SECONDS, MESSAGES
+from bus.publish import publish
+from bus.service import Handler
+from bus.tracing import consuming, current_traceparent
+from schemas.catalogue import MessageType, UnknownMessage, by_subject, failed_event
+from schemas.common import CommandFailed
+from schemas.envelope import Envelope, EnvelopeError
+
+log = logging.getLogger("soma.consume")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Redelivery delays: ``initial * coefficient**(n-1)``, capped; dead letter after max_deliver."""
+
+    max_deliver: int = 5
+    initial: float = 1.0
+    coefficient: float = 2.0
+    maximum: float = 60.0
+
+    def delay(self, delivered: int) -> float:
+        return min(self.initial * self.coefficient ** max(delivered - 1, 0), self.maximum)
+
+
+Route = tuple[MessageType, Handler]
+
+
+def reply_id(command_id: str, suffix: str = "reply") -> str:
+    return f"{command_id}.{suffix}"
+
+
+def _deliveries(msg: Msg) -> int:
+    try:
+        return msg.metadata.num_delivered or 1
+    except Exception:
+        return 1
+
+
+async def _fail_event(
+    js: JetStreamContext, service: str, env: Envelope, error: str, retryable: bool
+) -> None:
+    entry = failed_event(service)
+    event = CommandFailed(command=env.schema, error=error, retryable=retryable)
+    reply = env.reply(entry.name, reply_id(env.message_id, "failed"))
+    await publish(js, event, reply, entry=entry)
+
+
+def make_processor(
+    js: JetStreamContext,
+    service: str,
+    routes: dict[str, Handler],
+    policy: RetryPolicy,
+    *,
+    emit_replies: bool = True,
+) -> Callable[[Msg], Awaitable[None]]:
+    """Build the per-message function for one service; ``routes`` maps schema name → handler."""
+
+    async def to_dead_letters(msg: Msg, reason: str, env: Envelope | None, deliveries: int) -> None:
+        log.error("%s: dead-lettering %s: %s", service, msg.subject, reason)
+        await deadletter.dead_letter(js, msg, reason=reason, service=service, deliveries=deliveries)
+        if env is not None and emit_replies:
+            await _fail_event(js, service, env, reason, retryable=False)
+        MESSAGES.labels(service, env.schema if env else "?", "dead_lettered").inc()
+        await msg.term()
+
+    async def process(msg: Msg) -> None:
+        deliveries = _deliveries(msg)
+        try:
+            env = Envelope.from_headers(msg.headers)
+        except EnvelopeError as exc:
+            await to_dead_letters(msg, f"undecodable envelope: {exc}", None, deliveries)
+            return
+        try:
+            entry = by_subject(msg.subject)
+        except UnknownMessage as exc:
+            await to_dead_letters(msg, str(exc), env, deliveries)
+            return
+        handler = routes.get(entry.name)
+        if handler is None:
+            await to_dead_letters(msg, f"{service} has no handler for {entry.name}", env, deliveries)
+            return
+        try:
+            payload = entry.decode(msg.data)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            await to_dead_letters(msg, f"schema-invalid {entry.name}: {exc}", env, deliveries)
+            return
+
+        started = time.perf_counter()
+        with consuming(env.traceparent, f"{service} {entry.name}"):
+            try:
+                result = await handler(payload, env)
+                if result is not None and emit_replies:
+                    await _reply(js, env, result)
+            except Rejected as exc:
+                log.info("%s: rejected %s %s: %s", service, entry.name, env.message_id, exc)
+                if emit_replies:
+                    await _fail_event(js, service, env, str(exc), retryable=False)
+                MESSAGES.labels(service, entry.name, "rejected").inc()
+                await msg.ack()
+                return
+            except Exception as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+                if deliveries >= policy.max_deliver:
+                    await to_dead_letters(
+                        msg, f"failed {deliveries} times, last: {reason}", env, deliveries
+                    )
+                    return
+                delay = policy.delay(deliveries)
+                log.warning(
+                    "%s: %s %s failed (delivery %d/%d), retry in %.1fs: %s",
+                    service, entry.name, env.message_id, deliveries, policy.max_deliver, delay,
+                    reason,
+                )
+                MESSAGES.labels(service, entry.name, "retried").inc()
+                await msg.nak(delay=delay)
+                return
+            finally:
+                HANDLE_SECONDS.labels(service, entry.name).observe(time.perf_counter() - started)
+        MESSAGES.labels(service, entry.name, "ok").inc()
+        await msg.ack()
+
+    return process
+
+
+async def _reply(js: JetStreamContext, env: Envelope, result: msgspec.Struct) -> None:
+    from schemas.catalogue import of_type
+
+    entry = of_type(type(result))
+    reply = env.reply(entry.name, reply_id(env.message_id), entry.version)
+    tp = current_traceparent()
+    if tp:
+        reply = msgspec.structs.replace(reply, traceparent=tp)
+    await publish(js, result, reply, entry=entry)

@@ -1,0 +1,100 @@
+"""Request/await for callers that need an outcome (the gateway).
+
+Every caller process holds one core-NATS subscription to the events of interest and resolves
+waiters by correlation id. It is registered before the command is published, so a fast reply is
+never missed, and each gateway replica only ever waits on correlation ids it created — several
+replicas are correct without coordination.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+
+from bus.errors import RequestTimeout
+from bus.publish import Published, envelope_for, publish
+from schemas.catalogue import UnknownMessage, by_subject
+from schemas.envelope import Envelope, EnvelopeError
+
+
+@dataclass(frozen=True)
+class Reply:
+    envelope: Envelope
+    schema: str
+    payload: Any
+
+
+class Requester:
+    def __init__(self, nc: Client, js: JetStreamContext, subject: str = "soma.evt.>") -> None:
+        self.nc = nc
+        self.js = js
+        self._subject = subject
+        self._waiters: dict[str, asyncio.Queue[Reply]] = {}
+        self._sub: Subscription | None = None
+
+    async def start(self) -> None:
+        self._sub = await self.nc.subscribe(self._subject, cb=self._on_event)
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+
+    async def _on_event(self, msg: Msg) -> None:
+        correlation = (msg.headers or {}).get("Soma-Correlation-Id")
+        queue = self._waiters.get(correlation or "")
+        if queue is None:
+            return
+        try:
+            env = Envelope.from_headers(msg.headers)
+            entry = by_subject(msg.subject)
+            payload = entry.decode(msg.data)
+        except (EnvelopeError, UnknownMessage, msgspec.ValidationError, msgspec.DecodeError):
+            return
+        queue.put_nowait(Reply(env, entry.name, payload))
+
+    @contextlib.asynccontextmanager
+    async def watching(self, correlation_id: str) -> AsyncIterator[asyncio.Queue[Reply]]:
+        """Receive every event of ``correlation_id`` while the block runs."""
+        queue: asyncio.Queue[Reply] = asyncio.Queue()
+        self._waiters[correlation_id] = queue
+        try:
+            yield queue
+        finally:
+            self._waiters.pop(correlation_id, None)
+
+    async def request(
+        self,
+        message: msgspec.Struct,
+        *,
+        tenant: str,
+        expect: set[str],
+        timeout: float = 30.0,
+        actor: str = "system",
+        correlation_id: str | None = None,
+    ) -> tuple[Published, Reply]:
+        """Publish ``message`` and return the first event named in ``expect`` (or ``*.failed``)."""
+        env = envelope_for(message, tenant=tenant, actor=actor, correlation_id=correlation_id)
+        async with self.watching(env.correlation_id) as queue:
+            published = await publish(self.js, message, env)
+            try:
+                async with asyncio.timeout(timeout):
+                    while True:
+                        reply = await queue.get()
+                        if reply.schema in expect or reply.schema.endswith(".failed"):
+                            return published, reply
+            except TimeoutError:
+                raise RequestTimeout(
+                    f"no {' or '.join(sorted(expect))} for {env.schema} "
+                    f"(correlation {env.correlation_id}) within {timeout:.0f}s; "
+                    "is the handler running? `soma streams` shows consumer lag"
+                ) from None

@@ -1,0 +1,126 @@
+"""The subject catalogue: the one table mapping every message to its subject, stream and owner.
+
+Commands travel on ``soma.cmd.<tenant>.<service>.<verb>``, events on
+``soma.evt.<tenant>.<service>.<event>``, token deltas on core NATS ``soma.stream.<correlation>``.
+A message's name is ``<service>.<token>`` and is what the ``Soma-Schema`` header carries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import msgspec
+
+from schemas.common import CommandFailed
+from schemas.memory import MemoryRecall, MemoryRecalled, MemoryStore, MemoryStored
+from schemas.policy import PolicyEvaluate, PolicyEvaluated
+from schemas.sagas import SagaCancel, SagaFinished, SagaSignal, SagaStart, SagaStarted
+from schemas.slm import SlmComplete, SlmCompleted, SlmDelta
+from schemas.tools import ToolInvoke, ToolResult
+
+Kind = Literal["cmd", "evt", "stream"]
+
+STREAMS = {"cmd": "SOMA_CMD", "evt": "SOMA_EVT", "dlq": "SOMA_DLQ"}
+DEAD_LETTER_PREFIX = "soma.dlq"
+
+
+@dataclass(frozen=True)
+class MessageType:
+    name: str
+    type: type[msgspec.Struct]
+    kind: Kind
+    service: str
+    token: str
+    version: int = 1
+    description: str = ""
+
+    def subject(self, tenant: str, correlation_id: str = "") -> str:
+        if self.kind == "stream":
+            return f"soma.stream.{correlation_id}"
+        return f"soma.{self.kind}.{tenant}.{self.service}.{self.token}"
+
+    @property
+    def pattern(self) -> str:
+        if self.kind == "stream":
+            return "soma.stream.*"
+        return f"soma.{self.kind}.*.{self.service}.{self.token}"
+
+    @property
+    def stream(self) -> str | None:
+        return STREAMS.get(self.kind)
+
+    def decode(self, body: bytes) -> Any:
+        return msgspec.json.decode(body, type=self.type)
+
+
+def _entry(kind: Kind, service: str, token: str, type_: type[msgspec.Struct]) -> MessageType:
+    doc = (type_.__doc__ or "").strip().splitlines()
+    return MessageType(f"{service}.{token}", type_, kind, service, token, 1, doc[0] if doc else "")
+
+
+SERVICES = ("policy", "memory", "slm", "tools", "sagas")
+
+_ENTRIES = [
+    _entry("cmd", "policy", "evaluate", PolicyEvaluate),
+    _entry("evt", "policy", "evaluated", PolicyEvaluated),
+    _entry("cmd", "memory", "recall", MemoryRecall),
+    _entry("evt", "memory", "recalled", MemoryRecalled),
+    _entry("cmd", "memory", "store", MemoryStore),
+    _entry("evt", "memory", "stored", MemoryStored),
+    _entry("cmd", "slm", "complete", SlmComplete),
+    _entry("evt", "slm", "completed", SlmCompleted),
+    _entry("stream", "slm", "delta", SlmDelta),
+    _entry("cmd", "tools", "invoke", ToolInvoke),
+    _entry("evt", "tools", "result", ToolResult),
+    _entry("cmd", "sagas", "start", SagaStart),
+    _entry("cmd", "sagas", "signal", SagaSignal),
+    _entry("cmd", "sagas", "cancel", SagaCancel),
+    _entry("evt", "sagas", "started", SagaStarted),
+    _entry("evt", "sagas", "finished", SagaFinished),
+    *(_entry("evt", service, "failed", CommandFailed) for service in SERVICES),
+]
+
+CATALOGUE: dict[str, MessageType] = {e.name: e for e in _ENTRIES}
+_BY_TYPE: dict[type, MessageType] = {e.type: e for e in _ENTRIES if e.token != "failed"}
+
+
+class UnknownMessage(LookupError):
+    pass
+
+
+def by_name(name: str) -> MessageType:
+    try:
+        return CATALOGUE[name]
+    except KeyError:
+        raise UnknownMessage(f"no message named {name!r} in the catalogue") from None
+
+
+def of_type(type_: type) -> MessageType:
+    try:
+        return _BY_TYPE[type_]
+    except KeyError:
+        raise UnknownMessage(f"{type_.__name__} is not in the catalogue") from None
+
+
+def failed_event(service: str) -> MessageType:
+    return CATALOGUE[f"{service}.failed"]
+
+
+def by_subject(subject: str) -> MessageType:
+    """The message type a concrete subject carries (``soma.cmd.acme.policy.evaluate``)."""
+    parts = subject.split(".")
+    if len(parts) == 5 and parts[0] == "soma" and parts[1] in ("cmd", "evt"):
+        entry = CATALOGUE.get(f"{parts[3]}.{parts[4]}")
+        if entry and entry.kind == parts[1]:
+            return entry
+    if len(parts) == 3 and parts[:2] == ["soma", "stream"]:
+        return CATALOGUE["slm.delta"]
+    raise UnknownMessage(
+        f"subject {subject!r} is not in the catalogue "
+        "(expected soma.cmd.<tenant>.<service>.<verb> or soma.evt.<tenant>.<service>.<event>)"
+    )
+
+
+def commands_of(service: str) -> list[MessageType]:
+    return [e for e in _ENTRIES if e.service == service and e.kind == "cmd"]

@@ -1,0 +1,96 @@
+"""The envelope: who sent a message, why, and how to trace it — carried in NATS headers.
+
+Keeping the envelope in headers (not the body) lets operators filter and route without decoding
+payloads, and lets the JetStream server deduplicate on ``Nats-Msg-Id``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+
+import msgspec
+
+MSG_ID = "Nats-Msg-Id"
+CORRELATION_ID = "Soma-Correlation-Id"
+CAUSATION_ID = "Soma-Causation-Id"
+TENANT = "Soma-Tenant"
+ACTOR = "Soma-Actor"
+SCHEMA = "Soma-Schema"
+SCHEMA_VERSION = "Soma-Schema-Version"
+TIMESTAMP = "Soma-Timestamp"
+TRACEPARENT = "traceparent"
+
+
+def new_id() -> str:
+    """A fresh, sortable-enough unique id (hex UUID4) for messages, sagas and calls."""
+    return uuid.uuid4().hex
+
+
+class EnvelopeError(ValueError):
+    """Headers that do not form a valid envelope (missing or malformed fields)."""
+
+
+class Envelope(msgspec.Struct, frozen=True, kw_only=True):
+    message_id: str
+    correlation_id: str
+    tenant: str
+    schema: str
+    version: int = 1
+    causation_id: str | None = None
+    actor: str = "system"
+    traceparent: str | None = None
+    timestamp: float = msgspec.field(default_factory=time.time)
+
+    def to_headers(self) -> dict[str, str]:
+        headers = {
+            MSG_ID: self.message_id,
+            CORRELATION_ID: self.correlation_id,
+            TENANT: self.tenant,
+            ACTOR: self.actor,
+            SCHEMA: self.schema,
+            SCHEMA_VERSION: str(self.version),
+            TIMESTAMP: f"{self.timestamp:.6f}",
+        }
+        if self.causation_id:
+            headers[CAUSATION_ID] = self.causation_id
+        if self.traceparent:
+            headers[TRACEPARENT] = self.traceparent
+        return headers
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str] | None) -> Envelope:
+        h = headers or {}
+        missing = [k for k in (MSG_ID, CORRELATION_ID, TENANT, SCHEMA) if not h.get(k)]
+        if missing:
+            raise EnvelopeError(f"envelope headers missing: {', '.join(missing)}")
+        try:
+            version = int(h.get(SCHEMA_VERSION, "1"))
+            timestamp = float(h.get(TIMESTAMP, "0") or 0)
+        except ValueError as exc:
+            raise EnvelopeError(f"envelope header malformed: {exc}") from exc
+        return cls(
+            message_id=h[MSG_ID],
+            correlation_id=h[CORRELATION_ID],
+            causation_id=h.get(CAUSATION_ID) or None,
+            tenant=h[TENANT],
+            actor=h.get(ACTOR, "system"),
+            schema=h[SCHEMA],
+            version=version,
+            traceparent=h.get(TRACEPARENT) or None,
+            timestamp=timestamp,
+        )
+
+    def reply(self, schema: str, message_id: str, version: int = 1) -> Envelope:
+        """The envelope of a message caused by this one: same correlation and tenant."""
+        return Envelope(
+            message_id=message_id,
+            correlation_id=self.correlation_id,
+            causation_id=self.message_id,
+            tenant=self.tenant,
+            actor=self.actor,
+            schema=schema,
+            version=version,
+            traceparent=self.traceparent,
+        )

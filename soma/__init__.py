@@ -1,0 +1,1 @@
+"""The ``soma`` command and the settings every process shares."""
