@@ -26,7 +26,7 @@ from bus.metrics import HANDLE_SECONDS, MESSAGES
 from bus.publish import publish
 from bus.service import Handler
 from bus.tracing import consuming, current_traceparent
-from schemas.catalogue import MessageType, UnknownMessage, by_subject, failed_event
+from schemas.catalogue import MessageType, UnknownMessage, by_subject, failed_event, of_type
 from schemas.common import CommandFailed
 from schemas.envelope import Envelope, EnvelopeError
 
@@ -79,11 +79,13 @@ def make_processor(
 ) -> Callable[[Msg], Awaitable[None]]:
     """Build the per-message function for one service; ``routes`` maps schema name → handler."""
 
-    async def to_dead_letters(msg: Msg, reason: str, env: Envelope | None, deliveries: int) -> None:
+    async def to_dead_letters(
+        msg: Msg, reason: str, env: Envelope | None, deliveries: int, retryable: bool = False
+    ) -> None:
         log.error("%s: dead-lettering %s: %s", service, msg.subject, reason)
         await deadletter.dead_letter(js, msg, reason=reason, service=service, deliveries=deliveries)
         if env is not None and emit_replies:
-            await _fail_event(js, service, env, reason, retryable=False)
+            await _fail_event(js, service, env, reason, retryable=retryable)
         MESSAGES.labels(service, env.schema if env else "?", "dead_lettered").inc()
         await msg.term()
 
@@ -99,7 +101,10 @@ def make_processor(
         except UnknownMessage as exc:
             await to_dead_letters(msg, str(exc), env, deliveries)
             return
-        handler = routes.get(entry.name)
+        handler = routes.get(entry.name) or routes.get("*")
+        if handler is None and not emit_replies:
+            await msg.ack()  # an event this consumer does not follow
+            return
         if handler is None:
             await to_dead_letters(msg, f"{service} has no handler for {entry.name}", env, deliveries)
             return
@@ -126,7 +131,7 @@ def make_processor(
                 reason = f"{type(exc).__name__}: {exc}"
                 if deliveries >= policy.max_deliver:
                     await to_dead_letters(
-                        msg, f"failed {deliveries} times, last: {reason}", env, deliveries
+                        msg, f"failed {deliveries} times, last: {reason}", env, deliveries, True
                     )
                     return
                 delay = policy.delay(deliveries)
@@ -147,8 +152,6 @@ def make_processor(
 
 
 async def _reply(js: JetStreamContext, env: Envelope, result: msgspec.Struct) -> None:
-    from schemas.catalogue import of_type
-
     entry = of_type(type(result))
     reply = env.reply(entry.name, reply_id(env.message_id), entry.version)
     tp = current_traceparent()

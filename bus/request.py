@@ -82,7 +82,7 @@ class Requester:
         actor: str = "system",
         correlation_id: str | None = None,
     ) -> tuple[Published, Reply]:
-        """Publish ``message`` and return the first event named in ``expect`` (or ``*.failed``)."""
+        """Publish ``message``; return the first event named in ``expect`` or its own failure."""
         env = envelope_for(message, tenant=tenant, actor=actor, correlation_id=correlation_id)
         async with self.watching(env.correlation_id) as queue:
             published = await publish(self.js, message, env)
@@ -90,7 +90,10 @@ class Requester:
                 async with asyncio.timeout(timeout):
                     while True:
                         reply = await queue.get()
-                        if reply.schema in expect or reply.schema.endswith(".failed"):
+                        if reply.schema in expect or (
+                            reply.schema.endswith(".failed")
+                            and reply.envelope.causation_id == env.message_id
+                        ):
                             return published, reply
             except TimeoutError:
                 raise RequestTimeout(

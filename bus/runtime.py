@@ -138,7 +138,11 @@ async def start(service: Service, settings: Settings, *, health_port: int | None
         process = make_processor(
             js, service.name, dict(service.event_routes), policy, emit_replies=False
         )
-        subjects = [by_name(name).pattern for name in service.event_routes]
+        subjects = (
+            ["soma.evt.>"]
+            if "*" in service.event_routes
+            else [by_name(name).pattern for name in service.event_routes]
+        )
         _consumer(broker, f"{service.name}-events", STREAMS["evt"], subjects, process, settings)
     await broker.start()
     running = Running(service, broker, nc, js)

@@ -22,5 +22,5 @@ class Service:
     routes: dict[type, Handler]
     startup: list[Hook] = field(default_factory=list)
     shutdown: list[Hook] = field(default_factory=list)
-    # Events this service consumes (analytics): subject filter -> handler(event, envelope).
+    # Events this service follows: schema name (or "*" for every event) -> handler(event, env).
     event_routes: dict[str, Handler] = field(default_factory=dict)

@@ -12,11 +12,51 @@ from typing import Any, Literal
 
 import msgspec
 
+from schemas.analytics import AnalyticsReport, AnalyticsReported
 from schemas.common import CommandFailed
+from schemas.identity import (
+    IdentityCreateKey,
+    IdentityCreateTenant,
+    IdentityCreateUser,
+    IdentityIssueToken,
+    IdentityJwks,
+    IdentityJwksPublished,
+    IdentityKeyCreated,
+    IdentityKeyRevoked,
+    IdentityKeysListed,
+    IdentityKeyVerified,
+    IdentityListKeys,
+    IdentityListTenants,
+    IdentityListUsers,
+    IdentityRefresh,
+    IdentityRefreshed,
+    IdentityRevocations,
+    IdentityRevocationsListed,
+    IdentityRevoke,
+    IdentityRevoked,
+    IdentityRevokeKey,
+    IdentityTenantCreated,
+    IdentityTenantsListed,
+    IdentityTokenIssued,
+    IdentityUserCreated,
+    IdentityUsersListed,
+    IdentityVerifyKey,
+)
+from schemas.memories import (
+    MemoryAdd,
+    MemoryAdded,
+    MemoryDelete,
+    MemoryDeleted,
+    MemoryEmbed,
+    MemoryEmbedded,
+)
 from schemas.memory import MemoryRecall, MemoryRecalled, MemoryStore, MemoryStored
+from schemas.models import SlmListModels, SlmModelsListed
 from schemas.policy import PolicyEvaluate, PolicyEvaluated
+from schemas.saga_queries import SagaList, SagaListed, SagaQueried, SagaQuery
 from schemas.sagas import SagaCancel, SagaFinished, SagaSignal, SagaStart, SagaStarted
 from schemas.slm import SlmComplete, SlmCompleted, SlmDelta
+from schemas.tool_catalog import ToolsList, ToolsListed
 from schemas.tools import ToolInvoke, ToolResult
 
 Kind = Literal["cmd", "evt", "stream"]
@@ -59,7 +99,7 @@ def _entry(kind: Kind, service: str, token: str, type_: type[msgspec.Struct]) ->
     return MessageType(f"{service}.{token}", type_, kind, service, token, 1, doc[0] if doc else "")
 
 
-SERVICES = ("policy", "memory", "slm", "tools", "sagas")
+SERVICES = ("policy", "memory", "slm", "tools", "sagas", "identity", "analytics")
 
 _ENTRIES = [
     _entry("cmd", "policy", "evaluate", PolicyEvaluate),
@@ -79,6 +119,49 @@ _ENTRIES = [
     _entry("evt", "sagas", "started", SagaStarted),
     _entry("evt", "sagas", "finished", SagaFinished),
     *(_entry("evt", service, "failed", CommandFailed) for service in SERVICES),
+    # The gateway's request/reply pairs (gateway/CONTRACTS.md).
+    _entry("cmd", "slm", "list_models", SlmListModels),
+    _entry("evt", "slm", "models_listed", SlmModelsListed),
+    _entry("cmd", "memory", "embed", MemoryEmbed),
+    _entry("evt", "memory", "embedded", MemoryEmbedded),
+    _entry("cmd", "memory", "add", MemoryAdd),
+    _entry("evt", "memory", "added", MemoryAdded),
+    _entry("cmd", "memory", "delete", MemoryDelete),
+    _entry("evt", "memory", "deleted", MemoryDeleted),
+    _entry("cmd", "tools", "list", ToolsList),
+    _entry("evt", "tools", "listed", ToolsListed),
+    _entry("cmd", "analytics", "report", AnalyticsReport),
+    _entry("evt", "analytics", "reported", AnalyticsReported),
+    _entry("cmd", "sagas", "query", SagaQuery),
+    _entry("evt", "sagas", "queried", SagaQueried),
+    _entry("cmd", "sagas", "list", SagaList),
+    _entry("evt", "sagas", "listed", SagaListed),
+    _entry("cmd", "identity", "verify_key", IdentityVerifyKey),
+    _entry("evt", "identity", "key_verified", IdentityKeyVerified),
+    _entry("cmd", "identity", "jwks", IdentityJwks),
+    _entry("evt", "identity", "jwks_published", IdentityJwksPublished),
+    _entry("cmd", "identity", "revocations", IdentityRevocations),
+    _entry("evt", "identity", "revocations_listed", IdentityRevocationsListed),
+    _entry("cmd", "identity", "issue_token", IdentityIssueToken),
+    _entry("evt", "identity", "token_issued", IdentityTokenIssued),
+    _entry("cmd", "identity", "refresh", IdentityRefresh),
+    _entry("evt", "identity", "refreshed", IdentityRefreshed),
+    _entry("cmd", "identity", "revoke", IdentityRevoke),
+    _entry("evt", "identity", "revoked", IdentityRevoked),
+    _entry("cmd", "identity", "create_tenant", IdentityCreateTenant),
+    _entry("evt", "identity", "tenant_created", IdentityTenantCreated),
+    _entry("cmd", "identity", "list_tenants", IdentityListTenants),
+    _entry("evt", "identity", "tenants_listed", IdentityTenantsListed),
+    _entry("cmd", "identity", "create_user", IdentityCreateUser),
+    _entry("evt", "identity", "user_created", IdentityUserCreated),
+    _entry("cmd", "identity", "list_users", IdentityListUsers),
+    _entry("evt", "identity", "users_listed", IdentityUsersListed),
+    _entry("cmd", "identity", "create_key", IdentityCreateKey),
+    _entry("evt", "identity", "key_created", IdentityKeyCreated),
+    _entry("cmd", "identity", "list_keys", IdentityListKeys),
+    _entry("evt", "identity", "keys_listed", IdentityKeysListed),
+    _entry("cmd", "identity", "revoke_key", IdentityRevokeKey),
+    _entry("evt", "identity", "key_revoked", IdentityKeyRevoked),
 ]
 
 CATALOGUE: dict[str, MessageType] = {e.name: e for e in _ENTRIES}

@@ -1,0 +1,1 @@
+"""Durable saga state machines on SQL + JetStream: our stand-in for Temporal workflows."""

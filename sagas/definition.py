@@ -1,0 +1,159 @@
+"""How a saga is written: steps that read top to bottom, each returning what happens next.
+
+A step is a plain function ``step(run, reply) -> Action``. It does no I/O: it decides. The engine
+persists the decision in one transaction (state, history, outbox) and performs it afterwards, so
+a crash at any point replays from the last committed step. Retries, timeouts and compensation are
+declared on the ``Call`` beside the step that needs them, as in Temporal's samples.
+
+    chat = Definition("chat_turn", version=1, input_type=ChatTurnInput)
+
+    @chat.start
+    def check_prompt(run):
+        return Call(PolicyEvaluate(...), then=recall, timeout=10, retry=Retry(max_attempts=3))
+
+    @chat.step
+    def recall(run, verdict: PolicyEvaluated):
+        ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+I = TypeVar("I")
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Temporal's retry policy and defaults: 1 s, ×2, capped at 100 s, unlimited attempts."""
+
+    initial: float = 1.0
+    coefficient: float = 2.0
+    maximum: float | None = None
+    max_attempts: int = 0  # 0 = unlimited (bound it with a schedule-to-close timeout)
+    non_retryable: tuple[str, ...] = ()
+
+    def delay(self, attempt: int) -> float:
+        cap = self.maximum if self.maximum is not None else 100 * self.initial
+        return float(min(self.initial * self.coefficient ** max(attempt - 1, 0), cap))
+
+    def allows(self, attempt: int, error: str) -> bool:
+        if any(error.startswith(kind) for kind in self.non_retryable):
+            return False
+        return self.max_attempts == 0 or attempt < self.max_attempts
+
+
+@dataclass
+class Run(Generic[I]):
+    """What a step sees: the saga's identity, typed input, and its JSON-able working data."""
+
+    saga_id: str
+    saga_type: str
+    tenant: str
+    correlation_id: str
+    input: I
+    data: dict[str, Any]
+    actor: str = "system"
+
+
+StepFn = Callable[..., "Action"]
+Then = "StepFn | str"
+
+
+def step_name(then: StepFn | str) -> str:
+    return then if isinstance(then, str) else then.__name__
+
+
+@dataclass
+class Call:
+    """Send a command and continue at ``then`` with its reply event.
+
+    ``timeout`` is start-to-close per attempt; ``schedule_to_close`` bounds all attempts.
+    ``compensate`` is a command that undoes this one; it runs (in reverse order of registration)
+    if the saga is cancelled after this step succeeded.
+    """
+
+    command: msgspec.Struct
+    then: StepFn | str
+    timeout: float = 60.0
+    schedule_to_close: float | None = None
+    retry: Retry = field(default_factory=Retry)
+    compensate: msgspec.Struct | None = None
+    on_failure: StepFn | str | None = None
+
+
+@dataclass
+class Continue:
+    """Checkpoint and go straight on to ``then`` (a step with no outside call)."""
+
+    then: StepFn | str
+    reply: Any = None
+
+
+@dataclass
+class Sleep:
+    """A durable timer: continue at ``then`` after ``seconds``, across restarts."""
+
+    seconds: float
+    then: StepFn | str
+
+
+@dataclass
+class WaitSignal:
+    """Wait for a signal named ``name`` (buffered if it came early); ``timeout`` → ``on_timeout``."""
+
+    name: str
+    then: StepFn | str
+    timeout: float | None = None
+    on_timeout: StepFn | str | None = None
+
+
+@dataclass
+class StartChild:
+    """Start a child saga and continue at ``then`` with its ``SagaFinished`` outcome."""
+
+    saga_type: str
+    input: msgspec.Struct | dict[str, Any]
+    then: StepFn | str
+    child_id: str | None = None
+
+
+@dataclass
+class Complete:
+    result: Any = None
+
+
+@dataclass
+class Fail:
+    error: str
+
+
+Action = Call | Continue | Sleep | WaitSignal | StartChild | Complete | Fail
+
+
+class Definition(Generic[I]):
+    """A versioned saga definition: its steps by name, the first one, and its input type."""
+
+    def __init__(self, saga_type: str, *, version: int, input_type: type[I]) -> None:
+        self.saga_type = saga_type
+        self.version = version
+        self.input_type = input_type
+        self.steps: dict[str, StepFn] = {}
+        self.first: str | None = None
+
+    def start(self, fn: StepFn) -> StepFn:
+        self.first = fn.__name__
+        return self.step(fn)
+
+    def step(self, fn: StepFn) -> StepFn:
+        self.steps[fn.__name__] = fn
+        return fn
+
+    def decode_input(self, raw: dict[str, Any]) -> I:
+        if self.input_type is dict:
+            return raw  # type: ignore[return-value]
+        return msgspec.convert(raw, self.input_type)

@@ -1,0 +1,686 @@
+"""The saga engine: every trigger is applied in one transaction.
+
+    record the message id in the inbox (a duplicate stops here)
+    load the instance (SELECT … FOR UPDATE on PostgreSQL; the rev check everywhere)
+    run the step the instance waits on → an Action
+    save state + history + outbox (commands and events to send), bump rev
+
+Publishing happens after commit, by the relay, with ``Nats-Msg-Id`` = outbox id
+(saga, run, seq, attempt): a crash between commit and publish re-publishes the same id, which the
+server drops if it got through, while a deliberate retry has a new attempt and a new id.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from sqlalchemy import and_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from bus.errors import Rejected
+from bus.publish import encode
+from sagas import tables
+from sagas.definition import (
+    Action,
+    Call,
+    Complete,
+    Continue,
+    Definition,
+    Fail,
+    Retry,
+    Run,
+    Sleep,
+    StartChild,
+    WaitSignal,
+    step_name,
+)
+from sagas.registry import Registry
+from schemas.catalogue import by_name, of_type
+from schemas.common import CommandFailed
+from schemas.envelope import Envelope
+from schemas.sagas import SagaCancel, SagaFinished, SagaStart, SagaStarted
+
+log = logging.getLogger("soma.sagas")
+
+RUNNING = "running"
+CANCELLING = "cancelling"
+TERMINAL = frozenset({"completed", "failed", "cancelled", "compensated", "compensation_failed"})
+REUSE_POLICIES = ("reject_duplicate", "allow_duplicate_failed_only", "allow_duplicate")
+CONFLICT_POLICIES = ("fail", "use_existing")
+_FAILED_ENDS = frozenset({"failed", "cancelled", "compensated", "compensation_failed"})
+_COMPENSATED = "__compensated__"
+_COMPENSATION_RETRY = Retry(initial=1.0, max_attempts=5)
+
+
+class Conflict(Exception):
+    """Another runner advanced the instance first; reload and try again."""
+
+
+@dataclass
+class Change:
+    """What one transition writes: the new row values, history, and messages to send."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    outbox: list[dict[str, Any]] = field(default_factory=list)
+    children: list[dict[str, Any]] = field(default_factory=list)
+    wake_now: list[str] = field(default_factory=list)
+    rev: int | None = None  # the rev loaded at the start of the transaction
+
+
+OnCommit = Callable[[list[dict[str, Any]], list[str]], Awaitable[None]]
+
+
+def _arity(fn: Callable[..., Any]) -> int:
+    return len(inspect.signature(fn).parameters)
+
+
+class Engine:
+    def __init__(self, db: AsyncEngine, registry: Registry, *, on_commit: OnCommit | None = None):
+        self.db = db
+        self.registry = registry
+        self.on_commit = on_commit
+        self.postgres = db.dialect.name == "postgresql"
+
+    # ── entry points ────────────────────────────────────────────────────────────────────
+
+    async def start(self, cmd: SagaStart, env: Envelope) -> SagaStarted:
+        if cmd.id_reuse not in REUSE_POLICIES:
+            raise Rejected(f"id_reuse must be one of {', '.join(REUSE_POLICIES)}")
+        if cmd.id_conflict not in CONFLICT_POLICIES:
+            raise Rejected(f"id_conflict must be one of {', '.join(CONFLICT_POLICIES)}")
+        definition = self.registry.latest(cmd.saga_type)
+        try:
+            definition.decode_input(cmd.input)
+        except (msgspec.ValidationError, TypeError) as exc:
+            raise Rejected(f"invalid input for {cmd.saga_type}: {exc}") from exc
+        saga_id = cmd.saga_id or env.message_id
+        outcome: SagaStarted | None = None
+
+        async def body(conn: AsyncConnection, now: float) -> Change | None:
+            nonlocal outcome
+            if not await self._record_inbox(conn, saga_id, env.message_id, now):
+                row = await self._load(conn, saga_id)
+                if row is not None:
+                    outcome = SagaStarted(saga_id=saga_id, saga_type=row["type"], version=row["version"])
+                return None
+            existing = await self._load(conn, saga_id)
+            run_no = 1
+            if existing is not None:
+                if existing["state"] not in TERMINAL:
+                    if cmd.id_conflict == "use_existing":
+                        outcome = SagaStarted(
+                            saga_id=saga_id, saga_type=existing["type"], version=existing["version"]
+                        )
+                        return None
+                    raise Rejected(f"saga {saga_id} is already running (id_conflict=fail)")
+                allowed = cmd.id_reuse == "allow_duplicate" or (
+                    cmd.id_reuse == "allow_duplicate_failed_only"
+                    and existing["state"] in _FAILED_ENDS
+                )
+                if not allowed:
+                    raise Rejected(
+                        f"saga {saga_id} already exists ({existing['state']}; id_reuse={cmd.id_reuse})"
+                    )
+                run_no = existing["run"] + 1
+            row = self._new_row(
+                saga_id, definition, cmd.input, env, now, run_no=run_no, parent_id=None
+            )
+            change = Change()
+            change.history.append(self._history(row, None, "started", {"input": cmd.input}, now))
+            self._run_step(row, definition, definition.first or "", None, env.message_id, now, change)
+            if existing is None:
+                await conn.execute(tables.instances.insert().values(**{**row, **change.values}))
+            else:
+                values = {**row, **change.values}
+                values["rev"] = existing["rev"] + 1
+                await conn.execute(
+                    update(tables.instances).where(tables.instances.c.id == saga_id).values(**values)
+                )
+            change.values = {}
+            outcome = SagaStarted(saga_id=saga_id, saga_type=definition.saga_type, version=definition.version)
+            return change
+
+        await self._transact(body, saga_id=None)
+        assert outcome is not None
+        return outcome
+
+    async def reply(self, event: Any, env: Envelope) -> bool:
+        """Route a reply event to the saga whose command caused it; False if it isn't ours."""
+        if not env.causation_id:
+            return False
+        async with self.db.connect() as conn:
+            saga_id = (
+                await conn.execute(
+                    select(tables.outbox.c.saga_id).where(tables.outbox.c.id == env.causation_id)
+                )
+            ).scalar()
+        if saga_id is None:
+            return False
+
+        async def body(conn: AsyncConnection, now: float) -> Change | None:
+            if not await self._record_inbox(conn, saga_id, env.message_id, now):
+                return None
+            row = await self._load(conn, saga_id)
+            waiting = (row or {}).get("waiting") or {}
+            if row is None or waiting.get("kind") != "call" or waiting.get("message_id") != env.causation_id:
+                return None  # a late reply to an attempt we already gave up on
+            return _at(row, self._on_reply(row, event, env, now))
+
+        await self._transact(body, saga_id=saga_id)
+        return True
+
+    async def signal(self, saga_id: str, name: str, payload: dict[str, Any], message_id: str) -> None:
+        async def body(conn: AsyncConnection, now: float) -> Change | None:
+            if not await self._record_inbox(conn, saga_id, message_id, now):
+                return None
+            row = await self._load(conn, saga_id)
+            if row is None:
+                raise Rejected(f"no saga {saga_id}")
+            if row["state"] in TERMINAL:
+                raise Rejected(f"saga {saga_id} has ended ({row['state']}); signal {name} dropped")
+            change = Change()
+            waiting = row["waiting"] or {}
+            change.history.append(self._history(row, row["step"], "signal", {"name": name, "payload": payload}, now))
+            if waiting.get("kind") == "signal" and waiting.get("name") == name:
+                self._run_step(row, self._definition(row), waiting["then"], payload, message_id, now, change)
+            else:
+                data = dict(row["data"])
+                data["_signals"] = [*data.get("_signals", []), {"name": name, "payload": payload}]
+                change.values["data"] = data
+            return _at(row, change)
+
+        await self._transact(body, saga_id=saga_id)
+
+    async def cancel(self, saga_id: str, reason: str, message_id: str) -> None:
+        async def body(conn: AsyncConnection, now: float) -> Change | None:
+            if not await self._record_inbox(conn, saga_id, message_id, now):
+                return None
+            row = await self._load(conn, saga_id)
+            if row is None:
+                raise Rejected(f"no saga {saga_id}")
+            if row["state"] in TERMINAL or row["state"] == CANCELLING:
+                return None
+            change = Change()
+            change.history.append(self._history(row, row["step"], "cancel_requested", {"reason": reason}, now))
+            waiting = row["waiting"] or {}
+            if waiting.get("kind") == "child":
+                self._send(row, SagaCancel(saga_id=waiting["child_id"], reason=reason), message_id, now, change, attempt=1)
+            change.values["state"] = CANCELLING
+            change.values["error"] = f"cancelled: {reason}" if reason else "cancelled"
+            self._next_compensation(row, message_id, now, change)
+            return _at(row, change)
+
+        await self._transact(body, saga_id=saga_id)
+
+    async def child_finished(self, event: SagaFinished, env: Envelope) -> None:
+        async with self.db.connect() as conn:
+            parent_id = (
+                await conn.execute(
+                    select(tables.instances.c.parent_id).where(tables.instances.c.id == event.saga_id)
+                )
+            ).scalar()
+        if not parent_id:
+            return
+
+        async def body(conn: AsyncConnection, now: float) -> Change | None:
+            if not await self._record_inbox(conn, parent_id, env.message_id, now):
+                return None
+            row = await self._load(conn, parent_id)
+            waiting = (row or {}).get("waiting") or {}
+            if row is None or waiting.get("kind") != "child" or waiting.get("child_id") != event.saga_id:
+                return None
+            change = Change()
+            self._run_step(row, self._definition(row), waiting["then"], event, env.message_id, now, change)
+            return _at(row, change)
+
+        await self._transact(body, saga_id=parent_id)
+
+    async def due(self, now: float, limit: int = 500) -> list[str]:
+        async with self.db.connect() as conn:
+            rows = await conn.execute(
+                select(tables.instances.c.id)
+                .where(and_(tables.instances.c.wake_at.is_not(None), tables.instances.c.wake_at <= now))
+                .order_by(tables.instances.c.wake_at)
+                .limit(limit)
+            )
+            return [r[0] for r in rows]
+
+    async def wake(self, saga_id: str) -> None:
+        """Fire whatever timer of ``saga_id`` is due: a sleep, a timeout, a retry, a continue."""
+
+        async def body(conn: AsyncConnection, now: float) -> Change | None:
+            row = await self._load(conn, saga_id)
+            if row is None or row["wake_at"] is None or row["wake_at"] > now:
+                return None
+            return _at(row, self._on_timer(row, now))
+
+        await self._transact(body, saga_id=saga_id)
+
+    # ── transitions ────────────────────────────────────────────────────────────────────
+
+    def _on_reply(self, row: dict[str, Any], event: Any, env: Envelope, now: float) -> Change:
+        change = Change()
+        waiting = row["waiting"]
+        if isinstance(event, CommandFailed):
+            change.history.append(self._history(row, row["step"], "call_failed", {"error": event.error, "attempt": waiting["attempt"]}, now))
+            self._call_failed(row, waiting, event.error, event.retryable, env.message_id, now, change)
+            return change
+        elapsed = (now - waiting.get("sent_at", now)) * 1000
+        change.history.append(self._history(row, row["step"], "reply", {"schema": env.schema, "attempt": waiting["attempt"]}, now, elapsed))
+        if waiting.get("compensate"):
+            data = dict(row["data"])
+            data["_compensations"] = [*data.get("_compensations", []), waiting["compensate"]]
+            row = {**row, "data": data}
+            change.values["data"] = data
+        if waiting["then"] == _COMPENSATED:
+            self._next_compensation(row, env.message_id, now, change)
+        else:
+            self._run_step(row, self._definition(row), waiting["then"], event, env.message_id, now, change)
+        return change
+
+    def _call_failed(
+        self,
+        row: dict[str, Any],
+        waiting: dict[str, Any],
+        error: str,
+        retryable: bool,
+        cause: str,
+        now: float,
+        change: Change,
+    ) -> None:
+        retry = Retry(**waiting["retry"])
+        attempt = waiting["attempt"]
+        deadline = waiting.get("deadline")
+        if retryable and retry.allows(attempt, error) and (deadline is None or now < deadline):
+            delay = retry.delay(attempt)
+            change.values["waiting"] = {**waiting, "kind": "retry"}
+            change.values["wake_at"] = now + delay
+            change.history.append(self._history(row, row["step"], "retry_scheduled", {"attempt": attempt + 1, "in_s": delay}, now))
+            return
+        if waiting["then"] == _COMPENSATED:
+            self._finish(row, "compensation_failed", None, f"compensation failed: {error}", cause, now, change)
+            return
+        if waiting.get("on_failure"):
+            failure = CommandFailed(command=waiting["command"]["schema"], error=error, retryable=retryable)
+            self._run_step(row, self._definition(row), waiting["on_failure"], failure, cause, now, change)
+            return
+        self._finish(row, "failed", None, f"{waiting['command']['schema']} failed: {error}", cause, now, change)
+
+    def _on_timer(self, row: dict[str, Any], now: float) -> Change:
+        change = Change()
+        waiting = row["waiting"] or {}
+        kind = waiting.get("kind")
+        cause = f"timer-{row['id']}-{row['seq']}"
+        if kind == "call":
+            change.history.append(self._history(row, row["step"], "timed_out", {"attempt": waiting["attempt"]}, now))
+            self._call_failed(row, waiting, "timeout: no reply within start-to-close", True, cause, now, change)
+        elif kind == "retry":
+            command = by_name(waiting["command"]["schema"]).decode(waiting["command"]["body"].encode())
+            self._send(row, command, cause, now, change, attempt=waiting["attempt"] + 1, waiting=waiting)
+        elif kind == "sleep":
+            change.history.append(self._history(row, row["step"], "timer_fired", None, now))
+            self._run_step(row, self._definition(row), waiting["then"], None, cause, now, change)
+        elif kind == "signal":
+            change.history.append(self._history(row, row["step"], "signal_timed_out", {"name": waiting["name"]}, now))
+            if waiting.get("on_timeout"):
+                self._run_step(row, self._definition(row), waiting["on_timeout"], None, cause, now, change)
+            else:
+                self._finish(row, "failed", None, f"timed out waiting for signal {waiting['name']}", cause, now, change)
+        elif kind == "continue":
+            self._run_step(row, self._definition(row), waiting["then"], waiting.get("reply"), cause, now, change)
+        else:
+            change.values["wake_at"] = None
+        return change
+
+    def _run_step(
+        self,
+        row: dict[str, Any],
+        definition: Definition[Any],
+        name: str,
+        reply: Any,
+        cause: str,
+        now: float,
+        change: Change,
+    ) -> None:
+        fn = definition.steps.get(name)
+        data = dict(change.values.get("data", row["data"]))
+        if fn is None:
+            self._finish(row, "failed", None, f"{definition.saga_type} v{definition.version} has no step {name!r}", cause, now, change)
+            return
+        run: Run[Any] = Run(
+            saga_id=row["id"],
+            saga_type=row["type"],
+            tenant=row["tenant"],
+            correlation_id=row["correlation_id"],
+            input=definition.decode_input(row["input"]),
+            data=data,
+            actor=row["actor"],
+        )
+        try:
+            action: Action = fn(run) if _arity(fn) == 1 else fn(run, reply)
+        except Exception as exc:  # a bug in a definition ends that saga, not the runner
+            log.exception("saga %s step %s raised", row["id"], name)
+            action = Fail(f"step {name} raised {type(exc).__name__}: {exc}")
+        change.values["data"] = run.data
+        change.values["step"] = name
+        row = {**row, "data": run.data, "step": name}
+        self._apply(row, definition, name, action, cause, now, change)
+
+    def _apply(
+        self,
+        row: dict[str, Any],
+        definition: Definition[Any],
+        name: str,
+        action: Action,
+        cause: str,
+        now: float,
+        change: Change,
+    ) -> None:
+        change.history.append(self._history(row, name, "step", {"action": type(action).__name__}, now))
+        if isinstance(action, Call):
+            self._send(row, action.command, cause, now, change, attempt=1, call=action)
+        elif isinstance(action, Continue):
+            change.values["waiting"] = {"kind": "continue", "then": step_name(action.then), "reply": msgspec.to_builtins(action.reply)}
+            change.values["wake_at"] = now
+            change.wake_now.append(row["id"])
+        elif isinstance(action, Sleep):
+            change.values["waiting"] = {"kind": "sleep", "then": step_name(action.then), "until": now + action.seconds}
+            change.values["wake_at"] = now + action.seconds
+        elif isinstance(action, WaitSignal):
+            signals = list(row["data"].get("_signals", []))
+            for i, sig in enumerate(signals):
+                if sig["name"] == action.name:
+                    del signals[i]
+                    data = {**row["data"], "_signals": signals}
+                    change.values["data"] = data
+                    self._run_step({**row, "data": data}, definition, step_name(action.then), sig["payload"], cause, now, change)
+                    return
+            change.values["waiting"] = {
+                "kind": "signal",
+                "name": action.name,
+                "then": step_name(action.then),
+                "on_timeout": step_name(action.on_timeout) if action.on_timeout else None,
+            }
+            change.values["wake_at"] = now + action.timeout if action.timeout else None
+        elif isinstance(action, StartChild):
+            self._start_child(row, action, cause, now, change)
+        elif isinstance(action, Complete):
+            result = msgspec.to_builtins(action.result) if action.result is not None else None
+            self._finish(row, "completed", result, None, cause, now, change)
+        elif isinstance(action, Fail):
+            self._finish(row, "failed", None, action.error, cause, now, change)
+
+    def _send(
+        self,
+        row: dict[str, Any],
+        command: msgspec.Struct,
+        cause: str,
+        now: float,
+        change: Change,
+        *,
+        attempt: int,
+        call: Call | None = None,
+        waiting: dict[str, Any] | None = None,
+    ) -> None:
+        entry = of_type(type(command))
+        seq = row["seq"]
+        message_id = f"{row['id']}.{row['run']}.{seq}.{len(change.outbox)}.{attempt}"
+        env = Envelope(
+            message_id=message_id,
+            correlation_id=row["correlation_id"],
+            causation_id=cause,
+            tenant=row["tenant"],
+            actor=row["actor"],
+            schema=entry.name,
+            version=entry.version,
+        )
+        body = encode(command)
+        change.outbox.append(
+            {
+                "id": message_id,
+                "saga_id": row["id"],
+                "subject": entry.subject(row["tenant"], row["correlation_id"]),
+                "headers": env.to_headers(),
+                "body": body,
+                "created_at": now,
+                "published_at": None,
+            }
+        )
+        if isinstance(command, SagaCancel):
+            return  # fire and forget: the child's end arrives as sagas.finished
+        if call is not None:
+            waiting = {
+                "kind": "call",
+                "then": step_name(call.then),
+                "command": {"schema": entry.name, "body": body.decode()},
+                "retry": {
+                    "initial": call.retry.initial,
+                    "coefficient": call.retry.coefficient,
+                    "maximum": call.retry.maximum,
+                    "max_attempts": call.retry.max_attempts,
+                    "non_retryable": list(call.retry.non_retryable),
+                },
+                "timeout": call.timeout,
+                "deadline": now + call.schedule_to_close if call.schedule_to_close else None,
+                "compensate": (
+                    {"schema": of_type(type(call.compensate)).name, "body": encode(call.compensate).decode()}
+                    if call.compensate is not None
+                    else None
+                ),
+                "on_failure": step_name(call.on_failure) if call.on_failure else None,
+            }
+        assert waiting is not None
+        change.values["waiting"] = {**waiting, "kind": "call", "message_id": message_id, "attempt": attempt, "sent_at": now}
+        change.values["wake_at"] = now + waiting["timeout"]
+        change.history.append(self._history(row, change.values.get("step", row["step"]), "command_sent", {"schema": entry.name, "message_id": message_id, "attempt": attempt}, now, seq=seq))
+
+    def _next_compensation(self, row: dict[str, Any], cause: str, now: float, change: Change) -> None:
+        data = dict(change.values.get("data", row["data"]))
+        pending = list(data.get("_compensations", []))
+        if not pending:
+            ended = "compensated" if data.get("_compensated") else "cancelled"
+            self._finish(row, ended, None, change.values.get("error", row["error"]), cause, now, change)
+            return
+        spec = pending.pop()
+        data["_compensations"] = pending
+        data["_compensated"] = data.get("_compensated", 0) + 1
+        change.values["data"] = data
+        command = by_name(spec["schema"]).decode(spec["body"].encode())
+        call = Call(command, then=_COMPENSATED, timeout=60, retry=_COMPENSATION_RETRY)
+        self._send({**row, "data": data}, command, cause, now, change, attempt=1, call=call)
+
+    def _start_child(self, row: dict[str, Any], action: StartChild, cause: str, now: float, change: Change) -> None:
+        definition = self.registry.latest(action.saga_type)
+        seq = row["seq"]
+        child_id = action.child_id or f"{row['id']}.child{seq}"
+        raw = msgspec.to_builtins(action.input)
+        env = Envelope(
+            message_id=cause, correlation_id=row["correlation_id"], tenant=row["tenant"],
+            actor=row["actor"], schema="sagas.start",
+        )
+        child = self._new_row(child_id, definition, raw, env, now, run_no=1, parent_id=row["id"])
+        child["waiting"] = {"kind": "continue", "then": definition.first, "reply": None}
+        child["wake_at"] = now
+        change.children.append(child)
+        change.wake_now.append(child_id)
+        change.values["waiting"] = {"kind": "child", "child_id": child_id, "then": step_name(action.then)}
+        change.values["wake_at"] = None
+        change.history.append(self._history(row, change.values.get("step", row["step"]), "child_started", {"child_id": child_id, "type": action.saga_type}, now, seq=seq))
+
+    def _finish(
+        self,
+        row: dict[str, Any],
+        state: str,
+        result: dict[str, Any] | None,
+        error: str | None,
+        cause: str,
+        now: float,
+        change: Change,
+    ) -> None:
+        change.values.update(
+            state=state, result=result, error=error, waiting=None, wake_at=None, finished_at=now
+        )
+        event = SagaFinished(saga_id=row["id"], saga_type=row["type"], state=state, result=result, error=error)
+        entry = of_type(SagaFinished)
+        env = Envelope(
+            message_id=f"{row['id']}.{row['run']}.finished",
+            correlation_id=row["correlation_id"],
+            causation_id=cause,
+            tenant=row["tenant"],
+            actor=row["actor"],
+            schema=entry.name,
+        )
+        change.outbox.append(
+            {
+                "id": env.message_id,
+                "saga_id": row["id"],
+                "subject": entry.subject(row["tenant"]),
+                "headers": env.to_headers(),
+                "body": encode(event),
+                "created_at": now,
+                "published_at": None,
+            }
+        )
+        change.history.append(self._history(row, change.values.get("step", row["step"]), state, {"error": error} if error else None, now, duration_ms=(now - row["created_at"]) * 1000))
+
+    # ── persistence ────────────────────────────────────────────────────────────────────
+
+    def _definition(self, row: dict[str, Any]) -> Definition[Any]:
+        return self.registry.get(row["type"], row["version"])
+
+    def _new_row(
+        self,
+        saga_id: str,
+        definition: Definition[Any],
+        raw_input: dict[str, Any],
+        env: Envelope,
+        now: float,
+        *,
+        run_no: int,
+        parent_id: str | None,
+    ) -> dict[str, Any]:
+        return {
+            "id": saga_id,
+            "type": definition.saga_type,
+            "version": definition.version,
+            "run": run_no,
+            "tenant": env.tenant,
+            "correlation_id": env.correlation_id,
+            "actor": env.actor,
+            "parent_id": parent_id,
+            "state": RUNNING,
+            "step": None,
+            "input": raw_input,
+            "data": {},
+            "waiting": None,
+            "wake_at": None,
+            "result": None,
+            "error": None,
+            "seq": 1,
+            "rev": 0,
+            "created_at": now,
+            "updated_at": now,
+            "finished_at": None,
+        }
+
+    def _history(
+        self,
+        row: dict[str, Any],
+        step: str | None,
+        event: str,
+        detail: dict[str, Any] | None,
+        now: float,
+        duration_ms: float | None = None,
+        *,
+        seq: int | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "saga_id": row["id"],
+            "run": row["run"],
+            "seq": row["seq"] if seq is None else seq,
+            "step": step,
+            "event": event,
+            "detail": detail,
+            "at": now,
+            "duration_ms": duration_ms,
+        }
+
+    async def _record_inbox(self, conn: AsyncConnection, saga_id: str, message_id: str, now: float) -> bool:
+        insert = postgresql.insert if self.postgres else sqlite.insert
+        stmt = insert(tables.inbox).values(saga_id=saga_id, message_id=message_id, at=now)
+        result = await conn.execute(stmt.on_conflict_do_nothing())
+        return bool(result.rowcount)
+
+    async def _load(self, conn: AsyncConnection, saga_id: str) -> dict[str, Any] | None:
+        stmt = select(tables.instances).where(tables.instances.c.id == saga_id)
+        if self.postgres:
+            stmt = stmt.with_for_update()
+        row = (await conn.execute(stmt)).mappings().first()
+        if row is None:
+            return None
+        loaded = dict(row)
+        loaded["seq"] += 1  # every transition is numbered; history is unique per number
+        return loaded
+
+    async def _transact(
+        self, body: Callable[[AsyncConnection, float], Awaitable[Change | None]], *, saga_id: str | None
+    ) -> None:
+        for attempt in range(20):
+            try:
+                async with self.db.begin() as conn:
+                    now = time.time()
+                    change = await body(conn, now)
+                    if change is None:
+                        return
+                    if change.values and saga_id is not None:
+                        await self._save(conn, saga_id, change, now)
+                    for child in change.children:
+                        await conn.execute(tables.instances.insert().values(**child))
+                    if change.history:
+                        await conn.execute(tables.history.insert(), _numbered(change.history))
+                    if change.outbox:
+                        await conn.execute(tables.outbox.insert(), change.outbox)
+            except Conflict:
+                log.debug("saga %s advanced elsewhere; retrying (%d)", saga_id, attempt)
+                continue
+            if self.on_commit is not None and (change.outbox or change.wake_now):
+                await self.on_commit(change.outbox, change.wake_now)
+            return
+        raise RuntimeError(f"saga {saga_id}: gave up after repeated concurrent updates")
+
+    async def _save(self, conn: AsyncConnection, saga_id: str, change: Change, now: float) -> None:
+        rev = change.rev
+        values = {**change.values, "updated_at": now, "rev": (rev or 0) + 1}
+        result = await conn.execute(
+            update(tables.instances)
+            .where(and_(tables.instances.c.id == saga_id, tables.instances.c.rev == rev))
+            .values(**values)
+        )
+        if result.rowcount != 1:
+            raise Conflict(saga_id)
+
+
+def _at(row: dict[str, Any], change: Change) -> Change:
+    change.rev = row["rev"]
+    change.values.setdefault("seq", row["seq"])
+    return change
+
+
+def _numbered(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Give each history row of one transition a distinct (seq, event) key."""
+    seen: dict[tuple[Any, ...], int] = {}
+    out = []
+    for h in history:
+        key = (h["saga_id"], h["run"], h["seq"], h["event"])
+        n = seen.get(key, 0)
+        seen[key] = n + 1
+        out.append(h if n == 0 else {**h, "event": f"{h['event']}#{n}"})
+    return out

@@ -1,0 +1,155 @@
+"""The saga runner process: consumes saga commands and every event, fires timers, relays the outbox.
+
+Any number of runners may run against one database: each trigger is one transaction guarded by
+the inbox, row locks (PostgreSQL) and the rev check, so no instance is advanced twice.
+On start a runner sweeps the outbox and the timer table, which recovers every instance that was
+mid-step when some process died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bus import runtime
+from bus.connection import connect
+from bus.service import Service
+from sagas.definition import Definition
+from sagas.engine import Engine
+from sagas.registry import Registry
+from sagas.relay import Relay
+from schemas.envelope import Envelope
+from schemas.sagas import SagaCancel, SagaFinished, SagaSignal, SagaStart, SagaStarted
+from soma.db import make_engine, migrate
+from soma.settings import Settings
+
+log = logging.getLogger("soma.sagas.runner")
+
+TIMER_INTERVAL = 0.2
+SWEEP_INTERVAL = 1.0
+
+
+def default_definitions() -> list[Definition[Any]]:
+    from sagas.definitions import ALL
+
+    return list(ALL)
+
+
+@dataclass
+class Runner:
+    engine: Engine
+    relay: Relay | None = None
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    running: runtime.Running | None = None
+    db: AsyncEngine | None = None
+
+    async def on_commit(self, outbox: list[dict[str, Any]], wake_now: list[str]) -> None:
+        if self.relay is not None and outbox:
+            try:
+                await self.relay.publish(outbox)
+            except Exception as exc:  # the sweep will publish them
+                log.warning("relay publish failed, will retry from the outbox: %s", exc)
+        for saga_id in wake_now:
+            self._spawn(self.engine.wake(saga_id))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("saga task failed: %r", task.exception())
+
+    def service(self) -> Service:
+        async def start(cmd: SagaStart, env: Envelope) -> SagaStarted:
+            return await self.engine.start(cmd, env)
+
+        async def signal_(cmd: SagaSignal, env: Envelope) -> None:
+            await self.engine.signal(cmd.saga_id, cmd.name, cmd.payload, env.message_id)
+
+        async def cancel(cmd: SagaCancel, env: Envelope) -> None:
+            await self.engine.cancel(cmd.saga_id, cmd.reason, env.message_id)
+
+        async def on_event(event: Any, env: Envelope) -> None:
+            if isinstance(event, SagaFinished):
+                await self.engine.child_finished(event, env)
+            if env.causation_id:
+                await self.engine.reply(event, env)
+
+        return Service(
+            name="sagas",
+            routes={SagaStart: start, SagaSignal: signal_, SagaCancel: cancel},
+            event_routes={"*": on_event},
+        )
+
+    async def timers(self) -> None:
+        while True:
+            try:
+                due = await self.engine.due(time.time())
+                if due:
+                    await asyncio.gather(*(self.engine.wake(s) for s in due), return_exceptions=True)
+            except Exception as exc:
+                log.warning("timer pass failed: %s", exc)
+            await asyncio.sleep(TIMER_INTERVAL)
+
+    async def sweeper(self) -> None:
+        while True:
+            try:
+                if self.relay is not None:
+                    await self.relay.sweep()
+            except Exception as exc:
+                log.warning("outbox sweep failed: %s", exc)
+            await asyncio.sleep(SWEEP_INTERVAL)
+
+    async def stop(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        if self.running is not None:
+            await self.running.stop()
+        if self.db is not None:
+            await self.db.dispose()
+
+
+async def start(
+    settings: Settings,
+    definitions: Iterable[Definition[Any]] | None = None,
+    *,
+    health_port: int | None = None,
+) -> Runner:
+    url = settings.resolved_database_url()
+    await migrate(url)
+    db = make_engine(url)
+    registry = Registry(definitions if definitions is not None else default_definitions())
+    runner = Runner(engine=Engine(db, registry), db=db)
+    runner.engine.on_commit = runner.on_commit
+    nc = await connect(settings.nats_url or "nats://127.0.0.1:4222", "soma-sagas-relay")
+    runner.relay = Relay(db, nc.jetstream())
+    service = runner.service()
+    service.shutdown.append(nc.close)
+    runner.running = await runtime.start(service, settings, health_port=health_port)
+    runner._spawn(runner.timers())
+    runner._spawn(runner.sweeper())
+    return runner
+
+
+async def main(settings: Settings) -> None:
+    """``soma run sagas``: run until SIGINT/SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    runner = await start(settings, health_port=settings.health_port)
+    print("sagas: runner consuming", flush=True)
+    await stop.wait()
+    await runner.stop()

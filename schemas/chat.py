@@ -1,0 +1,53 @@
+"""The chat turn: what the gateway asks of the ``chat_turn`` saga, and what it answers."""
+
+from typing import Any
+
+import msgspec
+
+from schemas.base import Message, Usage
+from schemas.slm import ChatMessage, ToolSpec
+
+
+class ChatTurnInput(Message):
+    """One OpenAI-style chat request, as the ``chat_turn`` saga's input.
+
+    ``tools`` are the caller's: calls to them end the turn with ``finish_reason="tool_calls"``.
+    Deltas go to core NATS ``soma.stream.<correlation id>`` when ``stream`` is true.
+    """
+
+    model: str
+    messages: list[ChatMessage]
+    tools: list[ToolSpec] = []
+    tool_choice: str | dict[str, Any] | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    stop: list[str] | None = None
+    seed: int | None = None
+    response_format: dict[str, Any] | None = None
+    user: str | None = None
+    session: str | None = None
+    stream: bool = False
+    role: str = "user"
+    key_id: str | None = None
+    use_memory: bool = True
+    use_policy: bool = True
+    platform_tools: bool = False
+    max_tool_rounds: int = 4
+
+
+class PolicyVerdict(Message):
+    decision: str
+    reasons: list[str] = []
+    rule_ids: list[str] = []
+    stage: str = "prompt"
+
+
+class ChatTurnResult(Message):
+    """The answer. A policy denial has ``finish_reason="content_filter"`` and ``policy`` set."""
+
+    message: ChatMessage
+    finish_reason: str
+    model: str
+    usage: Usage = msgspec.field(default_factory=Usage)
+    cost_usd: float = 0.0
+    policy: PolicyVerdict | None = None

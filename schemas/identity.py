@@ -1,0 +1,217 @@
+"""Identity: credentials checked, tokens issued and revoked, tenants, users and API keys managed.
+
+No secret travels on the bus, because the command and event streams are kept and operators tail
+them: an API key's secret and a refresh token are sent as their SHA-256 (hex), and the gateway
+generates new secrets itself and hands identity only their hashes. Only signed access tokens
+(short-lived, revocable) appear in events.
+
+Commands whose tenant is not known yet (key verification, refresh, key set and revocation polls)
+travel under the tenant token ``_system``.
+"""
+
+from typing import Any, Literal
+
+from schemas.base import Message
+
+SYSTEM_TENANT = "_system"
+
+
+class TenantInfo(Message):
+    id: str
+    name: str
+    created_at: float
+
+
+class UserInfo(Message):
+    id: str
+    tenant: str
+    name: str
+    roles: list[str] = []
+    created_at: float = 0.0
+
+
+class ApiKeyInfo(Message):
+    """An API key as listed: never its secret."""
+
+    id: str
+    tenant: str
+    user: str
+    name: str = ""
+    roles: list[str] = []
+    models: list[str] | None = None
+    created_at: float = 0.0
+    expires_at: float | None = None
+    revoked_at: float | None = None
+
+
+class IdentityVerifyKey(Message):
+    """Who does the API key ``sk-soma-<key_id>-<secret>`` speak for? Only the secret's hash."""
+
+    key_id: str
+    secret_sha256: str
+
+
+class IdentityKeyVerified(Message):
+    """The verdict; ``valid=False`` with a reason for unknown, revoked or expired keys."""
+
+    key_id: str
+    valid: bool
+    reason: str = ""
+    tenant: str = ""
+    user: str = ""
+    roles: list[str] = []
+    models: list[str] | None = None
+    expires_at: float | None = None
+
+
+class IdentityJwks(Message):
+    """Ask for the public signing keys (JWKS) accepted right now."""
+
+
+class IdentityJwksPublished(Message):
+    """Public JWKs (kty, crv, x, kid, alg, use) of every key whose tokens may still be valid."""
+
+    keys: list[dict[str, Any]] = []
+
+
+class Revocation(Message):
+    """``jti``: one access token; ``session``: every token with that ``sid``; ``user``: every
+    token of that user issued (``iat``) before ``revoked_at``. Forgettable after ``expires_at``."""
+
+    kind: Literal["jti", "session", "user"]
+    subject: str
+    revoked_at: float
+    expires_at: float
+
+
+class IdentityRevocations(Message):
+    """Revocations recorded at or after ``since`` (all live ones when None)."""
+
+    since: float | None = None
+
+
+class IdentityRevocationsListed(Message):
+    as_of: float
+    revocations: list[Revocation] = []
+
+
+class IdentityIssueToken(Message):
+    """Exchange an API key for an access token, starting a refresh family whose first refresh
+    token hashes to ``refresh_sha256`` (the gateway made the token; identity stores the hash)."""
+
+    key_id: str
+    secret_sha256: str
+    refresh_sha256: str
+    scope: list[str] = []
+    client_id: str = ""
+
+
+class IdentityTokenIssued(Message):
+    access_token: str
+    expires_in: int
+    refresh_expires_in: int
+    tenant: str
+    user: str
+    scope: list[str] = []
+    session: str = ""
+
+
+class IdentityRefresh(Message):
+    """Rotate a refresh token: ``refresh_sha256`` is presented, ``new_refresh_sha256`` replaces it.
+    A token already rotated once is reuse: the whole family is revoked and the command refused."""
+
+    refresh_sha256: str
+    new_refresh_sha256: str
+
+
+class IdentityRefreshed(Message):
+    access_token: str
+    expires_in: int
+    refresh_expires_in: int
+    tenant: str
+    user: str
+    scope: list[str] = []
+    session: str = ""
+
+
+class IdentityRevoke(Message):
+    """Revoke an access token (``jti`` until ``expires_at``), a refresh family (by a refresh
+    token's hash), or every current token of a user of the envelope's tenant."""
+
+    jti: str | None = None
+    expires_at: float | None = None
+    refresh_sha256: str | None = None
+    user_id: str | None = None
+
+
+class IdentityRevoked(Message):
+    revoked: bool
+
+
+class IdentityCreateTenant(Message):
+    tenant_id: str
+    name: str | None = None
+
+
+class IdentityTenantCreated(Message):
+    tenant: TenantInfo
+
+
+class IdentityListTenants(Message):
+    pass
+
+
+class IdentityTenantsListed(Message):
+    tenants: list[TenantInfo] = []
+
+
+class IdentityCreateUser(Message):
+    """A user in the envelope's tenant."""
+
+    name: str
+    roles: list[str] = []
+
+
+class IdentityUserCreated(Message):
+    user: UserInfo
+
+
+class IdentityListUsers(Message):
+    pass
+
+
+class IdentityUsersListed(Message):
+    users: list[UserInfo] = []
+
+
+class IdentityCreateKey(Message):
+    """Record an API key the gateway generated: ``sk-soma-<key_id>-<secret>`` with ``key_id`` 16
+    hex digits; identity keeps ``secret_sha256``. ``roles`` None: the user's roles."""
+
+    user_id: str
+    key_id: str
+    secret_sha256: str
+    name: str = ""
+    roles: list[str] | None = None
+    models: list[str] | None = None
+    expires_at: float | None = None
+
+
+class IdentityKeyCreated(Message):
+    key: ApiKeyInfo
+
+
+class IdentityListKeys(Message):
+    user_id: str | None = None
+
+
+class IdentityKeysListed(Message):
+    keys: list[ApiKeyInfo] = []
+
+
+class IdentityRevokeKey(Message):
+    key_id: str
+
+
+class IdentityKeyRevoked(Message):
+    key: ApiKeyInfo

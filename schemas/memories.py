@@ -1,0 +1,49 @@
+"""Memory as an API: embeddings, and adding or deleting memories directly.
+
+Searching is ``memory.recall`` (schemas/memory.py). Everything is scoped by the envelope's tenant:
+an id of another tenant is simply not found.
+"""
+
+from typing import Any
+
+from schemas.base import Message
+
+
+class MemoryEmbed(Message):
+    """Embed texts with ``model`` (the memory service's configured embedder when None)."""
+
+    texts: list[str]
+    model: str | None = None
+
+
+class MemoryEmbedded(Message):
+    model: str
+    vectors: list[list[float]]
+    prompt_tokens: int = 0
+
+
+class MemoryAdd(Message):
+    """Add one memory; ``id`` makes a repeated add a no-op (``created=False``)."""
+
+    id: str
+    text: str
+    user: str | None = None
+    session: str | None = None
+    metadata: dict[str, Any] = {}
+
+
+class MemoryAdded(Message):
+    id: str
+    created: bool = True
+
+
+class MemoryDelete(Message):
+    """Delete memories by id, or every memory of ``user`` (and ``session``) when ids is None."""
+
+    ids: list[str] | None = None
+    user: str | None = None
+    session: str | None = None
+
+
+class MemoryDeleted(Message):
+    deleted: int

@@ -1,0 +1,157 @@
+"""Saga definitions used by the engine tests; their steps call the test tools service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sagas.definition import (
+    Call,
+    Complete,
+    Continue,
+    Definition,
+    Retry,
+    Run,
+    Sleep,
+    StartChild,
+    WaitSignal,
+)
+from schemas.sagas import SagaFinished
+from schemas.tools import ToolInvoke, ToolResult
+
+Data = dict[str, Any]
+
+
+def tool(run: Run[Data], n: int, name: str = "effect", **arguments: Any) -> ToolInvoke:
+    return ToolInvoke(call_id=f"{run.saga_id}:{n}", name=name, arguments=arguments)
+
+
+three_steps: Definition[Data] = Definition("three_steps", version=1, input_type=dict)
+
+
+@three_steps.start
+def first(run: Run[Data]) -> Call:
+    return Call(tool(run, 1), then=second, timeout=30)
+
+
+@three_steps.step
+def second(run: Run[Data], result: ToolResult) -> Call:
+    run.data["outputs"] = [result.output]
+    return Call(tool(run, 2), then=third, timeout=30)
+
+
+@three_steps.step
+def third(run: Run[Data], result: ToolResult) -> Continue:
+    run.data["outputs"].append(result.output)
+    return Continue(then=done)
+
+
+@three_steps.step
+def done(run: Run[Data]) -> Complete:
+    return Complete({"outputs": run.data["outputs"]})
+
+
+retrying: Definition[Data] = Definition("retrying", version=1, input_type=dict)
+
+
+@retrying.start
+def flaky_call(run: Run[Data]) -> Call:
+    return Call(
+        tool(run, 1, name="flaky", fail_times=run.input.get("fail_times", 2)),
+        then=after_flaky,
+        timeout=30,
+        retry=Retry(initial=0.2, coefficient=2.0, max_attempts=run.input.get("max_attempts", 5)),
+    )
+
+
+@retrying.step
+def after_flaky(run: Run[Data], result: ToolResult) -> Complete:
+    return Complete({"output": result.output})
+
+
+refused: Definition[Data] = Definition("refused", version=1, input_type=dict)
+
+
+@refused.start
+def refused_call(run: Run[Data]) -> Call:
+    return Call(tool(run, 1, name="refuse"), then=after_refused, retry=Retry(initial=0.1))
+
+
+@refused.step
+def after_refused(run: Run[Data], result: ToolResult) -> Complete:
+    return Complete({"unexpected": True})
+
+
+sleeper: Definition[Data] = Definition("sleeper", version=1, input_type=dict)
+
+
+@sleeper.start
+def nap(run: Run[Data]) -> Sleep:
+    return Sleep(run.input.get("seconds", 2.0), then=woke)
+
+
+@sleeper.step
+def woke(run: Run[Data]) -> Complete:
+    return Complete({})
+
+
+approval: Definition[Data] = Definition("approval", version=1, input_type=dict)
+
+
+@approval.start
+def draft(run: Run[Data]) -> Call:
+    return Call(tool(run, 1, label="draft"), then=ask, compensate=tool(run, 91, name="undo", label="draft"))
+
+
+@approval.step
+def ask(run: Run[Data], result: ToolResult) -> Call:
+    return Call(tool(run, 2, label="review"), then=wait_approval, compensate=tool(run, 92, name="undo", label="review"))
+
+
+@approval.step
+def wait_approval(run: Run[Data], result: ToolResult) -> WaitSignal:
+    return WaitSignal("approve", then=approved)
+
+
+@approval.step
+def approved(run: Run[Data], payload: dict[str, Any]) -> Complete:
+    return Complete({"approved_by": payload.get("by")})
+
+
+parent: Definition[Data] = Definition("parent", version=1, input_type=dict)
+
+
+@parent.start
+def spawn(run: Run[Data]) -> StartChild:
+    return StartChild("three_steps", {}, then=child_done)
+
+
+@parent.step
+def child_done(run: Run[Data], outcome: SagaFinished) -> Complete:
+    return Complete({"child_state": outcome.state, "child_result": outcome.result})
+
+
+versioned_v1: Definition[Data] = Definition("versioned", version=1, input_type=dict)
+versioned_v2: Definition[Data] = Definition("versioned", version=2, input_type=dict)
+
+
+@versioned_v1.start
+def v1_wait(run: Run[Data]) -> WaitSignal:
+    return WaitSignal("go", then=v1_end)
+
+
+@versioned_v1.step
+def v1_end(run: Run[Data], payload: Any) -> Complete:
+    return Complete({"version": 1})
+
+
+@versioned_v2.start
+def v2_wait(run: Run[Data]) -> WaitSignal:
+    return WaitSignal("go", then=v2_end)
+
+
+@versioned_v2.step
+def v2_end(run: Run[Data], payload: Any) -> Complete:
+    return Complete({"version": 2})
+
+
+ALL = [three_steps, retrying, refused, sleeper, approval, parent, versioned_v1]

@@ -1,0 +1,139 @@
+"""What Temporal users rely on, shown on the saga engine over real JetStream and SQL."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from sagas import queries
+from tests.sagas.conftest import Stack
+
+
+async def test_a_three_step_saga_completes_with_each_effect_once(stack: Stack) -> None:
+    saga_id = await stack.start("three_steps")
+    row = await stack.finished(saga_id)
+    assert row["state"] == "completed"
+    assert row["result"] == {"outputs": [f"{saga_id}:1", f"{saga_id}:2"]}
+    assert stack.effects.applied[f"{saga_id}:1"] == 1
+    assert stack.effects.applied[f"{saga_id}:2"] == 1
+
+
+async def test_history_records_every_step_with_timings(stack: Stack) -> None:
+    saga_id = await stack.start("three_steps")
+    await stack.finished(saga_id)
+    history = await queries.get_history(stack.db, saga_id)
+    events = [(h["step"], h["event"]) for h in history]
+    assert events[0] == (None, "started")
+    assert ("first", "command_sent") in events and ("third", "step") in events
+    assert events[-1] == ("done", "completed")
+    replies = [h for h in history if h["event"] == "reply"]
+    assert len(replies) == 2 and all(h["duration_ms"] >= 0 for h in replies)
+
+
+async def test_a_failing_step_is_retried_with_backoff_then_succeeds(stack: Stack) -> None:
+    saga_id = await stack.start("retrying", {"fail_times": 2})
+    row = await stack.finished(saga_id)
+    assert row["state"] == "completed"
+    history = await queries.get_history(stack.db, saga_id)
+    retries = [h["detail"] for h in history if h["event"] == "retry_scheduled"]
+    assert [r["attempt"] for r in retries] == [2, 3]
+    assert retries[1]["in_s"] == pytest.approx(2 * retries[0]["in_s"])
+    sent = [h["detail"]["message_id"] for h in history if h["event"] == "command_sent"]
+    assert len(set(sent)) == 3, "each attempt is a new message, not eaten by the dedup window"
+
+
+async def test_retries_stop_at_max_attempts_and_the_saga_fails(stack: Stack) -> None:
+    saga_id = await stack.start("retrying", {"fail_times": 5, "max_attempts": 2})
+    row = await stack.finished(saga_id)
+    assert row["state"] == "failed"
+    assert "flaky tool is down" in row["error"]
+
+
+async def test_a_non_retryable_error_fails_the_saga_at_once(stack: Stack) -> None:
+    saga_id = await stack.start("refused")
+    row = await stack.finished(saga_id)
+    assert row["state"] == "failed"
+    assert "refuses every call" in row["error"]
+    assert stack.effects.deliveries[f"{saga_id}:1"] == 1
+
+
+async def test_an_approval_signal_advances_a_waiting_saga(stack: Stack) -> None:
+    saga_id = await stack.start("approval")
+    for _ in range(100):
+        row = await queries.get_instance(stack.db, saga_id)
+        if row and (row["waiting"] or {}).get("kind") == "signal":
+            break
+        await asyncio.sleep(0.05)
+    await stack.signal(saga_id, "approve", {"by": "alice"})
+    row = await stack.finished(saga_id)
+    assert row["state"] == "completed"
+    assert row["result"] == {"approved_by": "alice"}
+
+
+async def test_a_signal_sent_before_the_saga_waits_is_buffered(stack: Stack) -> None:
+    saga_id = await stack.start("versioned")
+    await stack.signal(saga_id, "go")
+    row = await stack.finished(saga_id)
+    assert row["state"] == "completed"
+
+
+async def test_cancel_runs_compensations_in_reverse_order(stack: Stack) -> None:
+    saga_id = await stack.start("approval")
+    for _ in range(100):
+        row = await queries.get_instance(stack.db, saga_id)
+        if row and (row["waiting"] or {}).get("kind") == "signal":
+            break
+        await asyncio.sleep(0.05)
+    before = len(stack.effects.order)
+    await stack.cancel(saga_id)
+    row = await stack.finished(saga_id)
+    assert row["state"] == "compensated"
+    assert stack.effects.order[before:] == ["undo:review", "undo:draft"]
+
+
+async def test_a_parent_awaits_its_child_saga(stack: Stack) -> None:
+    saga_id = await stack.start("parent")
+    row = await stack.finished(saga_id)
+    assert row["state"] == "completed"
+    assert row["result"]["child_state"] == "completed"
+    children = await queries.list_instances(stack.db, saga_type="three_steps", limit=500)
+    assert any(c["parent_id"] == saga_id for c in children)
+
+
+async def test_starting_an_existing_id_is_rejected_by_default(stack: Stack) -> None:
+    saga_id = await stack.start("three_steps")
+    await stack.finished(saga_id)
+    with pytest.raises(RuntimeError, match="already exists"):
+        await stack.start("three_steps", saga_id=saga_id)
+
+
+async def test_a_running_id_with_use_existing_returns_the_running_instance(stack: Stack) -> None:
+    saga_id = await stack.start("versioned")
+    again = await stack.start("versioned", saga_id=saga_id, id_conflict="use_existing")
+    assert again == saga_id
+    with pytest.raises(RuntimeError, match="already running"):
+        await stack.start("versioned", saga_id=saga_id)
+    await stack.signal(saga_id, "go")
+    await stack.finished(saga_id)
+
+
+async def test_a_failed_id_can_be_reused_when_the_policy_allows(stack: Stack) -> None:
+    saga_id = await stack.start("refused")
+    await stack.finished(saga_id)
+    with pytest.raises(RuntimeError, match="already exists"):
+        await stack.start("refused", saga_id=saga_id, id_reuse="reject_duplicate")
+    await stack.start("three_steps", saga_id=saga_id, id_reuse="allow_duplicate_failed_only")
+    row = await stack.finished(saga_id)
+    assert row["state"] == "completed" and row["run"] == 2
+
+
+async def test_listing_filters_by_type_state_and_tenant_with_paging(stack: Stack) -> None:
+    ids = [await stack.start("three_steps") for _ in range(3)]
+    for saga_id in ids:
+        await stack.finished(saga_id)
+    page1 = await queries.list_instances(stack.db, tenant="acme", saga_type="three_steps", state="completed", limit=2)
+    page2 = await queries.list_instances(stack.db, tenant="acme", saga_type="three_steps", state="completed", limit=2, offset=2)
+    assert len(page1) == 2 and len(page2) >= 1
+    assert not {r["id"] for r in page1} & {r["id"] for r in page2}
+    assert await queries.list_instances(stack.db, tenant="other") == []
