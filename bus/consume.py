@@ -96,6 +96,11 @@ def make_processor(
         except EnvelopeError as exc:
             await to_dead_letters(msg, f"undecodable envelope: {exc}", None, deliveries)
             return
+        if deliveries > policy.max_deliver:
+            # Delivered again and again without an outcome: it kills or hangs its handler.
+            reason = f"delivered {deliveries} times without an outcome (handler crashed or hung)"
+            await to_dead_letters(msg, reason, env, deliveries, True)
+            return
         try:
             entry = by_subject(msg.subject)
         except UnknownMessage as exc:

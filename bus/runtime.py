@@ -84,7 +84,9 @@ def _consumer(
         durable_name=durable,
         ack_policy=JsAckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
-        max_deliver=settings.max_deliver,
+        # Unlimited at the server: the runtime dead-letters by delivery count itself, so a
+        # message whose deliveries were lost to crashes is never silently abandoned.
+        max_deliver=-1,
         ack_wait=settings.ack_wait,
         max_ack_pending=settings.max_ack_pending,
         filter_subjects=subjects if len(subjects) > 1 else None,

@@ -59,6 +59,10 @@ _COMPENSATED = "__compensated__"
 _COMPENSATION_RETRY = Retry(initial=1.0, max_attempts=5)
 
 
+class SagaNotFound(LookupError):
+    """A signal or cancel for an id with no instance (perhaps not started yet)."""
+
+
 class Conflict(Exception):
     """Another runner advanced the instance first; reload and try again."""
 
@@ -183,7 +187,8 @@ class Engine:
                 return None
             row = await self._load(conn, saga_id)
             if row is None:
-                raise Rejected(f"no saga {saga_id}")
+                # Its start may be in flight on another delivery: retried, then dead-lettered.
+                raise SagaNotFound(f"no saga {saga_id} (yet)")
             if row["state"] in TERMINAL:
                 raise Rejected(f"saga {saga_id} has ended ({row['state']}); signal {name} dropped")
             change = Change()
@@ -205,7 +210,7 @@ class Engine:
                 return None
             row = await self._load(conn, saga_id)
             if row is None:
-                raise Rejected(f"no saga {saga_id}")
+                raise SagaNotFound(f"no saga {saga_id} (yet)")
             if row["state"] in TERMINAL or row["state"] == CANCELLING:
                 return None
             change = Change()

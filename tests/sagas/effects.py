@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -16,10 +17,13 @@ class Effects:
     applied: Counter[str] = field(default_factory=Counter)  # call id -> times the effect ran
     deliveries: Counter[str] = field(default_factory=Counter)
     order: list[str] = field(default_factory=list)
+    delay: float = 0.0
 
     def service(self) -> Service:
         async def invoke(cmd: ToolInvoke, env: Envelope) -> ToolResult:
             self.deliveries[cmd.call_id] += 1
+            if self.delay:
+                await asyncio.sleep(self.delay)
             if cmd.name == "refuse":
                 raise Rejected("this tool refuses every call")
             if cmd.name == "flaky" and self.deliveries[cmd.call_id] <= cmd.arguments["fail_times"]:
