@@ -31,7 +31,8 @@ class ChatTurnInput(Message):
     key_id: str | None = None
     use_memory: bool = True
     use_policy: bool = True
-    platform_tools: bool = False
+    # Registry tools the tenant enabled for this caller: offered to the model, run in the turn.
+    platform_tools: list[ToolSpec] = []
     max_tool_rounds: int = 4
 
 

@@ -1,7 +1,10 @@
-"""The saga definitions this project ships."""
+"""The saga definitions this project ships. Keep an old version listed here until its
+instances have finished: each instance runs to its end on the version it started with."""
 
 from typing import Any
 
 from sagas.definition import Definition
+from sagas.definitions.agent_task import agent_task
+from sagas.definitions.chat_turn import chat_turn
 
-ALL: list[Definition[Any]] = []
+ALL: list[Definition[Any]] = [chat_turn, agent_task]

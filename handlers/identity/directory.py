@@ -1,0 +1,163 @@
+"""Tenants and their users, each user holding a set of role names."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from handlers.identity.errors import AlreadyExists, InvalidInput, NotFound
+from handlers.identity.tables import tenants, users
+
+# A tenant id is a NATS subject token (soma.cmd.<tenant>.…): no dots, wildcards or spaces.
+TENANT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+# Roles travel space-separated in ``scope``-like places, so no whitespace.
+ROLE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    id: str
+    name: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: str
+    tenant: str
+    name: str
+    roles: tuple[str, ...]
+    created_at: float
+
+
+def check_roles(roles: Iterable[str]) -> tuple[str, ...]:
+    """Validated, de-duplicated and sorted, so stored and compared sets read the same."""
+    checked = sorted(set(roles))
+    for role in checked:
+        if not isinstance(role, str) or not ROLE.fullmatch(role):
+            raise InvalidInput(f"invalid role name {role!r}")
+    return tuple(checked)
+
+
+def _tenant(row: sa.Row) -> Tenant:
+    return Tenant(id=row.id, name=row.name, created_at=row.created_at)
+
+
+def _user(row: sa.Row) -> User:
+    return User(
+        id=row.id,
+        tenant=row.tenant_id,
+        name=row.name,
+        roles=tuple(row.roles),
+        created_at=row.created_at,
+    )
+
+
+async def insert_tenant(
+    conn: AsyncConnection, tenant_id: str, name: str | None, now: float
+) -> Tenant:
+    if not TENANT_ID.fullmatch(tenant_id):
+        raise InvalidInput(f"invalid tenant id {tenant_id!r} (expected [a-z0-9][a-z0-9_-]*)")
+    tenant = Tenant(id=tenant_id, name=name or tenant_id, created_at=now)
+    await conn.execute(
+        tenants.insert().values(id=tenant.id, name=tenant.name, created_at=tenant.created_at)
+    )
+    return tenant
+
+
+async def insert_user(
+    conn: AsyncConnection, tenant: str, name: str, roles: Iterable[str], now: float
+) -> User:
+    if not name or len(name) > 200:
+        raise InvalidInput("a user name is 1 to 200 characters")
+    user = User(
+        id=uuid.uuid4().hex, tenant=tenant, name=name, roles=check_roles(roles), created_at=now
+    )
+    await conn.execute(
+        users.insert().values(
+            id=user.id,
+            tenant_id=user.tenant,
+            name=user.name,
+            roles=list(user.roles),
+            created_at=user.created_at,
+        )
+    )
+    return user
+
+
+async def load_tenant(conn: AsyncConnection, tenant_id: str) -> Tenant | None:
+    row = (await conn.execute(sa.select(tenants).where(tenants.c.id == tenant_id))).first()
+    return _tenant(row) if row else None
+
+
+async def load_user(conn: AsyncConnection, tenant: str, user_id: str) -> User | None:
+    query = sa.select(users).where(users.c.id == user_id, users.c.tenant_id == tenant)
+    row = (await conn.execute(query)).first()
+    return _user(row) if row else None
+
+
+async def load_user_by_name(conn: AsyncConnection, tenant: str, name: str) -> User | None:
+    query = sa.select(users).where(users.c.tenant_id == tenant, users.c.name == name)
+    row = (await conn.execute(query)).first()
+    return _user(row) if row else None
+
+
+async def create_tenant(
+    engine: AsyncEngine, tenant_id: str, name: str | None = None, now: float | None = None
+) -> Tenant:
+    try:
+        async with engine.begin() as conn:
+            return await insert_tenant(conn, tenant_id, name, time.time() if now is None else now)
+    except IntegrityError as exc:
+        raise AlreadyExists(f"tenant {tenant_id!r} exists") from exc
+
+
+async def list_tenants(engine: AsyncEngine) -> list[Tenant]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(sa.select(tenants).order_by(tenants.c.id))
+        return [_tenant(r) for r in rows]
+
+
+async def get_tenant(engine: AsyncEngine, tenant_id: str) -> Tenant:
+    async with engine.connect() as conn:
+        tenant = await load_tenant(conn, tenant_id)
+    if tenant is None:
+        raise NotFound(f"no tenant {tenant_id!r}")
+    return tenant
+
+
+async def create_user(
+    engine: AsyncEngine,
+    tenant: str,
+    name: str,
+    roles: Iterable[str] = (),
+    now: float | None = None,
+) -> User:
+    try:
+        async with engine.begin() as conn:
+            if await load_tenant(conn, tenant) is None:
+                raise NotFound(f"no tenant {tenant!r}")
+            return await insert_user(conn, tenant, name, roles, time.time() if now is None else now)
+    except IntegrityError as exc:
+        raise AlreadyExists(f"user {name!r} exists in tenant {tenant!r}") from exc
+
+
+async def list_users(engine: AsyncEngine, tenant: str) -> list[User]:
+    async with engine.connect() as conn:
+        query = sa.select(users).where(users.c.tenant_id == tenant).order_by(users.c.name)
+        return [_user(r) for r in await conn.execute(query)]
+
+
+async def get_user(engine: AsyncEngine, tenant: str, user_id: str) -> User:
+    async with engine.connect() as conn:
+        user = await load_user(conn, tenant, user_id)
+    if user is None:
+        raise NotFound(f"no user {user_id!r} in tenant {tenant!r}")
+    return user

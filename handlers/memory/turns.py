@@ -1,0 +1,146 @@
+"""Conversation history: the ordered turns of each session, in SQL.
+
+Order is ``seq``, a database-assigned ascending key, rather than timestamps: clocks of several
+handler replicas may disagree, insertion order may not. ``(tenant, turn_id)`` is unique, which
+makes recording a redelivered turn a no-op.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    delete,
+    select,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from handlers.memory.errors import InvalidMemory
+from soma.db import metadata
+
+MAX_LIMIT = 1000
+
+memory_turns = Table(
+    "memory_turns",
+    metadata,
+    # SQLite only auto-increments an INTEGER PRIMARY KEY.
+    Column("seq", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    Column("tenant", String(128), nullable=False),
+    Column("session", String(255), nullable=True),
+    Column("user", String(255), nullable=True),
+    Column("turn_id", String(255), nullable=False),
+    Column("role", String(32), nullable=False),
+    Column("text", Text(), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("tenant", "turn_id", name="uq_memory_turns_tenant_turn_id"),
+    Index("ix_memory_turns_tenant_session_seq", "tenant", "session", "seq"),
+)
+
+
+@dataclass(frozen=True)
+class Turn:
+    tenant: str
+    turn_id: str
+    role: str
+    text: str
+    session: str | None = None
+    user: str | None = None
+    created_at: datetime | None = None
+    seq: int | None = None
+
+
+def check(turn: Turn) -> None:
+    """Refuse what the table cannot hold, before anything is written anywhere."""
+    required = {"tenant": turn.tenant, "turn_id": turn.turn_id, "role": turn.role}
+    for name, value in required.items():
+        if not value:
+            raise InvalidMemory(f"a turn needs a {name}")
+    fields: dict[str, str | None] = {**required, "session": turn.session, "user": turn.user}
+    for name, given in fields.items():
+        width = getattr(memory_turns.c[name].type, "length", None)
+        if given is not None and width is not None and len(given) > width:
+            raise InvalidMemory(f"turn {name} is longer than {width} characters")
+
+
+async def record(engine: AsyncEngine, turn: Turn) -> bool:
+    """Append a turn; False when this tenant already has a turn with that id."""
+    check(turn)
+    values = {
+        "tenant": turn.tenant,
+        "session": turn.session,
+        "user": turn.user,
+        "turn_id": turn.turn_id,
+        "role": turn.role,
+        "text": turn.text,
+        "created_at": turn.created_at or datetime.now(UTC),
+    }
+    insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+    statement = (
+        insert(memory_turns)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["tenant", "turn_id"])
+    )
+    async with engine.begin() as conn:
+        result = await conn.execute(statement)
+    return result.rowcount == 1
+
+
+async def of_session(
+    engine: AsyncEngine,
+    tenant: str,
+    session: str,
+    *,
+    limit: int = 100,
+    user: str | None = None,
+) -> list[Turn]:
+    """The last ``limit`` turns of a session, oldest first."""
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidMemory(f"limit must be between 1 and {MAX_LIMIT}")
+    query = select(memory_turns).where(
+        memory_turns.c.tenant == tenant, memory_turns.c.session == session
+    )
+    if user is not None:
+        query = query.where(memory_turns.c.user == user)
+    query = query.order_by(memory_turns.c.seq.desc()).limit(limit)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query)).mappings().all()
+    return [
+        Turn(
+            tenant=row["tenant"],
+            turn_id=row["turn_id"],
+            role=row["role"],
+            text=row["text"],
+            session=row["session"],
+            user=row["user"],
+            created_at=_utc(row["created_at"]),
+            seq=row["seq"],
+        )
+        for row in reversed(rows)
+    ]
+
+
+async def clear(engine: AsyncEngine, tenant: str, session: str) -> int:
+    """Forget a session's history; returns how many turns were removed."""
+    async with engine.begin() as conn:
+        result = await conn.execute(
+            delete(memory_turns).where(
+                memory_turns.c.tenant == tenant, memory_turns.c.session == session
+            )
+        )
+    return result.rowcount
+
+
+def _utc(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; they were written in UTC.
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

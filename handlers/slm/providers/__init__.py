@@ -1,0 +1,53 @@
+"""What every provider offers routing: one completion for one deployment, streamed or not.
+
+Providers translate their SDK's failures into ``ProviderError`` so routing decides retries and
+fallbacks from two facts only: may this be retried, and how long did the provider ask us to wait.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from handlers.slm.deltas import DeltaSink
+from handlers.slm.models import Deployment
+from schemas.base import Usage
+from schemas.slm import ChatMessage, SlmComplete
+
+RETRYABLE_STATUS = frozenset({408, 409, 429})
+
+
+@dataclass(frozen=True)
+class Completion:
+    message: ChatMessage
+    finish_reason: str
+    usage: Usage
+
+
+class ProviderError(Exception):
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.status = status
+        self.retry_after = retry_after
+
+
+class Provider(Protocol):
+    async def complete(
+        self, request: SlmComplete, deployment: Deployment, sink: DeltaSink | None
+    ) -> Completion:
+        """Stream through ``sink`` when given; otherwise make one non-streaming call."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def is_retryable_status(status: int) -> bool:
+    return status in RETRYABLE_STATUS or status >= 500

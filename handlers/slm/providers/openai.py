@@ -1,0 +1,213 @@
+"""OpenAI chat completions through the official SDK, for OpenAI and any compatible server
+(vLLM, Ollama, llama.cpp) reached by base URL.
+
+The SDK's own retries are off (``max_retries=0``): routing owns the retry policy, so a 429 is
+waited out once, by our rules, and not again inside the client.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, cast
+
+import openai
+from openai import AsyncOpenAI
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+from handlers.slm import tokens
+from handlers.slm.deltas import DeltaSink
+from handlers.slm.models import Deployment
+from handlers.slm.providers import Completion, ProviderError, is_retryable_status
+from handlers.slm.providers.retry_after import retry_after
+from schemas.base import Usage
+from schemas.slm import ChatMessage, SlmComplete, ToolCall
+
+# Self-hosted servers often take no key, but the SDK refuses to start without one.
+NO_KEY = "no-key"
+
+
+class OpenAIProvider:
+    def __init__(self) -> None:
+        self._clients: dict[tuple[str | None, str, float], AsyncOpenAI] = {}
+
+    async def complete(
+        self, request: SlmComplete, deployment: Deployment, sink: DeltaSink | None
+    ) -> Completion:
+        client = self._client(deployment)
+        params = request_params(request, deployment)
+        try:
+            if sink is None:
+                response = await client.chat.completions.create(**params)
+                return completion_from_response(cast(ChatCompletion, response))
+            params["stream"] = True
+            params["stream_options"] = {"include_usage": True}
+            stream = await client.chat.completions.create(**params)
+            async with stream:
+                return await read_stream(stream, request, sink)
+        except openai.APIStatusError as exc:
+            raise ProviderError(
+                f"{deployment.label} answered {exc.status_code}: {exc.message}",
+                retryable=is_retryable_status(exc.status_code),
+                status=exc.status_code,
+                retry_after=retry_after(exc.response.headers),
+            ) from exc
+        except openai.APIError as exc:
+            # Connection failures, timeouts and error events inside a stream.
+            raise ProviderError(f"{deployment.label}: {exc.message}", retryable=True) from exc
+
+    async def aclose(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.close()
+
+    def _client(self, deployment: Deployment) -> AsyncOpenAI:
+        key = (deployment.base_url, deployment.api_key or NO_KEY, deployment.timeout)
+        client = self._clients.get(key)
+        if client is None:
+            client = AsyncOpenAI(
+                api_key=deployment.api_key or NO_KEY,
+                base_url=deployment.base_url,
+                timeout=deployment.timeout,
+                max_retries=0,
+            )
+            self._clients[key] = client
+        return client
+
+
+def request_params(request: SlmComplete, deployment: Deployment) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "model": deployment.model,
+        "messages": [_message_param(message) for message in request.messages],
+    }
+    if request.tools:
+        params["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    "name": tool.name,
+                    "description": tool.description,
+                    "parameters": tool.parameters or {"type": "object", "properties": {}},
+                },
+            }
+            for tool in request.tools
+        ]
+        if request.tool_choice is not None:
+            params["tool_choice"] = request.tool_choice
+    max_tokens = request.max_tokens or deployment.max_output_tokens
+    if max_tokens is not None:
+        # OpenAI itself wants max_completion_tokens (its reasoning models refuse max_tokens);
+        # compatible servers are reliably known to read max_tokens.
+        name = "max_tokens" if deployment.base_url else "max_completion_tokens"
+        params[name] = max_tokens
+    optional = {
+        "temperature": request.temperature,
+        "stop": request.stop,
+        "seed": request.seed,
+        "response_format": request.response_format,
+        "user": request.user,
+    }
+    params.update({name: value for name, value in optional.items() if value is not None})
+    return params
+
+
+def _message_param(message: ChatMessage) -> dict[str, Any]:
+    param: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.name:
+        param["name"] = message.name
+    if message.tool_call_id:
+        param["tool_call_id"] = message.tool_call_id
+    if message.tool_calls:
+        param["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            }
+            for call in message.tool_calls
+        ]
+    if param["content"] is None and message.role != "assistant":
+        param["content"] = ""
+    return param
+
+
+def completion_from_response(response: ChatCompletion) -> Completion:
+    if not response.choices:
+        raise ProviderError("response has no choices", retryable=True)
+    choice = response.choices[0]
+    calls = [
+        ToolCall(id=call.id, name=call.function.name, arguments=call.function.arguments or "{}")
+        for call in choice.message.tool_calls or []
+        if call.type == "function"
+    ]
+    message = ChatMessage(
+        role="assistant", content=choice.message.content, tool_calls=calls or None
+    )
+    usage = Usage(
+        prompt_tokens=response.usage.prompt_tokens if response.usage else 0,
+        completion_tokens=response.usage.completion_tokens if response.usage else 0,
+    )
+    return Completion(message, choice.finish_reason or "stop", usage)
+
+
+@dataclass
+class _PartialCall:
+    """A tool call whose id, name and argument fragments arrive over several chunks."""
+
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+    sent: bool = False
+
+    def complete(self) -> ToolCall:
+        return ToolCall(id=self.id, name=self.name, arguments=self.arguments or "{}")
+
+
+async def read_stream(stream: Any, request: SlmComplete, sink: DeltaSink) -> Completion:
+    text: list[str] = []
+    calls: dict[int, _PartialCall] = {}
+    finish_reason = "stop"
+    usage: Usage | None = None
+    async for chunk in stream:
+        chunk = cast(ChatCompletionChunk, chunk)
+        if chunk.usage is not None:
+            usage = Usage(
+                prompt_tokens=chunk.usage.prompt_tokens,
+                completion_tokens=chunk.usage.completion_tokens,
+            )
+        for choice in chunk.choices:
+            if choice.index != 0:
+                continue
+            if choice.delta.content:
+                text.append(choice.delta.content)
+                await sink.content(choice.delta.content)
+            for fragment in choice.delta.tool_calls or []:
+                if fragment.index not in calls:
+                    # Calls arrive one after another: a new index means the earlier ones are whole.
+                    await _send_complete(calls, sink)
+                    calls[fragment.index] = _PartialCall()
+                partial = calls[fragment.index]
+                partial.id = partial.id or fragment.id or ""
+                if fragment.function is not None:
+                    partial.name = partial.name or fragment.function.name or ""
+                    partial.arguments += fragment.function.arguments or ""
+            if choice.finish_reason:
+                finish_reason = choice.finish_reason
+    await _send_complete(calls, sink)
+    content = "".join(text)
+    tool_calls = [calls[index].complete() for index in sorted(calls)]
+    message = ChatMessage(role="assistant", content=content or None, tool_calls=tool_calls or None)
+    if usage is None:
+        # Some compatible servers ignore stream_options.include_usage; estimate instead of 0.
+        usage = Usage(
+            prompt_tokens=tokens.prompt_tokens(request.messages, request.tools),
+            completion_tokens=tokens.output_tokens(message),
+        )
+    return Completion(message, finish_reason, usage)
+
+
+async def _send_complete(calls: dict[int, _PartialCall], sink: DeltaSink) -> None:
+    for index in sorted(calls):
+        partial = calls[index]
+        if not partial.sent:
+            partial.sent = True
+            await sink.tool_call(partial.complete())

@@ -1,0 +1,95 @@
+"""The slm handler process: ``slm.complete`` in, ``slm.completed`` out, deltas on core NATS."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from bus.connection import connect
+from bus.publish import publish_ephemeral
+from bus.service import Hook, Service
+from handlers.slm.deltas import OnDelta
+from handlers.slm.models import environment, load_models, models_file
+from handlers.slm.providers import Provider
+from handlers.slm.providers.anthropic import AnthropicProvider
+from handlers.slm.providers.local import LocalProvider
+from handlers.slm.providers.openai import OpenAIProvider
+from handlers.slm.routing import Router
+from schemas.envelope import Envelope
+from schemas.slm import SlmComplete, SlmCompleted, SlmDelta
+from soma.settings import Settings
+
+PublishDelta = Callable[[str, SlmDelta], Awaitable[None]]
+
+# Replies kept for commands delivered again after they were answered (a lost ack): answering
+# from here costs nothing, where a second provider call would be paid for twice.
+RECENT_REPLIES = 1024
+
+
+def providers() -> dict[str, Provider]:
+    return {"local": LocalProvider(), "openai": OpenAIProvider(), "anthropic": AnthropicProvider()}
+
+
+def build(
+    settings: Settings,
+    publish_delta: PublishDelta | None = None,
+    models_path: Path | None = None,
+) -> Service:
+    variables = environment(settings)
+    models = load_models(models_path or models_file(variables), variables)
+    router = Router(models, providers())
+    recent: OrderedDict[str, SlmCompleted] = OrderedDict()
+    startup: list[Hook] = []
+    shutdown: list[Hook] = []
+    if publish_delta is None:
+        # Deltas are ephemeral: they go on core NATS over a connection of their own.
+        from nats.aio.client import Client
+
+        delta_connection: dict[str, Client] = {}
+
+        async def open_delta_connection() -> None:
+            url = settings.nats_url or "nats://127.0.0.1:4222"
+            delta_connection["nc"] = await connect(url, "soma-slm-deltas")
+
+        async def close_delta_connection() -> None:
+            if "nc" in delta_connection:
+                await delta_connection.pop("nc").close()
+
+        async def publish_on_core(subject: str, delta: SlmDelta) -> None:
+            await publish_ephemeral(delta_connection["nc"], subject, delta)
+
+        publish_delta = publish_on_core
+        startup.append(open_delta_connection)
+        shutdown.append(close_delta_connection)
+
+    async def complete(cmd: SlmComplete, env: Envelope) -> SlmCompleted:
+        key = f"{env.tenant}/{env.message_id}"
+        if key in recent:
+            return recent[key]
+        on_delta = None
+        if publish_delta is not None and cmd.stream_subject:
+            on_delta = _publishing(publish_delta, cmd.stream_subject)
+        reply = await router.complete(cmd, on_delta)
+        recent[key] = reply
+        if len(recent) > RECENT_REPLIES:
+            recent.popitem(last=False)
+        return reply
+
+    async def close_providers() -> None:
+        for provider in router.providers.values():
+            await provider.aclose()
+
+    return Service(
+        name="slm",
+        routes={SlmComplete: complete},
+        startup=startup,
+        shutdown=[close_providers, *shutdown],
+    )
+
+
+def _publishing(publish_delta: PublishDelta, subject: str) -> OnDelta:
+    async def on_delta(delta: SlmDelta) -> None:
+        await publish_delta(subject, delta)
+
+    return on_delta

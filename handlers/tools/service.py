@@ -1,0 +1,119 @@
+"""The tools process: run a named tool once per call id and answer with its result.
+
+Composition root: the registry (built-in tools, adapters whose secrets are set, the tools of
+configured MCP servers), the HTTP client and the SQL engine are opened at startup, not in
+``build``, so building the service to inspect its routes starts no MCP server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bus.service import Service
+from handlers.tools import builtin, fetch, github, slack
+from handlers.tools.calls import invoke_once
+from handlers.tools.config import ToolsConfig
+from handlers.tools.mcp_servers import Connection, connect_all
+from handlers.tools.registry import Registry
+from handlers.tools.sandbox import Limits, SandboxUnavailable, isolation_for
+from schemas.envelope import Envelope
+from schemas.tools import ToolInvoke, ToolResult
+from soma.db import make_engine, migrate
+from soma.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def local_registry(config: ToolsConfig, client: httpx.AsyncClient) -> Registry:
+    """Built-in tools and the adapters whose secrets are set; the others listed with the reason."""
+    registry = Registry()
+    registry.add(builtin.calculator())
+    registry.add(builtin.current_time())
+
+    executable = config.python_executable or sys.executable
+    limits = Limits(
+        timeout=config.python_timeout,
+        memory_bytes=config.python_memory_mb * 2**20,
+        output_bytes=config.python_output_bytes,
+    )
+    try:
+        isolation = isolation_for(executable, config.sandbox_user)
+    except SandboxUnavailable as exc:
+        registry.mark_unavailable("python", str(exc))
+    else:
+        if os.geteuid() == 0 and isolation.user is None:
+            log.warning("sandboxed Python runs as root: set SOMA_TOOLS_SANDBOX_USER (e.g. nobody)")
+        registry.add(builtin.python(limits, isolation, executable))
+
+    hosts = config.allowed_hosts()
+    if hosts:
+        registry.add(fetch.http_fetch(client, hosts, config.http_max_bytes, config.http_timeout))
+    else:
+        registry.mark_unavailable("http_fetch", "no host is allowed: set SOMA_TOOLS_HTTP_ALLOW")
+
+    if config.github_token:
+        for tool in github.tools(client, config.github_base_url, config.github_token):
+            registry.add(tool)
+    else:
+        for name in github.TOOL_NAMES:
+            registry.mark_unavailable(name, f"{github.TOKEN_SETTING} is not set")
+
+    if config.slack_token:
+        for tool in slack.tools(client, config.slack_base_url, config.slack_token):
+            registry.add(tool)
+    else:
+        for name in slack.TOOL_NAMES:
+            registry.mark_unavailable(name, f"{slack.TOKEN_SETTING} is not set")
+    return registry
+
+
+@dataclass
+class _Opened:
+    engine: AsyncEngine | None = None
+    registry: Registry | None = None
+    client: httpx.AsyncClient | None = None
+    connections: list[Connection] = field(default_factory=list)
+
+    def require(self) -> tuple[AsyncEngine, Registry]:
+        if self.engine is None or self.registry is None:
+            raise RuntimeError("tools service used before its startup hooks ran")
+        return self.engine, self.registry
+
+
+def build(settings: Settings, config: ToolsConfig | None = None) -> Service:
+    config = config or ToolsConfig()
+    opened = _Opened()
+    database_url = settings.resolved_database_url()
+
+    async def start() -> None:
+        await migrate(database_url)
+        opened.client = httpx.AsyncClient(headers={"User-Agent": "soma-agent-hub"})
+        # Probing the sandbox starts short-lived processes; keep the loop free meanwhile.
+        registry = await asyncio.to_thread(local_registry, config, opened.client)
+        opened.connections = await connect_all(registry, config.mcp_servers)
+        opened.registry = registry
+        opened.engine = make_engine(database_url)
+
+    async def stop() -> None:
+        while opened.connections:
+            await opened.connections.pop().close()
+        if opened.client is not None:
+            await opened.client.aclose()
+            opened.client = None
+        if opened.engine is not None:
+            await opened.engine.dispose()
+            opened.engine = None
+        opened.registry = None
+
+    async def invoke(cmd: ToolInvoke, env: Envelope) -> ToolResult:
+        engine, registry = opened.require()
+        return await invoke_once(engine, registry, env.tenant, cmd, wait=config.call_wait)
+
+    return Service(name="tools", routes={ToolInvoke: invoke}, startup=[start], shutdown=[stop])

@@ -1,0 +1,28 @@
+"""Agent tasks: long-running "research and write a report" work, as the ``agent_task`` saga."""
+
+import msgspec
+
+from schemas.base import Message, Usage
+from schemas.slm import ToolSpec
+
+
+class AgentTaskInput(Message):
+    """What to do. With ``require_approval`` the task waits for an ``approve`` signal
+    (payload ``{"approved": true|false, "by": ..., "comment": ...}``) before the final report."""
+
+    goal: str
+    model: str = "soma-local-dev"
+    max_steps: int = 3
+    tools: list[ToolSpec] = []
+    require_approval: bool = False
+    approval_timeout: float | None = None
+    user: str | None = None
+
+
+class AgentTaskResult(Message):
+    report: str
+    plan: list[str]
+    notes: list[str]
+    usage: Usage = msgspec.field(default_factory=Usage)
+    cost_usd: float = 0.0
+    approved_by: str | None = None

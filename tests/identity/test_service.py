@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import asyncio
+
+import sqlalchemy as sa
+
+from handlers.identity.config import IdentitySettings
+from handlers.identity.service import build, maintain
+from handlers.identity.signing_keys import ensure_signing_keys, jwks
+from handlers.identity.tables import signing_keys
+from soma.settings import Settings
+
+
+async def test_startup_creates_the_key_set_and_shutdown_stops_maintenance(
+    db, settings, database_url
+):
+    service = build(Settings.model_validate({"DATABASE_URL": database_url}), settings)
+
+    for hook in service.startup:
+        await hook()
+    tasks_before = {t for t in asyncio.all_tasks() if "_maintain_forever" in repr(t.get_coro())}
+    for hook in service.shutdown:
+        await hook()
+
+    assert service.name == "identity"
+    assert service.routes == {}
+    assert len((await jwks(db))["keys"]) == 2
+    assert len(tasks_before) == 1
+    assert all(task.done() for task in tasks_before)
+
+
+async def test_maintenance_rotates_a_key_whose_period_is_over(db, settings, now):
+    stale = await ensure_signing_keys(db, settings, now - 100)
+    short = settings.model_copy(update={"rotate_every": 50.0})
+
+    await maintain(db, short)
+
+    async with db.connect() as conn:
+        query = sa.select(signing_keys.c.kid).where(signing_keys.c.status == "active")
+        active = (await conn.execute(query)).scalar_one()
+    assert active != stale
+
+
+def test_settings_come_from_the_soma_jwt_environment(monkeypatch):
+    monkeypatch.setenv("SOMA_JWT_TTL_SECONDS", "60")
+    monkeypatch.setenv("SOMA_JWT_ROTATE_SECONDS", "3600")
+    monkeypatch.setenv("SOMA_JWT_ISSUER", "https://id.example")
+
+    config = IdentitySettings()
+
+    assert (config.access_ttl, config.rotate_every) == (60, 3600)
+    assert (config.issuer, config.audience) == ("https://id.example", "soma-gateway")
+
+
+def test_defaults_follow_the_documented_values(monkeypatch):
+    for name in ("SOMA_JWT_TTL_SECONDS", "SOMA_JWT_ROTATE_SECONDS", "SOMA_JWT_ISSUER"):
+        monkeypatch.delenv(name, raising=False)
+
+    config = IdentitySettings()
+
+    assert (config.access_ttl, config.rotate_every, config.issuer) == (900, 86400, "soma")

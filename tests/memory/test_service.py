@@ -1,0 +1,139 @@
+"""The memory service as the bus runtime drives it: startup hooks, then its two routes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from bus.errors import Rejected
+from bus.service import Service
+from handlers.memory import vectors
+from handlers.memory.config import MemoryConfig
+from handlers.memory.service import build
+from handlers.memory.turns import memory_turns
+from schemas.envelope import Envelope, new_id
+from schemas.memory import MemoryRecall, MemoryRecalled, MemoryStore, MemoryStored
+from soma.db import make_engine
+from soma.settings import Settings
+
+
+@dataclass
+class Running:
+    service: Service
+    settings: Settings
+
+    async def store(self, tenant: str, cmd: MemoryStore) -> MemoryStored:
+        reply: MemoryStored = await self.service.routes[MemoryStore](cmd, envelope(tenant))
+        return reply
+
+    async def recall(self, tenant: str, cmd: MemoryRecall) -> MemoryRecalled:
+        reply: MemoryRecalled = await self.service.routes[MemoryRecall](cmd, envelope(tenant))
+        return reply
+
+
+def envelope(tenant: str) -> Envelope:
+    return Envelope(message_id=new_id(), correlation_id=new_id(), tenant=tenant, schema="memory")
+
+
+@pytest.fixture(scope="module")
+async def running(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
+    data_dir: Path = tmp_path_factory.mktemp("memory-service")
+    # Given explicitly, so the machine's environment cannot change what is tested.
+    settings = Settings.model_validate(
+        {"SOMA_DATA_DIR": data_dir, "DATABASE_URL": None, "QDRANT_URL": None}
+    )
+    config = MemoryConfig.model_validate(
+        {
+            "SOMA_EMBEDDINGS": "hashed-ngrams",
+            "SOMA_EMBEDDINGS_DIMENSION": None,
+            "SOMA_MEMORY_COLLECTION": "soma_memory",
+        }
+    )
+    service = build(settings, config)
+    for hook in service.startup:
+        await hook()
+    yield Running(service, settings)
+    for hook in service.shutdown:
+        await hook()
+
+
+def tenant() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+async def points_of(running: Running, tenant: str) -> int:
+    client = vectors.connect(None, running.settings.data_dir)  # the process's shared client
+    try:
+        found = await client.count("soma_memory", count_filter=vectors.scope(tenant))
+    finally:
+        await vectors.disconnect(client)
+    return found.count
+
+
+async def turn_rows_of(running: Running, tenant: str) -> int:
+    engine = make_engine(running.settings.resolved_database_url())
+    try:
+        async with engine.connect() as conn:
+            query = select(func.count()).where(memory_turns.c.tenant == tenant)
+            return int((await conn.execute(query)).scalar_one())
+    finally:
+        await engine.dispose()
+
+
+def test_the_service_routes_recall_and_store(running) -> None:
+    assert running.service.name == "memory"
+    assert set(running.service.routes) == {MemoryRecall, MemoryStore}
+
+
+async def test_storing_the_same_turn_twice_creates_one_point_and_one_history_row(running) -> None:
+    owner = tenant()
+    cmd = MemoryStore(turn_id="turn-1", text="We chose PostgreSQL for sagas", session="s1")
+    first = await running.store(owner, cmd)
+    second = await running.store(owner, cmd)
+    assert (first.created, second.created) == (True, False)
+    assert first.turn_id == second.turn_id == "turn-1"
+    assert await points_of(running, owner) == 1
+    assert await turn_rows_of(running, owner) == 1
+
+
+async def test_a_stored_turn_is_recalled_for_its_tenant(running) -> None:
+    owner = tenant()
+    await running.store(
+        owner, MemoryStore(turn_id="a", text="The invoice is due on Friday", user="ann")
+    )
+    await running.store(owner, MemoryStore(turn_id="b", text="Lunch was pasta", user="ann"))
+    recalled = await running.recall(owner, MemoryRecall(query="when is the invoice due", top_k=1))
+    assert [item.id for item in recalled.items] == ["a"]
+    assert recalled.items[0].text == "The invoice is due on Friday"
+    assert recalled.items[0].user == "ann"
+    assert recalled.items[0].score > 0
+
+
+async def test_recall_never_returns_another_tenants_turn(running) -> None:
+    owner, stranger = tenant(), tenant()
+    await running.store(owner, MemoryStore(turn_id="x", text="secret launch date is May"))
+    recalled = await running.recall(stranger, MemoryRecall(query="secret launch date"))
+    assert recalled.items == []
+
+
+async def test_recall_is_narrowed_to_the_asked_user(running) -> None:
+    owner = tenant()
+    await running.store(owner, MemoryStore(turn_id="1", text="ann likes tea", user="ann"))
+    await running.store(owner, MemoryStore(turn_id="2", text="bob likes tea", user="bob"))
+    recalled = await running.recall(owner, MemoryRecall(query="likes tea", user="bob"))
+    assert [item.text for item in recalled.items] == ["bob likes tea"]
+
+
+async def test_a_blank_turn_is_rejected(running) -> None:
+    with pytest.raises(Rejected):
+        await running.store(tenant(), MemoryStore(turn_id="blank", text="  "))
+
+
+async def test_a_recall_asking_for_no_results_is_rejected(running) -> None:
+    with pytest.raises(Rejected):
+        await running.recall(tenant(), MemoryRecall(query="anything", top_k=0))

@@ -1,0 +1,33 @@
+"""Routers built from a model list written in the test, with backoff in milliseconds."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+from handlers.slm.models import parse_models
+from handlers.slm.routing import Router
+from handlers.slm.service import providers
+
+FAST_ROUTING = """
+routing:
+  attempts: 3
+  backoff_initial: 0.001
+  backoff_max: 0.004
+  retry_after_max: 0.05
+  timeout: 5
+"""
+
+
+class RecordedSleeps(list[float]):
+    """Sleeps for real (milliseconds here) and remembers each wait for the test to check."""
+
+    async def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+        await asyncio.sleep(seconds)
+
+
+def router(models_yaml: str, env: Mapping[str, str] | None = None) -> tuple[Router, RecordedSleeps]:
+    sleeps = RecordedSleeps()
+    models = parse_models(FAST_ROUTING + models_yaml, env or {})
+    return Router(models, providers(), sleep=sleeps, jitter=lambda: 1.0), sleeps
