@@ -239,6 +239,8 @@ def tool_checked(run: Turn, verdict: PolicyEvaluated) -> Action:
         run.data.setdefault("refused_tools", []).append(call.name)
         return _tool_message(run, call, "refused by policy: " + "; ".join(verdict.reasons))
     arguments = run.data.get("current_arguments")
+    if verdict.decision == "redact" and verdict.redacted_text:
+        arguments = json.loads(verdict.redacted_text)  # the arguments with the findings masked
     return Call(
         ToolInvoke(
             call_id=f"{run.saga_id}:{call.id}",

@@ -11,6 +11,9 @@ from soma.db import make_engine, metadata
 def _run(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=metadata)
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Several processes may start at once; one migrates, the others wait and find it done.
+            connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7276620)")
         context.run_migrations()
 
 

@@ -140,3 +140,20 @@ async def test_an_instance_finishes_on_the_definition_version_it_started_with(se
         await publish(js, cmd, envelope_for(cmd, tenant="acme"))
     rows = await all_finished(db, [first, second], timeout=30)
     assert [r["result"]["version"] for r in rows] == [1, 2]
+
+
+async def test_two_runners_on_one_database_never_advance_the_same_instance_twice(setup) -> None:  # type: ignore[no-untyped-def]
+    effects, js, runners, db = setup
+    runners.start()
+    runners.start()
+    ids = [await start_saga(js, "three_steps") for _ in range(100)]
+    rows = await all_finished(db, ids, timeout=90)
+    assert {r["state"] for r in rows} == {"completed"}
+    for saga_id in ids:
+        history = await queries.get_history(db, saga_id)
+        steps = [h["step"] for h in history if h["event"] == "step"]
+        assert steps == ["first", "second", "third", "done"]
+        sent = [h for h in history if h["event"] == "command_sent"]
+        assert len(sent) == 2, "no command sent twice"
+        assert effects.deliveries[f"{saga_id}:1"] == 1
+        assert effects.deliveries[f"{saga_id}:2"] == 1

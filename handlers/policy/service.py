@@ -1,0 +1,147 @@
+"""The policy process: judge every prompt, tool call and answer; every decision is an event.
+
+Composition root. The tenant rule files are read from ``$SOMA_POLICY_DIR`` when set, else from
+``<SOMA_DATA_DIR>/policy``; the token totals live in the shared SQL database.
+
+Fail closed: whatever goes wrong while judging — a tenant file that does not load, a rule that
+raises, a database that does not answer — the decision is ``deny``, with the reason. Only a
+request that no rule set could judge (a malformed command) is rejected instead.
+
+The decision id is derived from the command's message id, so a redelivered command gets the same
+decision id, and therefore the same budget charge, rather than a second one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bus.errors import Rejected
+from bus.service import Service
+from handlers.policy import budget
+from handlers.policy.evaluate import InvalidRequest, Verdict, decide, evaluate, fail_closed
+from handlers.policy.rules import InvalidTenant, RuleSet, RuleStore
+from schemas.envelope import Envelope
+from schemas.policy import PolicyEvaluate, PolicyEvaluated
+from soma.db import make_engine, migrate
+from soma.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_DECISIONS = uuid.uuid5(uuid.NAMESPACE_URL, "soma:policy:decision")
+# Charge records must outlive the window in which a command can still be redelivered.
+CHARGES_KEPT = timedelta(days=14)
+
+
+def decision_id(message_id: str) -> str:
+    return uuid.uuid5(_DECISIONS, message_id).hex
+
+
+def policy_dir(settings: Settings) -> Path:
+    configured = os.environ.get("SOMA_POLICY_DIR")
+    return Path(configured) if configured else settings.data_dir / "policy"
+
+
+def command_day(env: Envelope) -> date:
+    """The UTC day the command was sent: a redelivery after midnight still counts for its day."""
+    return datetime.fromtimestamp(env.timestamp or time.time(), UTC).date()
+
+
+async def judge(
+    cmd: PolicyEvaluate, env: Envelope, *, rules: RuleStore, engine: AsyncEngine
+) -> PolicyEvaluated:
+    decided_as = decision_id(env.message_id)
+    try:
+        ruleset = rules.get(env.tenant)
+    except InvalidTenant as exc:
+        raise Rejected(str(exc)) from exc
+    except Exception as exc:
+        log.warning("policy for tenant %s unavailable: %s", env.tenant, exc)
+        verdict = fail_closed(cmd.stage, f"the tenant's policy could not be loaded: {exc}")
+        return decide(verdict, decided_as, "")
+    try:
+        verdict = evaluate(ruleset, cmd)
+    except InvalidRequest as exc:
+        raise Rejected(str(exc)) from exc
+    except Exception as exc:
+        log.exception("policy evaluation failed for tenant %s", env.tenant)
+        verdict = fail_closed(cmd.stage, f"the policy could not be evaluated: {exc!r}")
+    else:
+        verdict = await _charge_tokens(verdict, cmd, env, ruleset, engine, decided_as)
+    return decide(verdict, decided_as, ruleset.version)
+
+
+async def _charge_tokens(
+    verdict: Verdict,
+    cmd: PolicyEvaluate,
+    env: Envelope,
+    ruleset: RuleSet,
+    engine: AsyncEngine,
+    decided_as: str,
+) -> Verdict:
+    """Count the request's tokens against the day's budgets, unless it is denied anyway."""
+    if verdict.decision == "deny" or cmd.tokens_requested == 0:
+        return verdict
+    tenant_limit = ruleset.budget.tenant_daily_tokens
+    key_limit = ruleset.budget.key_daily_limit(cmd.key_id)
+    try:
+        charged = await budget.charge(
+            engine,
+            decision_id=decided_as,
+            tenant=env.tenant,
+            key_id=cmd.key_id,
+            day=command_day(env),
+            tokens=cmd.tokens_requested,
+            tenant_limit=tenant_limit,
+            key_limit=key_limit,
+        )
+    except Exception as exc:
+        log.exception("token budget unavailable for tenant %s", env.tenant)
+        failed = fail_closed(cmd.stage, f"the token budget could not be checked: {exc!r}")
+        return verdict.adding(*failed.findings)
+    return verdict.adding(*budget.findings(charged, cmd.tokens_requested, tenant_limit, key_limit))
+
+
+@dataclass
+class _Opened:
+    engine: AsyncEngine | None = None
+
+    def require(self) -> AsyncEngine:
+        if self.engine is None:
+            raise RuntimeError("policy service used before its startup hooks ran")
+        return self.engine
+
+
+def build(settings: Settings) -> Service:
+    rules = RuleStore(policy_dir(settings))
+    database_url = settings.resolved_database_url()
+    opened = _Opened()
+
+    async def start() -> None:
+        await migrate(database_url)
+        opened.engine = make_engine(database_url)
+        pruned = await budget.prune(opened.engine, datetime.now(UTC).date() - CHARGES_KEPT)
+        if pruned:
+            log.info("forgot %d token charge records older than %s", pruned, CHARGES_KEPT)
+
+    async def stop() -> None:
+        if opened.engine is not None:
+            await opened.engine.dispose()
+            opened.engine = None
+
+    async def on_evaluate(cmd: PolicyEvaluate, env: Envelope) -> PolicyEvaluated:
+        return await judge(cmd, env, rules=rules, engine=opened.require())
+
+    return Service(
+        name="policy",
+        routes={PolicyEvaluate: on_evaluate},
+        startup=[start],
+        shutdown=[stop],
+    )
