@@ -26,7 +26,9 @@ from sagas.definition import Definition
 from sagas.engine import Engine
 from sagas.registry import Registry
 from sagas.relay import Relay
+from sagas import queries
 from schemas.envelope import Envelope
+from schemas.saga_queries import SagaInfo, SagaList, SagaListed, SagaQueried, SagaQuery, SagaStep
 from schemas.sagas import SagaCancel, SagaFinished, SagaSignal, SagaStart, SagaStarted
 from soma.db import make_engine, migrate
 from soma.settings import Settings
@@ -86,9 +88,31 @@ class Runner:
             if env.causation_id:
                 await self.engine.reply(event, env)
 
+        async def query(cmd: SagaQuery, env: Envelope) -> SagaQueried:
+            row = await queries.get_instance(self.engine.db, cmd.saga_id, tenant=env.tenant)
+            if row is None:
+                return SagaQueried(saga=None)
+            history = await queries.get_history(self.engine.db, cmd.saga_id) if cmd.include_history else []
+            return SagaQueried(saga=saga_info(row, history))
+
+        async def list_(cmd: SagaList, env: Envelope) -> SagaListed:
+            limit = max(1, min(cmd.limit, 200))
+            rows = await queries.list_instances(
+                self.engine.db, tenant=env.tenant, saga_type=cmd.saga_type, state=cmd.state,
+                until=float(cmd.before) if cmd.before else None, limit=limit,
+            )
+            cursor = repr(rows[-1]["created_at"]) if len(rows) == limit else None
+            return SagaListed(sagas=[saga_info(r, []) for r in rows], next_cursor=cursor)
+
         return Service(
             name="sagas",
-            routes={SagaStart: start, SagaSignal: signal_, SagaCancel: cancel},
+            routes={
+                SagaStart: start,
+                SagaSignal: signal_,
+                SagaCancel: cancel,
+                SagaQuery: query,
+                SagaList: list_,
+            },
             event_routes={"*": on_event},
         )
 
@@ -118,6 +142,36 @@ class Runner:
             await self.running.stop()
         if self.db is not None:
             await self.db.dispose()
+
+
+def saga_info(row: dict[str, Any], history: list[dict[str, Any]]) -> SagaInfo:
+    """The caller's view of an instance: what it is, where it is, what it waits for."""
+    waiting = row.get("waiting") or {}
+    waiting_for = []
+    if waiting.get("kind") == "signal":
+        waiting_for.append(f"signal:{waiting['name']}")
+    elif waiting.get("kind") in ("call", "retry"):
+        waiting_for.append(f"reply:{waiting['command']['schema']}")
+    elif waiting.get("kind") == "sleep":
+        waiting_for.append("timer")
+    elif waiting.get("kind") == "child":
+        waiting_for.append(f"child:{waiting['child_id']}")
+    return SagaInfo(
+        saga_id=row["id"],
+        saga_type=row["type"],
+        state=row["state"],
+        version=row["version"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        input=row.get("input") or {},
+        result=row.get("result"),
+        error=row.get("error"),
+        waiting_for=waiting_for,
+        history=[
+            SagaStep(at=h["at"], kind=h["event"], detail=f"{h['step'] or ''} {h['detail'] or ''}".strip())
+            for h in history
+        ],
+    )
 
 
 async def start(

@@ -19,6 +19,14 @@ from handlers.memory.embeddings import open_embedder
 from handlers.memory.errors import InvalidMemory
 from handlers.memory.vectors import Vectors
 from schemas.envelope import Envelope
+from schemas.memories import (
+    MemoryAdd,
+    MemoryAdded,
+    MemoryDelete,
+    MemoryDeleted,
+    MemoryEmbed,
+    MemoryEmbedded,
+)
 from schemas.memory import MemoryRecall, MemoryRecalled, MemoryStore, MemoryStored
 from soma.db import make_engine, migrate
 from soma.settings import Settings
@@ -98,9 +106,51 @@ def build(settings: Settings, config: MemoryConfig | None = None) -> Service:
             raise Rejected(str(exc)) from exc
         return MemoryStored(turn_id=cmd.turn_id, created=created)
 
+    async def add(cmd: MemoryAdd, env: Envelope) -> MemoryAdded:
+        into, _ = opened.require()
+        at = datetime.fromtimestamp(env.timestamp, UTC) if env.timestamp else None
+        try:
+            existed = await store.get(into, env.tenant, cmd.id) is not None
+            await store.add(
+                into, env.tenant, cmd.text, id=cmd.id, user=cmd.user, session=cmd.session,
+                metadata=cmd.metadata, created_at=at,
+            )
+        except InvalidMemory as exc:
+            raise Rejected(str(exc)) from exc
+        return MemoryAdded(id=cmd.id, created=not existed)
+
+    async def delete(cmd: MemoryDelete, env: Envelope) -> MemoryDeleted:
+        into, _ = opened.require()
+        try:
+            deleted = await store.delete(
+                into, env.tenant, cmd.ids, user=cmd.user, session=cmd.session
+            )
+        except InvalidMemory as exc:
+            raise Rejected(str(exc)) from exc
+        return MemoryDeleted(deleted=deleted)
+
+    async def embed(cmd: MemoryEmbed, env: Envelope) -> MemoryEmbedded:
+        into, _ = opened.require()
+        if not cmd.texts:
+            raise Rejected("texts must not be empty")
+        if cmd.model and cmd.model != into.embedder.name:
+            raise Rejected(
+                f"embedding model {cmd.model!r} is not served here; this memory service "
+                f"embeds with {into.embedder.name!r}"
+            )
+        vectors_ = await into.embedder.embed(cmd.texts)
+        tokens = sum(len(t.split()) for t in cmd.texts)  # a word count: an approximation
+        return MemoryEmbedded(model=into.embedder.name, vectors=vectors_, prompt_tokens=tokens)
+
     return Service(
         name="memory",
-        routes={MemoryRecall: recall, MemoryStore: remember},
+        routes={
+            MemoryRecall: recall,
+            MemoryStore: remember,
+            MemoryAdd: add,
+            MemoryDelete: delete,
+            MemoryEmbed: embed,
+        },
         startup=[start],
         shutdown=[stop],
     )
