@@ -17,6 +17,7 @@ from handlers.memory.config import MemoryConfig
 from handlers.memory.service import build
 from handlers.memory.turns import memory_turns
 from schemas.envelope import Envelope, new_id
+from schemas.memories import MemoryAdd, MemoryDelete, MemoryEmbed
 from schemas.memory import MemoryRecall, MemoryRecalled, MemoryStore, MemoryStored
 from soma.db import make_engine
 from soma.settings import Settings
@@ -85,9 +86,11 @@ async def turn_rows_of(running: Running, tenant: str) -> int:
         await engine.dispose()
 
 
-def test_the_service_routes_recall_and_store(running) -> None:
+def test_the_service_routes_recall_store_add_delete_and_embed(running) -> None:
     assert running.service.name == "memory"
-    assert set(running.service.routes) == {MemoryRecall, MemoryStore}
+    assert set(running.service.routes) == {
+        MemoryRecall, MemoryStore, MemoryAdd, MemoryDelete, MemoryEmbed
+    }
 
 
 async def test_storing_the_same_turn_twice_creates_one_point_and_one_history_row(running) -> None:
