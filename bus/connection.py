@@ -53,6 +53,5 @@ async def connect(url: str, name: str = "soma") -> Client:
         nc = await nats.connect(**opts)
     except Exception as exc:
         raise BusUnavailable(unreachable_message(url, exc)) from exc
-    nc._max_reconnect_attempts = -1  # once connected, keep trying for ever
     nc.options["max_reconnect_attempts"] = -1
     return nc

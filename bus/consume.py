@@ -35,7 +35,7 @@ log = logging.getLogger("soma.consume")
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Redelivery delays: ``initial * coefficient**(n-1)``, capped; dead letter after max_deliver."""
+    """Redelivery delays ``initial * coefficient**(n-1)``, capped; then a dead letter."""
 
     max_deliver: int = 5
     initial: float = 1.0
@@ -111,7 +111,9 @@ def make_processor(
             await msg.ack()  # an event this consumer does not follow
             return
         if handler is None:
-            await to_dead_letters(msg, f"{service} has no handler for {entry.name}", env, deliveries)
+            await to_dead_letters(
+                msg, f"{service} has no handler for {entry.name}", env, deliveries
+            )
             return
         try:
             payload = entry.decode(msg.data)
@@ -142,7 +144,12 @@ def make_processor(
                 delay = policy.delay(deliveries)
                 log.warning(
                     "%s: %s %s failed (delivery %d/%d), retry in %.1fs: %s",
-                    service, entry.name, env.message_id, deliveries, policy.max_deliver, delay,
+                    service,
+                    entry.name,
+                    env.message_id,
+                    deliveries,
+                    policy.max_deliver,
+                    delay,
                     reason,
                 )
                 MESSAGES.labels(service, entry.name, "retried").inc()

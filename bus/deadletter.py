@@ -50,9 +50,7 @@ async def dead_letter(
     )
     if original_id:
         headers["Soma-Dlq-Original-Id"] = original_id
-    await js.publish(
-        f"{DEAD_LETTER_PREFIX}.{tenant}.{_token(service)}", msg.data, headers=headers
-    )
+    await js.publish(f"{DEAD_LETTER_PREFIX}.{tenant}.{_token(service)}", msg.data, headers=headers)
 
 
 @dataclass(frozen=True)

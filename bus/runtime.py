@@ -191,7 +191,8 @@ async def _serve_health(
     app = health_app(name, {"nats": nats_ok})
     config = uvicorn.Config(app, host=settings.http_host, port=port, log_level="warning")
     server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    # The process owns SIGINT/SIGTERM (to drain consumers); the health server must not take them.
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     task = asyncio.create_task(server.serve())
     return server, task
 

@@ -7,6 +7,8 @@ takes its own share. Old commands age out after ``SOMA_COMMANDS_MAX_AGE``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
@@ -16,7 +18,7 @@ from soma.settings import Settings
 
 
 def stream_configs(settings: Settings) -> list[StreamConfig]:
-    common = {
+    common: dict[str, Any] = {
         "storage": StorageType.FILE,
         "num_replicas": settings.stream_replicas,
         "duplicate_window": settings.dedup_window,

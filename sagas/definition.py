@@ -24,12 +24,12 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
-I = TypeVar("I")
+InputT = TypeVar("InputT")
 
 
 @dataclass(frozen=True)
 class Retry:
-    """Temporal's retry policy and defaults: 1 s, ×2, capped at 100 s, unlimited attempts."""
+    """Temporal's retry policy and defaults: 1 s, doubling, capped at 100 s, unlimited attempts."""
 
     initial: float = 1.0
     coefficient: float = 2.0
@@ -48,14 +48,14 @@ class Retry:
 
 
 @dataclass
-class Run(Generic[I]):
+class Run(Generic[InputT]):
     """What a step sees: the saga's identity, typed input, and its JSON-able working data."""
 
     saga_id: str
     saga_type: str
     tenant: str
     correlation_id: str
-    input: I
+    input: InputT
     data: dict[str, Any]
     actor: str = "system"
 
@@ -104,7 +104,7 @@ class Sleep:
 
 @dataclass
 class WaitSignal:
-    """Wait for a signal named ``name`` (buffered if it came early); ``timeout`` → ``on_timeout``."""
+    """Wait for the signal ``name`` (kept if it came early); ``timeout`` → ``on_timeout``."""
 
     name: str
     then: StepFn | str
@@ -135,10 +135,10 @@ class Fail:
 Action = Call | Continue | Sleep | WaitSignal | StartChild | Complete | Fail
 
 
-class Definition(Generic[I]):
+class Definition(Generic[InputT]):
     """A versioned saga definition: its steps by name, the first one, and its input type."""
 
-    def __init__(self, saga_type: str, *, version: int, input_type: type[I]) -> None:
+    def __init__(self, saga_type: str, *, version: int, input_type: type[InputT]) -> None:
         self.saga_type = saga_type
         self.version = version
         self.input_type = input_type
@@ -153,7 +153,7 @@ class Definition(Generic[I]):
         self.steps[fn.__name__] = fn
         return fn
 
-    def decode_input(self, raw: dict[str, Any]) -> I:
+    def decode_input(self, raw: dict[str, Any]) -> InputT:
         if self.input_type is dict:
             return raw  # type: ignore[return-value]
         return msgspec.convert(raw, self.input_type)

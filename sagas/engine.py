@@ -113,7 +113,9 @@ class Engine:
             if not await self._record_inbox(conn, saga_id, env.message_id, now):
                 row = await self._load(conn, saga_id)
                 if row is not None:
-                    outcome = SagaStarted(saga_id=saga_id, saga_type=row["type"], version=row["version"])
+                    outcome = SagaStarted(
+                        saga_id=saga_id, saga_type=row["type"], version=row["version"]
+                    )
                 return None
             existing = await self._load(conn, saga_id)
             run_no = 1
@@ -131,7 +133,8 @@ class Engine:
                 )
                 if not allowed:
                     raise Rejected(
-                        f"saga {saga_id} already exists ({existing['state']}; id_reuse={cmd.id_reuse})"
+                        f"saga {saga_id} already exists ({existing['state']}; "
+                        f"id_reuse={cmd.id_reuse})"
                     )
                 run_no = existing["run"] + 1
             row = self._new_row(
@@ -139,17 +142,23 @@ class Engine:
             )
             change = Change()
             change.history.append(self._history(row, None, "started", {"input": cmd.input}, now))
-            self._run_step(row, definition, definition.first or "", None, env.message_id, now, change)
+            self._run_step(
+                row, definition, definition.first or "", None, env.message_id, now, change
+            )
             if existing is None:
                 await conn.execute(tables.instances.insert().values(**{**row, **change.values}))
             else:
                 values = {**row, **change.values}
                 values["rev"] = existing["rev"] + 1
                 await conn.execute(
-                    update(tables.instances).where(tables.instances.c.id == saga_id).values(**values)
+                    update(tables.instances)
+                    .where(tables.instances.c.id == saga_id)
+                    .values(**values)
                 )
             change.values = {}
-            outcome = SagaStarted(saga_id=saga_id, saga_type=definition.saga_type, version=definition.version)
+            outcome = SagaStarted(
+                saga_id=saga_id, saga_type=definition.saga_type, version=definition.version
+            )
             return change
 
         await self._transact(body, saga_id=None)
@@ -174,14 +183,20 @@ class Engine:
                 return None
             row = await self._load(conn, saga_id)
             waiting = (row or {}).get("waiting") or {}
-            if row is None or waiting.get("kind") != "call" or waiting.get("message_id") != env.causation_id:
+            if (
+                row is None
+                or waiting.get("kind") != "call"
+                or waiting.get("message_id") != env.causation_id
+            ):
                 return None  # a late reply to an attempt we already gave up on
             return _at(row, self._on_reply(row, event, env, now))
 
         await self._transact(body, saga_id=saga_id)
         return True
 
-    async def signal(self, saga_id: str, name: str, payload: dict[str, Any], message_id: str) -> None:
+    async def signal(
+        self, saga_id: str, name: str, payload: dict[str, Any], message_id: str
+    ) -> None:
         async def body(conn: AsyncConnection, now: float) -> Change | None:
             if not await self._record_inbox(conn, saga_id, message_id, now):
                 return None
@@ -193,9 +208,13 @@ class Engine:
                 raise Rejected(f"saga {saga_id} has ended ({row['state']}); signal {name} dropped")
             change = Change()
             waiting = row["waiting"] or {}
-            change.history.append(self._history(row, row["step"], "signal", {"name": name, "payload": payload}, now))
+            change.history.append(
+                self._history(row, row["step"], "signal", {"name": name, "payload": payload}, now)
+            )
             if waiting.get("kind") == "signal" and waiting.get("name") == name:
-                self._run_step(row, self._definition(row), waiting["then"], payload, message_id, now, change)
+                self._run_step(
+                    row, self._definition(row), waiting["then"], payload, message_id, now, change
+                )
             else:
                 data = dict(row["data"])
                 data["_signals"] = [*data.get("_signals", []), {"name": name, "payload": payload}]
@@ -214,10 +233,19 @@ class Engine:
             if row["state"] in TERMINAL or row["state"] == CANCELLING:
                 return None
             change = Change()
-            change.history.append(self._history(row, row["step"], "cancel_requested", {"reason": reason}, now))
+            change.history.append(
+                self._history(row, row["step"], "cancel_requested", {"reason": reason}, now)
+            )
             waiting = row["waiting"] or {}
             if waiting.get("kind") == "child":
-                self._send(row, SagaCancel(saga_id=waiting["child_id"], reason=reason), message_id, now, change, attempt=1)
+                self._send(
+                    row,
+                    SagaCancel(saga_id=waiting["child_id"], reason=reason),
+                    message_id,
+                    now,
+                    change,
+                    attempt=1,
+                )
             change.values["state"] = CANCELLING
             change.values["error"] = f"cancelled: {reason}" if reason else "cancelled"
             self._next_compensation(row, message_id, now, change)
@@ -229,7 +257,9 @@ class Engine:
         async with self.db.connect() as conn:
             parent_id = (
                 await conn.execute(
-                    select(tables.instances.c.parent_id).where(tables.instances.c.id == event.saga_id)
+                    select(tables.instances.c.parent_id).where(
+                        tables.instances.c.id == event.saga_id
+                    )
                 )
             ).scalar()
         if not parent_id:
@@ -240,10 +270,16 @@ class Engine:
                 return None
             row = await self._load(conn, parent_id)
             waiting = (row or {}).get("waiting") or {}
-            if row is None or waiting.get("kind") != "child" or waiting.get("child_id") != event.saga_id:
+            if (
+                row is None
+                or waiting.get("kind") != "child"
+                or waiting.get("child_id") != event.saga_id
+            ):
                 return None
             change = Change()
-            self._run_step(row, self._definition(row), waiting["then"], event, env.message_id, now, change)
+            self._run_step(
+                row, self._definition(row), waiting["then"], event, env.message_id, now, change
+            )
             return _at(row, change)
 
         await self._transact(body, saga_id=parent_id)
@@ -252,7 +288,9 @@ class Engine:
         async with self.db.connect() as conn:
             rows = await conn.execute(
                 select(tables.instances.c.id)
-                .where(and_(tables.instances.c.wake_at.is_not(None), tables.instances.c.wake_at <= now))
+                .where(
+                    and_(tables.instances.c.wake_at.is_not(None), tables.instances.c.wake_at <= now)
+                )
                 .order_by(tables.instances.c.wake_at)
                 .limit(limit)
             )
@@ -275,11 +313,30 @@ class Engine:
         change = Change()
         waiting = row["waiting"]
         if isinstance(event, CommandFailed):
-            change.history.append(self._history(row, row["step"], "call_failed", {"error": event.error, "attempt": waiting["attempt"]}, now))
-            self._call_failed(row, waiting, event.error, event.retryable, env.message_id, now, change)
+            change.history.append(
+                self._history(
+                    row,
+                    row["step"],
+                    "call_failed",
+                    {"error": event.error, "attempt": waiting["attempt"]},
+                    now,
+                )
+            )
+            self._call_failed(
+                row, waiting, event.error, event.retryable, env.message_id, now, change
+            )
             return change
         elapsed = (now - waiting.get("sent_at", now)) * 1000
-        change.history.append(self._history(row, row["step"], "reply", {"schema": env.schema, "attempt": waiting["attempt"]}, now, elapsed))
+        change.history.append(
+            self._history(
+                row,
+                row["step"],
+                "reply",
+                {"schema": env.schema, "attempt": waiting["attempt"]},
+                now,
+                elapsed,
+            )
+        )
         if waiting.get("compensate"):
             data = dict(row["data"])
             data["_compensations"] = [*data.get("_compensations", []), waiting["compensate"]]
@@ -288,7 +345,9 @@ class Engine:
         if waiting["then"] == _COMPENSATED:
             self._next_compensation(row, env.message_id, now, change)
         else:
-            self._run_step(row, self._definition(row), waiting["then"], event, env.message_id, now, change)
+            self._run_step(
+                row, self._definition(row), waiting["then"], event, env.message_id, now, change
+            )
         return change
 
     def _call_failed(
@@ -308,16 +367,44 @@ class Engine:
             delay = retry.delay(attempt)
             change.values["waiting"] = {**waiting, "kind": "retry"}
             change.values["wake_at"] = now + delay
-            change.history.append(self._history(row, row["step"], "retry_scheduled", {"attempt": attempt + 1, "in_s": delay}, now))
+            change.history.append(
+                self._history(
+                    row,
+                    row["step"],
+                    "retry_scheduled",
+                    {"attempt": attempt + 1, "in_s": delay},
+                    now,
+                )
+            )
             return
         if waiting["then"] == _COMPENSATED:
-            self._finish(row, "compensation_failed", None, f"compensation failed: {error}", cause, now, change)
+            self._finish(
+                row,
+                "compensation_failed",
+                None,
+                f"compensation failed: {error}",
+                cause,
+                now,
+                change,
+            )
             return
         if waiting.get("on_failure"):
-            failure = CommandFailed(command=waiting["command"]["schema"], error=error, retryable=retryable)
-            self._run_step(row, self._definition(row), waiting["on_failure"], failure, cause, now, change)
+            failure = CommandFailed(
+                command=waiting["command"]["schema"], error=error, retryable=retryable
+            )
+            self._run_step(
+                row, self._definition(row), waiting["on_failure"], failure, cause, now, change
+            )
             return
-        self._finish(row, "failed", None, f"{waiting['command']['schema']} failed: {error}", cause, now, change)
+        self._finish(
+            row,
+            "failed",
+            None,
+            f"{waiting['command']['schema']} failed: {error}",
+            cause,
+            now,
+            change,
+        )
 
     def _on_timer(self, row: dict[str, Any], now: float) -> Change:
         change = Change()
@@ -325,22 +412,50 @@ class Engine:
         kind = waiting.get("kind")
         cause = f"timer-{row['id']}-{row['seq']}"
         if kind == "call":
-            change.history.append(self._history(row, row["step"], "timed_out", {"attempt": waiting["attempt"]}, now))
-            self._call_failed(row, waiting, "timeout: no reply within start-to-close", True, cause, now, change)
+            change.history.append(
+                self._history(row, row["step"], "timed_out", {"attempt": waiting["attempt"]}, now)
+            )
+            self._call_failed(
+                row, waiting, "timeout: no reply within start-to-close", True, cause, now, change
+            )
         elif kind == "retry":
-            command = by_name(waiting["command"]["schema"]).decode(waiting["command"]["body"].encode())
-            self._send(row, command, cause, now, change, attempt=waiting["attempt"] + 1, waiting=waiting)
+            command = by_name(waiting["command"]["schema"]).decode(
+                waiting["command"]["body"].encode()
+            )
+            self._send(
+                row, command, cause, now, change, attempt=waiting["attempt"] + 1, waiting=waiting
+            )
         elif kind == "sleep":
             change.history.append(self._history(row, row["step"], "timer_fired", None, now))
             self._run_step(row, self._definition(row), waiting["then"], None, cause, now, change)
         elif kind == "signal":
-            change.history.append(self._history(row, row["step"], "signal_timed_out", {"name": waiting["name"]}, now))
+            change.history.append(
+                self._history(row, row["step"], "signal_timed_out", {"name": waiting["name"]}, now)
+            )
             if waiting.get("on_timeout"):
-                self._run_step(row, self._definition(row), waiting["on_timeout"], None, cause, now, change)
+                self._run_step(
+                    row, self._definition(row), waiting["on_timeout"], None, cause, now, change
+                )
             else:
-                self._finish(row, "failed", None, f"timed out waiting for signal {waiting['name']}", cause, now, change)
+                self._finish(
+                    row,
+                    "failed",
+                    None,
+                    f"timed out waiting for signal {waiting['name']}",
+                    cause,
+                    now,
+                    change,
+                )
         elif kind == "continue":
-            self._run_step(row, self._definition(row), waiting["then"], waiting.get("reply"), cause, now, change)
+            self._run_step(
+                row,
+                self._definition(row),
+                waiting["then"],
+                waiting.get("reply"),
+                cause,
+                now,
+                change,
+            )
         else:
             change.values["wake_at"] = None
         return change
@@ -358,7 +473,15 @@ class Engine:
         fn = definition.steps.get(name)
         data = dict(change.values.get("data", row["data"]))
         if fn is None:
-            self._finish(row, "failed", None, f"{definition.saga_type} v{definition.version} has no step {name!r}", cause, now, change)
+            self._finish(
+                row,
+                "failed",
+                None,
+                f"{definition.saga_type} v{definition.version} has no step {name!r}",
+                cause,
+                now,
+                change,
+            )
             return
         run: Run[Any] = Run(
             saga_id=row["id"],
@@ -389,15 +512,25 @@ class Engine:
         now: float,
         change: Change,
     ) -> None:
-        change.history.append(self._history(row, name, "step", {"action": type(action).__name__}, now))
+        change.history.append(
+            self._history(row, name, "step", {"action": type(action).__name__}, now)
+        )
         if isinstance(action, Call):
             self._send(row, action.command, cause, now, change, attempt=1, call=action)
         elif isinstance(action, Continue):
-            change.values["waiting"] = {"kind": "continue", "then": step_name(action.then), "reply": msgspec.to_builtins(action.reply)}
+            change.values["waiting"] = {
+                "kind": "continue",
+                "then": step_name(action.then),
+                "reply": msgspec.to_builtins(action.reply),
+            }
             change.values["wake_at"] = now
             change.wake_now.append(row["id"])
         elif isinstance(action, Sleep):
-            change.values["waiting"] = {"kind": "sleep", "then": step_name(action.then), "until": now + action.seconds}
+            change.values["waiting"] = {
+                "kind": "sleep",
+                "then": step_name(action.then),
+                "until": now + action.seconds,
+            }
             change.values["wake_at"] = now + action.seconds
         elif isinstance(action, WaitSignal):
             signals = list(row["data"].get("_signals", []))
@@ -406,7 +539,15 @@ class Engine:
                     del signals[i]
                     data = {**row["data"], "_signals": signals}
                     change.values["data"] = data
-                    self._run_step({**row, "data": data}, definition, step_name(action.then), sig["payload"], cause, now, change)
+                    self._run_step(
+                        {**row, "data": data},
+                        definition,
+                        step_name(action.then),
+                        sig["payload"],
+                        cause,
+                        now,
+                        change,
+                    )
                     return
             change.values["waiting"] = {
                 "kind": "signal",
@@ -476,23 +617,45 @@ class Engine:
                 "timeout": call.timeout,
                 "deadline": now + call.schedule_to_close if call.schedule_to_close else None,
                 "compensate": (
-                    {"schema": of_type(type(call.compensate)).name, "body": encode(call.compensate).decode()}
+                    {
+                        "schema": of_type(type(call.compensate)).name,
+                        "body": encode(call.compensate).decode(),
+                    }
                     if call.compensate is not None
                     else None
                 ),
                 "on_failure": step_name(call.on_failure) if call.on_failure else None,
             }
         assert waiting is not None
-        change.values["waiting"] = {**waiting, "kind": "call", "message_id": message_id, "attempt": attempt, "sent_at": now}
+        change.values["waiting"] = {
+            **waiting,
+            "kind": "call",
+            "message_id": message_id,
+            "attempt": attempt,
+            "sent_at": now,
+        }
         change.values["wake_at"] = now + waiting["timeout"]
-        change.history.append(self._history(row, change.values.get("step", row["step"]), "command_sent", {"schema": entry.name, "message_id": message_id, "attempt": attempt}, now, seq=seq))
+        change.history.append(
+            self._history(
+                row,
+                change.values.get("step", row["step"]),
+                "command_sent",
+                {"schema": entry.name, "message_id": message_id, "attempt": attempt},
+                now,
+                seq=seq,
+            )
+        )
 
-    def _next_compensation(self, row: dict[str, Any], cause: str, now: float, change: Change) -> None:
+    def _next_compensation(
+        self, row: dict[str, Any], cause: str, now: float, change: Change
+    ) -> None:
         data = dict(change.values.get("data", row["data"]))
         pending = list(data.get("_compensations", []))
         if not pending:
             ended = "compensated" if data.get("_compensated") else "cancelled"
-            self._finish(row, ended, None, change.values.get("error", row["error"]), cause, now, change)
+            self._finish(
+                row, ended, None, change.values.get("error", row["error"]), cause, now, change
+            )
             return
         spec = pending.pop()
         data["_compensations"] = pending
@@ -502,23 +665,41 @@ class Engine:
         call = Call(command, then=_COMPENSATED, timeout=60, retry=_COMPENSATION_RETRY)
         self._send({**row, "data": data}, command, cause, now, change, attempt=1, call=call)
 
-    def _start_child(self, row: dict[str, Any], action: StartChild, cause: str, now: float, change: Change) -> None:
+    def _start_child(
+        self, row: dict[str, Any], action: StartChild, cause: str, now: float, change: Change
+    ) -> None:
         definition = self.registry.latest(action.saga_type)
         seq = row["seq"]
         child_id = action.child_id or f"{row['id']}.child{seq}"
         raw = msgspec.to_builtins(action.input)
         env = Envelope(
-            message_id=cause, correlation_id=row["correlation_id"], tenant=row["tenant"],
-            actor=row["actor"], schema="sagas.start",
+            message_id=cause,
+            correlation_id=row["correlation_id"],
+            tenant=row["tenant"],
+            actor=row["actor"],
+            schema="sagas.start",
         )
         child = self._new_row(child_id, definition, raw, env, now, run_no=1, parent_id=row["id"])
         child["waiting"] = {"kind": "continue", "then": definition.first, "reply": None}
         child["wake_at"] = now
         change.children.append(child)
         change.wake_now.append(child_id)
-        change.values["waiting"] = {"kind": "child", "child_id": child_id, "then": step_name(action.then)}
+        change.values["waiting"] = {
+            "kind": "child",
+            "child_id": child_id,
+            "then": step_name(action.then),
+        }
         change.values["wake_at"] = None
-        change.history.append(self._history(row, change.values.get("step", row["step"]), "child_started", {"child_id": child_id, "type": action.saga_type}, now, seq=seq))
+        change.history.append(
+            self._history(
+                row,
+                change.values.get("step", row["step"]),
+                "child_started",
+                {"child_id": child_id, "type": action.saga_type},
+                now,
+                seq=seq,
+            )
+        )
 
     def _finish(
         self,
@@ -533,7 +714,9 @@ class Engine:
         change.values.update(
             state=state, result=result, error=error, waiting=None, wake_at=None, finished_at=now
         )
-        event = SagaFinished(saga_id=row["id"], saga_type=row["type"], state=state, result=result, error=error)
+        event = SagaFinished(
+            saga_id=row["id"], saga_type=row["type"], state=state, result=result, error=error
+        )
         entry = of_type(SagaFinished)
         env = Envelope(
             message_id=f"{row['id']}.{row['run']}.finished",
@@ -554,7 +737,16 @@ class Engine:
                 "published_at": None,
             }
         )
-        change.history.append(self._history(row, change.values.get("step", row["step"]), state, {"error": error} if error else None, now, duration_ms=(now - row["created_at"]) * 1000))
+        change.history.append(
+            self._history(
+                row,
+                change.values.get("step", row["step"]),
+                state,
+                {"error": error} if error else None,
+                now,
+                duration_ms=(now - row["created_at"]) * 1000,
+            )
+        )
 
     # ── persistence ────────────────────────────────────────────────────────────────────
 
@@ -618,7 +810,9 @@ class Engine:
             "duration_ms": duration_ms,
         }
 
-    async def _record_inbox(self, conn: AsyncConnection, saga_id: str, message_id: str, now: float) -> bool:
+    async def _record_inbox(
+        self, conn: AsyncConnection, saga_id: str, message_id: str, now: float
+    ) -> bool:
         insert = postgresql.insert if self.postgres else sqlite.insert
         stmt = insert(tables.inbox).values(saga_id=saga_id, message_id=message_id, at=now)
         result = await conn.execute(stmt.on_conflict_do_nothing())
@@ -636,7 +830,10 @@ class Engine:
         return loaded
 
     async def _transact(
-        self, body: Callable[[AsyncConnection, float], Awaitable[Change | None]], *, saga_id: str | None
+        self,
+        body: Callable[[AsyncConnection, float], Awaitable[Change | None]],
+        *,
+        saga_id: str | None,
     ) -> None:
         for attempt in range(20):
             try:

@@ -37,8 +37,19 @@ async def list_instances(
     if until is not None:
         conditions.append(t.c.created_at < until)
     stmt = (
-        select(t.c.id, t.c.type, t.c.version, t.c.tenant, t.c.state, t.c.step, t.c.created_at,
-               t.c.updated_at, t.c.finished_at, t.c.parent_id, t.c.error)
+        select(
+            t.c.id,
+            t.c.type,
+            t.c.version,
+            t.c.tenant,
+            t.c.state,
+            t.c.step,
+            t.c.created_at,
+            t.c.updated_at,
+            t.c.finished_at,
+            t.c.parent_id,
+            t.c.error,
+        )
         .where(and_(*conditions))
         .order_by(t.c.created_at.desc(), t.c.id)
         .limit(limit)
@@ -48,7 +59,9 @@ async def list_instances(
         return [dict(r) for r in (await conn.execute(stmt)).mappings()]
 
 
-async def get_instance(db: AsyncEngine, saga_id: str, tenant: str | None = None) -> dict[str, Any] | None:
+async def get_instance(
+    db: AsyncEngine, saga_id: str, tenant: str | None = None
+) -> dict[str, Any] | None:
     t = tables.instances
     stmt = select(t).where(t.c.id == saga_id)
     if tenant:

@@ -45,18 +45,22 @@ class Relay:
     async def sweep(self, older_than: float = 1.0, limit: int = 500) -> int:
         async with self.db.connect() as conn:
             rows = (
-                await conn.execute(
-                    select(tables.outbox)
-                    .where(
-                        and_(
-                            tables.outbox.c.published_at.is_(None),
-                            tables.outbox.c.created_at < time.time() - older_than,
+                (
+                    await conn.execute(
+                        select(tables.outbox)
+                        .where(
+                            and_(
+                                tables.outbox.c.published_at.is_(None),
+                                tables.outbox.c.created_at < time.time() - older_than,
+                            )
                         )
+                        .order_by(tables.outbox.c.created_at)
+                        .limit(limit)
                     )
-                    .order_by(tables.outbox.c.created_at)
-                    .limit(limit)
                 )
-            ).mappings().all()
+                .mappings()
+                .all()
+            )
         batch = [dict(r) for r in rows]
         if batch:
             log.info("relay: publishing %d outbox rows left unpublished", len(batch))

@@ -22,11 +22,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bus import runtime
 from bus.connection import connect
 from bus.service import Service
+from sagas import queries
 from sagas.definition import Definition
 from sagas.engine import Engine
 from sagas.registry import Registry
 from sagas.relay import Relay
-from sagas import queries
 from schemas.envelope import Envelope
 from schemas.saga_queries import SagaInfo, SagaList, SagaListed, SagaQueried, SagaQuery, SagaStep
 from schemas.sagas import SagaCancel, SagaFinished, SagaSignal, SagaStart, SagaStarted
@@ -92,14 +92,22 @@ class Runner:
             row = await queries.get_instance(self.engine.db, cmd.saga_id, tenant=env.tenant)
             if row is None:
                 return SagaQueried(saga=None)
-            history = await queries.get_history(self.engine.db, cmd.saga_id) if cmd.include_history else []
+            history = (
+                await queries.get_history(self.engine.db, cmd.saga_id)
+                if cmd.include_history
+                else []
+            )
             return SagaQueried(saga=saga_info(row, history))
 
         async def list_(cmd: SagaList, env: Envelope) -> SagaListed:
             limit = max(1, min(cmd.limit, 200))
             rows = await queries.list_instances(
-                self.engine.db, tenant=env.tenant, saga_type=cmd.saga_type, state=cmd.state,
-                until=float(cmd.before) if cmd.before else None, limit=limit,
+                self.engine.db,
+                tenant=env.tenant,
+                saga_type=cmd.saga_type,
+                state=cmd.state,
+                until=float(cmd.before) if cmd.before else None,
+                limit=limit,
             )
             cursor = repr(rows[-1]["created_at"]) if len(rows) == limit else None
             return SagaListed(sagas=[saga_info(r, []) for r in rows], next_cursor=cursor)
@@ -121,7 +129,9 @@ class Runner:
             try:
                 due = await self.engine.due(time.time())
                 if due:
-                    await asyncio.gather(*(self.engine.wake(s) for s in due), return_exceptions=True)
+                    await asyncio.gather(
+                        *(self.engine.wake(s) for s in due), return_exceptions=True
+                    )
             except Exception as exc:
                 log.warning("timer pass failed: %s", exc)
             await asyncio.sleep(TIMER_INTERVAL)
@@ -168,7 +178,9 @@ def saga_info(row: dict[str, Any], history: list[dict[str, Any]]) -> SagaInfo:
         error=row.get("error"),
         waiting_for=waiting_for,
         history=[
-            SagaStep(at=h["at"], kind=h["event"], detail=f"{h['step'] or ''} {h['detail'] or ''}".strip())
+            SagaStep(
+                at=h["at"], kind=h["event"], detail=f"{h['step'] or ''} {h['detail'] or ''}".strip()
+            )
             for h in history
         ],
     )

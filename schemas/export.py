@@ -55,7 +55,9 @@ def json_schemas() -> dict[str, dict[str, Any]]:
 
 def asyncapi() -> dict[str, Any]:
     types = [e.type for e in CATALOGUE.values()]
-    _, components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
+    _, components = msgspec.json.schema_components(
+        types, ref_template="#/components/schemas/{name}"
+    )
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
     messages: dict[str, Any] = {}
@@ -68,7 +70,7 @@ def asyncapi() -> dict[str, Any]:
             "headers": _HEADERS_SCHEMA,
             "payload": {"$ref": f"#/components/schemas/{entry.type.__name__}"},
         }
-        channel_params = {"correlation": {}} if entry.kind == "stream" else {"tenant": {}}
+        channel_params: dict[str, Any] = {"correlation": {}} if entry.kind == "stream" else {"tenant": {}}
         address = (
             "soma.stream.{correlation}"
             if entry.kind == "stream"

@@ -51,11 +51,23 @@ def _since(value: str | None) -> float | None:
         return None
     m = _DURATION.match(value)
     if m:
-        return time.time() - float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        return (
+            time.time() - float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        )
     try:
         return datetime.fromisoformat(value).replace(tzinfo=UTC).timestamp()
     except ValueError:
-        terminal.fail(f"--since {value!r}: use a duration (30s, 10m, 2h, 7d) or an ISO time", terminal.USAGE)
+        terminal.fail(
+            f"--since {value!r}: use a duration (30s, 10m, 2h, 7d) or an ISO time", terminal.USAGE
+        )
+
+
+_SHOWN = ("kind", "name", "then", "attempt", "child_id")
+
+
+def _public(data: dict[str, Any]) -> dict[str, Any]:
+    """A saga's data without the engine's own bookkeeping (keys starting with ``_``)."""
+    return {k: v for k, v in data.items() if not k.startswith("_")}
 
 
 def _time(ts: float | None) -> str:
@@ -91,10 +103,14 @@ async def _with_db(fn: Any) -> Any:
 
 @app.command("ls")
 def ls(
-    saga_type: str = typer.Option(None, "--type", help="Only this saga type (chat_turn, agent_task, …)."),
+    saga_type: str = typer.Option(
+        None, "--type", help="Only this saga type (chat_turn, agent_task, …)."
+    ),
     state: str = typer.Option(None, help="running, completed, failed, cancelled, compensated, …"),
     tenant: str = typer.Option(None, help="Only this tenant."),
-    since: str = typer.Option(None, help="Started within a duration (10m, 2h) or after an ISO time."),
+    since: str = typer.Option(
+        None, help="Started within a duration (10m, 2h) or after an ISO time."
+    ),
     limit: int = typer.Option(50, help="Page size."),
     offset: int = typer.Option(0, help="Skip this many (newest first)."),
     as_json: bool = typer.Option(False, "--json", help="JSON lines instead of a table."),
@@ -105,8 +121,13 @@ def ls(
     rows = terminal.run(
         _with_db(
             lambda db: queries.list_instances(
-                db, tenant=tenant, saga_type=saga_type, state=state, since=_since(since),
-                limit=limit, offset=offset,
+                db,
+                tenant=tenant,
+                saga_type=saga_type,
+                state=state,
+                since=_since(since),
+                limit=limit,
+                offset=offset,
             )
         )
     )
@@ -121,8 +142,16 @@ def ls(
         table.add_column(col)
     for r in rows:
         took = f"{(r['finished_at'] - r['created_at']) * 1000:.0f} ms" if r["finished_at"] else "-"
-        table.add_row(r["id"], r["type"], str(r["version"]), r["tenant"], r["state"], r["step"] or "-",
-                      _time(r["created_at"]), took)
+        table.add_row(
+            r["id"],
+            r["type"],
+            str(r["version"]),
+            r["tenant"],
+            r["state"],
+            r["step"] or "-",
+            _time(r["created_at"]),
+            took,
+        )
     terminal.out.print(table)
     if not rows:
         terminal.note("no sagas match")
@@ -146,15 +175,26 @@ def show(
         print(json.dumps({"saga": row, "history": history}, default=str))
         return
     out = terminal.out
-    out.print(f"[bold]{row['id']}[/]  {row['type']} v{row['version']} (run {row['run']})  tenant {row['tenant']}")
+    out.print(
+        f"[bold]{row['id']}[/]  {row['type']} v{row['version']} (run {row['run']})  "
+        f"tenant {row['tenant']}"
+    )
     out.print(f"state    {row['state']}   step {row['step'] or '-'}")
-    out.print(f"started  {_time(row['created_at'])}   updated {_time(row['updated_at'])}   finished {_time(row['finished_at'])}")
+    out.print(
+        f"started  {_time(row['created_at'])}   updated {_time(row['updated_at'])}   "
+        f"finished {_time(row['finished_at'])}"
+    )
     if row["waiting"]:
-        out.print(f"waiting  {json.dumps({k: v for k, v in row['waiting'].items() if k in ('kind', 'name', 'then', 'attempt', 'child_id')})}")
+        out.print(
+            f"waiting  {json.dumps({k: v for k, v in row['waiting'].items() if k in _SHOWN})}"
+        )
     if row["parent_id"]:
         out.print(f"parent   {row['parent_id']}")
     out.print(f"input    {json.dumps(row['input'])[:500]}", markup=False)
-    out.print(f"data     {json.dumps({k: v for k, v in row['data'].items() if not k.startswith('_')})[:500]}", markup=False)
+    out.print(
+        f"data     {json.dumps(_public(row['data']))[:500]}",
+        markup=False,
+    )
     if row["result"] is not None:
         out.print(f"result   {json.dumps(row['result'])[:1000]}", markup=False)
     if row["error"]:
@@ -166,8 +206,14 @@ def show(
         table.add_column(col)
     for h in history:
         ms = f"{h['duration_ms']:.1f}" if h["duration_ms"] is not None else ""
-        table.add_row(str(h["seq"]), _time(h["at"]), h["step"] or "", h["event"], ms,
-                      json.dumps(h["detail"])[:80] if h["detail"] else "")
+        table.add_row(
+            str(h["seq"]),
+            _time(h["at"]),
+            h["step"] or "",
+            h["event"],
+            ms,
+            json.dumps(h["detail"])[:80] if h["detail"] else "",
+        )
     out.print(table)
 
 
@@ -196,13 +242,24 @@ async def _send(message: Any, tenant: str, correlation_id: str | None = None) ->
 
 @app.command("start")
 def start(
-    saga_type: str = typer.Argument(..., help="chat_turn, agent_task, or a type your runner registers."),
-    input_json: str = typer.Argument(None, metavar="[JSON]", help="The saga's input as a JSON object."),
-    saga_id: str = typer.Option(None, "--id", help="Saga id (default: a new one). Start is idempotent by id."),
+    saga_type: str = typer.Argument(
+        ..., help="chat_turn, agent_task, or a type your runner registers."
+    ),
+    input_json: str = typer.Argument(
+        None, metavar="[JSON]", help="The saga's input as a JSON object."
+    ),
+    saga_id: str = typer.Option(
+        None, "--id", help="Saga id (default: a new one). Start is idempotent by id."
+    ),
     tenant: str = typer.Option("default", help="Tenant the saga runs for."),
-    reuse: str = typer.Option("reject_duplicate", help="If the id has ended: reject_duplicate, allow_duplicate_failed_only, allow_duplicate."),
+    reuse: str = typer.Option(
+        "reject_duplicate",
+        help="If the id has ended: reject_duplicate, allow_duplicate_failed_only, allow_duplicate.",
+    ),
     conflict: str = typer.Option("fail", help="If the id is running: fail, use_existing."),
-    wait: bool = typer.Option(False, "--wait", help="Wait for the saga to finish and print its outcome."),
+    wait: bool = typer.Option(
+        False, "--wait", help="Wait for the saga to finish and print its outcome."
+    ),
     timeout: float = typer.Option(300, help="Seconds to wait with --wait."),
 ) -> None:
     """Start a saga through the bus (a runner must be up) and print its id."""
@@ -211,16 +268,27 @@ def start(
     from schemas.sagas import SagaStart
 
     sid = saga_id or new_id()
-    cmd = SagaStart(saga_type=saga_type, saga_id=sid, input=_json_payload(input_json, "the input"),
-                    id_reuse=reuse, id_conflict=conflict)
+    cmd = SagaStart(
+        saga_type=saga_type,
+        saga_id=sid,
+        input=_json_payload(input_json, "the input"),
+        id_reuse=reuse,
+        id_conflict=conflict,
+    )
 
     async def go() -> int:
         async with terminal.bus(terminal.settings()) as (nc, js):
             requester = Requester(nc, js)
             await requester.start()
             try:
-                _, reply = await requester.request(cmd, tenant=tenant, expect={"sagas.started"},
-                                                   correlation_id=sid, actor="operator", timeout=30)
+                _, reply = await requester.request(
+                    cmd,
+                    tenant=tenant,
+                    expect={"sagas.started"},
+                    correlation_id=sid,
+                    actor="operator",
+                    timeout=30,
+                )
             except TimeoutError as exc:
                 terminal.fail(str(exc))
             if reply.schema != "sagas.started":
@@ -234,8 +302,15 @@ def start(
                     while True:
                         event = await events.get()
                         if event.schema == "sagas.finished" and event.payload.saga_id == sid:
-                            print(json.dumps({"state": event.payload.state, "result": event.payload.result,
-                                              "error": event.payload.error}))
+                            print(
+                                json.dumps(
+                                    {
+                                        "state": event.payload.state,
+                                        "result": event.payload.result,
+                                        "error": event.payload.error,
+                                    }
+                                )
+                            )
                             return 0 if event.payload.state == "completed" else 1
         return 0
 
@@ -249,13 +324,15 @@ def signal(
     payload: str = typer.Argument(None, metavar="[JSON]", help="Signal payload as a JSON object."),
     tenant: str = typer.Option(None, help="Tenant (default: looked up in the saga store)."),
 ) -> None:
-    """Send a signal to one saga; a signal sent before the saga waits for it is kept until it does."""
+    """Send a signal to one saga; one sent before the saga waits for it is kept until it does."""
     from schemas.sagas import SagaSignal
 
     body = _json_payload(payload, "the payload")
 
     async def go() -> str:
-        return await _send(SagaSignal(saga_id=saga_id, name=name, payload=body), await _tenant_of(saga_id, tenant))
+        return await _send(
+            SagaSignal(saga_id=saga_id, name=name, payload=body), await _tenant_of(saga_id, tenant)
+        )
 
     message_id = terminal.run(go())
     terminal.note(f"signal {name} sent to {saga_id} (message {message_id})")
@@ -271,7 +348,11 @@ def cancel(
     from schemas.sagas import SagaCancel
 
     async def go() -> str:
-        return await _send(SagaCancel(saga_id=saga_id, reason=reason), await _tenant_of(saga_id, tenant))
+        return await _send(
+            SagaCancel(saga_id=saga_id, reason=reason), await _tenant_of(saga_id, tenant)
+        )
 
     message_id = terminal.run(go())
-    terminal.note(f"cancel sent to {saga_id} (message {message_id}); `soma saga show {saga_id}` follows it")
+    terminal.note(
+        f"cancel sent to {saga_id} (message {message_id}); `soma saga show {saga_id}` follows it"
+    )

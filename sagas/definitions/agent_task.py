@@ -13,14 +13,26 @@ import json
 import re
 from typing import Any
 
-from sagas.definition import Action, Call, Complete, Continue, Definition, Fail, Retry, Run, WaitSignal
+from sagas.definition import (
+    Action,
+    Call,
+    Complete,
+    Continue,
+    Definition,
+    Fail,
+    Retry,
+    Run,
+    WaitSignal,
+)
+from schemas.base import Usage
 from schemas.memories import MemoryAdd, MemoryDelete
 from schemas.slm import ChatMessage, SlmComplete, SlmCompleted
 from schemas.tasks import AgentTaskInput, AgentTaskResult
-from schemas.base import Usage
 from schemas.tools import ToolInvoke, ToolResult
 
-agent_task: Definition[AgentTaskInput] = Definition("agent_task", version=1, input_type=AgentTaskInput)
+agent_task: Definition[AgentTaskInput] = Definition(
+    "agent_task", version=1, input_type=AgentTaskInput
+)
 
 Task = Run[AgentTaskInput]
 MODEL_RETRY = Retry(initial=0.5, max_attempts=3)
@@ -30,7 +42,10 @@ _STEP_LINE = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+(.+)$")
 def _ask(run: Task, system: str, user: str, *, tools: bool = False) -> SlmComplete:
     return SlmComplete(
         model=run.input.model,
-        messages=[ChatMessage(role="system", content=system), ChatMessage(role="user", content=user)],
+        messages=[
+            ChatMessage(role="system", content=system),
+            ChatMessage(role="user", content=user),
+        ],
         tools=run.input.tools if tools else [],
         user=run.input.user,
     )
@@ -55,7 +70,11 @@ def plan(run: Task) -> Action:
 @agent_task.step
 def planned(run: Task, done: SlmCompleted) -> Action:
     _account(run, done)
-    lines = [m.group(1).strip() for m in map(_STEP_LINE.match, (done.message.content or "").splitlines()) if m]
+    lines = [
+        m.group(1).strip()
+        for m in map(_STEP_LINE.match, (done.message.content or "").splitlines())
+        if m
+    ]
     run.data["plan"] = (lines or [run.input.goal])[: max(run.input.max_steps, 1)]
     run.data["notes"] = []
     return Continue(then=work)
@@ -86,7 +105,9 @@ def worked(run: Task, done: SlmCompleted) -> Action:
             arguments = {}
         run.data["tool"] = call.name
         return Call(
-            ToolInvoke(call_id=f"{run.saga_id}:step{i}:{call.id}", name=call.name, arguments=arguments),
+            ToolInvoke(
+                call_id=f"{run.saga_id}:step{i}:{call.id}", name=call.name, arguments=arguments
+            ),
             then=tool_returned,
             timeout=120,
             retry=Retry(initial=0.5, max_attempts=3),
@@ -106,8 +127,13 @@ def _keep_note(run: Task, note: str) -> Action:
     note_id = f"{run.saga_id}:note{i}"
     run.data["pending_note"] = note
     return Call(
-        MemoryAdd(id=note_id, text=note, user=run.input.user, session=run.saga_id,
-                  metadata={"agent_task": run.saga_id, "step": i}),
+        MemoryAdd(
+            id=note_id,
+            text=note,
+            user=run.input.user,
+            session=run.saga_id,
+            metadata={"agent_task": run.saga_id, "step": i},
+        ),
         then=noted,
         timeout=30,
         retry=Retry(initial=0.5, max_attempts=5),
@@ -132,7 +158,9 @@ def maybe_wait_for_approval(run: Task) -> Action:
 def reviewed(run: Task, decision: dict[str, Any] | None) -> Action:
     decision = decision or {}
     if decision.get("approved") is False:
-        return Fail(f"rejected by {decision.get('by', 'reviewer')}: {decision.get('comment', '')}".strip())
+        return Fail(
+            f"rejected by {decision.get('by', 'reviewer')}: {decision.get('comment', '')}".strip()
+        )
     run.data["approved_by"] = decision.get("by")
     return Continue(then=write_report)
 
@@ -154,7 +182,10 @@ def reported(run: Task, done: SlmCompleted) -> Action:
             report=done.message.content or "",
             plan=run.data["plan"],
             notes=run.data["notes"],
-            usage=Usage(prompt_tokens=u.get("prompt_tokens", 0), completion_tokens=u.get("completion_tokens", 0)),
+            usage=Usage(
+                prompt_tokens=u.get("prompt_tokens", 0),
+                completion_tokens=u.get("completion_tokens", 0),
+            ),
             cost_usd=run.data.get("cost_usd", 0.0),
             approved_by=run.data.get("approved_by"),
         )

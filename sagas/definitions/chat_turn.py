@@ -1,9 +1,10 @@
 """The chat turn: one request's lifecycle, from the caller's prompt to the reply.
 
     check the prompt (policy) ─deny→ reply with content_filter
-      → recall memories → ask the model ─┬─ caller's tool calls → reply with tool_calls
-                                          ├─ platform tool calls → policy → tool → ask again (bounded)
-                                          └─ answer → check the answer (policy) → store the turn → reply
+      → recall memories → ask the model
+          ├─ caller's tool calls → reply with tool_calls
+          ├─ platform tool calls → policy → tool → ask the model again (bounded)
+          └─ answer → check the answer (policy) → store the turn → reply
 
 Token deltas of every model call go to ``soma.stream.<correlation id>`` when the caller streams.
 """
@@ -70,7 +71,9 @@ def _refusal(run: Turn, v: PolicyEvaluated) -> Complete:
 
 def _usage(run: Turn) -> Usage:
     u = run.data.get("usage", {})
-    return Usage(prompt_tokens=u.get("prompt_tokens", 0), completion_tokens=u.get("completion_tokens", 0))
+    return Usage(
+        prompt_tokens=u.get("prompt_tokens", 0), completion_tokens=u.get("completion_tokens", 0)
+    )
 
 
 def _stream_subject(run: Turn) -> str | None:

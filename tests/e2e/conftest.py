@@ -29,10 +29,12 @@ class System:
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def system(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+def system(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[System]:
     data = tmp_path_factory.mktemp("system")
     with nats_server() as server:
-        with (postgres_database() if request.param == "postgres" else _nothing()) as db_url:
+        with postgres_database() if request.param == "postgres" else _nothing() as db_url:
             env = {
                 **os.environ,
                 "PYTHONPATH": str(ROOT),
@@ -43,10 +45,17 @@ def system(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             env.pop("DATABASE_URL", None)
             if db_url:
                 env["DATABASE_URL"] = db_url
-            subprocess.run([sys.executable, "-m", "soma.cli", "migrate"], env=env, cwd=ROOT, check=True,
-                           stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [sys.executable, "-m", "soma.cli", "migrate"],
+                env=env,
+                cwd=ROOT,
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
             procs = {
-                name: subprocess.Popen([sys.executable, "-m", "soma.cli", "run", name], env=env, cwd=ROOT)
+                name: subprocess.Popen(
+                    [sys.executable, "-m", "soma.cli", "run", name], env=env, cwd=ROOT
+                )
                 for name in PROCESSES
             }
             try:

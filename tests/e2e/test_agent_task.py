@@ -22,7 +22,9 @@ async def start_task(requester: Requester, task: AgentTaskInput) -> str:
     return saga_id
 
 
-async def collect_until(events: asyncio.Queue[Reply], stop: Any, timeout: float = 60) -> list[Reply]:
+async def collect_until(
+    events: asyncio.Queue[Reply], stop: Any, timeout: float = 60
+) -> list[Reply]:
     seen: list[Reply] = []
     async with asyncio.timeout(timeout):
         while True:
@@ -39,20 +41,29 @@ async def send(requester: Requester, message: Any) -> None:
 async def wait_for_approval_wait(requester: Requester, saga_id: str) -> None:
     async with asyncio.timeout(60):
         while True:
-            _, reply = await requester.request(SagaQuery(saga_id=saga_id), tenant="acme", expect={"sagas.queried"})
+            _, reply = await requester.request(
+                SagaQuery(saga_id=saga_id), tenant="acme", expect={"sagas.queried"}
+            )
             if reply.payload.saga and "signal:approve" in reply.payload.saga.waiting_for:
                 return
             await asyncio.sleep(0.1)
 
 
-async def test_an_approval_signal_advances_a_waiting_agent_task_to_its_report(requester: Requester) -> None:
-    task = AgentTaskInput(goal="Compare durable execution engines", max_steps=2, require_approval=True)
+async def test_an_approval_signal_advances_a_waiting_agent_task_to_its_report(
+    requester: Requester,
+) -> None:
+    task = AgentTaskInput(
+        goal="Compare durable execution engines", max_steps=2, require_approval=True
+    )
     saga_id = new_id()
     async with requester.watching(saga_id) as events:
         cmd = SagaStart(saga_type="agent_task", saga_id=saga_id, input=msgspec.to_builtins(task))
         await publish(requester.js, cmd, envelope_for(cmd, tenant="acme", correlation_id=saga_id))
         await wait_for_approval_wait(requester, saga_id)
-        await send(requester, SagaSignal(saga_id=saga_id, name="approve", payload={"approved": True, "by": "alice"}))
+        await send(
+            requester,
+            SagaSignal(saga_id=saga_id, name="approve", payload={"approved": True, "by": "alice"}),
+        )
         seen = await collect_until(events, lambda e: e.schema == "sagas.finished")
     finished = seen[-1].payload
     assert finished.state == "completed", finished.error
@@ -62,7 +73,9 @@ async def test_an_approval_signal_advances_a_waiting_agent_task_to_its_report(re
     assert sum(e.schema == "memory.added" for e in seen) == len(result.notes)
 
 
-async def test_cancelling_an_agent_task_deletes_its_notes_in_reverse_order(requester: Requester) -> None:
+async def test_cancelling_an_agent_task_deletes_its_notes_in_reverse_order(
+    requester: Requester,
+) -> None:
     task = AgentTaskInput(goal="Survey saga patterns", max_steps=2, require_approval=True)
     saga_id = new_id()
     async with requester.watching(saga_id) as events:

@@ -27,7 +27,9 @@ from tests.servers import NatsServer, nats_server, postgres_database
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('sagas') / 'soma.db'}"
     else:
@@ -85,11 +87,15 @@ class Stack:
             if row and row["finished_at"] is not None:
                 return row
             await asyncio.sleep(0.05)
-        raise AssertionError(f"saga {saga_id} did not finish: {await queries.get_instance(self.db, saga_id)}")
+        raise AssertionError(
+            f"saga {saga_id} did not finish: {await queries.get_instance(self.db, saga_id)}"
+        )
 
 
 @pytest.fixture(scope="module")
-async def stack(module_nats: NatsServer, database_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+async def stack(
+    module_nats: NatsServer, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Stack]:
     settings = saga_settings(module_nats.url, database_url, tmp_path_factory.mktemp("data"))
     effects = Effects()
     tools = await runtime.start(effects.service(), settings)

@@ -99,12 +99,18 @@ approval: Definition[Data] = Definition("approval", version=1, input_type=dict)
 
 @approval.start
 def draft(run: Run[Data]) -> Call:
-    return Call(tool(run, 1, label="draft"), then=ask, compensate=tool(run, 91, name="undo", label="draft"))
+    return Call(
+        tool(run, 1, label="draft"), then=ask, compensate=tool(run, 91, name="undo", label="draft")
+    )
 
 
 @approval.step
 def ask(run: Run[Data], result: ToolResult) -> Call:
-    return Call(tool(run, 2, label="review"), then=wait_approval, compensate=tool(run, 92, name="undo", label="review"))
+    return Call(
+        tool(run, 2, label="review"),
+        then=wait_approval,
+        compensate=tool(run, 92, name="undo", label="review"),
+    )
 
 
 @approval.step

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -36,7 +36,14 @@ class Runners:
 
     def start(self, *extra: str) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.sagas.runner_proc", self.nats_url, self.database_url, *extra],
+            [
+                sys.executable,
+                "-m",
+                "tests.sagas.runner_proc",
+                self.nats_url,
+                self.database_url,
+                *extra,
+            ],
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
             stdout=subprocess.PIPE,
@@ -92,7 +99,9 @@ async def all_finished(db, ids: list[str], timeout: float) -> list[dict]:  # typ
         await asyncio.sleep(0.1)
 
 
-async def test_kill_9_of_the_runner_at_random_points_leaves_every_saga_able_to_finish(setup) -> None:  # type: ignore[no-untyped-def]
+async def test_kill_9_of_the_runner_at_random_points_leaves_every_saga_able_to_finish(
+    setup,
+) -> None:  # type: ignore[no-untyped-def]
     effects, js, runners, db = setup
     rng = random.Random(7)
     runner = runners.start()
@@ -120,10 +129,19 @@ async def test_a_two_second_timer_fires_within_a_second_of_its_time_across_a_res
     runners.start()
     (row,) = await all_finished(db, [saga_id], timeout=30)
     history = await queries.get_history(db, saga_id)
-    due = next(h["detail"]["until"] if h["detail"] and "until" in h["detail"] else None for h in history if h["event"] == "step") or row["created_at"] + 2.0
+    due = (
+        next(
+            h["detail"]["until"] if h["detail"] and "until" in h["detail"] else None
+            for h in history
+            if h["event"] == "step"
+        )
+        or row["created_at"] + 2.0
+    )
     fired = next(h["at"] for h in history if h["event"] == "timer_fired")
     assert row["state"] == "completed"
-    assert 0 <= fired - (row["created_at"] + 2.0) < 1.0, f"fired {fired - row['created_at']:.2f}s after start"
+    assert 0 <= fired - (row["created_at"] + 2.0) < 1.0, (
+        f"fired {fired - row['created_at']:.2f}s after start"
+    )
     del due
 
 

@@ -132,8 +132,12 @@ async def test_listing_filters_by_type_state_and_tenant_with_paging(stack: Stack
     ids = [await stack.start("three_steps") for _ in range(3)]
     for saga_id in ids:
         await stack.finished(saga_id)
-    page1 = await queries.list_instances(stack.db, tenant="acme", saga_type="three_steps", state="completed", limit=2)
-    page2 = await queries.list_instances(stack.db, tenant="acme", saga_type="three_steps", state="completed", limit=2, offset=2)
+    page1 = await queries.list_instances(
+        stack.db, tenant="acme", saga_type="three_steps", state="completed", limit=2
+    )
+    page2 = await queries.list_instances(
+        stack.db, tenant="acme", saga_type="three_steps", state="completed", limit=2, offset=2
+    )
     assert len(page1) == 2 and len(page2) >= 1
     assert not {r["id"] for r in page1} & {r["id"] for r in page2}
     assert await queries.list_instances(stack.db, tenant="other") == []
