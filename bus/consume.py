@@ -11,6 +11,7 @@ handled again publishes a reply the server drops as a duplicate: the effect is n
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -41,12 +42,23 @@ class RetryPolicy:
     initial: float = 1.0
     coefficient: float = 2.0
     maximum: float = 60.0
+    heartbeat: float = 10.0  # seconds between "still working" signals to the server
 
     def delay(self, delivered: int) -> float:
         return min(self.initial * self.coefficient ** max(delivered - 1, 0), self.maximum)
 
 
 Route = tuple[MessageType, Handler]
+
+
+async def _heartbeat(msg: Msg, every: float) -> None:
+    """Tell the server a long handler is still working, so ack-wait does not redeliver it."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await msg.in_progress()
+        except Exception:
+            return
 
 
 def reply_id(command_id: str, suffix: str = "reply") -> str:
@@ -122,6 +134,7 @@ def make_processor(
             return
 
         started = time.perf_counter()
+        beat = asyncio.create_task(_heartbeat(msg, policy.heartbeat))
         with consuming(env.traceparent, f"{service} {entry.name}"):
             try:
                 result = await handler(payload, env)
@@ -156,6 +169,7 @@ def make_processor(
                 await msg.nak(delay=delay)
                 return
             finally:
+                beat.cancel()
                 HANDLE_SECONDS.labels(service, entry.name).observe(time.perf_counter() - started)
         MESSAGES.labels(service, entry.name, "ok").inc()
         await msg.ack()

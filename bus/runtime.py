@@ -69,6 +69,7 @@ def retry_policy(settings: Settings) -> RetryPolicy:
         max_deliver=settings.max_deliver,
         initial=settings.retry_initial,
         maximum=settings.retry_maximum,
+        heartbeat=max(settings.ack_wait / 3, 0.5),
     )
 
 

@@ -178,3 +178,29 @@ async def test_a_replayed_dead_letter_is_handled(js, settings: Settings) -> None
         assert await stream_count(js, STREAMS["dlq"]) == 0
     finally:
         await running.stop()
+
+
+async def test_a_handler_slower_than_ack_wait_is_kept_alive_by_heartbeats(
+    js, settings: Settings
+) -> None:  # type: ignore[no-untyped-def]
+    calls = 0
+
+    async def slow(cmd: PolicyEvaluate, env: Envelope) -> PolicyEvaluated:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(2.5)
+        return evaluated(cmd)
+
+    short = settings.model_copy(update={"ack_wait": 1.0})
+    running = await runtime.start(Service("policy", {PolicyEvaluate: slow}), short)
+    try:
+        cmd = PolicyEvaluate(stage="prompt", text="slow")
+        await publish(js, cmd, envelope_for(cmd, tenant="acme"))
+
+        async def replied() -> bool:
+            return await stream_count(js, STREAMS["evt"], "soma.evt.acme.policy.evaluated") == 1
+
+        await eventually(replied)
+        assert calls == 1, "no redelivery while the handler was still working"
+    finally:
+        await running.stop()
