@@ -1,0 +1,1 @@
+"""analytics: usage, cost and latency per tenant, model, saga type, user and day."""

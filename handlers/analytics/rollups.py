@@ -1,0 +1,322 @@
+"""Counting events into the daily rollups, each event exactly once, in whatever order they come.
+
+Delivery is at-least-once, and an operator may replay the events stream into a fresh consumer, so
+every count runs in one transaction with the insert of the event's message id: an id already
+there means the event was counted, and nothing changes. Totals are added by an upsert that
+increments in SQL, so any number of analytics replicas can count into the same row at once.
+
+Order is not guaranteed either: the runtime handles a fetched batch concurrently, and replicas
+run side by side. So a model call may be counted before its saga's start (it waits, unattributed,
+until the start names the saga type), and a saga's end before its start (its duration is added
+when the start arrives). Both sides of each pair first upsert the row they share — the
+correlation, or the saga — which holds it locked until commit: the pair never interleaves.
+
+An event's day is the UTC day of its envelope timestamp, not of its processing: a backlog worked
+off after midnight still counts for the day the work was done.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy import Row, Table, case, delete, exists, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from handlers.analytics.tables import (
+    MODEL,
+    SAGA,
+    correlations,
+    processed,
+    sagas,
+    unattributed,
+    usage_daily,
+)
+from schemas.common import CommandFailed
+from schemas.envelope import Envelope
+from schemas.sagas import SagaFinished, SagaStarted
+from schemas.slm import SlmCompleted
+
+# Saga end states that count as errors; a cancelled (or cancelled-and-compensated) saga is not one.
+FAILED_STATES = frozenset({"failed", "compensation_failed"})
+
+SUMS = ("requests", "errors", "prompt_tokens", "completion_tokens", "cost_usd",
+        "latency_ms_sum", "latency_count")
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One event's contribution to its rollup row."""
+
+    tenant: str
+    day: date
+    kind: str
+    model: str = ""
+    saga_type: str = ""
+    actor: str = ""
+    key_id: str = ""
+    requests: int = 1
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_ms_sum: float = 0.0
+    latency_count: int = 0
+
+
+def event_time(env: Envelope) -> float:
+    return env.timestamp or time.time()
+
+
+def day_of(epoch: float) -> date:
+    return datetime.fromtimestamp(epoch, UTC).date()
+
+
+def _insert(conn: AsyncConnection, table: Table) -> postgresql.Insert | sqlite.Insert:
+    """The dialect's INSERT, for its ON CONFLICT clause (both databases spell it alike)."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+async def _increment(conn: AsyncConnection, table: Table, values: dict[str, Any]) -> None:
+    """Add the sums in ``values`` to the row its key names, creating the row if needed."""
+    stmt = _insert(conn, table).values(**values)
+    excluded = stmt.excluded
+    await conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[c.name for c in table.primary_key.columns],
+            set_={name: table.c[name] + excluded[name] for name in SUMS},
+        )
+    )
+
+
+async def add(conn: AsyncConnection, fact: Fact) -> None:
+    await _increment(conn, usage_daily, asdict(fact))
+
+
+async def _first_time(conn: AsyncConnection, env: Envelope) -> bool:
+    recorded = await conn.execute(
+        _insert(conn, processed)
+        .values(message_id=env.message_id, seen_at=time.time())
+        .on_conflict_do_nothing(index_elements=["message_id"])
+    )
+    return bool(recorded.rowcount == 1)
+
+
+async def _count_model_call(conn: AsyncConnection, fact: Fact, env: Envelope) -> None:
+    """Count under the correlation's saga type, or wait unattributed until it is known."""
+    stmt = _insert(conn, correlations).values(
+        tenant=env.tenant, correlation_id=env.correlation_id, saga_type="", seen_at=time.time()
+    )
+    saga_type = (
+        await conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["tenant", "correlation_id"],
+                set_={"seen_at": stmt.excluded.seen_at},
+            ).returning(correlations.c.saga_type)
+        )
+    ).scalar_one()
+    if saga_type:
+        await add(conn, replace(fact, saga_type=saga_type))
+        return
+    waiting = {k: v for k, v in asdict(fact).items() if k not in ("kind", "saga_type")}
+    await _increment(conn, unattributed, {**waiting, "correlation_id": env.correlation_id})
+
+
+async def _attribute(conn: AsyncConnection, saga_type: str, env: Envelope) -> None:
+    """Name the correlation's saga type (the first saga seen keeps it) and move its waiting
+    model calls into the rollups under that type."""
+    stmt = _insert(conn, correlations).values(
+        tenant=env.tenant, correlation_id=env.correlation_id, saga_type=saga_type,
+        seen_at=time.time(),
+    )
+    current = correlations.c.saga_type
+    named = (
+        await conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["tenant", "correlation_id"],
+                set_={
+                    "saga_type": case((current == "", stmt.excluded.saga_type), else_=current),
+                    "seen_at": stmt.excluded.seen_at,
+                },
+            ).returning(current)
+        )
+    ).scalar_one()
+    await _release(
+        conn,
+        (unattributed.c.tenant == env.tenant)
+        & (unattributed.c.correlation_id == env.correlation_id),
+        named,
+    )
+
+
+async def _release(conn: AsyncConnection, where: Any, saga_type: str) -> None:
+    moved = await conn.execute(delete(unattributed).where(where).returning(*unattributed.c))
+    # In key order, so that concurrent transactions lock shared rollup rows in the same order.
+    for row in sorted(moved.all(), key=lambda r: (r.tenant, r.day, r.model, r.actor, r.key_id)):
+        values = {k: v for k, v in row._mapping.items() if k != "correlation_id"}
+        await add(conn, Fact(kind=MODEL, saga_type=saga_type, **values))
+
+
+async def model_completed(engine: AsyncEngine, event: SlmCompleted, env: Envelope) -> bool:
+    """Count one completion; False when this event was already counted."""
+    async with engine.begin() as conn:
+        if not await _first_time(conn, env):
+            return False
+        fact = Fact(
+            tenant=env.tenant,
+            day=day_of(event_time(env)),
+            kind=MODEL,
+            model=event.model,
+            actor=env.actor,
+            prompt_tokens=event.usage.prompt_tokens,
+            completion_tokens=event.usage.completion_tokens,
+            cost_usd=event.cost_usd,
+            latency_ms_sum=event.latency_ms,
+            latency_count=1,
+        )
+        await _count_model_call(conn, fact, env)
+    return True
+
+
+async def model_failed(engine: AsyncEngine, event: CommandFailed, env: Envelope) -> bool:
+    """Count a failed model call; the failure does not name its model, so it counts under ""."""
+    async with engine.begin() as conn:
+        if not await _first_time(conn, env):
+            return False
+        fact = Fact(
+            tenant=env.tenant, day=day_of(event_time(env)), kind=MODEL, actor=env.actor, errors=1
+        )
+        await _count_model_call(conn, fact, env)
+    return True
+
+
+async def _lock_saga(
+    conn: AsyncConnection, saga_id: str, saga_type: str, env: Envelope
+) -> Row[Any]:
+    """The saga's row, created empty if new, and locked until commit."""
+    stmt = _insert(conn, sagas).values(
+        saga_id=saga_id, tenant=env.tenant, saga_type=saga_type, actor=env.actor,
+        started_at=None, finished_at=None, seen_at=time.time(),
+    )
+    await conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["saga_id"], set_={"seen_at": stmt.excluded.seen_at}
+        )
+    )
+    return (await conn.execute(select(sagas).where(sagas.c.saga_id == saga_id))).one()
+
+
+def _duration(started: float, finished: float) -> float:
+    return max(finished - started, 0.0) * 1000
+
+
+async def saga_started(engine: AsyncEngine, event: SagaStarted, env: Envelope) -> bool:
+    """Name the correlation's saga type and remember when the run started.
+
+    A start after its run's end (seen first) adds the run's duration to the end's row. A saga
+    id that ran before and finished starts a new run; a start of a running saga (asked again
+    with ``use_existing``) changes nothing.
+    """
+    started = event_time(env)
+    async with engine.begin() as conn:
+        if not await _first_time(conn, env):
+            return False
+        await _attribute(conn, event.saga_type, env)
+        run = await _lock_saga(conn, event.saga_id, event.saga_type, env)
+        if run.started_at is not None and run.finished_at is None:
+            return True
+        if run.started_at is None and run.finished_at is not None:
+            await add(
+                conn,
+                Fact(
+                    tenant=run.tenant,
+                    day=day_of(run.finished_at),
+                    kind=SAGA,
+                    saga_type=run.saga_type,
+                    actor=run.actor,
+                    requests=0,
+                    latency_ms_sum=_duration(started, run.finished_at),
+                    latency_count=1,
+                ),
+            )
+            await conn.execute(
+                update(sagas).where(sagas.c.saga_id == event.saga_id).values(started_at=started)
+            )
+            return True
+        await conn.execute(
+            update(sagas)
+            .where(sagas.c.saga_id == event.saga_id)
+            .values(started_at=started, finished_at=None, saga_type=event.saga_type,
+                    actor=env.actor)
+        )
+    return True
+
+
+async def saga_finished(engine: AsyncEngine, event: SagaFinished, env: Envelope) -> bool:
+    """Count one saga run, with its duration when its start was seen (or when it is)."""
+    ended = event_time(env)
+    async with engine.begin() as conn:
+        if not await _first_time(conn, env):
+            return False
+        run = await _lock_saga(conn, event.saga_id, event.saga_type, env)
+        timed = run.started_at is not None and run.finished_at is None
+        latency = _duration(run.started_at, ended) if timed else 0.0
+        await add(
+            conn,
+            Fact(
+                tenant=env.tenant,
+                day=day_of(ended),
+                kind=SAGA,
+                saga_type=event.saga_type,
+                actor=env.actor,
+                errors=int(event.state in FAILED_STATES),
+                latency_ms_sum=latency,
+                latency_count=int(timed),
+            ),
+        )
+        await conn.execute(
+            update(sagas)
+            .where(sagas.c.saga_id == event.saga_id)
+            .values(
+                finished_at=ended,
+                started_at=run.started_at if timed else None,
+                saga_type=event.saga_type,
+                actor=env.actor,
+            )
+        )
+    return True
+
+
+async def saga_refused(engine: AsyncEngine, event: CommandFailed, env: Envelope) -> bool:
+    """Count a saga start the runner refused: a run that failed before it began."""
+    async with engine.begin() as conn:
+        if not await _first_time(conn, env):
+            return False
+        await add(
+            conn,
+            Fact(tenant=env.tenant, day=day_of(event_time(env)), kind=SAGA, actor=env.actor,
+                 errors=1),
+        )
+    return True
+
+
+async def prune(engine: AsyncEngine, before: float) -> int:
+    """Forget what is only needed while a stream still holds the events: counted event ids,
+    sagas and correlations not seen since ``before`` (epoch seconds). Model calls still waiting
+    for a saga start of such a correlation are counted as outside any saga. Rollups stay.
+    """
+    c, u = correlations.c, unattributed.c
+    async with engine.begin() as conn:
+        ids = await conn.execute(delete(processed).where(processed.c.seen_at < before))
+        runs = await conn.execute(delete(sagas).where(sagas.c.seen_at < before))
+        stale = exists().where(
+            c.tenant == u.tenant, c.correlation_id == u.correlation_id, c.seen_at < before
+        )
+        await _release(conn, stale, "")
+        ties = await conn.execute(delete(correlations).where(c.seen_at < before))
+        return int(ids.rowcount) + int(runs.rowcount) + int(ties.rowcount)
