@@ -12,6 +12,7 @@ server drops if it got through, while a deliberate retry has a new attempt and a
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import time
@@ -82,6 +83,7 @@ class Change:
 OnCommit = Callable[[list[dict[str, Any]], list[str]], Awaitable[None]]
 
 
+@functools.cache
 def _arity(fn: Callable[..., Any]) -> int:
     return len(inspect.signature(fn).parameters)
 
@@ -167,20 +169,11 @@ class Engine:
 
     async def reply(self, event: Any, env: Envelope) -> bool:
         """Route a reply event to the saga whose command caused it; False if it isn't ours."""
-        if not env.causation_id:
-            return False
-        async with self.db.connect() as conn:
-            saga_id = (
-                await conn.execute(
-                    select(tables.outbox.c.saga_id).where(tables.outbox.c.id == env.causation_id)
-                )
-            ).scalar()
+        saga_id = saga_of_command(env.causation_id)
         if saga_id is None:
             return False
 
         async def body(conn: AsyncConnection, now: float) -> Change | None:
-            if not await self._record_inbox(conn, saga_id, env.message_id, now):
-                return None
             row = await self._load(conn, saga_id)
             waiting = (row or {}).get("waiting") or {}
             if (
@@ -188,7 +181,9 @@ class Engine:
                 or waiting.get("kind") != "call"
                 or waiting.get("message_id") != env.causation_id
             ):
-                return None  # a late reply to an attempt we already gave up on
+                return None  # not ours, or a late reply to an attempt we gave up on
+            if not await self._record_inbox(conn, saga_id, env.message_id, now):
+                return None
             return _at(row, self._on_reply(row, event, env, now))
 
         await self._transact(body, saga_id=saga_id)
@@ -254,14 +249,7 @@ class Engine:
         await self._transact(body, saga_id=saga_id)
 
     async def child_finished(self, event: SagaFinished, env: Envelope) -> None:
-        async with self.db.connect() as conn:
-            parent_id = (
-                await conn.execute(
-                    select(tables.instances.c.parent_id).where(
-                        tables.instances.c.id == event.saga_id
-                    )
-                )
-            ).scalar()
+        parent_id = event.parent_id
         if not parent_id:
             return
 
@@ -715,7 +703,12 @@ class Engine:
             state=state, result=result, error=error, waiting=None, wake_at=None, finished_at=now
         )
         event = SagaFinished(
-            saga_id=row["id"], saga_type=row["type"], state=state, result=result, error=error
+            saga_id=row["id"],
+            saga_type=row["type"],
+            state=state,
+            result=result,
+            error=error,
+            parent_id=row.get("parent_id"),
         )
         entry = of_type(SagaFinished)
         env = Envelope(
@@ -868,6 +861,17 @@ class Engine:
         )
         if result.rowcount != 1:
             raise Conflict(saga_id)
+
+
+def saga_of_command(message_id: str | None) -> str | None:
+    """The saga that sent a command, read from the id the engine gave it:
+    ``<saga id>.<run>.<seq>.<n>.<attempt>``; None for anything else."""
+    if not message_id:
+        return None
+    parts = message_id.rsplit(".", 4)
+    if len(parts) != 5 or not all(p.isdigit() for p in parts[1:]):
+        return None
+    return parts[0]
 
 
 def _at(row: dict[str, Any], change: Change) -> Change:

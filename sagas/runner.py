@@ -50,6 +50,7 @@ class Runner:
     engine: Engine
     relay: Relay | None = None
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    waking: set[str] = field(default_factory=set)
     running: runtime.Running | None = None
     db: AsyncEngine | None = None
 
@@ -60,7 +61,17 @@ class Runner:
             except Exception as exc:  # the sweep will publish them
                 log.warning("relay publish failed, will retry from the outbox: %s", exc)
         for saga_id in wake_now:
-            self._spawn(self.engine.wake(saga_id))
+            self._spawn(self.wake(saga_id))
+
+    async def wake(self, saga_id: str) -> None:
+        """One wake per instance at a time: the timer pass skips those already being woken."""
+        if saga_id in self.waking:
+            return
+        self.waking.add(saga_id)
+        try:
+            await self.engine.wake(saga_id)
+        finally:
+            self.waking.discard(saga_id)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -85,7 +96,7 @@ class Runner:
         async def on_event(event: Any, env: Envelope) -> None:
             if isinstance(event, SagaFinished):
                 await self.engine.child_finished(event, env)
-            if env.causation_id:
+            elif not isinstance(event, SagaStarted):
                 await self.engine.reply(event, env)
 
         async def query(cmd: SagaQuery, env: Envelope) -> SagaQueried:
@@ -130,7 +141,7 @@ class Runner:
                 due = await self.engine.due(time.time())
                 if due:
                     await asyncio.gather(
-                        *(self.engine.wake(s) for s in due), return_exceptions=True
+                        *(self.wake(s) for s in due), return_exceptions=True
                     )
             except Exception as exc:
                 log.warning("timer pass failed: %s", exc)

@@ -70,7 +70,9 @@ def asyncapi() -> dict[str, Any]:
             "headers": _HEADERS_SCHEMA,
             "payload": {"$ref": f"#/components/schemas/{entry.type.__name__}"},
         }
-        channel_params: dict[str, Any] = {"correlation": {}} if entry.kind == "stream" else {"tenant": {}}
+        channel_params: dict[str, Any] = (
+            {"correlation": {}} if entry.kind == "stream" else {"tenant": {}}
+        )
         address = (
             "soma.stream.{correlation}"
             if entry.kind == "stream"

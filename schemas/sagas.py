@@ -38,3 +38,4 @@ class SagaFinished(Message):
     state: str
     result: dict[str, Any] | None = None
     error: str | None = None
+    parent_id: str | None = None
