@@ -23,7 +23,7 @@ from nats.js import JetStreamContext
 
 from bus import deadletter
 from bus.errors import Rejected
-from bus.metrics import HANDLE_SECONDS, MESSAGES
+from bus.metrics import count, observe
 from bus.publish import publish
 from bus.service import Handler
 from bus.tracing import consuming, current_traceparent
@@ -51,14 +51,31 @@ class RetryPolicy:
 Route = tuple[MessageType, Handler]
 
 
-async def _heartbeat(msg: Msg, every: float) -> None:
-    """Tell the server a long handler is still working, so ack-wait does not redeliver it."""
-    while True:
-        await asyncio.sleep(every)
+class _Heartbeat:
+    """Tells the server a long handler is still working, so ack-wait does not redeliver it.
+
+    A timer, not a task: most handlers finish long before the first beat, and a timer that
+    never fires costs almost nothing.
+    """
+
+    def __init__(self, msg: Msg, every: float) -> None:
+        self.msg = msg
+        self.every = every
+        self.loop = asyncio.get_running_loop()
+        self.handle = self.loop.call_later(every, self._beat)
+
+    def _beat(self) -> None:
+        self.loop.create_task(self._send())
+        self.handle = self.loop.call_later(self.every, self._beat)
+
+    async def _send(self) -> None:
         try:
-            await msg.in_progress()
-        except Exception:
-            return
+            await self.msg.in_progress()
+        except Exception as exc:
+            log.debug("heartbeat failed: %s", exc)
+
+    def cancel(self) -> None:
+        self.handle.cancel()
 
 
 def reply_id(command_id: str, suffix: str = "reply") -> str:
@@ -98,7 +115,7 @@ def make_processor(
         await deadletter.dead_letter(js, msg, reason=reason, service=service, deliveries=deliveries)
         if env is not None and emit_replies:
             await _fail_event(js, service, env, reason, retryable=retryable)
-        MESSAGES.labels(service, env.schema if env else "?", "dead_lettered").inc()
+        count(service, env.schema if env else "?", "dead_lettered")
         await msg.term()
 
     async def process(msg: Msg) -> None:
@@ -134,7 +151,7 @@ def make_processor(
             return
 
         started = time.perf_counter()
-        beat = asyncio.create_task(_heartbeat(msg, policy.heartbeat))
+        beat = _Heartbeat(msg, policy.heartbeat)
         with consuming(env.traceparent, f"{service} {entry.name}"):
             try:
                 result = await handler(payload, env)
@@ -144,7 +161,7 @@ def make_processor(
                 log.info("%s: rejected %s %s: %s", service, entry.name, env.message_id, exc)
                 if emit_replies:
                     await _fail_event(js, service, env, str(exc), retryable=False)
-                MESSAGES.labels(service, entry.name, "rejected").inc()
+                count(service, entry.name, "rejected")
                 await msg.ack()
                 return
             except Exception as exc:
@@ -165,13 +182,13 @@ def make_processor(
                     delay,
                     reason,
                 )
-                MESSAGES.labels(service, entry.name, "retried").inc()
+                count(service, entry.name, "retried")
                 await msg.nak(delay=delay)
                 return
             finally:
                 beat.cancel()
-                HANDLE_SECONDS.labels(service, entry.name).observe(time.perf_counter() - started)
-        MESSAGES.labels(service, entry.name, "ok").inc()
+                observe(service, entry.name, time.perf_counter() - started)
+        count(service, entry.name, "ok")
         await msg.ack()
 
     return process

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 from opentelemetry import context, trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -18,9 +18,19 @@ def current_traceparent() -> str | None:
     return carrier.get("traceparent")
 
 
+def consuming(traceparent: str | None, name: str) -> AbstractContextManager[None]:
+    """A consumer span whose parent is the producer's span, so traces cross the bus.
+
+    With no tracer configured and no trace to continue there is nothing to record, and the
+    hot path skips the span entirely.
+    """
+    if traceparent is None and isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        return nullcontext()
+    return _span(traceparent, name)
+
+
 @contextmanager
-def consuming(traceparent: str | None, name: str) -> Iterator[None]:
-    """A consumer span whose parent is the producer's span, so traces cross the bus."""
+def _span(traceparent: str | None, name: str) -> Iterator[None]:
     ctx = _propagator.extract({"traceparent": traceparent} if traceparent else {})
     token = context.attach(ctx)
     try:

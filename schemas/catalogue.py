@@ -63,6 +63,7 @@ Kind = Literal["cmd", "evt", "stream"]
 
 STREAMS = {"cmd": "SOMA_CMD", "evt": "SOMA_EVT", "dlq": "SOMA_DLQ"}
 DEAD_LETTER_PREFIX = "soma.dlq"
+_DECODERS: dict[type, msgspec.json.Decoder[Any]] = {}
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,10 @@ class MessageType:
         return STREAMS.get(self.kind)
 
     def decode(self, body: bytes) -> Any:
-        return msgspec.json.decode(body, type=self.type)
+        decoder = _DECODERS.get(self.type)
+        if decoder is None:
+            decoder = _DECODERS[self.type] = msgspec.json.Decoder(self.type)
+        return decoder.decode(body)
 
 
 def _entry(kind: Kind, service: str, token: str, type_: type[msgspec.Struct]) -> MessageType:

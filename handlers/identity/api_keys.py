@@ -15,11 +15,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from handlers.identity.config import IdentitySettings
-from handlers.identity.directory import check_roles, load_user
+from handlers.identity.directory import check_grantable, check_roles, load_user
 from handlers.identity.errors import (
+    AlreadyExists,
     ExpiredApiKey,
     InvalidInput,
     NotFound,
@@ -32,6 +34,8 @@ from handlers.identity.tables import api_keys, token_families
 
 PREFIX = "sk-soma-"
 KEY = re.compile(r"sk-soma-([0-9a-f]{16})-([A-Za-z0-9_-]{43})")
+KEY_ID = re.compile(r"[0-9a-f]{16}")
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 # Compared against when the id is unknown, so a miss costs the same as a wrong secret.
 _NO_SUCH_HASH = hashlib.sha256(b"no such key").hexdigest()
 
@@ -78,6 +82,57 @@ def key_info(row: sa.Row) -> ApiKeyInfo:
     )
 
 
+def check_hash(value: str, what: str) -> str:
+    """A SHA-256 as the gateway sends it: 64 lower-case hex digits."""
+    if not isinstance(value, str) or not SHA256_HEX.fullmatch(value):
+        raise InvalidInput(f"{what} must be a SHA-256 as 64 lower-case hex digits")
+    return value
+
+
+async def _grant(
+    conn: AsyncConnection,
+    tenant: str,
+    user_id: str,
+    roles: Iterable[str] | None,
+    models: Iterable[str] | None,
+    expires_at: float | None,
+    now: float,
+    grantor_roles: Iterable[str] | None,
+) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
+    """The roles and models a new key of this user may carry, or why not."""
+    user = await load_user(conn, tenant, user_id)
+    if user is None:
+        raise NotFound(f"no user {user_id!r} in tenant {tenant!r}")
+    granted = user.roles if roles is None else check_roles(roles)
+    if not set(granted) <= set(user.roles):
+        extra = sorted(set(granted) - set(user.roles))
+        raise InvalidInput(f"a key cannot carry roles its user lacks: {extra}")
+    if grantor_roles is not None:
+        check_grantable(granted, grantor_roles)
+    allowed = None if models is None else tuple(sorted(set(models)))
+    if allowed is not None and not all(isinstance(m, str) and m for m in allowed):
+        raise InvalidInput("model names must be non-empty strings")
+    if expires_at is not None and expires_at <= now:
+        raise InvalidInput("expires_at is in the past")
+    return granted, allowed
+
+
+async def _insert(conn: AsyncConnection, info: ApiKeyInfo, secret_sha256: str) -> None:
+    await conn.execute(
+        api_keys.insert().values(
+            id=info.id,
+            tenant_id=info.tenant,
+            user_id=info.user,
+            name=info.name,
+            secret_hash=secret_sha256,
+            roles=list(info.roles),
+            models=None if info.models is None else list(info.models),
+            created_at=info.created_at,
+            expires_at=info.expires_at,
+        )
+    )
+
+
 async def insert_api_key(
     conn: AsyncConnection,
     tenant: str,
@@ -88,18 +143,10 @@ async def insert_api_key(
     expires_at: float | None,
     now: float,
 ) -> IssuedApiKey:
-    user = await load_user(conn, tenant, user_id)
-    if user is None:
-        raise NotFound(f"no user {user_id!r} in tenant {tenant!r}")
-    granted = user.roles if roles is None else check_roles(roles)
-    if not set(granted) <= set(user.roles):
-        extra = sorted(set(granted) - set(user.roles))
-        raise InvalidInput(f"a key cannot carry roles its user lacks: {extra}")
-    allowed = None if models is None else tuple(sorted(set(models)))
-    if allowed is not None and not all(isinstance(m, str) and m for m in allowed):
-        raise InvalidInput("model names must be non-empty strings")
-    if expires_at is not None and expires_at <= now:
-        raise InvalidInput("expires_at is in the past")
+    """Generate a key here (for callers that show it themselves: the CLI, bootstrap)."""
+    if len(name) > 200:
+        raise InvalidInput("a key name is at most 200 characters")
+    granted, allowed = await _grant(conn, tenant, user_id, roles, models, expires_at, now, None)
     key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
     info = ApiKeyInfo(
         id=key_id,
@@ -112,19 +159,7 @@ async def insert_api_key(
         expires_at=expires_at,
         revoked_at=None,
     )
-    await conn.execute(
-        api_keys.insert().values(
-            id=key_id,
-            tenant_id=tenant,
-            user_id=user_id,
-            name=name,
-            secret_hash=hash_secret(secret),
-            roles=list(granted),
-            models=None if allowed is None else list(allowed),
-            created_at=now,
-            expires_at=expires_at,
-        )
-    )
+    await _insert(conn, info, hash_secret(secret))
     return IssuedApiKey(key=f"{PREFIX}{key_id}-{secret}", info=info)
 
 
@@ -153,6 +188,70 @@ async def create_api_key(
             expires_at,
             time.time() if now is None else now,
         )
+
+
+async def record_api_key(
+    engine: AsyncEngine,
+    tenant: str,
+    user_id: str,
+    key_id: str,
+    secret_sha256: str,
+    name: str = "",
+    roles: Iterable[str] | None = None,
+    models: Iterable[str] | None = None,
+    expires_at: float | None = None,
+    now: float | None = None,
+    grantor_roles: Iterable[str] | None = None,
+) -> ApiKeyInfo:
+    """Keep a key generated elsewhere (the gateway), of which only the secret's hash is sent.
+
+    The key id is the idempotency key: recording the same key (same tenant, user and hash)
+    again returns it as it is now, so a redelivered command gets the same answer; the id held
+    by any other key is a conflict. ``grantor_roles``: the roles of whoever asks, who may not
+    hand out a privileged role they lack (None: no such check, for operators at the console).
+    """
+    now = time.time() if now is None else now
+    if not isinstance(key_id, str) or not KEY_ID.fullmatch(key_id):
+        raise InvalidInput("a key id is 16 lower-case hex digits")
+    check_hash(secret_sha256, "secret_sha256")
+    if len(name) > 200:
+        raise InvalidInput("a key name is at most 200 characters")
+    for _ in range(2):
+        try:
+            async with engine.begin() as conn:
+                query = sa.select(api_keys).where(api_keys.c.id == key_id)
+                row = (await conn.execute(query)).first()
+                if row is not None:
+                    same = (row.tenant_id, row.user_id) == (tenant, user_id)
+                    if not (same and hmac.compare_digest(row.secret_hash, secret_sha256)):
+                        raise AlreadyExists(f"API key id {key_id} is taken")
+                    return key_info(row)
+                granted, allowed = await _grant(
+                    conn, tenant, user_id, roles, models, expires_at, now, grantor_roles
+                )
+                info = ApiKeyInfo(
+                    id=key_id,
+                    tenant=tenant,
+                    user=user_id,
+                    name=name,
+                    roles=granted,
+                    models=allowed,
+                    created_at=now,
+                    expires_at=expires_at,
+                    revoked_at=None,
+                )
+                await _insert(conn, info, secret_sha256)
+                return info
+        except IntegrityError:
+            continue  # recorded concurrently (a redelivery raced us): read it back
+    raise AlreadyExists(f"API key id {key_id} is taken")
+
+
+async def find_api_key(engine: AsyncEngine, key_id: str) -> ApiKeyInfo | None:
+    """A key by id in whichever tenant holds it (for operators, who act across tenants)."""
+    async with engine.connect() as conn:
+        row = (await conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id))).first()
+    return key_info(row) if row is not None else None
 
 
 async def list_api_keys(
@@ -208,25 +307,45 @@ def check_usable(info: ApiKeyInfo, now: float) -> None:
         raise ExpiredApiKey(f"API key {info.id} expired")
 
 
-async def verify_api_key(engine: AsyncEngine, key: str, now: float | None = None) -> Principal:
-    """The principal a presented key speaks for, or a typed ``InvalidApiKey``.
+async def check_api_key(
+    engine: AsyncEngine,
+    key_id: str,
+    secret_sha256: str,
+    now: float | None = None,
+    tenant: str | None = None,
+) -> ApiKeyInfo:
+    """The key whose secret hashes to ``secret_sha256``, or a typed ``InvalidApiKey``.
 
     Revoked / expired are only reported to someone holding the right secret; every other
-    failure is ``UnknownApiKey``.
+    failure (including a key of a tenant other than ``tenant``, when given) is
+    ``UnknownApiKey``.
     """
     now = time.time() if now is None else now
+    row = None
+    if isinstance(key_id, str) and KEY_ID.fullmatch(key_id):
+        async with engine.connect() as conn:
+            query = sa.select(api_keys).where(api_keys.c.id == key_id)
+            row = (await conn.execute(query)).first()
+    stored = row.secret_hash if row is not None else _NO_SUCH_HASH
+    presented = secret_sha256 if isinstance(secret_sha256, str) else ""
+    matches = hmac.compare_digest(stored.encode(), presented.encode())
+    if row is None or not matches or (tenant is not None and row.tenant_id != tenant):
+        raise UnknownApiKey("unknown API key")
+    info = key_info(row)
+    check_usable(info, now)
+    return info
+
+
+def principal_of(info: ApiKeyInfo) -> Principal:
+    return Principal(
+        tenant=info.tenant, user=info.user, roles=info.roles, models=info.models, key_id=info.id
+    )
+
+
+async def verify_api_key(engine: AsyncEngine, key: str, now: float | None = None) -> Principal:
+    """The principal a presented key ``sk-soma-<id>-<secret>`` speaks for, or ``InvalidApiKey``."""
     match = KEY.fullmatch(key)
     if match is None:
         raise UnknownApiKey("not a Soma API key")
     key_id, secret = match.groups()
-    async with engine.connect() as conn:
-        query = sa.select(api_keys).where(api_keys.c.id == key_id)
-        row = (await conn.execute(query)).first()
-    stored = row.secret_hash if row is not None else _NO_SUCH_HASH
-    if not hmac.compare_digest(stored, hash_secret(secret)) or row is None:
-        raise UnknownApiKey("unknown API key")
-    info = key_info(row)
-    check_usable(info, now)
-    return Principal(
-        tenant=info.tenant, user=info.user, roles=info.roles, models=info.models, key_id=info.id
-    )
+    return principal_of(await check_api_key(engine, key_id, hash_secret(secret), now))

@@ -12,13 +12,16 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from handlers.identity.errors import AlreadyExists, InvalidInput, NotFound
+from handlers.identity.errors import AlreadyExists, Forbidden, InvalidInput, NotFound
 from handlers.identity.tables import tenants, users
 
 # A tenant id is a NATS subject token (soma.cmd.<tenant>.…): no dots, wildcards or spaces.
 TENANT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 # Roles travel space-separated in ``scope``-like places, so no whitespace.
 ROLE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+# Roles that reach beyond one tenant (operators create and list tenants): a tenant's admin
+# must not be able to hand them out, only someone who holds them already.
+PRIVILEGED_ROLES = frozenset({"operator"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +49,13 @@ def check_roles(roles: Iterable[str]) -> tuple[str, ...]:
     return tuple(checked)
 
 
+def check_grantable(roles: Iterable[str], grantor_roles: Iterable[str]) -> None:
+    """Refuse to grant a privileged role the grantor does not hold."""
+    beyond = sorted((set(roles) & PRIVILEGED_ROLES) - set(grantor_roles))
+    if beyond:
+        raise Forbidden(f"only a holder of the {', '.join(beyond)} role may grant it")
+
+
 def _tenant(row: sa.Row) -> Tenant:
     return Tenant(id=row.id, name=row.name, created_at=row.created_at)
 
@@ -61,19 +71,32 @@ def _user(row: sa.Row) -> User:
 
 
 async def insert_tenant(
-    conn: AsyncConnection, tenant_id: str, name: str | None, now: float
+    conn: AsyncConnection,
+    tenant_id: str,
+    name: str | None,
+    now: float,
+    created_by: str | None = None,
 ) -> Tenant:
     if not TENANT_ID.fullmatch(tenant_id):
         raise InvalidInput(f"invalid tenant id {tenant_id!r} (expected [a-z0-9][a-z0-9_-]*)")
+    if name is not None and len(name) > 200:
+        raise InvalidInput("a tenant name is at most 200 characters")
     tenant = Tenant(id=tenant_id, name=name or tenant_id, created_at=now)
     await conn.execute(
-        tenants.insert().values(id=tenant.id, name=tenant.name, created_at=tenant.created_at)
+        tenants.insert().values(
+            id=tenant.id, name=tenant.name, created_at=tenant.created_at, created_by=created_by
+        )
     )
     return tenant
 
 
 async def insert_user(
-    conn: AsyncConnection, tenant: str, name: str, roles: Iterable[str], now: float
+    conn: AsyncConnection,
+    tenant: str,
+    name: str,
+    roles: Iterable[str],
+    now: float,
+    created_by: str | None = None,
 ) -> User:
     if not name or len(name) > 200:
         raise InvalidInput("a user name is 1 to 200 characters")
@@ -87,6 +110,7 @@ async def insert_user(
             name=user.name,
             roles=list(user.roles),
             created_at=user.created_at,
+            created_by=created_by,
         )
     )
     return user
@@ -110,12 +134,25 @@ async def load_user_by_name(conn: AsyncConnection, tenant: str, name: str) -> Us
 
 
 async def create_tenant(
-    engine: AsyncEngine, tenant_id: str, name: str | None = None, now: float | None = None
+    engine: AsyncEngine,
+    tenant_id: str,
+    name: str | None = None,
+    now: float | None = None,
+    created_by: str | None = None,
 ) -> Tenant:
+    """A new tenant; ``created_by`` (a command id) makes a repeat of that command a no-op that
+    returns the tenant again instead of a conflict."""
     try:
         async with engine.begin() as conn:
-            return await insert_tenant(conn, tenant_id, name, time.time() if now is None else now)
+            return await insert_tenant(
+                conn, tenant_id, name, time.time() if now is None else now, created_by
+            )
     except IntegrityError as exc:
+        async with engine.connect() as conn:
+            query = sa.select(tenants).where(tenants.c.id == tenant_id)
+            row = (await conn.execute(query)).first()
+        if row is not None and created_by is not None and row.created_by == created_by:
+            return _tenant(row)
         raise AlreadyExists(f"tenant {tenant_id!r} exists") from exc
 
 
@@ -139,14 +176,36 @@ async def create_user(
     name: str,
     roles: Iterable[str] = (),
     now: float | None = None,
+    created_by: str | None = None,
+    grantor_roles: Iterable[str] | None = None,
 ) -> User:
+    """A new user; a repeat of the command ``created_by`` returns the same user again.
+
+    ``grantor_roles``: the roles of whoever asks (None: unchecked, for operators at the console).
+    """
+    if grantor_roles is not None:
+        check_grantable(check_roles(roles), grantor_roles)
     try:
         async with engine.begin() as conn:
             if await load_tenant(conn, tenant) is None:
                 raise NotFound(f"no tenant {tenant!r}")
-            return await insert_user(conn, tenant, name, roles, time.time() if now is None else now)
+            return await insert_user(
+                conn, tenant, name, roles, time.time() if now is None else now, created_by
+            )
     except IntegrityError as exc:
+        async with engine.connect() as conn:
+            query = sa.select(users).where(users.c.tenant_id == tenant, users.c.name == name)
+            row = (await conn.execute(query)).first()
+        if row is not None and created_by is not None and row.created_by == created_by:
+            return _user(row)
         raise AlreadyExists(f"user {name!r} exists in tenant {tenant!r}") from exc
+
+
+async def roles_of(engine: AsyncEngine, tenant: str, user_id: str) -> tuple[str, ...]:
+    """The roles of a user of ``tenant``; none for anyone else (an unknown actor grants none)."""
+    async with engine.connect() as conn:
+        user = await load_user(conn, tenant, user_id)
+    return user.roles if user is not None else ()
 
 
 async def list_users(engine: AsyncEngine, tenant: str) -> list[User]:

@@ -120,5 +120,9 @@ class AlreadyExists(IdentityError):
     pass
 
 
+class Forbidden(IdentityError):
+    """Allowed to exist, not to be done by this caller (e.g. granting a role it lacks)."""
+
+
 class NoSigningKey(IdentityError):
     """No active signing key yet: ``ensure_signing_keys`` has not run on this database."""

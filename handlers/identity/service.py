@@ -1,8 +1,8 @@
-"""The identity process: keeps the signing key set current and prunes what has expired.
+"""The identity process: answers the identity commands, keeps the signing key set current and
+prunes what has expired.
 
-No bus routes yet (no identity messages are declared in ``schemas/``); the gateway calls the
-identity functions against the shared database and verifies tokens locally (``verify.py``).
-Expects the schema migrated (``soma.db.migrate``) before start.
+Composition root: one engine and the ``SOMA_JWT_*`` settings shared by every command
+(``commands.py``); the schema is migrated at start, as every handler does.
 """
 
 from __future__ import annotations
@@ -13,11 +13,27 @@ import logging
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bus.service import Service
+from bus.service import Handler, Service
+from handlers.identity.commands import IdentityCommands
 from handlers.identity.config import IdentitySettings
 from handlers.identity.revocation import prune
 from handlers.identity.signing_keys import ensure_signing_keys
-from soma.db import make_engine
+from schemas.identity import (
+    IdentityCreateKey,
+    IdentityCreateTenant,
+    IdentityCreateUser,
+    IdentityIssueToken,
+    IdentityJwks,
+    IdentityListKeys,
+    IdentityListTenants,
+    IdentityListUsers,
+    IdentityRefresh,
+    IdentityRevocations,
+    IdentityRevoke,
+    IdentityRevokeKey,
+    IdentityVerifyKey,
+)
+from soma.db import make_engine, migrate
 from soma.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,14 +60,34 @@ async def _maintain_forever(engine: AsyncEngine, config: IdentitySettings) -> No
             log.exception("identity key maintenance failed")
 
 
+def routes(commands: IdentityCommands) -> dict[type, Handler]:
+    return {
+        IdentityVerifyKey: commands.verify_key,
+        IdentityJwks: commands.jwks,
+        IdentityRevocations: commands.revocations,
+        IdentityIssueToken: commands.issue_token,
+        IdentityRefresh: commands.refresh,
+        IdentityRevoke: commands.revoke,
+        IdentityCreateTenant: commands.create_tenant,
+        IdentityListTenants: commands.list_tenants,
+        IdentityCreateUser: commands.create_user,
+        IdentityListUsers: commands.list_users,
+        IdentityCreateKey: commands.create_key,
+        IdentityListKeys: commands.list_keys,
+        IdentityRevokeKey: commands.revoke_key,
+    }
+
+
 def build(settings: Settings, config: IdentitySettings | None = None) -> Service:
     config = config or IdentitySettings()
-    engine = make_engine(settings.resolved_database_url())
+    database_url = settings.resolved_database_url()
+    engine = make_engine(database_url)
     tasks: list[asyncio.Task[None]] = []
 
     async def start() -> None:
         if config.key_passphrase is None:
             log.warning("SOMA_JWT_KEY_PASSPHRASE is unset: signing keys are stored unencrypted")
+        await migrate(database_url)
         kid = await ensure_signing_keys(engine, config)
         log.info("identity signing key %s active", kid)
         tasks.append(asyncio.create_task(_maintain_forever(engine, config)))
@@ -64,4 +100,9 @@ def build(settings: Settings, config: IdentitySettings | None = None) -> Service
                 await task
         await engine.dispose()
 
-    return Service(name="identity", routes={}, startup=[start], shutdown=[stop])
+    return Service(
+        name="identity",
+        routes=routes(IdentityCommands(engine, config)),
+        startup=[start],
+        shutdown=[stop],
+    )

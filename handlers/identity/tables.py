@@ -28,6 +28,8 @@ tenants = Table(
     Column("id", String(63), primary_key=True),
     Column("name", String(200), nullable=False),
     Column("created_at", Double, nullable=False),
+    # The command that created it: the same command delivered again gets the same answer.
+    Column("created_by", String(64), nullable=True),
 )
 
 users = Table(
@@ -38,6 +40,7 @@ users = Table(
     Column("name", String(200), nullable=False),
     Column("roles", JSON, nullable=False),
     Column("created_at", Double, nullable=False),
+    Column("created_by", String(64), nullable=True),
     UniqueConstraint("tenant_id", "name", name="uq_identity_users_tenant_id_name"),
 )
 
@@ -115,8 +118,11 @@ refresh_tokens = Table(
     ),
     Column("created_at", Double, nullable=False),
     Column("expires_at", Double, nullable=False),
-    # Set when exchanged: a second presentation is reuse and revokes the family.
+    # Set when exchanged: a second presentation is reuse and revokes the family...
     Column("used_at", Double, nullable=True),
+    # ...unless it is the exchanging command delivered again (same command, same successor).
+    Column("rotated_by", String(64), nullable=True),
+    Column("successor", String(64), nullable=True),
 )
 
 revocations = Table(
@@ -130,6 +136,8 @@ revocations = Table(
     Column("revoked_at", Double, nullable=False, index=True),
     # After this no token covered by the entry can still be valid, so it is pruned.
     Column("expires_at", Double, nullable=False, index=True),
+    # The command that recorded it, so a redelivery does not revoke again (later tokens too).
+    Column("command_id", String(64), nullable=True, index=True),
 )
 
 # Children before parents, for whoever must empty them in order.

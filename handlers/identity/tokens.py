@@ -1,26 +1,29 @@
 """Issuing access tokens (RFC 9068 JWTs) and rotating refresh tokens.
 
-A refresh token is opaque, stored as its SHA-256, and good for one exchange: each use returns a
-new pair and marks the old token used. Tokens descending from one login form a *family* (its id
-is the access tokens' ``sid``). When a used token is presented again, someone holds a copy, and
-there is no telling whether it is the thief or the owner — so the whole family is revoked: the
-newest refresh token stops working and the family's access tokens are refused by the gateways.
+A refresh token is opaque and good for one exchange. Its holder (the gateway) makes it and sends
+only its SHA-256, so the token itself is neither stored nor seen on the bus; each exchange names
+the hash of the next token and marks the presented one used. Tokens descending from one login
+form a *family* (its id is the access tokens' ``sid``). When a used token is presented again,
+someone holds a copy, and there is no telling whether it is the thief or the owner — so the
+whole family is revoked: the newest refresh token stops working and the family's access tokens
+are refused by the gateways.
 """
 
 from __future__ import annotations
 
-import hashlib
-import secrets
+import re
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import jwt
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from handlers.identity.api_keys import check_usable, key_info
+from handlers.identity.api_keys import check_hash, check_usable, key_info
 from handlers.identity.config import IdentitySettings
 from handlers.identity.directory import User, load_user
 from handlers.identity.errors import (
@@ -38,7 +41,17 @@ from handlers.identity.revocation import revoke_family
 from handlers.identity.signing_keys import active_signing_key
 from handlers.identity.tables import api_keys, refresh_tokens, token_families
 
-REFRESH_PREFIX = "rt-soma-"
+# One API area (or ``*``) per entry; the claim joins them with spaces, so no whitespace inside.
+SCOPE_ENTRY = re.compile(r"[A-Za-z0-9*][A-Za-z0-9_.:*-]{0,63}")
+
+
+def check_scope(scope: Iterable[str]) -> tuple[str, ...]:
+    """Validated, de-duplicated and sorted; empty means every area the roles allow."""
+    checked = sorted(set(scope))
+    for entry in checked:
+        if not isinstance(entry, str) or not SCOPE_ENTRY.fullmatch(entry):
+            raise InvalidInput(f"invalid scope entry {entry!r}")
+    return tuple(checked)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,17 +62,16 @@ class AccessToken:
 
 
 @dataclass(frozen=True, slots=True)
-class TokenPair:
+class Issued:
+    """An access token of a refresh family (``session``) and whom it speaks for."""
+
     access_token: str
-    refresh_token: str
     jti: str
     session: str
     expires_at: float
-    token_type: str = "Bearer"
-
-
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    tenant: str
+    user: str
+    scope: tuple[str, ...]
 
 
 async def _grantable_roles(
@@ -147,124 +159,183 @@ async def issue_access_token(
         )
 
 
-async def _new_refresh_token(
-    conn: AsyncConnection, family_id: str, settings: IdentitySettings, now: float
-) -> str:
-    token = REFRESH_PREFIX + secrets.token_urlsafe(32)
+async def _insert_refresh_token(
+    conn: AsyncConnection,
+    family_id: str,
+    token_hash: str,
+    settings: IdentitySettings,
+    now: float,
+) -> None:
+    taken = sa.select(refresh_tokens.c.token_hash).where(refresh_tokens.c.token_hash == token_hash)
+    if (await conn.execute(taken)).first() is not None:
+        raise InvalidInput("that refresh token is already in use; make a new one")
     await conn.execute(
         refresh_tokens.insert().values(
-            token_hash=_hash(token),
+            token_hash=token_hash,
             family_id=family_id,
             created_at=now,
             expires_at=now + settings.refresh_ttl,
         )
     )
-    return token
+
+
+def _issued(access: AccessToken, principal: Principal, scope: str, session: str) -> Issued:
+    return Issued(
+        access_token=access.token,
+        jti=access.jti,
+        session=session,
+        expires_at=access.expires_at,
+        tenant=principal.tenant,
+        user=principal.user,
+        scope=tuple(scope.split()),
+    )
+
+
+async def _family_of(
+    conn: AsyncConnection, token_hash: str, tenant: str | None = None
+) -> sa.Row | None:
+    query = (
+        sa.select(token_families)
+        .join(refresh_tokens, refresh_tokens.c.family_id == token_families.c.id)
+        .where(refresh_tokens.c.token_hash == token_hash)
+    )
+    if tenant is not None:
+        query = query.where(token_families.c.tenant_id == tenant)
+    return (await conn.execute(query)).first()
 
 
 async def issue_tokens(
     engine: AsyncEngine,
     settings: IdentitySettings,
     principal: Principal,
+    refresh_sha256: str,
     client_id: str | None = None,
     scope: str = "",
     now: float | None = None,
-) -> TokenPair:
-    """Start a refresh family: an access token plus the first refresh token."""
+) -> Issued:
+    """Start a refresh family whose first refresh token hashes to ``refresh_sha256`` (the
+    caller made the token and keeps it), and sign its first access token.
+
+    The hash is the idempotency key: asked again for the same principal and hash (a redelivered
+    command), the same family signs a fresh access token instead of starting a second family.
+    """
     now = time.time() if now is None else now
-    family_id = uuid.uuid4().hex
+    check_hash(refresh_sha256, "refresh_sha256")
     client = _client_id(principal, client_id)
-    async with engine.begin() as conn:
-        _, roles = await _grantable_roles(conn, principal)
-        await conn.execute(
-            token_families.insert().values(
-                id=family_id,
-                tenant_id=principal.tenant,
-                user_id=principal.user,
-                key_id=principal.key_id,
-                client_id=client,
-                roles=list(roles),
-                models=None if principal.models is None else list(principal.models),
-                scope=scope,
-                created_at=now,
-            )
-        )
-        grant = Principal(
-            tenant=principal.tenant,
-            user=principal.user,
-            roles=roles,
-            models=principal.models,
-            key_id=principal.key_id,
-        )
-        access = await _sign(conn, settings, grant, client, scope, family_id, now)
-        refresh_token = await _new_refresh_token(conn, family_id, settings, now)
-    return TokenPair(
-        access_token=access.token,
-        refresh_token=refresh_token,
-        jti=access.jti,
-        session=family_id,
-        expires_at=access.expires_at,
+    for _ in range(2):
+        try:
+            async with engine.begin() as conn:
+                _, roles = await _grantable_roles(conn, principal)
+                grant = replace(principal, roles=roles)
+                family = await _family_of(conn, refresh_sha256)
+                if family is not None:
+                    return await _issue_again(conn, settings, grant, family, now)
+                family_id = uuid.uuid4().hex
+                await conn.execute(
+                    token_families.insert().values(
+                        id=family_id,
+                        tenant_id=principal.tenant,
+                        user_id=principal.user,
+                        key_id=principal.key_id,
+                        client_id=client,
+                        roles=list(roles),
+                        models=None if principal.models is None else list(principal.models),
+                        scope=scope,
+                        created_at=now,
+                    )
+                )
+                await _insert_refresh_token(conn, family_id, refresh_sha256, settings, now)
+                access = await _sign(conn, settings, grant, client, scope, family_id, now)
+                return _issued(access, grant, scope, family_id)
+        except IntegrityError:
+            continue  # the same family was started concurrently (a redelivery): use it
+    raise InvalidInput("that refresh token is already in use; make a new one")
+
+
+async def _issue_again(
+    conn: AsyncConnection,
+    settings: IdentitySettings,
+    principal: Principal,
+    family: sa.Row,
+    now: float,
+) -> Issued:
+    same = (family.tenant_id, family.user_id, family.key_id) == (
+        principal.tenant,
+        principal.user,
+        principal.key_id,
     )
+    if not same:
+        raise InvalidInput("that refresh token is already in use; make a new one")
+    if family.revoked_at is not None:
+        raise RefreshTokenRevoked("this refresh token's session was revoked")
+    return await _next_access(conn, settings, family, now)
 
 
 async def refresh(
     engine: AsyncEngine,
     settings: IdentitySettings,
-    refresh_token: str,
+    refresh_sha256: str,
+    new_refresh_sha256: str,
     now: float | None = None,
-) -> TokenPair:
-    """Exchange a refresh token for a new pair; the presented token is spent.
+    command_id: str | None = None,
+    tenant: str | None = None,
+) -> Issued:
+    """Spend the refresh token hashing to ``refresh_sha256``: ``new_refresh_sha256`` becomes
+    the family's current token, and a new access token is signed.
 
+    A token presented after it was spent is reuse and revokes the family — unless it is the
+    same exchange again (``command_id`` or ``new_refresh_sha256`` as recorded with the
+    rotation): a redelivered command gets a fresh access token for the family, not a revocation.
     Roles are re-checked against the user's current roles (a role removed since login is
     dropped), and a family started from an API key ends when that key is revoked or expires.
+    With ``tenant``, a token of another tenant is unknown.
     """
     now = time.time() if now is None else now
+    check_hash(new_refresh_sha256, "new_refresh_sha256")
     failure: InvalidRefreshToken | None = None
-    pair: TokenPair | None = None
+    issued: Issued | None = None
     async with engine.begin() as conn:
-        query = (
-            sa.select(
-                refresh_tokens.c.token_hash,
-                refresh_tokens.c.expires_at,
-                token_families,
-            )
-            .join(token_families, token_families.c.id == refresh_tokens.c.family_id)
-            .where(refresh_tokens.c.token_hash == _hash(refresh_token))
-        )
-        row = (await conn.execute(query)).first()
-        if row is None:
+        family = await _family_of(conn, refresh_sha256, tenant)
+        if family is None:
             raise UnknownRefreshToken("unknown refresh token")
-        # Touching the family row serialises every exchange and revocation of this family.
+        # Touching the family row serialises every exchange and revocation of this family, so
+        # the token is read below only once no other exchange of it is in flight.
         touched = await conn.execute(
             token_families.update()
-            .where(token_families.c.id == row.id, token_families.c.revoked_at.is_(None))
+            .where(token_families.c.id == family.id, token_families.c.revoked_at.is_(None))
             .values(last_used_at=now)
         )
-        spent = await conn.execute(
-            refresh_tokens.update()
-            .where(
-                refresh_tokens.c.token_hash == row.token_hash,
-                refresh_tokens.c.used_at.is_(None),
-            )
-            .values(used_at=now)
+        query = sa.select(refresh_tokens).where(refresh_tokens.c.token_hash == refresh_sha256)
+        token = (await conn.execute(query)).one()
+        repeated = token.used_at is not None and (
+            (command_id is not None and token.rotated_by == command_id)
+            or token.successor == new_refresh_sha256
         )
         if touched.rowcount != 1:
             failure = RefreshTokenRevoked("this refresh token's session was revoked")
-        elif spent.rowcount != 1:
-            await revoke_family(conn, row.id, settings, now)
+        elif token.used_at is not None and not repeated:
+            await revoke_family(conn, family.id, settings, now)
             failure = RefreshTokenReused("refresh token reused; its session is revoked")
-        elif row.expires_at <= now:
+        elif not repeated and token.expires_at <= now:
             failure = RefreshTokenExpired("refresh token expired")
         else:
-            failure = await _still_granted(conn, row, now)
+            failure = await _still_granted(conn, family, now)
             if failure is not None:
-                await revoke_family(conn, row.id, settings, now)
+                await revoke_family(conn, family.id, settings, now)
+            elif repeated:
+                issued = await _next_access(conn, settings, family, now)
             else:
-                pair = await _next_pair(conn, settings, row, now)
+                await _insert_refresh_token(conn, family.id, new_refresh_sha256, settings, now)
+                await conn.execute(
+                    refresh_tokens.update()
+                    .where(refresh_tokens.c.token_hash == refresh_sha256)
+                    .values(used_at=now, rotated_by=command_id, successor=new_refresh_sha256)
+                )
+                issued = await _next_access(conn, settings, family, now)
     if failure is not None:
         raise failure
-    assert pair is not None
-    return pair
+    assert issued is not None
+    return issued
 
 
 async def _still_granted(
@@ -285,11 +356,13 @@ async def _still_granted(
     return None
 
 
-async def _next_pair(
+async def _next_access(
     conn: AsyncConnection, settings: IdentitySettings, family: sa.Row, now: float
-) -> TokenPair:
+) -> Issued:
+    """A new access token of the family, with the roles its user still holds."""
     user = await load_user(conn, family.tenant_id, family.user_id)
-    assert user is not None
+    if user is None:
+        raise RefreshTokenRevoked("the session's user no longer exists")
     roles = tuple(r for r in family.roles if r in user.roles)
     grant = Principal(
         tenant=family.tenant_id,
@@ -299,11 +372,4 @@ async def _next_pair(
         key_id=family.key_id,
     )
     access = await _sign(conn, settings, grant, family.client_id, family.scope, family.id, now)
-    refresh_token = await _new_refresh_token(conn, family.id, settings, now)
-    return TokenPair(
-        access_token=access.token,
-        refresh_token=refresh_token,
-        jti=access.jti,
-        session=family.id,
-        expires_at=access.expires_at,
-    )
+    return _issued(access, grant, family.scope, family.id)

@@ -1,4 +1,5 @@
-"""The slm handler process: ``slm.complete`` in, ``slm.completed`` out, deltas on core NATS."""
+"""The slm handler process: ``slm.complete`` in, ``slm.completed`` out, deltas on core NATS;
+``slm.list_models`` answers with the model names the router accepts."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ from bus.connection import connect
 from bus.publish import publish_ephemeral
 from bus.service import Hook, Service
 from handlers.slm.deltas import OnDelta
-from handlers.slm.models import environment, load_models, models_file
+from handlers.slm.models import ModelList, environment, load_models, models_file
 from handlers.slm.providers import Provider
 from handlers.slm.providers.anthropic import AnthropicProvider
 from handlers.slm.providers.local import LocalProvider
 from handlers.slm.providers.openai import OpenAIProvider
 from handlers.slm.routing import Router
 from schemas.envelope import Envelope
+from schemas.models import ModelInfo, SlmListModels, SlmModelsListed
 from schemas.slm import SlmComplete, SlmCompleted, SlmDelta
 from soma.settings import Settings
 
@@ -31,14 +33,30 @@ def providers() -> dict[str, Provider]:
     return {"local": LocalProvider(), "openai": OpenAIProvider(), "anthropic": AnthropicProvider()}
 
 
+def model_infos(models: ModelList, created: int) -> list[ModelInfo]:
+    """The routable names, each with its providers in fallback order (as the router tries them)."""
+    return [
+        ModelInfo(
+            id=name,
+            created=created,
+            providers=list(dict.fromkeys(d.provider for d in models.deployments[name])),
+        )
+        for name in models.available_models()
+    ]
+
+
 def build(
     settings: Settings,
     publish_delta: PublishDelta | None = None,
     models_path: Path | None = None,
 ) -> Service:
     variables = environment(settings)
-    models = load_models(models_path or models_file(variables), variables)
+    path = models_path or models_file(variables)
+    models = load_models(path, variables)
     router = Router(models, providers())
+    # The list is the one the router was built from, so a listed name is one it accepts; its
+    # ``created`` is when the model file was last changed.
+    listed = SlmModelsListed(models=model_infos(models, int(path.stat().st_mtime)))
     recent: OrderedDict[str, SlmCompleted] = OrderedDict()
     startup: list[Hook] = []
     shutdown: list[Hook] = []
@@ -76,13 +94,16 @@ def build(
             recent.popitem(last=False)
         return reply
 
+    async def list_models(cmd: SlmListModels, env: Envelope) -> SlmModelsListed:
+        return listed
+
     async def close_providers() -> None:
         for provider in router.providers.values():
             await provider.aclose()
 
     return Service(
         name="slm",
-        routes={SlmComplete: complete},
+        routes={SlmComplete: complete, SlmListModels: list_models},
         startup=startup,
         shutdown=[close_providers, *shutdown],
     )

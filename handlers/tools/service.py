@@ -1,4 +1,5 @@
-"""The tools process: run a named tool once per call id and answer with its result.
+"""The tools process: run a named tool once per call id and answer with its result, and list
+the registry (``tools.list``) without the tools the tenant's policy never lets a role call.
 
 Composition root: the registry (built-in tools, adapters whose secrets are set, the tools of
 configured MCP servers), the HTTP client and the SQL engine are opened at startup, not in
@@ -17,6 +18,8 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bus.service import Service
+from handlers.policy.rules import InvalidTenant, PolicyError, RuleStore
+from handlers.policy.service import policy_dir
 from handlers.tools import builtin, fetch, github, slack
 from handlers.tools.calls import invoke_once
 from handlers.tools.config import ToolsConfig
@@ -24,6 +27,7 @@ from handlers.tools.mcp_servers import Connection, connect_all
 from handlers.tools.registry import Registry
 from handlers.tools.sandbox import Limits, SandboxUnavailable, isolation_for
 from schemas.envelope import Envelope
+from schemas.tool_catalog import ToolDescriptor, ToolsList, ToolsListed
 from schemas.tools import ToolInvoke, ToolResult
 from soma.db import make_engine, migrate
 from soma.settings import Settings
@@ -74,6 +78,27 @@ def local_registry(config: ToolsConfig, client: httpx.AsyncClient) -> Registry:
     return registry
 
 
+def listing(registry: Registry, rules: RuleStore, tenant: str, role: str | None) -> ToolsListed:
+    """Every callable tool, or for a ``role`` those its tenant's tool allow-list lets it call.
+
+    A tenant policy that does not load hides nothing here: the calls are refused by policy with
+    the reason, which says more than a tool list gone empty.
+    """
+    allows = None
+    if role is not None:
+        try:
+            allows = rules.get(tenant).tools.allows
+        except (InvalidTenant, PolicyError) as exc:
+            log.warning("listing every tool for tenant %s: its policy is unusable: %s", tenant, exc)
+    return ToolsListed(
+        tools=[
+            ToolDescriptor(name=t.name, description=t.description, input_schema=t.input_schema)
+            for name, t in sorted(registry.tools.items())
+            if allows is None or allows(role or "", name)
+        ]
+    )
+
+
 @dataclass
 class _Opened:
     engine: AsyncEngine | None = None
@@ -90,6 +115,7 @@ class _Opened:
 def build(settings: Settings, config: ToolsConfig | None = None) -> Service:
     config = config or ToolsConfig()
     opened = _Opened()
+    rules = RuleStore(policy_dir(settings))
     database_url = settings.resolved_database_url()
 
     async def start() -> None:
@@ -116,4 +142,13 @@ def build(settings: Settings, config: ToolsConfig | None = None) -> Service:
         engine, registry = opened.require()
         return await invoke_once(engine, registry, env.tenant, cmd, wait=config.call_wait)
 
-    return Service(name="tools", routes={ToolInvoke: invoke}, startup=[start], shutdown=[stop])
+    async def list_tools(cmd: ToolsList, env: Envelope) -> ToolsListed:
+        _, registry = opened.require()
+        return listing(registry, rules, env.tenant, cmd.role)
+
+    return Service(
+        name="tools",
+        routes={ToolInvoke: invoke, ToolsList: list_tools},
+        startup=[start],
+        shutdown=[stop],
+    )

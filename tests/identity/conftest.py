@@ -7,6 +7,8 @@ empty tables.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -93,3 +95,9 @@ async def current_verifier(engine: AsyncEngine, settings: IdentitySettings, now:
     )
     verifier.apply(await revocations_since(engine, None, now), now)
     return verifier
+
+
+def refresh_digest() -> str:
+    """The SHA-256 of a fresh refresh token, as the gateway sends it; the token itself is not
+    needed here, only the holder of a token ever has it."""
+    return hashlib.sha256(f"rt-soma-{secrets.token_urlsafe(32)}".encode()).hexdigest()

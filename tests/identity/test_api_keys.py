@@ -1,13 +1,17 @@
 from __future__ import annotations
 
 import hashlib
+import secrets
 
 import pytest
 import sqlalchemy as sa
 
 from handlers.identity.api_keys import (
+    check_api_key,
     create_api_key,
+    hash_secret,
     list_api_keys,
+    record_api_key,
     revoke_api_key,
     verify_api_key,
 )
@@ -120,3 +124,28 @@ async def test_a_key_for_a_user_of_another_tenant_is_not_created(db, alice, now)
 
     with pytest.raises(NotFound):
         await create_api_key(db, "globex", alice.user, now=now)
+
+
+async def test_a_key_recorded_from_its_secrets_hash_verifies_with_the_secret(db, alice, now):
+    key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
+
+    info = await record_api_key(db, "acme", alice.user, key_id, hash_secret(secret), now=now)
+
+    principal = await verify_api_key(db, f"sk-soma-{key_id}-{secret}", now)
+    assert (principal.tenant, principal.user, principal.key_id) == ("acme", alice.user, info.id)
+
+
+async def test_a_key_checked_under_another_tenant_is_unknown(db, alice, now):
+    issued = await create_api_key(db, "acme", alice.user, now=now)
+    secret_sha256 = hash_secret(issued.key[-43:])
+
+    assert (await check_api_key(db, issued.info.id, secret_sha256, now, "acme")).user == alice.user
+    with pytest.raises(UnknownApiKey):
+        await check_api_key(db, issued.info.id, secret_sha256, now, "globex")
+
+
+async def test_recording_a_key_with_a_malformed_id_or_hash_is_invalid(db, alice, now):
+    with pytest.raises(InvalidInput):
+        await record_api_key(db, "acme", alice.user, "XYZ", hash_secret("s"), now=now)
+    with pytest.raises(InvalidInput):
+        await record_api_key(db, "acme", alice.user, secrets.token_hex(8), "not-a-hash", now=now)

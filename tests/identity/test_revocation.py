@@ -8,7 +8,7 @@ from handlers.identity.principal import Principal
 from handlers.identity.revocation import prune, revocations_since, revoke, revoke_user
 from handlers.identity.tokens import issue_access_token, issue_tokens, refresh
 from handlers.identity.verify import RevocationUpdate
-from tests.identity.conftest import current_verifier
+from tests.identity.conftest import current_verifier, refresh_digest
 
 
 async def test_a_revoked_jti_is_refused_once_the_verifier_polls(db, settings, keys, alice, now):
@@ -46,12 +46,13 @@ async def test_revoking_a_user_refuses_their_earlier_tokens_only(db, settings, k
 
 
 async def test_revoking_a_user_ends_their_refresh_sessions(db, settings, keys, alice, now):
-    pair = await issue_tokens(db, settings, alice, now=now)
+    token = refresh_digest()
+    await issue_tokens(db, settings, alice, token, now=now)
 
     await revoke_user(db, "acme", alice.user, settings, now=now + 1)
 
     with pytest.raises(RefreshTokenRevoked):
-        await refresh(db, settings, pair.refresh_token, now + 2)
+        await refresh(db, settings, token, refresh_digest(), now + 2)
 
 
 async def test_revoking_a_user_of_another_tenant_is_not_found(db, settings, alice, now):
@@ -98,3 +99,16 @@ async def test_a_complete_update_replaces_the_verifiers_revocations(db, settings
     verifier.apply(RevocationUpdate(tokens={"fresh": now + 100}, complete=True), now)
 
     assert set(verifier.revoked_tokens) == {"fresh"}
+
+
+async def test_a_repeated_user_revocation_spares_tokens_issued_after_the_first(
+    db, settings, keys, alice, now
+):
+    t = float(int(now))
+    await revoke_user(db, "acme", alice.user, settings, now=t + 1.5, command_id="cmd-7")
+    later = await issue_access_token(db, settings, alice, now=t + 2)
+
+    await revoke_user(db, "acme", alice.user, settings, now=t + 3.5, command_id="cmd-7")
+
+    verifier = await current_verifier(db, settings, t + 4)
+    assert verifier.verify(later.token, t + 4).jti == later.jti

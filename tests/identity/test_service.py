@@ -8,6 +8,7 @@ from handlers.identity.config import IdentitySettings
 from handlers.identity.service import build, maintain
 from handlers.identity.signing_keys import ensure_signing_keys, jwks
 from handlers.identity.tables import signing_keys
+from schemas.catalogue import commands_of, of_type
 from soma.settings import Settings
 
 
@@ -23,10 +24,17 @@ async def test_startup_creates_the_key_set_and_shutdown_stops_maintenance(
         await hook()
 
     assert service.name == "identity"
-    assert service.routes == {}
     assert len((await jwks(db))["keys"]) == 2
     assert len(tasks_before) == 1
     assert all(task.done() for task in tasks_before)
+
+
+def test_every_identity_command_in_the_catalogue_has_a_route(database_url):
+    service = build(Settings.model_validate({"DATABASE_URL": database_url}))
+
+    routed = {of_type(t).name for t in service.routes}
+
+    assert routed == {entry.name for entry in commands_of("identity")}
 
 
 async def test_maintenance_rotates_a_key_whose_period_is_over(db, settings, now):

@@ -25,9 +25,7 @@ def upgrade() -> None:
     op.add_column("identity_refresh_tokens", sa.Column("rotated_by", sa.String(64), nullable=True))
     op.add_column("identity_refresh_tokens", sa.Column("successor", sa.String(64), nullable=True))
     op.add_column("identity_revocations", sa.Column("command_id", sa.String(64), nullable=True))
-    op.create_index(
-        "ix_identity_revocations_command_id", "identity_revocations", ["command_id"]
-    )
+    op.create_index("ix_identity_revocations_command_id", "identity_revocations", ["command_id"])
 
 
 def downgrade() -> None:

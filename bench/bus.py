@@ -1,0 +1,227 @@
+"""How much the bus runtime costs over raw nats-py, on one machine, in one run.
+
+    python bench/bus.py                 # 20 000 messages, its own nats-server from the wheel
+    python bench/bus.py --messages 5000
+    NATS_URL=nats://127.0.0.1:4222 python bench/bus.py   # a server with no Soma system on it
+
+Three figures on the same server:
+- raw: a nats-py pull consumer fetching batches of 64 and acking each message;
+- ours: ``bus.runtime`` consuming the same number of policy commands with a handler that returns
+  None (decode envelope + payload, route, trace span, metrics, ack) — the like-for-like figure;
+- ours with reply: the same handler returning an event, which the runtime publishes and waits
+  for JetStream to acknowledge before acking the command (at-least-once needs that order);
+plus the latency of ``bus.publish.publish`` (publish + JetStream ack), sequential.
+Throughput runs from the first message in hand to the last one handled. The last line is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from nats.aio.client import Client  # noqa: E402
+from nats.js import JetStreamContext  # noqa: E402
+from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig  # noqa: E402
+from nats.js.errors import NotFoundError  # noqa: E402
+
+from bus import runtime  # noqa: E402
+from bus.connection import connect  # noqa: E402
+from bus.publish import encode, envelope_for, publish  # noqa: E402
+from bus.service import Service  # noqa: E402
+from bus.streams import provision  # noqa: E402
+from schemas.catalogue import STREAMS  # noqa: E402
+from schemas.envelope import Envelope  # noqa: E402
+from schemas.policy import PolicyEvaluate, PolicyEvaluated  # noqa: E402
+from soma import embedded  # noqa: E402
+from soma.settings import Settings  # noqa: E402
+from soma.terminal import quiet_disconnect  # noqa: E402
+
+TENANT = "bench"
+RAW_STREAM = "BENCH_RAW"
+BATCH = 64
+
+
+def start_server(store: Path) -> subprocess.Popen[bytes]:
+    port = embedded.free_port()
+    proc = subprocess.Popen(
+        [embedded.binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    for _ in range(200):
+        if embedded.accepts(port):
+            break
+        time.sleep(0.05)
+    os.environ["NATS_URL"] = f"nats://127.0.0.1:{port}"
+    return proc
+
+
+async def preload(nc: Client, js: JetStreamContext, stream: str, subject: str, count: int,
+                  body: Callable[[int], tuple[bytes, dict[str, str] | None]]) -> None:
+    """Put ``count`` messages in ``stream`` fast (core publishes), then wait until all are kept."""
+    start = (await js.stream_info(stream)).state.messages
+    for i in range(count):
+        data, headers = body(i)
+        await nc.publish(subject, data, headers=headers)
+        if i % 2000 == 0:
+            await nc.flush()
+    await nc.flush()
+    for _ in range(1200):
+        if (await js.stream_info(stream)).state.messages >= start + count:
+            return
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"{stream} did not receive {count} messages within 60s")
+
+
+async def raw(nc: Client, js: JetStreamContext, count: int) -> float:
+    await js.add_stream(StreamConfig(name=RAW_STREAM, subjects=["bench.raw"]))
+    await preload(nc, js, RAW_STREAM, "bench.raw", count, lambda i: (b'{"n":%d}' % i, None))
+    sub = await js.pull_subscribe("bench.raw", "raw", stream=RAW_STREAM,
+                                  config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT,
+                                                        max_ack_pending=10_000))
+    seen = 0
+    started = 0.0
+    while seen < count:
+        batch = await sub.fetch(BATCH, timeout=5)
+        if not started:
+            started = time.perf_counter()
+        for msg in batch:
+            json.loads(msg.data)
+            await msg.ack()
+            seen += 1
+    elapsed = time.perf_counter() - started
+    await js.delete_stream(RAW_STREAM)
+    return count / elapsed
+
+
+def _command(i: int) -> tuple[bytes, dict[str, str]]:
+    cmd = PolicyEvaluate(stage="prompt", text=f"message {i}")
+    return encode(cmd), envelope_for(cmd, tenant=TENANT).to_headers()
+
+
+async def ours(js: JetStreamContext, settings: Settings, count: int, reply: bool) -> float:
+    done = asyncio.Event()
+    marks: list[float] = []
+    handled = 0
+
+    async def evaluate(cmd: PolicyEvaluate, env: Envelope) -> PolicyEvaluated | None:
+        nonlocal handled
+        handled += 1
+        if handled == 1:
+            marks.append(time.perf_counter())
+        if handled == count:
+            marks.append(time.perf_counter())
+            done.set()
+        if reply:
+            return PolicyEvaluated(decision_id=env.message_id, decision="allow", stage=cmd.stage)
+        return None
+
+    running = await runtime.start(Service("policy", {PolicyEvaluate: evaluate}), settings)
+    try:
+        await asyncio.wait_for(done.wait(), timeout=max(120, count / 50))
+    finally:
+        with quiet_disconnect():
+            await running.stop()
+    await js.delete_consumer(STREAMS["cmd"], "policy")
+    return count / (marks[1] - marks[0])
+
+
+async def publish_latency(js: JetStreamContext, count: int) -> list[float]:
+    times = []
+    for i in range(count):
+        cmd = PolicyEvaluate(stage="prompt", text=f"latency {i}")
+        env = envelope_for(cmd, tenant=TENANT)
+        started = time.perf_counter()
+        await publish(js, cmd, env)
+        times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
+async def guard_shared_server(js: JetStreamContext) -> None:
+    try:
+        consumers = await js.consumers_info(STREAMS["cmd"])
+    except NotFoundError:
+        return
+    if consumers:
+        names = ", ".join(c.name for c in consumers)
+        raise SystemExit(
+            f"NATS_URL names a server where consumers run on {STREAMS['cmd']} ({names}); the bench "
+            "would compete with them. Unset NATS_URL to let it start its own nats-server."
+        )
+
+
+async def clean_shared_server(js: JetStreamContext) -> None:
+    for stream, subject in ((STREAMS["cmd"], f"soma.cmd.{TENANT}.>"),
+                            (STREAMS["evt"], f"soma.evt.{TENANT}.>")):
+        await js.purge_stream(stream, subject=subject)
+
+
+async def main(count: int, latency_count: int) -> dict[str, Any]:
+    settings = Settings()
+    nc = await connect(settings.nats_url or embedded.DEFAULT_URL, "bench")
+    js = nc.jetstream()
+    await guard_shared_server(js)
+    await provision(js, settings)
+    try:
+        print(f"raw nats-py: pull fetch {BATCH} + ack, {count} messages …", flush=True)
+        raw_rate = await raw(nc, js, count)
+        print(f"  {raw_rate:,.0f} msgs/s", flush=True)
+
+        await preload(nc, js, STREAMS["cmd"], f"soma.cmd.{TENANT}.policy.evaluate", count,
+                      _command)
+        print(f"bus.runtime, handler returns None, {count} messages …", flush=True)
+        ours_rate = await ours(js, settings, count, reply=False)
+        print(f"  {ours_rate:,.0f} msgs/s ({ours_rate / raw_rate:.0%} of raw)", flush=True)
+
+        print(f"bus.runtime, handler returns a reply event, {count} messages …", flush=True)
+        reply_rate = await ours(js, settings, count, reply=True)
+        print(f"  {reply_rate:,.0f} msgs/s (each reply published and acknowledged)", flush=True)
+
+        print(f"bus.publish.publish, sequential, {latency_count} messages …", flush=True)
+        times = await publish_latency(js, latency_count)
+        cuts = statistics.quantiles(times, n=100)
+        p50, p99 = statistics.median(times), cuts[98]
+        print(f"  p50 {p50:.3f} ms, p99 {p99:.3f} ms", flush=True)
+    finally:
+        await clean_shared_server(js)
+        with quiet_disconnect():
+            await nc.close()
+    return {
+        "raw_msgs_per_s": round(raw_rate),
+        "ours_msgs_per_s": round(ours_rate),
+        "ratio": round(ours_rate / raw_rate, 3),
+        "publish_p50_ms": round(p50, 3),
+        "publish_p99_ms": round(p99, 3),
+        "ours_with_reply_msgs_per_s": round(reply_rate),
+    }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--latency-messages", type=int, default=2_000)
+    args = parser.parse_args()
+    server = None
+    with tempfile.TemporaryDirectory(prefix="soma-bench-") as store:
+        if not os.environ.get("NATS_URL"):
+            server = start_server(Path(store))
+            print(f"nats-server from the wheel on {os.environ['NATS_URL']}", flush=True)
+        try:
+            result = asyncio.run(main(args.messages, args.latency_messages))
+        finally:
+            if server is not None:
+                server.terminate()
+                server.wait(10)
+    print(json.dumps(result))

@@ -1,0 +1,314 @@
+"""The identity commands on the bus, answered as ``gateway/CONTRACTS.md`` promises.
+
+Every command is scoped to the envelope's tenant, except those sent before a tenant is known
+(``_system``: key verification, refresh, key set and revocation polls). A refusal is a
+``Rejected`` whose message starts with the code the gateway turns into a status (``not_found``,
+``conflict``, ``invalid``, ``forbidden``, ``unauthenticated``). Delivery is at least once, so
+each command is safe to carry out twice: records are keyed by what the gateway generated (key
+id, refresh token hash) or by the command's message id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bus.errors import Rejected
+from handlers.identity import api_keys, directory, revocation, signing_keys, tokens
+from handlers.identity.config import IdentitySettings
+from handlers.identity.errors import (
+    AlreadyExists,
+    Forbidden,
+    IdentityError,
+    InvalidApiKey,
+    InvalidInput,
+    NotFound,
+    Unauthenticated,
+)
+from schemas.envelope import Envelope
+from schemas.identity import (
+    SYSTEM_TENANT,
+    ApiKeyInfo,
+    IdentityCreateKey,
+    IdentityCreateTenant,
+    IdentityCreateUser,
+    IdentityIssueToken,
+    IdentityJwks,
+    IdentityJwksPublished,
+    IdentityKeyCreated,
+    IdentityKeyRevoked,
+    IdentityKeysListed,
+    IdentityKeyVerified,
+    IdentityListKeys,
+    IdentityListTenants,
+    IdentityListUsers,
+    IdentityRefresh,
+    IdentityRefreshed,
+    IdentityRevocations,
+    IdentityRevocationsListed,
+    IdentityRevoke,
+    IdentityRevoked,
+    IdentityRevokeKey,
+    IdentityTenantCreated,
+    IdentityTenantsListed,
+    IdentityTokenIssued,
+    IdentityUserCreated,
+    IdentityUsersListed,
+    IdentityVerifyKey,
+    Revocation,
+    TenantInfo,
+    UserInfo,
+)
+
+# Most specific first: the first matching class names the code.
+_CODES: tuple[tuple[type[IdentityError], str], ...] = (
+    (NotFound, "not_found"),
+    (AlreadyExists, "conflict"),
+    (InvalidInput, "invalid"),
+    (Forbidden, "forbidden"),
+    (Unauthenticated, "unauthenticated"),
+)
+
+
+@contextmanager
+def refusals() -> Iterator[None]:
+    """Identity's own failures become refusals with their code; anything else is retried."""
+    try:
+        yield
+    except IdentityError as exc:
+        for kind, code in _CODES:
+            if isinstance(exc, kind):
+                raise Rejected(f"{code}: {exc}") from exc
+        raise
+
+
+def command_id(env: Envelope) -> str:
+    """The command's message id as stored beside what it did (its digest when too long)."""
+    if len(env.message_id) <= 64:
+        return env.message_id
+    return hashlib.sha256(env.message_id.encode()).hexdigest()
+
+
+def _scope_of(env: Envelope) -> str | None:
+    """The tenant a command is limited to; None for the system polls that precede one."""
+    return None if env.tenant == SYSTEM_TENANT else env.tenant
+
+
+def _tenant(t: directory.Tenant) -> TenantInfo:
+    return TenantInfo(id=t.id, name=t.name, created_at=t.created_at)
+
+
+def _user(u: directory.User) -> UserInfo:
+    return UserInfo(
+        id=u.id, tenant=u.tenant, name=u.name, roles=list(u.roles), created_at=u.created_at
+    )
+
+
+def _key(k: api_keys.ApiKeyInfo) -> ApiKeyInfo:
+    return ApiKeyInfo(
+        id=k.id,
+        tenant=k.tenant,
+        user=k.user,
+        name=k.name,
+        roles=list(k.roles),
+        models=None if k.models is None else list(k.models),
+        created_at=k.created_at,
+        expires_at=k.expires_at,
+        revoked_at=k.revoked_at,
+    )
+
+
+class IdentityCommands:
+    """The handlers, sharing one engine and the token settings."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        config: IdentitySettings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine = engine
+        self.config = config
+        self.clock = clock
+
+    # Credentials and tokens.
+
+    async def verify_key(self, cmd: IdentityVerifyKey, env: Envelope) -> IdentityKeyVerified:
+        try:
+            info = await api_keys.check_api_key(
+                self.engine, cmd.key_id, cmd.secret_sha256, self.clock(), _scope_of(env)
+            )
+        except InvalidApiKey as exc:
+            return IdentityKeyVerified(key_id=cmd.key_id, valid=False, reason=str(exc))
+        return IdentityKeyVerified(
+            key_id=info.id,
+            valid=True,
+            tenant=info.tenant,
+            user=info.user,
+            roles=list(info.roles),
+            models=None if info.models is None else list(info.models),
+            expires_at=info.expires_at,
+        )
+
+    async def jwks(self, cmd: IdentityJwks, env: Envelope) -> IdentityJwksPublished:
+        document = await signing_keys.jwks(self.engine, self.clock())
+        return IdentityJwksPublished(keys=document["keys"])
+
+    async def revocations(
+        self, cmd: IdentityRevocations, env: Envelope
+    ) -> IdentityRevocationsListed:
+        now = self.clock()
+        entries = await revocation.list_revocations(self.engine, cmd.since, now)
+        return IdentityRevocationsListed(
+            as_of=now,
+            revocations=[
+                Revocation(
+                    kind=e.kind,
+                    subject=e.subject,
+                    revoked_at=e.revoked_at,
+                    expires_at=e.expires_at,
+                )
+                for e in entries
+            ],
+        )
+
+    async def issue_token(self, cmd: IdentityIssueToken, env: Envelope) -> IdentityTokenIssued:
+        now = self.clock()
+        with refusals():
+            scope = tokens.check_scope(cmd.scope)
+            info = await api_keys.check_api_key(
+                self.engine, cmd.key_id, cmd.secret_sha256, now, _scope_of(env)
+            )
+            issued = await tokens.issue_tokens(
+                self.engine,
+                self.config,
+                api_keys.principal_of(info),
+                cmd.refresh_sha256,
+                client_id=cmd.client_id or None,
+                scope=" ".join(scope),
+                now=now,
+            )
+        return IdentityTokenIssued(
+            access_token=issued.access_token,
+            expires_in=int(self.config.access_ttl),
+            refresh_expires_in=int(self.config.refresh_ttl),
+            tenant=issued.tenant,
+            user=issued.user,
+            scope=list(issued.scope),
+            session=issued.session,
+        )
+
+    async def refresh(self, cmd: IdentityRefresh, env: Envelope) -> IdentityRefreshed:
+        with refusals():
+            issued = await tokens.refresh(
+                self.engine,
+                self.config,
+                cmd.refresh_sha256,
+                cmd.new_refresh_sha256,
+                now=self.clock(),
+                command_id=command_id(env),
+                tenant=_scope_of(env),
+            )
+        return IdentityRefreshed(
+            access_token=issued.access_token,
+            expires_in=int(self.config.access_ttl),
+            refresh_expires_in=int(self.config.refresh_ttl),
+            tenant=issued.tenant,
+            user=issued.user,
+            scope=list(issued.scope),
+            session=issued.session,
+        )
+
+    async def revoke(self, cmd: IdentityRevoke, env: Envelope) -> IdentityRevoked:
+        given = [name for name in ("jti", "refresh_sha256", "user_id") if getattr(cmd, name)]
+        if len(given) != 1:
+            raise Rejected("invalid: give exactly one of jti, refresh_sha256 and user_id")
+        now = self.clock()
+        with refusals():
+            if cmd.jti:
+                await revocation.revoke(
+                    self.engine,
+                    cmd.jti,
+                    self.config,
+                    now,
+                    expires_at=cmd.expires_at,
+                    command_id=command_id(env),
+                )
+                return IdentityRevoked(revoked=True)
+            if cmd.refresh_sha256:
+                revoked = await revocation.revoke_session(
+                    self.engine, env.tenant, cmd.refresh_sha256, self.config, now
+                )
+                return IdentityRevoked(revoked=revoked)
+            assert cmd.user_id
+            await revocation.revoke_user(
+                self.engine, env.tenant, cmd.user_id, self.config, now, command_id(env)
+            )
+            return IdentityRevoked(revoked=True)
+
+    # Tenants, users and keys.
+
+    async def create_tenant(
+        self, cmd: IdentityCreateTenant, env: Envelope
+    ) -> IdentityTenantCreated:
+        with refusals():
+            tenant = await directory.create_tenant(
+                self.engine, cmd.tenant_id, cmd.name, self.clock(), created_by=command_id(env)
+            )
+        return IdentityTenantCreated(tenant=_tenant(tenant))
+
+    async def list_tenants(self, cmd: IdentityListTenants, env: Envelope) -> IdentityTenantsListed:
+        return IdentityTenantsListed(
+            tenants=[_tenant(t) for t in await directory.list_tenants(self.engine)]
+        )
+
+    async def create_user(self, cmd: IdentityCreateUser, env: Envelope) -> IdentityUserCreated:
+        grantor = await directory.roles_of(self.engine, env.tenant, env.actor)
+        with refusals():
+            user = await directory.create_user(
+                self.engine,
+                env.tenant,
+                cmd.name,
+                cmd.roles,
+                self.clock(),
+                created_by=command_id(env),
+                grantor_roles=grantor,
+            )
+        return IdentityUserCreated(user=_user(user))
+
+    async def list_users(self, cmd: IdentityListUsers, env: Envelope) -> IdentityUsersListed:
+        users = await directory.list_users(self.engine, env.tenant)
+        return IdentityUsersListed(users=[_user(u) for u in users])
+
+    async def create_key(self, cmd: IdentityCreateKey, env: Envelope) -> IdentityKeyCreated:
+        grantor = await directory.roles_of(self.engine, env.tenant, env.actor)
+        with refusals():
+            info = await api_keys.record_api_key(
+                self.engine,
+                env.tenant,
+                cmd.user_id,
+                cmd.key_id,
+                cmd.secret_sha256,
+                name=cmd.name,
+                roles=cmd.roles,
+                models=cmd.models,
+                expires_at=cmd.expires_at,
+                now=self.clock(),
+                grantor_roles=grantor,
+            )
+        return IdentityKeyCreated(key=_key(info))
+
+    async def list_keys(self, cmd: IdentityListKeys, env: Envelope) -> IdentityKeysListed:
+        keys = await api_keys.list_api_keys(self.engine, env.tenant, cmd.user_id)
+        return IdentityKeysListed(keys=[_key(k) for k in keys])
+
+    async def revoke_key(self, cmd: IdentityRevokeKey, env: Envelope) -> IdentityKeyRevoked:
+        with refusals():
+            info = await api_keys.revoke_api_key(
+                self.engine, env.tenant, cmd.key_id, self.config, self.clock()
+            )
+        return IdentityKeyRevoked(key=_key(info))

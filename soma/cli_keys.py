@@ -1,0 +1,439 @@
+"""``soma keys`` and ``soma token``: credentials made at the console, straight on the SQL store.
+
+These act on the identity tables through the identity functions (``handlers.identity``), not over
+the bus, so they work before anything runs — which is how an operator gets the first credential,
+and how the ``operator`` role (which no tenant admin can grant over HTTP) is handed out. Secrets
+are printed once on stdout and nothing else is, so ``KEY=$(soma keys create …)`` just works;
+everything said to the operator goes to stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import secrets
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import typer
+
+from soma import terminal
+from soma.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    help="""API keys: make, list and revoke them on the identity store directly.
+
+An API key `sk-soma-<id>-<secret>` speaks for one user of one tenant, with that user's roles
+(or fewer) and optionally only some models. Its secret is shown once, when it is made; the store
+keeps a SHA-256 of it. `soma keys create` also creates the tenant and the user when they are
+missing, so on a fresh installation it is the way in. Revoking a key also ends the token
+sessions started from it.
+
+Roles the gateway knows: `member` / `user` (call the API), `service` (also any user's memories),
+`admin` (also users, keys and usage of its tenant), `operator` (create and list tenants). Only
+the console (or an operator) can grant `operator`.
+
+**Examples**
+
+    soma keys create                  # an admin key of the default tenant
+    soma keys create -t acme -u alice -r member --models gpt-4o-mini --expires 30d
+    soma keys create -t ops -u root -r operator -r admin --name bootstrap
+    soma keys ls --tenant acme
+    soma keys revoke 3f9a0c1d2e4b5a69
+    export SOMA_API_KEY=$(soma keys create --tenant acme --user alice)
+
+**Environment**
+
+* `DATABASE_URL` — the identity store (default: the SQLite file under `SOMA_DATA_DIR`)
+* `SOMA_DATA_DIR` — data folder for the SQLite default (default `./.soma`)
+* `SOMA_JWT_*` — token lifetimes, which also bound how long revocations are kept
+""",
+    rich_markup_mode="markdown",
+    no_args_is_help=True,
+)
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+DEFAULT_TENANT = "default"
+ADMIN_USER = "admin"
+
+
+def expiry(value: str | None, now: float) -> float | None:
+    """``30d`` / ``12h`` / ``90m`` from now, or an ISO time (UTC unless it says otherwise)."""
+    if not value:
+        return None
+    found = _DURATION.match(value)
+    if found:
+        return now + float(found.group(1)) * _UNITS[found.group(2)]
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        terminal.fail(
+            f"--expires {value!r}: use a duration (30d, 12h, 90m, 2w) or an ISO time",
+            terminal.USAGE,
+        )
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _time(ts: float | None, layout: str = "%Y-%m-%d %H:%M:%S UTC") -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime(layout) if ts else "-"
+
+
+@asynccontextmanager
+async def identity_store(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    """The migrated store: every command may be the first thing run on a fresh installation."""
+    from soma.db import make_engine, migrate
+
+    url = settings.resolved_database_url()
+    await migrate(url)
+    engine = make_engine(url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+def _run(settings: Settings, work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+    """Run ``work`` on the store; identity refusals and an unreachable database are one line."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    from handlers.identity.errors import (
+        AlreadyExists,
+        Forbidden,
+        IdentityError,
+        InvalidInput,
+    )
+    from soma.supervisor import safe_url
+
+    async def main() -> T:
+        async with identity_store(settings) as engine:
+            return await work(engine)
+
+    try:
+        return asyncio.run(main())
+    except (InvalidInput, AlreadyExists, Forbidden) as exc:
+        terminal.fail(str(exc), terminal.USAGE)
+    except IdentityError as exc:
+        terminal.fail(str(exc))
+    except (OperationalError, DBAPIError, OSError) as exc:
+        where = safe_url(settings.resolved_database_url())
+        terminal.fail(f"the identity store at {where} did not answer: {exc}")
+
+
+@app.command()
+def create(
+    tenant: str = typer.Option(DEFAULT_TENANT, "--tenant", "-t", help="The key's tenant."),
+    user: str = typer.Option(
+        ADMIN_USER, "--user", "-u", help="The user it speaks for, by name (or id)."
+    ),
+    roles: list[str] = typer.Option(
+        [],
+        "--role",
+        "-r",
+        help="A role of the key (repeat for more). Default: all of the user's roles. A missing "
+        "user is created with these (default: admin for the user named admin, else member).",
+        show_default=False,
+    ),
+    name: str = typer.Option("", "--name", "-n", help="A label shown in `soma keys ls`."),
+    models: str = typer.Option(
+        "",
+        "--models",
+        "-m",
+        help="Comma-separated models it may call (default: all).",
+        show_default=False,
+    ),
+    expires: str = typer.Option(
+        "",
+        "--expires",
+        "-e",
+        help="Lifetime (30d, 12h, 90m, 2w) or an ISO time (default: never).",
+        show_default=False,
+    ),
+) -> None:
+    """Make an API key and print it — only it — on stdout. It cannot be shown again.
+
+    The tenant and the user are created when missing (said on stderr). With --role on an
+    existing user the key carries only those roles, which the user must hold.
+
+    **Examples**
+
+        soma keys create
+        soma keys create --tenant acme --user alice --role member --expires 30d
+        soma keys create -t acme -u ci-bot -r service --models gpt-4o-mini,soma-local-dev
+    """
+    from handlers.identity.api_keys import insert_api_key
+    from handlers.identity.directory import (
+        insert_tenant,
+        insert_user,
+        load_tenant,
+        load_user,
+        load_user_by_name,
+    )
+
+    now = time.time()
+    until = expiry(expires, now)
+    allowed = [m.strip() for m in models.split(",") if m.strip()] or None
+    settings = terminal.settings()
+
+    async def make(engine: AsyncEngine) -> str:
+        async with engine.begin() as conn:
+            if await load_tenant(conn, tenant) is None:
+                await insert_tenant(conn, tenant, None, now)
+                terminal.note(f"created tenant {tenant}")
+            holder = await load_user_by_name(conn, tenant, user) or await load_user(
+                conn, tenant, user
+            )
+            if holder is None:
+                given = roles or (["admin"] if user == ADMIN_USER else ["member"])
+                holder = await insert_user(conn, tenant, user, given, now)
+                terminal.note(
+                    f"created user {holder.name} ({holder.id}) in {tenant} with roles "
+                    f"{', '.join(holder.roles) or '(none)'}"
+                )
+            issued = await insert_api_key(
+                conn, tenant, holder.id, name, roles or None, allowed, until, now
+            )
+        info = issued.info
+        terminal.note(
+            f"API key {info.id} for {holder.name} in {tenant}: roles {', '.join(info.roles)}; "
+            f"models {', '.join(info.models) if info.models else 'all'}; "
+            f"expires {_time(info.expires_at) if info.expires_at else 'never'}. "
+            "Keep it now: it cannot be shown again."
+        )
+        return issued.key
+
+    key = _run(settings, make)
+    sys.stdout.write(key + "\n")
+
+
+@app.command("ls")
+def ls(
+    tenant: str = typer.Option(
+        "", "--tenant", "-t", help="Only this tenant (default: every tenant).", show_default=False
+    ),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+) -> None:
+    """List API keys (never a secret): id, tenant, user, name, roles, models, dates, state.
+
+    **Examples**
+
+        soma keys ls
+        soma keys ls --tenant acme --json | jq -r 'select(.state == "active") | .id'
+    """
+    from handlers.identity.api_keys import list_api_keys
+    from handlers.identity.directory import list_tenants, list_users
+
+    async def collect(engine: AsyncEngine) -> list[dict[str, Any]]:
+        tenants = [tenant] if tenant else [t.id for t in await list_tenants(engine)]
+        found = []
+        for tenant_id in tenants:
+            names = {u.id: u.name for u in await list_users(engine, tenant_id)}
+            for key in await list_api_keys(engine, tenant_id):
+                found.append(
+                    {
+                        "id": key.id,
+                        "tenant": key.tenant,
+                        "user": key.user,
+                        "user_name": names.get(key.user, ""),
+                        "name": key.name,
+                        "roles": list(key.roles),
+                        "models": None if key.models is None else list(key.models),
+                        "created_at": key.created_at,
+                        "expires_at": key.expires_at,
+                        "revoked_at": key.revoked_at,
+                        "state": _state(key.revoked_at, key.expires_at),
+                    }
+                )
+        return found
+
+    keys = _run(terminal.settings(), collect)
+    if as_json:
+        for key in keys:
+            sys.stdout.write(json.dumps(key) + "\n")
+        return
+    if not keys:
+        terminal.note("no API keys" + (f" in tenant {tenant}" if tenant else ""))
+        return
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    for column in (
+        "id",
+        "tenant",
+        "user",
+        "name",
+        "roles",
+        "models",
+        "created",
+        "expires",
+        "state",
+    ):
+        table.add_column(column, no_wrap=column == "id", overflow="fold")
+    for key in keys:
+        table.add_row(
+            key["id"],
+            key["tenant"],
+            key["user_name"] or key["user"],
+            key["name"] or "-",
+            ", ".join(key["roles"]),
+            ", ".join(key["models"]) if key["models"] else "all",
+            _time(key["created_at"], "%Y-%m-%d %H:%M"),
+            _time(key["expires_at"], "%Y-%m-%d %H:%M"),
+            key["state"],
+        )
+    terminal.out.print(table)
+
+
+def _state(revoked_at: float | None, expires_at: float | None) -> str:
+    if revoked_at is not None:
+        return "revoked"
+    if expires_at is not None and expires_at <= time.time():
+        return "expired"
+    return "active"
+
+
+@app.command()
+def revoke(
+    key_id: str = typer.Argument(
+        ...,
+        help="The key's id: the 16 hex digits after sk-soma- (see `soma keys ls`).",
+        show_default=False,
+    ),
+) -> None:
+    """Revoke an API key, and end the token sessions started from it.
+
+    Takes effect at once for the key (gateways cache a verdict for a few seconds) and, for
+    access tokens issued from it, within the gateways' revocation poll. Revoking twice keeps
+    the first revocation time.
+
+    **Example**
+
+        soma keys revoke 3f9a0c1d2e4b5a69
+    """
+    from handlers.identity.api_keys import KEY, find_api_key, revoke_api_key
+    from handlers.identity.config import IdentitySettings
+    from handlers.identity.errors import NotFound
+
+    whole = KEY.fullmatch(key_id)
+    if whole is not None:  # a whole key pasted: only its id is needed
+        key_id = whole.group(1)
+
+    async def withdraw(engine: AsyncEngine) -> tuple[bool, Any]:
+        found = await find_api_key(engine, key_id)
+        if found is None:
+            raise NotFound(f"no API key {key_id!r}; `soma keys ls` lists them")
+        info = await revoke_api_key(engine, found.tenant, key_id, IdentitySettings())
+        return found.revoked_at is None, info
+
+    now_revoked, info = _run(terminal.settings(), withdraw)
+    if now_revoked:
+        terminal.out.print(f"revoked API key {info.id} of tenant {info.tenant}")
+    else:
+        terminal.out.print(f"API key {info.id} was already revoked at {_time(info.revoked_at)}")
+
+
+def token(
+    key: str = typer.Option(
+        "",
+        "--key",
+        "-k",
+        envvar="SOMA_API_KEY",
+        help="The API key (sk-soma-…); `-` reads it from stdin. Default: $SOMA_API_KEY.",
+        show_default=False,
+    ),
+    scope: list[str] = typer.Option(
+        [],
+        "--scope",
+        "-s",
+        help="An API area the token may reach (repeat for more; default: all the roles allow).",
+        show_default=False,
+    ),
+) -> None:
+    """Print an access token (a signed JWT) for an API key, and nothing else, on stdout.
+
+    The token speaks for the key's user with the key's roles and models, for `SOMA_JWT_TTL_SECONDS`
+    (15 minutes by default), and is revoked with the key. It is signed on the identity store
+    directly, so it works whenever the store is reachable. Prefer `--key -` or `SOMA_API_KEY`
+    to putting the key on the command line, where other users of the machine can see it.
+
+    **Examples**
+
+        soma token --key sk-soma-3f9a0c1d2e4b5a69-…
+        curl -H "Authorization: Bearer $(soma token)" localhost:8080/v1/models
+        soma keys create --tenant acme --user alice | soma token --key - --scope chat
+
+    **Environment**
+
+    * `SOMA_API_KEY` — the key, when --key is not given
+    * `DATABASE_URL`, `SOMA_DATA_DIR` — the identity store
+    * `SOMA_JWT_*` — issuer, audience, lifetime, and `SOMA_JWT_KEY_PASSPHRASE` when the signing
+      keys are stored encrypted (it must be the identity process's own)
+    """
+    from handlers.identity.api_keys import verify_api_key
+    from handlers.identity.config import IdentitySettings
+    from handlers.identity.errors import InvalidApiKey, InvalidInput
+    from handlers.identity.signing_keys import active_signing_key, ensure_signing_keys
+    from handlers.identity.tokens import check_scope, issue_tokens
+
+    if key == "-":
+        key = sys.stdin.readline().strip()
+    if not key:
+        terminal.fail(
+            "give the API key with --key (or - for stdin) or SOMA_API_KEY", terminal.USAGE
+        )
+    try:
+        areas = check_scope(scope)
+    except InvalidInput as exc:
+        terminal.fail(str(exc), terminal.USAGE)
+    config = IdentitySettings()
+
+    async def sign(engine: AsyncEngine) -> str:
+        try:
+            principal = await verify_api_key(engine, key)
+        except InvalidApiKey as exc:
+            terminal.fail(f"the API key was not accepted: {exc}")
+        await ensure_signing_keys(engine, config)
+        try:
+            async with engine.connect() as conn:
+                await active_signing_key(conn, config)
+        except (TypeError, ValueError) as exc:
+            terminal.fail(
+                "cannot open the signing key; set SOMA_JWT_KEY_PASSPHRASE to the identity "
+                f"process's passphrase ({exc})"
+            )
+        # A session of its own, with a refresh token nobody holds: revoking the key ends it.
+        unheld = hashlib.sha256(secrets.token_bytes(32)).hexdigest()
+        issued = await issue_tokens(
+            engine, config, principal, unheld, client_id="soma-cli", scope=" ".join(areas)
+        )
+        return issued.access_token
+
+    sys.stdout.write(_run(terminal.settings(), sign) + "\n")
+
+
+def bootstrap_credentials(settings: Settings) -> str | None:
+    """The first admin API key when this call created it (a fresh store), else None.
+
+    Creates what is missing of the ``default`` tenant and its ``admin`` user; the key exists
+    only in the returned string, so the caller must show it. Runs its own event loop.
+    """
+    from handlers.identity.bootstrap import bootstrap
+
+    async def first_key(engine: AsyncEngine) -> str | None:
+        _, _, issued = await bootstrap(engine)
+        return issued.key if issued is not None else None
+
+    return _run(settings, first_key)

@@ -1,0 +1,164 @@
+"""The processes `soma up` starts and `soma run` runs: a name and the dotted path that runs it.
+
+A handler's factory ``build(settings)`` returns a ``bus.service.Service`` that the bus runtime
+serves; the saga runner and the gateway are async entry points that run until stopped. Nothing is
+imported until it is asked for, so a build without one of them still runs the rest — and says
+which one is missing and why.
+
+``SOMA_PROCESSES`` chooses a subset (``policy,memory``) and can add a service author's own
+handler under a name (``billing=acme.billing.service:build``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from soma.settings import Settings
+
+
+@dataclass(frozen=True)
+class Process:
+    name: str
+    target: str  # "package.module:attribute"
+
+    @property
+    def module(self) -> str:
+        return self.target.partition(":")[0]
+
+    @property
+    def attribute(self) -> str:
+        return self.target.partition(":")[2]
+
+
+# Start order: handlers first, then the saga runner (sends them commands), the gateway last.
+PROCESSES: dict[str, Process] = {
+    p.name: p
+    for p in (
+        Process("identity", "handlers.identity.service:build"),
+        Process("policy", "handlers.policy.service:build"),
+        Process("memory", "handlers.memory.service:build"),
+        Process("slm", "handlers.slm.service:build"),
+        Process("tools", "handlers.tools.service:build"),
+        Process("analytics", "handlers.analytics.service:build"),
+        Process("sagas", "sagas.runner:main"),
+        Process("gateway", "gateway.app:serve"),
+    )
+}
+
+Entrypoint = Callable[[Settings], Any]
+
+
+class UnknownProcess(LookupError):
+    """A name that is neither in the process table nor a ``module:attribute`` path."""
+
+
+class ProcessUnavailable(RuntimeError):
+    """The process is known but its module does not import in this build."""
+
+
+def _is_target(text: str) -> bool:
+    module, sep, attribute = text.partition(":")
+    return bool(sep and module and attribute.isidentifier())
+
+
+def parse_spec(spec: str | None) -> dict[str, Process]:
+    """The processes a ``SOMA_PROCESSES`` value selects, in start order; all when empty."""
+    if not spec or not spec.strip():
+        return dict(PROCESSES)
+    chosen: dict[str, Process] = {}
+    for item in (part.strip() for part in spec.split(",")):
+        if not item:
+            continue
+        name, sep, target = item.partition("=")
+        name, target = name.strip(), target.strip()
+        if sep:
+            if not _is_target(target):
+                raise UnknownProcess(
+                    f"SOMA_PROCESSES entry {item!r}: expected name=package.module:factory"
+                )
+            chosen[name] = Process(name, target)
+        elif name in PROCESSES:
+            chosen[name] = PROCESSES[name]
+        else:
+            raise UnknownProcess(unknown_message(name))
+    return dict(sorted(chosen.items(), key=lambda kv: _start_rank(kv[0])))
+
+
+def _start_rank(name: str) -> float:
+    """Table order; a service author's own handlers start with the handlers, before sagas."""
+    order = list(PROCESSES)
+    return order.index(name) if name in order else order.index("sagas") - 0.5
+
+
+def unknown_message(name: str) -> str:
+    return (
+        f"no process named {name!r}; known: {', '.join(PROCESSES)} "
+        "(or give a handler factory as package.module:build)"
+    )
+
+
+def resolve(name: str, spec: str | None = None) -> Process:
+    """A process by name: ``SOMA_PROCESSES`` entries first, then the table, then a dotted path."""
+    if spec:
+        custom = {
+            n.strip(): Process(n.strip(), t.strip())
+            for n, sep, t in (item.partition("=") for item in spec.split(","))
+            if sep and _is_target(t.strip())
+        }
+        if name in custom:
+            return custom[name]
+    if name in PROCESSES:
+        return PROCESSES[name]
+    if _is_target(name):
+        return Process(name.partition(":")[0].rsplit(".", 1)[-1], name)
+    raise UnknownProcess(unknown_message(name))
+
+
+def load(process: Process) -> Entrypoint:
+    """Import the process's entry point; ``ProcessUnavailable`` says why it cannot be.
+
+    As under ``python -m``, the working directory is importable, so a service author's package
+    in the working tree runs without being installed.
+    """
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(process.module)
+    except Exception as exc:
+        raise ProcessUnavailable(
+            f"process {process.name!r} is not available in this build: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    entry = getattr(module, process.attribute, None)
+    if not callable(entry):
+        raise ProcessUnavailable(
+            f"process {process.name!r} is not available in this build: "
+            f"{process.module} has no callable {process.attribute!r}"
+        )
+    return entry  # type: ignore[no-any-return]
+
+
+async def run(process: Process, settings: Settings) -> None:
+    """Run one process until SIGINT/SIGTERM."""
+    entry = load(process)
+    result = entry(settings)
+    if inspect.isawaitable(result):
+        result = await result
+        if result is None:
+            return
+    from bus.runtime import serve_forever
+    from bus.service import Service
+
+    if isinstance(result, Service):
+        await serve_forever(result, settings, settings.health_port)
+        return
+    raise ProcessUnavailable(
+        f"{process.target} returned {type(result).__name__}; expected a bus.service.Service "
+        "(handlers) or a coroutine that runs until stopped (saga runner, gateway)"
+    )

@@ -1,0 +1,88 @@
+"""The process table: names to entry points, subsets, and a clear word on what is missing."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from soma import processes
+from soma.processes import Process, ProcessUnavailable, UnknownProcess
+from soma.settings import Settings
+from tests.cli.conftest import Soma, start_soma
+
+HANDLERS = ("identity", "policy", "memory", "slm", "tools", "analytics")
+
+
+def test_every_handler_the_saga_runner_and_the_gateway_have_an_entry() -> None:
+    assert list(processes.PROCESSES) == [*HANDLERS, "sagas", "gateway"]
+    for name in HANDLERS:
+        assert processes.PROCESSES[name].target == f"handlers.{name}.service:build"
+    assert processes.PROCESSES["sagas"].target == "sagas.runner:main"
+    assert processes.PROCESSES["gateway"].target == "gateway.app:serve"
+
+
+def test_no_selection_means_every_process() -> None:
+    assert processes.parse_spec(None) == processes.PROCESSES
+    assert processes.parse_spec(" ") == processes.PROCESSES
+
+
+def test_a_selection_keeps_start_order_whatever_order_it_is_written_in() -> None:
+    chosen = processes.parse_spec("gateway, policy,billing=acme.billing:build")
+    assert list(chosen) == ["policy", "billing", "gateway"]
+    assert chosen["billing"] == Process("billing", "acme.billing:build")
+
+
+def test_an_unknown_name_lists_the_known_ones() -> None:
+    with pytest.raises(UnknownProcess, match="known: identity, policy"):
+        processes.parse_spec("policy,polcy")
+
+
+def test_a_custom_entry_resolves_by_name_and_a_dotted_path_directly() -> None:
+    spec = "billing=acme.billing.service:build"
+    assert processes.resolve("billing", spec).target == "acme.billing.service:build"
+    assert processes.resolve("acme.audit:build").name == "audit"
+    assert processes.resolve("policy").target == "handlers.policy.service:build"
+
+
+def test_a_module_that_does_not_import_is_named_with_the_reason() -> None:
+    with pytest.raises(ProcessUnavailable) as caught:
+        processes.load(Process("ghost", "tests.cli.no_such_module:build"))
+    assert "process 'ghost' is not available in this build" in str(caught.value)
+    assert "No module named 'tests.cli.no_such_module'" in str(caught.value)
+
+
+def test_a_missing_factory_is_named() -> None:
+    with pytest.raises(ProcessUnavailable, match="has no callable 'nothing'"):
+        processes.load(Process("x", "tests.cli.permissive_policy:nothing"))
+
+
+async def test_a_factory_that_returns_neither_a_service_nor_a_coroutine_is_refused() -> None:
+    with pytest.raises(ProcessUnavailable, match=r"expected a bus\.service\.Service"):
+        await processes.run(Process("x", "builtins:repr"), Settings())
+
+
+async def test_run_of_an_unknown_process_exits_2(soma: Soma) -> None:
+    result = await soma("run", "nosuch")
+    assert result.exit_code == 2
+    assert "no process named 'nosuch'" in result.stderr
+
+
+async def test_run_of_a_process_missing_from_the_build_exits_3_and_says_why(
+    soma: Soma,
+) -> None:
+    soma.env["SOMA_PROCESSES"] = "ghost=tests.cli.no_such_module:build"
+    result = await soma("run", "ghost")
+    assert result.exit_code == 3
+    assert "not available in this build" in result.stderr
+
+
+def test_sigterm_stops_a_running_process_with_exit_code_0(env: dict[str, str]) -> None:
+    env["SOMA_PROCESSES"] = "policy=tests.cli.permissive_policy:build"
+    running = start_soma("run", "policy", env=env)
+    try:
+        running.out.wait_for(r"policy: consuming", timeout=30)
+        running.proc.send_signal(signal.SIGTERM)
+        assert running.finish(20) == 0
+    finally:
+        running.proc.kill()

@@ -1,0 +1,53 @@
+"""`soma streams`: what each stream holds and how far behind each consumer is."""
+
+from __future__ import annotations
+
+import json
+
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from bus.publish import envelope_for, publish
+from schemas.catalogue import STREAMS
+from schemas.policy import PolicyEvaluate
+from tests.cli.conftest import Soma
+
+
+async def _lagging_policy_consumer(js: JetStreamContext) -> None:
+    """Five commands: the policy durable has taken two, acknowledged one."""
+    await js.add_consumer(STREAMS["cmd"], ConsumerConfig(
+        durable_name="policy", ack_policy=AckPolicy.EXPLICIT,
+        filter_subject="soma.cmd.*.policy.>", ack_wait=60))
+    for i in range(5):
+        cmd = PolicyEvaluate(stage="prompt", text=str(i))
+        await publish(js, cmd, envelope_for(cmd, tenant="acme"))
+    sub = await js.pull_subscribe_bind("policy", STREAMS["cmd"])
+    taken = await sub.fetch(2, timeout=2)
+    await taken[0].ack_sync()
+
+
+async def test_json_shows_a_consumers_lag_and_in_flight_messages(
+    js: JetStreamContext, soma: Soma
+) -> None:
+    await _lagging_policy_consumer(js)
+    result = await soma("streams", "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    commands = next(s for s in report["streams"] if s["name"] == STREAMS["cmd"])
+    assert commands["messages"] == 5 and commands["last_seq"] == 5
+    assert commands["num_subjects"] == 1
+    (policy,) = commands["consumers"]
+    assert policy["name"] == "policy" and policy["durable"]
+    assert policy["filter"] == ["soma.cmd.*.policy.>"]
+    assert (policy["pending"], policy["ack_pending"]) == (3, 1)
+    assert report["stream_count"] == 3 and report["consumer_count"] == 1
+
+
+async def test_the_table_names_every_stream_and_consumer(
+    js: JetStreamContext, soma: Soma
+) -> None:
+    await _lagging_policy_consumer(js)
+    result = await soma("streams")
+    assert result.exit_code == 0, result.stderr
+    for name in (*STREAMS.values(), "policy", "1 consumers", "3 streams"):
+        assert name in result.stdout
