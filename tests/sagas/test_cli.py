@@ -1,0 +1,80 @@
+"""`soma saga …` as an operator runs it, against a live runner and store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from sagas import queries
+from tests.sagas.conftest import Stack
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def soma(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "NATS_URL": stack.settings.nats_url or "",
+        "DATABASE_URL": stack.settings.database_url or "",
+        "SOMA_DATA_DIR": str(stack.settings.data_dir),
+        "PYTHONPATH": str(ROOT),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "soma.cli", "saga", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_saga_start_wait_prints_the_id_and_the_outcome(stack: Stack) -> None:
+    done = await asyncio.to_thread(
+        soma, stack, "start", "three_steps", "{}", "--tenant", "acme", "--wait"
+    )
+    assert done.returncode == 0, done.stderr
+    saga_id, outcome = done.stdout.strip().splitlines()
+    assert json.loads(outcome)["state"] == "completed"
+    row = await queries.get_instance(stack.db, saga_id)
+    assert row is not None and row["tenant"] == "acme"
+
+
+async def test_saga_ls_and_show_report_state_and_history(stack: Stack) -> None:
+    saga_id = await stack.start("three_steps")
+    await stack.finished(saga_id)
+    listed = await asyncio.to_thread(
+        soma, stack, "ls", "--type", "three_steps", "--json", "--limit", "500"
+    )
+    assert saga_id in {json.loads(line)["id"] for line in listed.stdout.splitlines()}
+    shown = await asyncio.to_thread(soma, stack, "show", saga_id, "--json")
+    body = json.loads(shown.stdout)
+    assert body["saga"]["state"] == "completed"
+    assert [h["event"] for h in body["history"]][-1] == "completed"
+
+
+async def test_saga_signal_and_cancel_reach_the_instance(stack: Stack) -> None:
+    approved = await stack.start("approval")
+    cancelled = await stack.start("approval")
+    for saga_id in (approved, cancelled):
+        for _ in range(100):
+            row = await queries.get_instance(stack.db, saga_id)
+            if row and (row["waiting"] or {}).get("kind") == "signal":
+                break
+            await asyncio.sleep(0.05)
+    sent = await asyncio.to_thread(soma, stack, "signal", approved, "approve", '{"by": "ops"}')
+    assert sent.returncode == 0, sent.stderr
+    stopped = await asyncio.to_thread(soma, stack, "cancel", cancelled, "--reason", "test")
+    assert stopped.returncode == 0, stopped.stderr
+    assert (await stack.finished(approved))["result"] == {"approved_by": "ops"}
+    assert (await stack.finished(cancelled))["state"] == "compensated"
+
+
+async def test_saga_show_of_an_unknown_id_says_how_to_find_one(stack: Stack) -> None:
+    shown = await asyncio.to_thread(soma, stack, "show", "no-such-saga")
+    assert shown.returncode == 1
+    assert "soma saga ls" in shown.stderr
