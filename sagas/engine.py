@@ -99,14 +99,14 @@ class Engine:
 
     async def start(self, cmd: SagaStart, env: Envelope) -> SagaStarted:
         if cmd.id_reuse not in REUSE_POLICIES:
-            raise Rejected(f"id_reuse must be one of {', '.join(REUSE_POLICIES)}")
+            raise Rejected(f"invalid: id_reuse must be one of {', '.join(REUSE_POLICIES)}")
         if cmd.id_conflict not in CONFLICT_POLICIES:
-            raise Rejected(f"id_conflict must be one of {', '.join(CONFLICT_POLICIES)}")
+            raise Rejected(f"invalid: id_conflict must be one of {', '.join(CONFLICT_POLICIES)}")
         definition = self.registry.latest(cmd.saga_type)
         try:
             definition.decode_input(cmd.input)
         except (msgspec.ValidationError, TypeError) as exc:
-            raise Rejected(f"invalid input for {cmd.saga_type}: {exc}") from exc
+            raise Rejected(f"invalid: input for {cmd.saga_type}: {exc}") from exc
         saga_id = cmd.saga_id or env.message_id
         outcome: SagaStarted | None = None
 
@@ -128,14 +128,16 @@ class Engine:
                             saga_id=saga_id, saga_type=existing["type"], version=existing["version"]
                         )
                         return None
-                    raise Rejected(f"saga {saga_id} is already running (id_conflict=fail)")
+                    raise Rejected(
+                        f"conflict: saga {saga_id} is already running (id_conflict=fail)"
+                    )
                 allowed = cmd.id_reuse == "allow_duplicate" or (
                     cmd.id_reuse == "allow_duplicate_failed_only"
                     and existing["state"] in _FAILED_ENDS
                 )
                 if not allowed:
                     raise Rejected(
-                        f"saga {saga_id} already exists ({existing['state']}; "
+                        f"conflict: saga {saga_id} already exists ({existing['state']}; "
                         f"id_reuse={cmd.id_reuse})"
                     )
                 run_no = existing["run"] + 1
@@ -200,7 +202,9 @@ class Engine:
                 # Its start may be in flight on another delivery: retried, then dead-lettered.
                 raise SagaNotFound(f"no saga {saga_id} (yet)")
             if row["state"] in TERMINAL:
-                raise Rejected(f"saga {saga_id} has ended ({row['state']}); signal {name} dropped")
+                raise Rejected(
+                    f"conflict: saga {saga_id} has ended ({row['state']}); signal {name} dropped"
+                )
             change = Change()
             waiting = row["waiting"] or {}
             change.history.append(

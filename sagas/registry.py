@@ -26,7 +26,7 @@ class Registry:
             return self._latest[saga_type]
         except KeyError:
             known = ", ".join(sorted(self._latest)) or "none"
-            raise Rejected(f"unknown saga type {saga_type!r} (known: {known})") from None
+            raise Rejected(f"not_found: unknown saga type {saga_type!r} (known: {known})") from None
 
     def get(self, saga_type: str, version: int) -> Definition[Any]:
         try:

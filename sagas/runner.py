@@ -140,9 +140,7 @@ class Runner:
             try:
                 due = await self.engine.due(time.time())
                 if due:
-                    await asyncio.gather(
-                        *(self.wake(s) for s in due), return_exceptions=True
-                    )
+                    await asyncio.gather(*(self.wake(s) for s in due), return_exceptions=True)
             except Exception as exc:
                 log.warning("timer pass failed: %s", exc)
             await asyncio.sleep(TIMER_INTERVAL)

@@ -82,7 +82,7 @@ def build(settings: Settings, config: MemoryConfig | None = None) -> Service:
                 session=cmd.session,
             )
         except InvalidMemory as exc:
-            raise Rejected(str(exc)) from exc
+            raise Rejected(f"invalid: {exc}") from exc
         return MemoryRecalled(items=[memory.item() for memory in found])
 
     async def remember(cmd: MemoryStore, env: Envelope) -> MemoryStored:
@@ -103,7 +103,7 @@ def build(settings: Settings, config: MemoryConfig | None = None) -> Service:
                 at=at,
             )
         except InvalidMemory as exc:
-            raise Rejected(str(exc)) from exc
+            raise Rejected(f"invalid: {exc}") from exc
         return MemoryStored(turn_id=cmd.turn_id, created=created)
 
     async def add(cmd: MemoryAdd, env: Envelope) -> MemoryAdded:
@@ -112,11 +112,17 @@ def build(settings: Settings, config: MemoryConfig | None = None) -> Service:
         try:
             existed = await store.get(into, env.tenant, cmd.id) is not None
             await store.add(
-                into, env.tenant, cmd.text, id=cmd.id, user=cmd.user, session=cmd.session,
-                metadata=cmd.metadata, created_at=at,
+                into,
+                env.tenant,
+                cmd.text,
+                id=cmd.id,
+                user=cmd.user,
+                session=cmd.session,
+                metadata=cmd.metadata,
+                created_at=at,
             )
         except InvalidMemory as exc:
-            raise Rejected(str(exc)) from exc
+            raise Rejected(f"invalid: {exc}") from exc
         return MemoryAdded(id=cmd.id, created=not existed)
 
     async def delete(cmd: MemoryDelete, env: Envelope) -> MemoryDeleted:
@@ -126,16 +132,16 @@ def build(settings: Settings, config: MemoryConfig | None = None) -> Service:
                 into, env.tenant, cmd.ids, user=cmd.user, session=cmd.session
             )
         except InvalidMemory as exc:
-            raise Rejected(str(exc)) from exc
+            raise Rejected(f"invalid: {exc}") from exc
         return MemoryDeleted(deleted=deleted)
 
     async def embed(cmd: MemoryEmbed, env: Envelope) -> MemoryEmbedded:
         into, _ = opened.require()
         if not cmd.texts:
-            raise Rejected("texts must not be empty")
+            raise Rejected("invalid: texts must not be empty")
         if cmd.model and cmd.model != into.embedder.name:
             raise Rejected(
-                f"embedding model {cmd.model!r} is not served here; this memory service "
+                f"not_found: embedding model {cmd.model!r} is not served here; this memory service "
                 f"embeds with {into.embedder.name!r}"
             )
         vectors_ = await into.embedder.embed(cmd.texts)

@@ -1,0 +1,210 @@
+"""The gateway's composition root: ``create_app(settings)`` builds the FastAPI app whose lifespan
+opens the bus connection, Redis and the database engine; ``serve(settings)`` runs it (``soma run
+gateway``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import sqlalchemy as sa
+import uvicorn
+from fastapi import FastAPI
+from redis.asyncio import Redis
+
+from bus.connection import connect
+from bus.request import Requester
+from bus.streams import provision
+from gateway import errors
+from gateway.auth import ApiKeyCache, Authenticator
+from gateway.body_limit import BodyLimitMiddleware
+from gateway.config import GatewayConfig
+from gateway.context import Gateway
+from gateway.dispatch import Dispatch
+from gateway.idempotency import IdempotencyMiddleware, LocalStore, RedisStore
+from gateway.limits import LocalWindows, RateLimiter, RedisWindows
+from gateway.metrics import MetricsMiddleware
+from gateway.model_list import ModelList
+from gateway.routes import (
+    admin,
+    auth,
+    chat,
+    embeddings,
+    health,
+    memory,
+    models,
+    tasks,
+    tools,
+    usage,
+)
+from gateway.tokens import TokenRules, TokenVerifier
+from schemas.identity import (
+    SYSTEM_TENANT,
+    IdentityJwks,
+    IdentityJwksPublished,
+    IdentityKeyVerified,
+    IdentityRevocations,
+    IdentityRevocationsListed,
+    IdentityVerifyKey,
+    Revocation,
+)
+from schemas.models import ModelInfo, SlmListModels, SlmModelsListed
+from soma.db import make_engine
+from soma.settings import Settings
+
+log = logging.getLogger("soma.gateway")
+
+# Shutdown must end: a stuck close (a broker gone away) is logged and skipped.
+_CLOSE_TIMEOUT = 5.0
+
+DESCRIPTION = (
+    "OpenAI-compatible chat completions, embeddings and models, plus agent tasks, memory, "
+    "tools, usage, tokens and administration. Every request is a command on the Soma bus. "
+    "Authenticate with `Authorization: Bearer <API key or access token>`. Errors always have "
+    'the shape `{"error": {"message", "type", "param", "code"}}`.'
+)
+
+
+def _verifier(dispatch: Dispatch, config: GatewayConfig) -> TokenVerifier:
+    async def fetch_keys() -> list[dict[str, Any]]:
+        published = await dispatch.ask(IdentityJwks(), IdentityJwksPublished, tenant=SYSTEM_TENANT)
+        return published.keys
+
+    async def fetch_revocations(since: float | None) -> tuple[list[Revocation], float]:
+        listed = await dispatch.ask(
+            IdentityRevocations(since=since), IdentityRevocationsListed, tenant=SYSTEM_TENANT
+        )
+        return listed.revocations, listed.as_of
+
+    return TokenVerifier(
+        TokenRules(config.jwt_issuer, config.jwt_audience, config.jwt_leeway),
+        fetch_keys,
+        fetch_revocations,
+        keys_every=config.jwks_refresh,
+        miss_interval=config.jwks_miss_interval,
+        revocations_every=config.revocations_poll,
+        revocations_max_age=config.revocations_max_age,
+    )
+
+
+async def _build(settings: Settings, config: GatewayConfig) -> tuple[Gateway, list[Any]]:
+    """Everything the routes use; the second value lists what to close, in order."""
+    nc = await connect(settings.nats_url or "nats://127.0.0.1:4222", "soma-gateway")
+    js = nc.jetstream()
+    await provision(js, settings)
+    requester = Requester(nc, js)
+    await requester.start()
+    dispatch = Dispatch(nc, js, requester, config.bus_timeout)
+
+    redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+    windows = RedisWindows(redis) if redis is not None else LocalWindows()
+    store = RedisStore(redis, config.redis_prefix) if redis is not None else LocalStore()
+
+    async def verify_key(key_id: str, secret_sha256: str) -> IdentityKeyVerified:
+        return await dispatch.ask(
+            IdentityVerifyKey(key_id=key_id, secret_sha256=secret_sha256),
+            IdentityKeyVerified,
+            tenant=SYSTEM_TENANT,
+        )
+
+    async def fetch_models() -> list[ModelInfo]:
+        listed = await dispatch.ask(SlmListModels(), SlmModelsListed, tenant=SYSTEM_TENANT)
+        return listed.models
+
+    verifier = _verifier(dispatch, config)
+    engine = make_engine(settings.resolved_database_url())
+
+    async def nats_ok() -> bool:
+        return bool(nc.is_connected)
+
+    async def database_ok() -> bool:
+        async with engine.connect() as conn:
+            return (await conn.execute(sa.text("SELECT 1"))).scalar() == 1
+
+    checks: dict[str, Callable[[], Awaitable[bool]]] = {"nats": nats_ok, "database": database_ok}
+    if redis is not None:
+        redis_client = redis
+
+        async def redis_ok() -> bool:
+            return bool(await redis_client.ping())
+
+        checks["redis"] = redis_ok
+
+    gateway = Gateway(
+        settings=settings,
+        config=config,
+        dispatch=dispatch,
+        authenticator=Authenticator(verifier, ApiKeyCache(verify_key, config.api_key_cache)),
+        limiter=RateLimiter(windows, config),
+        idempotency=store,
+        models=ModelList(fetch_models, config.models_cache, config.jwks_miss_interval),
+        ready_checks=checks,
+    )
+    await verifier.prime()
+    verifier.start()
+    return gateway, [
+        verifier.stop,
+        requester.close,
+        nc.drain,
+        engine.dispose,
+        *([redis.aclose] if redis is not None else []),
+    ]
+
+
+def create_app(settings: Settings, config: GatewayConfig | None = None) -> FastAPI:
+    config = config or GatewayConfig()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        gateway, closers = await _build(settings, config)
+        app.state.gateway = gateway
+        try:
+            yield
+        finally:
+            for close in closers:
+                try:
+                    await asyncio.wait_for(close(), _CLOSE_TIMEOUT)
+                except Exception as exc:
+                    name = getattr(close, "__qualname__", repr(close))
+                    log.warning("closing the gateway: %s: %r", name, exc)
+
+    app = FastAPI(
+        title="Soma Agent Hub",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    for module in (chat, models, embeddings, tasks, memory, tools, usage, auth, admin, health):
+        app.include_router(module.router)
+    # Added inside out: metrics see everything, the body limit guards what idempotency reads.
+    app.add_middleware(IdempotencyMiddleware, gateway_state=app.state)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    app.add_middleware(MetricsMiddleware)
+    return app
+
+
+async def serve(settings: Settings) -> None:
+    """Run the gateway on ``SOMA_HTTP_HOST:SOMA_HTTP_PORT`` until SIGINT/SIGTERM or until
+    cancelled; either way open requests finish and the lifespan closes its connections."""
+    app = create_app(settings)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.http_host,
+            port=settings.http_port,
+            log_level="info",
+            server_header=False,
+        )
+    )
+    running = asyncio.create_task(server.serve())
+    try:
+        await asyncio.shield(running)
+    except asyncio.CancelledError:
+        server.should_exit = True
+        await running
+        raise

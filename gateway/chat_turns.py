@@ -1,0 +1,258 @@
+"""A chat completion as a ``chat_turn`` saga: the request turned into its input, the saga started
+with its id as correlation id, and its end (``sagas.finished``) turned into an answer or an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import msgspec
+
+from bus.publish import envelope_for, publish
+from bus.request import Reply
+from gateway.auth import Principal
+from gateway.dispatch import Dispatch
+from gateway.errors import ApiError, model_not_found, unavailable
+from gateway.openai_bodies import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionRequest,
+    Choice,
+    FunctionCallOut,
+    ToolCallOut,
+    UsageOut,
+)
+from schemas.chat import ChatTurnInput, ChatTurnResult
+from schemas.common import CommandFailed
+from schemas.sagas import SagaCancel, SagaFinished, SagaStart
+from schemas.slm import ChatMessage, ToolCall, ToolSpec
+
+log = logging.getLogger("soma.gateway.chat")
+
+SAGA_TYPE = "chat_turn"
+
+
+def _text(content: Any, index: int) -> str | None:
+    if content is None or isinstance(content, str):
+        return content
+    texts = []
+    for part in content:
+        if part.type != "text" or part.text is None:
+            raise ApiError(
+                400,
+                f"Content parts of type '{part.type}' are not supported; send text parts.",
+                param=f"messages[{index}].content",
+                code="unsupported_content",
+            )
+        texts.append(part.text)
+    return "".join(texts)
+
+
+def _messages(body: ChatCompletionRequest) -> list[ChatMessage]:
+    out = []
+    for i, m in enumerate(body.messages):
+        if m.role == "tool" and not m.tool_call_id:
+            raise ApiError(
+                400,
+                "Messages with role 'tool' must have a 'tool_call_id'.",
+                param=f"messages[{i}].tool_call_id",
+                code="missing_required_parameter",
+            )
+        calls = None
+        if m.tool_calls:
+            if m.role != "assistant":
+                raise ApiError(
+                    400,
+                    "Only assistant messages may carry 'tool_calls'.",
+                    param=f"messages[{i}].tool_calls",
+                )
+            calls = [
+                ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments)
+                for c in m.tool_calls
+            ]
+        out.append(
+            ChatMessage(
+                role="system" if m.role == "developer" else m.role,
+                content=_text(m.content, i),
+                name=m.name,
+                tool_call_id=m.tool_call_id,
+                tool_calls=calls,
+            )
+        )
+    return out
+
+
+def turn_input(body: ChatCompletionRequest, principal: Principal) -> ChatTurnInput:
+    tools = [
+        ToolSpec(
+            name=t.function.name,
+            description=t.function.description or "",
+            parameters=t.function.parameters or {},
+        )
+        for t in body.tools or []
+    ]
+    choice = body.tool_choice
+    if choice is not None and not isinstance(choice, str):
+        if choice.function.name not in {t.name for t in tools}:
+            raise ApiError(
+                400,
+                f"tool_choice names '{choice.function.name}', which is not in 'tools'.",
+                param="tool_choice",
+            )
+    stop = [body.stop] if isinstance(body.stop, str) else body.stop
+    if stop is not None and len(stop) > 4:
+        raise ApiError(400, "'stop' takes at most 4 sequences.", param="stop")
+    return ChatTurnInput(
+        model=body.model,
+        messages=_messages(body),
+        tools=tools,
+        tool_choice=choice if choice is None or isinstance(choice, str) else choice.model_dump(),
+        temperature=body.temperature,
+        max_tokens=body.max_completion_tokens or body.max_tokens,
+        stop=stop,
+        seed=body.seed,
+        response_format=body.response_format.model_dump(exclude_none=True)
+        if body.response_format
+        else None,
+        user=body.user,
+        session=body.session,
+        stream=bool(body.stream),
+        role=principal.role or "user",
+        key_id=principal.key_id,
+        use_memory=body.use_memory,
+    )
+
+
+async def start(
+    dispatch: Dispatch, principal: Principal, turn: ChatTurnInput, saga_id: str
+) -> None:
+    """Publish the saga start; the caller already watches ``saga_id`` so no event is missed."""
+    command = SagaStart(saga_type=SAGA_TYPE, saga_id=saga_id, input=msgspec.to_builtins(turn))
+    env = envelope_for(
+        command, tenant=principal.tenant, actor=principal.user, correlation_id=saga_id
+    )
+    try:
+        await publish(dispatch.js, command, env)
+    except Exception as exc:
+        log.warning("starting chat turn %s failed: %s", saga_id, exc)
+        raise unavailable("The message bus is not reachable.") from exc
+
+
+async def cancel(dispatch: Dispatch, principal: Principal, saga_id: str, reason: str) -> None:
+    command = SagaCancel(saga_id=saga_id, reason=reason)
+    env = envelope_for(
+        command, tenant=principal.tenant, actor=principal.user, correlation_id=saga_id
+    )
+    with contextlib.suppress(Exception):
+        await publish(dispatch.js, command, env)
+
+
+def is_end(reply: Reply, saga_id: str) -> bool:
+    """The saga's own end, or the refusal of its start; other services' ``failed`` events of the
+    same correlation are steps the saga handles itself (retries, fallbacks)."""
+    if isinstance(reply.payload, SagaFinished):
+        return reply.payload.saga_id == saga_id
+    return isinstance(reply.payload, CommandFailed) and reply.payload.command == "sagas.start"
+
+
+def failure_error(text: str, model: str) -> ApiError:
+    head, sep, rest = text.partition(":")
+    code = head.strip() if sep else ""
+    lowered = text.lower()
+    if (code == "not_found" and "model" in lowered) or "unknown model" in lowered:
+        return model_not_found(model)
+    if code == "invalid":
+        return ApiError(400, rest.strip() or "The request was refused.", code="invalid_value")
+    return ApiError(
+        502,
+        "The model backend failed to complete the request.",
+        type="server_error",
+        code="upstream_error",
+    )
+
+
+def outcome(reply: Reply, model: str) -> ChatTurnResult:
+    """The turn's result, or the ``ApiError`` its end stands for."""
+    payload = reply.payload
+    if isinstance(payload, CommandFailed):
+        log.warning("chat turn refused: %s", payload.error)
+        raise failure_error(payload.error, model)
+    assert isinstance(payload, SagaFinished)
+    if payload.state != "completed" or payload.result is None:
+        log.warning("chat turn %s ended %s: %s", payload.saga_id, payload.state, payload.error)
+        raise failure_error(payload.error or payload.state, model)
+    try:
+        return msgspec.convert(payload.result, ChatTurnResult)
+    except msgspec.ValidationError as exc:
+        log.error("chat turn %s result does not match ChatTurnResult: %s", payload.saga_id, exc)
+        raise failure_error("malformed result", model) from exc
+
+
+def policy_denial(result: ChatTurnResult) -> ApiError | None:
+    if result.finish_reason != "content_filter" or result.policy is None:
+        return None
+    reasons = "; ".join(result.policy.reasons) or "the content policy"
+    return ApiError(
+        400,
+        f"The request was refused by policy: {reasons}.",
+        code="content_filter",
+        param="messages",
+    )
+
+
+async def run(
+    dispatch: Dispatch, principal: Principal, turn: ChatTurnInput, saga_id: str, timeout: float
+) -> ChatTurnResult:
+    async with dispatch.requester.watching(saga_id) as events:
+        await start(dispatch, principal, turn, saga_id)
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    reply = await events.get()
+                    if is_end(reply, saga_id):
+                        break
+        except TimeoutError:
+            await cancel(dispatch, principal, saga_id, "the caller's request timed out")
+            raise ApiError(
+                504, "The chat turn did not finish in time.", type="server_error", code="timeout"
+            ) from None
+    return outcome(reply, turn.model)
+
+
+def tool_calls_out(calls: list[ToolCall] | None) -> list[ToolCallOut] | None:
+    if not calls:
+        return None
+    return [
+        ToolCallOut(id=c.id, function=FunctionCallOut(name=c.name, arguments=c.arguments))
+        for c in calls
+    ]
+
+
+def usage_out(result: ChatTurnResult) -> UsageOut:
+    u = result.usage
+    return UsageOut(
+        prompt_tokens=u.prompt_tokens,
+        completion_tokens=u.completion_tokens,
+        total_tokens=u.prompt_tokens + u.completion_tokens,
+    )
+
+
+def completion(result: ChatTurnResult, saga_id: str, model: str) -> ChatCompletion:
+    message = AssistantMessage(
+        content=result.message.content, tool_calls=tool_calls_out(result.message.tool_calls)
+    )
+    return ChatCompletion(
+        id=completion_id(saga_id),
+        created=int(time.time()),
+        model=result.model or model,
+        choices=[Choice(message=message, finish_reason=result.finish_reason)],
+        usage=usage_out(result),
+    )
+
+
+def completion_id(saga_id: str) -> str:
+    return f"chatcmpl-{saga_id}"

@@ -1,0 +1,46 @@
+"""Gateway limits and timings, from ``SOMA_*`` environment variables.
+
+Kept apart from ``soma.settings`` because only the gateway reads them; connection URLs
+(``NATS_URL``, ``REDIS_URL``, ``DATABASE_URL``) and the listen address stay there.
+A rate of 0 means "no limit".
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GatewayConfig(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True)
+
+    # Requests and tokens per minute, per API key (or token session) and per tenant.
+    rate_rpm: int = Field(default=600, ge=0, alias="SOMA_RATE_RPM")
+    rate_tenant_rpm: int = Field(default=6000, ge=0, alias="SOMA_RATE_TENANT_RPM")
+    rate_tpm: int = Field(default=200_000, ge=0, alias="SOMA_RATE_TPM")
+    rate_tenant_tpm: int = Field(default=2_000_000, ge=0, alias="SOMA_RATE_TENANT_TPM")
+    # Namespaces the gateway's Redis keys, so several deployments can share one Redis.
+    redis_prefix: str = Field(default="soma:gateway:", alias="SOMA_REDIS_PREFIX")
+
+    # Access tokens: what the identity service signs, and the clock skew tolerated.
+    jwt_issuer: str = Field(default="soma", alias="SOMA_JWT_ISSUER")
+    jwt_audience: str = Field(default="soma-gateway", alias="SOMA_JWT_AUDIENCE")
+    jwt_leeway: float = Field(default=5, ge=0, alias="SOMA_JWT_LEEWAY_SECONDS")
+    jwks_refresh: float = Field(default=30, gt=0, alias="SOMA_JWKS_REFRESH_SECONDS")
+    # An unknown ``kid`` triggers a key-set fetch, at most this often.
+    jwks_miss_interval: float = Field(default=5, ge=0, alias="SOMA_JWKS_MISS_SECONDS")
+    revocations_poll: float = Field(default=2, gt=0, alias="SOMA_REVOCATIONS_POLL_SECONDS")
+    # Past this age of the last revocation snapshot, access tokens are refused (fail closed);
+    # 0 accepts tokens whatever the snapshot's age.
+    revocations_max_age: float = Field(default=300, ge=0, alias="SOMA_REVOCATIONS_MAX_AGE")
+    # How long an API key verdict is reused; a revoked key stops working within this time.
+    api_key_cache: float = Field(default=5, ge=0, le=5, alias="SOMA_API_KEY_CACHE_SECONDS")
+
+    max_body_bytes: int = Field(default=1_048_576, gt=0, alias="SOMA_MAX_BODY_BYTES")
+    # A bus round trip to a handler, and a whole chat turn or task start.
+    bus_timeout: float = Field(default=10, gt=0, alias="SOMA_BUS_TIMEOUT")
+    chat_timeout: float = Field(default=300, gt=0, alias="SOMA_CHAT_TIMEOUT")
+    # SSE comment lines keep idle proxies from closing a quiet stream.
+    stream_keepalive: float = Field(default=15, gt=0, alias="SOMA_STREAM_KEEPALIVE_SECONDS")
+    models_cache: float = Field(default=30, ge=0, alias="SOMA_MODELS_CACHE_SECONDS")
+    idempotency_ttl: float = Field(default=86400, gt=0, alias="SOMA_IDEMPOTENCY_TTL")

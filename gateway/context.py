@@ -1,0 +1,53 @@
+"""What every route needs, built once per process in the app's lifespan, and the dependency that
+turns a request into an authorised, rate-limited ``Principal``."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from fastapi import Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from gateway.auth import Authenticator, Principal, authorize
+from gateway.config import GatewayConfig
+from gateway.dispatch import Dispatch
+from gateway.idempotency import Store
+from gateway.limits import RateLimiter
+from gateway.model_list import ModelList
+from soma.settings import Settings
+
+bearer = HTTPBearer(auto_error=False, description="An API key (sk-soma-…) or an access token")
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    config: GatewayConfig
+    dispatch: Dispatch
+    authenticator: Authenticator
+    limiter: RateLimiter
+    idempotency: Store
+    models: ModelList
+    ready_checks: dict[str, Callable[[], Awaitable[bool]]] = field(default_factory=dict)
+
+
+def gateway_of(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+def caller(area: str) -> Callable[..., Awaitable[Principal]]:
+    """Dependency: authenticate, check the role for ``area``, count the request."""
+
+    async def resolve(
+        request: Request,
+        _: HTTPAuthorizationCredentials | None = Security(bearer),
+    ) -> Principal:
+        gateway = gateway_of(request)
+        principal = await gateway.authenticator.authenticate(request.headers.get("authorization"))
+        authorize(principal, area)
+        await gateway.limiter.admit_request(principal)
+        return principal
+
+    return resolve

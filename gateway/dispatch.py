@@ -1,0 +1,146 @@
+"""The gateway's only way to the handlers: publish a command, await its reply event.
+
+A ``<service>.failed`` reply is a refusal. Handlers start its ``error`` with a code
+(``not_found:``, ``conflict:``, ``invalid:``, ``unauthenticated:``, ``forbidden:``) that decides
+the HTTP status; see CONTRACTS.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TypeVar
+
+import msgspec
+from nats.aio.client import Client
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+
+from bus.errors import RequestTimeout
+from bus.publish import envelope_for, publish
+from bus.request import Requester
+from gateway.errors import ApiError, unavailable
+from schemas.catalogue import of_type
+from schemas.common import CommandFailed
+
+log = logging.getLogger("soma.gateway.dispatch")
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+_STATUS = {
+    "not_found": (404, "not_found"),
+    "conflict": (409, "conflict"),
+    "invalid": (400, "invalid_value"),
+    "unauthenticated": (401, "invalid_api_key"),
+    "forbidden": (403, "insufficient_permissions"),
+}
+
+
+class Refused(Exception):
+    """A handler answered ``<service>.failed``."""
+
+    def __init__(self, failure: CommandFailed) -> None:
+        super().__init__(failure.error)
+        self.failure = failure
+
+    @property
+    def code(self) -> str:
+        head, sep, _ = self.failure.error.partition(":")
+        return head.strip() if sep and head.strip() in _STATUS else ""
+
+    @property
+    def detail(self) -> str:
+        return self.failure.error.partition(":")[2].strip() if self.code else self.failure.error
+
+
+def refusal_error(refused: Refused) -> ApiError:
+    """What a caller sees of a refusal: its coded status and the handler's sentence."""
+    status, code = _STATUS.get(refused.code, (400, "invalid_value"))
+    if status == 401:
+        return ApiError(401, "The credentials were not accepted.", code=code)
+    return ApiError(
+        status,
+        refused.detail or "The request was refused.",
+        type="permission_error" if status == 403 else "invalid_request_error",
+        code=code,
+    )
+
+
+@dataclass
+class Dispatch:
+    nc: Client
+    js: JetStreamContext
+    requester: Requester
+    timeout: float
+
+    async def ask(
+        self,
+        command: msgspec.Struct,
+        reply: type[T],
+        *,
+        tenant: str,
+        actor: str = "gateway",
+        timeout: float | None = None,
+        correlation_id: str | None = None,
+    ) -> T:
+        """The reply event, ``Refused`` for a failed event, ``ApiError(503)`` for no answer."""
+        expect = of_type(reply).name
+        try:
+            _, answer = await self.requester.request(
+                command,
+                tenant=tenant,
+                expect={expect},
+                timeout=timeout or self.timeout,
+                actor=actor,
+                correlation_id=correlation_id,
+            )
+        except RequestTimeout as exc:
+            log.warning("%s", exc)
+            raise unavailable() from exc
+        except (NatsError, TimeoutError, ConnectionError) as exc:
+            log.warning("publishing %s failed: %s", type(command).__name__, exc)
+            raise unavailable("The message bus is not reachable.") from exc
+        if isinstance(answer.payload, CommandFailed):
+            raise Refused(answer.payload)
+        if not isinstance(answer.payload, reply):
+            raise unavailable(f"Unexpected reply {answer.schema}.")
+        return answer.payload
+
+    async def call(
+        self,
+        command: msgspec.Struct,
+        reply: type[T],
+        *,
+        tenant: str,
+        actor: str = "gateway",
+        timeout: float | None = None,
+        correlation_id: str | None = None,
+    ) -> T:
+        """``ask`` with a refusal turned into the caller's HTTP error."""
+        try:
+            return await self.ask(
+                command,
+                reply,
+                tenant=tenant,
+                actor=actor,
+                timeout=timeout,
+                correlation_id=correlation_id,
+            )
+        except Refused as refused:
+            raise refusal_error(refused) from refused
+
+    async def send(
+        self,
+        command: msgspec.Struct,
+        *,
+        tenant: str,
+        actor: str = "gateway",
+        correlation_id: str | None = None,
+    ) -> None:
+        """Publish without waiting for an outcome (signals and cancellations)."""
+        env = envelope_for(command, tenant=tenant, actor=actor, correlation_id=correlation_id)
+        try:
+            await publish(self.js, command, env)
+        except Exception as exc:
+            log.warning("publishing %s failed: %s", type(command).__name__, exc)
+            raise unavailable("The message bus is not reachable.") from exc

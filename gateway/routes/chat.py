@@ -1,0 +1,63 @@
+"""``POST /v1/chat/completions``: OpenAI-compatible, streamed or not, tools included."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from gateway import chat_turns
+from gateway.auth import Principal
+from gateway.context import caller, gateway_of
+from gateway.openai_bodies import ERRORS, ChatCompletion, ChatCompletionRequest
+from gateway.streaming import ChatStream, SseResponse
+from schemas.envelope import new_id
+
+router = APIRouter(tags=["openai"])
+
+_STREAM_DOC = {
+    "description": "A completion; with `stream: true`, `text/event-stream` of "
+    "`chat.completion.chunk` objects ending with `data: [DONE]`.",
+    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+}
+
+
+@router.post(
+    "/v1/chat/completions",
+    response_model=ChatCompletion,
+    responses={**ERRORS, 200: _STREAM_DOC},
+    summary="Create a chat completion",
+)
+async def create_chat_completion(
+    body: ChatCompletionRequest,
+    request: Request,
+    principal: Annotated[Principal, Depends(caller("chat"))],
+) -> ChatCompletion | Response:
+    gateway = gateway_of(request)
+    await gateway.limiter.admit_tokens(principal)
+    await gateway.models.require(body.model, principal)
+    turn = chat_turns.turn_input(body, principal)
+    saga_id = new_id()
+    config = gateway.config
+    if body.stream:
+        stream = ChatStream(
+            gateway.dispatch,
+            gateway.limiter,
+            principal,
+            turn,
+            saga_id,
+            include_usage=bool(body.stream_options and body.stream_options.include_usage),
+            timeout=config.chat_timeout,
+            keepalive=config.stream_keepalive,
+        )
+        await stream.open()
+        return SseResponse(stream)
+    result = await chat_turns.run(gateway.dispatch, principal, turn, saga_id, config.chat_timeout)
+    await gateway.limiter.record_tokens(
+        principal, result.usage.prompt_tokens + result.usage.completion_tokens
+    )
+    denial = chat_turns.policy_denial(result)
+    if denial is not None:
+        raise denial
+    return chat_turns.completion(result, saga_id, body.model)

@@ -1,0 +1,180 @@
+"""Memory: add, search and delete memories of the caller's tenant.
+
+Members and users reach only their own memories; admins and services may name any ``user`` of
+their tenant. The tenant itself always comes from the credential, never from the request.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.auth import Principal
+from gateway.context import caller, gateway_of
+from gateway.errors import forbidden, not_found
+from gateway.openai_bodies import ERRORS
+from schemas.envelope import new_id
+from schemas.memories import MemoryAdd, MemoryAdded, MemoryDelete, MemoryDeleted
+from schemas.memory import MemoryRecall, MemoryRecalled
+
+router = APIRouter(tags=["memory"])
+
+_ID = r"^[A-Za-z0-9_.:-]{1,128}$"
+_ANY_USER = frozenset({"admin", "service"})
+
+
+def _user(principal: Principal, requested: str | None) -> str:
+    if requested is None or requested == principal.user:
+        return principal.user
+    if _ANY_USER & set(principal.roles):
+        return requested
+    raise forbidden("You may only reach your own memories.")
+
+
+class MemoryCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(min_length=1, max_length=100_000)
+    id: str | None = Field(default=None, pattern=_ID)
+    user: str | None = Field(default=None, max_length=200)
+    session: str | None = Field(default=None, max_length=200)
+    metadata: dict[str, Any] = {}
+
+
+class MemoryCreated(BaseModel):
+    id: str
+    object: Literal["memory"] = "memory"
+    created: bool
+
+
+class MemorySearch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    query: str = Field(min_length=1, max_length=10_000)
+    user: str | None = Field(default=None, max_length=200)
+    session: str | None = Field(default=None, max_length=200)
+    top_k: int = Field(default=5, ge=1, le=100)
+
+
+class MemoryHit(BaseModel):
+    id: str
+    text: str
+    score: float
+    user: str | None = None
+    session: str | None = None
+    metadata: dict[str, Any] = {}
+
+
+class MemoryHits(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[MemoryHit]
+
+
+class MemoryRemoved(BaseModel):
+    object: Literal["memory.deleted"] = "memory.deleted"
+    deleted: int
+
+
+@router.post(
+    "/v1/memory",
+    response_model=MemoryCreated,
+    status_code=201,
+    responses=ERRORS,
+    summary="Add a memory",
+)
+async def add_memory(
+    body: MemoryCreate,
+    request: Request,
+    principal: Annotated[Principal, Depends(caller("memory"))],
+) -> MemoryCreated:
+    added = await gateway_of(request).dispatch.call(
+        MemoryAdd(
+            id=body.id or new_id(),
+            text=body.text,
+            user=_user(principal, body.user),
+            session=body.session,
+            metadata=body.metadata,
+        ),
+        MemoryAdded,
+        tenant=principal.tenant,
+        actor=principal.user,
+    )
+    return MemoryCreated(id=added.id, created=added.created)
+
+
+@router.post(
+    "/v1/memory/search", response_model=MemoryHits, responses=ERRORS, summary="Search memories"
+)
+async def search_memory(
+    body: MemorySearch,
+    request: Request,
+    principal: Annotated[Principal, Depends(caller("memory"))],
+) -> MemoryHits:
+    found = await gateway_of(request).dispatch.call(
+        MemoryRecall(
+            query=body.query,
+            user=_user(principal, body.user),
+            session=body.session,
+            top_k=body.top_k,
+        ),
+        MemoryRecalled,
+        tenant=principal.tenant,
+        actor=principal.user,
+    )
+    return MemoryHits(
+        data=[
+            MemoryHit(
+                id=i.id,
+                text=i.text,
+                score=i.score,
+                user=i.user,
+                session=i.session,
+                metadata=i.metadata,
+            )
+            for i in found.items
+        ]
+    )
+
+
+@router.delete(
+    "/v1/memory/{memory_id}",
+    response_model=MemoryRemoved,
+    responses=ERRORS,
+    summary="Delete a memory",
+)
+async def delete_memory(
+    memory_id: str,
+    request: Request,
+    principal: Annotated[Principal, Depends(caller("memory"))],
+) -> MemoryRemoved:
+    own = None if _ANY_USER & set(principal.roles) else principal.user
+    deleted = await gateway_of(request).dispatch.call(
+        MemoryDelete(ids=[memory_id], user=own),
+        MemoryDeleted,
+        tenant=principal.tenant,
+        actor=principal.user,
+    )
+    if deleted.deleted == 0:
+        raise not_found(f"No memory with id '{memory_id}'.", param="memory_id")
+    return MemoryRemoved(deleted=deleted.deleted)
+
+
+@router.delete(
+    "/v1/memory",
+    response_model=MemoryRemoved,
+    responses=ERRORS,
+    summary="Delete every memory of a user (and session)",
+)
+async def delete_memories(
+    request: Request,
+    principal: Annotated[Principal, Depends(caller("memory"))],
+    user: Annotated[str | None, Query(max_length=200)] = None,
+    session: Annotated[str | None, Query(max_length=200)] = None,
+) -> MemoryRemoved:
+    deleted = await gateway_of(request).dispatch.call(
+        MemoryDelete(ids=None, user=_user(principal, user), session=session),
+        MemoryDeleted,
+        tenant=principal.tenant,
+        actor=principal.user,
+    )
+    return MemoryRemoved(deleted=deleted.deleted)

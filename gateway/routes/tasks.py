@@ -1,0 +1,251 @@
+"""Agent tasks: long-running ``agent_task`` sagas started, inspected, signalled and cancelled.
+
+Another tenant's task is not found: every query carries the caller's tenant and the saga store
+answers only within it. Signals and cancellations are sent after such a query, so they too reach
+only the caller's own tasks.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+import msgspec
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.auth import Principal
+from gateway.context import Gateway, caller, gateway_of
+from gateway.errors import ApiError, not_found
+from gateway.openai_bodies import ERRORS
+from schemas.envelope import new_id
+from schemas.saga_queries import SagaInfo, SagaList, SagaListed, SagaQueried, SagaQuery
+from schemas.sagas import SagaCancel, SagaSignal, SagaStart, SagaStarted
+from schemas.tasks import AgentTaskInput
+
+router = APIRouter(tags=["tasks"])
+
+SAGA_TYPE = "agent_task"
+ENDED = frozenset({"completed", "failed", "compensated", "compensation_failed", "cancelled"})
+_ID = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class TaskCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    input: dict[str, Any] = Field(
+        description="The agent_task saga's input: `goal` (required), `model`, `max_steps`, "
+        "`tools`, `require_approval`, `approval_timeout`, `user`.",
+        json_schema_extra={"example": {"goal": "Summarise this week's incidents"}},
+    )
+    id: str | None = Field(
+        default=None, pattern=_ID, description="Your own id; starting it twice is refused."
+    )
+
+
+class TaskStep(BaseModel):
+    at: float
+    kind: str
+    detail: str = ""
+
+
+class Task(BaseModel):
+    id: str
+    object: Literal["task"] = "task"
+    type: str
+    state: str
+    version: int = 1
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    input: dict[str, Any] = {}
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    waiting_for: list[str] = []
+    history: list[TaskStep] | None = None
+
+
+class TaskList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Task]
+    next_cursor: str | None = None
+
+
+class Signal(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=100)
+    payload: dict[str, Any] = {}
+
+
+class Cancel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(default="", max_length=1000)
+
+
+class Accepted(BaseModel):
+    id: str
+    object: Literal["task"] = "task"
+    accepted: bool = True
+    state: str
+
+
+_AT = re.compile(r" - at `\$\.?(.*)`$")
+_MISSING = re.compile(r"missing required field `([^`]+)`")
+
+
+def _checked_input(raw: dict[str, Any]) -> None:
+    """Refuse an input the saga would refuse, with the field named, before anything starts."""
+    try:
+        msgspec.convert(raw, AgentTaskInput)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        at = _AT.search(text)
+        path = ["input", *([at.group(1)] if at and at.group(1) else [])]
+        missing = _MISSING.search(text)
+        if missing:
+            path.append(missing.group(1))
+        param = ".".join(path).replace(".[", "[")
+        raise ApiError(400, f"Invalid task input: {_AT.sub('', text)}.", param=param) from exc
+
+
+def _task(info: SagaInfo, with_history: bool = False) -> Task:
+    return Task(
+        id=info.saga_id,
+        type=info.saga_type,
+        state=info.state,
+        version=info.version,
+        created_at=info.created_at,
+        updated_at=info.updated_at,
+        input=info.input,
+        result=info.result,
+        error=info.error,
+        waiting_for=info.waiting_for,
+        history=[TaskStep(at=s.at, kind=s.kind, detail=s.detail) for s in info.history]
+        if with_history
+        else None,
+    )
+
+
+async def _find(gateway: Gateway, principal: Principal, task_id: str, history: bool) -> SagaInfo:
+    answer = await gateway.dispatch.call(
+        SagaQuery(saga_id=task_id, include_history=history),
+        SagaQueried,
+        tenant=principal.tenant,
+        actor=principal.user,
+    )
+    if answer.saga is None or answer.saga.saga_type != SAGA_TYPE:
+        raise not_found(f"No task with id '{task_id}'.", param="task_id")
+    return answer.saga
+
+
+@router.post(
+    "/v1/tasks", response_model=Task, status_code=202, responses=ERRORS, summary="Start a task"
+)
+async def create_task(
+    body: TaskCreate,
+    request: Request,
+    principal: Annotated[Principal, Depends(caller("tasks"))],
+) -> Task:
+    gateway = gateway_of(request)
+    _checked_input(body.input)
+    task_id = body.id or new_id()
+    started = await gateway.dispatch.call(
+        SagaStart(saga_type=SAGA_TYPE, saga_id=task_id, input=body.input),
+        SagaStarted,
+        tenant=principal.tenant,
+        actor=principal.user,
+        correlation_id=task_id,
+    )
+    # The stored instance, for its real timestamps and state (it may have moved on already).
+    answer = await gateway.dispatch.call(
+        SagaQuery(saga_id=started.saga_id),
+        SagaQueried,
+        tenant=principal.tenant,
+        actor=principal.user,
+    )
+    if answer.saga is not None:
+        return _task(answer.saga)
+    return Task(
+        id=started.saga_id,
+        type=started.saga_type,
+        state="running",
+        version=started.version,
+        input=body.input,
+    )
+
+
+@router.get("/v1/tasks", response_model=TaskList, responses=ERRORS, summary="List tasks")
+async def list_tasks(
+    request: Request,
+    principal: Annotated[Principal, Depends(caller("tasks"))],
+    state: Annotated[str | None, Query(max_length=40)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    before: Annotated[str | None, Query(max_length=200)] = None,
+) -> TaskList:
+    listed = await gateway_of(request).dispatch.call(
+        SagaList(saga_type=SAGA_TYPE, state=state, limit=limit, before=before),
+        SagaListed,
+        tenant=principal.tenant,
+        actor=principal.user,
+    )
+    return TaskList(data=[_task(s) for s in listed.sagas], next_cursor=listed.next_cursor)
+
+
+@router.get("/v1/tasks/{task_id}", response_model=Task, responses=ERRORS, summary="Get a task")
+async def get_task(
+    task_id: str,
+    request: Request,
+    principal: Annotated[Principal, Depends(caller("tasks"))],
+    history: bool = False,
+) -> Task:
+    return _task(await _find(gateway_of(request), principal, task_id, history), history)
+
+
+@router.post(
+    "/v1/tasks/{task_id}/signal",
+    response_model=Accepted,
+    status_code=202,
+    responses=ERRORS,
+    summary="Send a signal (e.g. an approval) to a task",
+)
+async def signal_task(
+    task_id: str,
+    body: Signal,
+    request: Request,
+    principal: Annotated[Principal, Depends(caller("tasks"))],
+) -> Accepted:
+    gateway = gateway_of(request)
+    task = await _find(gateway, principal, task_id, False)
+    if task.state in ENDED:
+        raise ApiError(409, f"Task '{task_id}' has already ended ({task.state}).", code="conflict")
+    await gateway.dispatch.send(
+        SagaSignal(saga_id=task_id, name=body.name, payload=body.payload),
+        tenant=principal.tenant,
+        actor=principal.user,
+        correlation_id=task_id,
+    )
+    return Accepted(id=task_id, state=task.state)
+
+
+@router.post(
+    "/v1/tasks/{task_id}/cancel",
+    response_model=Accepted,
+    status_code=202,
+    responses=ERRORS,
+    summary="Cancel a task; its compensations run in reverse",
+)
+async def cancel_task(
+    task_id: str,
+    request: Request,
+    principal: Annotated[Principal, Depends(caller("tasks"))],
+    body: Cancel | None = None,
+) -> Accepted:
+    gateway = gateway_of(request)
+    task = await _find(gateway, principal, task_id, False)
+    if task.state in ENDED:
+        raise ApiError(409, f"Task '{task_id}' has already ended ({task.state}).", code="conflict")
+    await gateway.dispatch.send(
+        SagaCancel(saga_id=task_id, reason=body.reason if body else ""),
+        tenant=principal.tenant,
+        actor=principal.user,
+        correlation_id=task_id,
+    )
+    return Accepted(id=task_id, state=task.state)

@@ -1,0 +1,124 @@
+"""Tools: list the registry, and invoke one directly — after the same policy check a model's
+tool call gets, so a direct call is no way around the tenant's allow-lists."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.auth import Principal
+from gateway.context import caller, gateway_of
+from gateway.errors import ApiError
+from gateway.openai_bodies import ERRORS
+from schemas.envelope import new_id
+from schemas.policy import PolicyEvaluate, PolicyEvaluated
+from schemas.tool_catalog import ToolsList, ToolsListed
+from schemas.tools import ToolInvoke, ToolResult
+
+router = APIRouter(tags=["tools"])
+
+
+class ToolOut(BaseModel):
+    name: str
+    object: Literal["tool"] = "tool"
+    description: str
+    input_schema: dict[str, Any]
+
+
+class ToolListOut(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ToolOut]
+
+
+class Invocation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    arguments: dict[str, Any] = {}
+    call_id: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.:-]{1,128}$",
+        description="Makes a retried call run once.",
+    )
+
+
+class InvocationResult(BaseModel):
+    call_id: str
+    object: Literal["tool.result"] = "tool.result"
+    name: str
+    ok: bool
+    output: Any = None
+    error: str | None = None
+    duration_ms: float = 0.0
+
+
+@router.get("/v1/tools", response_model=ToolListOut, responses=ERRORS, summary="List tools")
+async def list_tools(
+    request: Request, principal: Annotated[Principal, Depends(caller("tools"))]
+) -> ToolListOut:
+    listed = await gateway_of(request).dispatch.call(
+        ToolsList(role=principal.role or None),
+        ToolsListed,
+        tenant=principal.tenant,
+        actor=principal.user,
+    )
+    return ToolListOut(
+        data=[
+            ToolOut(name=t.name, description=t.description, input_schema=t.input_schema)
+            for t in listed.tools
+        ]
+    )
+
+
+@router.post(
+    "/v1/tools/{name}/invoke",
+    response_model=InvocationResult,
+    responses=ERRORS,
+    summary="Invoke a tool",
+)
+async def invoke_tool(
+    name: str,
+    body: Invocation,
+    request: Request,
+    principal: Annotated[Principal, Depends(caller("tools"))],
+) -> InvocationResult:
+    dispatch = gateway_of(request).dispatch
+    verdict = await dispatch.call(
+        PolicyEvaluate(
+            stage="tool_call",
+            role=principal.role or "user",
+            key_id=principal.key_id,
+            tool_name=name,
+            tool_arguments=body.arguments,
+        ),
+        PolicyEvaluated,
+        tenant=principal.tenant,
+        actor=principal.user,
+    )
+    if verdict.decision == "deny":
+        reasons = "; ".join(verdict.reasons) or "the tenant's policy"
+        raise ApiError(
+            403,
+            f"Calling '{name}' is refused by policy: {reasons}.",
+            type="permission_error",
+            code="policy_denied",
+        )
+    result = await dispatch.call(
+        ToolInvoke(
+            call_id=body.call_id or new_id(),
+            name=name,
+            arguments=body.arguments,
+            role=principal.role or "user",
+        ),
+        ToolResult,
+        tenant=principal.tenant,
+        actor=principal.user,
+    )
+    return InvocationResult(
+        call_id=result.call_id,
+        name=result.name,
+        ok=result.ok,
+        output=result.output,
+        error=result.error,
+        duration_ms=result.duration_ms,
+    )

@@ -1,0 +1,274 @@
+"""A streamed chat completion: token deltas from ``soma.stream.<saga id>`` as OpenAI SSE chunks.
+
+The delta subscription and the event waiter are both in place before the saga is started, so
+nothing is missed. Deltas are a preview; ``sagas.finished`` is the truth: if deltas were lost
+(core NATS does not redeliver) the rest of the final answer is sent before the last chunk, and a
+caller's tool call missing from the deltas is sent from the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from bus.request import Reply
+from gateway import chat_turns
+from gateway.auth import Principal
+from gateway.dispatch import Dispatch
+from gateway.errors import ApiError, unavailable
+from gateway.limits import RateLimiter
+from schemas.chat import ChatTurnInput, ChatTurnResult
+from schemas.slm import SlmDelta, ToolCall
+
+log = logging.getLogger("soma.gateway.stream")
+
+_decode_delta = msgspec.json.Decoder(SlmDelta).decode
+
+
+def _sse(data: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _error_event(error: ApiError) -> bytes:
+    body = json.dumps(error.body(), separators=(",", ":")).encode()
+    return b"event: error\ndata: " + body + b"\n\n"
+
+
+class ChatStream:
+    def __init__(
+        self,
+        dispatch: Dispatch,
+        limiter: RateLimiter,
+        principal: Principal,
+        turn: ChatTurnInput,
+        saga_id: str,
+        *,
+        include_usage: bool,
+        timeout: float,
+        keepalive: float,
+    ) -> None:
+        self._dispatch = dispatch
+        self._limiter = limiter
+        self._principal = principal
+        self._turn = turn
+        self._saga_id = saga_id
+        self._include_usage = include_usage
+        self._timeout = timeout
+        self._keepalive = keepalive
+        self._deltas: asyncio.Queue[SlmDelta] = asyncio.Queue()
+        self._events: asyncio.Queue[Reply] | None = None
+        self._watch: contextlib.AbstractAsyncContextManager[asyncio.Queue[Reply]] | None = None
+        self._sub: Subscription | None = None
+        self._closed = False
+        self._id = chat_turns.completion_id(saga_id)
+        self._created = int(time.time())
+        self._caller_tools = {t.name for t in turn.tools}
+        self._sent_calls: list[str] = []
+        self._round_text = ""
+        self._round_closed = False
+        self._any_text = False
+
+    async def open(self) -> None:
+        """Listen, then start the saga; an error here is still an ordinary HTTP error."""
+        subject = f"soma.stream.{self._saga_id}"
+        try:
+            self._sub = await self._dispatch.nc.subscribe(subject, cb=self._on_delta)
+        except Exception as exc:
+            raise unavailable("The message bus is not reachable.") from exc
+        self._watch = self._dispatch.requester.watching(self._saga_id)
+        self._events = await self._watch.__aenter__()
+        try:
+            await chat_turns.start(self._dispatch, self._principal, self._turn, self._saga_id)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+        if self._watch is not None:
+            await self._watch.__aexit__(None, None, None)
+
+    async def _on_delta(self, msg: Msg) -> None:
+        try:
+            self._deltas.put_nowait(_decode_delta(msg.data))
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("undecodable delta on %s: %s", msg.subject, exc)
+
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        chunk: dict[str, Any] = {
+            "id": self._id,
+            "object": "chat.completion.chunk",
+            "created": self._created,
+            "model": self._turn.model,
+            "system_fingerprint": None,
+            "choices": [
+                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            ],
+        }
+        if self._include_usage:
+            chunk["usage"] = None
+        return _sse(chunk)
+
+    def _tool_chunk(self, index: int, call: ToolCall) -> bytes:
+        return self._chunk(
+            {
+                "tool_calls": [
+                    {
+                        "index": index,
+                        "id": call.id,
+                        "type": "function",
+                        "function": {"name": call.name, "arguments": call.arguments},
+                    }
+                ]
+            }
+        )
+
+    def _take(self, delta: SlmDelta) -> list[bytes]:
+        """Chunks for one delta; remembers the text of the latest model round."""
+        out = []
+        if delta.content:
+            if self._round_closed:
+                self._round_text, self._round_closed = "", False
+            self._round_text += delta.content
+            self._any_text = True
+            out.append(self._chunk({"content": delta.content}))
+        call = delta.tool_call
+        if call and call.name in self._caller_tools and call.id not in self._sent_calls:
+            out.append(self._tool_chunk(len(self._sent_calls), call))
+            self._sent_calls.append(call.id)
+        if delta.done:
+            self._round_closed = True
+        return out
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        assert self._events is not None
+        events = self._events
+        yield self._chunk({"role": "assistant", "content": ""})
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        delta_task: asyncio.Task[SlmDelta] = asyncio.ensure_future(self._deltas.get())
+        event_task: asyncio.Task[Reply] = asyncio.ensure_future(events.get())
+        try:
+            while True:
+                left = deadline - loop.time()
+                if left <= 0:
+                    await chat_turns.cancel(
+                        self._dispatch, self._principal, self._saga_id, "stream timed out"
+                    )
+                    yield _error_event(
+                        ApiError(
+                            504,
+                            "The chat turn did not finish in time.",
+                            type="server_error",
+                            code="timeout",
+                        )
+                    )
+                    return
+                done, _ = await asyncio.wait(
+                    {delta_task, event_task},
+                    timeout=min(self._keepalive, left),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if not done:
+                    yield b": keep-alive\n\n"
+                    continue
+                if delta_task in done:
+                    for piece in self._take(delta_task.result()):
+                        yield piece
+                    delta_task = asyncio.ensure_future(self._deltas.get())
+                if event_task not in done:
+                    continue
+                reply = event_task.result()
+                event_task = asyncio.ensure_future(events.get())
+                if not chat_turns.is_end(reply, self._saga_id):
+                    continue
+                # Deltas already here come first: the one a pending get holds, then the queue.
+                await asyncio.sleep(0)
+                if delta_task.done():
+                    for piece in self._take(delta_task.result()):
+                        yield piece
+                while not self._deltas.empty():
+                    for piece in self._take(self._deltas.get_nowait()):
+                        yield piece
+                try:
+                    result = chat_turns.outcome(reply, self._turn.model)
+                except ApiError as error:
+                    yield _error_event(error)
+                    return
+                for piece in self._ending(result):
+                    yield piece
+                await self._limiter.record_tokens(
+                    self._principal,
+                    result.usage.prompt_tokens + result.usage.completion_tokens,
+                )
+                return
+        finally:
+            delta_task.cancel()
+            event_task.cancel()
+            await self.close()
+
+    def _ending(self, result: ChatTurnResult) -> list[bytes]:
+        out = []
+        final = result.message.content or ""
+        if not self._any_text:
+            if final:
+                out.append(self._chunk({"content": final}))
+        elif final.startswith(self._round_text) and len(final) > len(self._round_text):
+            out.append(self._chunk({"content": final[len(self._round_text) :]}))
+        for call in result.message.tool_calls or []:
+            if call.id not in self._sent_calls:
+                out.append(self._tool_chunk(len(self._sent_calls), call))
+                self._sent_calls.append(call.id)
+        out.append(self._chunk({}, result.finish_reason))
+        if self._include_usage:
+            usage = chat_turns.usage_out(result).model_dump()
+            out.append(
+                _sse(
+                    {
+                        "id": self._id,
+                        "object": "chat.completion.chunk",
+                        "created": self._created,
+                        "model": self._turn.model,
+                        "system_fingerprint": None,
+                        "choices": [],
+                        "usage": usage,
+                    }
+                )
+            )
+        out.append(b"data: [DONE]\n\n")
+        return out
+
+
+class SseResponse(StreamingResponse):
+    """Closes the stream's subscriptions however the response ends (a client gone included)."""
+
+    def __init__(self, stream: ChatStream) -> None:
+        super().__init__(
+            stream.chunks(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self._stream = stream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._stream.close()
