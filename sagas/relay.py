@@ -25,8 +25,12 @@ class Relay:
     def __init__(self, db: AsyncEngine, js: JetStreamContext) -> None:
         self.db = db
         self.js = js
+        self.sent: set[str] = set()  # published, not yet marked in the outbox
 
     async def publish(self, rows: list[dict[str, Any]]) -> None:
+        """Publish now; the rows are marked later in one batch (``mark_sent``), off the path
+        of the next step. Should the process die first, the sweep republishes them and the
+        server drops the repeats."""
         if not rows:
             return
         await asyncio.gather(
@@ -35,12 +39,19 @@ class Relay:
                 for r in rows
             )
         )
+        self.sent.update(r["id"] for r in rows)
+
+    async def mark_sent(self) -> int:
+        if not self.sent:
+            return 0
+        ids, self.sent = list(self.sent), set()
         async with self.db.begin() as conn:
             await conn.execute(
                 update(tables.outbox)
-                .where(tables.outbox.c.id.in_([r["id"] for r in rows]))
+                .where(tables.outbox.c.id.in_(ids))
                 .values(published_at=time.time())
             )
+        return len(ids)
 
     async def sweep(self, older_than: float = 1.0, limit: int = 500) -> int:
         async with self.db.connect() as conn:
@@ -61,7 +72,7 @@ class Relay:
                 .mappings()
                 .all()
             )
-        batch = [dict(r) for r in rows]
+        batch = [dict(r) for r in rows if r["id"] not in self.sent]
         if batch:
             log.info("relay: publishing %d outbox rows left unpublished", len(batch))
             await self.publish(batch)

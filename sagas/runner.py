@@ -36,7 +36,7 @@ from soma.settings import Settings
 log = logging.getLogger("soma.sagas.runner")
 
 TIMER_INTERVAL = 0.2
-SWEEP_INTERVAL = 1.0
+SWEEP_INTERVAL = 0.5
 
 
 def default_definitions() -> list[Definition[Any]]:
@@ -149,6 +149,7 @@ class Runner:
         while True:
             try:
                 if self.relay is not None:
+                    await self.relay.mark_sent()
                     await self.relay.sweep()
             except Exception as exc:
                 log.warning("outbox sweep failed: %s", exc)
@@ -159,6 +160,9 @@ class Runner:
             task.cancel()
         if self.running is not None:
             await self.running.stop()
+        if self.relay is not None:
+            with contextlib.suppress(Exception):
+                await self.relay.mark_sent()
         if self.db is not None:
             await self.db.dispose()
 
