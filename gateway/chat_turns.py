@@ -86,7 +86,9 @@ def _messages(body: ChatCompletionRequest) -> list[ChatMessage]:
     return out
 
 
-def turn_input(body: ChatCompletionRequest, principal: Principal) -> ChatTurnInput:
+def turn_input(
+    body: ChatCompletionRequest, principal: Principal, *, passthrough: bool = False
+) -> ChatTurnInput:
     tools = [
         ToolSpec(
             name=t.function.name,
@@ -123,7 +125,8 @@ def turn_input(body: ChatCompletionRequest, principal: Principal) -> ChatTurnInp
         stream=bool(body.stream),
         role=principal.role or "user",
         key_id=principal.key_id,
-        use_memory=body.use_memory,
+        use_memory=body.use_memory and not passthrough,
+        use_policy=not passthrough,
     )
 
 

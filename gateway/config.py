@@ -7,6 +7,8 @@ A rate of 0 means "no limit".
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -44,3 +46,9 @@ class GatewayConfig(BaseSettings):
     stream_keepalive: float = Field(default=15, gt=0, alias="SOMA_STREAM_KEEPALIVE_SECONDS")
     models_cache: float = Field(default=30, ge=0, alias="SOMA_MODELS_CACHE_SECONDS")
     idempotency_ttl: float = Field(default=86400, gt=0, alias="SOMA_IDEMPOTENCY_TTL")
+    # "full": every chat turn is checked by policy and uses memory. "passthrough": the turn goes
+    # straight to the model (still a saga, still metered) — for deployments that front a model
+    # with their own controls.
+    chat_pipeline: Literal["full", "passthrough"] = Field(
+        default="full", alias="SOMA_CHAT_PIPELINE"
+    )

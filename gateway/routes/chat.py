@@ -37,7 +37,9 @@ async def create_chat_completion(
     gateway = gateway_of(request)
     await gateway.limiter.admit_tokens(principal)
     await gateway.models.require(body.model, principal)
-    turn = chat_turns.turn_input(body, principal)
+    turn = chat_turns.turn_input(
+        body, principal, passthrough=gateway.config.chat_pipeline == "passthrough"
+    )
     saga_id = new_id()
     config = gateway.config
     if body.stream:
