@@ -159,3 +159,21 @@ async def test_a_streamed_turn_publishes_several_deltas(requester: Requester) ->
     content = [d for d in deltas if d.content]
     assert len(content) >= 3
     assert any(d.done for d in deltas)
+
+
+async def test_a_tool_outside_the_roles_allow_list_is_refused_in_the_turn(
+    requester: Requester,
+) -> None:
+    finished, seen = await run_turn(
+        requester,
+        ChatTurnInput(
+            model="soma-local-dev",
+            messages=user("Use the calculator to compute 6*7"),
+            platform_tools=[CALCULATOR],
+            role="guest",  # the default rule set allows no tools to this role
+        ),
+    )
+    assert finished.state == "completed", finished.error
+    assert "tools.result" not in seen, "the tool never ran"
+    result = msgspec.convert(finished.result, ChatTurnResult)
+    assert "refused by policy" in (result.message.content or "")
