@@ -57,6 +57,9 @@ REUSE_POLICIES = ("reject_duplicate", "allow_duplicate_failed_only", "allow_dupl
 CONFLICT_POLICIES = ("fail", "use_existing")
 _FAILED_ENDS = frozenset({"failed", "cancelled", "compensated", "compensation_failed"})
 _COMPENSATED = "__compensated__"
+# A Continue is carried on by the process that committed it at once; the timer pass takes it
+# over only when it is still pending this long after (its process died).
+CONTINUE_GRACE = 1.0
 _COMPENSATION_RETRY = Retry(initial=1.0, max_attempts=5)
 
 
@@ -288,12 +291,19 @@ class Engine:
             )
             return [r[0] for r in rows]
 
-    async def wake(self, saga_id: str) -> None:
-        """Fire whatever timer of ``saga_id`` is due: a sleep, a timeout, a retry, a continue."""
+    async def wake(self, saga_id: str, *, continuing: bool = False) -> None:
+        """Fire whatever timer of ``saga_id`` is due: a sleep, a timeout, a retry, a continue.
+
+        ``continuing``: the process that committed a ``Continue`` goes straight on with it; the
+        timer pass only picks such a step up after a grace period, if that process died.
+        """
 
         async def body(conn: AsyncConnection, now: float) -> Change | None:
             row = await self._load(conn, saga_id)
-            if row is None or row["wake_at"] is None or row["wake_at"] > now:
+            if row is None:
+                return None
+            go_on = continuing and (row["waiting"] or {}).get("kind") == "continue"
+            if not go_on and (row["wake_at"] is None or row["wake_at"] > now):
                 return None
             return _at(row, self._on_timer(row, now))
 
@@ -515,7 +525,7 @@ class Engine:
                 "then": step_name(action.then),
                 "reply": msgspec.to_builtins(action.reply),
             }
-            change.values["wake_at"] = now
+            change.values["wake_at"] = now + CONTINUE_GRACE
             change.wake_now.append(row["id"])
         elif isinstance(action, Sleep):
             change.values["waiting"] = {
@@ -673,7 +683,7 @@ class Engine:
         )
         child = self._new_row(child_id, definition, raw, env, now, run_no=1, parent_id=row["id"])
         child["waiting"] = {"kind": "continue", "then": definition.first, "reply": None}
-        child["wake_at"] = now
+        child["wake_at"] = now + CONTINUE_GRACE
         change.children.append(child)
         change.wake_now.append(child_id)
         change.values["waiting"] = {

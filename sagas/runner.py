@@ -61,15 +61,15 @@ class Runner:
             except Exception as exc:  # the sweep will publish them
                 log.warning("relay publish failed, will retry from the outbox: %s", exc)
         for saga_id in wake_now:
-            self._spawn(self.wake(saga_id))
+            self._spawn(self.wake(saga_id, continuing=True))
 
-    async def wake(self, saga_id: str) -> None:
+    async def wake(self, saga_id: str, *, continuing: bool = False) -> None:
         """One wake per instance at a time: the timer pass skips those already being woken."""
-        if saga_id in self.waking:
+        if saga_id in self.waking and not continuing:
             return
         self.waking.add(saga_id)
         try:
-            await self.engine.wake(saga_id)
+            await self.engine.wake(saga_id, continuing=continuing)
         finally:
             self.waking.discard(saga_id)
 
