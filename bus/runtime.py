@@ -4,16 +4,18 @@ Every replica of a service binds the same durable pull consumer, so replicas spl
 no message is handled by two of them. Acks are explicit: ``bus.consume`` decides ack /
 nak-with-delay / term for every message.
 
-The pull loop is nats-py's own (fetch, then handle up to ``SOMA_FETCH_BATCH`` messages
-concurrently). FastStream's subscriber was measured here at about a quarter of raw nats-py's
-throughput, its per-message pipeline (context, middlewares, dependency injection) costing three
-times the work of handling the message; this loop keeps within reach of raw (bench/bus.py).
+The pull loop is our own on nats-py (``Consumer``: up to ``SOMA_FETCH_BATCH`` messages in
+hand, each handled as it arrives). FastStream's subscriber was measured here at about a quarter
+of raw nats-py's throughput: its per-message pipeline (context, middlewares, dependency
+injection) cost three times the work of handling the message. This loop keeps within reach of
+raw nats-py (bench/bus.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -23,11 +25,9 @@ from typing import Any
 import uvicorn
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.errors import ConnectionClosedError
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import BadRequestError, ServiceUnavailableError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, Header
+from nats.js.errors import BadRequestError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -78,8 +78,18 @@ def retry_policy(settings: Settings) -> RetryPolicy:
     )
 
 
+PULL_EXPIRES = 5.0  # seconds a pull request waits on the server for messages
+
+
 class Consumer:
-    """One durable pull consumer and the loop that feeds its messages to ``handle``."""
+    """One durable pull consumer, fed continuously.
+
+    A pull request asks the server for as many messages as there is room for and stays open
+    for ``PULL_EXPIRES``; each message is handled the moment it arrives, and a new request goes
+    out as room frees up or the old one expires. (nats-py's ``fetch`` waits to fill its whole
+    batch once a message has arrived on a waiting request, which stalls a lone message by up
+    to the fetch timeout.)
+    """
 
     def __init__(
         self,
@@ -90,11 +100,14 @@ class Consumer:
         concurrency: int,
     ) -> None:
         self.js = js
+        self.nc: Client = js._nc
         self.stream = stream
         self.config = config
         self.handle = handle
         self.available = concurrency  # how many more messages may be in hand
-        self.room = asyncio.Event()
+        self.requested = 0  # asked for and not yet delivered
+        self.low_water = max(1, concurrency // 4)
+        self.wake = asyncio.Event()
         self.in_flight: set[asyncio.Task[None]] = set()
         self.running = False
         self.loop: asyncio.Task[None] | None = None
@@ -105,34 +118,45 @@ class Consumer:
         except BadRequestError as exc:
             # It exists with other settings (an older release): keep it, say so.
             log.warning("consumer %s kept as it is: %s", self.config.durable_name, exc)
-        assert self.config.durable_name
-        self.sub = await self.js.pull_subscribe_bind(
-            durable=self.config.durable_name, stream=self.stream
-        )
+        self.next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.config.durable_name}"
+        self.inbox = self.nc.new_inbox()
+        self.sub = await self.nc.subscribe(self.inbox, cb=self._arrived)
         self.running = True
-        self.loop = asyncio.create_task(self._run(), name=f"consume {self.config.durable_name}")
+        self.loop = asyncio.create_task(self._pull(), name=f"pull {self.config.durable_name}")
 
-    async def _run(self) -> None:
+    async def _pull(self) -> None:
         while self.running:
-            if self.available <= 0:
-                self.room.clear()
-                await self.room.wait()
-                continue
+            self.wake.clear()
+            want = self.available - self.requested
+            if want > 0 and (self.requested == 0 or want >= self.low_water):
+                request = {"batch": want, "expires": int(PULL_EXPIRES * 1e9)}
+                try:
+                    await self.nc.publish(
+                        self.next_subject, json.dumps(request).encode(), reply=self.inbox
+                    )
+                    self.requested += want
+                except Exception as exc:  # disconnected: the reconnect loop is at work
+                    log.debug("pull request not sent: %s", exc)
+                    await asyncio.sleep(0.5)
+                    continue
             try:
-                messages = await self.sub.fetch(self.available, timeout=1.0)
-            except (NatsTimeout, TimeoutError):
-                continue
-            except (ConnectionClosedError, ServiceUnavailableError) as exc:
-                if not self.running:
-                    return
-                log.warning("fetch failed (%s); retrying", exc)
-                await asyncio.sleep(0.5)
-                continue
-            for msg in messages:
-                self.available -= 1
-                task = asyncio.create_task(self._one(msg))
-                self.in_flight.add(task)
-                task.add_done_callback(self.in_flight.discard)
+                await asyncio.wait_for(self.wake.wait(), PULL_EXPIRES + 1)
+            except TimeoutError:
+                self.requested = 0  # whatever was asked for has expired (or was lost)
+
+    async def _arrived(self, msg: Msg) -> None:
+        status = (msg.headers or {}).get(Header.STATUS) if not msg.data else None
+        if status:
+            # 408: the request expired with this many messages undelivered; 404/409: none.
+            pending = (msg.headers or {}).get("Nats-Pending-Messages")
+            self.requested = max(0, self.requested - int(pending)) if pending else 0
+            self.wake.set()
+            return
+        self.requested = max(0, self.requested - 1)
+        self.available -= 1
+        task = asyncio.create_task(self._one(msg))
+        self.in_flight.add(task)
+        task.add_done_callback(self.in_flight.discard)
 
     async def _one(self, msg: Msg) -> None:
         try:
@@ -141,18 +165,19 @@ class Consumer:
             log.exception("unexpected error handling %s", msg.subject)
         finally:
             self.available += 1
-            self.room.set()
+            if self.available - self.requested >= self.low_water:
+                self.wake.set()
 
     async def stop(self) -> None:
         self.running = False
+        with contextlib.suppress(Exception):
+            await self.sub.unsubscribe()
         if self.loop is not None:
             self.loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.loop
         if self.in_flight:
             await asyncio.wait(self.in_flight, timeout=30)
-        with contextlib.suppress(Exception):
-            await self.sub.unsubscribe()
 
 
 def _consumer_config(durable: str, subjects: list[str], settings: Settings) -> ConsumerConfig:
