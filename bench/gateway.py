@@ -1,25 +1,33 @@
-"""The gateway in front of a model, against LiteLLM's proxy in front of the same model.
+"""What the gateway adds to a chat completion, in full and in pass-through, against LiteLLM's proxy.
 
-    .venv/bin/python bench/gateway.py                     # both, default sizes
-    .venv/bin/python bench/gateway.py --only soma --requests 100 --concurrency 16
+    .venv/bin/python bench/gateway.py
+    .venv/bin/python bench/gateway.py --seconds 4 --clients 1,10
 
 Upstream: a minimal OpenAI-compatible server (this file, ``--upstream PORT``) that answers at
-once, in its own process, so every figure is the cost of the layers in front of it.
+once, in its own process. It is measured alone first, straight from the load generator, and
+"added latency" is a layer's p50 (p99) minus the upstream's own p50 (p99), alone with one
+client; at 10 and 50 clients the added figure includes the queueing those clients cause.
 
 Soma: the whole system as ``soma run`` processes on a nats-server from the wheel (identity,
-policy, memory, slm, tools, analytics, the saga runner and the gateway), the model routed by
-the slm service to the upstream through its OpenAI provider. A completion is a ``chat_turn``
-saga: policy check, memory recall, model call, memory store — every step a committed
-transaction and a bus round trip. The database is ``DATABASE_URL`` or a SQLite file.
+policy, memory, slm, tools, analytics, the saga runner) and two gateways on the same bus:
+- full: a completion is a ``chat_turn`` saga — policy check of the prompt, memory recall, the
+  model call through the slm service, policy check of the answer, memory store — every step a
+  committed transaction and a bus round trip;
+- pass-through: ``SOMA_CHAT_PIPELINE=passthrough`` — the turn skips policy and memory and goes
+  straight to the model, still a saga, still metered.
+Rate limits are off (``SOMA_RATE_*=0``) so nothing is throttled. The saga store is a SQLite
+file, or a throwaway database on the PostgreSQL server named by ``DATABASE_URL``; with
+``REDIS_URL`` or ``QDRANT_URL`` the gateway's keys and the memory collection get a unique name
+and are deleted at the end.
 
-LiteLLM: ``litellm --config`` with the same model on the same upstream, master-key auth, no
-database (its lightest set-up).
+LiteLLM: ``litellm --config`` (``litellm[proxy]``, a bench-only extra) with the same model on the
+same upstream, master-key auth, no database — its lightest set-up. It runs after Soma is
+stopped, so neither competes with the other for the two cores.
 
-Figures for each: latency of sequential non-streamed completions (p50/p95/p99), time to the
-first streamed content chunk (p50), completions per second with ``--concurrency`` callers, and
-``GET /v1/models`` per second with as many callers (the front door alone: authentication, rate
-limits, a cached list; no model call).
-Clients are raw httpx, the same for both. The last line printed is the JSON summary.
+Each cell is 1, 10 or 50 concurrent clients, each a loop of sequential non-streamed
+completions for ``--seconds`` after a warm-up at the same load; raw httpx for every system.
+The last line printed is the JSON summary; latencies there are added over the upstream with
+one client, requests/s are at 10 clients.
 """
 
 from __future__ import annotations
@@ -36,9 +44,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -46,8 +57,19 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL = "bench-model"
 UPSTREAM_KEY = "sk-bench-upstream"
 LITELLM_KEY = "sk-bench-litellm"
-SOMA_PROCESSES = ["identity", "policy", "memory", "slm", "tools", "analytics", "sagas", "gateway"]
+HANDLERS = ["identity", "policy", "memory", "slm", "tools", "analytics", "sagas"]
 PROMPT = [{"role": "user", "content": "Say something short."}]
+SYSTEMS = ["upstream", "full", "passthrough", "litellm"]
+LABELS = {
+    "upstream": "upstream alone",
+    "full": "soma full turn",
+    "passthrough": "soma pass-through",
+    "litellm": "litellm proxy",
+}
+GOAL_FULL_P50_MS = 5.0
+GOAL_FULL_P99_MS = 20.0
+GOAL_RPS_RATIO = 2.0
+GOAL_LATENCY_RATIO = 0.5
 
 
 # ── the upstream ────────────────────────────────────────────────────────────────────────
@@ -56,52 +78,25 @@ PROMPT = [{"role": "user", "content": "Say something short."}]
 def upstream_app() -> Any:
     from starlette.applications import Starlette
     from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response, StreamingResponse
+    from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
-    words = ["A", " short", " answer", " from", " the", " upstream."]
-
     async def completions(request: Request) -> Response:
-        body = await request.json()
-        created = int(time.time())
-        if body.get("stream"):
-
-            async def chunks() -> Any:
-                for i, word in enumerate(words):
-                    delta = {"role": "assistant", "content": word} if i == 0 else {"content": word}
-                    chunk = {
-                        "id": "up",
-                        "object": "chat.completion.chunk",
-                        "created": created,
-                        "model": MODEL,
-                        "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
-                    }
-                    yield f"data: {json.dumps(chunk)}\n\n"
-                last = {
-                    "id": "up",
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": MODEL,
-                    "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11},
-                }
-                yield f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n"
-
-            return StreamingResponse(chunks(), media_type="text/event-stream")
+        await request.body()
         return JSONResponse(
             {
                 "id": "up",
                 "object": "chat.completion",
-                "created": created,
+                "created": int(time.time()),
                 "model": MODEL,
                 "choices": [
                     {
                         "index": 0,
                         "finish_reason": "stop",
-                        "message": {"role": "assistant", "content": "".join(words)},
+                        "message": {"role": "assistant", "content": "A short answer."},
                     }
                 ],
-                "usage": {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11},
+                "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9},
             }
         )
 
@@ -124,7 +119,7 @@ def upstream_app() -> Any:
 def serve_upstream(port: int) -> None:
     import uvicorn
 
-    uvicorn.run(upstream_app(), host="127.0.0.1", port=port, log_level="warning")
+    uvicorn.run(upstream_app(), host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
 # ── processes ───────────────────────────────────────────────────────────────────────────
@@ -136,11 +131,11 @@ def free_port() -> int:
     return embedded.free_port()
 
 
-def wait_http(url: str, seconds: float = 90, ok: tuple[int, ...] = (200,)) -> None:
+def wait_http(url: str, seconds: float = 90) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=2).status_code in ok:
+            if httpx.get(url, timeout=2).status_code == 200:
                 return
         time.sleep(0.2)
     raise RuntimeError(f"{url} did not answer within {seconds:.0f}s")
@@ -155,6 +150,7 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
             p.wait(15)
         except subprocess.TimeoutExpired:
             p.kill()
+            p.wait()
 
 
 @contextlib.contextmanager
@@ -168,26 +164,79 @@ def upstream() -> Iterator[str]:
         stop([proc])
 
 
+async def _postgres(server: str, sql: str) -> None:
+    import asyncpg
+
+    parts = urlsplit(server)
+    conn = await asyncpg.connect(urlunsplit(("postgresql", parts.netloc, "/postgres", "", "")))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
 @contextlib.contextmanager
-def soma_system(upstream_url: str, work: Path) -> Iterator[tuple[str, str]]:
-    """The whole system; yields the gateway's URL and an API key."""
+def isolated_services(env: dict[str, str]) -> Iterator[None]:
+    """Point ``env`` at throwaway places on the shared services it names, removed afterwards.
+
+    PostgreSQL gets a fresh database, Redis a unique key prefix, Qdrant a unique collection;
+    without those variables everything lives under the bench's temporary folder.
+    """
+    tag = f"bench_gw_{uuid.uuid4().hex[:8]}"
+    database = env.get("DATABASE_URL", "")
+    created = database.split("://", 1)[0].split("+")[0] in ("postgresql", "postgres")
+    if created:
+        asyncio.run(_postgres(database, f'CREATE DATABASE "{tag}"'))
+        parts = urlsplit(database)
+        env["DATABASE_URL"] = urlunsplit((parts.scheme, parts.netloc, f"/{tag}", "", ""))
+    if env.get("REDIS_URL"):
+        env["SOMA_REDIS_PREFIX"] = f"{tag}:"
+    if env.get("QDRANT_URL"):
+        env["SOMA_MEMORY_COLLECTION"] = tag
+    try:
+        yield
+    finally:
+        if created:
+            asyncio.run(_postgres(database, f'DROP DATABASE IF EXISTS "{tag}" WITH (FORCE)'))
+        if env.get("REDIS_URL"):
+            import redis
+
+            client = redis.Redis.from_url(env["REDIS_URL"])
+            for key in client.scan_iter(f"{tag}:*"):
+                client.delete(key)
+            client.close()
+        if env.get("QDRANT_URL"):
+            qdrant_key = env.get("QDRANT_API_KEY")
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.delete(
+                    f"{env['QDRANT_URL'].rstrip('/')}/collections/{tag}",
+                    headers={"api-key": qdrant_key} if qdrant_key else None,
+                    timeout=10,
+                )
+
+
+def first_completion(url: str, headers: dict[str, str], log: Path) -> None:
+    """Wait for one answered completion: the handlers' consumers may still be binding."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            r = httpx.post(
+                f"{url}/v1/chat/completions",
+                headers=headers,
+                timeout=30,
+                json={"model": MODEL, "messages": PROMPT},
+            )
+            if r.status_code == 200:
+                return
+        time.sleep(0.5)
+    raise RuntimeError(f"no completion from the Soma gateway at {url}; see {log}")
+
+
+@contextlib.contextmanager
+def soma_system(upstream_url: str, work: Path) -> Iterator[tuple[dict[str, str], str]]:
+    """The whole system with a full and a pass-through gateway; yields their URLs and a key."""
     from soma import embedded
 
-    nats_port = free_port()
-    nats = subprocess.Popen(
-        [
-            embedded.binary(),
-            "-a",
-            "127.0.0.1",
-            "-p",
-            str(nats_port),
-            "-js",
-            "-sd",
-            str(work / "nats"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     models = work / "models.yaml"
     models.write_text(
         "models:\n"
@@ -196,13 +245,12 @@ def soma_system(upstream_url: str, work: Path) -> Iterator[tuple[str, str]]:
         f"      - {{provider: openai, model: {MODEL}, api_key_env: BENCH_UPSTREAM_KEY,\n"
         f"         base_url: '{upstream_url}'}}\n"
     )
-    port = free_port()
+    nats_port = free_port()
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
         "NATS_URL": f"nats://127.0.0.1:{nats_port}",
         "SOMA_DATA_DIR": str(work / "data"),
-        "SOMA_HTTP_PORT": str(port),
         "SOMA_MODELS_FILE": str(models),
         "BENCH_UPSTREAM_KEY": UPSTREAM_KEY,
         "SOMA_RATE_RPM": "0",
@@ -210,65 +258,62 @@ def soma_system(upstream_url: str, work: Path) -> Iterator[tuple[str, str]]:
         "SOMA_RATE_TPM": "0",
         "SOMA_RATE_TENANT_TPM": "0",
     }
+    soma = [sys.executable, "-m", "soma.cli"]
+    log = work / "soma.log"
     procs: list[subprocess.Popen[bytes]] = []
-    try:
+    with contextlib.ExitStack() as stack:
+        nats_args = ["-a", "127.0.0.1", "-p", str(nats_port), "-js", "-sd", str(work / "nats")]
+        nats = subprocess.Popen(
+            [embedded.binary(), *nats_args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        stack.callback(stop, [nats])
+        stack.enter_context(isolated_services(env))
+        stack.callback(stop, procs)  # runs first: nothing uses the bus or the store after
+        out = stack.enter_context(log.open("wb"))
         for _ in range(200):
             if embedded.accepts(nats_port):
                 break
             time.sleep(0.05)
-        soma = [sys.executable, "-m", "soma.cli"]
         subprocess.run([*soma, "migrate"], env=env, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+        key_args = ["--tenant", "bench", "--user", "bench", "--role", "member"]
         key = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "from soma.cli_keys import app; app()",
-                "create",
-                "--tenant",
-                "bench",
-                "--user",
-                "bench",
-                "--role",
-                "member",
-            ],
+            [sys.executable, "-c", "from soma.cli_keys import app; app()", "create", *key_args],
             env=env,
             cwd=ROOT,
             check=True,
             capture_output=True,
             text=True,
         ).stdout.strip()
-        log = (work / "soma.log").open("wb")
-        procs = [
-            subprocess.Popen(
-                [*soma, "run", name], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
-            )
-            for name in SOMA_PROCESSES
-        ]
-        url = f"http://127.0.0.1:{port}"
-        wait_http(f"{url}/readyz")
-        headers = {"Authorization": f"Bearer {key}"}
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # the handlers' consumers may still be binding
-            with contextlib.suppress(httpx.HTTPError):
-                r = httpx.post(
-                    f"{url}/v1/chat/completions",
-                    headers=headers,
-                    timeout=30,
-                    json={"model": MODEL, "messages": PROMPT},
+
+        def run(name: str, extra: dict[str, str]) -> None:
+            procs.append(
+                subprocess.Popen(
+                    [*soma, "run", name],
+                    env={**env, **extra},
+                    cwd=ROOT,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
                 )
-                if r.status_code == 200:
-                    break
-            time.sleep(0.5)
-        else:
-            raise RuntimeError(f"no completion from the Soma gateway; see {work / 'soma.log'}")
-        yield url, key
-    finally:
-        stop(procs)
-        stop([nats])  # type: ignore[list-item]
+            )
+
+        for name in HANDLERS:
+            run(name, {})
+        urls = {}
+        for mode in ("full", "passthrough"):
+            port = free_port()
+            run("gateway", {"SOMA_HTTP_PORT": str(port), "SOMA_CHAT_PIPELINE": mode})
+            urls[mode] = f"http://127.0.0.1:{port}"
+        headers = {"Authorization": f"Bearer {key}"}
+        for url in urls.values():
+            wait_http(f"{url}/readyz")
+            first_completion(url, headers, log)
+        yield urls, key
 
 
 @contextlib.contextmanager
-def litellm_proxy(upstream_url: str, work: Path) -> Iterator[tuple[str, str]]:
+def litellm_proxy(upstream_url: str, work: Path) -> Iterator[str]:
     binary = shutil.which("litellm") or str(Path(sys.executable).with_name("litellm"))
     if not Path(binary).exists():
         raise RuntimeError("litellm is not installed (pip install 'litellm[proxy]')")
@@ -288,17 +333,16 @@ def litellm_proxy(upstream_url: str, work: Path) -> Iterator[tuple[str, str]]:
     port = free_port()
     env = {**os.environ, "LITELLM_LOG": "ERROR", "DISABLE_SCHEMA_UPDATE": "true"}
     env.pop("DATABASE_URL", None)
-    log = (work / "litellm.log").open("wb")
     proc = subprocess.Popen(
         [binary, "--config", str(config), "--host", "127.0.0.1", "--port", str(port)],
         env=env,
-        stdout=log,
+        stdout=(work / "litellm.log").open("wb"),
         stderr=subprocess.STDOUT,
     )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/health/liveliness", seconds=180)
-        yield url, LITELLM_KEY
+        yield url
     finally:
         stop([proc])
 
@@ -311,118 +355,275 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def measure(
-    url: str, key: str, requests: int, streams: int, concurrency: int, seconds: float
-) -> dict[str, float]:
-    headers = {"Authorization": f"Bearer {key}"}
+@dataclass
+class Cell:
+    """One system at one number of clients."""
+
+    clients: int
+    seconds: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+    failed: int = 0
+
+    @property
+    def rps(self) -> float:
+        return len(self.latencies_ms) / self.seconds if self.seconds else 0.0
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.latencies_ms) if self.latencies_ms else float("nan")
+
+    @property
+    def p99(self) -> float:
+        return percentile(self.latencies_ms, 0.99) if self.latencies_ms else float("nan")
+
+
+async def load(url: str, key: str, clients: int, seconds: float, warmup: float) -> Cell:
+    """``clients`` loops of sequential completions: a warm-up, then ``seconds`` measured.
+
+    Each client has its own connection: one shared httpx pool serialises its callers and
+    becomes the bottleneck from about 20 of them (encode/httpx#3215), whatever the server.
+    """
     body = {"model": MODEL, "messages": PROMPT}
-    limits = httpx.Limits(max_connections=concurrency + 4)
-    async with httpx.AsyncClient(
-        base_url=url, headers=headers, timeout=60, limits=limits
-    ) as client:
-        for _ in range(5):
-            (await client.post("/v1/chat/completions", json=body)).raise_for_status()
+    cell = Cell(clients)
+    async with contextlib.AsyncExitStack() as stack:
+        pool = [
+            await stack.enter_async_context(
+                httpx.AsyncClient(
+                    headers={"Authorization": f"Bearer {key}"},
+                    timeout=60,
+                    limits=httpx.Limits(max_connections=1),
+                )
+            )
+            for _ in range(clients)
+        ]
 
-        latencies = []
-        for _ in range(requests):
-            started = time.perf_counter()
-            (await client.post("/v1/chat/completions", json=body)).raise_for_status()
-            latencies.append((time.perf_counter() - started) * 1000)
-
-        first_tokens = []
-        for _ in range(streams):
-            started = time.perf_counter()
-            first = None
-            async with client.stream(
-                "POST", "/v1/chat/completions", json={**body, "stream": True}
-            ) as response:
-                response.raise_for_status()
-                async for line in response.aiter_lines():
-                    if first is None and '"content":"' in line and '"content":""' not in line:
-                        first = (time.perf_counter() - started) * 1000
-            if first is not None:
-                first_tokens.append(first)
-
-        # The gateway alone: authentication, rate limits and the cached model list, no handler.
-        served = 0
-        listing_deadline = time.perf_counter() + min(seconds, 3.0)
-
-        async def lister() -> None:
-            nonlocal served
-            while time.perf_counter() < listing_deadline:
-                (await client.get("/v1/models")).raise_for_status()
-                served += 1
-
-        started = time.perf_counter()
-        await asyncio.gather(*(lister() for _ in range(concurrency)))
-        models_per_s = served / (time.perf_counter() - started)
-
-        done = 0
-        failed = 0
-        deadline = time.perf_counter() + seconds
-
-        async def caller() -> None:
-            nonlocal done, failed
-            while time.perf_counter() < deadline:
-                response = await client.post("/v1/chat/completions", json=body)
+        async def caller(client: httpx.AsyncClient, until: float, record: bool) -> None:
+            while time.perf_counter() < until:
+                started = time.perf_counter()
+                response = await client.post(url, json=body)
+                elapsed = (time.perf_counter() - started) * 1000
+                if not record:
+                    continue
                 if response.status_code == 200:
-                    done += 1
+                    cell.latencies_ms.append(elapsed)
                 else:
-                    failed += 1
+                    cell.failed += 1
 
+        until = time.perf_counter() + warmup
+        await asyncio.gather(*(caller(c, until, False) for c in pool))
         started = time.perf_counter()
-        await asyncio.gather(*(caller() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    return {
-        "latency_ms_p50": round(statistics.median(latencies), 2),
-        "latency_ms_p95": round(percentile(latencies, 0.95), 2),
-        "latency_ms_p99": round(percentile(latencies, 0.99), 2),
-        "first_token_ms_p50": round(statistics.median(first_tokens), 2) if first_tokens else -1,
-        "completions_per_s": round(done / elapsed, 1),
-        "models_list_per_s": round(models_per_s, 1),
-        "failed": failed,
+        until = started + seconds
+        await asyncio.gather(*(caller(c, until, True) for c in pool))
+        cell.seconds = time.perf_counter() - started
+    return cell
+
+
+def measure(
+    name: str, url: str, key: str, clients: list[int], seconds: float, warmup: float
+) -> dict[int, Cell]:
+    cells = {}
+    for n in clients:
+        cell = asyncio.run(load(url, key, n, seconds, warmup))
+        cells[n] = cell
+        print(
+            f"  {LABELS[name]:<18} {n:>3} clients: {cell.rps:8.1f} req/s  "
+            f"p50 {cell.p50:7.2f} ms  p99 {cell.p99:7.2f} ms  failed {cell.failed}",
+            flush=True,
+        )
+    return cells
+
+
+# ── report ──────────────────────────────────────────────────────────────────────────────
+
+
+def _num(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None or value != value else round(value, digits)
+
+
+def _fmt(value: float | None, width: int, digits: int = 2) -> str:
+    return f"{'-':>{width}}" if value is None or value != value else f"{value:{width}.{digits}f}"
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _met(value: float | None, goal: float, at_least: bool) -> bool | None:
+    if value is None:
+        return None
+    return value >= goal if at_least else value <= goal
+
+
+def report(results: dict[str, dict[int, Cell]], clients: list[int], extra: dict[str, Any]) -> None:
+    up = results["upstream"]
+
+    def added(name: str, n: int, q: str) -> float | None:
+        """Over the upstream's own latency: alone, with one client."""
+        if name not in results or n not in results[name] or 1 not in up:
+            return None
+        value: float = getattr(results[name][n], q) - getattr(up[1], q)
+        return value
+
+    def rps(name: str, n: int) -> float | None:
+        return results[name][n].rps if name in results and n in results[name] else None
+
+    print()
+    print(
+        f"{'system':<18} {'clients':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'+p50 ms':>8} {'+p99 ms':>8} {'req/s vs litellm':>17} {'failed':>6}"
+    )
+    for name in SYSTEMS:
+        for n in clients:
+            if name not in results or n not in results[name]:
+                print(f"{LABELS[name]:<18} {n:>7}  skipped")
+                continue
+            cell = results[name][n]
+            extra_cols = (
+                (_fmt(None, 8), _fmt(None, 8))
+                if name == "upstream"
+                else (_fmt(added(name, n, "p50"), 8), _fmt(added(name, n, "p99"), 8))
+            )
+            print(
+                f"{LABELS[name]:<18} {n:>7} {cell.rps:9.1f} {cell.p50:8.2f} {cell.p99:8.2f} "
+                f"{extra_cols[0]} {extra_cols[1]} "
+                f"{_fmt(_ratio(cell.rps, rps('litellm', n)), 16)}x {cell.failed:>6}"
+            )
+    print("(+p50/+p99: over the upstream alone with one client, its own latency)")
+
+    full_p50, full_p99 = added("full", 1, "p50"), added("full", 1, "p99")
+    pass_p50, lite_p50 = added("passthrough", 1, "p50"), added("litellm", 1, "p50")
+    rps_ratio = _ratio(rps("passthrough", 10), rps("litellm", 10))
+    latency_ratio = _ratio(pass_p50, lite_p50)
+    goals = {
+        "full_p50": (full_p50, GOAL_FULL_P50_MS, False, "full turn adds p50 <= 5 ms, 1 client"),
+        "full_p99": (full_p99, GOAL_FULL_P99_MS, False, "full turn adds p99 <= 20 ms, 1 client"),
+        "passthrough_rps": (
+            rps_ratio,
+            GOAL_RPS_RATIO,
+            True,
+            "pass-through req/s >= 2x litellm, 10 clients",
+        ),
+        "passthrough_latency": (
+            latency_ratio,
+            GOAL_LATENCY_RATIO,
+            False,
+            "pass-through adds <= 1/2 litellm's p50, 1 client",
+        ),
     }
+    print()
+    print("ratios vs litellm:")
+    for name in ("full", "passthrough"):
+        for n in clients:
+            print(
+                f"  {LABELS[name]:<18} {n:>3} clients: req/s "
+                f"{_fmt(_ratio(rps(name, n), rps('litellm', n)), 6)}x   added p50 "
+                f"{_fmt(_ratio(added(name, n, 'p50'), added('litellm', n, 'p50')), 6)}x   "
+                f"added p99 "
+                f"{_fmt(_ratio(added(name, n, 'p99'), added('litellm', n, 'p99')), 6)}x"
+            )
+    print()
+    print("goals:")
+    verdicts = {
+        name: _met(value, goal, at_least) for name, (value, goal, at_least, _) in goals.items()
+    }
+    for name, (value, _, _, text) in goals.items():
+        word = {True: "MET ", False: "MISS", None: "n/a "}[verdicts[name]]
+        print(f"  {word} {text:<50} {_fmt(value, 8)}")
+    print()
+
+    def per_clients(name: str) -> dict[str, Any]:
+        return {
+            str(n): {
+                "rps": _num(c.rps, 1),
+                "p50_ms": _num(c.p50),
+                "p99_ms": _num(c.p99),
+                "added_p50_ms": _num(added(name, n, "p50")) if name != "upstream" else None,
+                "added_p99_ms": _num(added(name, n, "p99")) if name != "upstream" else None,
+                "failed": c.failed,
+            }
+            for n, c in results.get(name, {}).items()
+        }
+
+    summary = {
+        "full_p50_ms": _num(full_p50),
+        "full_p99_ms": _num(full_p99),
+        "full_rps": _num(rps("full", 10), 1),
+        "passthrough_p50_ms": _num(pass_p50),
+        "passthrough_rps": _num(rps("passthrough", 10), 1),
+        "litellm_p50_ms": _num(lite_p50),
+        "litellm_rps": _num(rps("litellm", 10), 1),
+        "rps_ratio_vs_litellm": _num(rps_ratio),
+        "passthrough_p99_ms": _num(added("passthrough", 1, "p99")),
+        "litellm_p99_ms": _num(added("litellm", 1, "p99")),
+        "latency_ratio_vs_litellm": _num(latency_ratio),
+        "full_rps_ratio_vs_litellm": _num(_ratio(rps("full", 10), rps("litellm", 10))),
+        "upstream_p50_ms": _num(up[1].p50) if 1 in up else None,
+        "upstream_p99_ms": _num(up[1].p99) if 1 in up else None,
+        "goals_met": verdicts,
+        **extra,
+        "cells": {name: per_clients(name) for name in SYSTEMS},
+    }
+    print(json.dumps(summary))
 
 
 def main(args: argparse.Namespace) -> None:
-    summary: dict[str, Any] = {
-        "requests": args.requests,
-        "streams": args.streams,
-        "concurrency": args.concurrency,
-        "seconds": args.seconds,
+    clients = sorted({int(c) for c in args.clients.split(",")})
+    if 1 not in clients or 10 not in clients:
+        raise SystemExit("--clients must include 1 and 10: the summary is read there")
+    warmup = min(2.0, args.seconds / 4)
+    results: dict[str, dict[int, Cell]] = {}
+    extra: dict[str, Any] = {
+        "seconds_per_cell": args.seconds,
         "database": "postgresql" if os.environ.get("DATABASE_URL") else "sqlite",
     }
-    systems = {"soma": soma_system, "litellm": litellm_proxy}
-    chosen = [args.only] if args.only else list(systems)
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="soma-bench-gw-") as tmp, upstream() as up:
-        for name in chosen:
-            work = Path(tmp) / name
-            work.mkdir()
-            print(f"{name}: starting", flush=True)
-            try:
-                with systems[name](up, work) as (url, key):
-                    figures = asyncio.run(
-                        measure(
-                            url, key, args.requests, args.streams, args.concurrency, args.seconds
-                        )
+        print("upstream alone", flush=True)
+        results["upstream"] = measure(
+            "upstream", f"{up}/chat/completions", UPSTREAM_KEY, clients, args.seconds, warmup
+        )
+        work = Path(tmp) / "soma"
+        work.mkdir()
+        print("soma: starting", flush=True)
+        try:
+            with soma_system(up, work) as (urls, key):
+                for mode in ("full", "passthrough"):
+                    results[mode] = measure(
+                        mode,
+                        f"{urls[mode]}/v1/chat/completions",
+                        key,
+                        clients,
+                        args.seconds,
+                        warmup,
                     )
-            except RuntimeError as exc:
-                print(f"{name}: skipped: {exc}", flush=True)
-                summary[name] = {"skipped": str(exc)}
-                continue
-            summary[name] = figures
-            print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in figures.items()), flush=True)
-    print(json.dumps(summary))
+        except RuntimeError as exc:
+            print(f"soma: skipped: {exc}", flush=True)
+            extra["soma_skipped"] = str(exc)
+        work = Path(tmp) / "litellm"
+        work.mkdir()
+        print("litellm: starting", flush=True)
+        try:
+            with litellm_proxy(up, work) as url:
+                results["litellm"] = measure(
+                    "litellm",
+                    f"{url}/v1/chat/completions",
+                    LITELLM_KEY,
+                    clients,
+                    args.seconds,
+                    warmup,
+                )
+        except RuntimeError as exc:
+            print(f"litellm: skipped: {exc}", flush=True)
+            extra["litellm_skipped"] = str(exc)
+    extra["total_seconds"] = round(time.monotonic() - started, 1)
+    report(results, clients, extra)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--upstream", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--only", choices=["soma", "litellm"])
-    parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--streams", type=int, default=50)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--clients", default="1,10,50", help="concurrent clients per cell")
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per cell")
     parsed = parser.parse_args()
     if parsed.upstream:
         serve_upstream(parsed.upstream)
