@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -124,3 +125,50 @@ def postgres_database() -> Iterator[str]:
         yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
     finally:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def migrate_branch(url: str, branch: str) -> None:
+    """Apply one area's migration branch only, so its tests depend on no other area's tables."""
+    from alembic import command
+
+    from soma.db import alembic_config
+
+    command.upgrade(alembic_config(url), f"{branch}@head")
+
+
+def area_engines(branch: str) -> tuple[Any, Any, Any, Any]:
+    """The SQL fixtures an area's conftest exposes, each database migrated with ``branch``:
+
+        sqlite_engine, postgresql_url, postgresql_engine, engine = area_engines("memory")
+
+    ``engine`` runs a test once on SQLite and once on a throwaway PostgreSQL database.
+    """
+    import asyncio
+
+    from soma.db import make_engine
+
+    @pytest.fixture(scope="session")
+    async def sqlite_engine(tmp_path_factory: pytest.TempPathFactory) -> Any:
+        url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp(f'{branch}-sql') / 'soma.db'}"
+        await asyncio.to_thread(migrate_branch, url, branch)
+        engine = make_engine(url)
+        yield engine
+        await engine.dispose()
+
+    @pytest.fixture(scope="session")
+    def postgresql_url() -> Iterator[str]:
+        with postgres_database() as url:
+            yield url
+
+    @pytest.fixture(scope="session")
+    async def postgresql_engine(postgresql_url: str) -> Any:
+        await asyncio.to_thread(migrate_branch, postgresql_url, branch)
+        engine = make_engine(postgresql_url)
+        yield engine
+        await engine.dispose()
+
+    @pytest.fixture(params=["sqlite", "postgresql"])
+    def engine(request: pytest.FixtureRequest) -> Any:
+        return request.getfixturevalue(f"{request.param}_engine")
+
+    return sqlite_engine, postgresql_url, postgresql_engine, engine

@@ -3,57 +3,22 @@ PostgreSQL, and envelopes that say when, for whom and under which correlation an
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 
 import pytest
-from alembic import command
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.base import Usage
 from schemas.envelope import Envelope, new_id
 from schemas.slm import ChatMessage, SlmCompleted
-from soma.db import alembic_config, make_engine
-from tests.servers import postgres_database
+from tests.servers import area_engines
 
 # 2026-03-10 12:00 UTC: a fixed noon, so a test's events stay inside one UTC day.
 NOON = datetime(2026, 3, 10, 12, 0, tzinfo=UTC).timestamp()
 DAY = 86400.0
 
 
-async def _migrate_analytics_branch(url: str) -> None:
-    await asyncio.to_thread(command.upgrade, alembic_config(url), "analytics@head")
-
-
-@pytest.fixture(scope="session")
-async def sqlite_engine(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[AsyncEngine]:
-    url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('analytics-sql') / 'soma.db'}"
-    await _migrate_analytics_branch(url)
-    engine = make_engine(url)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture(scope="session")
-def postgresql_url() -> Iterator[str]:
-    with postgres_database() as url:
-        yield url
-
-
-@pytest.fixture(scope="session")
-async def postgresql_engine(postgresql_url: str) -> AsyncIterator[AsyncEngine]:
-    await _migrate_analytics_branch(postgresql_url)
-    engine = make_engine(postgresql_url)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest) -> AsyncEngine:
-    """The analytics store on each database the project supports."""
-    return request.getfixturevalue(f"{request.param}_engine")  # type: ignore[no-any-return]
+sqlite_engine, postgresql_url, postgresql_engine, engine = area_engines("analytics")
 
 
 @pytest.fixture

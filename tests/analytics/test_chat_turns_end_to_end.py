@@ -65,8 +65,13 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
             "SOMA_MODELS_FILE": str(data / "models.yaml"),
             "SOMA_RETRY_INITIAL": "0.2",
         }
-        subprocess.run([sys.executable, "-m", "soma.cli", "migrate"], env=env, cwd=ROOT,
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "soma.cli", "migrate"],
+            env=env,
+            cwd=ROOT,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         procs = [
             subprocess.Popen([sys.executable, "-m", "soma.cli", "run", name], env=env, cwd=ROOT)
             for name in PROCESSES
@@ -161,8 +166,10 @@ async def test_usage_after_100_chat_turns_equals_the_turns_completions(
             calls[tenant][c.model].append(c)
     for tenant in TENANTS:
         _, reply = await requester.request(
-            AnalyticsReport(group_by=["model"]), tenant=tenant,
-            expect={"analytics.reported"}, timeout=20,
+            AnalyticsReport(group_by=["model"]),
+            tenant=tenant,
+            expect={"analytics.reported"},
+            timeout=20,
         )
         assert isinstance(reply.payload, AnalyticsReported)
         got = {r.group["model"]: r for r in reply.payload.rows}
@@ -178,8 +185,10 @@ async def test_usage_after_100_chat_turns_equals_the_turns_completions(
             )
 
         _, by_saga = await requester.request(
-            AnalyticsReport(group_by=["saga_type"]), tenant=tenant,
-            expect={"analytics.reported"}, timeout=20,
+            AnalyticsReport(group_by=["saga_type"]),
+            tenant=tenant,
+            expect={"analytics.reported"},
+            timeout=20,
         )
         assert isinstance(by_saga.payload, AnalyticsReported)
         [row] = by_saga.payload.rows

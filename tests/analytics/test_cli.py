@@ -91,16 +91,18 @@ def test_usage_shows_every_tenant_by_model_with_totals(data_dir: Path) -> None:
 
 
 def test_usage_json_is_the_tenants_report_for_the_window(data_dir: Path) -> None:
-    result = _usage(["--tenant", "acme", "--since", "7d", "--group-by", "model,day", "--json"],
-                    data_dir)
+    result = _usage(
+        ["--tenant", "acme", "--since", "7d", "--group-by", "model,day", "--json"], data_dir
+    )
 
     assert result.exit_code == 0, result.output
     document = json.loads(result.output)
     assert document["tenant"] == "acme"
     assert document["group_by"] == ["model", "day"]
     today = time.strftime("%Y-%m-%d", time.gmtime())
-    assert [(r["group"], r["requests"], r["prompt_tokens"], r["total_tokens"])
-            for r in document["rows"]] == [
+    assert [
+        (r["group"], r["requests"], r["prompt_tokens"], r["total_tokens"]) for r in document["rows"]
+    ] == [
         ({"model": "claude-3-5-haiku", "day": today}, 1, 40, 41),
         ({"model": "gpt-4o-mini", "day": today}, 2, 1500, 1502),
     ]
@@ -154,5 +156,7 @@ def test_usage_reads_postgresql_when_database_url_names_it(
     assert result.exit_code == 0, result.output
     [row] = json.loads(result.output)["rows"]
     assert (row["group"], row["prompt_tokens"], row["cost_usd"]) == (
-        {"model": "gpt-4o-mini"}, 9, 2.0
+        {"model": "gpt-4o-mini"},
+        9,
+        2.0,
     )

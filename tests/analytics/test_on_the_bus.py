@@ -100,10 +100,18 @@ async def bus(
             await engine.dispose()
 
 
-def _envelope(schema: str, tenant: str, saga_id: str, actor: str, message_id: str,
-              at: float) -> Envelope:
-    return Envelope(message_id=message_id, correlation_id=saga_id, causation_id=None,
-                    tenant=tenant, actor=actor, schema=schema, timestamp=at)
+def _envelope(
+    schema: str, tenant: str, saga_id: str, actor: str, message_id: str, at: float
+) -> Envelope:
+    return Envelope(
+        message_id=message_id,
+        correlation_id=saga_id,
+        causation_id=None,
+        tenant=tenant,
+        actor=actor,
+        schema=schema,
+        timestamp=at,
+    )
 
 
 async def _publish_turns(js: JetStreamContext, seed: int) -> Expected:
@@ -137,16 +145,18 @@ async def _publish_turns(js: JetStreamContext, seed: int) -> Expected:
                 cost_usd=round(prompt * 1.5e-7 + completion * 6e-7, 9),
                 latency_ms=rng.uniform(40, 3000),
             )
-            await publish(js, event, _envelope("slm.completed", tenant, saga_id, actor, mid,
-                                               time.time()))
+            await publish(
+                js, event, _envelope("slm.completed", tenant, saga_id, actor, mid, time.time())
+            )
             expected.calls[(tenant, model)].append(event)
         state = "failed" if rng.random() < 0.1 else "completed"
         finished_at = started_at + rng.uniform(0.1, 5.0)
         await publish(
             js,
             SagaFinished(saga_id=saga_id, saga_type="chat_turn", state=state),
-            _envelope("sagas.finished", tenant, saga_id, actor, f"{saga_id}.1.finished",
-                      finished_at),
+            _envelope(
+                "sagas.finished", tenant, saga_id, actor, f"{saga_id}.1.finished", finished_at
+            ),
         )
         expected.turns[tenant].append((finished_at - started_at) * 1000)
         expected.failed_turns[tenant] += state == "failed"
@@ -240,8 +250,10 @@ async def test_the_report_over_the_bus_is_the_report_of_the_callers_tenant(
 
 async def test_a_report_with_an_inverted_window_fails_over_the_bus(bus: Bus) -> None:
     _, reply = await bus.requester.request(
-        AnalyticsReport(since=2000.0, until=1000.0), tenant="acme",
-        expect={"analytics.reported"}, timeout=20,
+        AnalyticsReport(since=2000.0, until=1000.0),
+        tenant="acme",
+        expect={"analytics.reported"},
+        timeout=20,
     )
 
     assert reply.schema == "analytics.failed"

@@ -30,13 +30,13 @@ async def _call(
     await rollups.model_completed(
         engine,
         completion(model, prompt=prompt, completion_tokens=10, cost=cost, latency=latency),
-        envelope("slm.completed", tenant=tenant, at=at, actor=actor,
-                 correlation_id=correlation_id),
+        envelope("slm.completed", tenant=tenant, at=at, actor=actor, correlation_id=correlation_id),
     )
 
 
-async def _turn(engine: AsyncEngine, tenant: str, saga_type: str, seconds: float,
-                models: list[str]) -> None:
+async def _turn(
+    engine: AsyncEngine, tenant: str, saga_type: str, seconds: float, models: list[str]
+) -> None:
     saga_id = new_id()
     await rollups.saga_started(
         engine,
@@ -155,8 +155,9 @@ async def test_by_saga_type_a_request_is_a_saga_run_with_its_model_calls_tokens(
 
     rows = await report(engine, tenant, None, None, ["saga_type"])
 
-    assert [(r.group["saga_type"], r.requests, r.prompt_tokens, r.latency_ms_avg)
-            for r in rows] == [
+    assert [
+        (r.group["saga_type"], r.requests, r.prompt_tokens, r.latency_ms_avg) for r in rows
+    ] == [
         ("agent_task", 1, 300, 60000.0),
         ("chat_turn", 2, 300, 3000.0),
     ]
@@ -170,7 +171,9 @@ async def test_by_saga_type_and_model_a_request_is_a_model_call(
     [row] = await report(engine, tenant, None, None, ["saga_type", "model"])
 
     assert (row.group, row.requests, row.latency_ms_avg) == (
-        {"saga_type": "chat_turn", "model": "m1"}, 2, 100.0
+        {"saga_type": "chat_turn", "model": "m1"},
+        2,
+        100.0,
     )
 
 
@@ -207,6 +210,7 @@ async def test_a_report_command_with_an_inverted_window_is_rejected(
 ) -> None:
     with pytest.raises(Rejected, match="after"):
         await answer(
-            engine, AnalyticsReport(since=NOON, until=NOON - 1),
+            engine,
+            AnalyticsReport(since=NOON, until=NOON - 1),
             envelope("analytics.report", tenant=tenant),
         )

@@ -119,8 +119,9 @@ async def test_a_model_call_counted_before_its_saga_start_moves_to_the_saga_type
 ) -> None:
     saga_id = new_id()
     await rollups.model_completed(
-        engine, completion(prompt=70), envelope("slm.completed", tenant=tenant,
-                                                correlation_id=saga_id)
+        engine,
+        completion(prompt=70),
+        envelope("slm.completed", tenant=tenant, correlation_id=saga_id),
     )
     [waiting] = await report(engine, tenant, None, None, ["saga_type"])
     assert (waiting.group, waiting.prompt_tokens) == ({"saga_type": ""}, 70)
@@ -260,8 +261,9 @@ async def test_a_saga_id_run_again_is_timed_from_its_new_start(
     started = SagaStarted(saga_id=saga_id, saga_type="chat_turn", version=1)
     for start, end in ((NOON, NOON + 1), (NOON + 100, NOON + 103)):
         await rollups.saga_started(
-            engine, started, envelope("sagas.started", tenant=tenant, correlation_id=saga_id,
-                                      at=start)
+            engine,
+            started,
+            envelope("sagas.started", tenant=tenant, correlation_id=saga_id, at=start),
         )
         await _finish_saga(engine, tenant, saga_id, at=end)
 

@@ -29,8 +29,16 @@ from tests.servers import NatsServer, nats_server
 
 ROOT = Path(__file__).resolve().parents[2]
 # Variables a developer's shell may carry that would point a test at the wrong services.
-_OUTSIDE = ("NATS_URL", "DATABASE_URL", "SOMA_PROCESSES", "SOMA_HTTP_PORT", "SOMA_DATA_DIR",
-            "SOMA_NATS_PORT", "SOMA_HEALTH_PORT", "SOMA_SUPERVISOR_PID")
+_OUTSIDE = (
+    "NATS_URL",
+    "DATABASE_URL",
+    "SOMA_PROCESSES",
+    "SOMA_HTTP_PORT",
+    "SOMA_DATA_DIR",
+    "SOMA_NATS_PORT",
+    "SOMA_HEALTH_PORT",
+    "SOMA_SUPERVISOR_PID",
+)
 
 
 def clean_env(**extra: str) -> dict[str, str]:

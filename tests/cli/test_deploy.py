@@ -76,7 +76,8 @@ def test_nats_is_a_three_member_statefulset_with_persistent_jetstream() -> None:
     (container,) = spec["template"]["spec"]["containers"]
     assert container["args"] == ["-c", "/etc/nats/nats-cluster.conf"]
     secret_keys = {
-        e["valueFrom"]["secretKeyRef"]["key"] for e in container["env"]
+        e["valueFrom"]["secretKeyRef"]["key"]
+        for e in container["env"]
         if "secretKeyRef" in e.get("valueFrom", {})
     }
     assert {f"NATS_{k.upper()}_PASSWORD" for k in secret_keys} == set(PASSWORDS)
@@ -111,7 +112,9 @@ def test_the_kustomization_lists_files_that_exist() -> None:
 def test_nats_cluster_conf_is_valid() -> None:
     result = subprocess.run(
         [nats_server_binary(), "-t", "-c", str(DEPLOY / "nats-cluster.conf")],
-        env=clean_env(SERVER_NAME="nats-0", **PASSWORDS), capture_output=True, text=True,
+        env=clean_env(SERVER_NAME="nats-0", **PASSWORDS),
+        capture_output=True,
+        text=True,
         timeout=30,
     )
     assert result.returncode == 0, result.stderr

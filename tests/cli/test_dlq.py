@@ -27,8 +27,12 @@ async def _dead_letters(js: JetStreamContext, url: str, texts: list[str]) -> Non
     running = await runtime.start(Service("policy", {PolicyEvaluate: evaluate}), settings)
     try:
         for i, text in enumerate(texts):
-            env = Envelope(message_id=f"bad-{i}", correlation_id=f"c-{i}", tenant="acme",
-                           schema="policy.evaluate")
+            env = Envelope(
+                message_id=f"bad-{i}",
+                correlation_id=f"c-{i}",
+                tenant="acme",
+                schema="policy.evaluate",
+            )
             body = json.dumps({"stage": "nowhere", "text": text}).encode()
             await js.publish("soma.cmd.acme.policy.evaluate", body, headers=env.to_headers())
         for _ in range(200):

@@ -21,8 +21,19 @@ from soma.terminal import quiet_disconnect
 from tests.cli.conftest import ROOT, Soma, clean_env
 from tests.servers import free_port, nats_server_binary, wait_port
 
-USERS = ("policy", "memory", "slm", "tools", "identity", "analytics", "sagas", "gateway",
-         "operator", "admin", "system")
+USERS = (
+    "policy",
+    "memory",
+    "slm",
+    "tools",
+    "identity",
+    "analytics",
+    "sagas",
+    "gateway",
+    "operator",
+    "admin",
+    "system",
+)
 PASSWORDS = {f"NATS_{u.upper()}_PASSWORD": f"secret-{u}" for u in USERS}
 
 
@@ -33,7 +44,10 @@ def _url(port: int, user: str) -> str:
 def test_nats_conf_is_valid() -> None:
     result = subprocess.run(
         [nats_server_binary(), "-t", "-c", str(ROOT / "nats.conf")],
-        env=clean_env(**PASSWORDS), capture_output=True, text=True, timeout=30,
+        env=clean_env(**PASSWORDS),
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 0, result.stderr
 
@@ -42,7 +56,10 @@ def test_nats_conf_refuses_to_start_without_a_password() -> None:
     missing = {k: v for k, v in PASSWORDS.items() if k != "NATS_GATEWAY_PASSWORD"}
     result = subprocess.run(
         [nats_server_binary(), "-t", "-c", str(ROOT / "nats.conf")],
-        env=clean_env(**missing), capture_output=True, text=True, timeout=30,
+        env=clean_env(**missing),
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode != 0
     assert "NATS_GATEWAY_PASSWORD" in result.stderr
@@ -59,9 +76,20 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     assert "store_dir: /data/jetstream" in conf
     (here / "nats.conf").write_text(conf.replace("/data/jetstream", str(here / "store")))
     proc = subprocess.Popen(
-        [nats_server_binary(), "-c", str(here / "nats.conf"), "-a", "127.0.0.1",
-         "-p", str(port), "-m", str(free_port())],
-        env=clean_env(**PASSWORDS), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            nats_server_binary(),
+            "-c",
+            str(here / "nats.conf"),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-m",
+            str(free_port()),
+        ],
+        env=clean_env(**PASSWORDS),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_port(port)
@@ -86,8 +114,10 @@ async def test_a_handler_user_consumes_and_the_gateway_user_gets_its_reply(secur
     await requester.start()
     try:
         _, reply = await requester.request(
-            PolicyEvaluate(stage="prompt", text="hi"), tenant="acme",
-            expect={"policy.evaluated"}, timeout=10,
+            PolicyEvaluate(stage="prompt", text="hi"),
+            tenant="acme",
+            expect={"policy.evaluated"},
+            timeout=10,
         )
         assert reply.schema == "policy.evaluated"
     finally:
@@ -136,8 +166,11 @@ async def test_the_operator_user_can_tail_and_list_streams(secured: int, tmp_pat
     await handler.stop()
     operator = Soma(clean_env(NATS_URL=_url(secured, "operator"), SOMA_DATA_DIR=str(tmp_path)))
     admin = Soma(clean_env(NATS_URL=_url(secured, "admin"), SOMA_DATA_DIR=str(tmp_path)))
-    published = await admin("publish", "soma.evt.acme.policy.evaluated",
-                            '{"decision_id": "d", "decision": "allow", "stage": "prompt"}')
+    published = await admin(
+        "publish",
+        "soma.evt.acme.policy.evaluated",
+        '{"decision_id": "d", "decision": "allow", "stage": "prompt"}',
+    )
     assert published.exit_code == 0, published.stderr
     tail = await operator("tail", "--all", "--json", "--until-idle", "1")
     assert tail.exit_code == 0, tail.stderr

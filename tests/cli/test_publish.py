@@ -44,8 +44,15 @@ async def test_a_valid_command_is_stored_with_its_envelope(
     soma: Soma, js: JetStreamContext
 ) -> None:
     result = await soma(
-        "publish", "soma.cmd.acme.policy.evaluate", BODY,
-        "--correlation-id", "corr-1", "--message-id", "msg-1", "--actor", "ops@acme",
+        "publish",
+        "soma.cmd.acme.policy.evaluate",
+        BODY,
+        "--correlation-id",
+        "corr-1",
+        "--message-id",
+        "msg-1",
+        "--actor",
+        "ops@acme",
     )
     assert result.exit_code == 0, result.stderr
     found = re.search(r"stream\s+SOMA_CMD seq (\d+)", result.stdout)

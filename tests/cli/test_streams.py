@@ -15,9 +15,15 @@ from tests.cli.conftest import Soma
 
 async def _lagging_policy_consumer(js: JetStreamContext) -> None:
     """Five commands: the policy durable has taken two, acknowledged one."""
-    await js.add_consumer(STREAMS["cmd"], ConsumerConfig(
-        durable_name="policy", ack_policy=AckPolicy.EXPLICIT,
-        filter_subject="soma.cmd.*.policy.>", ack_wait=60))
+    await js.add_consumer(
+        STREAMS["cmd"],
+        ConsumerConfig(
+            durable_name="policy",
+            ack_policy=AckPolicy.EXPLICIT,
+            filter_subject="soma.cmd.*.policy.>",
+            ack_wait=60,
+        ),
+    )
     for i in range(5):
         cmd = PolicyEvaluate(stage="prompt", text=str(i))
         await publish(js, cmd, envelope_for(cmd, tenant="acme"))
@@ -43,9 +49,7 @@ async def test_json_shows_a_consumers_lag_and_in_flight_messages(
     assert report["stream_count"] == 3 and report["consumer_count"] == 1
 
 
-async def test_the_table_names_every_stream_and_consumer(
-    js: JetStreamContext, soma: Soma
-) -> None:
+async def test_the_table_names_every_stream_and_consumer(js: JetStreamContext, soma: Soma) -> None:
     await _lagging_policy_consumer(js)
     result = await soma("streams")
     assert result.exit_code == 0, result.stderr

@@ -20,8 +20,9 @@ from tests.cli.conftest import Soma, start_soma
 async def _event(
     js: JetStreamContext, tenant: str, message: msgspec.Struct, correlation: str | None = None
 ) -> Published:
-    return await publish(js, message, envelope_for(message, tenant=tenant,
-                                                     correlation_id=correlation))
+    return await publish(
+        js, message, envelope_for(message, tenant=tenant, correlation_id=correlation)
+    )
 
 
 def _allow(text: str = "x") -> PolicyEvaluated:
@@ -46,7 +47,8 @@ async def test_a_live_tail_prints_events_published_after_it_started(
         running.proc.kill()
     lines = [json.loads(line) for line in running.out.lines if line.startswith("{")]
     assert [line["envelope"]["message_id"] for line in lines] == [
-        first.message_id, second.message_id
+        first.message_id,
+        second.message_id,
     ]
     assert lines[0]["payload"]["decision_id"] == "one"
     assert lines[0]["schema"] == "policy.evaluated"
@@ -65,9 +67,7 @@ async def test_since_a_time_replays_only_what_came_after_it(
     newer = await _event(js, "acme", _allow("new"))
     result = await soma("tail", "--since", cut, "--json", "--until-idle", "0.5")
     assert result.exit_code == 0, result.stderr
-    assert [r["envelope"]["message_id"] for r in _json_lines(result.stdout)] == [
-        newer.message_id
-    ]
+    assert [r["envelope"]["message_id"] for r in _json_lines(result.stdout)] == [newer.message_id]
 
 
 async def test_since_a_duration_reaches_back_that_far(js: JetStreamContext, soma: Soma) -> None:
@@ -97,8 +97,9 @@ async def test_correlation_filter_matches_a_full_id_or_its_prefix(
 ) -> None:
     await _event(js, "acme", _allow("mine"), correlation="run-42-abcdef")
     await _event(js, "acme", _allow("other"), correlation="run-77")
-    full = await soma("tail", "--all", "--correlation", "run-42-abcdef", "--json",
-                      "--until-idle", "0.5")
+    full = await soma(
+        "tail", "--all", "--correlation", "run-42-abcdef", "--json", "--until-idle", "0.5"
+    )
     prefix = await soma("tail", "--all", "-c", "run-42", "--json", "--until-idle", "0.5")
     assert [r["payload"]["decision_id"] for r in _json_lines(full.stdout)] == ["mine"]
     assert [r["payload"]["decision_id"] for r in _json_lines(prefix.stdout)] == ["mine"]
@@ -107,8 +108,9 @@ async def test_correlation_filter_matches_a_full_id_or_its_prefix(
 async def test_type_filter_takes_a_glob(js: JetStreamContext, soma: Soma) -> None:
     await _event(js, "acme", _allow("p"))
     await _event(js, "acme", MemoryRecalled(items=[]))
-    exact = await soma("tail", "--all", "--type", "memory.recalled", "--json",
-                       "--until-idle", "0.5")
+    exact = await soma(
+        "tail", "--all", "--type", "memory.recalled", "--json", "--until-idle", "0.5"
+    )
     glob = await soma("tail", "--all", "--type", "policy.*", "--json", "--until-idle", "0.5")
     assert [r["schema"] for r in _json_lines(exact.stdout)] == ["memory.recalled"]
     assert [r["schema"] for r in _json_lines(glob.stdout)] == ["policy.evaluated"]
@@ -119,9 +121,14 @@ async def test_commands_can_be_tailed_while_a_handler_durable_exists(
 ) -> None:
     from nats.js.api import AckPolicy, ConsumerConfig
 
-    await js.add_consumer(STREAMS["cmd"], ConsumerConfig(
-        durable_name="policy", ack_policy=AckPolicy.EXPLICIT,
-        filter_subject="soma.cmd.*.policy.>"))
+    await js.add_consumer(
+        STREAMS["cmd"],
+        ConsumerConfig(
+            durable_name="policy",
+            ack_policy=AckPolicy.EXPLICIT,
+            filter_subject="soma.cmd.*.policy.>",
+        ),
+    )
     cmd = PolicyEvaluate(stage="prompt", text="hi")
     await publish(js, cmd, envelope_for(cmd, tenant="acme"))
     result = await soma("tail", "soma.cmd.>", "--all", "--json", "--until-idle", "0.5")

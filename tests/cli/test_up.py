@@ -72,8 +72,10 @@ async def _round_trip(url: str, text: str) -> str:
     await requester.start()
     try:
         _, reply = await requester.request(
-            PolicyEvaluate(stage="prompt", text=text), tenant="acme",
-            expect={"policy.evaluated"}, timeout=20,
+            PolicyEvaluate(stage="prompt", text=text),
+            tenant="acme",
+            expect={"policy.evaluated"},
+            timeout=20,
         )
         return str(reply.schema)
     finally:
@@ -123,8 +125,9 @@ async def test_a_crashed_process_is_restarted_and_handles_commands_again(
         out.wait_for, r"policy was killed by SIGKILL .*restarting in 1s \(restart #1\)", 10, mark
     )
     second = int(
-        (await asyncio.to_thread(out.wait_for, r"restarted policy \(pid (\d+)\)", 10, mark))
-        .group(1)
+        (await asyncio.to_thread(out.wait_for, r"restarted policy \(pid (\d+)\)", 10, mark)).group(
+            1
+        )
     )
     assert second != first
     await asyncio.to_thread(out.wait_for, r"policy ready", 30, mark)
@@ -171,7 +174,9 @@ def test_a_gateway_port_in_use_stops_up_before_anything_starts(tmp_path: Path) -
 def test_an_unreachable_nats_url_is_one_clear_error(tmp_path: Path) -> None:
     url = f"nats://127.0.0.1:{free_port()}"
     env = clean_env(
-        SOMA_DATA_DIR=str(tmp_path), SOMA_HTTP_PORT=str(free_port()), NATS_URL=url,
+        SOMA_DATA_DIR=str(tmp_path),
+        SOMA_HTTP_PORT=str(free_port()),
+        NATS_URL=url,
         SOMA_PROCESSES="policy=tests.cli.permissive_policy:build",
     )
     running = start_soma("up", env=env)

@@ -13,7 +13,6 @@ import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from alembic import command
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from handlers.identity.config import IdentitySettings
@@ -23,8 +22,8 @@ from handlers.identity.revocation import revocations_since
 from handlers.identity.signing_keys import ensure_signing_keys, jwks
 from handlers.identity.tables import ALL
 from handlers.identity.verify import Verifier
-from soma.db import alembic_config, make_engine
-from tests.servers import postgres_database
+from soma.db import make_engine
+from tests.servers import migrate_branch, postgres_database
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
@@ -40,7 +39,7 @@ def database_url(
 
 @pytest.fixture(scope="session")
 async def migrated(database_url: str) -> AsyncIterator[AsyncEngine]:
-    await asyncio.to_thread(command.upgrade, alembic_config(database_url), "identity@head")
+    await asyncio.to_thread(migrate_branch, database_url, "identity")
     engine = make_engine(database_url)
     yield engine
     await engine.dispose()

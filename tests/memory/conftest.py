@@ -3,7 +3,6 @@ local HTTP server speaking the OpenAI embeddings API."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
@@ -15,13 +14,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from alembic import command
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from handlers.memory import vectors
 from handlers.memory.embeddings import HashedNgrams
-from soma.db import alembic_config, make_engine
-from tests.servers import postgres_database
+from tests.servers import area_engines
 
 
 @pytest.fixture(scope="module")
@@ -35,39 +31,7 @@ async def local_vectors(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterat
     await vectors.disconnect(client)
 
 
-async def _migrate_memory_branch(url: str) -> None:
-    await asyncio.to_thread(command.upgrade, alembic_config(url), "memory@head")
-
-
-@pytest.fixture(scope="session")
-async def sqlite_engine(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[AsyncEngine]:
-    path = tmp_path_factory.mktemp("memory-sql") / "soma.db"
-    url = f"sqlite+aiosqlite:///{path}"
-    await _migrate_memory_branch(url)
-    engine = make_engine(url)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture(scope="session")
-def postgresql_url() -> Iterator[str]:
-    """A throwaway database on the real PostgreSQL, dropped at the end of the run."""
-    with postgres_database() as url:
-        yield url
-
-
-@pytest.fixture(scope="session")
-async def postgresql_engine(postgresql_url: str) -> AsyncIterator[AsyncEngine]:
-    await _migrate_memory_branch(postgresql_url)
-    engine = make_engine(postgresql_url)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest) -> AsyncEngine:
-    fixture: AsyncEngine = request.getfixturevalue(f"{request.param}_engine")
-    return fixture
+sqlite_engine, postgresql_url, postgresql_engine, engine = area_engines("memory")
 
 
 # --- a local server speaking the OpenAI embeddings API --------------------------------------

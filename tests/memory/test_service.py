@@ -89,7 +89,11 @@ async def turn_rows_of(running: Running, tenant: str) -> int:
 def test_the_service_routes_recall_store_add_delete_and_embed(running) -> None:
     assert running.service.name == "memory"
     assert set(running.service.routes) == {
-        MemoryRecall, MemoryStore, MemoryAdd, MemoryDelete, MemoryEmbed
+        MemoryRecall,
+        MemoryStore,
+        MemoryAdd,
+        MemoryDelete,
+        MemoryEmbed,
     }
 
 

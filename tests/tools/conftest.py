@@ -7,16 +7,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from alembic import command
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from soma.db import alembic_config, make_engine
-from tests.servers import postgres_database
+from soma.db import make_engine
+from tests.servers import migrate_branch, postgres_database
 
 
 def migrate_tools(url: str) -> None:
-    """Only this area's branch, so the tests depend on no other area's migrations."""
-    command.upgrade(alembic_config(url), "tools@head")
+    migrate_branch(url, "tools")
 
 
 @pytest.fixture(scope="session")

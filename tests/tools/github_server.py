@@ -25,7 +25,9 @@ class GitHubState:
 
     def add_pull_request(self, repo: str, title: str) -> None:
         issue = self._issue(repo, title, "", [])
-        issue["pull_request"] = {"url": f"https://api.github.com/repos/{repo}/pulls/{issue['number']}"}
+        issue["pull_request"] = {
+            "url": f"https://api.github.com/repos/{repo}/pulls/{issue['number']}"
+        }
 
     def _issue(self, repo: str, title: str, body: str, labels: list[str]) -> dict[str, Any]:
         issues = self.repos[repo]

@@ -46,8 +46,13 @@ async def test_create_issue_posts_to_the_repository_with_the_bearer_token(
 ) -> None:
     registry = registry_for(client, base_url)
     result = await call(
-        registry, "github.create_issue", owner="octo", repo="hello", title="Crash on start",
-        body="Steps: run it", labels=["bug"],
+        registry,
+        "github.create_issue",
+        owner="octo",
+        repo="hello",
+        title="Crash on start",
+        body="Steps: run it",
+        labels=["bug"],
     )
     assert result.ok, result.error
     assert result.output == {

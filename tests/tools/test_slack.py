@@ -79,9 +79,7 @@ async def test_slacks_refusal_is_passed_on(registry: Registry) -> None:
     assert result.error == "Slack refused chat.postMessage: channel_not_found"
 
 
-async def test_a_bad_token_is_refused_by_slack(
-    client: httpx.AsyncClient, base_url: str
-) -> None:
+async def test_a_bad_token_is_refused_by_slack(client: httpx.AsyncClient, base_url: str) -> None:
     registry = Registry()
     for tool in slack.tools(client, base_url, "xoxb-wrong"):
         registry.add(tool)
