@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from urllib.parse import urlsplit
 
 import nats
 from nats.aio.client import Client
@@ -20,7 +21,22 @@ def unreachable_message(url: str, err: BaseException | str) -> str:
     )
 
 
-def connection_options(url: str, name: str) -> dict:
+def inbox_prefix_for(url: str) -> str:
+    """``_INBOX.<user>`` for the first user named in ``url``; plain ``_INBOX`` when none is.
+
+    Replies to requests, JetStream API answers and pull deliveries all arrive under the
+    connection's inbox prefix. With one prefix per user, nats-accounts.conf lets a user
+    subscribe to its own replies only, so no process can read another's.
+    """
+    for server in url.split(","):
+        server = server.strip()
+        user = urlsplit(server if "://" in server else f"nats://{server}").username
+        if user:
+            return f"_INBOX.{user}"
+    return "_INBOX"
+
+
+def connection_options(url: str, name: str, inbox_prefix: str | None = None) -> dict:
     """Options shared by raw clients and the FastStream broker: reconnect without limit."""
 
     async def _error(err: Exception) -> None:
@@ -42,12 +58,16 @@ def connection_options(url: str, name: str) -> dict:
         "error_cb": _error,
         "disconnected_cb": _disconnected,
         "reconnected_cb": _reconnected,
+        "inbox_prefix": inbox_prefix or inbox_prefix_for(url),
     }
 
 
-async def connect(url: str, name: str = "soma") -> Client:
-    """A nats-py client; ``BusUnavailable`` names the URL and what to run if none answers."""
-    opts = connection_options(url, name)
+async def connect(url: str, name: str = "soma", *, inbox_prefix: str | None = None) -> Client:
+    """A nats-py client; ``BusUnavailable`` names the URL and what to run if none answers.
+
+    ``inbox_prefix`` defaults to the one for the URL's user (``inbox_prefix_for``).
+    """
+    opts = connection_options(url, name, inbox_prefix)
     opts["max_reconnect_attempts"] = 2
     try:
         nc = await nats.connect(**opts)

@@ -1,4 +1,4 @@
-"""Running a service as a process: connect, provision, consume, expose health, stop cleanly.
+"""Running a service as a process: connect, check the streams, consume, expose health, stop.
 
 Every replica of a service binds the same durable pull consumer, so replicas split the work and
 no message is handled by two of them. Acks are explicit: ``bus.consume`` decides ack /
@@ -25,6 +25,7 @@ from typing import Any
 import uvicorn
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, Header
 from nats.js.errors import BadRequestError
@@ -36,6 +37,7 @@ from starlette.routing import Route
 
 from bus.connection import connect
 from bus.consume import RetryPolicy, make_processor
+from bus.errors import BusUnavailable
 from bus.service import Handler, Service
 from bus.streams import provision
 from schemas.catalogue import STREAMS, by_name, of_type
@@ -118,7 +120,15 @@ class Consumer:
         except BadRequestError as exc:
             # It exists with other settings (an older release): keep it, say so.
             log.warning("consumer %s kept as it is: %s", self.config.durable_name, exc)
+        except (NatsTimeoutError, TimeoutError) as exc:
+            raise BusUnavailable(
+                f"no answer creating consumer {self.config.durable_name} on {self.stream} "
+                f"(filter {self.config.filter_subject or self.config.filter_subjects}): is this "
+                "NATS user allowed to create it? nats-accounts.conf grants each service its own "
+                "durable with its own filter only"
+            ) from exc
         self.next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.config.durable_name}"
+        # Under the connection's inbox prefix: the only place its user may subscribe.
         self.inbox = self.nc.new_inbox()
         self.sub = await self.nc.subscribe(self.inbox, cb=self._arrived)
         self.running = True
@@ -181,7 +191,17 @@ class Consumer:
 
 
 def _consumer_config(durable: str, subjects: list[str], settings: Settings) -> ConsumerConfig:
+    """A durable named ``durable`` reading ``subjects``.
+
+    ``name`` is set as well as ``durable_name`` so that, with one filter subject, nats-py
+    creates it through ``$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>``: the server checks
+    the filter in the request against the one in the subject, and nats-accounts.conf grants
+    each service that one subject, so a service can make only its own durable with its own
+    filter. (Several filters cannot travel in the subject; such a durable is created through
+    ``CONSUMER.CREATE.<stream>.<name>``.)
+    """
     return ConsumerConfig(
+        name=durable,
         durable_name=durable,
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
@@ -202,8 +222,9 @@ def command_routes(service: Service) -> dict[str, Handler]:
 async def start(service: Service, settings: Settings, *, health_port: int | None = None) -> Running:
     """Start consuming for ``service``; returns once subscriptions are live."""
     url = settings.nats_url or "nats://127.0.0.1:4222"
-    # Connect first (fail fast with a clear message), then provision, then subscribe.
-    nc = await connect(url, f"soma-{service.name}")
+    # Connect first (fail fast with a clear message), then check (or, with the right to,
+    # provision) the streams, then subscribe.
+    nc = await connect(url, f"soma-{service.name}", inbox_prefix=settings.nats_inbox_prefix)
     js = nc.jetstream()
     await provision(js, settings)
     for hook in service.startup:

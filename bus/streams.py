@@ -1,20 +1,51 @@
-"""The three streams, provisioned idempotently at start by every process.
+"""The streams and the gateway's idempotency bucket, and who may create them.
 
 Commands use *limits* retention (not work-queue): a work-queue stream refuses overlapping
 consumers, and operators must be able to tail commands while each handler's durable consumer
 takes its own share. Old commands age out after ``SOMA_COMMANDS_MAX_AGE``.
+
+Creating or changing a stream is the provisioning identity's right alone (``soma up``,
+``soma migrate``, the ``admin`` NATS user): a service user that could update a stream could
+erase the event history or republish commands to itself. So every process checks the streams
+first and asks for nothing when they are already as expected; only what is missing or different
+is created or updated, and a process refused that right says who provisions the streams.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
+from bus.errors import BusUnavailable
 from schemas.catalogue import DEAD_LETTER_PREFIX, STREAMS
 from soma.settings import Settings
+
+log = logging.getLogger("soma.bus")
+
+IDEMPOTENCY_BUCKET = "soma_idempotency"
+# Unanswered JetStream API calls: what a publish-permission refusal looks like to the client.
+_REFUSED = (NatsTimeoutError, NoRespondersError, TimeoutError)
+
+
+class StreamsNotProvisioned(BusUnavailable):
+    """A stream is missing and this connection may not create it: the bus is unusable to it.
+
+    A ``BusUnavailable``, so ``soma run`` and the operator commands print the message, not a trace.
+    """
+
+
+def provisioned_by() -> str:
+    return (
+        "streams are provisioned by `soma migrate` / the admin user: run `soma migrate` with "
+        "NATS_URL naming the admin user (or start the system with `soma up`), then start "
+        "this process again"
+    )
 
 
 def stream_configs(settings: Settings) -> list[StreamConfig]:
@@ -49,16 +80,77 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             description="Dead letters with their reason, original subject, headers and body",
             **common,
         ),
+        idempotency_bucket_config(settings),
     ]
 
 
+def idempotency_bucket_config(settings: Settings) -> StreamConfig:
+    """The gateway's Idempotency-Key records: a key-value bucket keeping one value per key.
+
+    The same stream nats-py's ``create_key_value(bucket=..., history=1, ttl=...)`` makes, so
+    ``js.key_value(IDEMPOTENCY_BUCKET)`` opens it and the gateway needs no right to create it.
+    """
+    ttl = settings.idempotency_ttl
+    return StreamConfig(
+        name=f"KV_{IDEMPOTENCY_BUCKET}",
+        description="Gateway Idempotency-Key records",
+        subjects=[f"$KV.{IDEMPOTENCY_BUCKET}.>"],
+        allow_direct=True,
+        allow_rollup_hdrs=True,
+        allow_msg_ttl=True,
+        deny_delete=True,
+        discard=DiscardPolicy.NEW,
+        duplicate_window=min(120.0, ttl),
+        max_age=ttl,
+        max_consumers=-1,
+        max_msgs=-1,
+        max_msgs_per_subject=1,
+        num_replicas=settings.stream_replicas,
+        storage=StorageType.FILE,
+    )
+
+
+def differences(expected: StreamConfig, actual: StreamConfig) -> list[str]:
+    """The settings in which the stream on the server differs from the one we ask for."""
+    have = actual.as_dict()
+    return sorted(key for key, value in expected.as_dict().items() if have.get(key) != value)
+
+
 async def provision(js: JetStreamContext, settings: Settings) -> None:
-    """Create the streams, or bring an existing one's limits in line with the settings."""
+    """Make sure every stream exists as the settings describe, asking only for what is missing.
+
+    A stream already as expected costs one STREAM.INFO. A missing one is created; one whose
+    limits differ is updated. Refused the creation: ``StreamsNotProvisioned``; refused the
+    update: a warning, and the stream is used as the provisioning step left it.
+    """
     for config in stream_configs(settings):
         assert config.name
         try:
-            await js.stream_info(config.name)
+            info = await js.stream_info(config.name)
         except NotFoundError:
-            await js.add_stream(config)
-        else:
+            try:
+                await js.add_stream(config)
+            except _REFUSED as exc:
+                raise StreamsNotProvisioned(
+                    f"stream {config.name} does not exist and this connection may not create it "
+                    f"(no answer to $JS.API.STREAM.CREATE.{config.name}: {type(exc).__name__}); "
+                    + provisioned_by()
+                ) from exc
+            log.info("created stream %s", config.name)
+            continue
+        changed = differences(config, info.config)
+        if not changed:
+            continue
+        try:
             await js.update_stream(config)
+        except (*_REFUSED, APIError) as exc:
+            log.warning(
+                "stream %s differs from this process's settings (%s) and was left as it is "
+                "(%s); %s",
+                config.name,
+                ", ".join(changed),
+                type(exc).__name__,
+                provisioned_by(),
+            )
+        else:
+            log.info("updated stream %s: %s", config.name, ", ".join(changed))

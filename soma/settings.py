@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     events_max_age: float = Field(default=30 * 86400, alias="SOMA_EVENTS_MAX_AGE")
     events_max_bytes: int = Field(default=-1, alias="SOMA_EVENTS_MAX_BYTES")
     dedup_window: float = Field(default=120, alias="SOMA_DEDUP_WINDOW")
+    # How long the gateway's Idempotency-Key records live in their key-value bucket (seconds).
+    idempotency_ttl: float = Field(default=86400, gt=0, alias="SOMA_IDEMPOTENCY_TTL")
+    # Replies and pull deliveries arrive under this prefix; nats-accounts.conf lets each user
+    # subscribe only under its own. Unset: `_INBOX.<user>` for the user named in NATS_URL.
+    nats_inbox_prefix: str | None = Field(default=None, alias="SOMA_NATS_INBOX_PREFIX")
     # Consumers: redeliveries before a dead letter, backoff between them, in-flight limits.
     max_deliver: int = Field(default=5, alias="SOMA_MAX_DELIVER")
     retry_initial: float = Field(default=1.0, alias="SOMA_RETRY_INITIAL")
