@@ -23,6 +23,11 @@ from soma.settings import Settings
 DEFAULT_PORT = 4222
 DEFAULT_URL = f"nats://127.0.0.1:{DEFAULT_PORT}"
 URL_FILE = "nats.url"
+CONFIG_FILE = "nats-server.conf"
+# The largest message the embedded server accepts, as nats.conf sets it for deployed servers.
+# nats-server's default (1 MB) is below a long chat history once it is wrapped in a command; the
+# gateway reads this limit from the connection and sizes its request bodies to fit under it.
+MAX_PAYLOAD = 8 * 1024 * 1024
 
 
 class EmbeddedNatsError(RuntimeError):
@@ -44,7 +49,15 @@ def binary() -> str:
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on the port now.
+
+    The probe binds as the servers themselves do, with ``SO_REUSEADDR`` (uvicorn, nats-server and
+    asyncio all set it): connections of a run that just stopped linger in TIME_WAIT for a minute
+    or more, and without the option they would make a free port look taken. A port someone is
+    listening on still fails the bind.
+    """
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -116,8 +129,22 @@ def start(
     store = (data_dir / "nats").resolve()
     store.mkdir(parents=True, exist_ok=True)
     log = store / "nats-server.log"
+    config = write_config(store)
     proc = subprocess.Popen(
-        [binary(), "-a", host, "-p", str(port), "-js", "-sd", str(store), "-l", str(log)],
+        [
+            binary(),
+            "-c",
+            str(config),
+            "-a",
+            host,
+            "-p",
+            str(port),
+            "-js",
+            "-sd",
+            str(store),
+            "-l",
+            str(log),
+        ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -141,6 +168,16 @@ def start(
         f"nats-server did not accept connections on {host}:{port} within {timeout:.0f}s; "
         f"see {log}"
     )
+
+
+def write_config(store: Path) -> Path:
+    """The settings nats-server takes only from a file; address, port and store stay flags."""
+    path = store / CONFIG_FILE
+    path.write_text(
+        "# Written by `soma up` at each start; edits are overwritten.\n"
+        f"max_payload: {MAX_PAYLOAD}\n"
+    )
+    return path
 
 
 def url_file(settings: Settings) -> Path:

@@ -3,7 +3,9 @@
 Each part runs exactly as it would deployed — ``python -m soma.cli run <name>`` — so a crash or a
 blocking call in one handler cannot stall another, and what works under ``up`` works in a
 container. The supervisor owns the order: NATS first (embedded unless ``NATS_URL``), streams and
-migrations next, then the processes; on Ctrl-C or SIGTERM it stops the processes, then NATS.
+migrations next, then the processes; on Ctrl-C or SIGTERM it stops them in the reverse order —
+the gateway (which drains the requests in flight), the saga runner, the handlers — then NATS.
+A second Ctrl-C kills whatever is still running.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from soma.processes import Process, ProcessUnavailable, UnknownProcess, load, pa
 from soma.settings import Settings
 
 STOP_TIMEOUT = 10.0
+DRAIN_TIMEOUT = 30.0  # the gateway's default SOMA_DRAIN_TIMEOUT
 BACKOFF_INITIAL = 1.0
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 30.0  # a process that ran this long starts its backoff afresh
@@ -421,15 +424,62 @@ class Supervisor:
     # -- stopping -----------------------------------------------------------------------------
 
     def _shutdown(self) -> None:
-        running = [c for c in self.children if c.alive()]
+        """Stop in the reverse of the order work flows: the gateway first, so it refuses new
+        requests and finishes those in flight while the saga runner and the handlers that
+        answer them still run; then the saga runner; then the handlers; NATS last."""
         if self.stop_reason:
             self.say(f"stopping ({self.stop_reason})…", style="bold")
-        for child in reversed(running):
-            assert child.proc is not None
-            with contextlib.suppress(ProcessLookupError):
-                child.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + self.stop_timeout
-        pending = list(running)
+        for group, timeout, note in self._stop_order():
+            self._stop_group(group, timeout, note)
+        for child in self.children:
+            for reader in child.readers:
+                reader.join(2)
+        if self.nats is not None:
+            code = self.nats.stop(timeout=1 if self.hurry else self.stop_timeout)
+            embedded.forget_url(self.settings)
+            self.say(f"stopped nats-server ({_exit_reason(code or 0)})")
+        if self.stop_reason:
+            self.say("stopped", style="bold")
+
+    def _stop_order(self) -> list[tuple[list[Child], float, str]]:
+        running = [c for c in self.children if c.alive()]
+        gateway = [c for c in running if c.name == "gateway"]
+        sagas = [c for c in running if c.name == "sagas"]
+        handlers = [c for c in reversed(running) if c not in gateway and c not in sagas]
+        drain = self._drain_timeout()
+        return [
+            (group, timeout, note)
+            for group, timeout, note in (
+                (
+                    gateway,
+                    drain + self.stop_timeout,
+                    f" (refusing new requests, finishing those in flight for up to {drain:.0f}s)",
+                ),
+                (sagas, self.stop_timeout, ""),
+                (handlers, self.stop_timeout, ""),
+            )
+            if group
+        ]
+
+    def _drain_timeout(self) -> float:
+        """How long the gateway lets requests in flight finish (``SOMA_DRAIN_TIMEOUT``)."""
+        try:
+            from gateway.config import GatewayConfig
+
+            return float(GatewayConfig().drain_timeout)
+        except Exception:  # no gateway in this build, or a malformed value it reports itself
+            return DRAIN_TIMEOUT
+
+    def _stop_group(self, group: list[Child], timeout: float, note: str) -> None:
+        if not self.hurry:
+            names = ", ".join(child.name for child in group)
+            self.say(f"stopping {names}{note}…")
+            for child in group:
+                assert child.proc is not None
+                with contextlib.suppress(ProcessLookupError):
+                    child.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        pending = list(group)
         while pending and time.monotonic() < deadline and not self.hurry:
             for child in list(pending):
                 assert child.proc is not None
@@ -443,17 +493,8 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 child.proc.kill()
             child.proc.wait(5)
-            why = "on a second signal" if self.hurry else f"within {self.stop_timeout:.0f}s"
+            why = "on a second signal" if self.hurry else f"within {timeout:.0f}s"
             self.say(f"killed {child.name}: it did not stop {why}", style="yellow")
-        for child in self.children:
-            for reader in child.readers:
-                reader.join(2)
-        if self.nats is not None:
-            code = self.nats.stop(timeout=1 if self.hurry else self.stop_timeout)
-            embedded.forget_url(self.settings)
-            self.say(f"stopped nats-server ({_exit_reason(code or 0)})")
-        if self.stop_reason:
-            self.say("stopped", style="bold")
 
 
 def safe_url(url: str) -> str:
