@@ -1,5 +1,7 @@
 """Errors that decide what the consumer runtime does with a message."""
 
+from nats.errors import MaxPayloadError
+
 
 class Rejected(Exception):
     """The command can never succeed (bad input, refused): ack it and emit ``<service>.failed``."""
@@ -11,3 +13,23 @@ class BusUnavailable(RuntimeError):
 
 class RequestTimeout(TimeoutError):
     """No reply event arrived for a request within its timeout."""
+
+
+class PayloadTooLarge(MaxPayloadError):
+    """A message (body and headers) larger than the server's ``max_payload``.
+
+    Sending it would make the server close the connection; it can never succeed, so retrying is
+    pointless: the sender refuses the work instead (the gateway answers 413).
+    """
+
+    def __init__(self, subject: str, size: int, limit: int) -> None:
+        super().__init__()
+        self.subject = subject
+        self.size = size
+        self.limit = limit
+
+    def __str__(self) -> str:
+        return (
+            f"a {self.size}-byte message on {self.subject} exceeds the NATS server's "
+            f"max_payload of {self.limit} bytes"
+        )

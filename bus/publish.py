@@ -8,6 +8,7 @@ import msgspec
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from bus.errors import PayloadTooLarge
 from bus.tracing import current_traceparent
 from schemas.catalogue import MessageType, of_type
 from schemas.envelope import Envelope, new_id
@@ -51,6 +52,27 @@ def encode(message: msgspec.Struct) -> bytes:
     return _encoder.encode(message)
 
 
+def wire_size(data: bytes, headers: dict[str, str] | None) -> int:
+    """What the server counts against ``max_payload``: the body and the encoded headers."""
+    if not headers:
+        return len(data)
+    lines = sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
+    return len(data) + len(b"NATS/1.0\r\n") + lines + 2
+
+
+def check_size(nc: Client, subject: str, data: bytes, headers: dict[str, str] | None) -> None:
+    """Refuse before sending what the server would refuse by closing the connection.
+
+    nats-py checks only the body, while the server counts the headers too and answers a message
+    over its limit by dropping the connection, so every other request in flight on it fails as
+    "bus not reachable". ``PayloadTooLarge`` says what happened instead.
+    """
+    size = wire_size(data, headers)
+    limit = nc.max_payload
+    if limit > 0 and size > limit:
+        raise PayloadTooLarge(subject, size, limit)
+
+
 async def publish(
     js: JetStreamContext,
     message: msgspec.Struct,
@@ -59,13 +81,20 @@ async def publish(
     entry: MessageType | None = None,
     timeout: float = 5.0,
 ) -> Published:
-    """Publish and wait for the JetStream ack; a re-publish of the same id reports ``duplicate``."""
+    """Publish and wait for the JetStream ack; a re-publish of the same id reports ``duplicate``.
+
+    ``PayloadTooLarge`` when the message does not fit the server's ``max_payload``.
+    """
     entry = entry or of_type(type(message))
     subject = entry.subject(env.tenant, env.correlation_id)
-    ack = await js.publish(subject, encode(message), timeout=timeout, headers=env.to_headers())
+    data, headers = encode(message), env.to_headers()
+    check_size(js._nc, subject, data, headers)
+    ack = await js.publish(subject, data, timeout=timeout, headers=headers)
     return Published(subject, ack.stream, ack.seq, bool(ack.duplicate), env.message_id)
 
 
 async def publish_ephemeral(nc: Client, subject: str, message: msgspec.Struct) -> None:
     """Core-NATS publish for data nobody needs to replay (token deltas)."""
-    await nc.publish(subject, encode(message))
+    data = encode(message)
+    check_size(nc, subject, data, None)
+    await nc.publish(subject, data)

@@ -191,14 +191,15 @@ def create_app(settings: Settings, config: GatewayConfig | None = None) -> FastA
 async def serve(settings: Settings) -> None:
     """Run the gateway on ``SOMA_HTTP_HOST:SOMA_HTTP_PORT`` until SIGINT/SIGTERM or until
     cancelled; either way open requests finish and the lifespan closes its connections."""
-    app = create_app(settings)
+    config = GatewayConfig()
     server = uvicorn.Server(
         uvicorn.Config(
-            app,
+            create_app(settings, config),
             host=settings.http_host,
             port=settings.http_port,
             log_level="info",
             server_header=False,
+            timeout_graceful_shutdown=config.drain_timeout,
         )
     )
     running = asyncio.create_task(server.serve())

@@ -38,7 +38,12 @@ class GatewayConfig(BaseSettings):
     # How long an API key verdict is reused; a revoked key stops working within this time.
     api_key_cache: float = Field(default=5, ge=0, le=5, alias="SOMA_API_KEY_CACHE_SECONDS")
 
-    max_body_bytes: int = Field(default=1_048_576, gt=0, alias="SOMA_MAX_BODY_BYTES")
+    # Request bodies: unset, as large as fits in one bus message (the NATS server's max_payload,
+    # read from the connection, less room for the envelope); set, that size at most.
+    max_body_bytes: int | None = Field(default=None, gt=0, alias="SOMA_MAX_BODY_BYTES")
+    # On SIGTERM the gateway stops accepting requests and lets those in flight finish for this
+    # long before cutting them off; `soma up` waits for it before stopping anything else.
+    drain_timeout: float = Field(default=30, ge=0, alias="SOMA_DRAIN_TIMEOUT")
     # A bus round trip to a handler, and a whole chat turn or task start.
     bus_timeout: float = Field(default=10, gt=0, alias="SOMA_BUS_TIMEOUT")
     chat_timeout: float = Field(default=300, gt=0, alias="SOMA_CHAT_TIMEOUT")

@@ -1,7 +1,9 @@
 """Every failure leaves the gateway in OpenAI's shape: ``{"error": {message, type, param, code}}``.
 
 Handlers raise ``ApiError``; validation, routing and unexpected errors are converted here, so no
-other shape (and never a stack trace) reaches a caller.
+other shape (and never a stack trace) reaches a caller. A request too large for the bus is a 413
+wherever the publish failed: the bus's ``PayloadTooLarge`` is looked for in the error's causes,
+because a caller must not retry what can never fit, as a 5xx would invite.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+
+from bus.errors import PayloadTooLarge
 
 log = logging.getLogger("soma.gateway")
 
@@ -89,6 +93,35 @@ def unavailable(message: str = "A backend service did not answer in time.") -> A
     return ApiError(503, message, type="server_error", code="service_unavailable")
 
 
+def too_large(limit: int) -> ApiError:
+    return ApiError(
+        413,
+        f"The request body is larger than the limit of {limit} bytes.",
+        code="request_too_large",
+    )
+
+
+def too_large_for_the_bus(exc: PayloadTooLarge) -> ApiError:
+    return ApiError(
+        413,
+        f"The request is too large to carry: as a message it takes {exc.size} bytes, over the "
+        f"limit of {exc.limit} bytes. Send fewer or shorter messages.",
+        code="request_too_large",
+    )
+
+
+def payload_too_large(exc: BaseException) -> PayloadTooLarge | None:
+    """The ``PayloadTooLarge`` behind an error, however many times it was wrapped."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, PayloadTooLarge):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def _param(loc: Sequence[Any]) -> str | None:
     """``("body", "messages", 0, "role")`` → ``messages[0].role``."""
     out = ""
@@ -121,6 +154,10 @@ def validation_error(exc: RequestValidationError) -> ApiError:
 
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
+    cause = payload_too_large(exc) if exc.status >= 500 else None
+    if cause is not None:
+        log.warning("refused a request too large for the bus: %s", cause)
+        return too_large_for_the_bus(cause).response()
     return exc.response()
 
 
@@ -148,6 +185,10 @@ async def _http(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    cause = payload_too_large(exc)
+    if cause is not None:
+        log.warning("refused a request too large for the bus: %s", cause)
+        return too_large_for_the_bus(cause).response()
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     body = error_body("The server had an error while processing your request.", "server_error")
     return JSONResponse(body, status_code=500)
