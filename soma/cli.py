@@ -17,6 +17,7 @@ from pathlib import Path
 import typer
 
 from soma import cli_dlq, cli_keys, cli_saga, cli_schemas, cli_usage, terminal
+from soma.settings import Settings
 
 app = typer.Typer(
     name="soma",
@@ -459,7 +460,9 @@ def migrate() -> None:
     """Apply the database migrations (every branch) and say where.
 
     Safe to run at every deployment: applied migrations are skipped. `soma up` runs it itself.
-    The printed URL never shows a password.
+    The printed URL never shows a password. With `NATS_URL` set it also creates the streams (or
+    brings their limits in line with the settings): run it as the NATS admin user, since the
+    processes' own users may not create streams.
 
     **Examples**
 
@@ -471,6 +474,7 @@ def migrate() -> None:
     * `DATABASE_URL` — PostgreSQL (`postgresql://` becomes `postgresql+asyncpg://`) or any
       SQLAlchemy async URL; unset: `SOMA_DATA_DIR/soma.db` (SQLite)
     * `SOMA_DATA_DIR` — data folder for the SQLite default (default `./.soma`)
+    * `NATS_URL` — when set, the NATS server whose streams to create (as the admin user)
     """
     import asyncio
 
@@ -485,6 +489,18 @@ def migrate() -> None:
     except Exception as exc:
         terminal.fail(f"migrations failed on {shown}: {type(exc).__name__}: {exc}")
     terminal.out.print(f"migrated {shown}")
+    settings = terminal.settings()
+    if settings.nats_url:
+        terminal.out.print(f"streams: {terminal.run(_provision_streams(settings))} ready")
+
+
+async def _provision_streams(settings: Settings) -> str:
+    """Create or update the streams as the provisioning user (the processes' users may not)."""
+    from bus.streams import provision, stream_configs
+
+    async with terminal.bus(settings, "soma-migrate") as (_nc, js):
+        await provision(js, settings)
+    return ", ".join(str(c.name) for c in stream_configs(settings))
 
 
 def main() -> None:
