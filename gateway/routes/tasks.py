@@ -147,8 +147,11 @@ async def create_task(
     gateway = gateway_of(request)
     _checked_input(body.input)
     task_id = body.id or new_id()
+    # The task acts with the caller's role, whatever the input says; the tools and memory
+    # processes hold each of its calls to that role (and to the caller's own memories).
+    task_input = {**body.input, "role": principal.role or None}
     started = await gateway.dispatch.call(
-        SagaStart(saga_type=SAGA_TYPE, saga_id=task_id, input=body.input),
+        SagaStart(saga_type=SAGA_TYPE, saga_id=task_id, input=task_input),
         SagaStarted,
         tenant=principal.tenant,
         actor=principal.user,
