@@ -1,7 +1,7 @@
 """Memory as an API: embeddings, and adding or deleting memories directly.
 
 Searching is ``memory.recall`` (schemas/memory.py). Everything is scoped by the envelope's tenant:
-an id of another tenant is simply not found.
+an id of another tenant is simply not found. ``caller_role`` scopes by user as in recall.
 """
 
 from typing import Any
@@ -30,6 +30,7 @@ class MemoryAdd(Message):
     user: str | None = None
     session: str | None = None
     metadata: dict[str, Any] = {}
+    caller_role: str | None = None
 
 
 class MemoryAdded(Message):
@@ -43,6 +44,7 @@ class MemoryDelete(Message):
     ids: list[str] | None = None
     user: str | None = None
     session: str | None = None
+    caller_role: str | None = None
 
 
 class MemoryDeleted(Message):

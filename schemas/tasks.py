@@ -8,7 +8,12 @@ from schemas.slm import ToolSpec
 
 class AgentTaskInput(Message):
     """What to do. With ``require_approval`` the task waits for an ``approve`` signal
-    (payload ``{"approved": true|false, "by": ..., "comment": ...}``) before the final report."""
+    (payload ``{"approved": true|false, "by": ..., "comment": ...}``) before the final report.
+
+    ``platform_tools`` are registry tools (by registry name) the task may run, each call judged
+    for ``role``; ``tools`` are the caller's own specs, which the task never runs. ``role`` is the
+    caller's, set by the gateway from the credential; without it no tool runs.
+    """
 
     goal: str
     model: str = "soma-local-dev"
@@ -17,6 +22,8 @@ class AgentTaskInput(Message):
     require_approval: bool = False
     approval_timeout: float | None = None
     user: str | None = None
+    platform_tools: list[ToolSpec] = []
+    role: str | None = None
 
 
 class AgentTaskResult(Message):

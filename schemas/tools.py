@@ -6,16 +6,24 @@ from schemas.base import Message
 
 
 class ToolInvoke(Message):
+    """Run one tool for a caller. ``role`` and ``user`` are the caller's, as the gateway
+    authenticated them; the tools process runs the call only if the tenant's tool allow-list
+    grants ``role`` the tool, and refuses a call without a role."""
+
     call_id: str
     name: str
     arguments: dict[str, Any] = {}
-    role: str = "user"
+    role: str | None = None
+    user: str | None = None
 
 
 class ToolResult(Message):
+    """``refused_by`` names the policy rule that refused the call (then nothing ran)."""
+
     call_id: str
     name: str
     ok: bool
     output: Any = None
     error: str | None = None
     duration_ms: float = 0.0
+    refused_by: str | None = None

@@ -10,11 +10,31 @@ from fastapi.responses import Response
 from gateway import chat_turns
 from gateway.auth import Principal
 from gateway.context import caller, gateway_of
+from gateway.errors import ApiError
+from gateway.idempotency import attempt_of
 from gateway.openai_bodies import ERRORS, ChatCompletion, ChatCompletionRequest
 from gateway.streaming import ChatStream, SseResponse
 from schemas.envelope import new_id
 
 router = APIRouter(tags=["openai"])
+
+# Roles that act for the tenant's end users and may name one in ``user``; the memory process
+# still holds each turn to the tenant's memory grants.
+_ACTS_FOR_OTHERS = frozenset({"admin", "service"})
+
+
+def check_user(principal: Principal, user: str | None) -> None:
+    """A chat turn's memory is its ``user``'s: only the caller's own, unless it acts for others."""
+    if user is None or user == principal.user or _ACTS_FOR_OTHERS & set(principal.roles):
+        return
+    raise ApiError(
+        403,
+        "'user' must be your own user id: you may not act for another user.",
+        type="permission_error",
+        param="user",
+        code="insufficient_permissions",
+    )
+
 
 _STREAM_DOC = {
     "description": "A completion; with `stream: true`, `text/event-stream` of "
@@ -34,13 +54,16 @@ async def create_chat_completion(
     request: Request,
     principal: Annotated[Principal, Depends(caller("chat"))],
 ) -> ChatCompletion | Response:
+    check_user(principal, body.user)
     gateway = gateway_of(request)
     await gateway.limiter.admit_tokens(principal)
     await gateway.models.require(body.model, principal)
     turn = chat_turns.turn_input(
         body, principal, passthrough=gateway.config.chat_pipeline == "passthrough"
     )
-    saga_id = new_id()
+    # With an Idempotency-Key every retry names the same turn, so none runs it twice.
+    attempt = attempt_of(request.scope)
+    saga_id = attempt.request_id if attempt is not None else new_id()
     config = gateway.config
     if body.stream:
         stream = ChatStream(

@@ -1,7 +1,9 @@
-"""Memory: add, search and delete memories of the caller's tenant.
+"""Memory: add, search and delete memories of the caller's tenant — chat turns' memories too.
 
-Members and users reach only their own memories; admins and services may name any ``user`` of
-their tenant. The tenant itself always comes from the credential, never from the request.
+Without a ``user`` a request reaches the caller's own memories. Naming another user of the tenant
+is decided by the memory process from the caller's role and the tenant's memory grants
+(``memory.tenant_wide_roles``, admins and services by default): anyone else gets 403. The tenant
+itself always comes from the credential, never from the request.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.auth import Principal
 from gateway.context import caller, gateway_of
-from gateway.errors import forbidden, not_found
+from gateway.errors import not_found
 from gateway.openai_bodies import ERRORS
 from schemas.envelope import new_id
 from schemas.memories import MemoryAdd, MemoryAdded, MemoryDelete, MemoryDeleted
@@ -22,15 +24,14 @@ from schemas.memory import MemoryRecall, MemoryRecalled
 router = APIRouter(tags=["memory"])
 
 _ID = r"^[A-Za-z0-9_.:-]{1,128}$"
-_ANY_USER = frozenset({"admin", "service"})
 
 
 def _user(principal: Principal, requested: str | None) -> str:
-    if requested is None or requested == principal.user:
-        return principal.user
-    if _ANY_USER & set(principal.roles):
-        return requested
-    raise forbidden("You may only reach your own memories.")
+    return principal.user if requested is None else requested
+
+
+def _role(principal: Principal) -> str | None:
+    return principal.role or None
 
 
 class MemoryCreate(BaseModel):
@@ -94,6 +95,7 @@ async def add_memory(
             user=_user(principal, body.user),
             session=body.session,
             metadata=body.metadata,
+            caller_role=_role(principal),
         ),
         MemoryAdded,
         tenant=principal.tenant,
@@ -116,6 +118,7 @@ async def search_memory(
             user=_user(principal, body.user),
             session=body.session,
             top_k=body.top_k,
+            caller_role=_role(principal),
         ),
         MemoryRecalled,
         tenant=principal.tenant,
@@ -147,9 +150,8 @@ async def delete_memory(
     request: Request,
     principal: Annotated[Principal, Depends(caller("memory"))],
 ) -> MemoryRemoved:
-    own = None if _ANY_USER & set(principal.roles) else principal.user
     deleted = await gateway_of(request).dispatch.call(
-        MemoryDelete(ids=[memory_id], user=own),
+        MemoryDelete(ids=[memory_id], caller_role=_role(principal)),
         MemoryDeleted,
         tenant=principal.tenant,
         actor=principal.user,
@@ -172,7 +174,9 @@ async def delete_memories(
     session: Annotated[str | None, Query(max_length=200)] = None,
 ) -> MemoryRemoved:
     deleted = await gateway_of(request).dispatch.call(
-        MemoryDelete(ids=None, user=_user(principal, user), session=session),
+        MemoryDelete(
+            ids=None, user=_user(principal, user), session=session, caller_role=_role(principal)
+        ),
         MemoryDeleted,
         tenant=principal.tenant,
         actor=principal.user,

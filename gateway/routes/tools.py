@@ -1,5 +1,6 @@
 """Tools: list the registry, and invoke one directly — after the same policy check a model's
-tool call gets, so a direct call is no way around the tenant's allow-lists."""
+tool call gets, so a direct call is no way around the tenant's allow-lists. The tools process
+checks the allow-list again for the caller's role; its refusal is a 403 here too."""
 
 from __future__ import annotations
 
@@ -52,6 +53,15 @@ class InvocationResult(BaseModel):
     duration_ms: float = 0.0
 
 
+def _refused(name: str, reasons: str) -> ApiError:
+    return ApiError(
+        403,
+        f"Calling '{name}' is refused by policy: {reasons or 'the tenant policy'}.",
+        type="permission_error",
+        code="policy_denied",
+    )
+
+
 @router.get("/v1/tools", response_model=ToolListOut, responses=ERRORS, summary="List tools")
 async def list_tools(
     request: Request, principal: Annotated[Principal, Depends(caller("tools"))]
@@ -96,24 +106,21 @@ async def invoke_tool(
         actor=principal.user,
     )
     if verdict.decision == "deny":
-        reasons = "; ".join(verdict.reasons) or "the tenant's policy"
-        raise ApiError(
-            403,
-            f"Calling '{name}' is refused by policy: {reasons}.",
-            type="permission_error",
-            code="policy_denied",
-        )
+        raise _refused(name, "; ".join(verdict.reasons))
     result = await dispatch.call(
         ToolInvoke(
             call_id=body.call_id or new_id(),
             name=name,
             arguments=body.arguments,
-            role=principal.role or "user",
+            role=principal.role or None,
+            user=principal.user,
         ),
         ToolResult,
         tenant=principal.tenant,
         actor=principal.user,
     )
+    if result.refused_by is not None:
+        raise _refused(name, result.error or result.refused_by)
     return InvocationResult(
         call_id=result.call_id,
         name=result.name,

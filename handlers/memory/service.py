@@ -2,6 +2,9 @@
 
 Composition root: the embedder, the Qdrant client and the SQL engine are opened at startup
 (not in ``build``) so building the service to inspect its routes locks no local Qdrant folder.
+
+Every command is scoped by user here (``scope.whose``) from its ``caller_role`` and the envelope's
+actor; a command naming a user its caller may not reach is refused as ``forbidden``.
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bus.errors import Rejected
 from bus.service import Service
-from handlers.memory import store, vectors
+from handlers.memory import store, turns, vectors
 from handlers.memory.config import MemoryConfig
 from handlers.memory.embeddings import open_embedder
 from handlers.memory.errors import InvalidMemory
+from handlers.memory.scope import OtherUser, grants_of, whose
 from handlers.memory.vectors import Vectors
 from schemas.envelope import Envelope
 from schemas.memories import (
@@ -29,6 +33,7 @@ from schemas.memories import (
 )
 from schemas.memory import MemoryRecall, MemoryRecalled, MemoryStore, MemoryStored
 from soma.db import make_engine, migrate
+from soma.grants import GrantStore, InvalidTenant, policy_dir
 from soma.settings import Settings
 
 
@@ -46,6 +51,15 @@ class _Opened:
 def build(settings: Settings, config: MemoryConfig | None = None) -> Service:
     config = config or MemoryConfig()
     opened = _Opened()
+    grants = GrantStore(policy_dir(settings))
+
+    def scoped(env: Envelope, role: str | None, user: str | None) -> str | None:
+        try:
+            return whose(grants_of(grants, env.tenant), env.actor, role, user)
+        except InvalidTenant as exc:
+            raise Rejected(f"invalid: {exc}") from exc
+        except OtherUser as exc:
+            raise Rejected(f"forbidden: {exc}") from exc
 
     async def start() -> None:
         database_url = settings.resolved_database_url()
@@ -72,13 +86,14 @@ def build(settings: Settings, config: MemoryConfig | None = None) -> Service:
 
     async def recall(cmd: MemoryRecall, env: Envelope) -> MemoryRecalled:
         memories, _ = opened.require()
+        user = scoped(env, cmd.caller_role, cmd.user)
         try:
             found = await store.search(
                 memories,
                 env.tenant,
                 cmd.query,
                 top_k=cmd.top_k,
-                user=cmd.user,
+                user=user,
                 session=cmd.session,
             )
         except InvalidMemory as exc:
@@ -87,6 +102,7 @@ def build(settings: Settings, config: MemoryConfig | None = None) -> Service:
 
     async def remember(cmd: MemoryStore, env: Envelope) -> MemoryStored:
         into, engine = opened.require()
+        user = scoped(env, cmd.caller_role, cmd.user)
         # The command's own timestamp, so a redelivery writes the very same values.
         at = datetime.fromtimestamp(env.timestamp, UTC) if env.timestamp else None
         try:
@@ -97,7 +113,7 @@ def build(settings: Settings, config: MemoryConfig | None = None) -> Service:
                 turn_id=cmd.turn_id,
                 text=cmd.text,
                 role=cmd.role,
-                user=cmd.user,
+                user=user,
                 session=cmd.session,
                 metadata=cmd.metadata,
                 at=at,
@@ -108,15 +124,20 @@ def build(settings: Settings, config: MemoryConfig | None = None) -> Service:
 
     async def add(cmd: MemoryAdd, env: Envelope) -> MemoryAdded:
         into, _ = opened.require()
+        user = scoped(env, cmd.caller_role, cmd.user)
         at = datetime.fromtimestamp(env.timestamp, UTC) if env.timestamp else None
         try:
-            existed = await store.get(into, env.tenant, cmd.id) is not None
+            existing = await store.get(into, env.tenant, cmd.id)
+            if existing is not None and existing.user != user:
+                # The id is another user's: overwriting it would hand it over.
+                raise Rejected(f"conflict: memory id {cmd.id!r} is taken")
+            existed = existing is not None
             await store.add(
                 into,
                 env.tenant,
                 cmd.text,
                 id=cmd.id,
-                user=cmd.user,
+                user=user,
                 session=cmd.session,
                 metadata=cmd.metadata,
                 created_at=at,
@@ -126,13 +147,15 @@ def build(settings: Settings, config: MemoryConfig | None = None) -> Service:
         return MemoryAdded(id=cmd.id, created=not existed)
 
     async def delete(cmd: MemoryDelete, env: Envelope) -> MemoryDeleted:
-        into, _ = opened.require()
+        into, engine = opened.require()
+        user = scoped(env, cmd.caller_role, cmd.user)
         try:
-            deleted = await store.delete(
-                into, env.tenant, cmd.ids, user=cmd.user, session=cmd.session
-            )
+            deleted = await store.delete(into, env.tenant, cmd.ids, user=user, session=cmd.session)
         except InvalidMemory as exc:
             raise Rejected(f"invalid: {exc}") from exc
+        if cmd.ids:
+            # A stored chat turn is a memory and a history row: deleting it forgets both.
+            await turns.forget(engine, env.tenant, cmd.ids, user=user)
         return MemoryDeleted(deleted=deleted)
 
     async def embed(cmd: MemoryEmbed, env: Envelope) -> MemoryEmbedded:

@@ -144,3 +144,17 @@ async def clear(engine: AsyncEngine, tenant: str, session: str) -> int:
 def _utc(value: datetime) -> datetime:
     # SQLite hands back naive datetimes; they were written in UTC.
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+async def forget(
+    engine: AsyncEngine, tenant: str, turn_ids: list[str], *, user: str | None = None
+) -> int:
+    """Forget the turns with these ids (of ``user`` only, when given); returns how many."""
+    query = delete(memory_turns).where(
+        memory_turns.c.tenant == tenant, memory_turns.c.turn_id.in_(turn_ids)
+    )
+    if user is not None:
+        query = query.where(memory_turns.c.user == user)
+    async with engine.begin() as conn:
+        result = await conn.execute(query)
+    return result.rowcount

@@ -21,9 +21,10 @@ from handlers.policy import arguments
 from handlers.policy.injection import normalize
 from handlers.policy.rules import Action, Rule, RuleSet, StageRules
 from schemas.policy import Decision, PolicyEvaluate, PolicyEvaluated, Span, Stage
+from soma.grants import POLICY_ERROR, TOOL_NOT_ALLOWED
 
 SEVERITY: dict[Decision, int] = {"allow": 0, "flag": 1, "redact": 2, "deny": 3}
-ERROR_RULE = "policy.error"
+ERROR_RULE = POLICY_ERROR
 
 
 class InvalidRequest(ValueError):
@@ -88,7 +89,7 @@ def evaluate(ruleset: RuleSet, request: PolicyEvaluate) -> Verdict:
         if not ruleset.tools.allows(request.role, request.tool_name):
             findings.append(
                 Finding(
-                    "tool.not_allowed",
+                    TOOL_NOT_ALLOWED,
                     "deny",
                     f"role {request.role!r} may not call tool {request.tool_name!r}",
                 )

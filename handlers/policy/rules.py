@@ -1,51 +1,57 @@
 """Rule sets as data: a tenant's constitution read from YAML, validated, compiled, hot-reloaded.
 
-The packaged ``default.yaml`` applies to every tenant without a file of its own, and is the base a
-tenant file builds on (unless it says ``extends: none``): a tenant rule with a base rule's id
-replaces it, ``disable`` removes base rules by id, ``tools.roles`` and ``budgets`` override the base
-key by key. Every rule's ``examples`` must trigger it and its ``counterexamples`` must not; they are
-checked at load, so a pattern that cannot match is refused when the file is read, not discovered
+The packaged default (``soma/default_policy.yaml``) applies to every tenant without a file of its
+own, and is the base a tenant file builds on (unless it says ``extends: none``): a tenant rule with
+a base rule's id replaces it, ``disable`` removes base rules by id, ``tools.roles`` and ``budgets``
+override the base key by key, ``memory`` replaces the base's. The tool allow-lists and memory
+grants are compiled by ``soma.grants``, which the tools and memory processes use to enforce them.
+Every rule's ``examples`` must trigger it and its ``counterexamples`` must not; they are checked
+at load, so a pattern that cannot match is refused when the file is read, not discovered
 in production. A file that fails to load is an error for that tenant (the evaluation then denies),
 never a silent fall-back to rules the tenant did not write.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
 import msgspec
-import yaml
 
 from handlers.policy import injection, literals, pii
 from handlers.policy.injection import normalize
 from handlers.policy.pii import Detector, Found
 from schemas.policy import Stage
+from soma.grants import (
+    InvalidTenant,
+    MemoryGrants,
+    MemorySpec,
+    PolicyError,
+    TenantFiles,
+    ToolAllowList,
+    ToolsSpec,
+    check_tenant,
+    compile_memory,
+    compile_tools,
+    default_source,
+    load_yaml,
+    merge_memory,
+    merge_tools,
+)
+
+__all__ = ["InvalidTenant", "PolicyError", "ToolAllowList", "check_tenant", "default_source"]
 
 STAGES: tuple[Stage, ...] = ("prompt", "tool_call", "answer")
 Action = Literal["deny", "redact", "flag"]
 Section = Literal["blocked_topics", "injection", "pii"]
 Limit = Annotated[int, msgspec.Meta(ge=0)] | None | msgspec.UnsetType
 
-_TENANT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,127}")
 _RULE_ID = re.compile(r"[a-z0-9_]+(?:[.-][a-z0-9_]+)*")
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class PolicyError(Exception):
-    """A rule file that cannot be read, parsed or validated."""
-
-
-class InvalidTenant(ValueError):
-    """A tenant name that cannot name a rule file (it would escape the policy folder)."""
-
 
 # ----------------------------------------------------------------------------- the file format
 
@@ -80,10 +86,6 @@ class PiiRuleSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     counterexamples: list[str] = []
 
 
-class ToolsSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    roles: dict[str, list[str]] = {}
-
-
 class KeyBudgetSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_tokens_per_request: Limit = msgspec.UNSET
     daily_tokens: Limit = msgspec.UNSET
@@ -105,6 +107,7 @@ class RuleFile(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     injection: list[MatchRuleSpec] = []
     pii: list[PiiRuleSpec] = []
     tools: ToolsSpec | None = None
+    memory: MemorySpec | None = None
     budgets: BudgetSpec | None = None
 
 
@@ -141,18 +144,6 @@ class Rule:
         if self.screen is not None and not self.screen(normalized):
             return False
         return self.pattern.search(normalized) is not None
-
-
-@dataclass(frozen=True)
-class ToolAllowList:
-    """Tool names (glob patterns) per role. Role ``*`` covers the roles not listed; a role with
-    no entry may call no tool."""
-
-    roles: Mapping[str, re.Pattern[str]] = field(default_factory=dict)
-
-    def allows(self, role: str, tool: str) -> bool:
-        pattern = self.roles.get(role, self.roles.get("*"))
-        return pattern is not None and pattern.match(tool) is not None
 
 
 @dataclass(frozen=True)
@@ -196,6 +187,7 @@ class RuleSet:
     tools: ToolAllowList
     budget: Budget
     stages: Mapping[Stage, StageRules]
+    memory: MemoryGrants = field(default_factory=MemoryGrants)
 
     def rule(self, rule_id: str) -> Rule:
         for rule in self.rules:
@@ -210,22 +202,15 @@ _R = TypeVar("_R", MatchRuleSpec, PiiRuleSpec)
 
 
 def parse(source: bytes, origin: str) -> RuleFile:
-    try:
-        data = yaml.load(source, Loader=_YAML_LOADER)
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"{origin}: not valid YAML: {exc}") from exc
+    data = load_yaml(source, origin)
     try:
         return msgspec.convert(data, type=RuleFile)
     except msgspec.ValidationError as exc:
         raise PolicyError(f"{origin}: {exc}") from exc
 
 
-def default_source() -> bytes:
-    return resources.files("handlers.policy").joinpath("default.yaml").read_bytes()
-
-
 def load_default() -> RuleSet:
-    return build_ruleset("default", None, default_source(), "default.yaml")
+    return build_ruleset("default", None, default_source(), "default_policy.yaml")
 
 
 def build_ruleset(name: str, base: bytes | None, source: bytes, origin: str) -> RuleSet:
@@ -234,7 +219,7 @@ def build_ruleset(name: str, base: bytes | None, source: bytes, origin: str) -> 
     _check_unique_ids(spec, origin)
     digest = hashlib.sha256(source)
     if base is not None and spec.extends == "default":
-        spec = merge(parse(base, "default.yaml"), spec, origin)
+        spec = merge(parse(base, "default_policy.yaml"), spec, origin)
         digest.update(b"\0" + base)
     version = f"{name}@{spec.version}+{digest.hexdigest()[:8]}"
     return compile_rules(name, version, spec, origin)
@@ -259,10 +244,6 @@ def merge(base: RuleFile, own: RuleFile, origin: str) -> RuleFile:
         kept = [replacing.pop(r.id, r) for r in inherited if r.id not in disabled]
         return kept + [rule for rule in mine if rule.id in replacing]
 
-    tools = base.tools
-    if own.tools is not None:
-        roles = {**(base.tools.roles if base.tools else {}), **own.tools.roles}
-        tools = ToolsSpec(roles=roles)
     return RuleFile(
         version=own.version,
         extends="none",
@@ -270,7 +251,8 @@ def merge(base: RuleFile, own: RuleFile, origin: str) -> RuleFile:
         blocked_topics=merged(base.blocked_topics, own.blocked_topics),
         injection=merged(base.injection, own.injection),
         pii=merged(base.pii, own.pii),
-        tools=tools,
+        tools=merge_tools(base.tools, own.tools),
+        memory=merge_memory(base.memory, own.memory),
         budgets=_merge_budgets(base.budgets, own.budgets),
     )
 
@@ -315,9 +297,10 @@ def compile_rules(name: str, version: str, spec: RuleFile, origin: str) -> RuleS
         name=name,
         version=version,
         rules=tuple(rules),
-        tools=_compile_tools(spec.tools, origin),
+        tools=compile_tools(spec.tools, origin),
         budget=_compile_budget(spec.budgets),
         stages=stages,
+        memory=compile_memory(spec.memory, origin),
     )
 
 
@@ -444,18 +427,6 @@ def _check_examples(rule: Rule, origin: str) -> None:
             raise PolicyError(f"{where}: counterexample {text!r} triggers it")
 
 
-def _compile_tools(spec: ToolsSpec | None, origin: str) -> ToolAllowList:
-    if spec is None:
-        return ToolAllowList()
-    roles = {}
-    for role, names in spec.roles.items():
-        if any(not name for name in names):
-            raise PolicyError(f"{origin}: tools.roles.{role} has an empty tool name")
-        source = "|".join(fnmatch.translate(name) for name in names) or "(?!)"
-        roles[role] = re.compile(source)
-    return ToolAllowList(roles)
-
-
 def _compile_budget(spec: BudgetSpec | None) -> Budget:
     if spec is None:
         return Budget()
@@ -477,35 +448,9 @@ def _compile_budget(spec: BudgetSpec | None) -> Budget:
 # ----------------------------------------------------------------------------- per-tenant store
 
 
-def check_tenant(tenant: str) -> None:
-    if not _TENANT.fullmatch(tenant):
-        raise InvalidTenant(f"tenant {tenant!r} is not a valid tenant name")
-
-
-Signature = tuple[int, int, int]
-
-
-@dataclass
-class _Loaded:
-    signature: Signature | None
-    checked_at: float
-    ruleset: RuleSet | None
-    error: PolicyError | None
-
-    def result(self) -> RuleSet:
-        if self.error is not None:
-            raise self.error
-        assert self.ruleset is not None
-        return self.ruleset
-
-
-class RuleStore:
-    """Each tenant's rule set, from ``<directory>/<tenant>.yaml`` or the default.
-
-    A file is looked at (one ``stat``) at most once per ``interval`` seconds per tenant and
-    re-read only when its modification time, size or inode changed — editing the file in place
-    or replacing it atomically both count.
-    """
+class RuleStore(TenantFiles[RuleSet]):
+    """Each tenant's rule set, from ``<directory>/<tenant>.yaml`` or the default; see
+    ``soma.grants.TenantFiles`` for when a file is read again."""
 
     def __init__(
         self,
@@ -514,50 +459,10 @@ class RuleStore:
         clock: Callable[[], float] = time.monotonic,
         interval: float = 1.0,
     ) -> None:
-        self.directory = directory
-        self._clock = clock
-        self._interval = interval
-        self._base = default_source()
-        self._default = build_ruleset("default", None, self._base, "default.yaml")
-        self._loaded: dict[str, _Loaded] = {}
+        base = default_source()
 
-    @property
-    def default(self) -> RuleSet:
-        return self._default
+        def build(tenant: str, source: bytes, origin: str) -> RuleSet:
+            return build_ruleset(tenant, base, source, origin)
 
-    def path(self, tenant: str) -> Path:
-        check_tenant(tenant)
-        return self.directory / f"{tenant}.yaml"
-
-    def get(self, tenant: str) -> RuleSet:
-        path = self.path(tenant)
-        now = self._clock()
-        loaded = self._loaded.get(tenant)
-        if loaded is not None and now - loaded.checked_at < self._interval:
-            return loaded.result()
-        signature = _signature(path)
-        if loaded is None or loaded.signature != signature:
-            loaded = self._load(tenant, path, signature, now)
-            self._loaded[tenant] = loaded
-        loaded.checked_at = now
-        return loaded.result()
-
-    def _load(self, tenant: str, path: Path, signature: Signature | None, now: float) -> _Loaded:
-        if signature is None:
-            return _Loaded(None, now, self._default, None)
-        try:
-            source = path.read_bytes()
-            ruleset = build_ruleset(tenant, self._base, source, str(path))
-        except OSError as exc:
-            return _Loaded(signature, now, None, PolicyError(f"{path}: cannot be read: {exc}"))
-        except PolicyError as exc:
-            return _Loaded(signature, now, None, exc)
-        return _Loaded(signature, now, ruleset, None)
-
-
-def _signature(path: Path) -> Signature | None:
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        return None
-    return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        default = build_ruleset("default", None, base, "default_policy.yaml")
+        super().__init__(directory, build, default, clock=clock, interval=interval)

@@ -1,7 +1,8 @@
 """The policy process: judge every prompt, tool call and answer; every decision is an event.
 
 Composition root. The tenant rule files are read from ``$SOMA_POLICY_DIR`` when set, else from
-``<SOMA_DATA_DIR>/policy``; the token totals live in the shared SQL database.
+``<SOMA_DATA_DIR>/policy`` (``soma.grants.policy_dir``); the token totals live in the shared SQL
+database.
 
 Fail closed: whatever goes wrong while judging — a tenant file that does not load, a rule that
 raises, a database that does not answer — the decision is ``deny``, with the reason. Only a
@@ -14,12 +15,10 @@ decision id, and therefore the same budget charge, rather than a second one.
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -31,6 +30,7 @@ from handlers.policy.rules import InvalidTenant, RuleSet, RuleStore
 from schemas.envelope import Envelope
 from schemas.policy import PolicyEvaluate, PolicyEvaluated
 from soma.db import make_engine, migrate
+from soma.grants import policy_dir
 from soma.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,11 +42,6 @@ CHARGES_KEPT = timedelta(days=14)
 
 def decision_id(message_id: str) -> str:
     return uuid.uuid5(_DECISIONS, message_id).hex
-
-
-def policy_dir(settings: Settings) -> Path:
-    configured = os.environ.get("SOMA_POLICY_DIR")
-    return Path(configured) if configured else settings.data_dir / "policy"
 
 
 def command_day(env: Envelope) -> date:

@@ -1,6 +1,12 @@
 """The tools process: run a named tool once per call id and answer with its result, and list
 the registry (``tools.list``) without the tools the tenant's policy never lets a role call.
 
+Every call is authorized here, where the tool runs, by the tenant's tool allow-list for the role
+the command carries (``soma.grants``, the very grants policy judges by): whatever a saga did or
+skipped before, and whoever published the command, a role the allow-list does not name for the
+tool — or no role at all — gets a refusal naming the rule, and nothing runs. Refusals are not
+recorded as calls: nothing ran, and the same command is refused the same way again.
+
 Composition root: the registry (built-in tools, adapters whose secrets are set, the tools of
 configured MCP servers), the HTTP client and the SQL engine are opened at startup, not in
 ``build``, so building the service to inspect its routes starts no MCP server.
@@ -17,9 +23,8 @@ from dataclasses import dataclass, field
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bus.errors import Rejected
 from bus.service import Service
-from handlers.policy.rules import InvalidTenant, PolicyError, RuleStore
-from handlers.policy.service import policy_dir
 from handlers.tools import builtin, fetch, github, slack
 from handlers.tools.calls import invoke_once
 from handlers.tools.config import ToolsConfig
@@ -30,6 +35,14 @@ from schemas.envelope import Envelope
 from schemas.tool_catalog import ToolDescriptor, ToolsList, ToolsListed
 from schemas.tools import ToolInvoke, ToolResult
 from soma.db import make_engine, migrate
+from soma.grants import (
+    POLICY_ERROR,
+    TOOL_NOT_ALLOWED,
+    GrantStore,
+    InvalidTenant,
+    PolicyError,
+    policy_dir,
+)
 from soma.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -78,7 +91,36 @@ def local_registry(config: ToolsConfig, client: httpx.AsyncClient) -> Registry:
     return registry
 
 
-def listing(registry: Registry, rules: RuleStore, tenant: str, role: str | None) -> ToolsListed:
+def refusal(grants: GrantStore, tenant: str, cmd: ToolInvoke) -> ToolResult | None:
+    """The refusal of a call the tenant's allow-list does not grant the caller's role, else None.
+
+    A tenant policy that does not load grants nothing: the call is refused with the reason.
+    """
+
+    def refused(rule: str, reason: str) -> ToolResult:
+        log.warning("refused %s for tenant %s, role %r: %s", cmd.name, tenant, cmd.role, reason)
+        return ToolResult(
+            call_id=cmd.call_id,
+            name=cmd.name,
+            ok=False,
+            error=f"refused by policy ({rule}): {reason}",
+            refused_by=rule,
+        )
+
+    try:
+        allows = grants.get(tenant).tools.allows
+    except InvalidTenant as exc:
+        raise Rejected(f"invalid: {exc}") from exc
+    except PolicyError as exc:
+        return refused(POLICY_ERROR, f"the tenant's policy could not be loaded: {exc}")
+    if not cmd.role:
+        return refused(TOOL_NOT_ALLOWED, f"a call of {cmd.name!r} must carry the caller's role")
+    if not allows(cmd.role, cmd.name):
+        return refused(TOOL_NOT_ALLOWED, f"role {cmd.role!r} may not call tool {cmd.name!r}")
+    return None
+
+
+def listing(registry: Registry, rules: GrantStore, tenant: str, role: str | None) -> ToolsListed:
     """Every callable tool, or for a ``role`` those its tenant's tool allow-list lets it call.
 
     A tenant policy that does not load hides nothing here: the calls are refused by policy with
@@ -115,7 +157,7 @@ class _Opened:
 def build(settings: Settings, config: ToolsConfig | None = None) -> Service:
     config = config or ToolsConfig()
     opened = _Opened()
-    rules = RuleStore(policy_dir(settings))
+    grants = GrantStore(policy_dir(settings))
     database_url = settings.resolved_database_url()
 
     async def start() -> None:
@@ -140,11 +182,14 @@ def build(settings: Settings, config: ToolsConfig | None = None) -> Service:
 
     async def invoke(cmd: ToolInvoke, env: Envelope) -> ToolResult:
         engine, registry = opened.require()
+        refused = refusal(grants, env.tenant, cmd)
+        if refused is not None:
+            return refused
         return await invoke_once(engine, registry, env.tenant, cmd, wait=config.call_wait)
 
     async def list_tools(cmd: ToolsList, env: Envelope) -> ToolsListed:
         _, registry = opened.require()
-        return listing(registry, rules, env.tenant, cmd.role)
+        return listing(registry, grants, env.tenant, cmd.role)
 
     return Service(
         name="tools",

@@ -5,6 +5,14 @@
 
 Every note is kept in memory with a compensation that deletes it, so a cancelled task leaves
 nothing behind.
+
+Tools: the task runs only ``platform_tools`` — registry tools the request names as such — and each
+call is judged by policy for the caller's role and then authorized again by the tools process,
+exactly like a direct call. ``tools`` are the caller's own specs: the model may call them, but the
+task cannot run them and notes that instead; a caller's spec shadows a platform tool of the same
+name. A refused call does not end the task: the refusal becomes the step's note. ``role`` (set by
+the gateway from the credential) and the user the task acts for travel on every tool and memory
+command, and a task without a role may call no tool.
 """
 
 from __future__ import annotations
@@ -26,7 +34,8 @@ from sagas.definition import (
 )
 from schemas.base import Usage
 from schemas.memories import MemoryAdd, MemoryDelete
-from schemas.slm import ChatMessage, SlmComplete, SlmCompleted
+from schemas.policy import PolicyEvaluate, PolicyEvaluated
+from schemas.slm import ChatMessage, SlmComplete, SlmCompleted, ToolSpec
 from schemas.tasks import AgentTaskInput, AgentTaskResult
 from schemas.tools import ToolInvoke, ToolResult
 
@@ -36,7 +45,23 @@ agent_task: Definition[AgentTaskInput] = Definition(
 
 Task = Run[AgentTaskInput]
 MODEL_RETRY = Retry(initial=0.5, max_attempts=3)
+QUICK = Retry(initial=0.2, max_attempts=3)
 _STEP_LINE = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+(.+)$")
+
+
+def _platform_tools(run: Task) -> list[ToolSpec]:
+    """The platform tools the task may run: those no caller tool of the same name shadows."""
+    callers = {t.name for t in run.input.tools}
+    return [t for t in run.input.platform_tools if t.name not in callers]
+
+
+def _owner(run: Task) -> str:
+    """Whom the task works for: the named user, else the user who started it."""
+    return run.input.user or run.actor
+
+
+def _step(run: Task) -> str:
+    return str(run.data["plan"][len(run.data["notes"])])
 
 
 def _ask(run: Task, system: str, user: str, *, tools: bool = False) -> SlmComplete:
@@ -46,7 +71,7 @@ def _ask(run: Task, system: str, user: str, *, tools: bool = False) -> SlmComple
             ChatMessage(role="system", content=system),
             ChatMessage(role="user", content=user),
         ],
-        tools=run.input.tools if tools else [],
+        tools=[*run.input.tools, *_platform_tools(run)] if tools else [],
         user=run.input.user,
     )
 
@@ -96,30 +121,63 @@ def work(run: Task) -> Action:
 def worked(run: Task, done: SlmCompleted) -> Action:
     _account(run, done)
     calls = done.message.tool_calls or []
-    i = len(run.data["notes"])
-    if calls:
-        call = calls[0]
-        try:
-            arguments = json.loads(call.arguments or "{}")
-        except json.JSONDecodeError:
-            arguments = {}
-        run.data["tool"] = call.name
-        return Call(
-            ToolInvoke(
-                call_id=f"{run.saga_id}:step{i}:{call.id}", name=call.name, arguments=arguments
-            ),
-            then=tool_returned,
-            timeout=120,
-            retry=Retry(initial=0.5, max_attempts=3),
+    if not calls:
+        return _keep_note(run, f"{_step(run)}: {done.message.content or ''}")
+    call = calls[0]
+    run.data["tool"] = call.name
+    if call.name not in {t.name for t in _platform_tools(run)}:
+        return _keep_note(
+            run, f"{_step(run)}: {call.name} is not a platform tool of this task; it was not run"
         )
-    return _keep_note(run, f"{run.data['plan'][i]}: {done.message.content or ''}")
+    try:
+        arguments = json.loads(call.arguments or "{}")
+    except json.JSONDecodeError:
+        arguments = {}
+    run.data["tool_arguments"] = arguments if isinstance(arguments, dict) else {}
+    run.data["tool_call"] = f"{run.saga_id}:step{len(run.data['notes'])}:{call.id}"
+    return Call(
+        PolicyEvaluate(
+            stage="tool_call",
+            role=run.input.role or "",
+            tool_name=call.name,
+            tool_arguments=run.data["tool_arguments"],
+        ),
+        then=tool_checked,
+        timeout=10,
+        retry=QUICK,
+    )
+
+
+@agent_task.step
+def tool_checked(run: Task, verdict: PolicyEvaluated) -> Action:
+    tool = run.data["tool"]
+    if verdict.decision == "deny":
+        reasons = "; ".join(verdict.reasons) or "the tenant's policy"
+        return _keep_note(run, f"{_step(run)}: {tool} was refused by policy: {reasons}")
+    arguments = run.data["tool_arguments"]
+    if verdict.decision == "redact" and verdict.redacted_text:
+        arguments = json.loads(verdict.redacted_text)  # the arguments with the findings masked
+    return Call(
+        ToolInvoke(
+            call_id=run.data["tool_call"],
+            name=tool,
+            arguments=arguments,
+            role=run.input.role,
+            user=_owner(run),
+        ),
+        then=tool_returned,
+        timeout=120,
+        retry=Retry(initial=0.5, max_attempts=3),
+    )
 
 
 @agent_task.step
 def tool_returned(run: Task, result: ToolResult) -> Action:
-    i = len(run.data["notes"])
+    tool = run.data.get("tool")
+    if result.refused_by is not None:
+        return _keep_note(run, f"{_step(run)}: {tool} was {result.error}")
     outcome = json.dumps(result.output) if result.ok else f"error: {result.error}"
-    return _keep_note(run, f"{run.data['plan'][i]}: {run.data.get('tool')} returned {outcome}")
+    return _keep_note(run, f"{_step(run)}: {tool} returned {outcome}")
 
 
 def _keep_note(run: Task, note: str) -> Action:
@@ -130,14 +188,15 @@ def _keep_note(run: Task, note: str) -> Action:
         MemoryAdd(
             id=note_id,
             text=note,
-            user=run.input.user,
+            user=_owner(run),
             session=run.saga_id,
             metadata={"agent_task": run.saga_id, "step": i},
+            caller_role=run.input.role,
         ),
         then=noted,
         timeout=30,
         retry=Retry(initial=0.5, max_attempts=5),
-        compensate=MemoryDelete(ids=[note_id]),
+        compensate=MemoryDelete(ids=[note_id], user=_owner(run), caller_role=run.input.role),
     )
 
 

@@ -7,6 +7,16 @@
           └─ answer → check the answer (policy) → store the turn → reply
 
 Token deltas of every model call go to ``soma.stream.<correlation id>`` when the caller streams.
+
+Whose turn it is travels with every command: the caller's role (as the gateway authenticated it)
+on each policy check, tool call and memory command, and the caller's user on each memory command
+and tool call, so the policy, tools and memory processes each hold the turn to the tenant's
+grants themselves. Memory is the caller's own — ``user`` of the input, else the user who started
+the turn — unless the memory process finds the role granted tenant-wide memory.
+
+A tool spec in the request is the caller's, whatever it is called: a call to it is handed back.
+Only ``platform_tools`` (registry tools named by whoever started the turn, never by a request's
+``tools``) run inside the turn, and a caller's spec of the same name shadows the platform tool.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ from schemas.chat import ChatTurnInput, ChatTurnResult, PolicyVerdict
 from schemas.common import CommandFailed
 from schemas.memory import MemoryRecall, MemoryRecalled, MemoryStore
 from schemas.policy import PolicyEvaluate, PolicyEvaluated
-from schemas.slm import ChatMessage, SlmComplete, SlmCompleted, ToolCall
+from schemas.slm import ChatMessage, SlmComplete, SlmCompleted, ToolCall, ToolSpec
 from schemas.tools import ToolInvoke, ToolResult
 
 chat_turn: Definition[ChatTurnInput] = Definition("chat_turn", version=1, input_type=ChatTurnInput)
@@ -76,6 +86,17 @@ def _usage(run: Turn) -> Usage:
     )
 
 
+def _platform_tools(run: Turn) -> list[ToolSpec]:
+    """The platform tools this turn may run: those no caller tool of the same name shadows."""
+    callers = {t.name for t in run.input.tools}
+    return [t for t in run.input.platform_tools if t.name not in callers]
+
+
+def _owner(run: Turn) -> str:
+    """Whose memories the turn stores: the named user, else the user who started the turn."""
+    return run.input.user or run.actor
+
+
 def _stream_subject(run: Turn) -> str | None:
     return f"soma.stream.{run.correlation_id}" if run.input.stream else None
 
@@ -122,7 +143,13 @@ def recall(run: Turn) -> Action:
     if not run.input.use_memory or not query:
         return Continue(then=ask_model)
     return Call(
-        MemoryRecall(query=query, user=run.input.user, session=run.input.session, top_k=5),
+        MemoryRecall(
+            query=query,
+            user=run.input.user,
+            session=run.input.session,
+            top_k=5,
+            caller_role=run.input.role,
+        ),
         then=ask_model,
         timeout=10,
         retry=QUICK,
@@ -149,7 +176,7 @@ def ask_model(run: Turn, recalled: MemoryRecalled | CommandFailed | None = None)
         SlmComplete(
             model=i.model,
             messages=messages,
-            tools=[*i.tools, *i.platform_tools],
+            tools=[*i.tools, *_platform_tools(run)],
             tool_choice=i.tool_choice if run.data.get("rounds", 0) == 0 else None,
             temperature=i.temperature,
             max_tokens=i.max_tokens,
@@ -173,7 +200,7 @@ def model_answered(run: Turn, done: SlmCompleted) -> Action:
     run.data["cost_usd"] = run.data.get("cost_usd", 0.0) + done.cost_usd
     run.data["model"] = done.model
     calls = done.message.tool_calls or []
-    platform = {t.name for t in run.input.platform_tools}
+    platform = {t.name for t in _platform_tools(run)}
     if calls and (
         any(c.name not in platform for c in calls)
         or run.data.get("rounds", 0) >= run.input.max_tool_rounds
@@ -250,6 +277,7 @@ def tool_checked(run: Turn, verdict: PolicyEvaluated) -> Action:
             name=call.name,
             arguments=arguments if isinstance(arguments, dict) else {},
             role=run.input.role,
+            user=_owner(run),
         ),
         then=tool_done,
         timeout=120,
@@ -260,6 +288,9 @@ def tool_checked(run: Turn, verdict: PolicyEvaluated) -> Action:
 @chat_turn.step
 def tool_done(run: Turn, result: ToolResult) -> Action:
     call = _pending(run)[0]
+    if result.refused_by is not None:
+        run.data.setdefault("refused_tools", []).append(call.name)
+        return _tool_message(run, call, result.error or f"refused by policy ({result.refused_by})")
     content = json.dumps(result.output) if result.ok else f"error: {result.error}"
     return _tool_message(run, call, content)
 
@@ -283,9 +314,10 @@ def store_turn(run: Turn) -> Action:
         MemoryStore(
             turn_id=run.saga_id,
             text=text,
-            user=run.input.user,
+            user=_owner(run),
             session=run.input.session,
             metadata={"model": run.input.model},
+            caller_role=run.input.role,
         ),
         then=reply,
         timeout=10,
