@@ -3,6 +3,14 @@
 A dead letter lives on ``soma.dlq.<tenant>.<service>`` in the dead-letter stream with the
 original headers and body, plus ``Soma-Dlq-*`` headers naming the reason, the original subject,
 the consumer and the delivery count. Replay republishes the original to its subject.
+
+Who wrote a dead letter is the ``<service>`` token of its subject, not a header: the NATS
+permissions let each service publish dead letters on its own subject only, so the server has
+checked that token, while every header is whatever the publisher chose. Replay republishes with
+the operator's rights, so a dead letter is trusted only as far as that fact carries it: a
+command may come back only to the service that dead-lettered it, an event only if it is still in
+the events stream exactly as dead-lettered (so someone entitled to publish it did), and headers
+that claim another origin than the subject mark the letter as forged.
 """
 
 from __future__ import annotations
@@ -63,9 +71,81 @@ class DeadLetter:
     headers: dict[str, str]
     body: bytes
     time: str
+    dlq_subject: str = ""
+
+    @property
+    def origin(self) -> str:
+        """The service that published it, from its subject (the server enforces that token)."""
+        tokens = self.dlq_subject.split(".")
+        prefix = DEAD_LETTER_PREFIX.split(".")
+        if len(tokens) == len(prefix) + 2 and tokens[: len(prefix)] == prefix:
+            return tokens[-1]
+        return "?"
+
+    def suspicions(self) -> list[str]:
+        """Why its headers or subjects cannot be trusted; empty for one the runtime wrote."""
+        found: list[str] = []
+        origin = self.origin
+        if origin == "?":
+            found.append(
+                f"its subject {self.dlq_subject or '?'} is not soma.dlq.<tenant>.<service>, "
+                "so no server-checked service published it"
+            )
+            return found
+        if self.service != origin:
+            found.append(
+                f"its headers claim it came from {self.service!r} but it was published on "
+                f"{origin}'s dead-letter subject"
+            )
+        kind, addressed = addressed_service(self.subject)
+        if kind == "cmd" and addressed != origin:
+            found.append(
+                f"{origin} dead-lettered a command addressed to {addressed!r} ({self.subject}); "
+                "a service only ever dead-letters its own commands"
+            )
+        elif kind not in ("cmd", "evt"):
+            found.append(f"its original subject {self.subject!r} is neither a command nor an event")
+        return found
 
 
-def _from_raw(seq: int, headers: dict[str, str], body: bytes, time: str) -> DeadLetter:
+def addressed_service(subject: str) -> tuple[str, str]:
+    """``("cmd"|"evt"|"", service)`` for ``soma.<kind>.<tenant>.<service>.<name>``."""
+    tokens = subject.split(".")
+    if len(tokens) >= 5 and tokens[0] == "soma" and tokens[1] in ("cmd", "evt"):
+        return tokens[1], tokens[3]
+    return "", ""
+
+
+async def verify(js: JetStreamContext, letter: DeadLetter) -> list[str]:
+    """Every reason not to replay ``letter``, including the stored-original check for events.
+
+    An event dead letter names the events-stream sequence it was delivered from; it is trusted
+    only if that message is still there with the same subject and body.
+    """
+    found = letter.suspicions()
+    if found or addressed_service(letter.subject)[0] != "evt":
+        return found
+    seq = int(letter.headers.get(ORIGINAL_SEQ, "0") or 0)
+    try:
+        original = await js.get_msg(STREAMS["evt"], seq) if seq > 0 else None
+    except NotFoundError:
+        original = None
+    if original is None:
+        found.append(
+            f"the event it copies is not in {STREAMS['evt']} (sequence {seq or '?'}), so nothing "
+            f"shows that anyone entitled to publish {letter.subject} did"
+        )
+    elif original.subject != letter.subject or (original.data or b"") != letter.body:
+        found.append(
+            f"{STREAMS['evt']} sequence {seq} is not the event it claims to copy "
+            "(subject or body differ)"
+        )
+    return found
+
+
+def _from_raw(
+    seq: int, headers: dict[str, str], body: bytes, time: str, subject: str
+) -> DeadLetter:
     return DeadLetter(
         seq=seq,
         subject=headers.get(SUBJECT, "?"),
@@ -75,6 +155,7 @@ def _from_raw(seq: int, headers: dict[str, str], body: bytes, time: str) -> Dead
         headers=headers,
         body=body,
         time=time,
+        dlq_subject=subject,
     )
 
 
@@ -85,7 +166,9 @@ async def info(js: JetStreamContext) -> StreamInfo:
 async def get(js: JetStreamContext, seq: int) -> DeadLetter:
     raw = await js.get_msg(STREAMS["dlq"], seq)
     headers = dict(raw.headers or {})
-    return _from_raw(raw.seq or seq, headers, raw.data or b"", str(raw.time or ""))
+    return _from_raw(
+        raw.seq or seq, headers, raw.data or b"", str(raw.time or ""), raw.subject or ""
+    )
 
 
 async def list_all(js: JetStreamContext, limit: int = 100) -> list[DeadLetter]:
@@ -102,13 +185,28 @@ async def list_all(js: JetStreamContext, limit: int = 100) -> list[DeadLetter]:
     return out
 
 
-async def replay(js: JetStreamContext, seq: int, *, delete: bool = True) -> str:
+class Untrusted(Exception):
+    """A dead letter whose origin does not hold up; replaying it would forge a message."""
+
+    def __init__(self, letter: DeadLetter, reasons: list[str]) -> None:
+        self.letter = letter
+        self.reasons = reasons
+        super().__init__(f"dead letter {letter.seq}: " + "; ".join(reasons))
+
+
+async def replay(
+    js: JetStreamContext, seq: int, *, delete: bool = True, force: bool = False
+) -> str:
     """Republish a dead letter to its original subject; returns that subject.
 
     The message gets a new ``Nats-Msg-Id`` (original id + replay marker) so the server's dedup
-    window does not drop it as a repeat of the first delivery.
+    window does not drop it as a repeat of the first delivery. ``Untrusted`` (nothing published)
+    when ``verify`` finds a reason not to, unless ``force``.
     """
     letter = await get(js, seq)
+    reasons = await verify(js, letter)
+    if reasons and not force:
+        raise Untrusted(letter, reasons)
     headers = {k: v for k, v in letter.headers.items() if k not in _DLQ_HEADERS}
     original = headers.pop("Soma-Dlq-Original-Id", "") or f"dlq{seq}"
     headers[MSG_ID] = f"{original}-replay{seq}"

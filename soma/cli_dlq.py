@@ -19,6 +19,12 @@ subject, headers and body, the reason, the handler and the delivery count. Fix t
 replay: the original goes back to its subject with a fresh message id (so the dedup window does
 not drop it) and leaves the dead-letter stream.
 
+The origin shown is the service whose dead-letter subject it was published on, which the NATS
+server enforces; headers are only what the publisher wrote. Replay refuses a dead letter whose
+headers claim another origin, a command that its origin did not receive (it was addressed to
+another service), or an event no longer in the events stream as dead-lettered: replaying it
+would publish a forged message with the operator's rights.
+
 **Examples**
 
     soma dlq ls
@@ -45,12 +51,21 @@ def _letter_json(letter: Any) -> dict[str, Any]:
         "seq": letter.seq,
         "time": letter.time,
         "subject": letter.subject,
+        "origin": letter.origin,
+        "dlq_subject": letter.dlq_subject,
+        "suspicions": letter.suspicions(),
         "service": letter.service,
         "deliveries": letter.deliveries,
         "reason": letter.reason,
         "headers": letter.headers,
         "payload": payload,
     }
+
+
+def _origin_cell(origin: str, claimed: str, suspect: bool) -> str:
+    if origin != claimed:
+        return f"[red]{origin} (headers say {claimed})[/red]"
+    return f"[red]{origin}[/red]" if suspect else origin
 
 
 def _not_found(seq: int) -> str:
@@ -62,7 +77,10 @@ def ls(
     limit: int = typer.Option(100, "--limit", "-n", help="Show at most this many, oldest first."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
 ) -> None:
-    """List dead letters, oldest first: sequence, time, handler, subject, deliveries, reason.
+    """List dead letters, oldest first: sequence, time, origin, subject, deliveries, reason.
+
+    The origin is the service that published it (from its subject, checked by the server); a
+    dead letter whose headers or subjects do not agree with it is marked SUSPECT.
 
     **Examples**
 
@@ -88,12 +106,15 @@ def ls(
     from rich.table import Table
 
     table = Table(title=f"{total} dead letters", title_justify="left")
-    for column in ("seq", "time", "service", "subject", "deliveries", "reason"):
+    for column in ("seq", "time", "origin", "subject", "deliveries", "reason"):
         table.add_column(column, overflow="fold")
     for letter in letters:
+        suspect = letter.suspicions()
         table.add_row(
-            str(letter.seq), str(letter.time)[:19], letter.service, letter.subject,
-            str(letter.deliveries), letter.reason,
+            str(letter.seq), str(letter.time)[:19],
+            _origin_cell(letter.origin, letter.service, bool(suspect)),
+            letter.subject, str(letter.deliveries),
+            f"[red]SUSPECT: {'; '.join(suspect)}[/red]" if suspect else letter.reason,
         )
     terminal.out.print(table)
     if total > len(letters):
@@ -127,7 +148,10 @@ def show(
     out = terminal.out
     out.print(f"[bold]dead letter {letter.seq}[/bold]  {escape(str(letter.time))}")
     out.print(f"  subject     {escape(letter.subject)}")
-    out.print(f"  service     {escape(letter.service)}")
+    out.print(f"  origin      {escape(letter.origin)}  (published on {escape(letter.dlq_subject)})")
+    out.print(f"  service     {escape(letter.service)}  (as its headers claim)")
+    for suspicion in data["suspicions"]:
+        out.print(f"  [red]SUSPECT[/red]     {escape(suspicion)}", soft_wrap=True)
     out.print(f"  deliveries  {letter.deliveries}")
     out.print(f"  reason      {escape(letter.reason)}", soft_wrap=True)
     out.print("  headers")
@@ -142,12 +166,23 @@ def replay(
     seq: int = typer.Argument(0, help="The dead letter to replay.", show_default=False),
     everything: bool = typer.Option(False, "--all", help="Replay every dead letter."),
     keep: bool = typer.Option(False, "--keep", help="Keep it in the dead-letter stream too."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Replay even a dead letter whose origin does not hold up (with a warning each).",
+    ),
 ) -> None:
     """Publish dead letters again to their original subjects.
 
     Each goes back with its original headers and body and a new message id derived from the
     original (so the dedup window does not drop it), then leaves the dead-letter stream (unless
     --keep). Replay after fixing the cause, or the message returns here.
+
+    A dead letter whose origin does not hold up is refused and stays where it is: its headers
+    claim another service than the one that published it, it is a command addressed to another
+    service than its origin, or it is an event no longer in the events stream as dead-lettered.
+    With --all the others are still replayed, and the exit code is 1. --force replays it anyway
+    and says so on stderr for each one.
 
     **Examples**
 
@@ -159,23 +194,48 @@ def replay(
     if bool(seq) == everything:
         terminal.fail("give one sequence to replay, or --all", terminal.USAGE)
 
-    async def resend() -> list[tuple[int, str]]:
+    async def one(js: Any, number: int) -> tuple[int, str | None, list[str]]:
+        try:
+            subject = await deadletter.replay(js, number, delete=not keep)
+        except deadletter.Untrusted as exc:
+            if not force:
+                return number, None, exc.reasons
+            subject = await deadletter.replay(js, number, delete=not keep, force=True)
+            return number, subject, exc.reasons
+        return number, subject, []
+
+    async def resend() -> list[tuple[int, str | None, list[str]]]:
         async with terminal.bus(terminal.settings()) as (_nc, js):
             if not everything:
-                return [(seq, await deadletter.replay(js, seq, delete=not keep))]
+                return [await one(js, seq)]
             letters = await deadletter.list_all(js, limit=1_000_000)
-            done = []
             with terminal.err.status(f"replaying {len(letters)} dead letters…"):
-                for letter in letters:
-                    subject = await deadletter.replay(js, letter.seq, delete=not keep)
-                    done.append((letter.seq, subject))
-            return done
+                return [await one(js, letter.seq) for letter in letters]
 
     done = terminal.run(_guard(resend(), seq or None))
-    for number, subject in done:
+    refused = 0
+    for number, subject, reasons in done:
+        why = "; ".join(reasons)
+        if subject is None:
+            refused += 1
+            terminal.err.print(
+                f"refused to replay dead letter {number}: {why}. It stays in the dead-letter "
+                "stream; inspect it with `soma dlq show`, and replay it only if you know where "
+                "it came from (--force).",
+                soft_wrap=True,
+            )
+            continue
+        if reasons:
+            terminal.err.print(
+                f"[bold red]WARNING[/bold red]: replayed dead letter {number} although {why} "
+                "(--force)",
+                soft_wrap=True,
+            )
         terminal.out.print(f"replayed {number} to {subject}")
     if everything:
-        terminal.out.print(f"{len(done)} dead letters replayed")
+        terminal.out.print(f"{len(done) - refused} dead letters replayed, {refused} refused")
+    if refused:
+        raise typer.Exit(1)
 
 
 @app.command()
