@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from bus import runtime
 from bus.connection import connect
 from bus.request import Requester
 from bus.service import Service
+from bus.streams import StreamsNotProvisioned, provision
 from schemas.envelope import Envelope
 from schemas.policy import PolicyEvaluate, PolicyEvaluated
 from soma.settings import Settings
@@ -44,7 +47,7 @@ def _url(port: int, user: str) -> str:
 def test_nats_conf_is_valid() -> None:
     result = subprocess.run(
         [nats_server_binary(), "-t", "-c", str(ROOT / "nats.conf")],
-        env=clean_env(**PASSWORDS),
+        env=clean_env(NATS_STORE_DIR="/data/jetstream", **PASSWORDS),
         capture_output=True,
         text=True,
         timeout=30,
@@ -56,7 +59,7 @@ def test_nats_conf_refuses_to_start_without_a_password() -> None:
     missing = {k: v for k, v in PASSWORDS.items() if k != "NATS_GATEWAY_PASSWORD"}
     result = subprocess.run(
         [nats_server_binary(), "-t", "-c", str(ROOT / "nats.conf")],
-        env=clean_env(**missing),
+        env=clean_env(NATS_STORE_DIR="/data/jetstream", **missing),
         capture_output=True,
         text=True,
         timeout=30,
@@ -65,16 +68,31 @@ def test_nats_conf_refuses_to_start_without_a_password() -> None:
     assert "NATS_GATEWAY_PASSWORD" in result.stderr
 
 
-@pytest.fixture(scope="module")
-def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    """A nats-server running nats.conf on free ports, its JetStream store moved to a tmp dir."""
-    port = free_port()
-    here = tmp_path_factory.mktemp("secured")
-    (here / "deploy").mkdir()
+def test_nats_conf_refuses_to_start_without_a_store_dir() -> None:
+    result = subprocess.run(
+        [nats_server_binary(), "-t", "-c", str(ROOT / "nats.conf")],
+        env=clean_env(**PASSWORDS),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert "NATS_STORE_DIR" in result.stderr
+
+
+@contextmanager
+def nats_conf_server(here: Path) -> Iterator[int]:
+    """nats.conf and nats-accounts.conf copied into ``here`` and run as nats.conf documents:
+    ``NATS_STORE_DIR=… NATS_<USER>_PASSWORD=… nats-server -c nats.conf -a … -p … -m …``.
+
+    Yields the client port; the monitoring port is ``here / "http.port"``'s content.
+    """
+    port, http_port = free_port(), free_port()
+    (here / "deploy").mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "deploy" / "nats-accounts.conf", here / "deploy")
-    conf = (ROOT / "nats.conf").read_text()
-    assert "store_dir: /data/jetstream" in conf
-    (here / "nats.conf").write_text(conf.replace("/data/jetstream", str(here / "store")))
+    shutil.copy(ROOT / "nats.conf", here)
+    (here / "http.port").write_text(str(http_port))
+    log = (here / "nats.log").open("wb")
     proc = subprocess.Popen(
         [
             nats_server_binary(),
@@ -85,18 +103,66 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
             "-p",
             str(port),
             "-m",
-            str(free_port()),
+            str(http_port),
         ],
-        env=clean_env(**PASSWORDS),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        env=clean_env(NATS_STORE_DIR=str(here / "store"), **PASSWORDS),
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
-        wait_port(port)
+        try:
+            wait_port(port)
+        except RuntimeError as exc:
+            raise RuntimeError((here / "nats.log").read_text()) from exc
         yield port
     finally:
         proc.terminate()
         proc.wait(10)
+        log.close()
+
+
+def provision_as_admin(port: int) -> None:
+    """What `soma migrate` does as the admin user: create the streams."""
+
+    async def provisioning() -> None:
+        nc = await connect(_url(port, "admin"), "admin")
+        try:
+            await provision(nc.jetstream(), Settings(NATS_URL=_url(port, "admin")))
+        finally:
+            with quiet_disconnect():
+                await nc.close()
+
+    asyncio.run(provisioning())
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A nats-server running nats.conf on free ports, its JetStream store in a tmp dir, and
+    the streams provisioned by the admin user."""
+    with nats_conf_server(tmp_path_factory.mktemp("secured")) as port:
+        provision_as_admin(port)
+        yield port
+
+
+def _status(url: str) -> int:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return int(response.status)
+
+
+async def test_the_documented_command_starts_a_server_that_answers(tmp_path: Path) -> None:
+    with nats_conf_server(tmp_path) as port:
+        http_port = (tmp_path / "http.port").read_text()
+        health = f"http://127.0.0.1:{http_port}/healthz?js-enabled-only=true"
+        status = await asyncio.to_thread(_status, health)
+        assert status == 200
+        nc = await connect(_url(port, "admin"), "admin")
+        try:
+            info = await nc.jetstream().account_info()
+            assert info.limits is not None
+        finally:
+            with quiet_disconnect():
+                await nc.close()
+        assert (tmp_path / "store" / "jetstream").is_dir()
 
 
 async def _policy_handler(port: int) -> runtime.Running:
@@ -162,8 +228,6 @@ async def test_the_operator_user_cannot_publish_anything_on_the_bus(secured: int
 
 
 async def test_the_operator_user_can_tail_and_list_streams(secured: int, tmp_path: Path) -> None:
-    handler = await _policy_handler(secured)  # provisions the streams
-    await handler.stop()
     operator = Soma(clean_env(NATS_URL=_url(secured, "operator"), SOMA_DATA_DIR=str(tmp_path)))
     admin = Soma(clean_env(NATS_URL=_url(secured, "admin"), SOMA_DATA_DIR=str(tmp_path)))
     published = await admin(
@@ -178,3 +242,23 @@ async def test_the_operator_user_can_tail_and_list_streams(secured: int, tmp_pat
     streams = await operator("streams", "--json")
     assert streams.exit_code == 0, streams.stderr
     assert '"SOMA_EVT"' in streams.stdout
+
+
+async def test_a_handler_user_finding_no_streams_says_who_provisions_them(tmp_path: Path) -> None:
+    with nats_conf_server(tmp_path) as port:
+        with pytest.raises(StreamsNotProvisioned) as refused:
+            await _policy_handler(port)
+    assert "stream SOMA_CMD does not exist" in str(refused.value)
+    assert "`soma migrate` / the admin user" in str(refused.value)
+
+
+async def test_soma_migrate_as_admin_creates_the_streams(tmp_path: Path) -> None:
+    with nats_conf_server(tmp_path / "nats") as port:
+        admin = Soma(clean_env(NATS_URL=_url(port, "admin"), SOMA_DATA_DIR=str(tmp_path)))
+        migrated = await admin("migrate")
+        assert migrated.exit_code == 0, migrated.stderr
+        assert "streams: SOMA_CMD, SOMA_EVT, SOMA_DLQ, KV_soma_idempotency ready" in (
+            migrated.stdout
+        )
+        handler = await _policy_handler(port)
+        await handler.stop()
