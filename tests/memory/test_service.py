@@ -1,4 +1,5 @@
-"""The memory service as the bus runtime drives it: startup hooks, then its two routes."""
+"""The memory service as the bus runtime drives it: startup hooks, then its routes — each command
+scoped to its caller's own user unless the tenant grants the caller's role tenant-wide memory."""
 
 from __future__ import annotations
 
@@ -22,28 +23,44 @@ from schemas.memory import MemoryRecall, MemoryRecalled, MemoryStore, MemoryStor
 from soma.db import make_engine
 from soma.settings import Settings
 
+SHARING = "sharing"
+SHARING_POLICY = """
+version: 1
+memory:
+  tenant_wide_roles: [member]
+"""
+
 
 @dataclass
 class Running:
     service: Service
     settings: Settings
 
-    async def store(self, tenant: str, cmd: MemoryStore) -> MemoryStored:
-        reply: MemoryStored = await self.service.routes[MemoryStore](cmd, envelope(tenant))
+    async def store(self, tenant: str, cmd: MemoryStore, actor: str = "system") -> MemoryStored:
+        reply: MemoryStored = await self.service.routes[MemoryStore](cmd, envelope(tenant, actor))
         return reply
 
-    async def recall(self, tenant: str, cmd: MemoryRecall) -> MemoryRecalled:
-        reply: MemoryRecalled = await self.service.routes[MemoryRecall](cmd, envelope(tenant))
+    async def recall(self, tenant: str, cmd: MemoryRecall, actor: str = "system") -> MemoryRecalled:
+        route = self.service.routes[MemoryRecall]
+        reply: MemoryRecalled = await route(cmd, envelope(tenant, actor))
         return reply
 
+    async def delete(self, tenant: str, cmd: MemoryDelete, actor: str = "system") -> int:
+        reply = await self.service.routes[MemoryDelete](cmd, envelope(tenant, actor))
+        return int(reply.deleted)
 
-def envelope(tenant: str) -> Envelope:
-    return Envelope(message_id=new_id(), correlation_id=new_id(), tenant=tenant, schema="memory")
+
+def envelope(tenant: str, actor: str = "system") -> Envelope:
+    return Envelope(
+        message_id=new_id(), correlation_id=new_id(), tenant=tenant, schema="memory", actor=actor
+    )
 
 
 @pytest.fixture(scope="module")
 async def running(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
     data_dir: Path = tmp_path_factory.mktemp("memory-service")
+    (data_dir / "policy").mkdir()
+    (data_dir / "policy" / f"{SHARING}.yaml").write_text(SHARING_POLICY)
     # Given explicitly, so the machine's environment cannot change what is tested.
     settings = Settings.model_validate(
         {"SOMA_DATA_DIR": data_dir, "DATABASE_URL": None, "QDRANT_URL": None}
@@ -55,7 +72,9 @@ async def running(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Run
             "SOMA_MEMORY_COLLECTION": "soma_memory",
         }
     )
-    service = build(settings, config)
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("SOMA_POLICY_DIR", raising=False)
+        service = build(settings, config)
     for hook in service.startup:
         await hook()
     yield Running(service, settings)
@@ -111,10 +130,12 @@ async def test_storing_the_same_turn_twice_creates_one_point_and_one_history_row
 async def test_a_stored_turn_is_recalled_for_its_tenant(running) -> None:
     owner = tenant()
     await running.store(
-        owner, MemoryStore(turn_id="a", text="The invoice is due on Friday", user="ann")
+        owner, MemoryStore(turn_id="a", text="The invoice is due on Friday", user="ann"), "ann"
     )
-    await running.store(owner, MemoryStore(turn_id="b", text="Lunch was pasta", user="ann"))
-    recalled = await running.recall(owner, MemoryRecall(query="when is the invoice due", top_k=1))
+    await running.store(owner, MemoryStore(turn_id="b", text="Lunch was pasta", user="ann"), "ann")
+    recalled = await running.recall(
+        owner, MemoryRecall(query="when is the invoice due", top_k=1), "ann"
+    )
     assert [item.id for item in recalled.items] == ["a"]
     assert recalled.items[0].text == "The invoice is due on Friday"
     assert recalled.items[0].user == "ann"
@@ -128,12 +149,74 @@ async def test_recall_never_returns_another_tenants_turn(running) -> None:
     assert recalled.items == []
 
 
+async def _ann_and_bob_like_tea(running: Running, owner: str) -> None:
+    await running.store(owner, MemoryStore(turn_id="1", text="ann likes tea", user="ann"), "ann")
+    await running.store(owner, MemoryStore(turn_id="2", text="bob likes tea", user="bob"), "bob")
+
+
 async def test_recall_is_narrowed_to_the_asked_user(running) -> None:
     owner = tenant()
-    await running.store(owner, MemoryStore(turn_id="1", text="ann likes tea", user="ann"))
-    await running.store(owner, MemoryStore(turn_id="2", text="bob likes tea", user="bob"))
-    recalled = await running.recall(owner, MemoryRecall(query="likes tea", user="bob"))
+    await _ann_and_bob_like_tea(running, owner)
+    asked = MemoryRecall(query="likes tea", user="bob", caller_role="admin")
+    recalled = await running.recall(owner, asked, "root")
     assert [item.text for item in recalled.items] == ["bob likes tea"]
+
+
+async def test_a_members_recall_without_a_user_reaches_only_its_own_memories(running) -> None:
+    owner = tenant()
+    await _ann_and_bob_like_tea(running, owner)
+    asked = MemoryRecall(query="likes tea", caller_role="member")
+    recalled = await running.recall(owner, asked, "ann")
+    assert [item.text for item in recalled.items] == ["ann likes tea"]
+
+
+async def test_a_member_naming_another_user_is_refused_as_forbidden(running) -> None:
+    owner = tenant()
+    await _ann_and_bob_like_tea(running, owner)
+    asked = MemoryRecall(query="likes tea", user="bob", caller_role="member")
+    with pytest.raises(Rejected, match=r"^forbidden: memory\.other_user"):
+        await running.recall(owner, asked, "ann")
+
+
+async def test_a_member_cannot_store_under_another_users_name(running) -> None:
+    with pytest.raises(Rejected, match=r"^forbidden"):
+        await running.store(
+            tenant(),
+            MemoryStore(turn_id="t", text="planted", user="bob", caller_role="member"),
+            "ann",
+        )
+
+
+async def test_a_tenant_wide_role_recalls_every_users_memories(running) -> None:
+    owner = tenant()
+    await _ann_and_bob_like_tea(running, owner)
+    asked = MemoryRecall(query="likes tea", caller_role="admin")
+    recalled = await running.recall(owner, asked, "root")
+    assert sorted(item.text for item in recalled.items) == ["ann likes tea", "bob likes tea"]
+
+
+async def test_a_tenant_policy_can_grant_a_role_tenant_wide_memory(running) -> None:
+    await _ann_and_bob_like_tea(running, SHARING)
+    asked = MemoryRecall(query="likes tea", user="bob", caller_role="member")
+    recalled = await running.recall(SHARING, asked, "ann")
+    assert [item.text for item in recalled.items] == ["bob likes tea"]
+
+
+async def test_a_member_deleting_another_users_memory_by_id_deletes_nothing(running) -> None:
+    owner = tenant()
+    await _ann_and_bob_like_tea(running, owner)
+    mine_only = MemoryDelete(ids=["2"], caller_role="member")
+    assert await running.delete(owner, mine_only, "ann") == 0
+    asked = MemoryRecall(query="likes tea", caller_role="member")
+    assert len((await running.recall(owner, asked, "bob")).items) == 1
+
+
+async def test_deleting_a_stored_turn_by_id_forgets_its_history_row_too(running) -> None:
+    owner = tenant()
+    await _ann_and_bob_like_tea(running, owner)
+    assert await running.delete(owner, MemoryDelete(ids=["1"], caller_role="member"), "ann") == 1
+    assert await points_of(running, owner) == 1
+    assert await turn_rows_of(running, owner) == 1
 
 
 async def test_a_blank_turn_is_rejected(running) -> None:
