@@ -25,7 +25,7 @@ from gateway.body_limit import BodyLimitMiddleware
 from gateway.config import GatewayConfig
 from gateway.context import Gateway
 from gateway.dispatch import Dispatch
-from gateway.idempotency import IdempotencyMiddleware, LocalStore, RedisStore
+from gateway.idempotency import IdempotencyMiddleware, RedisStore, Store, open_bucket
 from gateway.limits import LocalWindows, RateLimiter, RedisWindows
 from gateway.metrics import MetricsMiddleware
 from gateway.model_list import ModelList
@@ -102,7 +102,12 @@ async def _build(settings: Settings, config: GatewayConfig) -> tuple[Gateway, li
 
     redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
     windows = RedisWindows(redis) if redis is not None else LocalWindows()
-    store = RedisStore(redis, config.redis_prefix) if redis is not None else LocalStore()
+    # Idempotency records outlive this process: in Redis when there is one, else in the bus.
+    store: Store = (
+        RedisStore(redis, config.redis_prefix, config.idempotency_ttl)
+        if redis is not None
+        else await open_bucket(js, config.idempotency_ttl, settings.stream_replicas)
+    )
 
     async def verify_key(key_id: str, secret_sha256: str) -> IdentityKeyVerified:
         return await dispatch.ask(

@@ -1,5 +1,10 @@
 """A chat completion as a ``chat_turn`` saga: the request turned into its input, the saga started
 with its id as correlation id, and its end (``sagas.finished``) turned into an answer or an error.
+
+A request with an ``Idempotency-Key`` uses the request's stable id as saga id (``resumable``), so
+its retry — on this gateway or on another one after a crash — never starts a second turn: the
+start (same message id, ``id_conflict="use_existing"``) attaches to the running saga, and a saga
+that has already ended is answered from the saga query, since its ``sagas.finished`` went by.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import msgspec
 from bus.publish import envelope_for, publish
 from bus.request import Reply
 from gateway.auth import Principal
-from gateway.dispatch import Dispatch
+from gateway.dispatch import Dispatch, Refused, current_request_id
 from gateway.errors import ApiError, model_not_found, unavailable
 from gateway.openai_bodies import (
     AssistantMessage,
@@ -26,14 +31,17 @@ from gateway.openai_bodies import (
     ToolCallOut,
     UsageOut,
 )
+from schemas.catalogue import of_type
 from schemas.chat import ChatTurnInput, ChatTurnResult
 from schemas.common import CommandFailed
+from schemas.saga_queries import SagaQueried, SagaQuery
 from schemas.sagas import SagaCancel, SagaFinished, SagaStart
 from schemas.slm import ChatMessage, ToolCall, ToolSpec
 
 log = logging.getLogger("soma.gateway.chat")
 
 SAGA_TYPE = "chat_turn"
+ENDED = frozenset({"completed", "failed", "cancelled", "compensated", "compensation_failed"})
 
 
 def _text(content: Any, index: int) -> str | None:
@@ -130,19 +138,76 @@ def turn_input(
     )
 
 
+def resumable(saga_id: str) -> bool:
+    """True when ``saga_id`` is the current idempotent request's own: an earlier attempt may
+    have started it already."""
+    return saga_id == current_request_id()
+
+
 async def start(
-    dispatch: Dispatch, principal: Principal, turn: ChatTurnInput, saga_id: str
+    dispatch: Dispatch,
+    principal: Principal,
+    turn: ChatTurnInput,
+    saga_id: str,
+    events: asyncio.Queue[Reply] | None = None,
 ) -> None:
-    """Publish the saga start; the caller already watches ``saga_id`` so no event is missed."""
-    command = SagaStart(saga_type=SAGA_TYPE, saga_id=saga_id, input=msgspec.to_builtins(turn))
+    """Publish the saga start; the caller already watches ``saga_id`` (``events``) so no event
+    is missed. A resumable saga that an earlier attempt already finished is answered into
+    ``events`` from the saga query."""
+    again = resumable(saga_id)
+    command = SagaStart(
+        saga_type=SAGA_TYPE,
+        saga_id=saga_id,
+        input=msgspec.to_builtins(turn),
+        id_conflict="use_existing" if again else "fail",
+    )
     env = envelope_for(
-        command, tenant=principal.tenant, actor=principal.user, correlation_id=saga_id
+        command,
+        tenant=principal.tenant,
+        actor=principal.user,
+        correlation_id=saga_id,
+        message_id=f"{saga_id}.start" if again else None,
     )
     try:
         await publish(dispatch.js, command, env)
     except Exception as exc:
         log.warning("starting chat turn %s failed: %s", saga_id, exc)
         raise unavailable("The message bus is not reachable.") from exc
+    if again and events is not None:
+        ended = await finished(dispatch, principal, saga_id)
+        if ended is not None:
+            events.put_nowait(ended)
+
+
+async def finished(dispatch: Dispatch, principal: Principal, saga_id: str) -> Reply | None:
+    """The end of a saga that has already ended, as the event that told of it; else None.
+
+    Asked after the start is published and while its events are watched: a saga not ended at
+    this query sends its ``sagas.finished`` later, so one of the two always answers.
+    """
+    try:
+        answer = await dispatch.ask(
+            SagaQuery(saga_id=saga_id),
+            SagaQueried,
+            tenant=principal.tenant,
+            actor=principal.user,
+            correlation_id=f"{saga_id}.query",
+        )
+    except (ApiError, Refused) as exc:
+        log.warning("asking for chat turn %s failed: %s", saga_id, exc)
+        return None
+    saga = answer.saga
+    if saga is None or saga.state not in ENDED:
+        return None
+    event = SagaFinished(
+        saga_id=saga.saga_id,
+        saga_type=saga.saga_type,
+        state=saga.state,
+        result=saga.result,
+        error=saga.error,
+    )
+    env = envelope_for(event, tenant=principal.tenant, correlation_id=saga_id)
+    return Reply(env, of_type(SagaFinished).name, event)
 
 
 async def cancel(dispatch: Dispatch, principal: Principal, saga_id: str, reason: str) -> None:
@@ -211,7 +276,7 @@ async def run(
     dispatch: Dispatch, principal: Principal, turn: ChatTurnInput, saga_id: str, timeout: float
 ) -> ChatTurnResult:
     async with dispatch.requester.watching(saga_id) as events:
-        await start(dispatch, principal, turn, saga_id)
+        await start(dispatch, principal, turn, saga_id, events)
         try:
             async with asyncio.timeout(timeout):
                 while True:

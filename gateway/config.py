@@ -50,7 +50,13 @@ class GatewayConfig(BaseSettings):
     # SSE comment lines keep idle proxies from closing a quiet stream.
     stream_keepalive: float = Field(default=15, gt=0, alias="SOMA_STREAM_KEEPALIVE_SECONDS")
     models_cache: float = Field(default=30, ge=0, alias="SOMA_MODELS_CACHE_SECONDS")
+    # Idempotency-Key records are kept this long after their last change.
     idempotency_ttl: float = Field(default=86400, gt=0, alias="SOMA_IDEMPOTENCY_TTL")
+    # A running request renews its reservation; one not renewed for this long (its gateway
+    # died) is taken over by the next retry.
+    idempotency_lease: float = Field(default=15, gt=0, alias="SOMA_IDEMPOTENCY_LEASE_SECONDS")
+    # How long a retry waits for the first request still running before answering 409.
+    idempotency_wait: float = Field(default=300, ge=0, alias="SOMA_IDEMPOTENCY_WAIT_SECONDS")
     # "full": every chat turn is checked by policy and uses memory. "passthrough": the turn goes
     # straight to the model (still a saga, still metered) — for deployments that front a model
     # with their own controls.

@@ -3,11 +3,21 @@
 A ``<service>.failed`` reply is a refusal. Handlers start its ``error`` with a code
 (``not_found:``, ``conflict:``, ``invalid:``, ``unauthenticated:``, ``forbidden:``) that decides
 the HTTP status; see CONTRACTS.md.
+
+A request with an ``Idempotency-Key`` runs inside ``request_ids``: ``derived_id`` then gives ids
+that are the same on every retry of that request, so a retry that runs again (its first gateway
+died) names the same saga, memory or tool call and the handlers' own idempotency answers it.
+Only ids of effects are derived: a read keeps a fresh message id, since the server drops a
+re-published id and its reply would never come.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -26,6 +36,32 @@ from schemas.common import CommandFailed
 log = logging.getLogger("soma.gateway.dispatch")
 
 T = TypeVar("T", bound=msgspec.Struct)
+
+_request_id: ContextVar[str | None] = ContextVar("soma_gateway_request_id", default=None)
+
+
+@contextlib.contextmanager
+def request_ids(request_id: str) -> Iterator[None]:
+    """Ids derived inside the block are fixed by ``request_id`` (stable across retries)."""
+    token = _request_id.set(request_id)
+    try:
+        yield
+    finally:
+        _request_id.reset(token)
+
+
+def current_request_id() -> str | None:
+    return _request_id.get()
+
+
+def derived_id(purpose: str) -> str | None:
+    """An id for ``purpose`` that every retry of the current request gets again; None outside an
+    idempotent request (the caller then makes a fresh one)."""
+    base = _request_id.get()
+    if base is None:
+        return None
+    return hashlib.sha256(f"{base}\0{purpose}".encode()).hexdigest()[:32]
+
 
 _STATUS = {
     "not_found": (404, "not_found"),
@@ -136,9 +172,16 @@ class Dispatch:
         tenant: str,
         actor: str = "gateway",
         correlation_id: str | None = None,
+        message_id: str | None = None,
     ) -> None:
         """Publish without waiting for an outcome (signals and cancellations)."""
-        env = envelope_for(command, tenant=tenant, actor=actor, correlation_id=correlation_id)
+        env = envelope_for(
+            command,
+            tenant=tenant,
+            actor=actor,
+            correlation_id=correlation_id,
+            message_id=message_id,
+        )
         try:
             await publish(self.js, command, env)
         except Exception as exc:

@@ -89,7 +89,9 @@ class ChatStream:
         self._watch = self._dispatch.requester.watching(self._saga_id)
         self._events = await self._watch.__aenter__()
         try:
-            await chat_turns.start(self._dispatch, self._principal, self._turn, self._saga_id)
+            await chat_turns.start(
+                self._dispatch, self._principal, self._turn, self._saga_id, self._events
+            )
         except BaseException:
             await self.close()
             raise

@@ -3,10 +3,15 @@
 Another tenant's task is not found: every query carries the caller's tenant and the saga store
 answers only within it. Signals and cancellations are sent after such a query, so they too reach
 only the caller's own tasks.
+
+A start with an ``Idempotency-Key`` names its task by the request's stable id (unless the caller
+names it) and uses the same start message id on every retry, with ``id_conflict="use_existing"``:
+a retry after a gateway crash finds the task the first attempt started instead of a second one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Annotated, Any, Literal
 
@@ -14,10 +19,14 @@ import msgspec
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from bus.publish import envelope_for, publish
 from gateway.auth import Principal
 from gateway.context import Gateway, caller, gateway_of
-from gateway.errors import ApiError, not_found
+from gateway.dispatch import Refused, refusal_error
+from gateway.errors import ApiError, not_found, unavailable
+from gateway.idempotency import attempt_of
 from gateway.openai_bodies import ERRORS
+from schemas.common import CommandFailed
 from schemas.envelope import new_id
 from schemas.saga_queries import SagaInfo, SagaList, SagaListed, SagaQueried, SagaQuery
 from schemas.sagas import SagaCancel, SagaSignal, SagaStart, SagaStarted
@@ -146,17 +155,22 @@ async def create_task(
 ) -> Task:
     gateway = gateway_of(request)
     _checked_input(body.input)
-    task_id = body.id or new_id()
     # The task acts with the caller's role, whatever the input says; the tools and memory
     # processes hold each of its calls to that role (and to the caller's own memories).
     task_input = {**body.input, "role": principal.role or None}
-    started = await gateway.dispatch.call(
-        SagaStart(saga_type=SAGA_TYPE, saga_id=task_id, input=task_input),
-        SagaStarted,
-        tenant=principal.tenant,
-        actor=principal.user,
-        correlation_id=task_id,
-    )
+    attempt = attempt_of(request.scope)
+    if attempt is None:
+        task_id = body.id or new_id()
+        started = await gateway.dispatch.call(
+            SagaStart(saga_type=SAGA_TYPE, saga_id=task_id, input=task_input),
+            SagaStarted,
+            tenant=principal.tenant,
+            actor=principal.user,
+            correlation_id=task_id,
+        )
+    else:
+        task_id = body.id or attempt.request_id
+        started = await _start_once(gateway, principal, task_id, task_input, attempt.request_id)
     # The stored instance, for its real timestamps and state (it may have moved on already).
     answer = await gateway.dispatch.call(
         SagaQuery(saga_id=started.saga_id),
@@ -173,6 +187,56 @@ async def create_task(
         version=started.version,
         input=body.input,
     )
+
+
+async def _start_once(
+    gateway: Gateway, principal: Principal, task_id: str, raw: dict[str, Any], request_id: str
+) -> SagaStarted:
+    """Start the task, or find the one an earlier attempt of this request started.
+
+    The start's message id is the same on every attempt: the server drops a re-publish within
+    its dedup window (no reply comes then, so the saga is looked up), the saga runner's inbox
+    answers a later one with ``sagas.started``.
+    """
+    dispatch = gateway.dispatch
+    command = SagaStart(saga_type=SAGA_TYPE, saga_id=task_id, input=raw, id_conflict="use_existing")
+    env = envelope_for(
+        command,
+        tenant=principal.tenant,
+        actor=principal.user,
+        correlation_id=task_id,
+        message_id=f"{request_id}.start",
+    )
+    async with dispatch.requester.watching(task_id) as events:
+        try:
+            published = await publish(dispatch.js, command, env)
+        except Exception as exc:
+            raise unavailable("The message bus is not reachable.") from exc
+        if published.duplicate:
+            answer = await dispatch.call(
+                SagaQuery(saga_id=task_id),
+                SagaQueried,
+                tenant=principal.tenant,
+                actor=principal.user,
+            )
+            if answer.saga is not None:
+                info = answer.saga
+                return SagaStarted(
+                    saga_id=info.saga_id, saga_type=info.saga_type, version=info.version
+                )
+        try:
+            async with asyncio.timeout(dispatch.timeout):
+                while True:
+                    reply = await events.get()
+                    if isinstance(reply.payload, SagaStarted):
+                        return reply.payload
+                    if (
+                        isinstance(reply.payload, CommandFailed)
+                        and reply.envelope.causation_id == env.message_id
+                    ):
+                        raise refusal_error(Refused(reply.payload))
+        except TimeoutError:
+            raise unavailable() from None
 
 
 @router.get("/v1/tasks", response_model=TaskList, responses=ERRORS, summary="List tasks")

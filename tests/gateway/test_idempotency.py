@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-import httpx
+import asyncio
+import hashlib
+import json
+import time
 
+import httpx
+import pytest
+
+from bus.connection import connect
+from gateway.idempotency import Record, open_bucket
 from soma.settings import Settings
+from tests.gateway.conftest import REDIS_URL
 from tests.gateway.serving import auth, gateway_config, served
 from tests.gateway.standins import World
+from tests.servers import require_service
 
 TASK = {"input": {"goal": "write a report"}}
 
@@ -20,7 +30,7 @@ async def test_a_retried_post_replays_the_first_response(
     assert first.status_code == second.status_code == 202
     assert second.json() == first.json()
     assert second.headers["idempotent-replayed"] == "true"
-    started = [t for (_, _), t in world.sagas.tasks.items() if t.input == {"goal": "once"}]
+    started = [t for (_, _), t in world.sagas.tasks.items() if t.input.get("goal") == "once"]
     assert len(started) == 1
 
 
@@ -64,3 +74,110 @@ async def test_replicas_share_idempotency_records_through_redis(
     assert first.status_code == 202
     assert second.json()["id"] == first.json()["id"]
     assert second.headers["idempotent-replayed"] == "true"
+
+
+SLOW_CHAT = {"model": "soma-test", "messages": [{"role": "user", "content": "answer slowly"}]}
+
+
+async def _both(
+    client: httpx.AsyncClient, url: str, headers: dict[str, str]
+) -> list[httpx.Response]:
+    """The first request, and its retry sent while the first still runs."""
+    first = asyncio.create_task(client.post(url, headers=headers, json=SLOW_CHAT))
+    await asyncio.sleep(0.2)
+    assert not first.done()
+    retry = await client.post(url, headers=headers, json=SLOW_CHAT)
+    return [await first, retry]
+
+
+async def test_a_retry_while_the_first_request_runs_waits_for_its_answer(
+    http: httpx.AsyncClient, member_key: str
+) -> None:
+    headers = {**auth(member_key), "Idempotency-Key": "wait-for-me"}
+    first, retry = await _both(http, "/v1/chat/completions", headers)
+    assert first.status_code == retry.status_code == 200
+    assert retry.json() == first.json()
+    assert retry.headers["idempotent-replayed"] == "true"
+
+
+async def test_a_retry_waits_through_redis_on_another_replica(
+    gw_settings: Settings, world: World, member_key: str, redis_url: str
+) -> None:
+    settings = gw_settings.model_copy(update={"redis_url": redis_url})
+    config = gateway_config()
+    headers = {**auth(member_key), "Idempotency-Key": "wait-elsewhere"}
+    async with served(settings, config) as one, served(settings, config) as two:
+        async with httpx.AsyncClient(timeout=15) as client:
+            first = asyncio.create_task(
+                client.post(f"{one}/v1/chat/completions", headers=headers, json=SLOW_CHAT)
+            )
+            await asyncio.sleep(0.2)
+            retry = await client.post(f"{two}/v1/chat/completions", headers=headers, json=SLOW_CHAT)
+            answered = await first
+    assert answered.status_code == retry.status_code == 200
+    assert retry.json() == answered.json()
+
+
+async def test_a_retry_still_waiting_at_its_limit_is_409(
+    gw_settings: Settings, world: World, member_key: str
+) -> None:
+    headers = {**auth(member_key), "Idempotency-Key": "too-impatient"}
+    config = gateway_config(SOMA_IDEMPOTENCY_WAIT_SECONDS=0.1)
+    async with served(gw_settings, config) as url, httpx.AsyncClient(base_url=url) as client:
+        first, retry = await _both(client, "/v1/chat/completions", headers)
+    assert first.status_code == 200
+    assert retry.status_code == 409
+    assert retry.json()["error"]["code"] == "idempotency_key_in_use"
+
+
+@pytest.mark.parametrize("store", ["bus", "redis"])
+async def test_a_completed_record_outlives_the_gateway(
+    gw_settings: Settings, world: World, member_key: str, store: str
+) -> None:
+    settings = gw_settings
+    if store == "redis":
+        settings = gw_settings.model_copy(update={"redis_url": redis_service()})
+    config = gateway_config()
+    headers = {**auth(member_key), "Idempotency-Key": f"restart-{store}"}
+    async with served(settings, config) as url, httpx.AsyncClient(base_url=url) as client:
+        first = await client.post("/v1/tasks", headers=headers, json={"input": {"goal": store}})
+    async with served(settings, config) as url, httpx.AsyncClient(base_url=url) as client:
+        replayed = await client.post("/v1/tasks", headers=headers, json={"input": {"goal": store}})
+    assert first.status_code == replayed.status_code == 202
+    assert replayed.json() == first.json()
+    assert replayed.headers["idempotent-replayed"] == "true"
+
+
+async def test_a_reservation_whose_lease_lapsed_is_taken_over_and_run(
+    gw_settings: Settings, world: World, member_key: str
+) -> None:
+    body = {"input": {"goal": "orphaned"}}
+    fingerprint = hashlib.sha256(json.dumps(body).encode()).hexdigest()
+    key = hashlib.sha256("\0".join(("acme", "orphan", "/v1/tasks")).encode()).hexdigest()
+    nc = await connect(gw_settings.nats_url or "", "idempotency-test")
+    try:
+        store = await open_bucket(nc.jetstream(), 3600)
+        dead = Record(fingerprint, owner="a-gateway-that-died", lease_until=time.time() - 1)
+        assert await store.create(key, dead) is not None
+        async with served(gw_settings, gateway_config()) as url:
+            async with httpx.AsyncClient(base_url=url) as client:
+                response = await client.post(
+                    "/v1/tasks",
+                    headers={
+                        **auth(member_key),
+                        "Idempotency-Key": "orphan",
+                        "Content-Type": "application/json",
+                    },
+                    content=json.dumps(body),
+                )
+        found = await store.read(key)
+    finally:
+        await nc.close()
+    assert response.status_code == 202
+    assert found is not None and found[0].status == 202
+    assert [t for (_, _), t in world.sagas.tasks.items() if t.input.get("goal") == "orphaned"]
+
+
+def redis_service() -> str:
+    require_service("Redis", "127.0.0.1", 6379)
+    return REDIS_URL
