@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from datetime import datetime
 from typing import Any
@@ -102,11 +101,9 @@ def current_time() -> Tool:
     )
 
 
-def python(limits: Limits, isolation: Isolation, executable: str = sys.executable) -> Tool:
-    network = "an empty network namespace" if isolation.network_namespace else "sockets disabled"
-
+def python(limits: Limits, isolation: Isolation) -> Tool:
     async def run(arguments: dict[str, Any]) -> dict[str, Any]:
-        done = await run_python(arguments["code"], limits, isolation, executable)
+        done = await run_python(arguments["code"], limits, isolation)
         output = {"stdout": done.stdout, "stderr": done.stderr, "exit_code": done.exit_code}
         if done.limit == "time":
             raise ToolError(f"stopped: the code ran longer than {limits.timeout:g} s", output)
@@ -128,8 +125,10 @@ def python(limits: Limits, isolation: Isolation, executable: str = sys.executabl
         description=(
             "Run a Python 3 program (standard library only) and return what it prints. "
             f"Limits: {limits.timeout:g} s, {limits.memory_bytes // 2**20} MB of memory, "
-            f"{limits.output_bytes} bytes of output, no network ({network}), no subprocesses. "
-            "It starts in an empty temporary folder that is deleted afterwards; print results."
+            f"{limits.output_bytes} bytes of output, {limits.disk_bytes // 2**20} MB of files, "
+            "no network, no subprocesses. It runs in a sandbox as an unprivileged user with an "
+            "empty environment and sees none of the host's files; its working folder /tmp is "
+            "private, the only writable place, and gone afterwards. Print the results."
         ),
         input_schema={
             "type": "object",

@@ -6,10 +6,27 @@ A secret left unset makes its tools unavailable (listed with the reason), never 
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from handlers.tools.sandbox import Limits
+
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+
+
+def default_interpreter() -> str:
+    """The system's python3 when there is one, else the real file behind this process's.
+
+    A virtualenv's interpreter often lives under a private folder (a home directory) that the
+    sandbox account cannot read; the system's is readable by every user.
+    """
+    if os.access(SYSTEM_PYTHON, os.X_OK):
+        return str(SYSTEM_PYTHON)
+    return os.path.realpath(sys.executable)
 
 
 class McpServer(BaseModel):
@@ -35,11 +52,17 @@ class ToolsConfig(BaseSettings):
     python_timeout: float = Field(default=10.0, alias="SOMA_TOOLS_PYTHON_TIMEOUT")
     python_memory_mb: int = Field(default=256, alias="SOMA_TOOLS_PYTHON_MEMORY_MB")
     python_output_bytes: int = Field(default=64_000, alias="SOMA_TOOLS_PYTHON_OUTPUT_BYTES")
-    # The interpreter the sandbox runs (default: this process's). With a sandbox user, it must
-    # be one that user can execute.
-    python_executable: str | None = Field(default=None, alias="SOMA_TOOLS_PYTHON")
-    # When the handler runs as root: the account sandboxed code runs as (e.g. "nobody").
+    # The size of the sandbox's private /tmp, and of any one file written there.
+    python_disk_mb: int = Field(default=64, alias="SOMA_TOOLS_PYTHON_DISK_MB")
+    # Processes and threads one call may have at once.
+    python_processes: int = Field(default=16, alias="SOMA_TOOLS_PYTHON_PROCESSES")
+    # The interpreter the sandbox runs; the sandbox account must be able to read and run it.
+    python_executable: str = Field(default_factory=default_interpreter, alias="SOMA_TOOLS_PYTHON")
+    # The account sandboxed code runs as: a name or a uid (default: 65534, "nobody"). When the
+    # tools process runs as root, bubblewrap itself is started as this account.
     sandbox_user: str | None = Field(default=None, alias="SOMA_TOOLS_SANDBOX_USER")
+    # The bubblewrap program that builds the sandbox; without it the python tool is unavailable.
+    bwrap: str = Field(default="bwrap", alias="SOMA_TOOLS_BWRAP")
 
     github_base_url: str = Field(default="https://api.github.com", alias="SOMA_GITHUB_BASE_URL")
     github_token: str | None = Field(default=None, alias="SOMA_GITHUB_TOKEN")
@@ -52,6 +75,15 @@ class ToolsConfig(BaseSettings):
     # How long a redelivered call waits for another delivery of the same call to finish
     # before giving up (the bus then retries it later).
     call_wait: float = Field(default=30.0, alias="SOMA_TOOLS_CALL_WAIT")
+
+    def python_limits(self) -> Limits:
+        return Limits(
+            timeout=self.python_timeout,
+            memory_bytes=self.python_memory_mb * 2**20,
+            output_bytes=self.python_output_bytes,
+            disk_bytes=self.python_disk_mb * 2**20,
+            processes=self.python_processes,
+        )
 
     def allowed_hosts(self) -> list[str]:
         return [h.strip().lower() for h in self.http_allow.split(",") if h.strip()]

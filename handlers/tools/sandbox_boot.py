@@ -1,12 +1,18 @@
-"""The first code a sandboxed interpreter runs (passed with ``-c``): close doors, run ``main.py``.
+"""The first code a sandboxed interpreter runs (passed with ``-c``): set the resource limits,
+close doors, run ``main.py``.
 
-Never imported by the handler — importing it would disable sockets in the handler itself.
+Run as ``-c BOOT <memory> <cpu seconds> <processes> <file size> <open files> main.py``, inside the
+bubblewrap sandbox. Never imported by the handler — importing it would disable sockets in the
+handler itself.
 
-What it closes (sockets, process creation, ``ctypes``) is closed inside the interpreter only;
-determined code can reopen it. The boundaries that hold are outside: a network namespace with no
-interfaces, resource limits, and an unprivileged account when the handler runs as root. This
-layer makes the common case fail fast with a clear message, and stands alone only where the
-kernel refuses namespaces.
+The limits are the kernel's: once lowered here, before any of the code runs, nothing inside can
+raise them again. Set inside rather than before bubblewrap starts, the process limit counts the
+processes of this sandbox's own user namespace, not those of every sandbox running as the same
+account.
+
+What it then closes (sockets, process creation, ``ctypes``) is closed inside the interpreter only;
+determined code can reopen it. The boundaries that hold are the sandbox's namespaces and the
+limits. This layer makes the common case fail fast with a clear message.
 """
 
 import _posixsubprocess
@@ -14,10 +20,22 @@ import _socket
 import builtins
 import os
 import posix
+import resource
 import socket
 import sys
 import traceback
 import types
+
+_memory, _cpu, _processes, _file_size, _open_files = (int(_arg) for _arg in sys.argv[1:6])
+for _limit, _value in (
+    (resource.RLIMIT_CORE, 0),
+    (resource.RLIMIT_NOFILE, _open_files),
+    (resource.RLIMIT_FSIZE, _file_size),
+    (resource.RLIMIT_NPROC, _processes),
+    (resource.RLIMIT_AS, _memory),
+):
+    resource.setrlimit(_limit, (_value, _value))
+resource.setrlimit(resource.RLIMIT_CPU, (_cpu, _cpu + 1))
 
 _NETWORK = "network access is disabled in this sandbox"
 _PROCESSES = "starting processes is disabled in this sandbox"
@@ -63,8 +81,8 @@ sys.modules["_ctypes"] = None  # type: ignore[assignment]
 # ``-S`` skips ``site``, which is what defines these.
 builtins.exit = builtins.quit = sys.exit  # type: ignore[assignment]
 
-_path = sys.argv[1]
-sys.argv = sys.argv[1:]
+_path = sys.argv[6]
+sys.argv = sys.argv[6:]
 with open(_path, encoding="utf-8") as _file:
     _source = _file.read()
 _main = types.ModuleType("__main__")

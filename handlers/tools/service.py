@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import sys
 from dataclasses import dataclass, field
 
 import httpx
@@ -30,7 +28,7 @@ from handlers.tools.calls import invoke_once
 from handlers.tools.config import ToolsConfig
 from handlers.tools.mcp_servers import Connection, connect_all
 from handlers.tools.registry import Registry
-from handlers.tools.sandbox import Limits, SandboxUnavailable, isolation_for
+from handlers.tools.sandbox import SandboxUnavailable, isolation_for
 from schemas.envelope import Envelope
 from schemas.tool_catalog import ToolDescriptor, ToolsList, ToolsListed
 from schemas.tools import ToolInvoke, ToolResult
@@ -54,20 +52,12 @@ def local_registry(config: ToolsConfig, client: httpx.AsyncClient) -> Registry:
     registry.add(builtin.calculator())
     registry.add(builtin.current_time())
 
-    executable = config.python_executable or sys.executable
-    limits = Limits(
-        timeout=config.python_timeout,
-        memory_bytes=config.python_memory_mb * 2**20,
-        output_bytes=config.python_output_bytes,
-    )
     try:
-        isolation = isolation_for(executable, config.sandbox_user)
+        isolation = isolation_for(config.python_executable, config.sandbox_user, config.bwrap)
     except SandboxUnavailable as exc:
         registry.mark_unavailable("python", str(exc))
     else:
-        if os.geteuid() == 0 and isolation.user is None:
-            log.warning("sandboxed Python runs as root: set SOMA_TOOLS_SANDBOX_USER (e.g. nobody)")
-        registry.add(builtin.python(limits, isolation, executable))
+        registry.add(builtin.python(config.python_limits(), isolation))
 
     hosts = config.allowed_hosts()
     if hosts:
