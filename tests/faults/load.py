@@ -1,0 +1,194 @@
+"""The load a fault lands in: chat turns from a few clients and agent tasks, over HTTP.
+
+The clients behave as real ones do: each request carries an ``Idempotency-Key``, and after a
+connection error, a 5xx, a 429 or a 409 "still being processed" the same request is sent again
+with the same key, until an answer comes or the client's patience runs out. Every turn says a
+marker of its own, so what the system did for it can be found again in its stores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+MODEL = "soma-local-dev"
+CLIENTS = 4
+TURNS_BEFORE_FAULT = 8
+TURNS_AFTER_FAULT = 6
+MAX_TURNS = 48
+TASKS = 2
+PAUSE = 0.1  # between one client's turns
+PATIENCE = 150.0  # how long a client keeps retrying one request
+RETRY_AFTER = 0.5
+_RETRIED = {409, 429, 500, 502, 503, 504}
+ENDED = frozenset({"completed", "failed", "cancelled", "compensated", "compensation_failed"})
+
+
+@dataclass
+class Outcome:
+    """What one client request came to, after its retries."""
+
+    marker: str
+    answered: bool = False
+    status: int | None = None
+    saga_id: str | None = None
+    attempts: int = 0
+    errors: list[str] = field(default_factory=list)
+    replayed: bool = False
+
+
+@dataclass
+class TaskOutcome:
+    task_id: str
+    started: bool = False
+    state: str | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Load:
+    base_url: str
+    api_key: str
+    scenario: str
+    turns: list[Outcome] = field(default_factory=list)
+    tasks: list[TaskOutcome] = field(default_factory=list)
+    sent: int = 0
+    started_at: float = field(default_factory=time.time)
+
+    def marker(self, n: int) -> str:
+        return f"fault-{self.scenario}-{n}"
+
+    def prompt(self, marker: str) -> str:
+        return f"Drill {marker}: summarise where the deployment stands."
+
+    async def _post(
+        self, client: httpx.AsyncClient, path: str, body: dict[str, Any], outcome: Any
+    ) -> httpx.Response | None:
+        """POST with the same Idempotency-Key until an answer that is not worth retrying."""
+        headers = {"Authorization": f"Bearer {self.api_key}", "Idempotency-Key": str(uuid.uuid4())}
+        deadline = time.monotonic() + PATIENCE
+        while True:
+            if isinstance(outcome, Outcome):
+                outcome.attempts += 1
+            try:
+                response = await client.post(path, json=body, headers=headers)
+            except httpx.TransportError as exc:
+                outcome.errors.append(type(exc).__name__)
+            else:
+                if response.status_code not in _RETRIED:
+                    return response
+                code = _error_code(response)
+                if response.status_code == 409 and code != "idempotency_key_in_use":
+                    return response
+                outcome.errors.append(f"{response.status_code} {code}".strip())
+            if time.monotonic() > deadline:
+                return None
+            await asyncio.sleep(RETRY_AFTER)
+
+    async def turn(self, client: httpx.AsyncClient, n: int) -> Outcome:
+        outcome = Outcome(self.marker(n))
+        self.turns.append(outcome)
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": self.prompt(outcome.marker)}],
+        }
+        response = await self._post(client, "/v1/chat/completions", body, outcome)
+        if response is None:
+            return outcome
+        outcome.status = response.status_code
+        outcome.replayed = response.headers.get("idempotent-replayed") == "true"
+        if response.status_code == 200:
+            completion = response.json()
+            content = completion["choices"][0]["message"]["content"]
+            outcome.answered = bool(content)
+            outcome.saga_id = completion["id"].removeprefix("chatcmpl-")
+        else:
+            outcome.errors.append(f"{response.status_code} {response.text[:200]}")
+        return outcome
+
+    async def task(self, client: httpx.AsyncClient, k: int) -> TaskOutcome:
+        """Start a task with the client's own id, then follow it to its end."""
+        outcome = TaskOutcome(f"fault-{self.scenario}-task{k}")
+        self.tasks.append(outcome)
+        body = {
+            "id": outcome.task_id,
+            "input": {"goal": f"Drill {outcome.task_id}: compare two queues", "max_steps": 2},
+        }
+        response = await self._post(client, "/v1/tasks", body, outcome)
+        if response is None:
+            return outcome
+        # 409 "already running/exists": an earlier attempt started it before the connection broke.
+        outcome.started = response.status_code in (202, 409)
+        if not outcome.started:
+            outcome.errors.append(f"{response.status_code} {response.text[:200]}")
+            return outcome
+        await self.follow(client, outcome)
+        return outcome
+
+    async def follow(self, client: httpx.AsyncClient, outcome: TaskOutcome) -> None:
+        headers = {"Authorization": f"Bearer {self.api_key}"}
+        deadline = time.monotonic() + PATIENCE
+        while time.monotonic() < deadline:
+            try:
+                response = await client.get(f"/v1/tasks/{outcome.task_id}", headers=headers)
+            except httpx.TransportError as exc:
+                outcome.errors.append(type(exc).__name__)
+            else:
+                if response.status_code == 200:
+                    outcome.state = response.json()["state"]
+                    if outcome.state in ENDED:
+                        return
+                elif response.status_code not in _RETRIED:
+                    outcome.errors.append(f"{response.status_code} {response.text[:200]}")
+            await asyncio.sleep(0.5)
+
+    async def run(self, fault: Callable[[], Awaitable[None]]) -> None:
+        """Clients send turns; after ``TURNS_BEFORE_FAULT`` the fault strikes while turns are in
+        flight; once it is over (the process is back) the clients send a few more and stop."""
+        fault_due = asyncio.Event()
+        fault_over = asyncio.Event()
+        after = 0
+
+        async def client_loop(client: httpx.AsyncClient) -> None:
+            nonlocal after
+            while self.sent < MAX_TURNS:
+                if fault_over.is_set():
+                    if after >= TURNS_AFTER_FAULT:
+                        return
+                    after += 1
+                n = self.sent
+                self.sent += 1
+                if self.sent >= TURNS_BEFORE_FAULT:
+                    fault_due.set()
+                await self.turn(client, n)
+                await asyncio.sleep(PAUSE)
+
+        async def strike() -> None:
+            await fault_due.wait()
+            await asyncio.sleep(0.2)  # let the latest turns get under way
+            await fault()
+            fault_over.set()
+
+        limits = httpx.Limits(max_connections=CLIENTS + TASKS + 2)
+        timeout = httpx.Timeout(PATIENCE, connect=5)
+        async with httpx.AsyncClient(
+            base_url=self.base_url, limits=limits, timeout=timeout
+        ) as client:
+            await asyncio.gather(
+                strike(),
+                *(client_loop(client) for _ in range(CLIENTS)),
+                *(self.task(client, k) for k in range(TASKS)),
+            )
+
+
+def _error_code(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["error"]["code"] or "")
+    except Exception:
+        return ""
