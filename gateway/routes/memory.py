@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.auth import Principal
 from gateway.context import caller, gateway_of
+from gateway.dispatch import derived_id
 from gateway.errors import not_found
 from gateway.openai_bodies import ERRORS
 from schemas.envelope import new_id
@@ -90,7 +91,7 @@ async def add_memory(
 ) -> MemoryCreated:
     added = await gateway_of(request).dispatch.call(
         MemoryAdd(
-            id=body.id or new_id(),
+            id=body.id or derived_id("memory.add") or new_id(),
             text=body.text,
             user=_user(principal, body.user),
             session=body.session,

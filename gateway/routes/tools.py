@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.auth import Principal
 from gateway.context import caller, gateway_of
+from gateway.dispatch import derived_id
 from gateway.errors import ApiError
 from gateway.openai_bodies import ERRORS
 from schemas.envelope import new_id
@@ -109,7 +110,7 @@ async def invoke_tool(
         raise _refused(name, "; ".join(verdict.reasons))
     result = await dispatch.call(
         ToolInvoke(
-            call_id=body.call_id or new_id(),
+            call_id=body.call_id or derived_id("tools.invoke") or new_id(),
             name=name,
             arguments=body.arguments,
             role=principal.role or None,

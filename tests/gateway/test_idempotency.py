@@ -181,3 +181,36 @@ async def test_a_reservation_whose_lease_lapsed_is_taken_over_and_run(
 def redis_service() -> str:
     require_service("Redis", "127.0.0.1", 6379)
     return REDIS_URL
+
+
+async def test_a_memory_added_again_by_a_takeover_is_the_same_memory(
+    gw_settings: Settings, world: World, member_key: str
+) -> None:
+    body = {"text": "the office moved to the third floor"}
+    fingerprint = hashlib.sha256(json.dumps(body).encode()).hexdigest()
+    key = hashlib.sha256("\0".join(("acme", "add-once", "/v1/memory")).encode()).hexdigest()
+    headers = {
+        **auth(member_key),
+        "Idempotency-Key": "add-once",
+        "Content-Type": "application/json",
+    }
+    nc = await connect(gw_settings.nats_url or "", "idempotency-test")
+    answers = []
+    try:
+        store = await open_bucket(nc.jetstream(), 3600)
+        async with served(gw_settings, gateway_config()) as url:
+            async with httpx.AsyncClient(base_url=url) as client:
+                for _ in range(2):  # each time the reservation looks like a dead gateway's
+                    found = await store.read(key)
+                    if found is not None:
+                        await store.remove(key, found[1])
+                    dead = Record(fingerprint, owner="dead", lease_until=time.time() - 1)
+                    assert await store.create(key, dead) is not None
+                    answer = await client.post(
+                        "/v1/memory", headers=headers, content=json.dumps(body)
+                    )
+                    answers.append(answer.json())
+    finally:
+        await nc.close()
+    assert answers[0]["id"] == answers[1]["id"]
+    assert [a["created"] for a in answers] == [True, False]
