@@ -11,11 +11,14 @@ handler under a name (``billing=acme.billing.service:build``).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib
 import inspect
 import os
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,12 +147,47 @@ def load(process: Process) -> Entrypoint:
     return entry  # type: ignore[no-any-return]
 
 
+async def _until_stopped(work: Awaitable[Any]) -> Any:
+    """Await an entry point; SIGINT/SIGTERM cancel it, and its orderly end is a clean return.
+
+    The signals become event-loop callbacks rather than Python handlers that raise: uvicorn
+    drains the gateway under its own handlers, then re-raises the signal it caught to whichever
+    handler it found, and a handler that raised there would interrupt the loop mid-shutdown and
+    print a traceback. An entry point that installs its own callbacks (the saga runner) replaces
+    these.
+    """
+    task = asyncio.ensure_future(work)
+    loop = asyncio.get_running_loop()
+    stopping = False
+
+    def stop() -> None:
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            task.cancel()
+
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop)
+            installed.append(sig)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if not stopping:
+            raise
+        return None
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
 async def run(process: Process, settings: Settings) -> None:
     """Run one process until SIGINT/SIGTERM."""
     entry = load(process)
     result = entry(settings)
     if inspect.isawaitable(result):
-        result = await result
+        result = await _until_stopped(result)
         if result is None:
             return
     from bus.runtime import serve_forever
