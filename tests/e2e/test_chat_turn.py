@@ -33,7 +33,9 @@ async def run_turn(
         cmd = SagaStart(saga_type="chat_turn", saga_id=saga_id, input=msgspec.to_builtins(turn))
         from bus.publish import envelope_for, publish
 
-        await publish(requester.js, cmd, envelope_for(cmd, tenant="acme", correlation_id=saga_id))
+        # The turn acts for its user: memory reaches that user's own memories only.
+        env = envelope_for(cmd, tenant="acme", correlation_id=saga_id, actor=turn.user or "system")
+        await publish(requester.js, cmd, env)
         async with asyncio.timeout(timeout):
             while True:
                 event = await events.get()
