@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -326,3 +327,32 @@ async def test_a_completed_answer_is_replayed_by_a_restarted_gateway(ready: Syst
     assert replayed.headers["idempotent-replayed"] == "true"
     assert other.status_code == 422
     assert len(ready.script.requests) == 1
+
+
+async def test_a_streamed_retry_of_an_ended_turn_streams_its_answer_without_a_second_turn(
+    ready: System,
+) -> None:
+    ready.script.reset()
+    ready.script.then(Reply(text=ANSWER))
+    key = f"streamed-{uuid.uuid4().hex}"
+    body = {**chat("Stream where state lives."), "stream": True}
+    streams = []
+    async with gateway(ready, {}) as gw, httpx.AsyncClient(timeout=90) as client:
+        for _ in range(2):
+            async with client.stream(
+                "POST", f"{gw.url}/v1/chat/completions", headers=gw.headers(key), json=body
+            ) as response:
+                streams.append((await response.aread()).decode())
+    for text in streams:
+        assert text.rstrip().endswith("data: [DONE]")
+        assert streamed_content(text) == ANSWER
+    assert len(ready.script.requests) == 1
+
+
+def streamed_content(text: str) -> str:
+    chunks = [
+        json.loads(line.removeprefix("data: "))
+        for line in text.splitlines()
+        if line.startswith("data: {")
+    ]
+    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
