@@ -138,7 +138,7 @@ def test_compose_gives_nats_the_repository_config_and_every_password() -> None:
     assert mounts["../nats.conf"] == "/etc/nats/nats.conf"
     # nats.conf includes deploy/nats-accounts.conf relative to itself.
     assert mounts["./nats-accounts.conf"] == "/etc/nats/deploy/nats-accounts.conf"
-    assert set(nats["environment"]) == set(PASSWORDS)
+    assert set(nats["environment"]) == set(PASSWORDS) | {"NATS_STORE_DIR"}
 
 
 def test_the_dockerfile_copies_only_paths_that_exist() -> None:
