@@ -1,8 +1,8 @@
 """Memory: add, search and delete memories of the caller's tenant — chat turns' memories too.
 
-Without a ``user`` a request reaches the caller's own memories. Naming another user of the tenant
-is decided by the memory process from the caller's role and the tenant's memory grants
-(``memory.tenant_wide_roles``, admins and services by default): anyone else gets 403. The tenant
+Without a ``user`` a request reaches the caller's own memories. Only admins and services may name
+another user of the tenant here, and the memory process then checks the tenant's memory grants
+(``memory.tenant_wide_roles``) for the caller's role too: either refusal is a 403. The tenant
 itself always comes from the credential, never from the request.
 """
 
@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.auth import Principal
 from gateway.context import caller, gateway_of
 from gateway.dispatch import derived_id
-from gateway.errors import not_found
+from gateway.errors import forbidden, not_found
 from gateway.openai_bodies import ERRORS
 from schemas.envelope import new_id
 from schemas.memories import MemoryAdd, MemoryAdded, MemoryDelete, MemoryDeleted
@@ -25,10 +25,15 @@ from schemas.memory import MemoryRecall, MemoryRecalled
 router = APIRouter(tags=["memory"])
 
 _ID = r"^[A-Za-z0-9_.:-]{1,128}$"
+_ANY_USER = frozenset({"admin", "service"})
 
 
 def _user(principal: Principal, requested: str | None) -> str:
-    return principal.user if requested is None else requested
+    if requested is None or requested == principal.user:
+        return principal.user
+    if _ANY_USER & set(principal.roles):
+        return requested
+    raise forbidden("You may only reach your own memories.")
 
 
 def _role(principal: Principal) -> str | None:

@@ -27,6 +27,8 @@ from bus.publish import envelope_for, publish
 from bus.request import Requester
 from handlers.tools.calls import calls
 from schemas.chat import ChatTurnInput, ChatTurnResult
+from schemas.common import CommandFailed
+from schemas.memory import MemoryRecall
 from schemas.sagas import SagaStart
 from schemas.slm import ChatMessage, ToolSpec
 from schemas.tools import ToolInvoke, ToolResult
@@ -355,6 +357,20 @@ async def test_a_member_naming_another_user_in_a_memory_search_is_forbidden(
     )
     assert answer.status_code == 403, answer.text
     assert answer.json()["error"]["type"] == "permission_error"
+
+
+async def test_a_members_recall_published_on_the_bus_for_another_user_is_refused_by_memory(
+    requester: Requester, alice_id: str
+) -> None:
+    _, reply = await requester.request(
+        MemoryRecall(query="alice was here", user=alice_id, caller_role="member"),
+        tenant=TENANT,
+        expect={"memory.recalled"},
+        actor="bob",
+        timeout=60,
+    )
+    assert isinstance(reply.payload, CommandFailed)
+    assert reply.payload.error.startswith("forbidden: memory.other_user")
 
 
 async def test_a_role_granted_tenant_wide_memory_recalls_every_members_chat_memory(

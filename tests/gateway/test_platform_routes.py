@@ -33,7 +33,7 @@ async def test_a_task_starts_waits_for_approval_and_completes_on_the_signal(
     fetched = (await http.get(f"/v1/tasks/{task['id']}", headers=member)).json()
     assert fetched["state"] == "running"
     assert fetched["waiting_for"] == ["approve"]
-    assert fetched["input"] == {"goal": "a report", "require_approval": True}
+    assert fetched["input"] == {"goal": "a report", "require_approval": True, "role": "member"}
 
     signalled = await http.post(
         f"/v1/tasks/{task['id']}/signal",
