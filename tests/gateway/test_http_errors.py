@@ -3,10 +3,15 @@ stack trace."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
-from tests.gateway.serving import auth
+from gateway.body_limit import ENVELOPE_HEADROOM
+from soma.settings import Settings
+from tests.gateway.serving import auth, gateway_config, served
+from tests.gateway.standins import World
 
 SHAPE = {"message", "type", "param", "code"}
 
@@ -25,11 +30,16 @@ async def test_a_malformed_json_body_is_400(http: httpx.AsyncClient, headers: di
     assert "parse the JSON body" in error["message"]
 
 
-async def test_a_body_over_the_limit_is_413(http: httpx.AsyncClient, headers: dict) -> None:
+async def test_a_body_over_the_limit_is_413_naming_the_limit(
+    http: httpx.AsyncClient, headers: dict
+) -> None:
     big = b'{"model": "soma-test", "messages": [{"role": "user", "content": "' + b"x" * 70_000
     response = await http.post("/v1/chat/completions", headers=headers, content=big + b'"}]}')
     assert response.status_code == 413
-    assert set(response.json()["error"]) == SHAPE
+    error = response.json()["error"]
+    assert set(error) == SHAPE
+    assert error["code"] == "request_too_large"
+    assert "limit of 65536 bytes" in error["message"]
 
 
 async def test_a_chunked_body_over_the_limit_is_413(http: httpx.AsyncClient, headers: dict) -> None:
@@ -109,3 +119,70 @@ async def test_a_wrong_method_is_405_in_shape(http: httpx.AsyncClient, headers: 
     response = await http.get("/v1/chat/completions", headers=headers)
     assert response.status_code == 405
     assert set(response.json()["error"]) == SHAPE
+
+
+# The tests' nats-server runs with its default max_payload.
+SERVER_MAX_PAYLOAD = 1024 * 1024
+FITS = SERVER_MAX_PAYLOAD - ENVELOPE_HEADROOM
+
+
+def _padded(size: int) -> bytes:
+    """A body of exactly ``size`` bytes that passes the limit only to fail validation (400)."""
+    head, tail = b'{"model": "soma-test", "padding": "', b'"}'
+    return head + b"x" * (size - len(head) - len(tail)) + tail
+
+
+async def test_unset_the_body_limit_is_what_fits_in_the_servers_max_payload(
+    gw_settings: Settings, world: World
+) -> None:
+    key, _ = world.identity.api_key("acme", ["member"])
+    config = gateway_config(SOMA_MAX_BODY_BYTES=None)
+    async with served(gw_settings, config) as url, httpx.AsyncClient(base_url=url) as client:
+        at = await client.post("/v1/chat/completions", headers=auth(key), content=_padded(FITS))
+        over = await client.post(
+            "/v1/chat/completions", headers=auth(key), content=_padded(FITS + 1)
+        )
+    assert at.status_code == 400, at.text
+    assert over.status_code == 413
+    assert f"limit of {FITS} bytes" in over.json()["error"]["message"]
+
+
+async def test_a_configured_limit_the_server_cannot_carry_is_lowered_to_fit(
+    gw_settings: Settings, world: World
+) -> None:
+    key, _ = world.identity.api_key("acme", ["member"])
+    config = gateway_config(SOMA_MAX_BODY_BYTES=4 * SERVER_MAX_PAYLOAD)
+    async with served(gw_settings, config) as url, httpx.AsyncClient(base_url=url) as client:
+        over = await client.post(
+            "/v1/chat/completions", headers=auth(key), content=_padded(FITS + 1)
+        )
+    assert over.status_code == 413
+    assert f"limit of {FITS} bytes" in over.json()["error"]["message"]
+
+
+async def test_a_body_that_fits_the_limit_but_not_the_bus_is_413_and_the_bus_stays_up(
+    gw_settings: Settings, world: World
+) -> None:
+    key, _ = world.identity.api_key("acme", ["member"])
+    # Short messages grow on the bus (their empty fields are spelled out as nulls).
+    messages = [{"role": "user", "content": ""} for _ in range(25_000)]
+    body = json.dumps({"model": "soma-test", "messages": messages}).encode()
+    assert len(body) < FITS
+    config = gateway_config(SOMA_MAX_BODY_BYTES=None)
+    async with served(gw_settings, config) as url, httpx.AsyncClient(base_url=url) as client:
+        refused = await client.post(
+            "/v1/chat/completions",
+            headers={**auth(key), "Content-Type": "application/json"},
+            content=body,
+        )
+        after = await client.post(
+            "/v1/chat/completions",
+            headers=auth(key),
+            json={"model": "soma-test", "messages": [{"role": "user", "content": "hi"}]},
+        )
+    assert refused.status_code == 413, refused.text
+    error = refused.json()["error"]
+    assert set(error) == SHAPE
+    assert error["code"] == "request_too_large"
+    assert f"limit of {SERVER_MAX_PAYLOAD} bytes" in error["message"]
+    assert after.status_code == 200, after.text
