@@ -43,7 +43,7 @@ class GatewayConfig(BaseSettings):
     max_body_bytes: int | None = Field(default=None, gt=0, alias="SOMA_MAX_BODY_BYTES")
     # On SIGTERM the gateway stops accepting requests and lets those in flight finish for this
     # long before cutting them off; `soma up` waits for it before stopping anything else.
-    drain_timeout: float = Field(default=30, ge=0, alias="SOMA_DRAIN_TIMEOUT")
+    drain_timeout: int = Field(default=30, ge=0, alias="SOMA_DRAIN_TIMEOUT")
     # A bus round trip to a handler, and a whole chat turn or task start.
     bus_timeout: float = Field(default=10, gt=0, alias="SOMA_BUS_TIMEOUT")
     chat_timeout: float = Field(default=300, gt=0, alias="SOMA_CHAT_TIMEOUT")
