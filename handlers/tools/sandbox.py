@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import logging
 import math
 import os
 import pwd
@@ -45,6 +46,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+log = logging.getLogger(__name__)
 
 BOOT = (Path(__file__).parent / "sandbox_boot.py").read_text(encoding="utf-8")
 
@@ -112,7 +115,7 @@ def sandbox_account(user: str | None) -> tuple[int, int]:
     if user.isdigit():
         uid = int(user)
         try:
-            return uid, pwd.getpwuid(uid).pw_gid
+            account = (uid, pwd.getpwuid(uid).pw_gid)
         except KeyError:
             account = (uid, uid)
     else:
@@ -131,7 +134,11 @@ def isolation_for(executable: str, user: str | None = None, bwrap: str = "bwrap"
 
     Starts processes and waits for them: call it off the event loop.
     """
-    return _probe(executable, sandbox_account(user), bwrap)
+    try:
+        return _probe(executable, sandbox_account(user), bwrap)
+    except SandboxUnavailable as exc:
+        log.warning("sandboxed Python cannot run here: %s", exc)
+        raise
 
 
 @functools.cache

@@ -218,9 +218,10 @@ def test_an_unknown_sandbox_user_makes_the_tool_unavailable_with_the_reason(
     assert registry.unavailable["python"] == "sandbox user 'no-such-user-soma' does not exist"
 
 
-def test_root_is_refused_as_the_sandbox_user() -> None:
+@pytest.mark.parametrize("user", ["root", "0"])
+def test_root_is_refused_as_the_sandbox_user(user: str) -> None:
     with pytest.raises(SandboxUnavailable, match="must not be root"):
-        isolation_for(INTERPRETER, "root")
+        isolation_for(INTERPRETER, user)
 
 
 def test_an_interpreter_the_sandbox_cannot_run_makes_the_tool_unavailable(
