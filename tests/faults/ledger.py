@@ -267,10 +267,10 @@ async def account(
 
     stuck = await unfinished_sagas(db)
     figures.stuck = len(stuck)
-    for row in stuck[:5]:
+    for saga in stuck[:5]:
         figures.problems.append(
-            f"stuck saga {row['id']} ({row['type']}, {row['state']}) at {row['step']}, "
-            f"waiting {row['waiting']}"
+            f"stuck saga {saga['id']} ({saga['type']}, {saga['state']}) at {saga['step']}, "
+            f"waiting {saga['waiting']}"
         )
     figures.dead_letters = await dead_letters(js)
     if figures.dead_letters:

@@ -85,15 +85,32 @@ class System:
     def start(self) -> None:
         running = start_soma("up", env=self.env)
         self.running = running
-        found = running.out.wait_for(
-            r"first admin API key \(shown once, keep it\): (\S+)|credentials: existing store",
-            START_TIMEOUT,
+        found = self.wait_for(
+            r"first admin API key \(shown once, keep it\): (\S+)|credentials: existing store"
         )
         if found.group(1):
             self.api_key = found.group(1)
         for name in PROCESSES:
-            running.out.wait_for(rf"^{name} ready \(", START_TIMEOUT)
+            self.wait_for(rf"^{name} ready \(")
         self.wait_gateway()
+
+    def wait_for(
+        self, pattern: str, timeout: float = START_TIMEOUT, start: int = 0
+    ) -> re.Match[str]:
+        """A line of ``soma up``'s output; fails at once, with the output, should it exit."""
+        running = self._out()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return running.out.wait_for(pattern, 1.0, start)
+            except AssertionError:
+                code = running.proc.poll()
+                if code is not None or time.monotonic() > deadline:
+                    why = f"exited with {code}" if code is not None else f"not within {timeout}s"
+                    raise AssertionError(
+                        f"soma up {why} before printing {pattern!r}; its output:\n"
+                        + running.out.text
+                    ) from None
 
     def wait_gateway(self, timeout: float = RESTART_TIMEOUT) -> None:
         """Ready means answering: the gateway lists the models only once it reaches the bus."""
@@ -126,12 +143,11 @@ class System:
 
     def kill(self, name: str) -> None:
         """SIGKILL one process; return once the supervisor has it back and ready."""
-        out = self._out().out
-        mark = len(out.lines)
+        mark = len(self._out().out.lines)
         os.kill(self.pid(name), signal.SIGKILL)
-        out.wait_for(rf"{name} was killed by SIGKILL", RESTART_TIMEOUT, mark)
-        out.wait_for(rf"restarted {name} \(pid \d+\)", RESTART_TIMEOUT, mark)
-        out.wait_for(rf"^{name} ready \(", RESTART_TIMEOUT, mark)
+        self.wait_for(rf"{name} was killed by SIGKILL", RESTART_TIMEOUT, mark)
+        self.wait_for(rf"restarted {name} \(pid \d+\)", RESTART_TIMEOUT, mark)
+        self.wait_for(rf"^{name} ready \(", RESTART_TIMEOUT, mark)
         if name == "gateway":
             self.wait_gateway()
         self.restarts.append(name)

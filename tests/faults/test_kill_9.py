@@ -1,7 +1,7 @@
 """Kill -9 under load loses nothing and doubles nothing.
 
-The whole system runs under ``soma up`` — embedded (SQLite, local Qdrant, in-process limits) and
-on real services (PostgreSQL, Redis). While clients send chat turns and agent tasks through the
+The whole system runs under ``soma up`` — embedded (SQLite, a local Qdrant folder, Idempotency-Key
+records in the bus) and on real services (PostgreSQL, Redis). While clients send chat turns and agent tasks through the
 gateway, one process type at a time is killed with SIGKILL and the supervisor restarts it; last,
 everything is killed at once and started again on the same data. After each fault, once the
 system has settled:
@@ -44,7 +44,8 @@ RECORDED: list[Figures] = []
 def system(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[System]:
-    """``embedded``: SQLite and in-process idempotency; ``services``: PostgreSQL and Redis."""
+    """``embedded``: nothing but the data folder; ``services``: PostgreSQL and Redis, as a
+    deployment runs."""
     data = tmp_path_factory.mktemp(f"faults-{request.param}") / "data"
     if request.param == "services":
         require_service("Redis", "127.0.0.1", 6379)
