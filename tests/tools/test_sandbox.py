@@ -168,7 +168,10 @@ async def test_starting_a_process_is_refused(run: Call) -> None:
 
 
 async def test_code_starts_in_a_private_tmp_holding_only_its_own_file(run: Call) -> None:
-    code = "import os\nopen('scratch.txt', 'w').write('x')\nprint(os.getcwd())\nprint(sorted(os.listdir()))"
+    code = (
+        "import os\nopen('scratch.txt', 'w').write('x')\n"
+        "print(os.getcwd())\nprint(sorted(os.listdir()))"
+    )
     result = await run(code)
     assert result.ok, result.error
     assert result.output["stdout"] == "/tmp\n['main.py', 'scratch.txt']\n"
