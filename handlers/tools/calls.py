@@ -34,6 +34,8 @@ calls = Table(
     Column("tenant", String(128), nullable=False),
     Column("call_id", String(255), nullable=False),
     Column("name", String(255), nullable=False),
+    # The user the call was made for: a call id answers only the same user and tool.
+    Column("caller", String(255), nullable=True),
     # "running" while a delivery holds the claim, "done" once the result is stored.
     Column("status", String(8), nullable=False),
     Column("claim", String(32), nullable=False),
@@ -48,6 +50,10 @@ calls = Table(
 
 class CallInProgress(RuntimeError):
     """Another delivery of this call is still running it; retrying later will find its result."""
+
+
+class CallIdTaken(ValueError):
+    """The call id was already used for another user or another tool; its result is not theirs."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +72,12 @@ class Running:
 
 
 async def claim(
-    engine: AsyncEngine, tenant: str, call_id: str, name: str, lease: float
+    engine: AsyncEngine,
+    tenant: str,
+    call_id: str,
+    name: str,
+    lease: float,
+    caller: str | None = None,
 ) -> Claimed | Finished | Running:
     now = time.time()
     token = new_id()
@@ -74,8 +85,8 @@ async def claim(
         async with engine.begin() as conn:
             await conn.execute(
                 calls.insert().values(
-                    tenant=tenant, call_id=call_id, name=name, status="running", claim=token,
-                    lease_until=now + lease, created_at=now,
+                    tenant=tenant, call_id=call_id, name=name, caller=caller, status="running",
+                    claim=token, lease_until=now + lease, created_at=now,
                 )
             )
         return Claimed(token)
@@ -84,11 +95,18 @@ async def claim(
     async with engine.begin() as conn:
         row = (
             await conn.execute(
-                select(calls.c.status, calls.c.claim, calls.c.lease_until, calls.c.result).where(
-                    calls.c.tenant == tenant, calls.c.call_id == call_id
-                )
+                select(
+                    calls.c.name,
+                    calls.c.caller,
+                    calls.c.status,
+                    calls.c.claim,
+                    calls.c.lease_until,
+                    calls.c.result,
+                ).where(calls.c.tenant == tenant, calls.c.call_id == call_id)
             )
         ).one()
+        if row.name != name or row.caller != caller:
+            raise CallIdTaken(f"call id {call_id!r} was already used for another call; use a new one")
         if row.status == "done":
             return Finished(msgspec.convert(row.result, ToolResult))
         if row.lease_until > now:
@@ -144,7 +162,9 @@ async def invoke_once(
     lease = tool.timeout + LEASE_GRACE if tool else DEFAULT_LEASE
     deadline = time.monotonic() + wait
     while True:
-        state = await claim(engine, tenant, command.call_id, command.name, lease)
+        state = await claim(
+            engine, tenant, command.call_id, command.name, lease, caller=command.user
+        )
         if isinstance(state, Finished):
             return state.result
         if isinstance(state, Claimed):

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bus.errors import Rejected
 from bus.service import Service
 from handlers.tools import builtin, fetch, github, slack
-from handlers.tools.calls import invoke_once
+from handlers.tools.calls import CallIdTaken, invoke_once
 from handlers.tools.config import ToolsConfig
 from handlers.tools.mcp_servers import Connection, connect_all
 from handlers.tools.registry import Registry
@@ -175,7 +175,10 @@ def build(settings: Settings, config: ToolsConfig | None = None) -> Service:
         refused = refusal(grants, env.tenant, cmd)
         if refused is not None:
             return refused
-        return await invoke_once(engine, registry, env.tenant, cmd, wait=config.call_wait)
+        try:
+            return await invoke_once(engine, registry, env.tenant, cmd, wait=config.call_wait)
+        except CallIdTaken as exc:
+            raise Rejected(f"conflict: {exc}") from None
 
     async def list_tools(cmd: ToolsList, env: Envelope) -> ToolsListed:
         _, registry = opened.require()

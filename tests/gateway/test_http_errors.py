@@ -77,7 +77,6 @@ async def test_unknown_fields_are_ignored(http: httpx.AsyncClient, headers: dict
         "seed": 7,
         "max_completion_tokens": 20,
         "response_format": {"type": "text"},
-        "user": "end-user-1",
     }
     response = await http.post("/v1/chat/completions", headers=headers, json=body)
     assert response.status_code == 200, response.text

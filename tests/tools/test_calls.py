@@ -7,11 +7,12 @@ import time
 import uuid
 from typing import Any
 
+import msgspec
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from handlers.tools.calls import CallInProgress, calls, claim, invoke_once
+from handlers.tools.calls import CallIdTaken, CallInProgress, calls, claim, invoke_once
 from handlers.tools.registry import Annotations, Registry, Tool
 from schemas.tools import ToolInvoke
 
@@ -88,6 +89,28 @@ async def test_the_same_call_id_in_another_tenant_is_another_call(engine: AsyncE
     globex = await invoke_once(engine, registry, "globex", command(call_id))
     assert len(counter.runs) == 2
     assert acme.output["run"] == 1 and globex.output["run"] == 2
+
+
+async def test_a_call_id_used_by_another_user_does_not_answer_with_their_result(
+    engine: AsyncEngine,
+) -> None:
+    counter = Counter()
+    call_id = uuid.uuid4().hex
+    alice = msgspec.structs.replace(command(call_id, n=1), user="alice")
+    await invoke_once(engine, registry_with(counter), "acme", alice)
+
+    mallory = msgspec.structs.replace(command(call_id, n=1), user="mallory")
+    with pytest.raises(CallIdTaken):
+        await invoke_once(engine, registry_with(counter), "acme", mallory)
+    assert len(counter.runs) == 1
+
+
+async def test_a_call_id_used_for_another_tool_is_refused(engine: AsyncEngine) -> None:
+    call_id = uuid.uuid4().hex
+    await invoke_once(engine, registry_with(Counter()), "acme", command(call_id))
+    other = ToolInvoke(call_id=call_id, name="calculator", arguments={})
+    with pytest.raises(CallIdTaken):
+        await invoke_once(engine, registry_with(Counter()), "acme", other)
 
 
 async def test_a_refused_call_is_stored_like_any_other(engine: AsyncEngine) -> None:
