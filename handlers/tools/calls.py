@@ -106,7 +106,7 @@ async def claim(
             )
         ).one()
         if row.name != name or row.caller != caller:
-            raise CallIdTaken(f"call id {call_id!r} was already used for another call; use a new one")
+            raise CallIdTaken(f"call id {call_id!r} was used for another call; send a new one")
         if row.status == "done":
             return Finished(msgspec.convert(row.result, ToolResult))
         if row.lease_until > now:
