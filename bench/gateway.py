@@ -233,8 +233,11 @@ def first_completion(url: str, headers: dict[str, str], log: Path) -> None:
 
 
 @contextlib.contextmanager
-def soma_system(upstream_url: str, work: Path) -> Iterator[tuple[dict[str, str], str]]:
-    """The whole system with a full and a pass-through gateway; yields their URLs and a key."""
+def soma_system(
+    upstream_url: str, work: Path, modes: tuple[str, ...] = ("full", "passthrough")
+) -> Iterator[tuple[dict[str, str], str]]:
+    """The whole system with a gateway per mode (full, pass-through); yields their URLs and a
+    key."""
     from soma import embedded
 
     models = work / "models.yaml"
@@ -301,7 +304,7 @@ def soma_system(upstream_url: str, work: Path) -> Iterator[tuple[dict[str, str],
         for name in HANDLERS:
             run(name, {})
         urls = {}
-        for mode in ("full", "passthrough"):
+        for mode in modes:
             port = free_port()
             run("gateway", {"SOMA_HTTP_PORT": str(port), "SOMA_CHAT_PIPELINE": mode})
             urls[mode] = f"http://127.0.0.1:{port}"
@@ -571,6 +574,10 @@ def main(args: argparse.Namespace) -> None:
     if 1 not in clients or 10 not in clients:
         raise SystemExit("--clients must include 1 and 10: the summary is read there")
     warmup = min(2.0, args.seconds / 4)
+    chosen = {s.strip() for s in args.systems.split(",") if s.strip()}
+    if unknown := chosen - set(SYSTEMS):
+        raise SystemExit(f"--systems: unknown {', '.join(sorted(unknown))}; known: {SYSTEMS}")
+    modes = tuple(m for m in ("full", "passthrough") if m in chosen)
     results: dict[str, dict[int, Cell]] = {}
     extra: dict[str, Any] = {
         "seconds_per_cell": args.seconds,
@@ -584,10 +591,12 @@ def main(args: argparse.Namespace) -> None:
         )
         work = Path(tmp) / "soma"
         work.mkdir()
-        print("soma: starting", flush=True)
         try:
-            with soma_system(up, work) as (urls, key):
-                for mode in ("full", "passthrough"):
+            if not modes:
+                raise RuntimeError("not selected (--systems)")
+            print("soma: starting", flush=True)
+            with soma_system(up, work, modes) as (urls, key):
+                for mode in modes:
                     results[mode] = measure(
                         mode,
                         f"{urls[mode]}/v1/chat/completions",
@@ -601,8 +610,10 @@ def main(args: argparse.Namespace) -> None:
             extra["soma_skipped"] = str(exc)
         work = Path(tmp) / "litellm"
         work.mkdir()
-        print("litellm: starting", flush=True)
         try:
+            if "litellm" not in chosen:
+                raise RuntimeError("not selected (--systems)")
+            print("litellm: starting", flush=True)
             with litellm_proxy(up, work) as url:
                 results["litellm"] = measure(
                     "litellm",
@@ -624,6 +635,11 @@ if __name__ == "__main__":
     parser.add_argument("--upstream", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--clients", default="1,10,50", help="concurrent clients per cell")
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per cell")
+    parser.add_argument(
+        "--systems",
+        default=",".join(SYSTEMS),
+        help="systems to measure, comma-separated (the upstream alone is always measured)",
+    )
     parsed = parser.parse_args()
     if parsed.upstream:
         serve_upstream(parsed.upstream)
