@@ -144,12 +144,10 @@ def run(
     * `SOMA_LOG_LEVEL` — same as --log-level
     * every setting the process itself reads (`DATABASE_URL`, `QDRANT_URL`, provider keys …)
     """
-    import asyncio
     import os
 
     from bus.errors import BusUnavailable
-    from soma.processes import ProcessUnavailable, UnknownProcess, resolve
-    from soma.processes import run as run_process
+    from soma.processes import ProcessUnavailable, UnknownProcess, resolve, run_blocking
     from soma.supervisor import EXIT_UNAVAILABLE, bind_to_supervisor
 
     if not bind_to_supervisor():
@@ -171,7 +169,7 @@ def run(
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _stop)
     try:
-        asyncio.run(run_process(target, config))
+        run_blocking(target, config)
     except ProcessUnavailable as exc:
         terminal.fail(str(exc), EXIT_UNAVAILABLE)
     except BusUnavailable as exc:
