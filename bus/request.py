@@ -23,7 +23,7 @@ from nats.js import JetStreamContext
 from bus.errors import RequestTimeout
 from bus.publish import Published, envelope_for, publish
 from schemas.catalogue import UnknownMessage, by_subject
-from schemas.envelope import Envelope, EnvelopeError
+from schemas.envelope import CORRELATION_ID, Envelope, EnvelopeError
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,17 @@ class Reply:
     envelope: Envelope
     schema: str
     payload: Any
+
+
+def decode_reply(msg: Msg) -> Reply | None:
+    """The event in ``msg`` with its envelope; None for one that is not a valid event of ours."""
+    try:
+        env = Envelope.from_headers(msg.headers)
+        entry = by_subject(msg.subject)
+        payload = entry.decode(msg.data)
+    except (EnvelopeError, UnknownMessage, msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    return Reply(env, entry.name, payload)
 
 
 class Requester:
@@ -50,17 +61,17 @@ class Requester:
                 await self._sub.unsubscribe()
 
     async def _on_event(self, msg: Msg) -> None:
-        correlation = (msg.headers or {}).get("Soma-Correlation-Id")
-        queue = self._waiters.get(correlation or "")
+        # Every event of the bus passes here: only the correlation header is read, and an event
+        # is decoded only when a waiter of this process awaits it.
+        headers = msg.headers
+        if not headers:
+            return
+        queue = self._waiters.get(headers.get(CORRELATION_ID, ""))
         if queue is None:
             return
-        try:
-            env = Envelope.from_headers(msg.headers)
-            entry = by_subject(msg.subject)
-            payload = entry.decode(msg.data)
-        except (EnvelopeError, UnknownMessage, msgspec.ValidationError, msgspec.DecodeError):
-            return
-        queue.put_nowait(Reply(env, entry.name, payload))
+        reply = decode_reply(msg)
+        if reply is not None:
+            queue.put_nowait(reply)
 
     @contextlib.asynccontextmanager
     async def watching(self, correlation_id: str) -> AsyncIterator[asyncio.Queue[Reply]]:

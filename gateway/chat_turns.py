@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import Any
 
 import msgspec
@@ -22,15 +21,7 @@ from bus.request import Reply
 from gateway.auth import Principal
 from gateway.dispatch import Dispatch, Refused, current_request_id
 from gateway.errors import ApiError, model_not_found, unavailable
-from gateway.openai_bodies import (
-    AssistantMessage,
-    ChatCompletion,
-    ChatCompletionRequest,
-    Choice,
-    FunctionCallOut,
-    ToolCallOut,
-    UsageOut,
-)
+from gateway.openai_bodies import ChatCompletionRequest
 from schemas.catalogue import of_type
 from schemas.chat import ChatTurnInput, ChatTurnResult
 from schemas.common import CommandFailed
@@ -290,37 +281,3 @@ async def run(
             ) from None
     return outcome(reply, turn.model)
 
-
-def tool_calls_out(calls: list[ToolCall] | None) -> list[ToolCallOut] | None:
-    if not calls:
-        return None
-    return [
-        ToolCallOut(id=c.id, function=FunctionCallOut(name=c.name, arguments=c.arguments))
-        for c in calls
-    ]
-
-
-def usage_out(result: ChatTurnResult) -> UsageOut:
-    u = result.usage
-    return UsageOut(
-        prompt_tokens=u.prompt_tokens,
-        completion_tokens=u.completion_tokens,
-        total_tokens=u.prompt_tokens + u.completion_tokens,
-    )
-
-
-def completion(result: ChatTurnResult, saga_id: str, model: str) -> ChatCompletion:
-    message = AssistantMessage(
-        content=result.message.content, tool_calls=tool_calls_out(result.message.tool_calls)
-    )
-    return ChatCompletion(
-        id=completion_id(saga_id),
-        created=int(time.time()),
-        model=result.model or model,
-        choices=[Choice(message=message, finish_reason=result.finish_reason)],
-        usage=usage_out(result),
-    )
-
-
-def completion_id(saga_id: str) -> str:
-    return f"chatcmpl-{saga_id}"

@@ -58,8 +58,8 @@ class GatewayConfig(BaseSettings):
     # How long a retry waits for the first request still running before answering 409.
     idempotency_wait: float = Field(default=300, ge=0, alias="SOMA_IDEMPOTENCY_WAIT_SECONDS")
     # "full": every chat turn is checked by policy and uses memory. "passthrough": the turn goes
-    # straight to the model (still a saga, still metered) — for deployments that front a model
-    # with their own controls.
+    # straight to the model, one command to the slm process with no saga (still in the event
+    # trail, still metered) — for deployments that front a model with their own controls.
     chat_pipeline: Literal["full", "passthrough"] = Field(
         default="full", alias="SOMA_CHAT_PIPELINE"
     )

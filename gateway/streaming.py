@@ -1,9 +1,10 @@
-"""A streamed chat completion: token deltas from ``soma.stream.<saga id>`` as OpenAI SSE chunks.
+"""A streamed chat completion: token deltas from ``soma.stream.<turn id>`` as OpenAI SSE chunks.
 
-The delta subscription and the event waiter are both in place before the saga is started, so
-nothing is missed. Deltas are a preview; ``sagas.finished`` is the truth: if deltas were lost
-(core NATS does not redeliver) the rest of the final answer is sent before the last chunk, and a
-caller's tool call missing from the deltas is sent from the result.
+The delta subscription and the event waiter are both in place before the turn is started, so
+nothing is missed. Deltas are a preview; the turn's end is the truth: if deltas were lost (core
+NATS does not redeliver) the rest of the final answer is sent before the last chunk, and a
+caller's tool call missing from the deltas is sent from the result. The same stream serves both
+pipelines (``gateway.turns``): a saga's turn and a pass-through one end with the same result.
 """
 
 from __future__ import annotations
@@ -12,9 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
@@ -23,21 +22,18 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from bus.request import Reply
-from gateway import chat_turns
+from gateway.answers import DONE, Chunks
 from gateway.auth import Principal
 from gateway.dispatch import Dispatch
 from gateway.errors import ApiError, unavailable
 from gateway.limits import RateLimiter
+from gateway.turns import Turn
 from schemas.chat import ChatTurnInput, ChatTurnResult
-from schemas.slm import SlmDelta, ToolCall
+from schemas.slm import SlmDelta
 
 log = logging.getLogger("soma.gateway.stream")
 
 _decode_delta = msgspec.json.Decoder(SlmDelta).decode
-
-
-def _sse(data: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
 
 
 def _error_event(error: ApiError) -> bytes:
@@ -52,7 +48,7 @@ class ChatStream:
         limiter: RateLimiter,
         principal: Principal,
         turn: ChatTurnInput,
-        saga_id: str,
+        run: Turn,
         *,
         include_usage: bool,
         timeout: float,
@@ -62,7 +58,7 @@ class ChatStream:
         self._limiter = limiter
         self._principal = principal
         self._turn = turn
-        self._saga_id = saga_id
+        self._run = run
         self._include_usage = include_usage
         self._timeout = timeout
         self._keepalive = keepalive
@@ -71,8 +67,7 @@ class ChatStream:
         self._watch: contextlib.AbstractAsyncContextManager[asyncio.Queue[Reply]] | None = None
         self._sub: Subscription | None = None
         self._closed = False
-        self._id = chat_turns.completion_id(saga_id)
-        self._created = int(time.time())
+        self._out = Chunks(run.id, turn.model, include_usage=include_usage)
         self._caller_tools = {t.name for t in turn.tools}
         self._sent_calls: list[str] = []
         self._round_text = ""
@@ -80,18 +75,16 @@ class ChatStream:
         self._any_text = False
 
     async def open(self) -> None:
-        """Listen, then start the saga; an error here is still an ordinary HTTP error."""
-        subject = f"soma.stream.{self._saga_id}"
+        """Listen, then start the turn; an error here is still an ordinary HTTP error."""
+        subject = f"soma.stream.{self._run.id}"
         try:
             self._sub = await self._dispatch.nc.subscribe(subject, cb=self._on_delta)
         except Exception as exc:
             raise unavailable("The message bus is not reachable.") from exc
-        self._watch = self._dispatch.requester.watching(self._saga_id)
+        self._watch = self._dispatch.requester.watching(self._run.id)
         self._events = await self._watch.__aenter__()
         try:
-            await chat_turns.start(
-                self._dispatch, self._principal, self._turn, self._saga_id, self._events
-            )
+            await self._run.start(self._events)
         except BaseException:
             await self.close()
             raise
@@ -112,35 +105,6 @@ class ChatStream:
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             log.warning("undecodable delta on %s: %s", msg.subject, exc)
 
-    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-        chunk: dict[str, Any] = {
-            "id": self._id,
-            "object": "chat.completion.chunk",
-            "created": self._created,
-            "model": self._turn.model,
-            "system_fingerprint": None,
-            "choices": [
-                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-            ],
-        }
-        if self._include_usage:
-            chunk["usage"] = None
-        return _sse(chunk)
-
-    def _tool_chunk(self, index: int, call: ToolCall) -> bytes:
-        return self._chunk(
-            {
-                "tool_calls": [
-                    {
-                        "index": index,
-                        "id": call.id,
-                        "type": "function",
-                        "function": {"name": call.name, "arguments": call.arguments},
-                    }
-                ]
-            }
-        )
-
     def _take(self, delta: SlmDelta) -> list[bytes]:
         """Chunks for one delta; remembers the text of the latest model round."""
         out = []
@@ -149,10 +113,10 @@ class ChatStream:
                 self._round_text, self._round_closed = "", False
             self._round_text += delta.content
             self._any_text = True
-            out.append(self._chunk({"content": delta.content}))
+            out.append(self._out.delta({"content": delta.content}))
         call = delta.tool_call
         if call and call.name in self._caller_tools and call.id not in self._sent_calls:
-            out.append(self._tool_chunk(len(self._sent_calls), call))
+            out.append(self._out.tool_call(len(self._sent_calls), call))
             self._sent_calls.append(call.id)
         if delta.done:
             self._round_closed = True
@@ -161,7 +125,7 @@ class ChatStream:
     async def chunks(self) -> AsyncIterator[bytes]:
         assert self._events is not None
         events = self._events
-        yield self._chunk({"role": "assistant", "content": ""})
+        yield self._out.delta({"role": "assistant", "content": ""})
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
@@ -171,9 +135,7 @@ class ChatStream:
             while True:
                 left = deadline - loop.time()
                 if left <= 0:
-                    await chat_turns.cancel(
-                        self._dispatch, self._principal, self._saga_id, "stream timed out"
-                    )
+                    await self._run.cancel("stream timed out")
                     yield _error_event(
                         ApiError(
                             504,
@@ -199,7 +161,7 @@ class ChatStream:
                     continue
                 reply = event_task.result()
                 event_task = asyncio.ensure_future(events.get())
-                if not chat_turns.is_end(reply, self._saga_id):
+                if not self._run.is_end(reply):
                     continue
                 # Deltas already here come first: the one a pending get holds, then the queue.
                 await asyncio.sleep(0)
@@ -210,7 +172,7 @@ class ChatStream:
                     for piece in self._take(self._deltas.get_nowait()):
                         yield piece
                 try:
-                    result = chat_turns.outcome(reply, self._turn.model)
+                    result = self._run.outcome(reply)
                 except ApiError as error:
                     yield _error_event(error)
                     return
@@ -231,30 +193,17 @@ class ChatStream:
         final = result.message.content or ""
         if not self._any_text:
             if final:
-                out.append(self._chunk({"content": final}))
+                out.append(self._out.delta({"content": final}))
         elif final.startswith(self._round_text) and len(final) > len(self._round_text):
-            out.append(self._chunk({"content": final[len(self._round_text) :]}))
+            out.append(self._out.delta({"content": final[len(self._round_text) :]}))
         for call in result.message.tool_calls or []:
             if call.id not in self._sent_calls:
-                out.append(self._tool_chunk(len(self._sent_calls), call))
+                out.append(self._out.tool_call(len(self._sent_calls), call))
                 self._sent_calls.append(call.id)
-        out.append(self._chunk({}, result.finish_reason))
+        out.append(self._out.delta({}, result.finish_reason))
         if self._include_usage:
-            usage = chat_turns.usage_out(result).model_dump()
-            out.append(
-                _sse(
-                    {
-                        "id": self._id,
-                        "object": "chat.completion.chunk",
-                        "created": self._created,
-                        "model": self._turn.model,
-                        "system_fingerprint": None,
-                        "choices": [],
-                        "usage": usage,
-                    }
-                )
-            )
-        out.append(b"data: [DONE]\n\n")
+            out.append(self._out.usage(result))
+        out.append(DONE)
         return out
 
 

@@ -43,6 +43,8 @@ class SlmComplete(Message):
     response_format: dict[str, Any] | None = None
     user: str | None = None
     stream_subject: str | None = None
+    # The API key the turn came in with, echoed on the reply so usage can be reported per key.
+    key_id: str | None = None
 
 
 class SlmCompleted(Message):
@@ -53,6 +55,7 @@ class SlmCompleted(Message):
     usage: Usage = msgspec.field(default_factory=Usage)
     cost_usd: float = 0.0
     latency_ms: float = 0.0
+    key_id: str | None = None
 
 
 class SlmDelta(Message):

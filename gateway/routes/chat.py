@@ -8,12 +8,16 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from gateway import chat_turns
+from gateway.answers import completion_json
 from gateway.auth import Principal
 from gateway.context import caller, gateway_of
 from gateway.errors import ApiError
 from gateway.idempotency import attempt_of
 from gateway.openai_bodies import ERRORS, ChatCompletion, ChatCompletionRequest
+from gateway.passthrough import PassThroughTurn
+from gateway.passthrough import run as passthrough_turn
 from gateway.streaming import ChatStream, SseResponse
+from gateway.turns import SagaTurn, Turn
 from schemas.envelope import new_id
 
 router = APIRouter(tags=["openai"])
@@ -53,36 +57,44 @@ async def create_chat_completion(
     body: ChatCompletionRequest,
     request: Request,
     principal: Annotated[Principal, Depends(caller("chat"))],
-) -> ChatCompletion | Response:
+) -> Response:
     check_user(principal, body.user)
     gateway = gateway_of(request)
     await gateway.limiter.admit_tokens(principal)
     await gateway.models.require(body.model, principal)
-    turn = chat_turns.turn_input(
-        body, principal, passthrough=gateway.config.chat_pipeline == "passthrough"
-    )
+    passthrough = gateway.config.chat_pipeline == "passthrough"
+    turn = chat_turns.turn_input(body, principal, passthrough=passthrough)
     # With an Idempotency-Key every retry names the same turn, so none runs it twice.
     attempt = attempt_of(request.scope)
-    saga_id = attempt.request_id if attempt is not None else new_id()
+    turn_id = attempt.request_id if attempt is not None else new_id()
     config = gateway.config
+    dispatch = gateway.dispatch
+    run: Turn = (
+        PassThroughTurn(dispatch, principal, turn, turn_id)
+        if passthrough
+        else SagaTurn(dispatch, principal, turn, turn_id)
+    )
     if body.stream:
         stream = ChatStream(
-            gateway.dispatch,
+            dispatch,
             gateway.limiter,
             principal,
             turn,
-            saga_id,
+            run,
             include_usage=bool(body.stream_options and body.stream_options.include_usage),
             timeout=config.chat_timeout,
             keepalive=config.stream_keepalive,
         )
         await stream.open()
         return SseResponse(stream)
-    result = await chat_turns.run(gateway.dispatch, principal, turn, saga_id, config.chat_timeout)
+    if passthrough:
+        result = await passthrough_turn(dispatch, principal, turn, turn_id, config.chat_timeout)
+    else:
+        result = await chat_turns.run(dispatch, principal, turn, turn_id, config.chat_timeout)
     await gateway.limiter.record_tokens(
         principal, result.usage.prompt_tokens + result.usage.completion_tokens
     )
     denial = chat_turns.policy_denial(result)
     if denial is not None:
         raise denial
-    return chat_turns.completion(result, saga_id, body.model)
+    return Response(completion_json(result, turn_id, body.model), media_type="application/json")

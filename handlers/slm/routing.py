@@ -71,6 +71,7 @@ class Router:
                     usage=result.usage,
                     cost_usd=deployment.cost(result.usage),
                     latency_ms=(time.perf_counter() - started) * 1000,
+                    key_id=request.key_id,
                 )
         summary = "; ".join(str(error) for error in failures)
         if any(error.retryable for error in failures):

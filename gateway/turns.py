@@ -1,0 +1,59 @@
+"""What a chat completion needs of a turn, whichever pipeline runs it: the ``chat_turn`` saga
+(``gateway.chat_turns``) or one command to the slm process (``gateway.passthrough``).
+
+Both answer with a ``ChatTurnResult``, so the response a caller gets — the completion body, the
+SSE chunks, ``finish_reason``, tool calls and usage — is built by the same code for both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Protocol
+
+from bus.request import Reply
+from gateway import chat_turns
+from gateway.auth import Principal
+from gateway.dispatch import Dispatch
+from schemas.chat import ChatTurnInput, ChatTurnResult
+
+
+class Turn(Protocol):
+    """A turn under way. ``id`` is its correlation id: its events and deltas are named by it."""
+
+    @property
+    def id(self) -> str: ...
+
+    async def start(self, events: asyncio.Queue[Reply]) -> None:
+        """Send the turn on its way; ``events`` already receives its events."""
+        ...
+
+    def is_end(self, reply: Reply) -> bool: ...
+
+    def outcome(self, reply: Reply) -> ChatTurnResult:
+        """The result the end stands for, or the ``ApiError`` a failed end stands for."""
+        ...
+
+    async def cancel(self, reason: str) -> None: ...
+
+
+@dataclass
+class SagaTurn:
+    """A full turn: the ``chat_turn`` saga, started and awaited as ``gateway.chat_turns`` says."""
+
+    dispatch: Dispatch
+    principal: Principal
+    turn: ChatTurnInput
+    id: str
+
+    async def start(self, events: asyncio.Queue[Reply]) -> None:
+        await chat_turns.start(self.dispatch, self.principal, self.turn, self.id, events)
+
+    def is_end(self, reply: Reply) -> bool:
+        return chat_turns.is_end(reply, self.id)
+
+    def outcome(self, reply: Reply) -> ChatTurnResult:
+        return chat_turns.outcome(reply, self.turn.model)
+
+    async def cancel(self, reason: str) -> None:
+        await chat_turns.cancel(self.dispatch, self.principal, self.id, reason)
