@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
 import msgspec
@@ -25,7 +25,7 @@ from bus import deadletter
 from bus.errors import Rejected
 from bus.metrics import count, observe
 from bus.publish import publish
-from bus.service import Handler
+from bus.service import BatchHandler, Delivery, Handler
 from bus.tracing import consuming, current_traceparent
 from schemas.catalogue import MessageType, UnknownMessage, by_subject, failed_event, of_type
 from schemas.common import CommandFailed
@@ -55,11 +55,11 @@ class _Heartbeat:
     """Tells the server a long handler is still working, so ack-wait does not redeliver it.
 
     A timer, not a task: most handlers finish long before the first beat, and a timer that
-    never fires costs almost nothing.
+    never fires costs almost nothing. One timer beats for every message of a batch.
     """
 
-    def __init__(self, msg: Msg, every: float) -> None:
-        self.msg = msg
+    def __init__(self, msgs: list[Msg], every: float) -> None:
+        self.msgs = msgs
         self.every = every
         self.loop = asyncio.get_running_loop()
         self.handle = self.loop.call_later(every, self._beat)
@@ -69,10 +69,11 @@ class _Heartbeat:
         self.handle = self.loop.call_later(self.every, self._beat)
 
     async def _send(self) -> None:
-        try:
-            await self.msg.in_progress()
-        except Exception as exc:
-            log.debug("heartbeat failed: %s", exc)
+        for msg in self.msgs:
+            try:
+                await msg.in_progress()
+            except Exception as exc:
+                log.debug("heartbeat failed: %s", exc)
 
     def cancel(self) -> None:
         self.handle.cancel()
@@ -151,7 +152,7 @@ def make_processor(
             return
 
         started = time.perf_counter()
-        beat = _Heartbeat(msg, policy.heartbeat)
+        beat = _Heartbeat([msg], policy.heartbeat)
         with consuming(env.traceparent, f"{service} {entry.name}"):
             try:
                 result = await handler(payload, env)
@@ -201,3 +202,129 @@ async def _reply(js: JetStreamContext, env: Envelope, result: msgspec.Struct) ->
     if tp:
         reply = msgspec.structs.replace(reply, traceparent=tp)
     await publish(js, result, reply, entry=entry)
+
+
+def make_batch_processor(
+    js: JetStreamContext,
+    service: str,
+    names: Collection[str],
+    handler: BatchHandler,
+    policy: RetryPolicy,
+) -> Callable[[list[Msg]], Awaitable[None]]:
+    """Build the per-batch function for events followed a batch at a time (no replies).
+
+    Each message is first checked alone, as ``make_processor`` does (undecodable or unknown:
+    dead letter; not followed: ack). The rest go to ``handler`` together and are acked only
+    after it returns, so what it committed for them is never lost to an early ack. When it
+    raises, each of them is handled again alone, with the usual retry and dead-letter rules:
+    the one that keeps failing ends as a dead letter, the others are counted.
+    """
+    every = "*" in names
+
+    async def to_dead_letters(msg: Msg, reason: str, env: Envelope | None, deliveries: int) -> None:
+        log.error("%s: dead-lettering %s: %s", service, msg.subject, reason)
+        await deadletter.dead_letter(js, msg, reason=reason, service=service, deliveries=deliveries)
+        count(service, env.schema if env else "?", "dead_lettered")
+        await msg.term()
+
+    async def admit(msg: Msg) -> tuple[Delivery, int] | None:
+        """The decoded message and its delivery count, or None once it has been settled."""
+        deliveries = _deliveries(msg)
+        try:
+            env = Envelope.from_headers(msg.headers)
+        except EnvelopeError as exc:
+            await to_dead_letters(msg, f"undecodable envelope: {exc}", None, deliveries)
+            return None
+        if deliveries > policy.max_deliver:
+            reason = f"delivered {deliveries} times without an outcome (handler crashed or hung)"
+            await to_dead_letters(msg, reason, env, deliveries)
+            return None
+        try:
+            entry = by_subject(msg.subject)
+        except UnknownMessage as exc:
+            await to_dead_letters(msg, str(exc), env, deliveries)
+            return None
+        if not every and entry.name not in names:
+            await msg.ack()  # an event this consumer does not follow
+            return None
+        try:
+            payload = entry.decode(msg.data)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            await to_dead_letters(msg, f"schema-invalid {entry.name}: {exc}", env, deliveries)
+            return None
+        return Delivery(entry.name, payload, env), deliveries
+
+    async def settle_alone(msg: Msg, delivery: Delivery, deliveries: int) -> None:
+        name, env = delivery.name, delivery.env
+        started = time.perf_counter()
+        beat = _Heartbeat([msg], policy.heartbeat)
+        with consuming(env.traceparent, f"{service} {name}"):
+            try:
+                await handler([delivery])
+            except Rejected as exc:
+                log.info("%s: rejected %s %s: %s", service, name, env.message_id, exc)
+                count(service, name, "rejected")
+                await msg.ack()
+                return
+            except Exception as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+                if deliveries >= policy.max_deliver:
+                    await to_dead_letters(
+                        msg, f"failed {deliveries} times, last: {reason}", env, deliveries
+                    )
+                    return
+                delay = policy.delay(deliveries)
+                log.warning(
+                    "%s: %s %s failed (delivery %d/%d), retry in %.1fs: %s",
+                    service,
+                    name,
+                    env.message_id,
+                    deliveries,
+                    policy.max_deliver,
+                    delay,
+                    reason,
+                )
+                count(service, name, "retried")
+                await msg.nak(delay=delay)
+                return
+            finally:
+                beat.cancel()
+                observe(service, name, time.perf_counter() - started)
+        count(service, name, "ok")
+        await msg.ack()
+
+    async def process(msgs: list[Msg]) -> None:
+        admitted: list[tuple[Msg, Delivery, int]] = []
+        for msg in msgs:
+            found = await admit(msg)
+            if found is not None:
+                admitted.append((msg, *found))
+        if not admitted:
+            return
+        if len(admitted) == 1:
+            await settle_alone(*admitted[0])
+            return
+        started = time.perf_counter()
+        beat = _Heartbeat([msg for msg, _, _ in admitted], policy.heartbeat)
+        try:
+            await handler([delivery for _, delivery, _ in admitted])
+        except Exception as exc:
+            log.warning(
+                "%s: a batch of %d failed (%s: %s); handling each alone",
+                service,
+                len(admitted),
+                type(exc).__name__,
+                exc,
+            )
+            for one in admitted:
+                await settle_alone(*one)
+            return
+        finally:
+            beat.cancel()
+        each = (time.perf_counter() - started) / len(admitted)
+        for msg, delivery, _ in admitted:
+            observe(service, delivery.name, each)
+            count(service, delivery.name, "ok")
+            await msg.ack()
+
+    return process

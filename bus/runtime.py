@@ -36,7 +36,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bus.connection import connect
-from bus.consume import RetryPolicy, make_processor
+from bus.consume import RetryPolicy, make_batch_processor, make_processor
 from bus.errors import BusUnavailable
 from bus.service import Handler, Service
 from bus.streams import provision
@@ -164,6 +164,9 @@ class Consumer:
             return
         self.requested = max(0, self.requested - 1)
         self.available -= 1
+        self._dispatch(msg)
+
+    def _dispatch(self, msg: Msg) -> None:
         task = asyncio.create_task(self._one(msg))
         self.in_flight.add(task)
         task.add_done_callback(self.in_flight.discard)
@@ -174,9 +177,12 @@ class Consumer:
         except Exception:  # the processor handles its own errors; this is a last resort
             log.exception("unexpected error handling %s", msg.subject)
         finally:
-            self.available += 1
-            if self.available - self.requested >= self.low_water:
-                self.wake.set()
+            self._freed(1)
+
+    def _freed(self, n: int) -> None:
+        self.available += n
+        if self.available - self.requested >= self.low_water:
+            self.wake.set()
 
     async def stop(self) -> None:
         self.running = False
@@ -188,6 +194,49 @@ class Consumer:
                 await self.loop
         if self.in_flight:
             await asyncio.wait(self.in_flight, timeout=30)
+
+
+class BatchConsumer(Consumer):
+    """A durable pull consumer whose messages are handled a batch at a time.
+
+    Messages that arrive while a batch is being handled wait, and all of them go together as
+    the next batch: one message alone goes at once, and under load each batch holds what came
+    in during the last one (at most the consumer's concurrency). Batches run one after another.
+    """
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        stream: str,
+        config: ConsumerConfig,
+        handle_batch: Callable[[list[Msg]], Awaitable[None]],
+        concurrency: int,
+    ) -> None:
+        super().__init__(js, stream, config, self._unused, concurrency)
+        self.handle_batch = handle_batch
+        self.waiting: list[Msg] = []
+        self.worker: asyncio.Task[None] | None = None
+
+    async def _unused(self, msg: Msg) -> None:
+        raise RuntimeError("a batch consumer handles batches")
+
+    def _dispatch(self, msg: Msg) -> None:
+        self.waiting.append(msg)
+        if self.worker is None or self.worker.done():
+            self.worker = asyncio.create_task(self._work())
+            self.in_flight.add(self.worker)
+            self.worker.add_done_callback(self.in_flight.discard)
+
+    async def _work(self) -> None:
+        await asyncio.sleep(0)  # let the rest of a burst that arrived together join
+        while self.waiting:
+            batch, self.waiting = self.waiting, []
+            try:
+                await self.handle_batch(batch)
+            except Exception:  # the processor handles its own errors; this is a last resort
+                log.exception("unexpected error handling a batch of %d", len(batch))
+            finally:
+                self._freed(len(batch))
 
 
 def _consumer_config(durable: str, subjects: list[str], settings: Settings) -> ConsumerConfig:
@@ -237,6 +286,18 @@ async def start(service: Service, settings: Settings, *, health_port: int | None
         config = _consumer_config(service.name, [f"soma.cmd.*.{service.name}.>"], settings)
         running.consumers.append(
             Consumer(js, STREAMS["cmd"], config, process, settings.fetch_batch)
+        )
+    if service.event_routes and service.event_batches:
+        raise ValueError(f"{service.name}: event_routes and event_batches share one consumer")
+    if service.event_batches:
+        followed = service.event_batches.names
+        subjects = ["soma.evt.>"] if "*" in followed else [by_name(n).pattern for n in followed]
+        config = _consumer_config(f"{service.name}-events", subjects, settings)
+        batches = make_batch_processor(
+            js, service.name, followed, service.event_batches.handler, policy
+        )
+        running.consumers.append(
+            BatchConsumer(js, STREAMS["evt"], config, batches, settings.fetch_batch)
         )
     if service.event_routes:
         process = make_processor(

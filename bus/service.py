@@ -16,6 +16,30 @@ Handler = Callable[[Any, Envelope], Awaitable[Any]]
 Hook = Callable[[], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """One decoded message of a batch: its schema name, payload and envelope."""
+
+    name: str
+    payload: Any
+    env: Envelope
+
+
+BatchHandler = Callable[[list[Delivery]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class EventBatches:
+    """Events taken a batch at a time, for a handler whose cost is per transaction rather than
+    per event: it receives every event in hand at once, and they are acked together after it
+    returns. A batch that fails is handled again one event at a time, so one bad event never
+    holds back (or dead-letters) the others.
+    """
+
+    names: tuple[str, ...]  # schema names followed, or ("*",) for every event
+    handler: BatchHandler
+
+
 @dataclass
 class Service:
     name: str
@@ -24,3 +48,5 @@ class Service:
     shutdown: list[Hook] = field(default_factory=list)
     # Events this service follows: schema name (or "*" for every event) -> handler(event, env).
     event_routes: dict[str, Handler] = field(default_factory=dict)
+    # Or the events it follows a batch at a time (not both: they share one durable consumer).
+    event_batches: EventBatches | None = None

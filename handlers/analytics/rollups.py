@@ -2,14 +2,16 @@
 
 Delivery is at-least-once, and an operator may replay the events stream into a fresh consumer, so
 every count runs in one transaction with the insert of the event's message id: an id already
-there means the event was counted, and nothing changes. Totals are added by an upsert that
-increments in SQL, so any number of analytics replicas can count into the same row at once.
+there means the event was counted, and nothing changes. A batch of events shares one
+transaction (``count_batch``): the ids and counts of all of them commit together or not at all.
+Totals are added by an upsert that increments in SQL, so any number of analytics replicas can
+count into the same row at once.
 
-Order is not guaranteed either: the runtime handles a fetched batch concurrently, and replicas
-run side by side. So a model call may be counted before its saga's start (it waits, unattributed,
-until the start names the saga type), and a saga's end before its start (its duration is added
-when the start arrives). Both sides of each pair first upsert the row they share — the
-correlation, or the saga — which holds it locked until commit: the pair never interleaves.
+Order is not guaranteed either: a batch holds whatever arrived, and replicas run side by side.
+So a model call may be counted before its saga's start (it waits, unattributed, until the start
+names the saga type), and a saga's end before its start (its duration is added when the start
+arrives). Both sides of each pair first upsert the row they share — the correlation, or the
+saga — which holds it locked until commit: the pair never interleaves.
 
 An event's day is the UTC day of its envelope timestamp, not of its processing: a backlog worked
 off after midnight still counts for the day the work was done.
@@ -18,6 +20,7 @@ off after midnight still counts for the day the work was done.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Any
@@ -162,36 +165,34 @@ async def _release(conn: AsyncConnection, where: Any, saga_type: str) -> None:
         await add(conn, Fact(kind=MODEL, saga_type=saga_type, **values))
 
 
-async def model_completed(engine: AsyncEngine, event: SlmCompleted, env: Envelope) -> bool:
+async def _model_completed(conn: AsyncConnection, event: SlmCompleted, env: Envelope) -> bool:
     """Count one completion; False when this event was already counted."""
-    async with engine.begin() as conn:
-        if not await _first_time(conn, env):
-            return False
-        fact = Fact(
-            tenant=env.tenant,
-            day=day_of(event_time(env)),
-            kind=MODEL,
-            model=event.model,
-            actor=env.actor,
-            prompt_tokens=event.usage.prompt_tokens,
-            completion_tokens=event.usage.completion_tokens,
-            cost_usd=event.cost_usd,
-            latency_ms_sum=event.latency_ms,
-            latency_count=1,
-        )
-        await _count_model_call(conn, fact, env)
+    if not await _first_time(conn, env):
+        return False
+    fact = Fact(
+        tenant=env.tenant,
+        day=day_of(event_time(env)),
+        kind=MODEL,
+        model=event.model,
+        actor=env.actor,
+        prompt_tokens=event.usage.prompt_tokens,
+        completion_tokens=event.usage.completion_tokens,
+        cost_usd=event.cost_usd,
+        latency_ms_sum=event.latency_ms,
+        latency_count=1,
+    )
+    await _count_model_call(conn, fact, env)
     return True
 
 
-async def model_failed(engine: AsyncEngine, event: CommandFailed, env: Envelope) -> bool:
+async def _model_failed(conn: AsyncConnection, event: CommandFailed, env: Envelope) -> bool:
     """Count a failed model call; the failure does not name its model, so it counts under ""."""
-    async with engine.begin() as conn:
-        if not await _first_time(conn, env):
-            return False
-        fact = Fact(
-            tenant=env.tenant, day=day_of(event_time(env)), kind=MODEL, actor=env.actor, errors=1
-        )
-        await _count_model_call(conn, fact, env)
+    if not await _first_time(conn, env):
+        return False
+    fact = Fact(
+        tenant=env.tenant, day=day_of(event_time(env)), kind=MODEL, actor=env.actor, errors=1
+    )
+    await _count_model_call(conn, fact, env)
     return True
 
 
@@ -215,7 +216,7 @@ def _duration(started: float, finished: float) -> float:
     return max(finished - started, 0.0) * 1000
 
 
-async def saga_started(engine: AsyncEngine, event: SagaStarted, env: Envelope) -> bool:
+async def _saga_started(conn: AsyncConnection, event: SagaStarted, env: Envelope) -> bool:
     """Name the correlation's saga type and remember when the run started.
 
     A start after its run's end (seen first) adds the run's duration to the end's row. A saga
@@ -223,86 +224,152 @@ async def saga_started(engine: AsyncEngine, event: SagaStarted, env: Envelope) -
     with ``use_existing``) changes nothing.
     """
     started = event_time(env)
-    async with engine.begin() as conn:
-        if not await _first_time(conn, env):
-            return False
-        await _attribute(conn, event.saga_type, env)
-        run = await _lock_saga(conn, event.saga_id, event.saga_type, env)
-        if run.started_at is not None and run.finished_at is None:
-            return True
-        if run.started_at is None and run.finished_at is not None:
-            await add(
-                conn,
-                Fact(
-                    tenant=run.tenant,
-                    day=day_of(run.finished_at),
-                    kind=SAGA,
-                    saga_type=run.saga_type,
-                    actor=run.actor,
-                    requests=0,
-                    latency_ms_sum=_duration(started, run.finished_at),
-                    latency_count=1,
-                ),
-            )
-            await conn.execute(
-                update(sagas).where(sagas.c.saga_id == event.saga_id).values(started_at=started)
-            )
-            return True
-        await conn.execute(
-            update(sagas)
-            .where(sagas.c.saga_id == event.saga_id)
-            .values(started_at=started, finished_at=None, saga_type=event.saga_type,
-                    actor=env.actor)
-        )
-    return True
-
-
-async def saga_finished(engine: AsyncEngine, event: SagaFinished, env: Envelope) -> bool:
-    """Count one saga run, with its duration when its start was seen (or when it is)."""
-    ended = event_time(env)
-    async with engine.begin() as conn:
-        if not await _first_time(conn, env):
-            return False
-        run = await _lock_saga(conn, event.saga_id, event.saga_type, env)
-        timed = run.started_at is not None and run.finished_at is None
-        latency = _duration(run.started_at, ended) if timed else 0.0
+    if not await _first_time(conn, env):
+        return False
+    await _attribute(conn, event.saga_type, env)
+    run = await _lock_saga(conn, event.saga_id, event.saga_type, env)
+    if run.started_at is not None and run.finished_at is None:
+        return True
+    if run.started_at is None and run.finished_at is not None:
         await add(
             conn,
             Fact(
-                tenant=env.tenant,
-                day=day_of(ended),
+                tenant=run.tenant,
+                day=day_of(run.finished_at),
                 kind=SAGA,
-                saga_type=event.saga_type,
-                actor=env.actor,
-                errors=int(event.state in FAILED_STATES),
-                latency_ms_sum=latency,
-                latency_count=int(timed),
+                saga_type=run.saga_type,
+                actor=run.actor,
+                requests=0,
+                latency_ms_sum=_duration(started, run.finished_at),
+                latency_count=1,
             ),
         )
         await conn.execute(
-            update(sagas)
-            .where(sagas.c.saga_id == event.saga_id)
-            .values(
-                finished_at=ended,
-                started_at=run.started_at if timed else None,
-                saga_type=event.saga_type,
-                actor=env.actor,
-            )
+            update(sagas).where(sagas.c.saga_id == event.saga_id).values(started_at=started)
         )
+        return True
+    await conn.execute(
+        update(sagas)
+        .where(sagas.c.saga_id == event.saga_id)
+        .values(started_at=started, finished_at=None, saga_type=event.saga_type,
+                actor=env.actor)
+    )
     return True
+
+
+async def _saga_finished(conn: AsyncConnection, event: SagaFinished, env: Envelope) -> bool:
+    """Count one saga run, with its duration when its start was seen (or when it is)."""
+    ended = event_time(env)
+    if not await _first_time(conn, env):
+        return False
+    run = await _lock_saga(conn, event.saga_id, event.saga_type, env)
+    timed = run.started_at is not None and run.finished_at is None
+    latency = _duration(run.started_at, ended) if timed else 0.0
+    await add(
+        conn,
+        Fact(
+            tenant=env.tenant,
+            day=day_of(ended),
+            kind=SAGA,
+            saga_type=event.saga_type,
+            actor=env.actor,
+            errors=int(event.state in FAILED_STATES),
+            latency_ms_sum=latency,
+            latency_count=int(timed),
+        ),
+    )
+    await conn.execute(
+        update(sagas)
+        .where(sagas.c.saga_id == event.saga_id)
+        .values(
+            finished_at=ended,
+            started_at=run.started_at if timed else None,
+            saga_type=event.saga_type,
+            actor=env.actor,
+        )
+    )
+    return True
+
+
+async def _saga_refused(conn: AsyncConnection, event: CommandFailed, env: Envelope) -> bool:
+    """Count a saga start the runner refused: a run that failed before it began."""
+    if not await _first_time(conn, env):
+        return False
+    await add(
+        conn,
+        Fact(tenant=env.tenant, day=day_of(event_time(env)), kind=SAGA, actor=env.actor,
+             errors=1),
+    )
+    return True
+
+
+FOLLOWED = ("slm.completed", "slm.failed", "sagas.started", "sagas.finished", "sagas.failed")
+
+
+async def count(conn: AsyncConnection, name: str, event: Any, env: Envelope) -> bool:
+    """Count one event named ``name`` (one of ``FOLLOWED``) in the caller's transaction;
+    False when it was already counted or does not count (a failure of another command)."""
+    if name == "slm.completed":
+        return await _model_completed(conn, event, env)
+    if name == "slm.failed":
+        return event.command == "slm.complete" and await _model_failed(conn, event, env)
+    if name == "sagas.started":
+        return await _saga_started(conn, event, env)
+    if name == "sagas.finished":
+        return await _saga_finished(conn, event, env)
+    if name == "sagas.failed":
+        return event.command == "sagas.start" and await _saga_refused(conn, event, env)
+    raise ValueError(f"analytics does not count {name}")
+
+
+async def count_batch(engine: AsyncEngine, events: Iterable[tuple[str, Any, Envelope]]) -> int:
+    """Count a batch of events in one transaction; how many were counted for the first time.
+
+    Each event's id is recorded in the same transaction as its counts, so a batch delivered
+    again after a crash (before its ack, after or before its commit) adds nothing twice: what
+    committed is skipped by id, what did not is counted now. An event repeated within the batch
+    finds its id already recorded by the transaction itself.
+    """
+    async with engine.begin() as conn:
+        counted = 0
+        for name, event, env in events:
+            counted += await count(conn, name, event, env)
+    return counted
+
+
+async def _alone(
+    engine: AsyncEngine,
+    counter: Callable[[AsyncConnection, Any, Envelope], Awaitable[bool]],
+    event: Any,
+    env: Envelope,
+) -> bool:
+    async with engine.begin() as conn:
+        return await counter(conn, event, env)
+
+
+async def model_completed(engine: AsyncEngine, event: SlmCompleted, env: Envelope) -> bool:
+    """Count one completion in its own transaction; False when it was already counted."""
+    return await _alone(engine, _model_completed, event, env)
+
+
+async def model_failed(engine: AsyncEngine, event: CommandFailed, env: Envelope) -> bool:
+    """Count a failed model call in its own transaction."""
+    return await _alone(engine, _model_failed, event, env)
+
+
+async def saga_started(engine: AsyncEngine, event: SagaStarted, env: Envelope) -> bool:
+    """Count a saga start in its own transaction."""
+    return await _alone(engine, _saga_started, event, env)
+
+
+async def saga_finished(engine: AsyncEngine, event: SagaFinished, env: Envelope) -> bool:
+    """Count a saga end in its own transaction."""
+    return await _alone(engine, _saga_finished, event, env)
 
 
 async def saga_refused(engine: AsyncEngine, event: CommandFailed, env: Envelope) -> bool:
-    """Count a saga start the runner refused: a run that failed before it began."""
-    async with engine.begin() as conn:
-        if not await _first_time(conn, env):
-            return False
-        await add(
-            conn,
-            Fact(tenant=env.tenant, day=day_of(event_time(env)), kind=SAGA, actor=env.actor,
-                 errors=1),
-        )
-    return True
+    """Count a refused saga start in its own transaction."""
+    return await _alone(engine, _saga_refused, event, env)
 
 
 async def prune(engine: AsyncEngine, before: float) -> int:

@@ -1,8 +1,9 @@
 """The analytics process: follows the events stream into daily rollups and answers usage reports.
 
 Composition root. Its own durable consumer (``analytics-events``) reads model completions and
-failures and saga starts and ends; the rollups live in the shared SQL database. Other events on
-the stream are acknowledged and skipped by the runtime.
+failures and saga starts and ends, a batch at a time: each batch is counted in one transaction
+and acked after its commit. The rollups live in the analytics database (its own SQLite file by
+default, so counting never holds the write lock of the stores a chat turn writes).
 
 Counting is idempotent by event message id (see ``rollups``), so redeliveries, several replicas
 and a replay of the stream all leave the totals as the events say.
@@ -10,24 +11,18 @@ and a replay of the stream all leave the totals as the events say.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bus.errors import Rejected
-from bus.service import Handler, Service
+from bus.service import Delivery, EventBatches, Service
 from handlers.analytics import rollups
 from handlers.analytics.report import InvalidWindow, bounds, report, window
 from schemas.analytics import AnalyticsReport, AnalyticsReported
-from schemas.common import CommandFailed
 from schemas.envelope import Envelope
-from schemas.sagas import SagaFinished, SagaStarted
-from schemas.slm import SlmCompleted
 from soma.db import make_engine, migrate
 from soma.settings import Settings
 
@@ -41,23 +36,11 @@ KEEP_MARGIN = 86400.0
 @dataclass
 class _Opened:
     engine: AsyncEngine | None = None
-    # SQLite takes one writer at a time: queue this process's writers here rather than in
-    # SQLite's busy wait, which sleeps and retries (it halves the throughput of a backlog).
-    writers: asyncio.Lock | None = None
 
     def require(self) -> AsyncEngine:
         if self.engine is None:
             raise RuntimeError("analytics service used before its startup hooks ran")
         return self.engine
-
-    @contextlib.asynccontextmanager
-    async def writing(self) -> AsyncIterator[AsyncEngine]:
-        engine = self.require()
-        if self.writers is None:
-            yield engine
-            return
-        async with self.writers:
-            yield engine
 
 
 async def answer(
@@ -73,38 +56,14 @@ async def answer(
     return AnalyticsReported(rows=rows, since=since, until=until)
 
 
-def event_routes(opened: _Opened) -> dict[str, Handler]:
-    """Schema name → handler for each event that changes the rollups."""
+def event_batches(opened: _Opened) -> EventBatches:
+    """The events that change the rollups, counted a batch (whatever is in hand) per transaction:
+    the store's write lock is taken once per batch, not once per event."""
 
-    async def on_completed(event: SlmCompleted, env: Envelope) -> None:
-        async with opened.writing() as engine:
-            await rollups.model_completed(engine, event, env)
+    async def count(batch: list[Delivery]) -> None:
+        await rollups.count_batch(opened.require(), ((d.name, d.payload, d.env) for d in batch))
 
-    async def on_slm_failed(event: CommandFailed, env: Envelope) -> None:
-        if event.command == "slm.complete":
-            async with opened.writing() as engine:
-                await rollups.model_failed(engine, event, env)
-
-    async def on_started(event: SagaStarted, env: Envelope) -> None:
-        async with opened.writing() as engine:
-            await rollups.saga_started(engine, event, env)
-
-    async def on_finished(event: SagaFinished, env: Envelope) -> None:
-        async with opened.writing() as engine:
-            await rollups.saga_finished(engine, event, env)
-
-    async def on_sagas_failed(event: CommandFailed, env: Envelope) -> None:
-        if event.command == "sagas.start":
-            async with opened.writing() as engine:
-                await rollups.saga_refused(engine, event, env)
-
-    return {
-        "slm.completed": on_completed,
-        "slm.failed": on_slm_failed,
-        "sagas.started": on_started,
-        "sagas.finished": on_finished,
-        "sagas.failed": on_sagas_failed,
-    }
+    return EventBatches(names=rollups.FOLLOWED, handler=count)
 
 
 def build(settings: Settings) -> Service:
@@ -114,8 +73,6 @@ def build(settings: Settings) -> Service:
     async def start() -> None:
         await migrate(database_url)
         opened.engine = make_engine(database_url)
-        if opened.engine.dialect.name == "sqlite":
-            opened.writers = asyncio.Lock()
         if settings.events_max_age <= 0:
             return  # the stream keeps events for ever: so are their ids
         forgotten = await rollups.prune(
@@ -137,5 +94,5 @@ def build(settings: Settings) -> Service:
         routes={AnalyticsReport: on_report},
         startup=[start],
         shutdown=[stop],
-        event_routes=event_routes(opened),
+        event_batches=event_batches(opened),
     )
