@@ -1,0 +1,338 @@
+"""Pass-through turns (``SOMA_CHAT_PIPELINE=passthrough``) through the official openai client, with
+the gateway, identity, slm and analytics as OS processes and a model server speaking OpenAI's
+protocol: one command to the slm process and no saga, yet the same answers as a full turn, the
+reply in the event trail, usage metered once, and an idempotent retry never a second model call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import httpx
+import msgspec
+import openai
+import pytest
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
+from openai.types.chat import (
+    ChatCompletionMessageFunctionToolCall,
+    ChatCompletionMessageParam,
+    ChatCompletionToolParam,
+)
+
+from bus.connection import connect
+from schemas.catalogue import STREAMS
+from schemas.slm import SlmCompleted
+from tests.e2e.conftest import ROOT, wait_for_consumers
+from tests.servers import NatsServer, free_port, nats_server
+from tests.slm.fake_openai import openai_app
+from tests.slm.scripted import Reply, Script, serving
+
+MODEL = "upstream-model"
+TENANT = "acme"
+PROCESSES = ["identity", "slm", "analytics"]
+CALCULATOR: ChatCompletionToolParam = {
+    "type": "function",
+    "function": {
+        "name": "calculator",
+        "description": "Evaluate an arithmetic expression",
+        "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}},
+    },
+}
+
+
+@dataclass
+class Passthrough:
+    nats: NatsServer
+    url: str
+    key: str
+    script: Script
+
+    def client(self) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(
+            base_url=f"{self.url}/v1", api_key=self.key, max_retries=0, timeout=60
+        )
+
+    def headers(self, idempotency_key: str | None = None) -> dict[str, str]:
+        out = {"Authorization": f"Bearer {self.key}"}
+        if idempotency_key:
+            out["Idempotency-Key"] = idempotency_key
+        return out
+
+
+@pytest.fixture(scope="module")
+async def upstream() -> AsyncIterator[tuple[str, Script]]:
+    script = Script()
+    async with serving(openai_app(script)) as url:
+        yield url, script
+
+
+@pytest.fixture(scope="module")
+def processes(
+    upstream: tuple[str, Script], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[NatsServer, str, str]]:
+    url, _ = upstream
+    data = tmp_path_factory.mktemp("passthrough")
+    (data / "models.yaml").write_text(
+        f"models:\n  - name: {MODEL}\n    deployments:\n"
+        f"      - {{provider: openai, model: {MODEL}, base_url: '{url}/v1',\n"
+        "         input_per_1m: 1.0, output_per_1m: 2.0}\n"
+    )
+    port = free_port()
+    with nats_server() as server:
+        env = {
+            **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")},
+            "PYTHONPATH": str(ROOT),
+            "NATS_URL": server.url,
+            "SOMA_DATA_DIR": str(data),
+            "SOMA_MODELS_FILE": str(data / "models.yaml"),
+            "OPENAI_API_KEY": "sk-fake",
+            "SOMA_HTTP_PORT": str(port),
+            "SOMA_RATE_RPM": "0",
+            "SOMA_RATE_TPM": "0",
+            "SOMA_CHAT_PIPELINE": "passthrough",
+        }
+        cli = [sys.executable, "-m", "soma.cli"]
+        subprocess.run([*cli, "migrate"], env=env, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+        key = subprocess.run(
+            [*cli, "keys", "create", "--tenant", TENANT, "--user", "dev", "--role", "admin"],
+            env=env,
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        procs = [
+            subprocess.Popen([*cli, "run", name], env=env, cwd=ROOT)
+            for name in [*PROCESSES, "gateway"]
+        ]
+        try:
+            yield server, f"http://127.0.0.1:{port}", key
+        finally:
+            for p in procs:
+                p.send_signal(signal.SIGTERM)
+            for p in procs:
+                try:
+                    p.wait(15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+
+@pytest.fixture(scope="module")
+async def ready(
+    processes: tuple[NatsServer, str, str], upstream: tuple[str, Script]
+) -> Passthrough:
+    server, url, key = processes
+    nc = await connect(server.url, "passthrough-ready")
+    try:
+        await wait_for_consumers(nc.jetstream(), [*PROCESSES, "analytics-events"], timeout=120)
+    finally:
+        await nc.close()
+    async with httpx.AsyncClient(base_url=url) as client, asyncio.timeout(60):
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if (await client.get("/readyz")).status_code == 200:
+                    break
+            await asyncio.sleep(0.2)
+    return Passthrough(server, url, key, upstream[1])
+
+
+@pytest.fixture
+def passthrough(ready: Passthrough) -> Passthrough:
+    ready.script.reset()
+    return ready
+
+
+async def events_of(server: NatsServer, correlation_id: str) -> list[tuple[str, Msg]]:
+    """The events the bus kept for one correlation id: (type, message)."""
+    nc = await connect(server.url, "passthrough-events")
+    found: list[tuple[str, Msg]] = []
+    try:
+        js = nc.jetstream()
+        sub = await js.subscribe(
+            f"soma.evt.{TENANT}.>",
+            stream=STREAMS["evt"],
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
+        )
+        last = (await js.stream_info(STREAMS["evt"])).state.last_seq
+        with contextlib.suppress(TimeoutError):
+            while True:
+                msg = await sub.next_msg(timeout=2)
+                if (msg.headers or {}).get("Soma-Correlation-Id") == correlation_id:
+                    found.append((".".join(msg.subject.split(".")[3:]), msg))
+                if msg.metadata.sequence.stream >= last:
+                    break
+        await sub.unsubscribe()
+    finally:
+        await nc.close()
+    return found
+
+
+def turn_of(completion_id: str) -> str:
+    return completion_id.removeprefix("chatcmpl-")
+
+
+def ask(prompt: str) -> list[ChatCompletionMessageParam]:
+    return [{"role": "user", "content": prompt}]
+
+
+async def test_a_passthrough_turn_is_one_model_call_in_the_event_trail_and_no_saga(
+    passthrough: Passthrough,
+) -> None:
+    passthrough.script.then(Reply(text="Straight from the model.", prompt_tokens=9))
+    reply = await passthrough.client().chat.completions.create(
+        model=MODEL, messages=ask("Say it plainly.")
+    )
+    assert reply.choices[0].message.content == "Straight from the model."
+    assert reply.choices[0].finish_reason == "stop"
+    assert reply.usage is not None and reply.usage.prompt_tokens == 9
+    assert len(passthrough.script.requests) == 1
+    [(kind, event)] = await events_of(passthrough.nats, turn_of(reply.id))
+    assert kind == "slm.completed"
+    completed = msgspec.json.decode(event.data, type=SlmCompleted)
+    assert (completed.model, completed.usage.prompt_tokens) == (MODEL, 9)
+    assert completed.key_id is not None
+    assert completed.cost_usd > 0
+    assert event.headers is not None
+    assert event.headers["Soma-Actor"] not in ("", "system")  # the caller's user
+
+
+async def test_a_streamed_passthrough_turn_streams_the_answer_and_ends_with_usage(
+    passthrough: Passthrough,
+) -> None:
+    passthrough.script.then(Reply(text="Piece by piece it comes.", completion_tokens=6))
+    stream = await passthrough.client().chat.completions.create(
+        model=MODEL,
+        messages=ask("Stream it."),
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = [chunk async for chunk in stream]
+    assert len({c.id for c in chunks}) == 1
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == (
+        "Piece by piece it comes."
+    )
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
+    assert passthrough.script.requests[0]["stream"] is True
+
+
+async def test_a_callers_tool_call_is_handed_back_with_finish_reason_tool_calls(
+    passthrough: Passthrough,
+) -> None:
+    passthrough.script.then(Reply(tool_calls=[("call_1", "calculator", {"expression": "6*7"})]))
+    reply = await passthrough.client().chat.completions.create(
+        model=MODEL, messages=ask("Compute 6*7."), tools=[CALCULATOR]
+    )
+    assert reply.choices[0].finish_reason == "tool_calls"
+    [call] = reply.choices[0].message.tool_calls or []
+    assert isinstance(call, ChatCompletionMessageFunctionToolCall)
+    assert (call.id, call.function.name) == ("call_1", "calculator")
+    assert json.loads(call.function.arguments) == {"expression": "6*7"}
+    assert passthrough.script.requests[0]["tools"][0]["function"]["name"] == "calculator"
+
+
+async def test_an_unknown_model_is_the_sdks_not_found_error(passthrough: Passthrough) -> None:
+    with pytest.raises(openai.NotFoundError):
+        await passthrough.client().chat.completions.create(model="no-such-model", messages=ask("x"))
+    assert passthrough.script.requests == []
+
+
+async def test_usage_of_passthrough_turns_is_metered_once_per_turn(
+    passthrough: Passthrough,
+) -> None:
+    model = MODEL
+    before = await _usage(passthrough, model)
+    passthrough.script.then(
+        Reply(text="one", prompt_tokens=100, completion_tokens=10),
+        Reply(text="two", prompt_tokens=200, completion_tokens=20),
+    )
+    client = passthrough.client()
+    for prompt in ("first", "second"):
+        await client.chat.completions.create(model=model, messages=ask(prompt))
+    async with asyncio.timeout(60):
+        while (after := await _usage(passthrough, model))["requests"] < before["requests"] + 2:
+            await asyncio.sleep(0.2)
+    await asyncio.sleep(1)  # a double count would land by now
+    after = await _usage(passthrough, model)
+    assert after["requests"] - before["requests"] == 2
+    assert after["prompt_tokens"] - before["prompt_tokens"] == 300
+    assert after["completion_tokens"] - before["completion_tokens"] == 30
+
+
+async def _usage(passthrough: Passthrough, model: str) -> dict[str, int]:
+    async with httpx.AsyncClient(base_url=passthrough.url, timeout=30) as client:
+        answer = await client.get(
+            "/v1/usage", params={"group_by": "model"}, headers=passthrough.headers()
+        )
+    assert answer.status_code == 200, answer.text
+    rows = [r for r in answer.json()["data"] if r["group"].get("model") == model]
+    totals = Counter[str]()
+    for row in rows:
+        for name in ("requests", "prompt_tokens", "completion_tokens"):
+            totals[name] += row[name]
+    return dict(totals)
+
+
+async def test_a_streamed_retry_of_an_answered_turn_gets_its_answer_without_a_second_call(
+    passthrough: Passthrough,
+) -> None:
+    """Streamed answers are not kept by the idempotency record: the retry runs the route again,
+    its command is dropped by the bus as a duplicate, and the answer is read back from the trail."""
+    passthrough.script.then(Reply(text="Said once, heard twice."))
+    key = f"streamed-{uuid.uuid4().hex}"
+    body = {"model": MODEL, "messages": ask("Once only."), "stream": True}
+    texts = []
+    async with httpx.AsyncClient(base_url=passthrough.url, timeout=60) as client:
+        for _ in range(2):
+            async with client.stream(
+                "POST", "/v1/chat/completions", headers=passthrough.headers(key), json=body
+            ) as response:
+                assert response.status_code == 200
+                texts.append((await response.aread()).decode())
+    for text in texts:
+        assert text.rstrip().endswith("data: [DONE]")
+        assert streamed_content(text) == "Said once, heard twice."
+    assert len(passthrough.script.requests) == 1
+
+
+async def test_a_retry_while_the_model_works_gets_the_same_answer_from_one_call(
+    passthrough: Passthrough,
+) -> None:
+    passthrough.script.then(Reply(text="Worth the wait.", delay=2.0))
+    key = f"waiting-{uuid.uuid4().hex}"
+    body = {"model": MODEL, "messages": ask("Take your time.")}
+    async with httpx.AsyncClient(base_url=passthrough.url, timeout=60) as client:
+        first = asyncio.create_task(
+            client.post("/v1/chat/completions", headers=passthrough.headers(key), json=body)
+        )
+        async with asyncio.timeout(30):
+            while not passthrough.script.requests:
+                await asyncio.sleep(0.05)
+        retry = await client.post(
+            "/v1/chat/completions", headers=passthrough.headers(key), json=body
+        )
+        answered = await first
+    assert answered.status_code == retry.status_code == 200, retry.text
+    assert retry.json() == answered.json()
+    assert len(passthrough.script.requests) == 1
+
+
+def streamed_content(text: str) -> str:
+    chunks = [
+        json.loads(line.removeprefix("data: "))
+        for line in text.splitlines()
+        if line.startswith("data: {")
+    ]
+    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
