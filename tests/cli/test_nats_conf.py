@@ -262,3 +262,37 @@ async def test_soma_migrate_as_admin_creates_the_streams(tmp_path: Path) -> None
         )
         handler = await _policy_handler(port)
         await handler.stop()
+
+
+async def test_the_gateway_user_reads_a_passthrough_answer_back_but_makes_no_durable(
+    secured: int,
+) -> None:
+    from bus.publish import envelope_for, publish
+    from gateway.auth import Principal
+    from gateway.dispatch import Dispatch
+    from gateway.passthrough import PassThroughTurn, command_id
+    from schemas.chat import ChatTurnInput
+    from schemas.slm import ChatMessage, SlmCompleted
+
+    slm = await connect(_url(secured, "slm"), "slm")
+    answer = SlmCompleted(
+        model="m", provider="local", message=ChatMessage(role="assistant", content="earlier")
+    )
+    env = envelope_for(answer, tenant="acme", correlation_id="turn-1", causation_id="turn-1.slm")
+    await publish(slm.jetstream(), answer, env)
+    nc = await connect(_url(secured, "gateway"), "gateway")
+    try:
+        principal = Principal(tenant="acme", user="u", roles=("member",), via="api_key")
+        turn = ChatTurnInput(model="m", messages=[ChatMessage(role="user", content="hi")])
+        dispatch = Dispatch(nc, nc.jetstream(), Requester(nc, nc.jetstream()), timeout=10)
+        reply = await PassThroughTurn(dispatch, principal, turn, "turn-1").earlier_reply()
+        assert reply is not None and reply.payload == answer
+        assert command_id("turn-1") == "turn-1.slm"
+    finally:
+        with quiet_disconnect():
+            await nc.close()
+            await slm.close()
+    errors = await _violations(
+        secured, "gateway", ["$JS.API.CONSUMER.CREATE.SOMA_EVT.mine.soma.evt.>"]
+    )
+    assert len(errors) == 1
