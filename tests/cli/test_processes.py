@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
+from typing import Any
 
 import pytest
 
@@ -60,6 +62,30 @@ def test_a_missing_factory_is_named() -> None:
 async def test_a_factory_that_returns_neither_a_service_nor_a_coroutine_is_refused() -> None:
     with pytest.raises(ProcessUnavailable, match=r"expected a bus\.service\.Service"):
         await processes.run(Process("x", "builtins:repr"), Settings())
+
+
+LOOPS: list[str] = []
+
+
+def loop_probe(settings: Settings) -> Any:
+    """An entry point that notes which event loop runs it."""
+
+    async def note() -> None:
+        LOOPS.append(type(asyncio.get_running_loop()).__module__)
+
+    return note()
+
+
+def test_a_process_runs_on_uvloops_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SOMA_EVENT_LOOP", raising=False)
+    processes.run_blocking(Process("probe", "tests.cli.test_processes:loop_probe"), Settings())
+    assert LOOPS[-1].startswith("uvloop")
+
+
+def test_soma_event_loop_asyncio_keeps_asyncios_own_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOMA_EVENT_LOOP", "asyncio")
+    processes.run_blocking(Process("probe", "tests.cli.test_processes:loop_probe"), Settings())
+    assert LOOPS[-1].startswith("asyncio")
 
 
 async def test_run_of_an_unknown_process_exits_2(soma: Soma) -> None:
