@@ -1,7 +1,7 @@
 """The memory process: recall memories for a prompt, store each completed turn once.
 
-Composition root: the embedder, the Qdrant client and the SQL engine are opened at startup
-(not in ``build``) so building the service to inspect its routes locks no local Qdrant folder.
+Composition root: the embedder, the vector index and the SQL engine are opened at startup
+(not in ``build``) so building the service to inspect its routes locks no memory store folder.
 
 Every command is scoped by user here (``scope.whose``) from its ``caller_role`` and the envelope's
 actor; a command naming a user its caller may not reach is refused as ``forbidden``.
@@ -65,19 +65,23 @@ def build(settings: Settings, config: MemoryConfig | None = None) -> Service:
         database_url = settings.resolved_database_url()
         await migrate(database_url)
         embedder = await open_embedder(config)
-        client = vectors.connect(settings.qdrant_url, settings.data_dir, config.qdrant_api_key)
         try:
-            await vectors.ensure_collection(client, config.collection, embedder)
+            index = await vectors.open_index(
+                settings.qdrant_url,
+                settings.data_dir,
+                config.collection,
+                embedder,
+                config.qdrant_api_key,
+            )
         except BaseException:
-            await vectors.disconnect(client)
             await embedder.close()
             raise
-        opened.vectors = Vectors(client, config.collection, embedder)
+        opened.vectors = Vectors(index, embedder)
         opened.engine = make_engine(database_url)
 
     async def stop() -> None:
         if opened.vectors is not None:
-            await vectors.disconnect(opened.vectors.client)
+            await opened.vectors.index.close()
             await opened.vectors.embedder.close()
             opened.vectors = None
         if opened.engine is not None:

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from qdrant_client import models
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from handlers.memory import turns
@@ -85,15 +84,7 @@ async def add(
     (vector,) = await vectors.embedder.embed([text])
     if not any(vector):
         raise InvalidMemory("memory text has nothing the embedder can represent")
-    await vectors.client.upsert(
-        vectors.collection,
-        points=[
-            models.PointStruct(
-                id=point_id(tenant, memory.id), vector=vector, payload=_payload(memory)
-            )
-        ],
-        wait=True,
-    )
+    await vectors.index.upsert(point_id(tenant, memory.id), vector, _payload(memory))
     return memory
 
 
@@ -118,22 +109,13 @@ async def search(
     (vector,) = await vectors.embedder.embed([query])
     if not any(vector):
         return []
-    response = await vectors.client.query_points(
-        vectors.collection,
-        query=vector,
-        query_filter=where,
-        limit=top_k,
-        with_payload=True,
-        score_threshold=min_score,
-    )
-    return [_memory(point.payload or {}, point.score) for point in response.points]
+    hits = await vectors.index.query(vector, where, top_k, min_score)
+    return [_memory(hit.payload, hit.score) for hit in hits]
 
 
 async def get(vectors: Vectors, tenant: str, id: str) -> Memory | None:
-    points, _ = await vectors.client.scroll(
-        vectors.collection, scroll_filter=scope(tenant, refs=[id]), limit=1, with_payload=True
-    )
-    return _memory(points[0].payload or {}) if points else None
+    found = await vectors.index.payloads(scope(tenant, refs=[id]), limit=1)
+    return _memory(found[0]) if found else None
 
 
 async def delete(
@@ -149,12 +131,10 @@ async def delete(
     if ids is None and user is None and agent is None and session is None:
         raise InvalidMemory("say what to delete: ids, user, agent or session")
     where = scope(tenant, refs=ids, user=user, agent=agent, session=session)
-    found = await vectors.client.count(vectors.collection, count_filter=where, exact=True)
-    if found.count:
-        await vectors.client.delete(
-            vectors.collection, points_selector=models.FilterSelector(filter=where), wait=True
-        )
-    return found.count
+    found = await vectors.index.count(where)
+    if found:
+        await vectors.index.delete(where)
+    return found
 
 
 async def store_turn(

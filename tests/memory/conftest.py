@@ -1,4 +1,4 @@
-"""Fixtures for memory: a local Qdrant store, SQL engines (SQLite and real PostgreSQL), and a
+"""Fixtures for memory: the embedded vector store, SQL engines (SQLite and real PostgreSQL), and a
 local HTTP server speaking the OpenAI embeddings API."""
 
 from __future__ import annotations
@@ -22,13 +22,12 @@ from tests.servers import area_engines
 
 @pytest.fixture(scope="module")
 async def local_vectors(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[vectors.Vectors]:
-    """One local on-disk Qdrant store per test module, as the memory process would open it."""
+    """One embedded store per test module, opened as the memory process opens it (no QDRANT_URL)."""
     data_dir = tmp_path_factory.mktemp("memory-data")
-    client = vectors.connect(None, data_dir)
     embedder = HashedNgrams()
-    await vectors.ensure_collection(client, "soma_memory", embedder)
-    yield vectors.Vectors(client, "soma_memory", embedder)
-    await vectors.disconnect(client)
+    index = await vectors.open_index(None, data_dir, "soma_memory", embedder)
+    yield vectors.Vectors(index, embedder)
+    await index.close()
 
 
 sqlite_engine, postgresql_url, postgresql_engine, engine = area_engines("memory")

@@ -15,6 +15,7 @@ from bus.errors import Rejected
 from bus.service import Service
 from handlers.memory import vectors
 from handlers.memory.config import MemoryConfig
+from handlers.memory.embeddings import HashedNgrams
 from handlers.memory.service import build
 from handlers.memory.turns import memory_turns
 from schemas.envelope import Envelope, new_id
@@ -87,12 +88,12 @@ def tenant() -> str:
 
 
 async def points_of(running: Running, tenant: str) -> int:
-    client = vectors.connect(None, running.settings.data_dir)  # the process's shared client
+    # Shares the service's open shard: one process owns the folder.
+    index = await vectors.open_index(None, running.settings.data_dir, "soma_memory", HashedNgrams())
     try:
-        found = await client.count("soma_memory", count_filter=vectors.scope(tenant))
+        return await index.count(vectors.scope(tenant))
     finally:
-        await vectors.disconnect(client)
-    return found.count
+        await index.close()
 
 
 async def turn_rows_of(running: Running, tenant: str) -> int:

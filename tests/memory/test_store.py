@@ -1,15 +1,14 @@
-"""Semantic memory on a local on-disk Qdrant collection with the hashed embedder."""
+"""Semantic memory on the embedded store (the edge shard) with the hashed embedder."""
 
 from __future__ import annotations
 
 import uuid
 
 import pytest
-from qdrant_client import models
 
 from handlers.memory import store, vectors
-from handlers.memory.embeddings import HashedNgrams
 from handlers.memory.errors import InvalidMemory
+from handlers.memory.index import Equals, HasIds
 
 
 def new_tenant() -> str:
@@ -17,8 +16,7 @@ def new_tenant() -> str:
 
 
 async def count(local: vectors.Vectors, tenant: str) -> int:
-    found = await local.client.count(local.collection, count_filter=vectors.scope(tenant))
-    return found.count
+    return await local.index.count(vectors.scope(tenant))
 
 
 async def test_the_most_similar_text_ranks_first(local_vectors) -> None:
@@ -157,11 +155,9 @@ async def test_a_nested_metadata_filter_value_is_refused(local_vectors) -> None:
 
 def test_every_filter_starts_with_the_tenant() -> None:
     where = vectors.scope("acme", refs=["r"], user="u", session="s", metadata={"k": "v"})
-    assert isinstance(where.must, list)
-    first = where.must[0]
-    assert isinstance(first, models.FieldCondition)
-    assert first.key == "tenant"
-    assert first.match == models.MatchValue(value="acme")
+    assert where.must[0] == Equals("tenant", "acme")
+    assert HasIds((vectors.point_id("acme", "r"),)) in where.must
+    assert Equals("metadata.k", "v") in where.must
 
 
 def test_a_filter_without_a_tenant_cannot_be_built() -> None:
@@ -172,27 +168,3 @@ def test_a_filter_without_a_tenant_cannot_be_built() -> None:
 def test_the_same_id_in_two_tenants_is_two_points() -> None:
     assert vectors.point_id("a", "fact-1") != vectors.point_id("b", "fact-1")
     assert vectors.point_id("a", "fact-1") == vectors.point_id("a", "fact-1")
-
-
-async def test_one_local_client_is_shared_within_the_process(tmp_path) -> None:
-    first = vectors.connect(None, tmp_path)
-    second = vectors.connect(None, tmp_path)
-    assert first is second
-    await vectors.disconnect(second)
-    # Still open for the first user.
-    assert not await first.collection_exists("anything")
-    await vectors.disconnect(first)
-    third = vectors.connect(None, tmp_path)
-    assert third is not first
-    await vectors.disconnect(third)
-
-
-async def test_a_collection_built_by_another_embedder_is_refused(tmp_path) -> None:
-    client = vectors.connect(None, tmp_path)
-    try:
-        await vectors.ensure_collection(client, "c", HashedNgrams(64))
-        await vectors.ensure_collection(client, "c", HashedNgrams(64))
-        with pytest.raises(RuntimeError, match="SOMA_MEMORY_COLLECTION"):
-            await vectors.ensure_collection(client, "c", HashedNgrams(32))
-    finally:
-        await vectors.disconnect(client)

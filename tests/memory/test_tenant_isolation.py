@@ -6,8 +6,10 @@ import uuid
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from qdrant_edge import ScrollRequest
 
 from handlers.memory import store, vectors
+from handlers.memory.edge_index import EdgeIndex
 
 WORDS = ["alpha", "beta", "gamma", "delta", "invoice", "deploy", "garden", "paris", "cats", "tea"]
 USERS = ["ann", "bob", "cy"]
@@ -40,9 +42,10 @@ async def _load(local: vectors.Vectors, rows: list[tuple[bool, str, str]]) -> St
 
 
 async def _everything(local: vectors.Vectors) -> list[dict]:
-    """All points of the collection, read without any filter."""
-    points, _ = await local.client.scroll(local.collection, limit=100_000, with_payload=True)
-    return [point.payload or {} for point in points]
+    """All points the store holds, read from the engine itself without any filter."""
+    assert isinstance(local.index, EdgeIndex)
+    records, _ = local.index.shard.scroll(ScrollRequest(limit=100_000, with_payload=True))
+    return [record.payload or {} for record in records]
 
 
 @ISOLATION
