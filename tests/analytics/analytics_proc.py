@@ -16,7 +16,13 @@ from soma.settings import Settings
 async def main() -> None:
     nats_url, database_url, data_dir = sys.argv[1], sys.argv[2], sys.argv[3]
     settings = Settings.model_validate(
-        {"NATS_URL": nats_url, "DATABASE_URL": database_url, "SOMA_DATA_DIR": data_dir}
+        {
+            "NATS_URL": nats_url,
+            "DATABASE_URL": database_url,
+            "SOMA_DATA_DIR": data_dir,
+            # What the killed process held comes back within the test's patience.
+            "SOMA_ACK_WAIT": 2,
+        }
     )
     await runtime.start(build(settings), settings)
     print("ready", flush=True)

@@ -63,7 +63,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 async def store(database_url: str, tmp_path: Path) -> AsyncIterator[Store]:
     with nats_server() as server:
         settings = Settings.model_validate(
-            {"NATS_URL": server.url, "DATABASE_URL": database_url, "SOMA_DATA_DIR": tmp_path}
+            {
+                "NATS_URL": server.url,
+                "DATABASE_URL": database_url,
+                "SOMA_DATA_DIR": tmp_path,
+                "SOMA_ACK_WAIT": 2,  # as in analytics_proc: the consumer is the same
+            }
         )
         await migrate(database_url)
         nc = await connect(server.url, "analytics-batches-test")
