@@ -62,8 +62,8 @@ def build(settings: Settings, config: MemoryConfig | None = None) -> Service:
             raise Rejected(f"forbidden: {exc}") from exc
 
     async def start() -> None:
-        database_url = settings.resolved_database_url()
-        await migrate(database_url)
+        database_url = settings.resolved_database_url("memory")
+        await migrate(database_url, "memory")
         embedder = await open_embedder(config)
         try:
             index = await vectors.open_index(

@@ -73,7 +73,9 @@ def scope(
     for key, value in (metadata or {}).items():
         if not _METADATA_KEY.match(key):
             raise InvalidMemory(f"metadata key {key!r} must match {_METADATA_KEY.pattern}")
-        if not isinstance(value, str | int | bool):
-            raise InvalidMemory(f"metadata filter {key!r} must be a string, integer or boolean")
+        # Booleans are refused: the edge binding turns a boolean match into the integer 0 or 1,
+        # so it would find ``1`` and miss ``true``; a filter must mean the same on every engine.
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise InvalidMemory(f"metadata filter {key!r} must be a string or an integer")
         must.append(Equals(f"metadata.{key}", value))
     return Scope(tuple(must))

@@ -97,7 +97,7 @@ async def points_of(running: Running, tenant: str) -> int:
 
 
 async def turn_rows_of(running: Running, tenant: str) -> int:
-    engine = make_engine(running.settings.resolved_database_url())
+    engine = make_engine(running.settings.resolved_database_url("memory"))
     try:
         async with engine.connect() as conn:
             query = select(func.count()).where(memory_turns.c.tenant == tenant)

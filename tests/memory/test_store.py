@@ -153,6 +153,11 @@ async def test_a_nested_metadata_filter_value_is_refused(local_vectors) -> None:
         await store.search(local_vectors, new_tenant(), "q", metadata={"k": {"nested": 1}})
 
 
+async def test_a_boolean_metadata_filter_is_refused(local_vectors) -> None:
+    with pytest.raises(InvalidMemory, match="string or an integer"):
+        await store.search(local_vectors, new_tenant(), "q", metadata={"pinned": True})
+
+
 def test_every_filter_starts_with_the_tenant() -> None:
     where = vectors.scope("acme", refs=["r"], user="u", session="s", metadata={"k": "v"})
     assert where.must[0] == Equals("tenant", "acme")
