@@ -121,7 +121,7 @@ async def _build(settings: Settings, config: GatewayConfig) -> tuple[Gateway, li
         return listed.models
 
     verifier = _verifier(dispatch, config)
-    engine = make_engine(settings.resolved_database_url())
+    engine = make_engine(settings.resolved_database_url("sagas"))
 
     async def nats_ok() -> bool:
         return bool(nc.is_connected)

@@ -205,8 +205,8 @@ async def start(
     *,
     health_port: int | None = None,
 ) -> Runner:
-    url = settings.resolved_database_url()
-    await migrate(url)
+    url = settings.resolved_database_url("sagas")
+    await migrate(url, "sagas")
     db = make_engine(url)
     registry = Registry(definitions if definitions is not None else default_definitions())
     runner = Runner(engine=Engine(db, registry), db=db)

@@ -95,7 +95,7 @@ def up(
 
     * `NATS_URL` — use this NATS (a cluster: comma-separated URLs), not the embedded one
     * `SOMA_NATS_PORT` — the embedded server's port when free (default 4222)
-    * `SOMA_DATA_DIR` — data folder (default `./.soma`): `nats/`, `soma.db`, `nats.url`
+    * `SOMA_DATA_DIR` — data folder (default `./.soma`): `nats/`, `<area>.db`, `nats.url`
     * `SOMA_HTTP_PORT` — the gateway's port (default 8080); health ports count up from +1
     * `SOMA_HTTP_HOST` — address the gateway and health endpoints bind (default 127.0.0.1)
     * `SOMA_PROCESSES` — same as --processes
@@ -470,24 +470,29 @@ def migrate() -> None:
     **Environment**
 
     * `DATABASE_URL` — PostgreSQL (`postgresql://` becomes `postgresql+asyncpg://`) or any
-      SQLAlchemy async URL; unset: `SOMA_DATA_DIR/soma.db` (SQLite)
+      SQLAlchemy async URL; unset: a SQLite file per area, `SOMA_DATA_DIR/<area>.db`
     * `SOMA_DATA_DIR` — data folder for the SQLite default (default `./.soma`)
     * `NATS_URL` — when set, the NATS server whose streams to create (as the admin user)
     """
     import asyncio
 
+    from soma.db import AREAS
     from soma.db import migrate as apply
     from soma.supervisor import safe_url
 
-    url = terminal.settings().resolved_database_url()
-    shown = safe_url(url)
-    try:
-        with terminal.err.status(f"migrating {shown}…"):
-            asyncio.run(apply(url))
-    except Exception as exc:
-        terminal.fail(f"migrations failed on {shown}: {type(exc).__name__}: {exc}")
-    terminal.out.print(f"migrated {shown}")
     settings = terminal.settings()
+    migrated: dict[str, None] = {}
+    for area in AREAS:
+        url = settings.resolved_database_url(area)
+        shown = safe_url(url)
+        try:
+            with terminal.err.status(f"migrating {area} in {shown}…"):
+                asyncio.run(apply(url, area))
+        except Exception as exc:
+            terminal.fail(f"migrations failed on {shown}: {type(exc).__name__}: {exc}")
+        migrated[shown] = None
+    for shown in migrated:
+        terminal.out.print(f"migrated {shown}")
     if settings.nats_url:
         terminal.out.print(f"streams: {terminal.run(_provision_streams(settings))} ready")
 

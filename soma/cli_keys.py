@@ -97,8 +97,8 @@ async def identity_store(settings: Settings) -> AsyncIterator[AsyncEngine]:
     """The migrated store: every command may be the first thing run on a fresh installation."""
     from soma.db import make_engine, migrate
 
-    url = settings.resolved_database_url()
-    await migrate(url)
+    url = settings.resolved_database_url("identity")
+    await migrate(url, "identity")
     engine = make_engine(url)
     try:
         yield engine
@@ -129,7 +129,7 @@ def _run(settings: Settings, work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
     except IdentityError as exc:
         terminal.fail(str(exc))
     except (OperationalError, DBAPIError, OSError) as exc:
-        where = safe_url(settings.resolved_database_url())
+        where = safe_url(settings.resolved_database_url("identity"))
         terminal.fail(f"the identity store at {where} did not answer: {exc}")
 
 

@@ -90,7 +90,7 @@ async def _with_db(fn: Any) -> Any:
     from soma.db import make_engine
 
     settings = terminal.settings()
-    db = make_engine(settings.resolved_database_url())
+    db = make_engine(settings.resolved_database_url("sagas"))
     try:
         return await fn(db)
     except Exception as exc:

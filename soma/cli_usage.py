@@ -112,7 +112,7 @@ async def _read(
     from soma.db import make_engine
     from soma.supervisor import safe_url
 
-    url = terminal.settings().resolved_database_url()
+    url = terminal.settings().resolved_database_url("analytics")
     engine = make_engine(url)
     try:
         return await report(engine, tenant, since, until, dims)

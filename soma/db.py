@@ -1,19 +1,35 @@
-"""The SQL store shared by sagas and handlers: one metadata, migrations applied by Alembic.
+"""The SQL store of sagas and handlers: one metadata, migrations applied by Alembic per area.
 
-SQLite (aiosqlite) by default, PostgreSQL (asyncpg) when ``DATABASE_URL`` says so — one code
-path chosen by settings.
+Each area (``AREAS``: one Alembic branch each, its tables named with its prefix) names its
+database through ``Settings.resolved_database_url(area)``: PostgreSQL (asyncpg) when
+``DATABASE_URL`` says so, one database for all; otherwise a SQLite file per area under the data
+folder, so that the saga runner's commits never queue behind analytics', identity's or memory's
+on one SQLite write lock. One code path either way: an area opens its URL and migrates its
+branch.
+
+SQLite runs in WAL mode with ``synchronous=NORMAL``: a commit is written to the WAL but not
+fsynced until the next checkpoint. A process killed with -9 loses nothing that committed (the
+WAL is in the operating system's page cache and is replayed by the next opener); only a power
+loss or kernel crash may lose the last transactions before a checkpoint, and the file stays
+consistent. The project's promise is kill -9 of any process; a deployment that must survive
+power loss without losing a commit runs PostgreSQL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import MetaData, event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+log = logging.getLogger(__name__)
 
 metadata = MetaData(
     naming_convention={
@@ -25,6 +41,19 @@ metadata = MetaData(
 )
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+# Every area with tables: its Alembic branch label, and the prefix its table names carry.
+AREAS = {
+    "identity": "identity_",
+    "policy": "policy_",
+    "memory": "memory_",
+    "tools": "tools_",
+    "analytics": "analytics_",
+    "sagas": "saga_",
+}
+
+# The single SQLite file every area shared before each had its own.
+LEGACY_FILE = "soma.db"
 
 
 def make_engine(url: str) -> AsyncEngine:
@@ -60,10 +89,83 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
-def _upgrade_sync(url: str) -> None:
-    command.upgrade(alembic_config(url), "heads")
+def _upgrade_sync(url: str, area: str) -> None:
+    command.upgrade(alembic_config(url), f"{area}@head")
 
 
-async def migrate(url: str) -> None:
-    """Apply every migration (all branches) — safe to call on every start."""
-    await asyncio.to_thread(_upgrade_sync, url)
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL, None for any other database (or an in-memory one)."""
+    if not url.startswith("sqlite"):
+        return None
+    _, _, rest = url.partition(":///")
+    path = rest.split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def split_legacy(path: Path, area: str) -> bool:
+    """Give ``area`` its own file ``path`` from the old shared ``soma.db`` beside it, if there is
+    one and ``path`` does not exist yet: a copy (through SQLite's backup, so what is still in
+    the old file's WAL comes along) keeping only the area's tables and migration version.
+    True when it did. Safe for several processes at once: the copy is made under a private
+    name and linked into place only if no other process got there first.
+    """
+    legacy = path.with_name(LEGACY_FILE)
+    if path.exists() or not legacy.exists() or path.name == LEGACY_FILE:
+        return False
+    prefix = AREAS[area]
+    part = path.with_name(f".{path.name}.{os.getpid()}.part")
+    source = sqlite3.connect(legacy)
+    target = sqlite3.connect(part)
+    try:
+        source.backup(target)
+        names = [r[0] for r in target.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for name in names:
+            if name != "alembic_version" and not name.startswith(prefix):
+                target.execute(f'DROP TABLE "{name}"')
+        if "alembic_version" in names:
+            target.execute(
+                "DELETE FROM alembic_version WHERE substr(version_num, 1, ?) != ?",
+                (len(area) + 1, f"{area}_"),
+            )
+        target.commit()
+        target.execute("VACUUM")
+    finally:
+        source.close()
+        target.close()
+    try:
+        os.link(part, path)
+    except FileExistsError:
+        return False
+    finally:
+        part.unlink()
+    return True
+
+
+def _split_and_upgrade(url: str, area: str) -> None:
+    path = sqlite_path(url)
+    if path is not None and split_legacy(path, area):
+        log.warning(
+            "copied the %s tables of %s into %s; once every area has its own file the old "
+            "file is no longer read and may be removed",
+            area,
+            path.with_name(LEGACY_FILE),
+            path,
+        )
+    _upgrade_sync(url, area)
+
+
+async def migrate(url: str, area: str) -> None:
+    """Apply ``area``'s migrations to its database — safe to call on every start."""
+    if area not in AREAS:
+        raise ValueError(f"no such area: {area} (areas: {', '.join(AREAS)})")
+    await asyncio.to_thread(_split_and_upgrade, url, area)
+
+
+async def migrate_all(database_url: Callable[[str], str]) -> list[str]:
+    """Migrate every area, each into the database ``database_url(area)`` names; the URLs."""
+    urls = []
+    for area in AREAS:
+        url = database_url(area)
+        await migrate(url, area)
+        urls.append(url)
+    return urls

@@ -1,7 +1,7 @@
 """Settings from the environment; anything unset falls back to the embedded defaults.
 
-Embedded defaults need no services: the wheel's nats-server, a SQLite file and a local Qdrant
-folder under ``SOMA_DATA_DIR``, and in-process rate limits.
+Embedded defaults need no services: the wheel's nats-server, a SQLite file per area and a local
+Qdrant folder under ``SOMA_DATA_DIR``, and in-process rate limits.
 """
 
 from __future__ import annotations
@@ -46,12 +46,17 @@ class Settings(BaseSettings):
     fetch_batch: int = Field(default=64, alias="SOMA_FETCH_BATCH")
     health_port: int | None = Field(default=None, alias="SOMA_HEALTH_PORT")
 
-    def resolved_database_url(self) -> str:
-        """The SQLAlchemy async URL: ``DATABASE_URL`` (postgres → asyncpg) or the SQLite file."""
+    def resolved_database_url(self, area: str) -> str:
+        """The SQLAlchemy async URL of ``area``'s store (one of ``soma.db.AREAS``).
+
+        ``DATABASE_URL`` (postgres → asyncpg) is one database for every area. Unset, each area
+        has its own SQLite file under the data folder (``sagas.db``, ``analytics.db``, …):
+        SQLite takes one writer per file, so areas in one file would queue on one write lock.
+        """
         url = self.database_url
         if not url:
             self.data_dir.mkdir(parents=True, exist_ok=True)
-            return f"sqlite+aiosqlite:///{(self.data_dir / 'soma.db').resolve()}"
+            return f"sqlite+aiosqlite:///{(self.data_dir / f'{area}.db').resolve()}"
         for plain in ("postgresql://", "postgres://"):
             if url.startswith(plain):
                 return "postgresql+asyncpg://" + url[len(plain) :]

@@ -242,13 +242,17 @@ class Supervisor:
         return True
 
     def _migrate(self) -> bool:
-        from soma.db import migrate
+        from soma.db import migrate_all
 
-        url = self.settings.resolved_database_url()
-        shown = safe_url(url)
+        url = self.settings.resolved_database_url("sagas")
+        shown = (
+            safe_url(url)
+            if self.settings.database_url
+            else f"{self.settings.data_dir.resolve()}/<area>.db (SQLite)"
+        )
         try:
             with self.console.status(f"migrating {shown}…"):
-                asyncio.run(migrate(url))
+                asyncio.run(migrate_all(self.settings.resolved_database_url))
         except Exception as exc:
             self.error(
                 f"migrations failed on {shown}: {type(exc).__name__}: {exc}. "

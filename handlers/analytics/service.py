@@ -67,11 +67,11 @@ def event_batches(opened: _Opened) -> EventBatches:
 
 
 def build(settings: Settings) -> Service:
-    database_url = settings.resolved_database_url()
+    database_url = settings.resolved_database_url("analytics")
     opened = _Opened()
 
     async def start() -> None:
-        await migrate(database_url)
+        await migrate(database_url, "analytics")
         opened.engine = make_engine(database_url)
         if settings.events_max_age <= 0:
             return  # the stream keeps events for ever: so are their ids

@@ -80,14 +80,14 @@ def routes(commands: IdentityCommands) -> dict[type, Handler]:
 
 def build(settings: Settings, config: IdentitySettings | None = None) -> Service:
     config = config or IdentitySettings()
-    database_url = settings.resolved_database_url()
+    database_url = settings.resolved_database_url("identity")
     engine = make_engine(database_url)
     tasks: list[asyncio.Task[None]] = []
 
     async def start() -> None:
         if config.key_passphrase is None:
             log.warning("SOMA_JWT_KEY_PASSPHRASE is unset: signing keys are stored unencrypted")
-        await migrate(database_url)
+        await migrate(database_url, "identity")
         kid = await ensure_signing_keys(engine, config)
         log.info("identity signing key %s active", kid)
         tasks.append(asyncio.create_task(_maintain_forever(engine, config)))

@@ -116,11 +116,11 @@ class _Opened:
 
 def build(settings: Settings) -> Service:
     rules = RuleStore(policy_dir(settings))
-    database_url = settings.resolved_database_url()
+    database_url = settings.resolved_database_url("policy")
     opened = _Opened()
 
     async def start() -> None:
-        await migrate(database_url)
+        await migrate(database_url, "policy")
         opened.engine = make_engine(database_url)
         pruned = await budget.prune(opened.engine, datetime.now(UTC).date() - CHARGES_KEPT)
         if pruned:

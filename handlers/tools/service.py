@@ -148,10 +148,10 @@ def build(settings: Settings, config: ToolsConfig | None = None) -> Service:
     config = config or ToolsConfig()
     opened = _Opened()
     grants = GrantStore(policy_dir(settings))
-    database_url = settings.resolved_database_url()
+    database_url = settings.resolved_database_url("tools")
 
     async def start() -> None:
-        await migrate(database_url)
+        await migrate(database_url, "tools")
         opened.client = httpx.AsyncClient(headers={"User-Agent": "soma-agent-hub"})
         # Probing the sandbox starts short-lived processes; keep the loop free meanwhile.
         registry = await asyncio.to_thread(local_registry, config, opened.client)

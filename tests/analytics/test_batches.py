@@ -70,7 +70,7 @@ async def store(database_url: str, tmp_path: Path) -> AsyncIterator[Store]:
                 "SOMA_ACK_WAIT": 2,  # as in analytics_proc: the consumer is the same
             }
         )
-        await migrate(database_url)
+        await migrate(database_url, "analytics")
         nc = await connect(server.url, "analytics-batches-test")
         await provision(nc.jetstream(), settings)
         engine = make_engine(database_url)

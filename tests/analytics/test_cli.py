@@ -72,8 +72,8 @@ def _cells(line: str) -> list[str]:
 
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
-    """A data folder whose SQLite store holds the recorded usage."""
-    _record(f"sqlite+aiosqlite:///{tmp_path / 'soma.db'}", time.time())
+    """A data folder whose analytics store (its own SQLite file) holds the recorded usage."""
+    _record(f"sqlite+aiosqlite:///{tmp_path / 'analytics.db'}", time.time())
     return tmp_path
 
 

@@ -88,7 +88,7 @@ async def bus(
         nc = await connect(server.url, "analytics-test")
         requester = Requester(nc, nc.jetstream())
         await requester.start()
-        engine = make_engine(settings.resolved_database_url())
+        engine = make_engine(settings.resolved_database_url("analytics"))
         bus = Bus(server, settings, nc.jetstream(), requester, engine, running)
         try:
             yield bus

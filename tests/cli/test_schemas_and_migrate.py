@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from schemas.catalogue import CATALOGUE
+from soma.db import AREAS
 from tests.cli.conftest import Soma, clean_env
 from tests.servers import postgres_database
 
@@ -23,12 +24,16 @@ async def test_export_writes_a_schema_per_message_and_the_asyncapi_document(
     assert f"{len(written)} files in {out}" in result.stdout
 
 
-async def test_migrate_creates_the_sqlite_database_under_the_data_folder(tmp_path: Path) -> None:
+async def test_migrate_creates_a_sqlite_database_per_area_under_the_data_folder(
+    tmp_path: Path,
+) -> None:
     soma = Soma(clean_env(SOMA_DATA_DIR=str(tmp_path)))
     result = await soma("migrate")
     assert result.exit_code == 0, result.stderr
-    assert (tmp_path / "soma.db").is_file()
-    assert f"migrated sqlite+aiosqlite:///{(tmp_path / 'soma.db').resolve()}" in result.stdout
+    for area in AREAS:
+        path = (tmp_path / f"{area}.db").resolve()
+        assert path.is_file()
+        assert f"migrated sqlite+aiosqlite:///{path}" in result.stdout
 
 
 def test_migrate_never_prints_the_database_password(tmp_path: Path) -> None:

@@ -97,10 +97,11 @@ def test_a_process_missing_from_the_build_is_skipped_with_the_reason(system: Sys
 
 
 def test_the_data_folder_holds_the_database_the_store_and_the_nats_url(system: System) -> None:
-    assert (system.data / "soma.db").is_file()
+    assert (system.data / "sagas.db").is_file()
+    assert (system.data / "analytics.db").is_file()
     assert (system.data / "nats").is_dir()
     assert (system.data / "nats.url").read_text().strip() == system.url
-    system.running.out.wait_for(r"database: sqlite\+aiosqlite:///.*soma\.db \(migrated\)")
+    system.running.out.wait_for(r"database: .*/<area>\.db \(SQLite\) \(migrated\)")
 
 
 def test_each_process_serves_health_at_the_url_in_the_table(system: System) -> None:

@@ -3,7 +3,7 @@
 ``soma up`` is the supervisor: a process killed with SIGKILL is restarted by it, exactly as in
 production. For a whole-system crash every process, the embedded nats-server and the supervisor
 itself are killed with SIGKILL, and a new ``soma up`` starts on the same data folder (JetStream
-store, SQLite file, local Qdrant) — the state a power cut leaves behind.
+store, SQLite files, local Qdrant) — the state a power cut leaves behind.
 """
 
 from __future__ import annotations
@@ -14,9 +14,13 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from soma.db import AREAS, make_engine
 from tests.cli.conftest import Running, clean_env, pid_alive, start_soma
 from tests.servers import free_port
 
@@ -71,12 +75,25 @@ class System:
     def nats_url(self) -> str:
         return f"nats://127.0.0.1:{self.env['SOMA_NATS_PORT']}"
 
-    @property
-    def database_url(self) -> str:
+    def engine(self) -> AsyncEngine:
+        """One engine over every area's tables: the PostgreSQL database, or each area's SQLite
+        file of the embedded store attached to one connection (table names differ by area)."""
         url = self.env.get("DATABASE_URL")
         if url:
-            return url.replace("postgresql://", "postgresql+asyncpg://", 1)
-        return f"sqlite+aiosqlite:///{Path(self.env['SOMA_DATA_DIR']).resolve() / 'soma.db'}"
+            return make_engine(url.replace("postgresql://", "postgresql+asyncpg://", 1))
+        data = Path(self.env["SOMA_DATA_DIR"]).resolve()
+        # Plain deferred transactions: the ledger only reads, and must not hold write locks.
+        engine = create_async_engine(f"sqlite+aiosqlite:///{data / 'sagas.db'}")
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _attach(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            for area in AREAS:
+                if area != "sagas":
+                    cur.execute(f"ATTACH DATABASE '{data / f'{area}.db'}' AS {area}")
+            cur.close()
+
+        return engine
 
     def _out(self) -> Running:
         assert self.running is not None, "the system is not running"

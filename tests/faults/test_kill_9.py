@@ -29,7 +29,6 @@ from pathlib import Path
 import pytest
 
 from bus.connection import connect
-from soma.db import make_engine
 from soma.terminal import quiet_disconnect
 from tests.faults.ledger import Figures, account, last_event_seq, model_requests, settle
 from tests.faults.load import Load
@@ -70,7 +69,7 @@ def _variant(request: pytest.FixtureRequest) -> str:
 
 async def _scenario(system: System, name: str, fault: object, tmp_base: Path) -> Figures:
     began = time.monotonic()
-    db = make_engine(system.database_url)
+    db = system.engine()
     try:
         nc = await connect(system.nats_url, "faults-ledger")
         try:

@@ -51,7 +51,7 @@ def soma_cli(env: dict[str, str], *args: str, stdin: str | None = None) -> Any:
 
 
 def store_url(env: dict[str, str]) -> str:
-    return Settings.model_validate(env).resolved_database_url()
+    return Settings.model_validate(env).resolved_database_url("identity")
 
 
 def on_store(env: dict[str, str], work: Any) -> Any:
@@ -226,7 +226,7 @@ def test_bootstrap_credentials_leave_an_existing_installation_alone(env):
     async def existing(engine: Any) -> None:
         from soma.db import migrate
 
-        await migrate(store_url(env))
+        await migrate(store_url(env), "identity")
         await create_tenant(engine, "default", now=time.time())
         await create_user(engine, "default", "admin", ["admin"])
 

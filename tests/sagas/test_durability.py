@@ -67,7 +67,7 @@ class Runners:
 @pytest.fixture
 async def setup(module_nats: NatsServer, database_url: str, tmp_path: Path) -> AsyncIterator[tuple]:  # type: ignore[type-arg]
     settings = saga_settings(module_nats.url, database_url, tmp_path)
-    await migrate(database_url)
+    await migrate(database_url, "sagas")
     effects = Effects(delay=0.01)
     tools = await runtime.start(effects.service(), settings)
     nc = await connect(module_nats.url, "durability-tests")
