@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -50,6 +51,9 @@ def build(
     publish_delta: PublishDelta | None = None,
     models_path: Path | None = None,
 ) -> Service:
+    # httpx logs every upstream request at INFO: a line per model call, formatted and written on
+    # the hot path, that says less than the slm metrics and the slm.completed event do.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     variables = environment(settings)
     path = models_path or models_file(variables)
     models = load_models(path, variables)
