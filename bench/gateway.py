@@ -45,7 +45,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,16 @@ GOAL_FULL_P50_MS = 5.0
 GOAL_FULL_P99_MS = 20.0
 GOAL_RPS_RATIO = 2.0
 GOAL_LATENCY_RATIO = 0.5
+GOAL_TTFT_PASSTHROUGH_RATIO = 0.5  # of litellm's added time to first token
+GOAL_TTFT_FULL_RATIO = 1.0
+# The upstream's streamed answer: tokens this far apart, so a layer that buffers shows it.
+TOKENS = ["A", " short", " streamed", " answer", "."]
+TOKEN_GAP_S = 0.005
+SERVICES = {
+    "DATABASE_URL": "postgresql+asyncpg://postgres@127.0.0.1:5432/test",
+    "REDIS_URL": "redis://127.0.0.1:6379/0",
+}
+BACKENDS = ["embedded", "services"]
 
 
 # ── the upstream ────────────────────────────────────────────────────────────────────────
@@ -78,11 +88,46 @@ GOAL_LATENCY_RATIO = 0.5
 def upstream_app() -> Any:
     from starlette.applications import Starlette
     from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response
+    from starlette.responses import JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
 
+    async def _chunks(body: dict[str, Any]) -> AsyncIterator[bytes]:
+        """OpenAI's stream: a role chunk, content chunks ``TOKEN_GAP_S`` apart, the finish,
+        usage when asked for, then ``[DONE]``."""
+
+        def chunk(delta: dict[str, Any], finish: str | None = None, **more: Any) -> bytes:
+            data = {
+                "id": "up",
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": MODEL,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                **more,
+            }
+            return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+        yield chunk({"role": "assistant", "content": ""})
+        for i, token in enumerate(TOKENS):
+            if i:
+                await asyncio.sleep(TOKEN_GAP_S)
+            yield chunk({"content": token})
+        yield chunk({}, "stop")
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage = {"prompt_tokens": 5, "completion_tokens": len(TOKENS), "total_tokens": 11}
+            yield (
+                b"data: "
+                + json.dumps(
+                    {"id": "up", "object": "chat.completion.chunk", "created": int(time.time()),
+                     "model": MODEL, "choices": [], "usage": usage}
+                ).encode()
+                + b"\n\n"
+            )
+        yield b"data: [DONE]\n\n"
+
     async def completions(request: Request) -> Response:
-        await request.body()
+        body = json.loads(await request.body() or b"{}")
+        if body.get("stream"):
+            return StreamingResponse(_chunks(body), media_type="text/event-stream")
         return JSONResponse(
             {
                 "id": "up",
@@ -234,10 +279,14 @@ def first_completion(url: str, headers: dict[str, str], log: Path) -> None:
 
 @contextlib.contextmanager
 def soma_system(
-    upstream_url: str, work: Path, modes: tuple[str, ...] = ("full", "passthrough")
+    upstream_url: str,
+    work: Path,
+    modes: tuple[str, ...] = ("full", "passthrough"),
+    backend: str = "embedded",
 ) -> Iterator[tuple[dict[str, str], str]]:
     """The whole system with a gateway per mode (full, pass-through); yields their URLs and a
-    key."""
+    key. ``embedded``: SQLite files and in-process limits under the bench's folder;
+    ``services``: PostgreSQL and Redis (``DATABASE_URL``/``REDIS_URL``, else the local ones)."""
     from soma import embedded
 
     models = work / "models.yaml"
@@ -261,6 +310,12 @@ def soma_system(
         "SOMA_RATE_TPM": "0",
         "SOMA_RATE_TENANT_TPM": "0",
     }
+    if backend == "embedded":
+        for name in ("DATABASE_URL", "REDIS_URL", "QDRANT_URL"):
+            env.pop(name, None)
+    else:
+        for name, default in SERVICES.items():
+            env[name] = os.environ.get(name) or default
     soma = [sys.executable, "-m", "soma.cli"]
     log = work / "soma.log"
     procs: list[subprocess.Popen[bytes]] = []
@@ -421,6 +476,53 @@ async def load(url: str, key: str, clients: int, seconds: float, warmup: float) 
     return cell
 
 
+async def stream_load(url: str, key: str, seconds: float, warmup: float) -> Cell:
+    """One client's sequential streamed completions; each latency is the time from sending the
+    request to the first chunk carrying content (the stream is read to its end)."""
+    body = {"model": MODEL, "messages": PROMPT, "stream": True}
+    cell = Cell(1)
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
+
+        async def first_token() -> float | None:
+            started = time.perf_counter()
+            first: float | None = None
+            async with client.stream("POST", url, json=body) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    return None
+                async for line in response.aiter_lines():
+                    if first is not None or not line.startswith("data: {"):
+                        continue
+                    choices = json.loads(line[6:]).get("choices") or []
+                    if any((c.get("delta") or {}).get("content") for c in choices):
+                        first = (time.perf_counter() - started) * 1000
+            return first
+
+        until = time.perf_counter() + warmup
+        while time.perf_counter() < until:
+            await first_token()
+        started = time.perf_counter()
+        until = started + seconds
+        while time.perf_counter() < until:
+            ttft = await first_token()
+            if ttft is None:
+                cell.failed += 1
+            else:
+                cell.latencies_ms.append(ttft)
+        cell.seconds = time.perf_counter() - started
+    return cell
+
+
+def measure_ttft(name: str, url: str, key: str, seconds: float, warmup: float) -> Cell:
+    cell = asyncio.run(stream_load(url, key, seconds, warmup))
+    print(
+        f"  {LABELS[name]:<18}   1 client, streamed: time to first token "
+        f"p50 {cell.p50:7.2f} ms  p99 {cell.p99:7.2f} ms  failed {cell.failed}",
+        flush=True,
+    )
+    return cell
+
+
 def measure(
     name: str, url: str, key: str, clients: list[int], seconds: float, warmup: float
 ) -> dict[int, Cell]:
@@ -457,8 +559,21 @@ def _met(value: float | None, goal: float, at_least: bool) -> bool | None:
     return value >= goal if at_least else value <= goal
 
 
-def report(results: dict[str, dict[int, Cell]], clients: list[int], extra: dict[str, Any]) -> None:
+def report(
+    title: str,
+    results: dict[str, dict[int, Cell]],
+    ttft: dict[str, Cell],
+    clients: list[int],
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """Print one backend's table, ratios and goals; its JSON summary."""
     up = results["upstream"]
+
+    def ttft_added(name: str) -> float | None:
+        """Time to first token over the upstream's own, streamed, one client."""
+        if name not in ttft or "upstream" not in ttft or not ttft[name].latencies_ms:
+            return None
+        return ttft[name].p50 - ttft["upstream"].p50
 
     def added(name: str, n: int, q: str) -> float | None:
         """Over the upstream's own latency: alone, with one client."""
@@ -471,6 +586,7 @@ def report(results: dict[str, dict[int, Cell]], clients: list[int], extra: dict[
         return results[name][n].rps if name in results and n in results[name] else None
 
     print()
+    print(f"── {title} " + "─" * max(0, 88 - len(title)))
     print(
         f"{'system':<18} {'clients':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
         f"{'+p50 ms':>8} {'+p99 ms':>8} {'req/s vs litellm':>17} {'failed':>6}"
@@ -492,6 +608,19 @@ def report(results: dict[str, dict[int, Cell]], clients: list[int], extra: dict[
                 f"{_fmt(_ratio(cell.rps, rps('litellm', n)), 16)}x {cell.failed:>6}"
             )
     print("(+p50/+p99: over the upstream alone with one client, its own latency)")
+    print()
+    print(
+        f"{'streamed, 1 client':<18} {'ttft p50':>9} {'ttft p99':>9} {'+ttft ms':>9} "
+        f"{'failed':>6}"
+    )
+    for name in SYSTEMS:
+        if name not in ttft:
+            print(f"{LABELS[name]:<18}  skipped")
+            continue
+        cell = ttft[name]
+        more = _fmt(None, 9) if name == "upstream" else _fmt(ttft_added(name), 9)
+        print(f"{LABELS[name]:<18} {cell.p50:9.2f} {cell.p99:9.2f} {more} {cell.failed:>6}")
+    print("(+ttft: time to first token over the upstream's own, p50)")
 
     full_p50, full_p99 = added("full", 1, "p50"), added("full", 1, "p99")
     pass_p50, lite_p50 = added("passthrough", 1, "p50"), added("litellm", 1, "p50")
@@ -512,6 +641,18 @@ def report(results: dict[str, dict[int, Cell]], clients: list[int], extra: dict[
             False,
             "pass-through adds <= 1/2 litellm's p50, 1 client",
         ),
+        "passthrough_ttft": (
+            _ratio(ttft_added("passthrough"), ttft_added("litellm")),
+            GOAL_TTFT_PASSTHROUGH_RATIO,
+            False,
+            "pass-through adds <= 1/2 litellm's time to 1st token",
+        ),
+        "full_ttft": (
+            _ratio(ttft_added("full"), ttft_added("litellm")),
+            GOAL_TTFT_FULL_RATIO,
+            False,
+            "full turn adds <= litellm's time to first token",
+        ),
     }
     print()
     print("ratios vs litellm:")
@@ -524,6 +665,14 @@ def report(results: dict[str, dict[int, Cell]], clients: list[int], extra: dict[
                 f"added p99 "
                 f"{_fmt(_ratio(added(name, n, 'p99'), added('litellm', n, 'p99')), 6)}x"
             )
+    print()
+    print("full turn req/s:")
+    for n in (10, 50):
+        print(
+            f"  {n:>3} clients: {_fmt(rps('full', n), 8, 1)} req/s   litellm "
+            f"{_fmt(rps('litellm', n), 8, 1)} req/s   "
+            f"{_fmt(_ratio(rps('full', n), rps('litellm', n)), 6)}x"
+        )
     print()
     print("goals:")
     verdicts = {
@@ -562,11 +711,18 @@ def report(results: dict[str, dict[int, Cell]], clients: list[int], extra: dict[
         "full_rps_ratio_vs_litellm": _num(_ratio(rps("full", 10), rps("litellm", 10))),
         "upstream_p50_ms": _num(up[1].p50) if 1 in up else None,
         "upstream_p99_ms": _num(up[1].p99) if 1 in up else None,
+        "full_rps_10": _num(rps("full", 10), 1),
+        "full_rps_50": _num(rps("full", 50), 1),
+        "litellm_rps_50": _num(rps("litellm", 50), 1),
+        "ttft_full_ms": _num(ttft_added("full")),
+        "ttft_passthrough_ms": _num(ttft_added("passthrough")),
+        "litellm_ttft_ms": _num(ttft_added("litellm")),
+        "upstream_ttft_ms": _num(ttft["upstream"].p50) if "upstream" in ttft else None,
         "goals_met": verdicts,
         **extra,
         "cells": {name: per_clients(name) for name in SYSTEMS},
     }
-    print(json.dumps(summary))
+    return summary
 
 
 def main(args: argparse.Namespace) -> None:
@@ -577,37 +733,47 @@ def main(args: argparse.Namespace) -> None:
     chosen = {s.strip() for s in args.systems.split(",") if s.strip()}
     if unknown := chosen - set(SYSTEMS):
         raise SystemExit(f"--systems: unknown {', '.join(sorted(unknown))}; known: {SYSTEMS}")
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if not backends or (unknown := set(backends) - set(BACKENDS)):
+        raise SystemExit(f"--backends: unknown {', '.join(sorted(unknown))}; known: {BACKENDS}")
     modes = tuple(m for m in ("full", "passthrough") if m in chosen)
-    results: dict[str, dict[int, Cell]] = {}
-    extra: dict[str, Any] = {
-        "seconds_per_cell": args.seconds,
-        "database": "postgresql" if os.environ.get("DATABASE_URL") else "sqlite",
+    common: dict[str, dict[int, Cell]] = {}
+    common_ttft: dict[str, Cell] = {}
+    ours: dict[str, dict[str, dict[int, Cell]]] = {b: {} for b in backends}
+    ours_ttft: dict[str, dict[str, Cell]] = {b: {} for b in backends}
+    extra: dict[str, dict[str, Any]] = {
+        b: {
+            "seconds_per_cell": args.seconds,
+            "database": "postgresql" if b == "services" else "sqlite",
+            "backend": b,
+        }
+        for b in backends
     }
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="soma-bench-gw-") as tmp, upstream() as up:
         print("upstream alone", flush=True)
-        results["upstream"] = measure(
-            "upstream", f"{up}/chat/completions", UPSTREAM_KEY, clients, args.seconds, warmup
-        )
-        work = Path(tmp) / "soma"
-        work.mkdir()
-        try:
-            if not modes:
-                raise RuntimeError("not selected (--systems)")
-            print("soma: starting", flush=True)
-            with soma_system(up, work, modes) as (urls, key):
-                for mode in modes:
-                    results[mode] = measure(
-                        mode,
-                        f"{urls[mode]}/v1/chat/completions",
-                        key,
-                        clients,
-                        args.seconds,
-                        warmup,
-                    )
-        except RuntimeError as exc:
-            print(f"soma: skipped: {exc}", flush=True)
-            extra["soma_skipped"] = str(exc)
+        url = f"{up}/chat/completions"
+        common["upstream"] = measure("upstream", url, UPSTREAM_KEY, clients, args.seconds, warmup)
+        common_ttft["upstream"] = measure_ttft("upstream", url, UPSTREAM_KEY, args.seconds, warmup)
+        for backend in backends:
+            work = Path(tmp) / f"soma-{backend}"
+            work.mkdir()
+            try:
+                if not modes:
+                    raise RuntimeError("not selected (--systems)")
+                print(f"soma ({backend}): starting", flush=True)
+                with soma_system(up, work, modes, backend) as (urls, key):
+                    for mode in modes:
+                        url = f"{urls[mode]}/v1/chat/completions"
+                        ours[backend][mode] = measure(
+                            mode, url, key, clients, args.seconds, warmup
+                        )
+                        ours_ttft[backend][mode] = measure_ttft(
+                            mode, url, key, args.seconds, warmup
+                        )
+            except (RuntimeError, subprocess.CalledProcessError) as exc:
+                print(f"soma ({backend}): skipped: {exc}", flush=True)
+                extra[backend]["soma_skipped"] = str(exc)
         work = Path(tmp) / "litellm"
         work.mkdir()
         try:
@@ -615,19 +781,35 @@ def main(args: argparse.Namespace) -> None:
                 raise RuntimeError("not selected (--systems)")
             print("litellm: starting", flush=True)
             with litellm_proxy(up, work) as url:
-                results["litellm"] = measure(
-                    "litellm",
-                    f"{url}/v1/chat/completions",
-                    LITELLM_KEY,
-                    clients,
-                    args.seconds,
-                    warmup,
+                url = f"{url}/v1/chat/completions"
+                common["litellm"] = measure(
+                    "litellm", url, LITELLM_KEY, clients, args.seconds, warmup
+                )
+                common_ttft["litellm"] = measure_ttft(
+                    "litellm", url, LITELLM_KEY, args.seconds, warmup
                 )
         except RuntimeError as exc:
             print(f"litellm: skipped: {exc}", flush=True)
-            extra["litellm_skipped"] = str(exc)
-    extra["total_seconds"] = round(time.monotonic() - started, 1)
-    report(results, clients, extra)
+            for backend in backends:
+                extra[backend]["litellm_skipped"] = str(exc)
+    total = round(time.monotonic() - started, 1)
+    titles = {
+        "embedded": "embedded: SQLite file per area, in-process limits",
+        "services": "services: PostgreSQL + Redis",
+    }
+    summaries = {}
+    for backend in backends:
+        extra[backend]["total_seconds"] = total
+        summaries[backend] = report(
+            titles[backend],
+            {**common, **ours[backend]},
+            {**common_ttft, **ours_ttft[backend]},
+            clients,
+            extra[backend],
+        )
+    # The first backend's figures under the keys every earlier run used; the others nested.
+    first, *others = backends
+    print(json.dumps({**summaries[first], **{b: summaries[b] for b in others}}))
 
 
 if __name__ == "__main__":
@@ -639,6 +821,13 @@ if __name__ == "__main__":
         "--systems",
         default=",".join(SYSTEMS),
         help="systems to measure, comma-separated (the upstream alone is always measured)",
+    )
+    parser.add_argument(
+        "--backends",
+        default=",".join(BACKENDS),
+        help="Soma's stores, comma-separated: embedded (SQLite, in-process limits) and services "
+        "(PostgreSQL + Redis: DATABASE_URL and REDIS_URL, else the local servers); the first "
+        "one's figures are the JSON's top-level keys, the others nested under their names",
     )
     parsed = parser.parse_args()
     if parsed.upstream:
