@@ -1,10 +1,11 @@
 """What the gateway adds to a chat completion, in full and in pass-through, against LiteLLM's proxy.
 
     .venv/bin/python bench/gateway.py
-    .venv/bin/python bench/gateway.py --seconds 4 --clients 1,10
+    .venv/bin/python bench/gateway.py --seconds 4 --clients 1,10 --backends embedded
 
 Upstream: a minimal OpenAI-compatible server (this file, ``--upstream PORT``) that answers at
-once, in its own process. It is measured alone first, straight from the load generator, and
+once, in its own process; asked to stream, it sends OpenAI's SSE chunks, its tokens
+``TOKEN_GAP_S`` apart. It is measured alone first, straight from the load generator, and
 "added latency" is a layer's p50 (p99) minus the upstream's own p50 (p99), alone with one
 client; at 10 and 50 clients the added figure includes the queueing those clients cause.
 
@@ -15,10 +16,11 @@ policy, memory, slm, tools, analytics, the saga runner) and two gateways on the 
   committed transaction and a bus round trip;
 - pass-through: ``SOMA_CHAT_PIPELINE=passthrough`` — the turn skips policy and memory and goes
   straight to the model, still a saga, still metered.
-Rate limits are off (``SOMA_RATE_*=0``) so nothing is throttled. The saga store is a SQLite
-file, or a throwaway database on the PostgreSQL server named by ``DATABASE_URL``; with
-``REDIS_URL`` or ``QDRANT_URL`` the gateway's keys and the memory collection get a unique name
-and are deleted at the end.
+Rate limits are off (``SOMA_RATE_*=0``) so nothing is throttled. ``--backends`` runs the system
+once per backend: ``embedded`` (a SQLite file per area, in-process limits) and ``services``
+(a throwaway database on the PostgreSQL server of ``DATABASE_URL``, else the local one, and Redis
+at ``REDIS_URL``, else the local one, under a unique key prefix); with ``QDRANT_URL`` the memory
+collection gets a unique name. Everything is deleted at the end.
 
 LiteLLM: ``litellm --config`` (``litellm[proxy]``, a bench-only extra) with the same model on the
 same upstream, master-key auth, no database — its lightest set-up. It runs after Soma is
@@ -26,8 +28,12 @@ stopped, so neither competes with the other for the two cores.
 
 Each cell is 1, 10 or 50 concurrent clients, each a loop of sequential non-streamed
 completions for ``--seconds`` after a warm-up at the same load; raw httpx for every system.
-The last line printed is the JSON summary; latencies there are added over the upstream with
-one client, requests/s are at 10 clients.
+Then one client streams for ``--seconds``: the time to first token is from sending the request
+to the first chunk with content, and "added" is a layer's p50 minus the upstream's own.
+A table per backend; the last line printed is the JSON summary: latencies there are added over
+the upstream with one client, requests/s are at 10 clients (``full_rps_50`` at 50), times to
+first token (``ttft_*``) are added over the upstream's. The first backend's figures are its
+top-level keys, each other backend's a nested object under its name.
 """
 
 from __future__ import annotations
@@ -645,13 +651,13 @@ def report(
             _ratio(ttft_added("passthrough"), ttft_added("litellm")),
             GOAL_TTFT_PASSTHROUGH_RATIO,
             False,
-            "pass-through adds <= 1/2 litellm's time to 1st token",
+            "pass-through adds <= 1/2 litellm's 1st-token time",
         ),
         "full_ttft": (
             _ratio(ttft_added("full"), ttft_added("litellm")),
             GOAL_TTFT_FULL_RATIO,
             False,
-            "full turn adds <= litellm's time to first token",
+            "full turn adds <= litellm's 1st-token time",
         ),
     }
     print()
