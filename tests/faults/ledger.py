@@ -147,6 +147,7 @@ class Figures:
     scenario: str
     turns_sent: int = 0
     turns_answered: int = 0
+    in_flight_at_fault: int = 0
     tasks: int = 0
     tasks_completed: int = 0
     memory_writes: int = 0
@@ -161,7 +162,8 @@ class Figures:
 
     def line(self) -> str:
         return (
-            f"[faults] {self.scenario}: turns {self.turns_answered}/{self.turns_sent} answered, "
+            f"[faults] {self.scenario}: turns {self.turns_answered}/{self.turns_sent} answered "
+            f"({self.in_flight_at_fault} in flight at the fault), "
             f"tasks {self.tasks_completed}/{self.tasks} completed, "
             f"memory writes {self.memory_writes}, usage records {self.usage_records} "
             f"(analytics {self.analytics_model_calls}/{self.model_completions} model calls), "
@@ -196,6 +198,7 @@ async def account(
     figures = Figures(load.scenario)
     figures.turns_sent = len(load.turns)
     figures.turns_answered = sum(t.answered for t in load.turns)
+    figures.in_flight_at_fault = load.in_flight_at_fault
     figures.retried_requests = sum(t.attempts > 1 for t in load.turns)
     for turn in load.turns:
         if not turn.answered:
@@ -210,6 +213,10 @@ async def account(
         if task.state != "completed":
             figures.problems.append(
                 f"task {task.task_id} ended {task.state} ({', '.join(task.errors[-3:])})"
+            )
+        elif task.notes != task.plan_steps or not task.plan_steps:
+            figures.problems.append(
+                f"task {task.task_id} kept {task.notes} notes for {task.plan_steps} steps"
             )
 
     i = saga_tables.instances
@@ -264,6 +271,16 @@ async def account(
             figures.problems.append(f"{turn.marker} has {used} model usage records")
         if turn.answered and ids and turn.saga_id not in ids:
             figures.problems.append(f"{turn.marker} answered from another saga {turn.saga_id}")
+
+    for task in load.tasks:
+        # A plan, one call per step, a report: any other count is a lost or a repeated call.
+        used = usage[task.task_id]
+        figures.usage_records += used
+        if task.state == "completed" and used != task.plan_steps + 2:
+            figures.problems.append(
+                f"task {task.task_id} has {used} model usage records for "
+                f"{task.plan_steps + 2} model calls"
+            )
 
     stuck = await unfinished_sagas(db)
     figures.stuck = len(stuck)

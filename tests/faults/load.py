@@ -27,6 +27,15 @@ PAUSE = 0.1  # between one client's turns
 PATIENCE = 150.0  # how long a client keeps retrying one request
 RETRY_AFTER = 0.5
 _RETRIED = {409, 429, 500, 502, 503, 504}
+CALCULATOR = {
+    "name": "calculator",
+    "description": "Evaluate an arithmetic expression.",
+    "parameters": {
+        "type": "object",
+        "properties": {"expression": {"type": "string"}},
+        "required": ["expression"],
+    },
+}
 ENDED = frozenset({"completed", "failed", "cancelled", "compensated", "compensation_failed"})
 
 
@@ -48,6 +57,8 @@ class TaskOutcome:
     task_id: str
     started: bool = False
     state: str | None = None
+    plan_steps: int = 0
+    notes: int = 0
     errors: list[str] = field(default_factory=list)
 
 
@@ -59,6 +70,8 @@ class Load:
     turns: list[Outcome] = field(default_factory=list)
     tasks: list[TaskOutcome] = field(default_factory=list)
     sent: int = 0
+    in_flight: int = 0
+    in_flight_at_fault: int = 0
     started_at: float = field(default_factory=time.time)
 
     def marker(self, n: int) -> str:
@@ -113,12 +126,21 @@ class Load:
         return outcome
 
     async def task(self, client: httpx.AsyncClient, k: int) -> TaskOutcome:
-        """Start a task with the client's own id, then follow it to its end."""
+        """Start a task with the client's own id, then follow it to its end.
+
+        The goal lists its steps, which the offline model's plan repeats; each step names the
+        calculator, which the task may run, so every step goes through policy, tools and memory.
+        """
         outcome = TaskOutcome(f"fault-{self.scenario}-task{k}")
         self.tasks.append(outcome)
+        goal = (
+            f"Drill {outcome.task_id}: size two queues\n"
+            f"1. Use the calculator for {k} + 2\n"
+            f"2. Use the calculator for {k} * 3"
+        )
         body = {
             "id": outcome.task_id,
-            "input": {"goal": f"Drill {outcome.task_id}: compare two queues", "max_steps": 2},
+            "input": {"goal": goal, "max_steps": 2, "platform_tools": [CALCULATOR]},
         }
         response = await self._post(client, "/v1/tasks", body, outcome)
         if response is None:
@@ -141,16 +163,21 @@ class Load:
                 outcome.errors.append(type(exc).__name__)
             else:
                 if response.status_code == 200:
-                    outcome.state = response.json()["state"]
+                    task = response.json()
+                    outcome.state = task["state"]
                     if outcome.state in ENDED:
+                        result = task.get("result") or {}
+                        outcome.plan_steps = len(result.get("plan") or [])
+                        outcome.notes = len(result.get("notes") or [])
                         return
                 elif response.status_code not in _RETRIED:
                     outcome.errors.append(f"{response.status_code} {response.text[:200]}")
             await asyncio.sleep(0.5)
 
     async def run(self, fault: Callable[[], Awaitable[None]]) -> None:
-        """Clients send turns; after ``TURNS_BEFORE_FAULT`` the fault strikes while turns are in
-        flight; once it is over (the process is back) the clients send a few more and stop."""
+        """Clients send turns; after ``TURNS_BEFORE_FAULT`` the tasks start and the fault strikes
+        while turns are in flight; once it is over (the process is back) the clients send a few
+        more turns and stop."""
         fault_due = asyncio.Event()
         fault_over = asyncio.Event()
         after = 0
@@ -166,12 +193,19 @@ class Load:
                 self.sent += 1
                 if self.sent >= TURNS_BEFORE_FAULT:
                     fault_due.set()
-                await self.turn(client, n)
+                self.in_flight += 1
+                try:
+                    await self.turn(client, n)
+                finally:
+                    self.in_flight -= 1
                 await asyncio.sleep(PAUSE)
 
         async def strike() -> None:
             await fault_due.wait()
             await asyncio.sleep(0.2)  # let the latest turns get under way
+            while self.in_flight == 0:
+                await asyncio.sleep(0.01)
+            self.in_flight_at_fault = self.in_flight
             await fault()
             fault_over.set()
 
@@ -180,10 +214,17 @@ class Load:
         async with httpx.AsyncClient(
             base_url=self.base_url, limits=limits, timeout=timeout
         ) as client:
+
+            async def task_at_fault(k: int) -> None:
+                # Tasks take well under a second: started with the fault, they meet it mid-way.
+                await fault_due.wait()
+                await asyncio.sleep(0.1 * k)
+                await self.task(client, k)
+
             await asyncio.gather(
                 strike(),
                 *(client_loop(client) for _ in range(CLIENTS)),
-                *(self.task(client, k) for k in range(TASKS)),
+                *(task_at_fault(k) for k in range(TASKS)),
             )
 
 

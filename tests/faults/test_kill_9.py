@@ -1,15 +1,16 @@
 """Kill -9 under load loses nothing and doubles nothing.
 
-The whole system runs under ``soma up`` — embedded (SQLite, a local Qdrant folder, Idempotency-Key
-records in the bus) and on real services (PostgreSQL, Redis). While clients send chat turns and agent tasks through the
-gateway, one process type at a time is killed with SIGKILL and the supervisor restarts it; last,
-everything is killed at once and started again on the same data. After each fault, once the
-system has settled:
+The whole system runs under ``soma up`` — embedded (SQLite, a local Qdrant folder,
+Idempotency-Key records in the bus) and on real services (PostgreSQL, Redis). While clients send
+chat turns and agent tasks (whose steps run a tool) through the gateway, one process type at a time
+is killed with SIGKILL and the supervisor restarts it; last, everything is killed at once and
+started again on the same data. After each fault, once the system has settled:
 
 - lost: none — every turn a client sent is answered (clients retry with the same
   Idempotency-Key, as real ones do) and every agent task completes;
 - doubled: none — each turn ran as one chat turn saga, wrote memory once and has one model usage
-  record in the event trail, and analytics counted every model call of the trail exactly once;
+  record in the event trail, each task one per model call it made, and analytics counted every
+  model call of the trail exactly once;
 - stuck: no saga instance is left unfinished, no outbox row unpublished, no consumer behind;
 - dead letters: SOMA_DLQ stays empty.
 
