@@ -175,6 +175,7 @@ async def _model_completed(conn: AsyncConnection, event: SlmCompleted, env: Enve
         kind=MODEL,
         model=event.model,
         actor=env.actor,
+        key_id=event.key_id or "",
         prompt_tokens=event.usage.prompt_tokens,
         completion_tokens=event.usage.completion_tokens,
         cost_usd=event.cost_usd,

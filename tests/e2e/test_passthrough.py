@@ -271,6 +271,24 @@ async def test_usage_of_passthrough_turns_is_metered_once_per_turn(
     assert after["completion_tokens"] - before["completion_tokens"] == 30
 
 
+async def test_usage_of_passthrough_turns_is_reported_under_the_callers_key(
+    passthrough: Passthrough,
+) -> None:
+    passthrough.script.then(Reply(text="keyed", prompt_tokens=3))
+    await passthrough.client().chat.completions.create(model=MODEL, messages=ask("Whose key?"))
+    async with httpx.AsyncClient(base_url=passthrough.url, timeout=30) as client:
+        async with asyncio.timeout(60):
+            while True:
+                answer = await client.get(
+                    "/v1/usage", params={"group_by": "key"}, headers=passthrough.headers()
+                )
+                keys = {r["group"]["key"] for r in answer.json()["data"]}
+                if keys - {""}:
+                    break
+                await asyncio.sleep(0.2)
+    assert len(keys - {""}) == 1
+
+
 async def _usage(passthrough: Passthrough, model: str) -> dict[str, int]:
     async with httpx.AsyncClient(base_url=passthrough.url, timeout=30) as client:
         answer = await client.get(
