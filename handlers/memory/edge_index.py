@@ -41,7 +41,7 @@ from handlers.memory.local_migration import migrate
 
 log = logging.getLogger(__name__)
 
-FOLDER = "memory"  # under SOMA_DATA_DIR; one shard folder per collection name
+FOLDER = "vectors"  # under SOMA_DATA_DIR; one shard folder per collection name
 INDEXED_FIELDS = ("user", "agent", "session", "ref")
 FLUSH_EVERY = 1000
 LOCK_FILE = "soma.lock"
