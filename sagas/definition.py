@@ -87,6 +87,30 @@ class Call:
 
 
 @dataclass
+class CallAll:
+    """Send several commands at once and continue at ``then`` when every one has answered.
+
+    ``then`` gets the replies as a list, in the order of ``calls``; a call that failed for good
+    and names an ``on_failure`` contributes its ``CommandFailed`` there instead (a call without
+    one fails the saga, as a lone ``Call`` does). Each call keeps its own timeout and retries;
+    the ``then`` of each call is ignored, and compensations are not supported here.
+    """
+
+    calls: list[Call]
+    then: StepFn | str
+
+
+@dataclass
+class Reply:
+    """Answer whoever awaits the saga now (a ``sagas.replied`` event with ``result``) and go
+    straight on to ``then``: the work after the answer (a memory write) is off the caller's
+    path, and ``sagas.finished`` still comes when the saga ends."""
+
+    result: Any
+    then: StepFn | str
+
+
+@dataclass
 class Continue:
     """Checkpoint and go straight on to ``then`` (a step with no outside call)."""
 
@@ -132,16 +156,32 @@ class Fail:
     error: str
 
 
-Action = Call | Continue | Sleep | WaitSignal | StartChild | Complete | Fail
+Action = Call | CallAll | Reply | Continue | Sleep | WaitSignal | StartChild | Complete | Fail
+
+# How a definition's instances are made durable (see sagas/RECOVERY.md):
+#   "step":  one transaction per step, committed before its commands are published (the outbox);
+#   "group": hot instances kept in memory, commands published at once with deterministic ids,
+#            state committed in group commits, the triggering message acked after its commit.
+DURABILITY = ("step", "group")
 
 
 class Definition(Generic[InputT]):
     """A versioned saga definition: its steps by name, the first one, and its input type."""
 
-    def __init__(self, saga_type: str, *, version: int, input_type: type[InputT]) -> None:
+    def __init__(
+        self,
+        saga_type: str,
+        *,
+        version: int,
+        input_type: type[InputT],
+        durability: str = "step",
+    ) -> None:
+        if durability not in DURABILITY:
+            raise ValueError(f"durability must be one of {', '.join(DURABILITY)}")
         self.saga_type = saga_type
         self.version = version
         self.input_type = input_type
+        self.durability = durability
         self.steps: dict[str, StepFn] = {}
         self.first: str | None = None
 

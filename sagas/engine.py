@@ -31,10 +31,12 @@ from sagas import tables
 from sagas.definition import (
     Action,
     Call,
+    CallAll,
     Complete,
     Continue,
     Definition,
     Fail,
+    Reply,
     Retry,
     Run,
     Sleep,
@@ -46,7 +48,7 @@ from sagas.registry import Registry
 from schemas.catalogue import by_name, of_type
 from schemas.common import CommandFailed
 from schemas.envelope import Envelope
-from schemas.sagas import SagaCancel, SagaFinished, SagaStart, SagaStarted
+from schemas.sagas import SagaCancel, SagaFinished, SagaReplied, SagaStart, SagaStarted
 
 log = logging.getLogger("soma.sagas")
 
@@ -61,6 +63,9 @@ _COMPENSATED = "__compensated__"
 # over only when it is still pending this long after (its process died).
 CONTINUE_GRACE = 1.0
 _COMPENSATION_RETRY = Retry(initial=1.0, max_attempts=5)
+# Steps a group mode transition runs one after another before it checkpoints (a loop of
+# Continues still yields to the timer pass now and then).
+MAX_INLINE = 32
 
 
 class SagaNotFound(LookupError):
@@ -81,6 +86,7 @@ class Change:
     children: list[dict[str, Any]] = field(default_factory=list)
     wake_now: list[str] = field(default_factory=list)
     rev: int | None = None  # the rev loaded at the start of the transaction
+    inline: int = 0  # steps run inline by this transition (group mode)
 
 
 OnCommit = Callable[[list[dict[str, Any]], list[str]], Awaitable[None]]
@@ -92,11 +98,20 @@ def _arity(fn: Callable[..., Any]) -> int:
 
 
 class Engine:
-    def __init__(self, db: AsyncEngine, registry: Registry, *, on_commit: OnCommit | None = None):
+    def __init__(
+        self,
+        db: AsyncEngine,
+        registry: Registry,
+        *,
+        on_commit: OnCommit | None = None,
+        replay_grace: float = 60.0,
+    ):
         self.db = db
         self.registry = registry
         self.on_commit = on_commit
         self.postgres = db.dialect.name == "postgresql"
+        # Group mode: how long a lost transition's event may take to come back (twice the ack wait).
+        self.replay_grace = replay_grace
 
     # ── entry points ────────────────────────────────────────────────────────────────────
 
@@ -180,15 +195,13 @@ class Engine:
 
         async def body(conn: AsyncConnection, now: float) -> Change | None:
             row = await self._load(conn, saga_id)
-            waiting = (row or {}).get("waiting") or {}
-            if (
-                row is None
-                or waiting.get("kind") != "call"
-                or waiting.get("message_id") != env.causation_id
-            ):
+            index = _waits_on((row or {}).get("waiting"), env.causation_id)
+            if row is None or index is None:
                 return None  # not ours, or a late reply to an attempt we gave up on
             if not await self._record_inbox(conn, saga_id, env.message_id, now):
                 return None
+            if row["waiting"]["kind"] == "all":
+                return _at(row, self._on_reply_all(row, index, event, env, now))
             return _at(row, self._on_reply(row, event, env, now))
 
         await self._transact(body, saga_id=saga_id)
@@ -427,6 +440,8 @@ class Engine:
             self._send(
                 row, command, cause, now, change, attempt=waiting["attempt"] + 1, waiting=waiting
             )
+        elif kind == "all":
+            self._on_timer_all(row, now, cause, change)
         elif kind == "sleep":
             change.history.append(self._history(row, row["step"], "timer_fired", None, now))
             self._run_step(row, self._definition(row), waiting["then"], None, cause, now, change)
@@ -519,14 +534,17 @@ class Engine:
         )
         if isinstance(action, Call):
             self._send(row, action.command, cause, now, change, attempt=1, call=action)
+        elif isinstance(action, CallAll):
+            self._send_all(row, definition, action, cause, now, change)
+        elif isinstance(action, Reply):
+            result = msgspec.to_builtins(action.result) if action.result is not None else None
+            change.values["result"] = result
+            replied = SagaReplied(saga_id=row["id"], saga_type=row["type"], result=result)
+            self._emit(row, replied, f"{row['id']}.{row['run']}.replied", cause, now, change)
+            self._continue(row, definition, step_name(action.then), None, cause, now, change)
         elif isinstance(action, Continue):
-            change.values["waiting"] = {
-                "kind": "continue",
-                "then": step_name(action.then),
-                "reply": msgspec.to_builtins(action.reply),
-            }
-            change.values["wake_at"] = now + CONTINUE_GRACE
-            change.wake_now.append(row["id"])
+            then = step_name(action.then)
+            self._continue(row, definition, then, action.reply, cause, now, change)
         elif isinstance(action, Sleep):
             change.values["waiting"] = {
                 "kind": "sleep",
@@ -566,7 +584,35 @@ class Engine:
         elif isinstance(action, Fail):
             self._finish(row, "failed", None, action.error, cause, now, change)
 
-    def _send(
+    def _continue(
+        self,
+        row: dict[str, Any],
+        definition: Definition[Any],
+        then: str,
+        reply: Any,
+        cause: str,
+        now: float,
+        change: Change,
+    ) -> None:
+        """A step mode instance checkpoints and goes on in its own transaction; a group mode
+        instance goes on at once (its steps are pure: running them in one transition is what a
+        replay would do), each step numbered on as if it had been a transition of its own."""
+        if definition.durability == "group" and change.inline < MAX_INLINE:
+            change.inline += 1
+            seq = change.values.get("seq", row["seq"]) + 1
+            change.values["seq"] = seq
+            current = {**row, **{k: v for k, v in change.values.items() if k in row}, "seq": seq}
+            self._run_step(current, definition, then, reply, cause, now, change)
+            return
+        change.values["waiting"] = {
+            "kind": "continue",
+            "then": then,
+            "reply": msgspec.to_builtins(reply),
+        }
+        change.values["wake_at"] = now + CONTINUE_GRACE
+        change.wake_now.append(row["id"])
+
+    def _command(
         self,
         row: dict[str, Any],
         command: msgspec.Struct,
@@ -575,9 +621,9 @@ class Engine:
         change: Change,
         *,
         attempt: int,
-        call: Call | None = None,
-        waiting: dict[str, Any] | None = None,
-    ) -> None:
+    ) -> tuple[str, str, bytes]:
+        """Put ``command`` in the outbox: its id (``<saga>.<run>.<seq>.<n>.<attempt>``, the same
+        whenever the same transition is applied again), schema name and body."""
         entry = of_type(type(command))
         seq = row["seq"]
         message_id = f"{row['id']}.{row['run']}.{seq}.{len(change.outbox)}.{attempt}"
@@ -602,32 +648,36 @@ class Engine:
                 "published_at": None,
             }
         )
+        if not isinstance(command, SagaCancel):
+            change.history.append(
+                self._history(
+                    row,
+                    change.values.get("step", row["step"]),
+                    "command_sent",
+                    {"schema": entry.name, "message_id": message_id, "attempt": attempt},
+                    now,
+                    seq=seq,
+                )
+            )
+        return message_id, entry.name, body
+
+    def _send(
+        self,
+        row: dict[str, Any],
+        command: msgspec.Struct,
+        cause: str,
+        now: float,
+        change: Change,
+        *,
+        attempt: int,
+        call: Call | None = None,
+        waiting: dict[str, Any] | None = None,
+    ) -> None:
+        message_id, schema, body = self._command(row, command, cause, now, change, attempt=attempt)
         if isinstance(command, SagaCancel):
             return  # fire and forget: the child's end arrives as sagas.finished
         if call is not None:
-            waiting = {
-                "kind": "call",
-                "then": step_name(call.then),
-                "command": {"schema": entry.name, "body": body.decode()},
-                "retry": {
-                    "initial": call.retry.initial,
-                    "coefficient": call.retry.coefficient,
-                    "maximum": call.retry.maximum,
-                    "max_attempts": call.retry.max_attempts,
-                    "non_retryable": list(call.retry.non_retryable),
-                },
-                "timeout": call.timeout,
-                "deadline": now + call.schedule_to_close if call.schedule_to_close else None,
-                "compensate": (
-                    {
-                        "schema": of_type(type(call.compensate)).name,
-                        "body": encode(call.compensate).decode(),
-                    }
-                    if call.compensate is not None
-                    else None
-                ),
-                "on_failure": step_name(call.on_failure) if call.on_failure else None,
-            }
+            waiting = _call_waiting(call, schema, body, now)
         assert waiting is not None
         change.values["waiting"] = {
             **waiting,
@@ -636,16 +686,217 @@ class Engine:
             "attempt": attempt,
             "sent_at": now,
         }
-        change.values["wake_at"] = now + waiting["timeout"]
-        change.history.append(
-            self._history(
-                row,
-                change.values.get("step", row["step"]),
-                "command_sent",
-                {"schema": entry.name, "message_id": message_id, "attempt": attempt},
-                now,
-                seq=seq,
+        change.values["wake_at"] = now + waiting["timeout"] + self._grace(row)
+
+    def _send_all(
+        self,
+        row: dict[str, Any],
+        definition: Definition[Any],
+        action: CallAll,
+        cause: str,
+        now: float,
+        change: Change,
+    ) -> None:
+        if not action.calls:
+            self._continue(row, definition, step_name(action.then), [], cause, now, change)
+            return
+        calls = []
+        for call in action.calls:
+            message_id, schema, body = self._command(
+                row, call.command, cause, now, change, attempt=1
             )
+            calls.append(
+                {
+                    **_call_waiting(call, schema, body, now),
+                    "kind": "call",
+                    "message_id": message_id,
+                    "attempt": 1,
+                    "sent_at": now,
+                }
+            )
+        change.values["waiting"] = {"kind": "all", "then": step_name(action.then), "calls": calls}
+        change.values["wake_at"] = self._all_wake(row, calls)
+
+    def _all_wake(self, row: dict[str, Any], calls: list[dict[str, Any]]) -> float | None:
+        times = [
+            c["sent_at"] + c["timeout"] + self._grace(row) if c["kind"] == "call" else c["retry_at"]
+            for c in calls
+            if c["kind"] != "done"
+        ]
+        return min(times) if times else None
+
+    def _grace(self, row: dict[str, Any]) -> float:
+        """How much longer a group mode instance waits before it calls a reply missing: long
+        enough for the replay of an event its lost transition consumed (RECOVERY.md)."""
+        if self._definition(row).durability == "group":
+            return self.replay_grace
+        return 0.0
+
+    def _on_reply_all(
+        self, row: dict[str, Any], index: int, event: Any, env: Envelope, now: float
+    ) -> Change:
+        change = Change()
+        waiting = row["waiting"]
+        calls = [dict(c) for c in waiting["calls"]]
+        call = calls[index]
+        if isinstance(event, CommandFailed):
+            change.history.append(
+                self._history(
+                    row,
+                    row["step"],
+                    "call_failed",
+                    {"error": event.error, "attempt": call["attempt"]},
+                    now,
+                )
+            )
+            if not self._part_failed(
+                row, calls, index, event.error, event.retryable, env.message_id, now, change
+            ):
+                return change
+        else:
+            change.history.append(
+                self._history(
+                    row,
+                    row["step"],
+                    "reply",
+                    {"schema": env.schema, "attempt": call["attempt"]},
+                    now,
+                    (now - call["sent_at"]) * 1000,
+                )
+            )
+            calls[index] = {
+                **call,
+                "kind": "done",
+                "reply": {"schema": env.schema, "body": msgspec.to_builtins(event)},
+            }
+        self._all_next(row, waiting, calls, env.message_id, now, change)
+        return change
+
+    def _part_failed(
+        self,
+        row: dict[str, Any],
+        calls: list[dict[str, Any]],
+        index: int,
+        error: str,
+        retryable: bool,
+        cause: str,
+        now: float,
+        change: Change,
+    ) -> bool:
+        """One call of a ``CallAll`` failed: retry it, record its failure for ``then``, or fail
+        the saga (False)."""
+        call = calls[index]
+        retry = Retry(**call["retry"])
+        deadline = call.get("deadline")
+        if retryable and retry.allows(call["attempt"], error) and (
+            deadline is None or now < deadline
+        ):
+            delay = retry.delay(call["attempt"])
+            calls[index] = {**call, "kind": "retry", "retry_at": now + delay}
+            change.history.append(
+                self._history(
+                    row,
+                    row["step"],
+                    "retry_scheduled",
+                    {"attempt": call["attempt"] + 1, "in_s": delay},
+                    now,
+                )
+            )
+            return True
+        schema = call["command"]["schema"]
+        if call.get("on_failure"):
+            failure = CommandFailed(command=schema, error=error, retryable=retryable)
+            calls[index] = {
+                **call,
+                "kind": "done",
+                "reply": {"schema": "failed", "body": msgspec.to_builtins(failure)},
+            }
+            return True
+        self._finish(row, "failed", None, f"{schema} failed: {error}", cause, now, change)
+        return False
+
+    def _all_next(
+        self,
+        row: dict[str, Any],
+        waiting: dict[str, Any],
+        calls: list[dict[str, Any]],
+        cause: str,
+        now: float,
+        change: Change,
+    ) -> None:
+        if all(c["kind"] == "done" for c in calls):
+            replies = [_decoded(c["reply"]) for c in calls]
+            self._run_step(
+                row, self._definition(row), waiting["then"], replies, cause, now, change
+            )
+            return
+        change.values["waiting"] = {**waiting, "calls": calls}
+        change.values["wake_at"] = self._all_wake(row, calls)
+
+    def _on_timer_all(self, row: dict[str, Any], now: float, cause: str, change: Change) -> None:
+        waiting = row["waiting"]
+        calls = [dict(c) for c in waiting["calls"]]
+        for i, call in enumerate(calls):
+            if call["kind"] == "call" and call["sent_at"] + call["timeout"] + self._grace(
+                row
+            ) <= now:
+                change.history.append(
+                    self._history(row, row["step"], "timed_out", {"attempt": call["attempt"]}, now)
+                )
+                if not self._part_failed(
+                    row,
+                    calls,
+                    i,
+                    "timeout: no reply within start-to-close",
+                    True,
+                    cause,
+                    now,
+                    change,
+                ):
+                    return
+            elif call["kind"] == "retry" and call["retry_at"] <= now:
+                command = by_name(call["command"]["schema"]).decode(
+                    call["command"]["body"].encode()
+                )
+                attempt = call["attempt"] + 1
+                message_id, _, _ = self._command(row, command, cause, now, change, attempt=attempt)
+                calls[i] = {
+                    **call,
+                    "kind": "call",
+                    "message_id": message_id,
+                    "attempt": attempt,
+                    "sent_at": now,
+                }
+        self._all_next(row, waiting, calls, cause, now, change)
+
+    def _emit(
+        self,
+        row: dict[str, Any],
+        event: msgspec.Struct,
+        message_id: str,
+        cause: str,
+        now: float,
+        change: Change,
+    ) -> None:
+        entry = of_type(type(event))
+        env = Envelope(
+            message_id=message_id,
+            correlation_id=row["correlation_id"],
+            causation_id=cause,
+            tenant=row["tenant"],
+            actor=row["actor"],
+            schema=entry.name,
+        )
+        change.outbox.append(
+            {
+                "id": env.message_id,
+                "saga_id": row["id"],
+                "subject": entry.subject(row["tenant"]),
+                "headers": env.to_headers(),
+                "body": encode(event),
+                "created_at": now,
+                "published_at": None,
+            }
         )
 
     def _next_compensation(
@@ -724,26 +975,7 @@ class Engine:
             error=error,
             parent_id=row.get("parent_id"),
         )
-        entry = of_type(SagaFinished)
-        env = Envelope(
-            message_id=f"{row['id']}.{row['run']}.finished",
-            correlation_id=row["correlation_id"],
-            causation_id=cause,
-            tenant=row["tenant"],
-            actor=row["actor"],
-            schema=entry.name,
-        )
-        change.outbox.append(
-            {
-                "id": env.message_id,
-                "saga_id": row["id"],
-                "subject": entry.subject(row["tenant"]),
-                "headers": env.to_headers(),
-                "body": encode(event),
-                "created_at": now,
-                "published_at": None,
-            }
-        )
+        self._emit(row, event, f"{row['id']}.{row['run']}.finished", cause, now, change)
         change.history.append(
             self._history(
                 row,
@@ -886,6 +1118,54 @@ def saga_of_command(message_id: str | None) -> str | None:
     if len(parts) != 5 or not all(p.isdigit() for p in parts[1:]):
         return None
     return parts[0]
+
+
+def _call_waiting(call: Call, schema: str, body: bytes, now: float) -> dict[str, Any]:
+    """What an instance remembers of a call it waits on: enough to retry, time out, fall back
+    and compensate without the definition's objects."""
+    return {
+        "kind": "call",
+        "then": step_name(call.then),
+        "command": {"schema": schema, "body": body.decode()},
+        "retry": {
+            "initial": call.retry.initial,
+            "coefficient": call.retry.coefficient,
+            "maximum": call.retry.maximum,
+            "max_attempts": call.retry.max_attempts,
+            "non_retryable": list(call.retry.non_retryable),
+        },
+        "timeout": call.timeout,
+        "deadline": now + call.schedule_to_close if call.schedule_to_close else None,
+        "compensate": (
+            {
+                "schema": of_type(type(call.compensate)).name,
+                "body": encode(call.compensate).decode(),
+            }
+            if call.compensate is not None
+            else None
+        ),
+        "on_failure": step_name(call.on_failure) if call.on_failure else None,
+    }
+
+
+def _decoded(reply: dict[str, Any]) -> Any:
+    if reply["schema"] == "failed":
+        return msgspec.convert(reply["body"], CommandFailed)
+    return msgspec.convert(reply["body"], by_name(reply["schema"]).type)
+
+
+def _waits_on(waiting: dict[str, Any] | None, message_id: str | None) -> int | None:
+    """Which call of ``waiting`` a reply to ``message_id`` answers: 0 for a lone call, the
+    index within a ``CallAll``; None when it answers none (late, duplicate, or not ours)."""
+    if not waiting or not message_id:
+        return None
+    if waiting.get("kind") == "call":
+        return 0 if waiting.get("message_id") == message_id else None
+    if waiting.get("kind") == "all":
+        for i, call in enumerate(waiting["calls"]):
+            if call["kind"] == "call" and call["message_id"] == message_id:
+                return i
+    return None
 
 
 def _at(row: dict[str, Any], change: Change) -> Change:

@@ -54,7 +54,14 @@ from schemas.memory import MemoryRecall, MemoryRecalled, MemoryStore, MemoryStor
 from schemas.models import SlmListModels, SlmModelsListed
 from schemas.policy import PolicyEvaluate, PolicyEvaluated
 from schemas.saga_queries import SagaList, SagaListed, SagaQueried, SagaQuery
-from schemas.sagas import SagaCancel, SagaFinished, SagaSignal, SagaStart, SagaStarted
+from schemas.sagas import (
+    SagaCancel,
+    SagaFinished,
+    SagaReplied,
+    SagaSignal,
+    SagaStart,
+    SagaStarted,
+)
 from schemas.slm import SlmComplete, SlmCompleted, SlmDelta
 from schemas.tool_catalog import ToolsList, ToolsListed
 from schemas.tools import ToolInvoke, ToolResult
@@ -122,6 +129,7 @@ _ENTRIES = [
     _entry("cmd", "sagas", "cancel", SagaCancel),
     _entry("evt", "sagas", "started", SagaStarted),
     _entry("evt", "sagas", "finished", SagaFinished),
+    _entry("evt", "sagas", "replied", SagaReplied),
     *(_entry("evt", service, "failed", CommandFailed) for service in SERVICES),
     # The gateway's request/reply pairs (gateway/CONTRACTS.md).
     _entry("cmd", "slm", "list_models", SlmListModels),

@@ -39,3 +39,12 @@ class SagaFinished(Message):
     result: dict[str, Any] | None = None
     error: str | None = None
     parent_id: str | None = None
+
+
+class SagaReplied(Message):
+    """A saga answered whoever awaits it (``result``) and goes on with work after the answer;
+    its ``sagas.finished`` follows when that work is done."""
+
+    saga_id: str
+    saga_type: str
+    result: dict[str, Any] | None = None
