@@ -12,6 +12,7 @@ server drops if it got through, while a deliberate retry has a new attempt and a
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
@@ -44,6 +45,7 @@ from sagas.definition import (
     WaitSignal,
     step_name,
 )
+from sagas.hot import Hot, HotStore, Publish
 from sagas.registry import Registry
 from schemas.catalogue import by_name, of_type
 from schemas.common import CommandFailed
@@ -66,6 +68,10 @@ _COMPENSATION_RETRY = Retry(initial=1.0, max_attempts=5)
 # Steps a group mode transition runs one after another before it checkpoints (a loop of
 # Continues still yields to the timer pass now and then).
 MAX_INLINE = 32
+# Group mode commands' ids end so: their replies are routed to the hot path.
+GROUP_MARK = ".g"
+# How often a reply that came before its command's transition looks for it again.
+EARLY_POLL = 0.05
 
 
 class SagaNotFound(LookupError):
@@ -112,6 +118,12 @@ class Engine:
         self.postgres = db.dialect.name == "postgresql"
         # Group mode: how long a lost transition's event may take to come back (twice the ack wait).
         self.replay_grace = replay_grace
+        self.store = HotStore(db, _numbered)
+        # Group mode publishes commands itself, before the commit (the runner sets it).
+        self.publish: Publish | None = None
+        # A group mode instance's timers wait until events left unacknowledged by a runner that
+        # died have come back (RECOVERY.md): they would otherwise race the replay.
+        self.timers_from = time.time() + replay_grace / 2
 
     # ── entry points ────────────────────────────────────────────────────────────────────
 
@@ -126,6 +138,10 @@ class Engine:
         except (msgspec.ValidationError, TypeError) as exc:
             raise Rejected(f"invalid: input for {cmd.saga_type}: {exc}") from exc
         saga_id = cmd.saga_id or env.message_id
+        if definition.durability == "group" and self.publish is not None:
+            started = await self._start_hot(saga_id, definition, cmd, env)
+            if started is not None:
+                return started
         outcome: SagaStarted | None = None
 
         async def body(conn: AsyncConnection, now: float) -> Change | None:
@@ -192,6 +208,9 @@ class Engine:
         saga_id = saga_of_command(env.causation_id)
         if saga_id is None:
             return False
+        if is_group_command(env.causation_id):
+            await self._reply_hot(saga_id, event, env)
+            return True
 
         async def body(conn: AsyncConnection, now: float) -> Change | None:
             row = await self._load(conn, saga_id)
@@ -239,6 +258,8 @@ class Engine:
         await self._transact(body, saga_id=saga_id)
 
     async def cancel(self, saga_id: str, reason: str, message_id: str) -> None:
+        await self.store.settle(saga_id)
+
         async def body(conn: AsyncConnection, now: float) -> Change | None:
             if not await self._record_inbox(conn, saga_id, message_id, now):
                 return None
@@ -272,6 +293,7 @@ class Engine:
         parent_id = event.parent_id
         if not parent_id:
             return
+        await self.store.settle(parent_id)
 
         async def body(conn: AsyncConnection, now: float) -> Change | None:
             if not await self._record_inbox(conn, parent_id, env.message_id, now):
@@ -310,6 +332,25 @@ class Engine:
         ``continuing``: the process that committed a ``Continue`` goes straight on with it; the
         timer pass only picks such a step up after a grace period, if that process died.
         """
+        hot = self.store.hot.get(saga_id)
+        if hot is None:
+            row = await self._read(saga_id)
+            if row is None:
+                return
+            if self._definition(row).durability == "group" and self.publish is not None:
+                hot = self.store.keep(saga_id, Hot(row, row["rev"]))
+        if hot is not None:
+            if time.time() < self.timers_from:
+                return
+
+            def fire(row: dict[str, Any], now: float) -> Change | None:
+                go_on = continuing and (row["waiting"] or {}).get("kind") == "continue"
+                if not go_on and (row["wake_at"] is None or row["wake_at"] > now):
+                    return None
+                return _at(row, self._on_timer(row, now))
+
+            await self._transition(saga_id, hot, fire)
+            return
 
         async def body(conn: AsyncConnection, now: float) -> Change | None:
             row = await self._load(conn, saga_id)
@@ -321,6 +362,132 @@ class Engine:
             return _at(row, self._on_timer(row, now))
 
         await self._transact(body, saga_id=saga_id)
+
+    # ── group mode: hot instances ─────────────────────────────────────────────────────
+
+    async def _read(self, saga_id: str) -> dict[str, Any] | None:
+        """The stored instance, without a lock (group mode decides in memory)."""
+        async with self.db.connect() as conn:
+            row = (
+                (
+                    await conn.execute(
+                        select(tables.instances).where(tables.instances.c.id == saga_id)
+                    )
+                )
+                .mappings()
+                .first()
+            )
+        return dict(row) if row is not None else None
+
+    async def _start_hot(
+        self, saga_id: str, definition: Definition[Any], cmd: SagaStart, env: Envelope
+    ) -> SagaStarted | None:
+        """Start a new instance in memory; None when one of that id exists (the step mode
+        start then decides: a duplicate delivery, a conflict, a new run)."""
+        started = SagaStarted(
+            saga_id=saga_id, saga_type=definition.saga_type, version=definition.version
+        )
+        held = self.store.hot.get(saga_id)
+        if held is None:
+            stored = await self._read(saga_id)
+            held = self.store.hot.get(saga_id)
+            if held is None and stored is None:
+                now = time.time()
+                row = self._new_row(
+                    saga_id, definition, cmd.input, env, now, run_no=1, parent_id=None
+                )
+                change = Change()
+                change.history.append(
+                    self._history(row, None, "started", {"input": cmd.input}, now)
+                )
+                self._run_step(
+                    row, definition, definition.first or "", None, env.message_id, now, change
+                )
+                ours = Hot({**row, **change.values}, None, start_id=env.message_id)
+                hot = self.store.keep(saga_id, ours)
+                if hot is not ours:  # another delivery of a start of this id got there first
+                    return started if hot.start_id == env.message_id else None
+                inbox = [{"saga_id": saga_id, "message_id": env.message_id, "at": now}]
+                await self._commit_hot(saga_id, hot, change, inbox)
+                return started
+        if held is not None and held.start_id == env.message_id:
+            return started  # the same start delivered again while it runs
+        await self.store.settle(saga_id)
+        return None
+
+    async def _reply_hot(self, saga_id: str, event: Any, env: Envelope) -> None:
+        """A reply to a group mode command. One to a command this instance has not sent yet
+        (as far as the stored state knows) is early: the transition that sent it was lost with
+        a runner that died, and comes back when that runner's unacknowledged event is
+        redelivered; it is held until then, not dropped."""
+        assert env.causation_id is not None
+        deadline = time.monotonic() + self.replay_grace
+        while True:
+            hot = self.store.hot.get(saga_id)
+            if hot is None:
+                row = await self._read(saga_id)
+                hot = self.store.hot.get(saga_id) or (
+                    self.store.keep(saga_id, Hot(row, row["rev"])) if row is not None else None
+                )
+            if hot is not None:
+                index = _waits_on(hot.row.get("waiting"), env.causation_id)
+                if index is not None:
+                    await self._transition(saga_id, hot, self._answer(index, event, env))
+                    return
+                if not _ahead(env.causation_id, hot.row):
+                    return  # late: an attempt given up on, or a reply already taken
+                self.store.forget(saga_id)  # perhaps another runner moved it on: reload
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"saga {saga_id}: a reply to {env.causation_id}, which it has not sent yet"
+                )
+            await asyncio.sleep(EARLY_POLL)
+
+    def _answer(
+        self, index: int, event: Any, env: Envelope
+    ) -> Callable[[dict[str, Any], float], Change | None]:
+        def decide(row: dict[str, Any], now: float) -> Change | None:
+            found = _waits_on(row.get("waiting"), env.causation_id)
+            if found is None:
+                return None  # another delivery of it got there first
+            if row["waiting"]["kind"] == "all":
+                return _at(row, self._on_reply_all(row, found, event, env, now))
+            return _at(row, self._on_reply(row, event, env, now))
+
+        return decide
+
+    async def _transition(
+        self,
+        saga_id: str,
+        hot: Hot,
+        decide: Callable[[dict[str, Any], float], Change | None],
+    ) -> None:
+        """Apply one transition to a hot instance: decide in memory, publish what it sends,
+        and return once its state is committed."""
+        now = time.time()
+        row = {**hot.row, "seq": hot.row["seq"] + 1}
+        change = decide(row, now)
+        if change is None:
+            return
+        hot.row = {
+            **row,
+            **{k: v for k, v in change.values.items() if k in row},
+            "updated_at": now,
+            "rev": hot.row["rev"] + 1,
+        }
+        await self._commit_hot(saga_id, hot, change, [])
+
+    async def _commit_hot(
+        self, saga_id: str, hot: Hot, change: Change, inbox: list[dict[str, Any]]
+    ) -> None:
+        assert self.publish is not None
+        if change.children:
+            raise RuntimeError("a group mode saga cannot start child sagas")
+        publishing = None
+        if change.outbox:
+            rows = change.outbox
+            publishing = (asyncio.ensure_future(self.publish(rows)), rows)
+        await self.store.add(saga_id, hot, change.history, inbox, publishing)
 
     # ── transitions ────────────────────────────────────────────────────────────────────
 
@@ -627,6 +794,8 @@ class Engine:
         entry = of_type(type(command))
         seq = row["seq"]
         message_id = f"{row['id']}.{row['run']}.{seq}.{len(change.outbox)}.{attempt}"
+        if self._definition(row).durability == "group":
+            message_id += GROUP_MARK
         env = Envelope(
             message_id=message_id,
             correlation_id=row["correlation_id"],
@@ -788,8 +957,10 @@ class Engine:
         call = calls[index]
         retry = Retry(**call["retry"])
         deadline = call.get("deadline")
-        if retryable and retry.allows(call["attempt"], error) and (
-            deadline is None or now < deadline
+        if (
+            retryable
+            and retry.allows(call["attempt"], error)
+            and (deadline is None or now < deadline)
         ):
             delay = retry.delay(call["attempt"])
             calls[index] = {**call, "kind": "retry", "retry_at": now + delay}
@@ -826,9 +997,7 @@ class Engine:
     ) -> None:
         if all(c["kind"] == "done" for c in calls):
             replies = [_decoded(c["reply"]) for c in calls]
-            self._run_step(
-                row, self._definition(row), waiting["then"], replies, cause, now, change
-            )
+            self._run_step(row, self._definition(row), waiting["then"], replies, cause, now, change)
             return
         change.values["waiting"] = {**waiting, "calls": calls}
         change.values["wake_at"] = self._all_wake(row, calls)
@@ -837,9 +1006,10 @@ class Engine:
         waiting = row["waiting"]
         calls = [dict(c) for c in waiting["calls"]]
         for i, call in enumerate(calls):
-            if call["kind"] == "call" and call["sent_at"] + call["timeout"] + self._grace(
-                row
-            ) <= now:
+            if (
+                call["kind"] == "call"
+                and call["sent_at"] + call["timeout"] + self._grace(row) <= now
+            ):
                 change.history.append(
                     self._history(row, row["step"], "timed_out", {"attempt": call["attempt"]}, now)
                 )
@@ -1109,11 +1279,25 @@ class Engine:
             raise Conflict(saga_id)
 
 
+def is_group_command(message_id: str | None) -> bool:
+    if not message_id or not message_id.endswith(GROUP_MARK):
+        return False
+    return saga_of_command(message_id) is not None
+
+
+def _ahead(message_id: str, row: dict[str, Any]) -> bool:
+    """True when ``message_id`` names a command of a transition after ``row``'s last one."""
+    parts = message_id.removesuffix(GROUP_MARK).rsplit(".", 4)
+    return (int(parts[1]), int(parts[2])) > (row["run"], row["seq"])
+
+
 def saga_of_command(message_id: str | None) -> str | None:
     """The saga that sent a command, read from the id the engine gave it:
-    ``<saga id>.<run>.<seq>.<n>.<attempt>``; None for anything else."""
+    ``<saga id>.<run>.<seq>.<n>.<attempt>`` (``.g`` after it in group mode); None for anything
+    else."""
     if not message_id:
         return None
+    message_id = message_id.removesuffix(GROUP_MARK)
     parts = message_id.rsplit(".", 4)
     if len(parts) != 5 or not all(p.isdigit() for p in parts[1:]):
         return None

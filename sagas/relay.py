@@ -41,6 +41,16 @@ class Relay:
         )
         self.sent.update(r["id"] for r in rows)
 
+    async def publish_now(self, rows: list[dict[str, Any]]) -> None:
+        """Publish what a group mode transition sends, before its commit: nothing to mark, as
+        such rows reach the outbox only when this fails (RECOVERY.md)."""
+        await asyncio.gather(
+            *(
+                self.js.publish(r["subject"], bytes(r["body"]), headers=dict(r["headers"]))
+                for r in rows
+            )
+        )
+
     async def mark_sent(self) -> int:
         if not self.sent:
             return 0

@@ -53,6 +53,7 @@ class Runner:
     waking: set[str] = field(default_factory=set)
     running: runtime.Running | None = None
     db: AsyncEngine | None = None
+    committer: asyncio.Task[Any] | None = None
 
     async def on_commit(self, outbox: list[dict[str, Any]], wake_now: list[str]) -> None:
         if self.relay is not None and outbox:
@@ -73,10 +74,11 @@ class Runner:
         finally:
             self.waking.discard(saga_id)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self._done)
+        return task
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         self.tasks.discard(task)
@@ -156,10 +158,16 @@ class Runner:
             await asyncio.sleep(SWEEP_INTERVAL)
 
     async def stop(self) -> None:
+        committer = self.committer
         for task in list(self.tasks):
-            task.cancel()
+            if task is not committer:
+                task.cancel()
         if self.running is not None:
-            await self.running.stop()
+            await self.running.stop()  # messages in hand wait for their group commit
+        if committer is not None:
+            committer.cancel()
+        with contextlib.suppress(Exception):
+            await self.engine.store.flush()
         if self.relay is not None:
             with contextlib.suppress(Exception):
                 await self.relay.mark_sent()
@@ -175,6 +183,10 @@ def saga_info(row: dict[str, Any], history: list[dict[str, Any]]) -> SagaInfo:
         waiting_for.append(f"signal:{waiting['name']}")
     elif waiting.get("kind") in ("call", "retry"):
         waiting_for.append(f"reply:{waiting['command']['schema']}")
+    elif waiting.get("kind") == "all":
+        waiting_for.extend(
+            f"reply:{c['command']['schema']}" for c in waiting["calls"] if c["kind"] != "done"
+        )
     elif waiting.get("kind") == "sleep":
         waiting_for.append("timer")
     elif waiting.get("kind") == "child":
@@ -209,10 +221,13 @@ async def start(
     await migrate(url, "sagas")
     db = make_engine(url)
     registry = Registry(definitions if definitions is not None else default_definitions())
-    runner = Runner(engine=Engine(db, registry), db=db)
-    runner.engine.on_commit = runner.on_commit
+    engine = Engine(db, registry, replay_grace=2 * settings.ack_wait)
+    runner = Runner(engine=engine, db=db)
+    engine.on_commit = runner.on_commit
     nc = await connect(settings.nats_url or "nats://127.0.0.1:4222", "soma-sagas-relay")
     runner.relay = Relay(db, nc.jetstream())
+    engine.publish = runner.relay.publish_now
+    runner.committer = runner._spawn(engine.store.run())
     service = runner.service()
     service.shutdown.append(nc.close)
     runner.running = await runtime.start(service, settings, health_port=health_port)

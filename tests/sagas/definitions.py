@@ -6,9 +6,11 @@ from typing import Any
 
 from sagas.definition import (
     Call,
+    CallAll,
     Complete,
     Continue,
     Definition,
+    Reply,
     Retry,
     Run,
     Sleep,
@@ -160,4 +162,70 @@ def v2_end(run: Run[Data], payload: Any) -> Complete:
     return Complete({"version": 2})
 
 
-ALL = [three_steps, retrying, refused, sleeper, approval, parent, versioned_v1]
+# Group mode: one call, two at once, an early reply, one call after it.
+grouped: Definition[Data] = Definition("grouped", version=1, input_type=dict, durability="group")
+
+
+@grouped.start
+def g_first(run: Run[Data]) -> Call:
+    return Call(tool(run, 1), then=g_second, timeout=30)
+
+
+@grouped.step
+def g_second(run: Run[Data], result: ToolResult) -> CallAll:
+    run.data["outputs"] = [result.output]
+    return CallAll(
+        [Call(tool(run, 2), then=g_joined, timeout=30), Call(tool(run, 3), then=g_joined)],
+        then=g_joined,
+    )
+
+
+@grouped.step
+def g_joined(run: Run[Data], results: list[ToolResult]) -> Reply:
+    run.data["outputs"] += [r.output for r in results]
+    return Reply({"outputs": run.data["outputs"]}, then=g_after_reply)
+
+
+@grouped.step
+def g_after_reply(run: Run[Data]) -> Call:
+    return Call(tool(run, 4), then=g_done, timeout=30)
+
+
+@grouped.step
+def g_done(run: Run[Data], result: ToolResult) -> Complete:
+    return Complete({"outputs": [*run.data["outputs"], result.output]})
+
+
+# A call of several that fails for good hands its failure to the next step when it says so.
+joined_failure: Definition[Data] = Definition(
+    "joined_failure", version=1, input_type=dict, durability="group"
+)
+
+
+@joined_failure.start
+def jf_both(run: Run[Data]) -> CallAll:
+    return CallAll(
+        [
+            Call(tool(run, 1), then=jf_joined),
+            Call(tool(run, 2, name="refuse"), then=jf_joined, on_failure=jf_joined),
+        ],
+        then=jf_joined,
+    )
+
+
+@joined_failure.step
+def jf_joined(run: Run[Data], results: list[Any]) -> Complete:
+    return Complete({"kinds": [type(r).__name__ for r in results]})
+
+
+ALL = [
+    three_steps,
+    retrying,
+    refused,
+    sleeper,
+    approval,
+    parent,
+    versioned_v1,
+    grouped,
+    joined_failure,
+]

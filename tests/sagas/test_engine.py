@@ -6,7 +6,10 @@ import asyncio
 
 import pytest
 
+from bus.publish import envelope_for, publish
 from sagas import queries
+from schemas.envelope import new_id
+from schemas.sagas import SagaStart
 from tests.sagas.conftest import Stack
 
 
@@ -141,3 +144,54 @@ async def test_listing_filters_by_type_state_and_tenant_with_paging(stack: Stack
     assert len(page1) == 2 and len(page2) >= 1
     assert not {r["id"] for r in page1} & {r["id"] for r in page2}
     assert await queries.list_instances(stack.db, tenant="other") == []
+
+
+async def test_a_group_mode_saga_completes_with_each_effect_once(stack: Stack) -> None:
+    saga_id = await stack.start("grouped")
+    row = await stack.finished(saga_id)
+    assert row["state"] == "completed", row["error"]
+    assert row["result"] == {"outputs": [f"{saga_id}:{n}" for n in (1, 2, 3, 4)]}
+    for n in (1, 2, 3, 4):
+        assert stack.effects.applied[f"{saga_id}:{n}"] == 1
+        assert stack.effects.deliveries[f"{saga_id}:{n}"] == 1
+
+
+async def test_a_group_mode_saga_records_every_step_in_its_history(stack: Stack) -> None:
+    saga_id = await stack.start("grouped")
+    await stack.finished(saga_id)
+    history = await queries.get_history(stack.db, saga_id)
+    steps = [h["step"] for h in history if h["event"] == "step"]
+    assert steps == ["g_first", "g_second", "g_joined", "g_after_reply", "g_done"]
+
+
+async def test_calls_sent_at_once_are_all_in_flight_before_any_reply(stack: Stack) -> None:
+    saga_id = await stack.start("grouped")
+    await stack.finished(saga_id)
+    history = await queries.get_history(stack.db, saga_id)
+    sent = [h for h in history if h["event"].startswith("command_sent")]
+    assert len(sent) == 4
+    assert sent[1]["seq"] == sent[2]["seq"], "the two calls went out in one transition"
+
+
+async def test_a_reply_event_reaches_the_caller_before_the_saga_finishes(stack: Stack) -> None:
+    saga_id = new_id()
+    seen = []
+    async with stack.requester.watching(saga_id) as events:
+        cmd = SagaStart(saga_type="grouped", saga_id=saga_id)
+        await publish(stack.js, cmd, envelope_for(cmd, tenant="acme", correlation_id=saga_id))
+        async with asyncio.timeout(30):
+            while not seen or seen[-1].schema != "sagas.finished":
+                seen.append(await events.get())
+    schemas = [e.schema for e in seen]
+    assert schemas.index("sagas.replied") < schemas.index("sagas.finished")
+    replied = next(e for e in seen if e.schema == "sagas.replied").payload
+    assert replied.result == {"outputs": [f"{saga_id}:{n}" for n in (1, 2, 3)]}
+
+
+async def test_a_failed_call_of_several_reaches_the_next_step_as_its_failure(
+    stack: Stack,
+) -> None:
+    saga_id = await stack.start("joined_failure")
+    row = await stack.finished(saga_id)
+    assert row["state"] == "completed", row["error"]
+    assert row["result"] == {"kinds": ["ToolResult", "CommandFailed"]}

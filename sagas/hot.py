@@ -1,0 +1,219 @@
+"""Hot instances of group mode sagas and their group commits.
+
+A group mode instance lives in memory while it runs: a transition updates it at once, its
+commands are published at once, and its new state joins the next group commit — one transaction
+for every transition of every instance that happened since the last one. Whoever triggered a
+transition waits for that commit before acknowledging its message (see sagas/RECOVERY.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import and_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from sagas import tables
+
+log = logging.getLogger("soma.sagas.hot")
+
+# How long the committer lets transitions gather before it writes them: the transitions of
+# one chat turn come a few milliseconds apart, and acks wait for the commit, answers do not.
+WINDOW = 0.004
+# Instances kept in memory at most; the oldest settled ones are let go first.
+CAPACITY = 20_000
+_TERMINAL = frozenset({"completed", "failed", "cancelled", "compensated", "compensation_failed"})
+
+
+class LostTransition(RuntimeError):
+    """A transition was not committed (a conflict or a database error): its trigger must be
+    redelivered and applied again to the committed state."""
+
+
+@dataclass
+class Hot:
+    """One instance in memory: its latest state, committed or not."""
+
+    row: dict[str, Any]
+    # The rev of the last state handed to a commit; None while the instance is not inserted.
+    flushed_rev: int | None
+    start_id: str | None = None
+
+
+@dataclass
+class Pending:
+    """What one instance's transitions since the last commit will write."""
+
+    hot: Hot
+    row: dict[str, Any]
+    base_rev: int | None  # the rev the stored row must have; None: insert it
+    history: list[dict[str, Any]] = field(default_factory=list)
+    inbox: list[dict[str, Any]] = field(default_factory=list)
+    publishing: list[tuple[asyncio.Future[Any], list[dict[str, Any]]]] = field(default_factory=list)
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+
+
+Numbered = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+
+
+class HotStore:
+    def __init__(self, db: AsyncEngine, numbered: Numbered) -> None:
+        self.db = db
+        self.numbered = numbered
+        self.postgres = db.dialect.name == "postgresql"
+        self.hot: dict[str, Hot] = {}
+        self.pending: dict[str, Pending] = {}
+        self.wake = asyncio.Event()
+        self.lock = asyncio.Lock()
+
+    def add(
+        self,
+        saga_id: str,
+        hot: Hot,
+        history: list[dict[str, Any]],
+        inbox: list[dict[str, Any]],
+        publishing: tuple[asyncio.Future[Any], list[dict[str, Any]]] | None,
+    ) -> asyncio.Future[None]:
+        """Queue ``hot``'s current state for the next commit; the future resolves once it is
+        committed (or fails with ``LostTransition``)."""
+        pending = self.pending.get(saga_id)
+        if pending is None or pending.hot is not hot:
+            if pending is not None:  # a stale instance's writes: they could only conflict
+                self._fail(pending, "the instance was reloaded")
+            pending = self.pending[saga_id] = Pending(hot, hot.row, hot.flushed_rev)
+        pending.row = hot.row
+        pending.history.extend(history)
+        pending.inbox.extend(inbox)
+        if publishing is not None:
+            pending.publishing.append(publishing)
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        pending.waiters.append(waiter)
+        self.wake.set()
+        return waiter
+
+    def keep(self, saga_id: str, hot: Hot) -> Hot:
+        """Hold ``hot`` in memory unless another copy got there first; return the one held."""
+        held = self.hot.setdefault(saga_id, hot)
+        if len(self.hot) > CAPACITY:
+            for old in list(self.hot)[: len(self.hot) - CAPACITY]:
+                if old not in self.pending and old != saga_id:
+                    self.hot.pop(old, None)
+        return held
+
+    def forget(self, saga_id: str) -> None:
+        """Let an instance go from memory (it is reloaded from the database when next needed)
+        once nothing of it waits to be committed."""
+        if saga_id not in self.pending:
+            self.hot.pop(saga_id, None)
+
+    async def settle(self, saga_id: str) -> None:
+        """Commit whatever of ``saga_id`` is pending and let it go from memory, so that a step
+        mode transaction (a signal, a cancel) meets its stored state."""
+        if saga_id in self.hot:
+            await self.flush()
+            self.hot.pop(saga_id, None)
+
+    async def run(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            await asyncio.sleep(WINDOW)
+            try:
+                await self.flush()
+            except Exception as exc:  # each batch's waiters have been told already
+                log.warning("group commit failed: %s", exc)
+
+    async def flush(self) -> None:
+        async with self.lock:
+            while self.pending:
+                batch, self.pending = self.pending, {}
+                for pending in batch.values():
+                    pending.hot.flushed_rev = pending.row["rev"]
+                await self._commit(batch)
+
+    async def _commit(self, batch: dict[str, Pending]) -> None:
+        unpublished: dict[str, list[dict[str, Any]]] = {}
+        for saga_id, pending in batch.items():
+            for task, rows in pending.publishing:
+                with contextlib.suppress(Exception):
+                    await task
+                if task.cancelled() or task.exception() is not None:
+                    unpublished.setdefault(saga_id, []).extend(rows)
+        try:
+            async with self.db.begin() as conn:
+                for saga_id, pending in batch.items():
+                    await self._write_row(conn, saga_id, pending)
+                await self._write_rest(conn, list(batch.items()), unpublished)
+        except Exception as exc:
+            if len(batch) == 1:
+                for saga_id, pending in batch.items():
+                    log.warning("saga %s: transition not committed: %s", saga_id, exc)
+                    self._lose(saga_id, pending, str(exc))
+                return
+            # One instance's conflict must not cost the others theirs: one at a time.
+            for saga_id, pending in batch.items():
+                await self._commit({saga_id: pending})
+            return
+        for saga_id, pending in batch.items():
+            for waiter in pending.waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            if pending.row["state"] in _TERMINAL and self.hot.get(saga_id) is pending.hot:
+                self.forget(saga_id)
+
+    async def _write_row(self, conn: AsyncConnection, saga_id: str, pending: Pending) -> None:
+        if pending.base_rev is None:
+            await conn.execute(tables.instances.insert().values(**pending.row))
+            return
+        values = {k: v for k, v in pending.row.items() if k != "id"}
+        result = await conn.execute(
+            update(tables.instances)
+            .where(
+                and_(tables.instances.c.id == saga_id, tables.instances.c.rev == pending.base_rev)
+            )
+            .values(**values)
+        )
+        if result.rowcount != 1:
+            raise IntegrityError("rev check", None, Exception(f"saga {saga_id} advanced elsewhere"))
+
+    async def _write_rest(
+        self,
+        conn: AsyncConnection,
+        batch: list[tuple[str, Pending]],
+        unpublished: dict[str, list[dict[str, Any]]],
+    ) -> None:
+        history = [h for _, p in batch for h in p.history]
+        if history:
+            await conn.execute(tables.history.insert(), self.numbered(history))
+        inbox = [i for _, p in batch for i in p.inbox]
+        if inbox:
+            insert = postgresql.insert if self.postgres else sqlite.insert
+            await conn.execute(insert(tables.inbox).on_conflict_do_nothing(), inbox)
+        outbox = [r for rows in unpublished.values() for r in rows]
+        if outbox:
+            # Not published (NATS was away): the relay's sweep sends them from the outbox.
+            await conn.execute(tables.outbox.insert(), outbox)
+
+    def _lose(self, saga_id: str, pending: Pending, why: str) -> None:
+        if self.hot.get(saga_id) is pending.hot:
+            self.hot.pop(saga_id, None)
+        self._fail(pending, why)
+        later = self.pending.get(saga_id)
+        if later is not None and later.hot is pending.hot:
+            del self.pending[saga_id]
+            self._fail(later, why)
+
+    def _fail(self, pending: Pending, why: str) -> None:
+        for waiter in pending.waiters:
+            if not waiter.done():
+                waiter.set_exception(LostTransition(why))
+
+
+Publish = Callable[[list[dict[str, Any]]], Awaitable[None]]
