@@ -166,3 +166,24 @@ async def test_two_runners_on_one_database_never_advance_the_same_instance_twice
         assert len(sent) == 2, "no command sent twice"
         assert effects.deliveries[f"{saga_id}:1"] == 1
         assert effects.deliveries[f"{saga_id}:2"] == 1
+
+
+async def test_kill_9_of_a_group_mode_runner_loses_no_command_and_doubles_none(setup) -> None:  # type: ignore[no-untyped-def]
+    effects, js, runners, db = setup
+    rng = random.Random(11)
+    runner = runners.start()
+    ids = [await start_saga(js, "grouped") for _ in range(50)]
+    for _ in range(3):
+        await asyncio.sleep(rng.uniform(0.05, 0.4))
+        runners.kill(runner)
+        runner = runners.start()
+    rows = await all_finished(db, ids, timeout=90)
+    assert {r["state"] for r in rows} == {"completed"}
+    for saga_id, row in zip(ids, rows, strict=True):
+        assert row["result"] == {"outputs": [f"{saga_id}:{n}" for n in (1, 2, 3, 4)]}
+        for n in (1, 2, 3, 4):
+            assert effects.applied[f"{saga_id}:{n}"] == 1
+            assert effects.deliveries[f"{saga_id}:{n}"] == 1, "a re-sent command is dropped"
+        history = await queries.get_history(db, saga_id)
+        steps = [h["step"] for h in history if h["event"] == "step"]
+        assert steps == ["g_first", "g_second", "g_joined", "g_after_reply", "g_done"]
