@@ -5,6 +5,11 @@ A request with an ``Idempotency-Key`` uses the request's stable id as saga id (`
 its retry — on this gateway or on another one after a crash — never starts a second turn: the
 start (same message id, ``id_conflict="use_existing"``) attaches to the running saga, and a saga
 that has already ended is answered from the saga query, since its ``sagas.finished`` went by.
+
+The turn's answer is its ``sagas.replied`` event, sent as soon as the answer is final; the saga
+goes on to store the turn in memory and ends (``sagas.finished``) after that. A turn that ends
+without replying (a refusal, a failure) is answered by its ``sagas.finished``. A retry finds the
+answer in the saga's ``result`` as soon as it replied, ended or not.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from schemas.catalogue import of_type
 from schemas.chat import ChatTurnInput, ChatTurnResult
 from schemas.common import CommandFailed
 from schemas.saga_queries import SagaQueried, SagaQuery
-from schemas.sagas import SagaCancel, SagaFinished, SagaStart
+from schemas.sagas import SagaCancel, SagaFinished, SagaReplied, SagaStart
 from schemas.slm import ChatMessage, ToolCall, ToolSpec
 
 log = logging.getLogger("soma.gateway.chat")
@@ -188,8 +193,14 @@ async def finished(dispatch: Dispatch, principal: Principal, saga_id: str) -> Re
         log.warning("asking for chat turn %s failed: %s", saga_id, exc)
         return None
     saga = answer.saga
-    if saga is None or saga.state not in ENDED:
+    if saga is None:
         return None
+    if saga.state not in ENDED:
+        if saga.result is None:
+            return None
+        replied = SagaReplied(saga_id=saga.saga_id, saga_type=saga.saga_type, result=saga.result)
+        env = envelope_for(replied, tenant=principal.tenant, correlation_id=saga_id)
+        return Reply(env, of_type(SagaReplied).name, replied)
     event = SagaFinished(
         saga_id=saga.saga_id,
         saga_type=saga.saga_type,
@@ -211,9 +222,10 @@ async def cancel(dispatch: Dispatch, principal: Principal, saga_id: str, reason:
 
 
 def is_end(reply: Reply, saga_id: str) -> bool:
-    """The saga's own end, or the refusal of its start; other services' ``failed`` events of the
-    same correlation are steps the saga handles itself (retries, fallbacks)."""
-    if isinstance(reply.payload, SagaFinished):
+    """The saga's answer or its own end, or the refusal of its start; other services'
+    ``failed`` events of the same correlation are steps the saga handles itself (retries,
+    fallbacks)."""
+    if isinstance(reply.payload, SagaFinished | SagaReplied):
         return reply.payload.saga_id == saga_id
     return isinstance(reply.payload, CommandFailed) and reply.payload.command == "sagas.start"
 
@@ -240,6 +252,13 @@ def outcome(reply: Reply, model: str) -> ChatTurnResult:
     if isinstance(payload, CommandFailed):
         log.warning("chat turn refused: %s", payload.error)
         raise failure_error(payload.error, model)
+    if isinstance(payload, SagaReplied):
+        payload = SagaFinished(
+            saga_id=payload.saga_id,
+            saga_type=payload.saga_type,
+            state="completed",
+            result=payload.result,
+        )
     assert isinstance(payload, SagaFinished)
     if payload.state != "completed" or payload.result is None:
         log.warning("chat turn %s ended %s: %s", payload.saga_id, payload.state, payload.error)

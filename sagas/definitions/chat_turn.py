@@ -1,10 +1,16 @@
 """The chat turn: one request's lifecycle, from the caller's prompt to the reply.
 
-    check the prompt (policy) ─deny→ reply with content_filter
-      → recall memories → ask the model
+    check the prompt (policy) and recall memories, at once ─deny→ reply with content_filter
+      → ask the model
           ├─ caller's tool calls → reply with tool_calls
           ├─ platform tool calls → policy → tool → ask the model again (bounded)
-          └─ answer → check the answer (policy) → store the turn → reply
+          └─ answer → check the answer (policy) → reply → store the turn → end
+
+The caller has its answer (``sagas.replied``) as soon as the answer check passes; the memory
+write comes after it, and ``sagas.finished`` after that. A chat turn runs in group mode
+(sagas/RECOVERY.md): its state is committed in group commits, off the turn's path. A recall
+runs on the prompt as the caller sent it, beside its check; its memories are the caller's own
+and are dropped unread when the check denies the prompt.
 
 Token deltas of every model call go to ``soma.stream.<correlation id>`` when the caller streams.
 
@@ -26,7 +32,17 @@ from typing import Any
 
 import msgspec
 
-from sagas.definition import Action, Call, Complete, Continue, Definition, Retry, Run
+from sagas.definition import (
+    Action,
+    Call,
+    CallAll,
+    Complete,
+    Continue,
+    Definition,
+    Reply,
+    Retry,
+    Run,
+)
 from schemas.base import Usage
 from schemas.chat import ChatTurnInput, ChatTurnResult, PolicyVerdict
 from schemas.common import CommandFailed
@@ -35,7 +51,9 @@ from schemas.policy import PolicyEvaluate, PolicyEvaluated
 from schemas.slm import ChatMessage, SlmComplete, SlmCompleted, ToolCall, ToolSpec
 from schemas.tools import ToolInvoke, ToolResult
 
-chat_turn: Definition[ChatTurnInput] = Definition("chat_turn", version=1, input_type=ChatTurnInput)
+chat_turn: Definition[ChatTurnInput] = Definition(
+    "chat_turn", version=2, input_type=ChatTurnInput, durability="group"
+)
 
 Turn = Run[ChatTurnInput]
 
@@ -105,21 +123,54 @@ def _stream_subject(run: Turn) -> str | None:
 def check_prompt(run: Turn) -> Action:
     messages = _messages(run)
     _save_messages(run, messages)
-    if not run.input.use_policy:
-        return Continue(then=recall)
     text = _last_user_text(messages)
-    return Call(
-        PolicyEvaluate(
-            stage="prompt",
-            text=text,
-            role=run.input.role,
-            key_id=run.input.key_id,
-            tokens_requested=run.input.max_tokens or 0,
-        ),
-        then=prompt_checked,
-        timeout=10,
-        retry=QUICK,
-    )
+    calls = []
+    if run.input.use_policy:
+        calls.append(
+            Call(
+                PolicyEvaluate(
+                    stage="prompt",
+                    text=text,
+                    role=run.input.role,
+                    key_id=run.input.key_id,
+                    tokens_requested=run.input.max_tokens or 0,
+                ),
+                then=prepared,
+                timeout=10,
+                retry=QUICK,
+            )
+        )
+    if run.input.use_memory and text:
+        calls.append(
+            Call(
+                MemoryRecall(
+                    query=text,
+                    user=run.input.user,
+                    session=run.input.session,
+                    top_k=5,
+                    caller_role=run.input.role,
+                ),
+                then=prepared,
+                timeout=10,
+                retry=QUICK,
+                # A memory outage degrades the answer, it does not fail it.
+                on_failure=prepared,
+            )
+        )
+    return CallAll(calls, then=prepared)
+
+
+@chat_turn.step
+def prepared(run: Turn, replies: list[Any]) -> Action:
+    recalled = None
+    for r in replies:
+        if isinstance(r, PolicyEvaluated):
+            action = prompt_checked(run, r)
+            if not isinstance(action, Continue):
+                return action
+        else:
+            recalled = r
+    return ask_model(run, recalled)
 
 
 @chat_turn.step
@@ -185,6 +236,7 @@ def ask_model(run: Turn, recalled: MemoryRecalled | CommandFailed | None = None)
             response_format=i.response_format,
             user=i.user,
             stream_subject=_stream_subject(run),
+            key_id=i.key_id,
         ),
         then=model_answered,
         timeout=180,
@@ -217,7 +269,7 @@ def model_answered(run: Turn, done: SlmCompleted) -> Action:
     run.data["answer"] = msgspec.to_builtins(done.message)
     run.data["finish_reason"] = done.finish_reason
     if not run.input.use_policy:
-        return Continue(then=store_turn)
+        return _answered(run)
     return Call(
         PolicyEvaluate(stage="answer", text=done.message.content or "", role=run.input.role),
         then=answer_checked,
@@ -301,7 +353,16 @@ def answer_checked(run: Turn, verdict: PolicyEvaluated) -> Action:
         return _refusal(run, verdict)
     if verdict.decision == "redact" and verdict.redacted_text is not None:
         run.data["answer"]["content"] = verdict.redacted_text
-    return Continue(then=store_turn)
+    return _answered(run)
+
+
+def _answered(run: Turn) -> Action:
+    """The answer is final: the caller gets it now, the memory write follows."""
+    answer = msgspec.convert(run.data["answer"], ChatMessage)
+    result = _reply(run, answer, run.data.get("finish_reason", "stop")).result
+    if not run.input.use_memory:
+        return Complete(result)
+    return Reply(result, then=store_turn)
 
 
 @chat_turn.step
