@@ -37,8 +37,8 @@ operators their tools: publish, tail, streams, dead letters, schemas, migrations
 **Environment** (all optional; each command's --help lists the ones it reads)
 
 * `NATS_URL` — NATS server(s), comma-separated; unset: `soma up` starts its own
-* `DATABASE_URL` — PostgreSQL; unset: a SQLite file under `SOMA_DATA_DIR`
-* `SOMA_DATA_DIR` — embedded data (JetStream store, SQLite, local Qdrant); default `./.soma`
+* `DATABASE_URL` — PostgreSQL; unset: a SQLite file per area under `SOMA_DATA_DIR`
+* `SOMA_DATA_DIR` — embedded data (JetStream, SQLite files, memory vectors); default `./.soma`
 * `SOMA_HTTP_PORT` — the gateway's port; default 8080
 """,
     rich_markup_mode="markdown",

@@ -1,7 +1,7 @@
 """Settings from the environment; anything unset falls back to the embedded defaults.
 
-Embedded defaults need no services: the wheel's nats-server, a SQLite file per area and a local
-Qdrant folder under ``SOMA_DATA_DIR``, and in-process rate limits.
+Embedded defaults need no services: the wheel's nats-server, a SQLite file per area and an
+in-process Qdrant edge shard under ``SOMA_DATA_DIR``, and in-process rate limits.
 """
 
 from __future__ import annotations

@@ -347,7 +347,7 @@ os._exit(0)
 async def test_a_file_in_the_data_folder_is_out_of_view(
     isolation: Isolation, tmp_path: Path
 ) -> None:
-    secret = tmp_path / "data" / "qdrant" / "collection" / "points.json"
+    secret = tmp_path / "data" / "vectors" / "memories" / "points.json"
     secret.parent.mkdir(parents=True)
     secret.write_text('{"tenant": "acme", "text": "private memory"}')
     secret.chmod(0o644)
