@@ -27,7 +27,7 @@ from schemas.catalogue import STREAMS
 from schemas.envelope import CORRELATION_ID, SCHEMA
 from tests.faults.load import Load
 
-SETTLE_TIMEOUT = 120.0
+SETTLE_TIMEOUT = 90.0
 
 
 @dataclass
@@ -223,16 +223,19 @@ async def account(
     async with db.connect() as conn:
         rows = (
             await conn.execute(
-                select(i.c.id, i.c.input, i.c.state).where(
+                select(i.c.id, i.c.input, i.c.state, i.c.result).where(
                     i.c.type == "chat_turn", i.c.created_at >= load.started_at - 5
                 )
             )
         ).mappings()
         sagas_of: dict[str, list[str]] = {}
+        answers: dict[str, str] = {}
         for row in rows:
             marker = _marker_of(row["input"], load)
             if marker is not None:
                 sagas_of.setdefault(marker, []).append(row["id"])
+                message = (row["result"] or {}).get("message") or {}
+                answers[row["id"]] = message.get("content") or ""
         turn_ids = [s for ids in sagas_of.values() for s in ids]
         written = Counter[str]()
         if turn_ids:
@@ -271,6 +274,12 @@ async def account(
             figures.problems.append(f"{turn.marker} has {used} model usage records")
         if turn.answered and ids and turn.saga_id not in ids:
             figures.problems.append(f"{turn.marker} answered from another saga {turn.saga_id}")
+        elif turn.answered and turn.text != answers.get(turn.saga_id or ""):
+            how = "streamed" if turn.streamed else "returned"
+            figures.problems.append(
+                f"{turn.marker} {how} {len(turn.text)} characters that are not its answer "
+                f"({len(answers.get(turn.saga_id or '', ''))} characters): {turn.text[:160]!r}"
+            )
 
     for task in load.tasks:
         # A plan, one call per step, a report: any other count is a lost or a repeated call.

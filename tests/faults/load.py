@@ -2,13 +2,15 @@
 
 The clients behave as real ones do: each request carries an ``Idempotency-Key``, and after a
 connection error, a 5xx, a 429 or a 409 "still being processed" the same request is sent again
-with the same key, until an answer comes or the client's patience runs out. Every turn says a
+with the same key, until an answer comes or the client's patience runs out; every other turn is
+streamed, and a broken stream is asked for again in the same way. Every turn says a
 marker of its own, so what the system did for it can be found again in its stores.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -24,7 +26,7 @@ TURNS_AFTER_FAULT = 6
 MAX_TURNS = 48
 TASKS = 2
 PAUSE = 0.1  # between one client's turns
-PATIENCE = 150.0  # how long a client keeps retrying one request
+PATIENCE = 90.0  # how long a client keeps retrying one request, all attempts together
 RETRY_AFTER = 0.5
 _RETRIED = {409, 429, 500, 502, 503, 504}
 CALCULATOR = {
@@ -50,6 +52,8 @@ class Outcome:
     attempts: int = 0
     errors: list[str] = field(default_factory=list)
     replayed: bool = False
+    streamed: bool = False
+    text: str = ""  # the answer as the client got it, streamed or whole
 
 
 @dataclass
@@ -105,12 +109,16 @@ class Load:
             await asyncio.sleep(RETRY_AFTER)
 
     async def turn(self, client: httpx.AsyncClient, n: int) -> Outcome:
-        outcome = Outcome(self.marker(n))
+        """Every other turn is streamed."""
+        outcome = Outcome(self.marker(n), streamed=n % 2 == 1)
         self.turns.append(outcome)
-        body = {
+        body: dict[str, Any] = {
             "model": MODEL,
             "messages": [{"role": "user", "content": self.prompt(outcome.marker)}],
         }
+        if outcome.streamed:
+            await self._streamed(client, {**body, "stream": True}, outcome)
+            return outcome
         response = await self._post(client, "/v1/chat/completions", body, outcome)
         if response is None:
             return outcome
@@ -119,11 +127,55 @@ class Load:
         if response.status_code == 200:
             completion = response.json()
             content = completion["choices"][0]["message"]["content"]
+            outcome.text = content or ""
             outcome.answered = bool(content)
             outcome.saga_id = completion["id"].removeprefix("chatcmpl-")
         else:
             outcome.errors.append(f"{response.status_code} {response.text[:200]}")
         return outcome
+
+    async def _streamed(
+        self, client: httpx.AsyncClient, body: dict[str, Any], outcome: Outcome
+    ) -> None:
+        """A streamed turn: a stream that breaks, or ends in an error event, is asked for again
+        with the same key; only a stream that reaches ``[DONE]`` counts as the answer."""
+        headers = {"Authorization": f"Bearer {self.api_key}", "Idempotency-Key": str(uuid.uuid4())}
+        deadline = time.monotonic() + PATIENCE
+        while True:
+            outcome.attempts += 1
+            try:
+                # Keep-alive comments would hold a stuck stream open for ever: bound it as a whole.
+                async with (
+                    asyncio.timeout(max(deadline - time.monotonic(), 1.0)),
+                    client.stream(
+                        "POST", "/v1/chat/completions", json=body, headers=headers
+                    ) as response,
+                ):
+                    outcome.status = response.status_code
+                    if response.status_code == 200:
+                        text, ident, error = await _read_stream(response)
+                        if error is None:
+                            outcome.text = text
+                            outcome.answered = bool(text)
+                            outcome.saga_id = ident.removeprefix("chatcmpl-")
+                            return
+                        outcome.errors.append(f"stream: {error}")
+                    else:
+                        await response.aread()
+                        code = _error_code(response)
+                        retried = response.status_code in _RETRIED and (
+                            response.status_code != 409 or code == "idempotency_key_in_use"
+                        )
+                        outcome.errors.append(f"{response.status_code} {code}".strip())
+                        if not retried:
+                            return
+            except httpx.TransportError as exc:
+                outcome.errors.append(type(exc).__name__)
+            except TimeoutError:
+                outcome.errors.append(f"no end of the stream within {PATIENCE:.0f}s")
+            if time.monotonic() > deadline:
+                return
+            await asyncio.sleep(RETRY_AFTER)
 
     async def task(self, client: httpx.AsyncClient, k: int) -> TaskOutcome:
         """Start a task with the client's own id, then follow it to its end.
@@ -226,6 +278,25 @@ class Load:
                 *(client_loop(client) for _ in range(CLIENTS)),
                 *(task_at_fault(k) for k in range(TASKS)),
             )
+
+
+async def _read_stream(response: httpx.Response) -> tuple[str, str, str | None]:
+    """The streamed text, the completion id, and the error that ended the stream (if any)."""
+    pieces: list[str] = []
+    ident = ""
+    async for line in response.aiter_lines():
+        if not line.startswith("data: "):
+            continue
+        data = line[len("data: ") :]
+        if data == "[DONE]":
+            return "".join(pieces), ident, None
+        chunk = json.loads(data)
+        if "error" in chunk:
+            return "".join(pieces), ident, str(chunk["error"].get("code") or chunk["error"])
+        ident = chunk.get("id") or ident
+        for choice in chunk.get("choices") or []:
+            pieces.append((choice.get("delta") or {}).get("content") or "")
+    return "".join(pieces), ident, "the stream ended before [DONE]"
 
 
 def _error_code(response: httpx.Response) -> str:
