@@ -6,5 +6,6 @@ from typing import Any
 from sagas.definition import Definition
 from sagas.definitions.agent_task import agent_task
 from sagas.definitions.chat_turn import chat_turn
+from sagas.definitions.chat_turn_v1 import chat_turn_v1
 
-ALL: list[Definition[Any]] = [chat_turn, agent_task]
+ALL: list[Definition[Any]] = [chat_turn, chat_turn_v1, agent_task]
