@@ -53,6 +53,18 @@ def system(
             yield from _running(fault_env(data, database_url=database_url, redis_url=REDIS_URL))
     else:
         yield from _running(fault_env(data, database_url=None, redis_url=None))
+    _summarise(request.config, f"{request.param}-")
+
+
+def _summarise(config: pytest.Config, prefix: str) -> None:
+    """The variant's figures in pytest's own report, so they show without ``-s`` too."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
+    reporter.write_line("")
+    for figures in RECORDED:
+        if figures.scenario.startswith(prefix):
+            reporter.write_line(figures.line())
 
 
 def _running(env: dict[str, str]) -> Iterator[System]:
