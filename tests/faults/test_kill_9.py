@@ -22,6 +22,7 @@ pytest's base temporary folder.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -59,12 +60,14 @@ def system(
 def _summarise(config: pytest.Config, prefix: str) -> None:
     """The variant's figures in pytest's own report, so they show without ``-s`` too."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
     if reporter is None:
         return
-    reporter.write_line("")
-    for figures in RECORDED:
-        if figures.scenario.startswith(prefix):
-            reporter.write_line(figures.line())
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        reporter.write_line("")
+        for figures in RECORDED:
+            if figures.scenario.startswith(prefix):
+                reporter.write_line(figures.line())
 
 
 def _running(env: dict[str, str]) -> Iterator[System]:
