@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -172,3 +173,17 @@ def area_engines(branch: str) -> tuple[Any, Any, Any, Any]:
         return request.getfixturevalue(f"{request.param}_engine")
 
     return sqlite_engine, postgresql_url, postgresql_engine, engine
+
+
+def stop_processes(procs: Iterable[subprocess.Popen[bytes]], grace: float = 15.0) -> None:
+    """Ask every process to stop at once, then wait for each; kill one that outlives ``grace``."""
+    procs = list(procs)
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(grace)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import signal
 import subprocess
 import sys
 from collections import defaultdict
@@ -25,7 +24,7 @@ from schemas.chat import ChatTurnInput
 from schemas.envelope import new_id
 from schemas.sagas import SagaFinished, SagaStart
 from schemas.slm import ChatMessage, SlmCompleted
-from tests.servers import NatsServer, nats_server
+from tests.servers import NatsServer, nats_server, stop_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 PROCESSES = ["policy", "memory", "slm", "tools", "sagas", "analytics"]
@@ -79,13 +78,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
         try:
             yield server
         finally:
-            for p in procs:
-                p.send_signal(signal.SIGTERM)
-            for p in procs:
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_processes(procs)
 
 
 @pytest.fixture(scope="module")

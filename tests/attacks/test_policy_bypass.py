@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -34,7 +33,7 @@ from schemas.slm import ChatMessage, ToolSpec
 from schemas.tools import ToolInvoke, ToolResult
 from soma.db import make_engine
 from tests.e2e.conftest import wait_for_consumers
-from tests.servers import NatsServer, free_port, nats_server, postgres_database
+from tests.servers import NatsServer, free_port, nats_server, postgres_database, stop_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 PROCESSES = ["policy", "memory", "slm", "tools", "sagas", "identity", "gateway"]
@@ -132,13 +131,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
             _wait_for_gateway(base, keys["root"])
             yield System(server, database_url, base, keys)
         finally:
-            for p in procs:
-                p.send_signal(signal.SIGTERM)
-            for p in procs:
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_processes(procs)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -14,7 +13,7 @@ import pytest
 
 from bus.connection import connect
 from bus.request import Requester
-from tests.servers import NatsServer, nats_server, postgres_database
+from tests.servers import NatsServer, nats_server, postgres_database, stop_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 PROCESSES = ["policy", "memory", "slm", "tools", "sagas"]
@@ -61,13 +60,7 @@ def system(
             try:
                 yield System(server, env, procs)
             finally:
-                for p in procs.values():
-                    p.send_signal(signal.SIGTERM)
-                for p in procs.values():
-                    try:
-                        p.wait(15)
-                    except subprocess.TimeoutExpired:
-                        p.kill()
+                stop_processes(procs.values())
 
 
 class _nothing:

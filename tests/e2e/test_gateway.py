@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import openai
 import pytest
 
 from tests.e2e.conftest import ROOT, System
-from tests.servers import free_port
+from tests.servers import free_port, stop_processes
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +64,7 @@ def gateway(system: System) -> Iterator[tuple[str, str]]:
             raise AssertionError("the gateway did not answer within 60 s")
         yield base, key
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            p.wait(15)
+        stop_processes(procs)
 
 
 @pytest.fixture

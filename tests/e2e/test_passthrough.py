@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -34,7 +33,7 @@ from bus.connection import connect
 from schemas.catalogue import STREAMS
 from schemas.slm import SlmCompleted
 from tests.e2e.conftest import ROOT, wait_for_consumers
-from tests.servers import NatsServer, free_port, nats_server
+from tests.servers import NatsServer, free_port, nats_server, stop_processes
 from tests.slm.fake_openai import openai_app
 from tests.slm.scripted import Reply, Script, serving
 
@@ -119,13 +118,7 @@ def processes(
         try:
             yield server, f"http://127.0.0.1:{port}", key
         finally:
-            for p in procs:
-                p.send_signal(signal.SIGTERM)
-            for p in procs:
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_processes(procs)
 
 
 @pytest.fixture(scope="module")

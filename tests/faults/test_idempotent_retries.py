@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -26,7 +25,7 @@ from nats.js.api import DeliverPolicy
 from bus.connection import connect
 from schemas.catalogue import STREAMS
 from tests.e2e.conftest import wait_for_consumers
-from tests.servers import NatsServer, free_port, nats_server, require_service
+from tests.servers import NatsServer, free_port, nats_server, require_service, stop_processes
 from tests.slm.fake_openai import openai_app
 from tests.slm.scripted import Reply, Script, serving
 
@@ -93,13 +92,7 @@ def system(data_dir: Path, upstream: tuple[str, Script]) -> Iterator[System]:
         try:
             yield System(server, env, script, key)
         finally:
-            for p in procs:
-                p.send_signal(signal.SIGTERM)
-            for p in procs:
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_processes(procs)
 
 
 @pytest.fixture(scope="module")
