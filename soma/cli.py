@@ -381,6 +381,76 @@ def tail(
 
 
 @app.command()
+def trace(
+    correlation: str = typer.Argument(
+        ..., help="The correlation id: a chat completion's id without 'chatcmpl-', a saga's id, "
+        "or the c: column of `soma tail`, in full.", show_default=False,
+    ),
+    since: str = typer.Option(
+        "1h", "--since", "-s", help="Look this far back (30s, 10m, 2h, 1d) or from a time "
+        "(2026-11-25T10:00:00, local; or with Z / +01:00).",
+    ),
+    everything: bool = typer.Option(
+        False, "--all", "-a", help="Look through everything the streams keep (slow on big ones)."
+    ),
+    tenant: str = typer.Option(
+        "", "--tenant", "-t", help="Only this tenant's subjects: the server skips the rest.",
+        show_default=False,
+    ),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per message."),
+) -> None:
+    """Tell one turn's story: every command and event of a correlation id, in order, timed.
+
+    Reads the commands and events streams (SOMA_CMD, SOMA_EVT) from --since on, keeps the
+    messages that carry the correlation id, and orders them by the time the server stored
+    them. Each line shows the time since the first message (+ms), the gap from the one
+    before (the hop that produced it: the bus, the process that handled the message before,
+    and any queue in between; the three largest in bold), whether it is a command or an
+    event, its type, who published it (for a command, publisher → consumer) and its
+    message id. The readable table's title gives the count and the whole span.
+
+    --json prints one object per message instead: index, since_first_ms, gap_ms, kind,
+    schema, publisher, service, time, publish_ms (from the envelope's creation to the server
+    storing it), stream, seq, subject, message_id, causation_id and payload.
+
+    The trace reads through ephemeral consumers: it takes no work from any handler. It exits
+    with status 1 and says where it looked when no message has the id.
+
+    **Examples**
+
+        soma trace 3f2a9c1e0b7d4c55a1e2f3a4b5c6d7e8
+        soma trace 3f2a9c1e0b7d4c55a1e2f3a4b5c6d7e8 --since 2d --tenant acme
+        soma trace 3f2a9c1e0b7d4c55a1e2f3a4b5c6d7e8 --json | jq -s 'sort_by(-.gap_ms)[:3]'
+
+    **Environment**
+
+    * `NATS_URL` — the NATS server (default: the one `soma up` recorded, else :4222)
+    """
+    from soma import tail as tailing
+    from soma import trace as tracing
+
+    try:
+        start = tailing.start_point(None if everything else since, None, everything)
+    except tailing.TailError as exc:
+        terminal.fail(str(exc), terminal.USAGE)
+
+    async def tell() -> None:
+        async with terminal.bus(terminal.settings(), "soma-trace") as (_nc, js):
+            try:
+                steps = await tracing.collect(js, correlation, start, tenant or None)
+            except (tracing.TraceError, tailing.TailError) as exc:
+                terminal.fail(str(exc))
+            if as_json:
+                for line in tracing.json_lines(steps):
+                    sys.stdout.write(line + "\n")
+                sys.stdout.flush()
+            else:
+                terminal.out.print(tracing.table(steps, correlation))
+
+    terminal.run(tell())
+
+
+@app.command()
 def streams(
     as_json: bool = typer.Option(False, "--json", help="Print the figures as one JSON object."),
 ) -> None:
