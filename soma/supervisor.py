@@ -14,14 +14,17 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import IO
+from urllib.parse import urlsplit
 
 from rich.console import Console
 from rich.table import Table
@@ -298,8 +301,8 @@ class Supervisor:
 
     def _spawn(self, child: Child) -> None:
         env = {
-            **os.environ,
-            "NATS_URL": self.nats_url,
+            **{k: v for k, v in os.environ.items() if not _PASSWORD_VARIABLE.fullmatch(k)},
+            "NATS_URL": process_nats_url(self.nats_url, child.name, os.environ),
             "SOMA_HEALTH_PORT": str(child.port),
             "SOMA_SUPERVISOR_PID": str(os.getpid()),
             "PYTHONUNBUFFERED": "1",
@@ -318,9 +321,7 @@ class Supervisor:
         child.ready = False
         child.restart_at = None
         assert child.proc.stdout is not None
-        reader = threading.Thread(
-            target=self._relay, args=(child, child.proc.stdout), daemon=True
-        )
+        reader = threading.Thread(target=self._relay, args=(child, child.proc.stdout), daemon=True)
         reader.start()
         child.readers.append(reader)
         verb = "restarted" if child.restarts else "started"
@@ -499,6 +500,29 @@ class Supervisor:
             child.proc.wait(5)
             why = "on a second signal" if self.hurry else f"within {timeout:.0f}s"
             self.say(f"killed {child.name}: it did not stop {why}", style="yellow")
+
+
+_PASSWORD_VARIABLE = re.compile(r"NATS_[A-Z0-9_]+_PASSWORD")
+
+
+def process_nats_url(url: str, name: str, environ: Mapping[str, str]) -> str:
+    """``url`` with the process's own NATS user when ``NATS_<NAME>_PASSWORD`` is set.
+
+    Against a server that enforces nats-accounts.conf every process must connect as its own
+    user, with the permissions of that user alone; the passwords are the ones the server itself
+    reads (``NATS_<USER>_PASSWORD``), and no child is given any password but its own. Without
+    that variable the process connects as ``url`` says (the embedded server has no users).
+    """
+    password = environ.get(f"NATS_{name.upper().replace('-', '_')}_PASSWORD")
+    if not password:
+        return url
+    servers = []
+    for server in url.split(","):
+        server = server.strip()
+        scheme, _, rest = server.rpartition("://")
+        host = urlsplit(f"nats://{rest}").netloc.rpartition("@")[2]
+        servers.append(f"{scheme or 'nats'}://{name}:{password}@{host}")
+    return ",".join(servers)
 
 
 def safe_url(url: str) -> str:

@@ -112,7 +112,7 @@ def test_the_kustomization_lists_files_that_exist() -> None:
 def test_nats_cluster_conf_is_valid() -> None:
     result = subprocess.run(
         [nats_server_binary(), "-t", "-c", str(DEPLOY / "nats-cluster.conf")],
-        env=clean_env(SERVER_NAME="nats-0", **PASSWORDS),
+        env=clean_env(SERVER_NAME="nats-0", NATS_STORE_DIR="/data/jetstream", **PASSWORDS),
         capture_output=True,
         text=True,
         timeout=30,
