@@ -26,7 +26,7 @@ from bus.errors import Rejected
 from bus.metrics import count, observe
 from bus.publish import publish
 from bus.service import BatchHandler, Delivery, Handler
-from bus.tracing import consuming, current_traceparent
+from bus.tracing import bind, consuming, current_traceparent
 from schemas.catalogue import MessageType, UnknownMessage, by_subject, failed_event, of_type
 from schemas.common import CommandFailed
 from schemas.envelope import Envelope, EnvelopeError
@@ -126,6 +126,7 @@ def make_processor(
         except EnvelopeError as exc:
             await to_dead_letters(msg, f"undecodable envelope: {exc}", None, deliveries)
             return
+        bind(env.correlation_id, env.tenant)
         if deliveries > policy.max_deliver:
             # Delivered again and again without an outcome: it kills or hangs its handler.
             reason = f"delivered {deliveries} times without an outcome (handler crashed or hung)"
@@ -153,7 +154,7 @@ def make_processor(
 
         started = time.perf_counter()
         beat = _Heartbeat([msg], policy.heartbeat)
-        with consuming(env.traceparent, f"{service} {entry.name}"):
+        with consuming(env, f"{service} {entry.name}", msg.subject):
             try:
                 result = await handler(payload, env)
                 if result is not None and emit_replies:
@@ -235,6 +236,7 @@ def make_batch_processor(
         except EnvelopeError as exc:
             await to_dead_letters(msg, f"undecodable envelope: {exc}", None, deliveries)
             return None
+        bind(env.correlation_id, env.tenant)
         if deliveries > policy.max_deliver:
             reason = f"delivered {deliveries} times without an outcome (handler crashed or hung)"
             await to_dead_letters(msg, reason, env, deliveries)
@@ -258,7 +260,7 @@ def make_batch_processor(
         name, env = delivery.name, delivery.env
         started = time.perf_counter()
         beat = _Heartbeat([msg], policy.heartbeat)
-        with consuming(env.traceparent, f"{service} {name}"):
+        with consuming(env, f"{service} {name}", msg.subject):
             try:
                 await handler([delivery])
             except Rejected as exc:

@@ -8,6 +8,7 @@ import msgspec
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from bus import tracing
 from bus.errors import PayloadTooLarge
 from bus.tracing import current_traceparent
 from schemas.catalogue import MessageType, of_type
@@ -87,6 +88,17 @@ async def publish(
     """
     entry = entry or of_type(type(message))
     subject = entry.subject(env.tenant, env.correlation_id)
+    tracing.bind(env.correlation_id, env.tenant)
+    if tracing.enabled() and env.traceparent:
+        with tracing.producing(env.traceparent, entry.name, subject) as traceparent:
+            env = msgspec.structs.replace(env, traceparent=traceparent)
+            return await _publish(js, message, env, subject, timeout)
+    return await _publish(js, message, env, subject, timeout)
+
+
+async def _publish(
+    js: JetStreamContext, message: msgspec.Struct, env: Envelope, subject: str, timeout: float
+) -> Published:
     data, headers = encode(message), env.to_headers()
     check_size(js._nc, subject, data, headers)
     ack = await js.publish(subject, data, timeout=timeout, headers=headers)

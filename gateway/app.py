@@ -14,8 +14,11 @@ from typing import Any
 import sqlalchemy as sa
 import uvicorn
 from fastapi import FastAPI
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
 from redis.asyncio import Redis
 
+from bus import tracing
 from bus.connection import connect
 from bus.request import Requester
 from bus.streams import provision
@@ -43,18 +46,15 @@ from gateway.routes import (
 )
 from gateway.tokens import TokenRules, TokenVerifier
 from schemas.identity import (
+    REVOCATIONS_BUCKET,
     SYSTEM_TENANT,
-    IdentityJwks,
-    IdentityJwksPublished,
     IdentityKeyVerified,
-    IdentityRevocations,
-    IdentityRevocationsListed,
     IdentityVerifyKey,
-    Revocation,
 )
 from schemas.models import ModelInfo, SlmListModels, SlmModelsListed
 from soma.db import make_engine
 from soma.settings import Settings
+from soma.telemetry import HttpSpans
 
 log = logging.getLogger("soma.gateway")
 
@@ -69,24 +69,14 @@ DESCRIPTION = (
 )
 
 
-def _verifier(dispatch: Dispatch, config: GatewayConfig) -> TokenVerifier:
-    async def fetch_keys() -> list[dict[str, Any]]:
-        published = await dispatch.ask(IdentityJwks(), IdentityJwksPublished, tenant=SYSTEM_TENANT)
-        return published.keys
-
-    async def fetch_revocations(since: float | None) -> tuple[list[Revocation], float]:
-        listed = await dispatch.ask(
-            IdentityRevocations(since=since), IdentityRevocationsListed, tenant=SYSTEM_TENANT
-        )
-        return listed.revocations, listed.as_of
-
+async def _verifier(nc: NATS, js: JetStreamContext, config: GatewayConfig) -> TokenVerifier:
+    """Tokens checked against identity's bucket, watched (see ``gateway.tokens``)."""
     return TokenVerifier(
         TokenRules(config.jwt_issuer, config.jwt_audience, config.jwt_leeway),
-        fetch_keys,
-        fetch_revocations,
-        keys_every=config.jwks_refresh,
+        await js.key_value(REVOCATIONS_BUCKET),
+        lambda: bool(nc.is_connected),
+        lambda: int(nc.stats["reconnects"]),
         miss_interval=config.jwks_miss_interval,
-        revocations_every=config.revocations_poll,
         revocations_max_age=config.revocations_max_age,
     )
 
@@ -120,7 +110,7 @@ async def _build(settings: Settings, config: GatewayConfig) -> tuple[Gateway, li
         listed = await dispatch.ask(SlmListModels(), SlmModelsListed, tenant=SYSTEM_TENANT)
         return listed.models
 
-    verifier = _verifier(dispatch, config)
+    verifier = await _verifier(nc, js, config)
     engine = make_engine(settings.resolved_database_url("sagas"))
 
     async def nats_ok() -> bool:
@@ -190,6 +180,8 @@ def create_app(settings: Settings, config: GatewayConfig | None = None) -> FastA
     app.add_middleware(IdempotencyMiddleware, gateway_state=app.state)
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
+    if tracing.enabled():
+        app.add_middleware(HttpSpans)
     return app
 
 
@@ -203,6 +195,7 @@ async def serve(settings: Settings) -> None:
             host=settings.http_host,
             port=settings.http_port,
             log_level="info",
+            log_config=None,  # the process's own log format (soma.logs), JSON lines included
             server_header=False,
             timeout_graceful_shutdown=config.drain_timeout,
         )

@@ -26,6 +26,7 @@ from sqlalchemy import and_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from bus import tracing
 from bus.errors import Rejected
 from bus.publish import encode
 from sagas import tables
@@ -676,15 +677,16 @@ class Engine:
             data=data,
             actor=row["actor"],
         )
-        try:
-            action: Action = fn(run) if _arity(fn) == 1 else fn(run, reply)
-        except Exception as exc:  # a bug in a definition ends that saga, not the runner
-            log.exception("saga %s step %s raised", row["id"], name)
-            action = Fail(f"step {name} raised {type(exc).__name__}: {exc}")
-        change.values["data"] = run.data
-        change.values["step"] = name
-        row = {**row, "data": run.data, "step": name}
-        self._apply(row, definition, name, action, cause, now, change)
+        with tracing.saga_step(row["type"], name, row["id"]):  # its commands are its children
+            try:
+                action: Action = fn(run) if _arity(fn) == 1 else fn(run, reply)
+            except Exception as exc:  # a bug in a definition ends that saga, not the runner
+                log.exception("saga %s step %s raised", row["id"], name)
+                action = Fail(f"step {name} raised {type(exc).__name__}: {exc}")
+            change.values["data"] = run.data
+            change.values["step"] = name
+            row = {**row, "data": run.data, "step": name}
+            self._apply(row, definition, name, action, cause, now, change)
 
     def _apply(
         self,
@@ -804,6 +806,7 @@ class Engine:
             actor=row["actor"],
             schema=entry.name,
             version=entry.version,
+            traceparent=tracing.current_traceparent(),
         )
         body = encode(command)
         change.outbox.append(
@@ -1056,6 +1059,7 @@ class Engine:
             tenant=row["tenant"],
             actor=row["actor"],
             schema=entry.name,
+            traceparent=tracing.current_traceparent(),
         )
         change.outbox.append(
             {

@@ -200,8 +200,15 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 def run_blocking(process: Process, settings: Settings) -> None:
     """Run one process on the chosen event loop until it is stopped (``soma run``)."""
-    with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        runner.run(run(process, settings))
+    from soma import logs, telemetry
+
+    logs.configure(process.name)
+    telemetry.configure(process.name)
+    try:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(run(process, settings))
+    finally:
+        telemetry.shutdown()
 
 
 async def run(process: Process, settings: Settings) -> None:

@@ -16,6 +16,9 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
+from opentelemetry.trace import SpanKind
+
+from bus import tracing
 from bus.errors import Rejected
 from handlers.slm.deltas import DeltaSink, OnDelta
 from handlers.slm.models import Deployment, ModelList, RoutingPolicy
@@ -23,6 +26,7 @@ from handlers.slm.providers import Provider, ProviderError
 from schemas.slm import SlmComplete, SlmCompleted
 
 log = logging.getLogger(__name__)
+CLIENT = SpanKind.CLIENT
 
 
 class ProvidersUnavailable(RuntimeError):
@@ -48,8 +52,19 @@ class Router:
                 raise Rejected(f"no provider {deployment.provider!r} for model {request.model!r}")
             for attempt in range(max(1, policy.attempts)):
                 try:
-                    async with asyncio.timeout(deployment.timeout):
-                        result = await provider.complete(request, deployment, sink)
+                    with tracing.span(
+                        f"chat {deployment.model}", _call(request, deployment), CLIENT
+                    ) as span:
+                        async with asyncio.timeout(deployment.timeout):
+                            result = await provider.complete(request, deployment, sink)
+                        if span is not None:
+                            span.set_attributes(
+                                {
+                                    "gen_ai.usage.input_tokens": result.usage.prompt_tokens,
+                                    "gen_ai.usage.output_tokens": result.usage.completion_tokens,
+                                    "gen_ai.response.finish_reasons": [result.finish_reason],
+                                }
+                            )
                 except (ProviderError, TimeoutError) as exc:
                     error = _as_provider_error(exc, deployment)
                     failures.append(error)
@@ -84,6 +99,18 @@ class Router:
             return min(retry_after, policy.retry_after_max)
         ceiling = min(policy.backoff_max, policy.backoff_initial * 2**attempt)
         return ceiling / 2 + ceiling / 2 * self.jitter()
+
+
+def _call(request: SlmComplete, deployment: Deployment) -> dict[str, str | bool]:
+    """The model call's span attributes, after OpenTelemetry's GenAI semantic conventions."""
+    return {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.system": deployment.provider,
+        "gen_ai.provider.name": deployment.provider,
+        "gen_ai.request.model": request.model,
+        "gen_ai.response.model": deployment.model,
+        "soma.stream": request.stream_subject is not None,
+    }
 
 
 def _as_provider_error(exc: Exception, deployment: Deployment) -> ProviderError:

@@ -19,8 +19,10 @@ import logging
 from dataclasses import dataclass, field
 
 import httpx
+from opentelemetry.trace import StatusCode
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bus import tracing
 from bus.errors import Rejected
 from bus.service import Service
 from handlers.tools import builtin, fetch, github, slack
@@ -175,10 +177,19 @@ def build(settings: Settings, config: ToolsConfig | None = None) -> Service:
         refused = refusal(grants, env.tenant, cmd)
         if refused is not None:
             return refused
-        try:
-            return await invoke_once(engine, registry, env.tenant, cmd, wait=config.call_wait)
-        except CallIdTaken as exc:
-            raise Rejected(f"conflict: {exc}") from None
+        attributes = {
+            "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": cmd.name,
+            "gen_ai.tool.call.id": cmd.call_id,
+        }
+        with tracing.span(f"execute_tool {cmd.name}", attributes) as span:
+            try:
+                result = await invoke_once(engine, registry, env.tenant, cmd, wait=config.call_wait)
+            except CallIdTaken as exc:
+                raise Rejected(f"conflict: {exc}") from None
+            if span is not None and not result.ok:
+                span.set_status(StatusCode.ERROR, result.error or "the tool failed")
+            return result
 
     async def list_tools(cmd: ToolsList, env: Envelope) -> ToolsListed:
         _, registry = opened.require()
