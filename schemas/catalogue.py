@@ -49,6 +49,8 @@ from schemas.memories import (
     MemoryDeleted,
     MemoryEmbed,
     MemoryEmbedded,
+    MemoryList,
+    MemoryListed,
 )
 from schemas.memory import MemoryRecall, MemoryRecalled, MemoryStore, MemoryStored
 from schemas.models import SlmListModels, SlmModelsListed
@@ -140,6 +142,8 @@ _ENTRIES = [
     _entry("evt", "memory", "added", MemoryAdded),
     _entry("cmd", "memory", "delete", MemoryDelete),
     _entry("evt", "memory", "deleted", MemoryDeleted),
+    _entry("cmd", "memory", "list", MemoryList),
+    _entry("evt", "memory", "listed", MemoryListed),
     _entry("cmd", "tools", "list", ToolsList),
     _entry("evt", "tools", "listed", ToolsListed),
     _entry("cmd", "analytics", "report", AnalyticsReport),

@@ -1,12 +1,15 @@
 """Memory as an API: embeddings, and adding or deleting memories directly.
 
-Searching is ``memory.recall`` (schemas/memory.py). Everything is scoped by the envelope's tenant:
-an id of another tenant is simply not found. ``caller_role`` scopes by user as in recall.
+Searching is ``memory.recall`` (schemas/memory.py); ``memory.list`` pages through what a caller
+may see, newest first, whatever stored it (a chat turn or the API). Everything is scoped by the
+envelope's tenant: an id of another tenant is simply not found. ``caller_role`` scopes by user as
+in recall.
 """
 
 from typing import Any
 
 from schemas.base import Message
+from schemas.memory import MemoryItem
 
 
 class MemoryEmbed(Message):
@@ -49,3 +52,19 @@ class MemoryDelete(Message):
 
 class MemoryDeleted(Message):
     deleted: int
+
+
+class MemoryList(Message):
+    """The memories in scope, newest first: ``offset`` skips, ``limit`` caps the page."""
+
+    user: str | None = None
+    session: str | None = None
+    limit: int = 100
+    offset: int = 0
+    caller_role: str | None = None
+
+
+class MemoryListed(Message):
+    items: list[MemoryItem]
+    # How many memories the scope holds, for paging.
+    total: int

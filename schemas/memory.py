@@ -18,6 +18,8 @@ class MemoryItem(Message):
     user: str | None = None
     session: str | None = None
     metadata: dict[str, Any] = {}
+    # Unix seconds when the memory was stored.
+    created_at: float | None = None
 
 
 class MemoryRecall(Message):

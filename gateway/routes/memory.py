@@ -1,4 +1,4 @@
-"""Memory: add, search and delete memories of the caller's tenant — chat turns' memories too.
+"""Memory: add, list, search and delete memories of the caller's tenant — chat turns' memories too.
 
 Without a ``user`` a request reaches the caller's own memories. Only admins and services may name
 another user of the tenant here, and the memory process then checks the tenant's memory grants
@@ -19,8 +19,15 @@ from gateway.dispatch import derived_id
 from gateway.errors import forbidden, not_found
 from gateway.openai_bodies import ERRORS
 from schemas.envelope import new_id
-from schemas.memories import MemoryAdd, MemoryAdded, MemoryDelete, MemoryDeleted
-from schemas.memory import MemoryRecall, MemoryRecalled
+from schemas.memories import (
+    MemoryAdd,
+    MemoryAdded,
+    MemoryDelete,
+    MemoryDeleted,
+    MemoryList,
+    MemoryListed,
+)
+from schemas.memory import MemoryItem, MemoryRecall, MemoryRecalled
 
 router = APIRouter(tags=["memory"])
 
@@ -70,11 +77,20 @@ class MemoryHit(BaseModel):
     user: str | None = None
     session: str | None = None
     metadata: dict[str, Any] = {}
+    created_at: float | None = None
 
 
 class MemoryHits(BaseModel):
     object: Literal["list"] = "list"
     data: list[MemoryHit]
+
+
+class MemoryPage(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[MemoryHit]
+    # How many memories the scope holds; page on with ``offset``.
+    total: int
+    has_more: bool
 
 
 class MemoryRemoved(BaseModel):
@@ -110,6 +126,53 @@ async def add_memory(
     return MemoryCreated(id=added.id, created=added.created)
 
 
+@router.get(
+    "/v1/memory",
+    response_model=MemoryPage,
+    responses=ERRORS,
+    summary="List memories, newest first",
+    description="Every memory in scope, whatever stored it (the API or a chat turn): the caller's "
+    "own, or with `user` (admins and services) another user's. Page with `limit` and `offset`.",
+)
+async def list_memories(
+    request: Request,
+    principal: Annotated[Principal, Depends(caller("memory"))],
+    user: Annotated[str | None, Query(max_length=200)] = None,
+    session: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> MemoryPage:
+    page = await gateway_of(request).dispatch.call(
+        MemoryList(
+            user=_user(principal, user),
+            session=session,
+            limit=limit,
+            offset=offset,
+            caller_role=_role(principal),
+        ),
+        MemoryListed,
+        tenant=principal.tenant,
+        actor=principal.user,
+    )
+    return MemoryPage(
+        data=[_hit(i) for i in page.items],
+        total=page.total,
+        has_more=offset + len(page.items) < page.total,
+    )
+
+
+def _hit(item: MemoryItem) -> MemoryHit:
+    return MemoryHit(
+        id=item.id,
+        text=item.text,
+        score=item.score,
+        user=item.user,
+        session=item.session,
+        metadata=item.metadata,
+        created_at=item.created_at,
+    )
+
+
 @router.post(
     "/v1/memory/search", response_model=MemoryHits, responses=ERRORS, summary="Search memories"
 )
@@ -130,19 +193,7 @@ async def search_memory(
         tenant=principal.tenant,
         actor=principal.user,
     )
-    return MemoryHits(
-        data=[
-            MemoryHit(
-                id=i.id,
-                text=i.text,
-                score=i.score,
-                user=i.user,
-                session=i.session,
-                metadata=i.metadata,
-            )
-            for i in found.items
-        ]
-    )
+    return MemoryHits(data=[_hit(i) for i in found.items])
 
 
 @router.delete(

@@ -30,6 +30,8 @@ from schemas.memories import (
     MemoryDeleted,
     MemoryEmbed,
     MemoryEmbedded,
+    MemoryList,
+    MemoryListed,
 )
 from schemas.memory import MemoryRecall, MemoryRecalled, MemoryStore, MemoryStored
 from soma.db import make_engine, migrate
@@ -162,6 +164,22 @@ def build(settings: Settings, config: MemoryConfig | None = None) -> Service:
             await turns.forget(engine, env.tenant, cmd.ids, user=user)
         return MemoryDeleted(deleted=deleted)
 
+    async def list_memories(cmd: MemoryList, env: Envelope) -> MemoryListed:
+        memories, _ = opened.require()
+        user = scoped(env, cmd.caller_role, cmd.user)
+        try:
+            page, total = await store.listing(
+                memories,
+                env.tenant,
+                user=user,
+                session=cmd.session,
+                limit=cmd.limit,
+                offset=cmd.offset,
+            )
+        except InvalidMemory as exc:
+            raise Rejected(f"invalid: {exc}") from exc
+        return MemoryListed(items=[memory.item() for memory in page], total=total)
+
     async def embed(cmd: MemoryEmbed, env: Envelope) -> MemoryEmbedded:
         into, _ = opened.require()
         if not cmd.texts:
@@ -182,6 +200,7 @@ def build(settings: Settings, config: MemoryConfig | None = None) -> Service:
             MemoryStore: remember,
             MemoryAdd: add,
             MemoryDelete: delete,
+            MemoryList: list_memories,
             MemoryEmbed: embed,
         },
         startup=[start],

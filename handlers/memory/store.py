@@ -21,6 +21,9 @@ from handlers.memory.vectors import Vectors, point_id, scope
 from schemas.memory import MemoryItem
 
 MAX_TOP_K = 100
+MAX_PAGE = 1000
+# A listing reads and sorts its whole scope; past this many, narrow the scope or search.
+MAX_LISTED = 10_000
 MAX_TEXT_CHARS = 100_000
 
 
@@ -45,6 +48,7 @@ class Memory:
             user=self.user,
             session=self.session,
             metadata=self.metadata,
+            created_at=self.created_at.timestamp(),
         )
 
 
@@ -111,6 +115,36 @@ async def search(
         return []
     hits = await vectors.index.query(vector, where, top_k, min_score)
     return [_memory(hit.payload, hit.score) for hit in hits]
+
+
+async def listing(
+    vectors: Vectors,
+    tenant: str,
+    *,
+    user: str | None = None,
+    session: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> tuple[list[Memory], int]:
+    """A page of the memories in scope, newest first, and how many the scope holds.
+
+    The index promises no order, so the whole scope is read and sorted here; a scope larger
+    than ``MAX_LISTED`` is refused with what to narrow it by rather than paged wrongly.
+    """
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidMemory(f"limit must be between 1 and {MAX_PAGE}")
+    if offset < 0:
+        raise InvalidMemory("offset must not be negative")
+    where = scope(tenant, user=user, session=session)
+    total = await vectors.index.count(where)
+    if total > MAX_LISTED:
+        raise InvalidMemory(
+            f"{total} memories are in scope, more than {MAX_LISTED} can be listed; "
+            "narrow it by user or session, or search"
+        )
+    found = [_memory(p) for p in await vectors.index.payloads(where, limit=max(total, 1))]
+    found.sort(key=lambda m: (m.created_at, m.id), reverse=True)
+    return found[offset : offset + limit], total
 
 
 async def get(vectors: Vectors, tenant: str, id: str) -> Memory | None:

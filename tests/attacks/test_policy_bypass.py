@@ -216,6 +216,12 @@ async def search(
     return list(found.json()["data"])
 
 
+async def listing(http: httpx.AsyncClient, system: System, who: str) -> list[dict[str, Any]]:
+    listed = await http.get("/v1/memory", params={"limit": 1000}, headers=as_(system, who))
+    assert listed.status_code == 200, listed.text
+    return list(listed.json()["data"])
+
+
 # ----------------------------------------------------------------------------- tools
 
 
@@ -389,14 +395,22 @@ async def test_a_member_naming_someone_else_as_chat_user_is_refused(
     assert (error["type"], error["param"]) == ("permission_error", "user")
 
 
-async def test_a_chat_stored_memory_is_found_and_deleted_through_v1_memory(
+async def test_a_chat_stored_memory_is_listed_found_and_deleted_through_v1_memory(
     http: httpx.AsyncClient, system: System
 ) -> None:
     secret = f"parcel {uuid.uuid4().hex[:8]}"
     told = await chat(http, system, "alice", f"Remember: the {secret} arrives on Tuesday")
     assert told.status_code == 200, told.text
+    turn_id = told.json()["id"].removeprefix("chatcmpl-")
+    # The turn answers before it stores its memory; the listing shows it once stored.
+    deadline = time.monotonic() + 15
+    while not (listed := [m for m in await listing(http, system, "alice") if secret in m["text"]]):
+        assert time.monotonic() < deadline, "the chat turn's memory never appeared in the listing"
+        await asyncio.sleep(0.1)
+    assert [m["id"] for m in listed] == [turn_id]
+    assert not any(secret in m["text"] for m in await listing(http, system, "bob"))
     (hit,) = [h for h in await search(http, system, "alice", secret) if secret in h["text"]]
-    assert hit["id"] == told.json()["id"].removeprefix("chatcmpl-")
+    assert hit["id"] == turn_id
 
     not_bobs = await http.delete(f"/v1/memory/{hit['id']}", headers=as_(system, "bob"))
     assert not_bobs.status_code == 404, not_bobs.text

@@ -19,7 +19,7 @@ from handlers.memory.embeddings import HashedNgrams
 from handlers.memory.service import build
 from handlers.memory.turns import memory_turns
 from schemas.envelope import Envelope, new_id
-from schemas.memories import MemoryAdd, MemoryDelete, MemoryEmbed
+from schemas.memories import MemoryAdd, MemoryDelete, MemoryEmbed, MemoryList, MemoryListed
 from schemas.memory import MemoryRecall, MemoryRecalled, MemoryStore, MemoryStored
 from soma.db import make_engine
 from soma.settings import Settings
@@ -44,6 +44,10 @@ class Running:
     async def recall(self, tenant: str, cmd: MemoryRecall, actor: str = "system") -> MemoryRecalled:
         route = self.service.routes[MemoryRecall]
         reply: MemoryRecalled = await route(cmd, envelope(tenant, actor))
+        return reply
+
+    async def list(self, tenant: str, cmd: MemoryList, actor: str = "system") -> MemoryListed:
+        reply: MemoryListed = await self.service.routes[MemoryList](cmd, envelope(tenant, actor))
         return reply
 
     async def delete(self, tenant: str, cmd: MemoryDelete, actor: str = "system") -> int:
@@ -113,6 +117,7 @@ def test_the_service_routes_recall_store_add_delete_and_embed(running) -> None:
         MemoryStore,
         MemoryAdd,
         MemoryDelete,
+        MemoryList,
         MemoryEmbed,
     }
 
@@ -153,6 +158,40 @@ async def test_recall_never_returns_another_tenants_turn(running) -> None:
 async def _ann_and_bob_like_tea(running: Running, owner: str) -> None:
     await running.store(owner, MemoryStore(turn_id="1", text="ann likes tea", user="ann"), "ann")
     await running.store(owner, MemoryStore(turn_id="2", text="bob likes tea", user="bob"), "bob")
+
+
+async def test_a_listing_pages_through_memories_newest_first(running) -> None:
+    owner = tenant()
+    add = running.service.routes[MemoryAdd]
+    for n in range(1, 6):
+        at = Envelope(
+            message_id=new_id(), correlation_id=new_id(), tenant=owner, schema="memory",
+            actor="ann", timestamp=1_700_000_000.0 + n,
+        )  # fmt: skip
+        await add(MemoryAdd(id=f"m{n}", text=f"note {n}", caller_role="member"), at)
+    first = await running.list(owner, MemoryList(limit=2, caller_role="member"), "ann")
+    assert [i.text for i in first.items] == ["note 5", "note 4"]
+    assert first.total == 5
+    last = await running.list(owner, MemoryList(limit=2, offset=4, caller_role="member"), "ann")
+    assert [i.text for i in last.items] == ["note 1"]
+    assert last.items[0].created_at == 1_700_000_001.0
+
+
+async def test_a_members_listing_shows_only_its_own_memories(running) -> None:
+    owner = tenant()
+    await _ann_and_bob_like_tea(running, owner)
+    listed = await running.list(owner, MemoryList(caller_role="member"), "ann")
+    assert ([i.text for i in listed.items], listed.total) == (["ann likes tea"], 1)
+
+
+async def test_a_member_listing_another_users_memories_is_refused(running) -> None:
+    with pytest.raises(Rejected, match=r"^forbidden: memory\.other_user"):
+        await running.list(tenant(), MemoryList(user="bob", caller_role="member"), "ann")
+
+
+async def test_a_listing_page_of_no_memories_is_rejected(running) -> None:
+    with pytest.raises(Rejected, match=r"^invalid: limit"):
+        await running.list(tenant(), MemoryList(limit=0, caller_role="member"), "ann")
 
 
 async def test_recall_is_narrowed_to_the_asked_user(running) -> None:
