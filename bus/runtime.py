@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import signal
@@ -38,6 +39,8 @@ from starlette.routing import Route
 from bus.connection import connect
 from bus.consume import RetryPolicy, make_batch_processor, make_processor
 from bus.errors import BusUnavailable
+from bus.metrics import consumer_state, on_scrape
+from bus.metrics import refresh as refresh_metrics
 from bus.service import Handler, Service
 from bus.streams import provision
 from schemas.catalogue import STREAMS, by_name, of_type
@@ -314,6 +317,8 @@ async def start(service: Service, settings: Settings, *, health_port: int | None
         )
     for consumer in running.consumers:
         await consumer.start()
+    durables = [(c.stream, str(c.config.durable_name)) for c in running.consumers]
+    on_scrape(functools.partial(consumer_state, js, durables))
     if health_port is not None:
         running.health, task = await _serve_health(service.name, nc, health_port, settings)
         running.tasks.append(task)
@@ -341,6 +346,7 @@ def health_app(name: str, checks: dict[str, Callable[[], Awaitable[bool]]]) -> S
         )
 
     async def metrics(_: Request) -> Response:
+        await refresh_metrics()
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import time
@@ -17,12 +18,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bus import runtime
+from bus import metrics, runtime
 from bus.connection import connect
 from bus.service import Service
-from sagas import queries
+from sagas import queries, tables
 from sagas.definition import Definition
 from sagas.engine import Engine
 from sagas.registry import Registry
@@ -211,6 +213,18 @@ def saga_info(row: dict[str, Any], history: list[dict[str, Any]]) -> SagaInfo:
     )
 
 
+async def _count_unfinished(db: AsyncEngine) -> None:
+    """The saga gauge, per scrape: instances not finished yet, by type and state."""
+    i = tables.instances
+    async with db.connect() as conn:
+        rows = await conn.execute(
+            select(i.c.type, i.c.state, func.count())
+            .where(i.c.finished_at.is_(None))
+            .group_by(i.c.type, i.c.state)
+        )
+        metrics.saga_instances((str(t), str(s), int(n)) for t, s, n in rows)
+
+
 async def start(
     settings: Settings,
     definitions: Iterable[Definition[Any]] | None = None,
@@ -231,6 +245,7 @@ async def start(
     service = runner.service()
     service.shutdown.append(nc.close)
     runner.running = await runtime.start(service, settings, health_port=health_port)
+    metrics.on_scrape(functools.partial(_count_unfinished, db))
     runner._spawn(runner.timers())
     runner._spawn(runner.sweeper())
     return runner

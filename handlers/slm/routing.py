@@ -20,6 +20,7 @@ from opentelemetry.trace import SpanKind
 
 from bus import tracing
 from bus.errors import Rejected
+from bus.metrics import model_usage
 from handlers.slm.deltas import DeltaSink, OnDelta
 from handlers.slm.models import Deployment, ModelList, RoutingPolicy
 from handlers.slm.providers import Provider, ProviderError
@@ -78,7 +79,7 @@ class Router:
                     continue
                 if sink is not None:
                     await sink.finish(result.finish_reason)
-                return SlmCompleted(
+                completed = SlmCompleted(
                     model=request.model,
                     provider=deployment.provider,
                     message=result.message,
@@ -88,6 +89,14 @@ class Router:
                     latency_ms=(time.perf_counter() - started) * 1000,
                     key_id=request.key_id,
                 )
+                model_usage(
+                    completed.model,
+                    completed.provider,
+                    result.usage.prompt_tokens,
+                    result.usage.completion_tokens,
+                    completed.cost_usd,
+                )
+                return completed
         summary = "; ".join(str(error) for error in failures)
         if any(error.retryable for error in failures):
             raise ProvidersUnavailable(f"model {request.model!r} unavailable: {summary}")
