@@ -1,4 +1,5 @@
-"""The streams and the gateway's idempotency bucket, and who may create them.
+"""The streams, the gateway's idempotency bucket and the revocations bucket, and who may create
+them.
 
 Commands use *limits* retention (not work-queue): a work-queue stream refuses overlapping
 consumers, and operators must be able to tail commands while each handler's durable consumer
@@ -24,6 +25,7 @@ from nats.js.errors import APIError, NotFoundError
 
 from bus.errors import BusUnavailable
 from schemas.catalogue import DEAD_LETTER_PREFIX, STREAMS
+from schemas.identity import REVOCATIONS_BUCKET
 from soma.settings import Settings
 
 log = logging.getLogger("soma.bus")
@@ -81,6 +83,7 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             **common,
         ),
         idempotency_bucket_config(settings),
+        revocations_bucket_config(settings),
     ]
 
 
@@ -102,6 +105,33 @@ def idempotency_bucket_config(settings: Settings) -> StreamConfig:
         discard=DiscardPolicy.NEW,
         duplicate_window=min(120.0, ttl),
         max_age=ttl,
+        max_consumers=-1,
+        max_msgs=-1,
+        max_msgs_per_subject=1,
+        num_replicas=settings.stream_replicas,
+        storage=StorageType.FILE,
+    )
+
+
+def revocations_bucket_config(settings: Settings) -> StreamConfig:
+    """Identity's revocations and public key set, watched by every gateway.
+
+    The bucket itself never ages anything out (the key set must stay); each revocation is
+    written with a per-message TTL, the remaining lifetime of the tokens it covers, so the
+    server forgets it when it can no longer matter. Shaped as nats-py's ``create_key_value``
+    makes a bucket, so ``js.key_value(REVOCATIONS_BUCKET)`` opens it without the right to make it.
+    """
+    return StreamConfig(
+        name=f"KV_{REVOCATIONS_BUCKET}",
+        description="Identity revocations and signing key set, watched by the gateways",
+        subjects=[f"$KV.{REVOCATIONS_BUCKET}.>"],
+        allow_direct=True,
+        allow_rollup_hdrs=True,
+        allow_msg_ttl=True,
+        deny_delete=True,
+        discard=DiscardPolicy.NEW,
+        duplicate_window=120.0,
+        max_age=0,
         max_consumers=-1,
         max_msgs=-1,
         max_msgs_per_subject=1,

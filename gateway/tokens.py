@@ -2,9 +2,10 @@
 
 Only EdDSA (Ed25519) is accepted, decided from our allow-list before any key is touched, so
 ``alg: none``, HS256 signed with the public key as a secret, or RS256 tricks never reach a
-verifier. The key set is refreshed periodically and, at most once per ``miss_interval``, when a
-token names a ``kid`` we do not know yet (a fresh rotation). Revocations are polled every few
-seconds and applied to ``jti``, ``sid`` (a refresh family) and per-user not-before times.
+verifier. The key set and the revocations follow identity's ``soma_revocations`` bucket (watched,
+never polled); the key set is also read again, at most once per ``miss_interval``, when a token
+names a ``kid`` the watch has not shown yet. Revocations apply to ``jti``, ``sid`` (a refresh
+family) and per-user not-before times.
 """
 
 from __future__ import annotations
@@ -14,14 +15,17 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
+import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
 
-from schemas.identity import Revocation
+from schemas.identity import JWKS_KEY, IdentityJwksPublished, Revocation
 
 log = logging.getLogger("soma.gateway.tokens")
 
@@ -215,44 +219,47 @@ def verify(
     return result
 
 
-FetchKeys = Callable[[], Awaitable[list[dict[str, Any]]]]
-FetchRevocations = Callable[[float | None], Awaitable[tuple[list[Revocation], float]]]
-
-# Revocations are asked for again from a little before the last snapshot, so one committed
-# slightly late (its ``revoked_at`` before the previous ``as_of``) is still picked up.
-_OVERLAP = 30.0
-# And the whole list is fetched again now and then, so nothing missed stays missed.
-_FULL_RESYNC = 300.0
+# How often the watch is checked on (locally, no bus traffic): a reconnect starts a fresh watch,
+# and the in-memory list is pruned.
+_CHECK_EVERY = 0.5
 
 
 class TokenVerifier:
-    """``verify`` plus the background refresh of the key set and the revocation list."""
+    """``verify`` over a key set and revocation list that follow identity's bucket.
+
+    The gateway loads the ``soma_revocations`` bucket (signing keys and revocations) when it
+    starts and then watches it, so a revocation reaches it as soon as identity writes it, and an
+    idle system sends nothing. After a reconnect the bucket is loaded again from the start, so
+    nothing written while the connection was down is missed; until that load completes the
+    previous list stays in force. If the list cannot be kept current for ``revocations_max_age``
+    seconds, access tokens are refused (fail closed) rather than risk accepting a revoked one.
+    """
 
     def __init__(
         self,
         rules: TokenRules,
-        fetch_keys: FetchKeys,
-        fetch_revocations: FetchRevocations,
+        kv: KeyValue,
+        connected: Callable[[], bool],
+        reconnects: Callable[[], int],
         *,
-        keys_every: float = 30.0,
         miss_interval: float = 5.0,
-        revocations_every: float = 2.0,
         revocations_max_age: float = 300.0,
     ) -> None:
         self.rules = rules
         self.keys = KeySet()
         self.revoked = RevocationList()
-        self._fetch_keys = fetch_keys
-        self._fetch_revocations = fetch_revocations
-        self._keys_every = keys_every
+        self._kv = kv
+        self._connected = connected
+        self._reconnects = reconnects
         self._miss_interval = miss_interval
-        self._revocations_every = revocations_every
         self._max_age = revocations_max_age
         self._last_miss_fetch = -float("inf")
-        self._last_full = -float("inf")
-        self._snapshot_at: float | None = None
+        # When the list was last known current: loaded, and the watch connected since.
+        self._current_at: float | None = None
         self._keys_lock = asyncio.Lock()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._watch: asyncio.Task[None] | None = None
+        self._check: asyncio.Task[None] | None = None
+        self._loaded = asyncio.Event()
 
     async def verify(self, token: str) -> AccessClaims:
         self._check_fresh()
@@ -264,7 +271,7 @@ class TokenVerifier:
         return verify(token, self.keys, self.revoked, self.rules, time.time())
 
     def revoke_locally(self, claims: AccessClaims) -> None:
-        """Apply a revocation made through this gateway at once, before the next poll."""
+        """Apply a revocation made through this gateway at once, before the bucket says so."""
         self.revoked.apply(
             [
                 Revocation(
@@ -279,7 +286,7 @@ class TokenVerifier:
     def _check_fresh(self) -> None:
         if not self._max_age:
             return
-        if self._snapshot_at is None or time.monotonic() - self._snapshot_at > self._max_age:
+        if self._current_at is None or time.monotonic() - self._current_at > self._max_age:
             raise VerificationUnavailable("the revocation list is not current")
 
     async def _refresh_on_miss(self) -> bool:
@@ -288,65 +295,103 @@ class TokenVerifier:
                 return False
             self._last_miss_fetch = time.monotonic()
             try:
-                self.keys.replace(await self._fetch_keys())
+                await self.refresh_keys()
             except Exception as exc:
-                log.warning("fetching the key set failed: %s", exc)
+                log.warning("reading the key set failed: %s", exc)
                 return False
             return True
 
     async def refresh_keys(self) -> None:
-        async with self._keys_lock:
-            self.keys.replace(await self._fetch_keys())
+        """Read the key set from the bucket now (a token names a key the watch has not shown)."""
+        try:
+            entry = await self._kv.get(JWKS_KEY)
+        except KeyNotFoundError:
+            return
+        if entry.value:
+            self.keys.replace(_decode_jwks(entry.value))
 
-    async def poll_revocations(self) -> None:
-        full = time.monotonic() - self._last_full > _FULL_RESYNC or self.revoked.as_of is None
-        since = None if full else (self.revoked.as_of or 0.0) - _OVERLAP
-        revocations, as_of = await self._fetch_revocations(since)
-        if full:
-            fresh = RevocationList()
-            fresh.apply(revocations, as_of)
-            self.revoked = fresh
-            self._last_full = time.monotonic()
-        else:
-            self.revoked.apply(revocations, as_of)
-        self.revoked.prune(time.time() - self.rules.leeway)
-        self._snapshot_at = time.monotonic()
+    async def _follow(self) -> None:
+        """Load the whole bucket into a fresh list, swap it in, then apply each change."""
+        watcher = await self._kv.watchall()
+        fresh: RevocationList | None = RevocationList()
+        try:
+            while True:
+                entry = await watcher.updates(timeout=None)
+                if entry is None:  # the current contents are loaded: from here on, changes
+                    if fresh is not None:
+                        fresh.prune(time.time() - self.rules.leeway)
+                        self.revoked, fresh = fresh, None
+                        self._current_at = time.monotonic()
+                        self._loaded.set()
+                    continue
+                if entry.operation is not None or not entry.value:
+                    continue  # a delete or an expiry: entries are pruned by their own time
+                try:
+                    if entry.key == JWKS_KEY:
+                        self.keys.replace(_decode_jwks(entry.value))
+                    else:
+                        revocation = _REVOCATION.decode(entry.value)
+                        (fresh or self.revoked).apply([revocation])
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    log.warning("ignoring unreadable entry %s: %s", entry.key, exc)
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()
 
-    async def _every(self, seconds: float, step: Callable[[], Awaitable[None]], what: str) -> None:
+    async def _watch_forever(self) -> None:
         while True:
-            await asyncio.sleep(seconds)
             try:
-                await step()
+                await self._follow()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("refreshing %s failed: %s", what, exc)
+                log.warning("watching revocations failed (retrying): %s", exc)
+            await asyncio.sleep(1.0)
 
-    async def prime(self) -> None:
-        """Fetch the key set and revocations once, so the first requests find them."""
-        for step, what in (
-            (self.refresh_keys, "the key set"),
-            (self.poll_revocations, "revocations"),
-        ):
-            try:
-                await step()
-            except Exception as exc:
-                log.warning(
-                    "fetching %s at start failed (retrying in the background): %s", what, exc
-                )
+    def _restart_watch(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+        self._watch = asyncio.create_task(self._watch_forever())
+
+    async def _keep_current(self) -> None:
+        seen = self._reconnects()
+        while True:
+            await asyncio.sleep(_CHECK_EVERY)
+            if not self._connected():
+                continue
+            if self._reconnects() != seen:
+                seen = self._reconnects()
+                self._restart_watch()  # anything written while away comes with the reload
+                continue
+            if self._current_at is not None and self._watch is not None and self._loaded.is_set():
+                self._current_at = time.monotonic()
+            self.revoked.prune(time.time() - self.rules.leeway)
+
+    async def prime(self, wait: float = 5.0) -> None:
+        """Start following the bucket and wait (a little) until its contents are loaded, so the
+        first requests find the key set and the revocations."""
+        self._restart_watch()
+        self._check = asyncio.create_task(self._keep_current())
+        try:
+            await asyncio.wait_for(self._loaded.wait(), wait)
+        except TimeoutError:
+            log.warning("the revocations bucket is not loaded yet (still trying)")
 
     def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._every(self._keys_every, self.refresh_keys, "the key set")),
-            asyncio.create_task(
-                self._every(self._revocations_every, self.poll_revocations, "revocations")
-            ),
-        ]
+        """Kept for callers that prime and start in two steps: ``prime`` already follows."""
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        for task in (self._check, self._watch):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._check = self._watch = None
+
+
+_REVOCATION = msgspec.json.Decoder(Revocation)
+_JWKS = msgspec.json.Decoder(IdentityJwksPublished)
+
+
+def _decode_jwks(value: bytes) -> list[dict[str, Any]]:
+    return _JWKS.decode(value).keys

@@ -7,13 +7,23 @@ generates new secrets itself and hands identity only their hashes. Only signed a
 
 Commands whose tenant is not known yet (key verification, refresh, key set and revocation polls)
 travel under the tenant token ``_system``.
+
+Revocations and the key set reach the gateways through the key-value bucket ``soma_revocations``
+rather than a command each gateway would send every few seconds: identity writes a key when
+something changes, each gateway loads the bucket at start and then watches it, and nothing is
+written to the event stream while the system is idle. Each revocation is a ``Revocation`` under
+``revocation_key``, kept by the server until it no longer matters; the public key set is an
+``IdentityJwksPublished`` under ``JWKS_KEY``.
 """
 
+import hashlib
 from typing import Any, Literal
 
 from schemas.base import Message
 
 SYSTEM_TENANT = "_system"
+REVOCATIONS_BUCKET = "soma_revocations"
+JWKS_KEY = "jwks"
 
 
 class TenantInfo(Message):
@@ -82,6 +92,17 @@ class Revocation(Message):
     subject: str
     revoked_at: float
     expires_at: float
+
+
+def revocation_key(revocation: Revocation) -> str:
+    """One key per recorded revocation, the same whoever writes it, in the bucket's alphabet.
+
+    Subjects are hashed because a ``jti`` may hold characters a key may not; the value carries
+    the subject itself. ``revoked_at`` is part of the key so a later revocation of the same user
+    never overwrites an earlier one with a smaller not-before time (or the reverse).
+    """
+    text = f"{revocation.kind}|{revocation.subject}|{revocation.revoked_at!r}"
+    return f"{revocation.kind}.{hashlib.sha256(text.encode()).hexdigest()[:40]}"
 
 
 class IdentityRevocations(Message):

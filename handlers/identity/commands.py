@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bus.errors import Rejected
 from handlers.identity import api_keys, directory, revocation, signing_keys, tokens
+from handlers.identity.board import RevocationBoard
 from handlers.identity.config import IdentitySettings
 from handlers.identity.errors import (
     AlreadyExists,
@@ -134,6 +135,14 @@ class IdentityCommands:
         self.engine = engine
         self.config = config
         self.clock = clock
+        # Set once the process is connected; without one nothing reaches the gateways.
+        self.board: RevocationBoard | None = None
+
+    async def _publish_revocations(self) -> None:
+        """Tell the gateways at once; a failure here fails the command, so it is redelivered
+        and published then (the revocation itself is recorded once)."""
+        if self.board is not None:
+            await self.board.sync()
 
     # Credentials and tokens.
 
@@ -203,16 +212,21 @@ class IdentityCommands:
         )
 
     async def refresh(self, cmd: IdentityRefresh, env: Envelope) -> IdentityRefreshed:
-        with refusals():
-            issued = await tokens.refresh(
-                self.engine,
-                self.config,
-                cmd.refresh_sha256,
-                cmd.new_refresh_sha256,
-                now=self.clock(),
-                command_id=command_id(env),
-                tenant=_scope_of(env),
-            )
+        try:
+            with refusals():
+                issued = await tokens.refresh(
+                    self.engine,
+                    self.config,
+                    cmd.refresh_sha256,
+                    cmd.new_refresh_sha256,
+                    now=self.clock(),
+                    command_id=command_id(env),
+                    tenant=_scope_of(env),
+                )
+        except Rejected:
+            # A reused refresh token revokes its whole family before it is refused.
+            await self._publish_revocations()
+            raise
         return IdentityRefreshed(
             access_token=issued.access_token,
             expires_in=int(self.config.access_ttl),
@@ -238,17 +252,19 @@ class IdentityCommands:
                     expires_at=cmd.expires_at,
                     command_id=command_id(env),
                 )
-                return IdentityRevoked(revoked=True)
-            if cmd.refresh_sha256:
+                revoked = True
+            elif cmd.refresh_sha256:
                 revoked = await revocation.revoke_session(
                     self.engine, env.tenant, cmd.refresh_sha256, self.config, now
                 )
-                return IdentityRevoked(revoked=revoked)
-            assert cmd.user_id
-            await revocation.revoke_user(
-                self.engine, env.tenant, cmd.user_id, self.config, now, command_id(env)
-            )
-            return IdentityRevoked(revoked=True)
+            else:
+                assert cmd.user_id
+                await revocation.revoke_user(
+                    self.engine, env.tenant, cmd.user_id, self.config, now, command_id(env)
+                )
+                revoked = True
+        await self._publish_revocations()
+        return IdentityRevoked(revoked=revoked)
 
     # Tenants, users and keys.
 
@@ -311,4 +327,6 @@ class IdentityCommands:
             info = await api_keys.revoke_api_key(
                 self.engine, env.tenant, cmd.key_id, self.config, self.clock()
             )
+        # The key's refresh families end with it.
+        await self._publish_revocations()
         return IdentityKeyRevoked(key=_key(info))

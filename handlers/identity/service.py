@@ -1,5 +1,5 @@
-"""The identity process: answers the identity commands, keeps the signing key set current and
-prunes what has expired.
+"""The identity process: answers the identity commands, keeps the signing key set current,
+publishes revocations and the key set to the gateways' bucket, and prunes what has expired.
 
 Composition root: one engine and the ``SOMA_JWT_*`` settings shared by every command
 (``commands.py``); the schema is migrated at start, as every handler does.
@@ -11,13 +11,16 @@ import asyncio
 import contextlib
 import logging
 
+from nats.aio.client import Client
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bus.connection import connect
 from bus.service import Handler, Service
+from handlers.identity.board import RevocationBoard
 from handlers.identity.commands import IdentityCommands
 from handlers.identity.config import IdentitySettings
 from handlers.identity.revocation import prune
-from handlers.identity.signing_keys import ensure_signing_keys
+from handlers.identity.signing_keys import ensure_signing_keys, jwks
 from schemas.identity import (
     IdentityCreateKey,
     IdentityCreateTenant,
@@ -44,17 +47,25 @@ def maintenance_interval(config: IdentitySettings) -> float:
     return max(1.0, min(60.0, config.rotate_every / 10))
 
 
-async def maintain(engine: AsyncEngine, config: IdentitySettings) -> None:
-    """One round: rotate when due, then drop expired keys, revocations and refresh tokens."""
+async def maintain(
+    engine: AsyncEngine, config: IdentitySettings, board: RevocationBoard | None = None
+) -> None:
+    """One round: rotate when due, drop expired keys, revocations and refresh tokens, and
+    publish a changed key set or a revocation some process recorded but did not publish."""
     await ensure_signing_keys(engine, config)
     await prune(engine)
+    if board is not None:
+        await board.publish_jwks((await jwks(engine))["keys"])
+        await board.sync()
 
 
-async def _maintain_forever(engine: AsyncEngine, config: IdentitySettings) -> None:
+async def _maintain_forever(
+    engine: AsyncEngine, config: IdentitySettings, board: RevocationBoard
+) -> None:
     while True:
         await asyncio.sleep(maintenance_interval(config))
         try:
-            await maintain(engine, config)
+            await maintain(engine, config, board)
         except Exception:
             # The database may be briefly unreachable; the next round tries again.
             log.exception("identity key maintenance failed")
@@ -83,6 +94,8 @@ def build(settings: Settings, config: IdentitySettings | None = None) -> Service
     database_url = settings.resolved_database_url("identity")
     engine = make_engine(database_url)
     tasks: list[asyncio.Task[None]] = []
+    commands = IdentityCommands(engine, config)
+    connections: list[Client] = []
 
     async def start() -> None:
         if config.key_passphrase is None:
@@ -90,7 +103,19 @@ def build(settings: Settings, config: IdentitySettings | None = None) -> Service
         await migrate(database_url, "identity")
         kid = await ensure_signing_keys(engine, config)
         log.info("identity signing key %s active", kid)
-        tasks.append(asyncio.create_task(_maintain_forever(engine, config)))
+        # A connection of its own: the service runtime's is made after the startup hooks, and
+        # the gateways must have the key set before the first token is issued.
+        nc = await connect(
+            settings.nats_url or "nats://127.0.0.1:4222",
+            "soma-identity-board",
+            inbox_prefix=settings.nats_inbox_prefix,
+        )
+        connections.append(nc)
+        board = await RevocationBoard.open(nc.jetstream(), engine)
+        await board.publish_jwks((await jwks(engine))["keys"])
+        await board.sync()
+        commands.board = board
+        tasks.append(asyncio.create_task(_maintain_forever(engine, config, board)))
 
     async def stop() -> None:
         while tasks:
@@ -98,11 +123,14 @@ def build(settings: Settings, config: IdentitySettings | None = None) -> Service
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        commands.board = None
+        while connections:
+            await connections.pop().drain()
         await engine.dispose()
 
     return Service(
         name="identity",
-        routes=routes(IdentityCommands(engine, config)),
+        routes=routes(commands),
         startup=[start],
         shutdown=[stop],
     )

@@ -23,6 +23,7 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from jwt.algorithms import OKPAlgorithm
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 
 from bus.connection import connect
 from bus.errors import Rejected
@@ -35,6 +36,8 @@ from schemas.base import Usage
 from schemas.chat import ChatTurnInput, ChatTurnResult, PolicyVerdict
 from schemas.envelope import Envelope
 from schemas.identity import (
+    JWKS_KEY,
+    REVOCATIONS_BUCKET,
     ApiKeyInfo,
     IdentityCreateKey,
     IdentityCreateTenant,
@@ -65,6 +68,7 @@ from schemas.identity import (
     Revocation,
     TenantInfo,
     UserInfo,
+    revocation_key,
 )
 from schemas.memories import (
     MemoryAdd,
@@ -128,6 +132,13 @@ class Identity:
     keys: dict[str, KeyRecord] = field(default_factory=dict)
     families: dict[str, Family] = field(default_factory=dict)
     revocations: list[Revocation] = field(default_factory=list)
+    # Where gateways learn the key set and revocations, as from the real identity process.
+    js: JetStreamContext | None = None
+
+    async def publish_key_set(self, js: JetStreamContext) -> None:
+        self.js = js
+        kv = await js.key_value(REVOCATIONS_BUCKET)
+        await kv.put(JWKS_KEY, msgspec.json.encode(IdentityJwksPublished(keys=[self.public_jwk()])))
 
     # Bootstrapping, as the identity CLI would do it.
 
@@ -252,21 +263,23 @@ class Identity:
             session=family.sid,
         )
 
-    def _revoke(self, kind: RevocationKind, subject: str, expires_at: float) -> None:
-        self.revocations.append(
-            Revocation(
-                kind=kind,
-                subject=subject,
-                revoked_at=time.time(),
-                expires_at=expires_at,
-            )
+    async def _revoke(self, kind: RevocationKind, subject: str, expires_at: float) -> None:
+        revocation = Revocation(
+            kind=kind, subject=subject, revoked_at=time.time(), expires_at=expires_at
         )
+        self.revocations.append(revocation)
+        if self.js is not None:
+            await self.js.publish(
+                f"$KV.{REVOCATIONS_BUCKET}.{revocation_key(revocation)}",
+                msgspec.json.encode(revocation),
+                msg_ttl=max(1, math.ceil(expires_at - time.time())),
+            )
 
     async def refresh(self, cmd: IdentityRefresh, env: Envelope) -> IdentityRefreshed:
         for family in self.families.values():
             if cmd.refresh_sha256 in family.used:
                 family.revoked = True
-                self._revoke("session", family.sid, time.time() + ACCESS_TTL)
+                await self._revoke("session", family.sid, time.time() + ACCESS_TTL)
                 raise Rejected("unauthenticated: refresh token reused; session revoked")
             if family.current == cmd.refresh_sha256:
                 if family.revoked:
@@ -286,20 +299,20 @@ class Identity:
 
     async def revoke(self, cmd: IdentityRevoke, env: Envelope) -> IdentityRevoked:
         if cmd.jti:
-            self._revoke("jti", cmd.jti, cmd.expires_at or time.time() + ACCESS_TTL)
+            await self._revoke("jti", cmd.jti, cmd.expires_at or time.time() + ACCESS_TTL)
             return IdentityRevoked(revoked=True)
         if cmd.refresh_sha256:
             for family in self.families.values():
                 if family.tenant == env.tenant and cmd.refresh_sha256 == family.current:
                     family.revoked = True
-                    self._revoke("session", family.sid, time.time() + ACCESS_TTL)
+                    await self._revoke("session", family.sid, time.time() + ACCESS_TTL)
                     return IdentityRevoked(revoked=True)
             return IdentityRevoked(revoked=False)
         if cmd.user_id:
             user = self.users.get(cmd.user_id)
             if user is None or user.tenant != env.tenant:
                 raise Rejected(f"not_found: no user {cmd.user_id!r}")
-            self._revoke("user", cmd.user_id, time.time() + ACCESS_TTL)
+            await self._revoke("user", cmd.user_id, time.time() + ACCESS_TTL)
             return IdentityRevoked(revoked=True)
         raise Rejected("invalid: nothing to revoke")
 
@@ -751,4 +764,5 @@ async def start_world(settings: Settings) -> World:
         Service(name="policy", routes={PolicyEvaluate: _evaluate}),
     ]
     running = [await start(s, settings) for s in services]
+    await identity.publish_key_set(running[0].js)
     return World(identity, sagas, memory, analytics, running)

@@ -76,11 +76,14 @@ async def test_a_token_from_a_freshly_rotated_key_is_accepted(
         )
         old_key, old_kid = identity.signing_key, identity.kid
         identity.signing_key, identity.kid = Ed25519PrivateKey.generate(), "rotated-key"
+        assert identity.js is not None
+        await identity.publish_key_set(identity.js)
         try:
             token = identity.sign(identity.claims("acme", "u1", ["member"]))
-            assert await status_of(http, token) == 200, "an unknown kid fetched the key set again"
+            assert await status_of(http, token) == 200, "the new key set reached the gateway"
         finally:
             identity.signing_key, identity.kid = old_key, old_kid
+            await identity.publish_key_set(identity.js)
 
 
 async def test_an_api_key_is_exchanged_for_tokens_that_work(

@@ -2,20 +2,28 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 import sqlalchemy as sa
 
+from bus.connection import connect
+from bus.streams import provision
 from handlers.identity.config import IdentitySettings
 from handlers.identity.service import build, maintain
 from handlers.identity.signing_keys import ensure_signing_keys, jwks
 from handlers.identity.tables import signing_keys
 from schemas.catalogue import commands_of, of_type
+from schemas.identity import JWKS_KEY, REVOCATIONS_BUCKET, IdentityJwksPublished
 from soma.settings import Settings
+from tests.servers import NatsServer
 
 
 async def test_startup_creates_the_key_set_and_shutdown_stops_maintenance(
-    db, settings, database_url
+    db, settings, database_url, nats: NatsServer
 ):
-    service = build(Settings.model_validate({"DATABASE_URL": database_url}), settings)
+    bus_settings = Settings.model_validate({"DATABASE_URL": database_url, "NATS_URL": nats.url})
+    nc = await connect(nats.url, "identity-test")
+    await provision(nc.jetstream(), bus_settings)
+    service = build(bus_settings, settings)
 
     for hook in service.startup:
         await hook()
@@ -27,6 +35,27 @@ async def test_startup_creates_the_key_set_and_shutdown_stops_maintenance(
     assert len((await jwks(db))["keys"]) == 2
     assert len(tasks_before) == 1
     assert all(task.done() for task in tasks_before)
+    await nc.close()
+
+
+async def test_startup_publishes_the_key_set_to_the_gateways_bucket(
+    db, settings, database_url, nats: NatsServer
+):
+    bus_settings = Settings.model_validate({"DATABASE_URL": database_url, "NATS_URL": nats.url})
+    nc = await connect(nats.url, "identity-test")
+    await provision(nc.jetstream(), bus_settings)
+    service = build(bus_settings, settings)
+
+    for hook in service.startup:
+        await hook()
+    try:
+        kv = await nc.jetstream().key_value(REVOCATIONS_BUCKET)
+        held = msgspec.json.decode((await kv.get(JWKS_KEY)).value, type=IdentityJwksPublished)
+        assert held.keys == (await jwks(db))["keys"]
+    finally:
+        for hook in service.shutdown:
+            await hook()
+        await nc.close()
 
 
 def test_every_identity_command_in_the_catalogue_has_a_route(database_url):
