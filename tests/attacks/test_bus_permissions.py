@@ -26,6 +26,7 @@ from bus import deadletter, runtime
 from bus.connection import connect
 from schemas.catalogue import STREAMS, by_name
 from schemas.envelope import Envelope
+from schemas.identity import JWKS_KEY, REVOCATIONS_BUCKET
 from soma.settings import Settings
 from soma.terminal import quiet_disconnect
 from tests.cli.conftest import Soma, clean_env
@@ -149,6 +150,30 @@ async def test_a_service_user_cannot_create_a_stream(port: int, name: str) -> No
         assert f"GRAB_{name}" not in await js.streams_info() and not [
             s for s in await js.streams_info() if s.config.name == f"GRAB_{name}"
         ]
+
+
+# The revocations bucket: identity writes it, gateways only read it.
+
+
+@pytest.mark.parametrize("name", [n for n in SERVICE_USERS if n != "identity"])
+async def test_only_identity_may_write_the_revocations_bucket(port: int, name: str) -> None:
+    """Anyone else could un-revoke a stolen token by overwriting its entry, or publish a key set
+    of its own and sign tokens every gateway would accept."""
+    forged = f"$KV.{REVOCATIONS_BUCKET}.{JWKS_KEY}"
+    async with as_user(port, name) as user:
+        await user.refused(forged, user.js.publish(forged, b'{"keys": []}'))
+
+
+async def test_the_gateway_cannot_make_a_durable_on_the_revocations_bucket(port: int) -> None:
+    stream = f"KV_{REVOCATIONS_BUCKET}"
+    async with as_user(port, "gateway") as gateway:
+        durable = ConsumerConfig(
+            name="keep", durable_name="keep", filter_subject=f"$KV.{REVOCATIONS_BUCKET}.>"
+        )
+        await gateway.refused(
+            f"$JS.API.CONSUMER.CREATE.{stream}.keep.$KV.{REVOCATIONS_BUCKET}.>",
+            gateway.js.add_consumer(stream, durable),
+        )
 
 
 @pytest.mark.parametrize("name", SERVICE_USERS)

@@ -257,9 +257,8 @@ async def test_soma_migrate_as_admin_creates_the_streams(tmp_path: Path) -> None
         admin = Soma(clean_env(NATS_URL=_url(port, "admin"), SOMA_DATA_DIR=str(tmp_path)))
         migrated = await admin("migrate")
         assert migrated.exit_code == 0, migrated.stderr
-        assert "streams: SOMA_CMD, SOMA_EVT, SOMA_DLQ, KV_soma_idempotency ready" in (
-            migrated.stdout
-        )
+        streams = "SOMA_CMD, SOMA_EVT, SOMA_DLQ, KV_soma_idempotency, KV_soma_revocations"
+        assert f"streams: {streams} ready" in migrated.stdout
         handler = await _policy_handler(port)
         await handler.stop()
 
@@ -296,3 +295,69 @@ async def test_the_gateway_user_reads_a_passthrough_answer_back_but_makes_no_dur
         secured, "gateway", ["$JS.API.CONSUMER.CREATE.SOMA_EVT.mine.soma.evt.>"]
     )
     assert len(errors) == 1
+
+
+async def test_identity_writes_the_revocations_bucket_and_the_gateway_user_follows_it(
+    secured: int,
+) -> None:
+    """What identity's board and the gateway's verifier do, each as its own user: a put, a
+    revocation with its TTL and a direct get; the load, the watch and a direct get."""
+    import time
+
+    import msgspec
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from gateway.tokens import AccessClaims, TokenRules, TokenVerifier
+    from handlers.identity.signing_keys import public_jwk
+    from schemas.identity import (
+        JWKS_KEY,
+        REVOCATIONS_BUCKET,
+        IdentityJwksPublished,
+        Revocation,
+        revocation_key,
+    )
+
+    errors: list[str] = []
+
+    async def on_error(err: Exception) -> None:
+        errors.append(str(err))
+
+    def claims(jti: str, session: str) -> AccessClaims:
+        now = time.time()
+        return AccessClaims("u", "acme", (), (), None, jti, session, now, now + 60, None, None)
+
+    async def revoke(kind: str, subject: str) -> None:
+        now = time.time()
+        entry = Revocation(kind=kind, subject=subject, revoked_at=now, expires_at=now + 60)  # type: ignore[arg-type]
+        subject_ = f"$KV.{REVOCATIONS_BUCKET}.{revocation_key(entry)}"
+        await identity.jetstream().publish(subject_, msgspec.json.encode(entry), msg_ttl=60)
+
+    identity = await connect(_url(secured, "identity"), "identity")
+    gateway = await connect(_url(secured, "gateway"), "gateway")
+    identity._error_cb = gateway._error_cb = on_error  # type: ignore[assignment]
+    jwk = public_jwk(Ed25519PrivateKey.generate())
+    board = await identity.jetstream().key_value(REVOCATIONS_BUCKET)
+    await board.put(JWKS_KEY, msgspec.json.encode(IdentityJwksPublished(keys=[jwk])))
+    assert (await board.get(JWKS_KEY)).value
+    await revoke("jti", "before-start")
+    verifier = TokenVerifier(
+        TokenRules("soma", "soma-gateway"),
+        await gateway.jetstream().key_value(REVOCATIONS_BUCKET),
+        lambda: True,
+        lambda: 0,
+    )
+    try:
+        await verifier.prime()
+        assert verifier.keys.get(jwk["kid"]) is not None
+        assert verifier.revoked.revokes(claims("before-start", "s"))
+        await revoke("session", "after-start")
+        async with asyncio.timeout(10):
+            while not verifier.revoked.revokes(claims("j", "after-start")):
+                await asyncio.sleep(0.02)
+        await verifier.refresh_keys()
+        assert errors == []
+    finally:
+        await verifier.stop()
+        with quiet_disconnect():
+            await identity.close()
+            await gateway.close()

@@ -46,13 +46,20 @@ async def test_json_shows_a_consumers_lag_and_in_flight_messages(
     assert policy["name"] == "policy" and policy["durable"]
     assert policy["filter"] == ["soma.cmd.*.policy.>"]
     assert (policy["pending"], policy["ack_pending"]) == (3, 1)
-    # SOMA_CMD, SOMA_EVT, SOMA_DLQ and the gateway's KV_soma_idempotency bucket
-    assert report["stream_count"] == 4 and report["consumer_count"] == 1
+    # SOMA_CMD, SOMA_EVT, SOMA_DLQ, the gateway's KV_soma_idempotency and KV_soma_revocations
+    assert report["stream_count"] == 5 and report["consumer_count"] == 1
 
 
 async def test_the_table_names_every_stream_and_consumer(js: JetStreamContext, soma: Soma) -> None:
     await _lagging_policy_consumer(js)
     result = await soma("streams")
     assert result.exit_code == 0, result.stderr
-    for name in (*STREAMS.values(), "KV_soma_idempotency", "policy", "1 consumers", "4 streams"):
+    for name in (
+        *STREAMS.values(),
+        "KV_soma_idempotency",
+        "KV_soma_revocations",
+        "policy",
+        "1 consumers",
+        "5 streams",
+    ):
         assert name in result.stdout
