@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -282,3 +283,18 @@ async def test_kill_9_of_the_leading_member_under_load_loses_nothing_and_doubles
         with quiet_disconnect():
             await nc.close()
         await db.dispose()
+
+
+def test_the_processes_export_consumer_lag_saga_and_model_metrics(system: System) -> None:
+    """Scraped after the load: the gauges read from the server and the model counters."""
+    assert system.running is not None
+    ports = set(re.findall(r"http://127\.0\.0\.1:(\d+)/healthz", system.running.out.text))
+    assert len(ports) == len(PROCESSES) - 1, "every process but the gateway has a health port"
+    scraped = ""
+    for port in ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            scraped += response.read().decode()
+    assert 'soma_consumer_pending_messages{durable="policy",stream="SOMA_CMD"}' in scraped
+    assert 'soma_consumer_redelivered_messages{durable="sagas-events",stream="SOMA_EVT"}' in scraped
+    assert re.search(r'soma_model_tokens_total\{direction="output",model="soma-local-dev"', scraped)
+    assert "# TYPE soma_saga_instances gauge" in scraped
