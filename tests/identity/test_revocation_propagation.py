@@ -11,21 +11,29 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Literal
 
 import httpx
 import jwt
+import msgspec
 import pytest
+from nats.js import JetStreamContext
 
 from bus import runtime
 from bus.connection import connect
 from bus.request import Requester
+from bus.streams import provision
+from gateway.tokens import AccessClaims, TokenRules, TokenVerifier
 from handlers.identity.service import build
 from schemas.catalogue import STREAMS
 from schemas.identity import (
+    REVOCATIONS_BUCKET,
     IdentityKeyRevoked,
     IdentityRevoke,
     IdentityRevoked,
     IdentityRevokeKey,
+    Revocation,
+    revocation_key,
 )
 from soma.settings import Settings
 from tests.gateway.serving import auth, gateway_config, served
@@ -188,3 +196,58 @@ async def test_an_idle_system_writes_nothing_to_the_streams(
 
     print(f"stream sequences over 5 idle seconds: {before} -> {after}")
     assert after == before
+
+
+async def test_a_gateway_that_reconnects_loads_what_was_written_while_it_was_away(
+    tmp_path: Path,
+) -> None:
+    """The server restarts (its consumers gone with it) and a revocation is written before the
+    gateway is back: the gateway loads the bucket again on reconnecting, then keeps watching."""
+    server = NatsServer(tmp_path).start()
+    settings = Settings.model_validate({"NATS_URL": server.url, "SOMA_DATA_DIR": tmp_path})
+    admin = await connect(server.url, "revocations-admin")
+    await provision(admin.jetstream(), settings)
+    await admin.close()
+    gateway = await connect(server.url, "revocations-gateway")
+    verifier = TokenVerifier(
+        TokenRules(CONFIG.issuer, CONFIG.audience),
+        await gateway.jetstream().key_value(REVOCATIONS_BUCKET),
+        lambda: bool(gateway.is_connected),
+        lambda: int(gateway.stats["reconnects"]),
+    )
+    try:
+        await verifier.prime()
+        server.stop()
+        server = NatsServer(tmp_path, server.port).start()
+        writer = await connect(server.url, "revocations-writer")
+        start = time.monotonic()
+        await _write(writer.jetstream(), "jti", "while-away")
+        # Sooner than nats-py's own repair of a lost watch, after two missed heartbeats (10 s).
+        async with asyncio.timeout(2 * MARGIN):
+            while not verifier.revoked.revokes(_claims(jti="while-away")):
+                await asyncio.sleep(0.02)
+        reloaded = time.monotonic() - start
+        await _write(writer.jetstream(), "session", "after-return")
+        async with asyncio.timeout(MARGIN):
+            while not verifier.revoked.revokes(_claims(session="after-return")):
+                await asyncio.sleep(0.02)
+        await writer.close()
+    finally:
+        await verifier.stop()
+        await gateway.close()
+        server.stop()
+
+    print(f"after the server restarted the gateway had the revocation in {reloaded:.2f} s")
+
+
+async def _write(js: JetStreamContext, kind: Literal["jti", "session"], subject: str) -> None:
+    now = time.time()
+    entry = Revocation(kind=kind, subject=subject, revoked_at=now, expires_at=now + 60)
+    await js.publish(
+        f"$KV.{REVOCATIONS_BUCKET}.{revocation_key(entry)}", msgspec.json.encode(entry), msg_ttl=60
+    )
+
+
+def _claims(jti: str = "j", session: str = "s") -> AccessClaims:
+    now = time.time()
+    return AccessClaims("u", "acme", (), (), None, jti, session, now, now + 60, None, None)
