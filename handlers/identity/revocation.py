@@ -1,4 +1,4 @@
-"""Revocation records, and the feed gateways poll to apply them within seconds.
+"""Revocation records, the database's side of what ``board`` publishes to the gateways.
 
 An access token cannot be recalled, so revoking one means telling every gateway to refuse it
 until it would have expired anyway; after that the record is pruned. Three kinds: one token

@@ -1,8 +1,9 @@
 """Local verification of access tokens: what the gateway runs on every request.
 
-No bus and no SQL here. The gateway feeds a ``Verifier`` the JWKS (``signing_keys.jwks``) and
-polls revocations (``revocation.revocations_since``) every couple of seconds; each request is
-then checked in memory. Every failure is a subclass of ``errors.InvalidToken`` (HTTP 401).
+No bus and no SQL here. A holder feeds a ``Verifier`` the JWKS (``signing_keys.jwks``) and
+revocation updates (``revocation.revocations_since``); each request is then checked in memory.
+(The gateway keeps its own copy of these checks in ``gateway.tokens``, fed from the watched
+``soma_revocations`` bucket.) Every failure is a subclass of ``errors.InvalidToken`` (HTTP 401).
 
 Checks, in order: a JWT at all; ``typ`` is ``at+jwt`` (RFC 9068, so no other kind of JWT passes
 as an access token); algorithm EdDSA only — ``none`` and HMAC tricks with the public key as
