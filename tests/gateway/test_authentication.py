@@ -157,7 +157,7 @@ async def test_a_revoked_access_token_stops_working_on_every_replica(
                 return await status_of(other, token) == 401
 
             assert await eventually(refused_elsewhere, bool, 3), (
-                "within the poll interval elsewhere"
+                "within a second elsewhere, from the watched bucket"
             )
 
 
