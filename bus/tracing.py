@@ -90,8 +90,9 @@ def span(
 
 
 def saga_step(saga_type: str, step: str, saga_id: str) -> AbstractContextManager[object]:
-    """A saga step inside the trace of the message that moved the saga on."""
-    if _tracer is None or not trace.get_current_span().get_span_context().is_valid:
+    """A saga step inside the trace of the message that moved the saga on; a step a durable
+    timer woke (a sleep, a retry, a wait that timed out) starts a trace of its own."""
+    if _tracer is None:
         return nullcontext()
     attributes = {"soma.saga.type": saga_type, "soma.saga.step": step, "soma.saga.id": saga_id}
     return _tracer.start_as_current_span(f"step {saga_type}.{step}", attributes=attributes)
