@@ -28,10 +28,8 @@ class GatewayConfig(BaseSettings):
     jwt_issuer: str = Field(default="soma", alias="SOMA_JWT_ISSUER")
     jwt_audience: str = Field(default="soma-gateway", alias="SOMA_JWT_AUDIENCE")
     jwt_leeway: float = Field(default=5, ge=0, alias="SOMA_JWT_LEEWAY_SECONDS")
-    jwks_refresh: float = Field(default=30, gt=0, alias="SOMA_JWKS_REFRESH_SECONDS")
     # An unknown ``kid`` triggers a key-set fetch, at most this often.
     jwks_miss_interval: float = Field(default=5, ge=0, alias="SOMA_JWKS_MISS_SECONDS")
-    revocations_poll: float = Field(default=2, gt=0, alias="SOMA_REVOCATIONS_POLL_SECONDS")
     # Past this age of the last revocation snapshot, access tokens are refused (fail closed);
     # 0 accepts tokens whatever the snapshot's age.
     revocations_max_age: float = Field(default=300, ge=0, alias="SOMA_REVOCATIONS_MAX_AGE")

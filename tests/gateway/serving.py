@@ -24,7 +24,6 @@ def gateway_config(**overrides: Any) -> GatewayConfig:
         "SOMA_RATE_RPM": 10_000,
         "SOMA_RATE_TENANT_RPM": 100_000,
         "SOMA_API_KEY_CACHE_SECONDS": 0.5,
-        "SOMA_REVOCATIONS_POLL_SECONDS": 0.2,
         "SOMA_BUS_TIMEOUT": 5,
         "SOMA_CHAT_TIMEOUT": 10,
         "SOMA_MAX_BODY_BYTES": 64 * 1024,
