@@ -31,6 +31,7 @@ from rich.table import Table
 from rich.text import Text
 
 from soma import embedded
+from soma.logs import redact
 from soma.processes import Process, ProcessUnavailable, UnknownProcess, load, parse_spec
 from soma.settings import Settings
 
@@ -96,6 +97,8 @@ class Supervisor:
     # -- output -----------------------------------------------------------------------------
 
     def say(self, message: str | Text, style: str = "") -> None:
+        # What the operator sees may name URLs with credentials (NATS_URL): never the secrets.
+        message = redact(message) if isinstance(message, str) else message
         with self._print_lock:
             self.console.print(message, style=style, soft_wrap=True, highlight=False)
 
