@@ -52,6 +52,7 @@ from schemas.catalogue import by_name, of_type
 from schemas.common import CommandFailed
 from schemas.envelope import Envelope
 from schemas.sagas import SagaCancel, SagaFinished, SagaReplied, SagaStart, SagaStarted
+from soma.db import reader
 
 log = logging.getLogger("soma.sagas")
 
@@ -114,6 +115,9 @@ class Engine:
         replay_grace: float = 60.0,
     ):
         self.db = db
+        # Reads that decide nothing alone (a hot instance's load, the timer pass) take no
+        # write lock, so they never queue behind a group commit.
+        self.reads = reader(db)
         self.registry = registry
         self.on_commit = on_commit
         self.postgres = db.dialect.name == "postgresql"
@@ -316,7 +320,7 @@ class Engine:
         await self._transact(body, saga_id=parent_id)
 
     async def due(self, now: float, limit: int = 500) -> list[str]:
-        async with self.db.connect() as conn:
+        async with self.reads.connect() as conn:
             rows = await conn.execute(
                 select(tables.instances.c.id)
                 .where(
@@ -368,7 +372,7 @@ class Engine:
 
     async def _read(self, saga_id: str) -> dict[str, Any] | None:
         """The stored instance, without a lock (group mode decides in memory)."""
-        async with self.db.connect() as conn:
+        async with self.reads.connect() as conn:
             row = (
                 (
                     await conn.execute(

@@ -11,6 +11,7 @@ from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sagas import tables
+from soma.db import reader
 
 
 async def list_instances(
@@ -55,7 +56,7 @@ async def list_instances(
         .limit(limit)
         .offset(offset)
     )
-    async with db.connect() as conn:
+    async with reader(db).connect() as conn:
         return [dict(r) for r in (await conn.execute(stmt)).mappings()]
 
 
@@ -66,7 +67,7 @@ async def get_instance(
     stmt = select(t).where(t.c.id == saga_id)
     if tenant:
         stmt = stmt.where(t.c.tenant == tenant)
-    async with db.connect() as conn:
+    async with reader(db).connect() as conn:
         row = (await conn.execute(stmt)).mappings().first()
     return dict(row) if row else None
 
@@ -74,5 +75,5 @@ async def get_instance(
 async def get_history(db: AsyncEngine, saga_id: str) -> list[dict[str, Any]]:
     h = tables.history
     stmt = select(h).where(h.c.saga_id == saga_id).order_by(h.c.run, h.c.seq, h.c.id)
-    async with db.connect() as conn:
+    async with reader(db).connect() as conn:
         return [dict(r) for r in (await conn.execute(stmt)).mappings()]

@@ -17,6 +17,7 @@ from sqlalchemy import and_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sagas import tables
+from soma.db import reader
 
 log = logging.getLogger("soma.sagas.relay")
 
@@ -64,7 +65,7 @@ class Relay:
         return len(ids)
 
     async def sweep(self, older_than: float = 1.0, limit: int = 500) -> int:
-        async with self.db.connect() as conn:
+        async with reader(self.db).connect() as conn:
             rows = (
                 (
                     await conn.execute(

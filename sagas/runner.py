@@ -32,7 +32,7 @@ from sagas.relay import Relay
 from schemas.envelope import Envelope
 from schemas.saga_queries import SagaInfo, SagaList, SagaListed, SagaQueried, SagaQuery, SagaStep
 from schemas.sagas import SagaCancel, SagaFinished, SagaSignal, SagaStart, SagaStarted
-from soma.db import make_engine, migrate
+from soma.db import make_engine, migrate, reader
 from soma.settings import Settings
 
 log = logging.getLogger("soma.sagas.runner")
@@ -216,7 +216,7 @@ def saga_info(row: dict[str, Any], history: list[dict[str, Any]]) -> SagaInfo:
 async def _count_unfinished(db: AsyncEngine) -> None:
     """The saga gauge, per scrape: instances not finished yet, by type and state."""
     i = tables.instances
-    async with db.connect() as conn:
+    async with reader(db).connect() as conn:
         rows = await conn.execute(
             select(i.c.type, i.c.state, func.count())
             .where(i.c.finished_at.is_(None))

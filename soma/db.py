@@ -52,6 +52,9 @@ AREAS = {
     "sagas": "saga_",
 }
 
+# The execution option of a read-only engine (``reader``).
+READ_ONLY = "soma_read_only"
+
 # The single SQLite file every area shared before each had its own.
 LEGACY_FILE = "soma.db"
 
@@ -73,13 +76,22 @@ def make_engine(url: str) -> AsyncEngine:
 
         @event.listens_for(engine.sync_engine, "begin")
         def _sqlite_begin(conn):  # type: ignore[no-untyped-def]
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # A reader (``reader(engine)``) must not take the write lock: in WAL mode it reads
+            # a snapshot beside the writer, where it would queue on busy_timeout's sleeps.
+            read = conn.get_execution_options().get(READ_ONLY)
+            conn.exec_driver_sql("BEGIN" if read else "BEGIN IMMEDIATE")
 
         return engine
     # A fixed pool: under load, tasks wait for a connection instead of opening (and closing)
     # overflow connections, which costs more than the statements themselves.
     pool = int(os.environ.get("SOMA_DB_POOL", "20"))
     return create_async_engine(url, pool_size=pool, max_overflow=0, pool_recycle=1800)
+
+
+def reader(engine: AsyncEngine) -> AsyncEngine:
+    """``engine`` for transactions that only read: on SQLite they begin deferred, so they
+    neither wait for nor hold up the writer (PostgreSQL's reads never take a write lock)."""
+    return engine.execution_options(**{READ_ONLY: True})
 
 
 def alembic_config(url: str) -> Config:
