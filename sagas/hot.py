@@ -24,9 +24,15 @@ from sagas import tables
 
 log = logging.getLogger("soma.sagas.hot")
 
-# How long the committer lets transitions gather before it writes them: the transitions of
-# one chat turn come a few milliseconds apart, and acks wait for the commit, answers do not.
-WINDOW = 0.004
+# How long the committer lets transitions gather before it writes them. Only acks wait for the
+# commit, never a command or an answer, so the window costs a turn nothing, while each commit
+# costs the runner's one event loop a few milliseconds that the next reply waits behind: a chat
+# turn's transitions (a few milliseconds apart) then share one or two commits, not one each.
+WINDOW = 0.03
+# Triggers waiting for a commit that cut the window short: each holds one of the consumer's
+# slots (SOMA_FETCH_BATCH, 64 by default) until it is acked, and a hand full of waiting
+# triggers would stop the runner taking new messages.
+EARLY = 24
 # Instances kept in memory at most; the oldest settled ones are let go first.
 CAPACITY = 20_000
 _TERMINAL = frozenset({"completed", "failed", "cancelled", "compensated", "compensation_failed"})
@@ -71,6 +77,8 @@ class HotStore:
         self.hot: dict[str, Hot] = {}
         self.pending: dict[str, Pending] = {}
         self.wake = asyncio.Event()
+        self.full = asyncio.Event()
+        self.waiting = 0  # triggers waiting for the next commit
         self.lock = asyncio.Lock()
 
     def add(
@@ -95,7 +103,10 @@ class HotStore:
             pending.publishing.append(publishing)
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         pending.waiters.append(waiter)
+        self.waiting += 1
         self.wake.set()
+        if self.waiting >= EARLY:
+            self.full.set()
         return waiter
 
     def keep(self, saga_id: str, hot: Hot) -> Hot:
@@ -124,7 +135,10 @@ class HotStore:
         while True:
             await self.wake.wait()
             self.wake.clear()
-            await asyncio.sleep(WINDOW)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(WINDOW):
+                    await self.full.wait()
+            self.full.clear()
             try:
                 await self.flush()
             except Exception as exc:  # each batch's waiters have been told already
@@ -134,6 +148,7 @@ class HotStore:
         async with self.lock:
             while self.pending:
                 batch, self.pending = self.pending, {}
+                self.waiting = 0
                 for pending in batch.values():
                     pending.hot.flushed_rev = pending.row["rev"]
                 await self._commit(batch)
