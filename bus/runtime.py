@@ -205,6 +205,7 @@ class BatchConsumer(Consumer):
     Messages that arrive while a batch is being handled wait, and all of them go together as
     the next batch: one message alone goes at once, and under load each batch holds what came
     in during the last one (at most the consumer's concurrency). Batches run one after another.
+    With a ``linger``, a batch that has room waits that long for more before it is handled.
     """
 
     def __init__(
@@ -214,9 +215,11 @@ class BatchConsumer(Consumer):
         config: ConsumerConfig,
         handle_batch: Callable[[list[Msg]], Awaitable[None]],
         concurrency: int,
+        linger: float = 0.0,
     ) -> None:
         super().__init__(js, stream, config, self._unused, concurrency)
         self.handle_batch = handle_batch
+        self.linger = linger
         self.waiting: list[Msg] = []
         self.worker: asyncio.Task[None] | None = None
 
@@ -233,6 +236,8 @@ class BatchConsumer(Consumer):
     async def _work(self) -> None:
         await asyncio.sleep(0)  # let the rest of a burst that arrived together join
         while self.waiting:
+            if self.linger > 0 and self.available > 0:
+                await asyncio.sleep(self.linger)  # and what comes in the next moments
             batch, self.waiting = self.waiting, []
             try:
                 await self.handle_batch(batch)
@@ -300,7 +305,14 @@ async def start(service: Service, settings: Settings, *, health_port: int | None
             js, service.name, followed, service.event_batches.handler, policy
         )
         running.consumers.append(
-            BatchConsumer(js, STREAMS["evt"], config, batches, settings.fetch_batch)
+            BatchConsumer(
+                js,
+                STREAMS["evt"],
+                config,
+                batches,
+                settings.fetch_batch,
+                service.event_batches.linger,
+            )
         )
     if service.event_routes:
         process = make_processor(

@@ -38,6 +38,9 @@ class EventBatches:
 
     names: tuple[str, ...]  # schema names followed, or ("*",) for every event
     handler: BatchHandler
+    # Seconds a batch waits for more events before it is handled: a follower off every turn's
+    # path (analytics) trades that much freshness for fewer, larger transactions.
+    linger: float = 0.0
 
 
 @dataclass
