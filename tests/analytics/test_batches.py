@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bus import runtime
 from bus.connection import connect
+from bus.publish import envelope_for, publish
 from bus.streams import provision
 from handlers.analytics import rollups
 from handlers.analytics.report import report
@@ -26,6 +27,7 @@ from handlers.analytics.service import build
 from handlers.analytics.tables import processed
 from schemas.catalogue import STREAMS, by_subject
 from schemas.envelope import Envelope
+from schemas.sagas import SagaStarted
 from soma.db import make_engine, migrate
 from soma.settings import Settings
 from tests.analytics.test_on_the_bus import (
@@ -200,3 +202,29 @@ async def test_events_in_hand_together_are_counted_in_batches(store: Store) -> N
     assert max(batches) > 1
     assert len(batches) < expected.events
     await _assert_counted_once(store.engine, expected)
+
+
+async def test_events_a_few_milliseconds_apart_wait_for_each_other_in_one_batch(
+    store: Store,
+) -> None:
+    service = build(store.settings)
+    assert service.event_batches is not None and service.event_batches.linger > 0.1
+    batches: list[int] = []
+    count = service.event_batches.handler
+
+    async def counting(batch: list) -> None:  # type: ignore[type-arg]
+        batches.append(len(batch))
+        await count(batch)
+
+    service.event_batches = replace(service.event_batches, handler=counting)
+    running = await runtime.start(service, store.settings)
+    try:
+        for i in range(5):
+            event = SagaStarted(saga_id=f"turn-{i}", saga_type="chat_turn", version=2)
+            await publish(store.js, event, envelope_for(event, tenant="acme"))
+            await asyncio.sleep(0.01)
+        await _drained(store.js)
+    finally:
+        await running.stop()
+    assert sum(batches) == 5
+    assert len(batches) <= 2  # one alone would have gone at once, each in its own batch
