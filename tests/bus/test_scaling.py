@@ -26,12 +26,26 @@ def start_worker(url: str, record: Path) -> subprocess.Popen[bytes]:
     )
 
 
+async def both_pulling(js, durable: str, replicas: int) -> None:  # type: ignore[no-untyped-def]
+    """Until every replica has a pull request waiting: one started late would find no work."""
+    async with asyncio.timeout(60):
+        while True:
+            try:
+                info = await js.consumer_info(STREAMS["cmd"], durable)
+            except Exception:
+                info = None
+            if info is not None and (info.num_waiting or 0) >= replicas:
+                return
+            await asyncio.sleep(0.1)
+
+
 async def test_two_processes_of_one_handler_handle_every_message_exactly_once(
     js, fresh_nats: NatsServer, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     records = [tmp_path / "a.log", tmp_path / "b.log"]
     workers = [start_worker(fresh_nats.url, r) for r in records]
     try:
+        await both_pulling(js, "policy", len(workers))
         sent = set()
         for i in range(300):
             cmd = PolicyEvaluate(stage="prompt", text=str(i))

@@ -289,11 +289,13 @@ async def _usage(passthrough: Passthrough, model: str) -> dict[str, int]:
         )
     assert answer.status_code == 200, answer.text
     rows = [r for r in answer.json()["data"] if r["group"].get("model") == model]
+    names = ("requests", "prompt_tokens", "completion_tokens")
     totals = Counter[str]()
     for row in rows:
-        for name in ("requests", "prompt_tokens", "completion_tokens"):
+        for name in names:
             totals[name] += row[name]
-    return dict(totals)
+    # Zero before analytics has counted anything for the model.
+    return {name: totals[name] for name in names}
 
 
 async def test_a_streamed_retry_of_an_answered_turn_gets_its_answer_without_a_second_call(
