@@ -13,6 +13,7 @@ server drops if it got through, while a deliberate retry has a new attempt and a
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import inspect
 import logging
@@ -660,7 +661,10 @@ class Engine:
         change: Change,
     ) -> None:
         fn = definition.steps.get(name)
-        data = dict(change.values.get("data", row["data"]))
+        # The step changes its own copy: a step that changes its data in place would otherwise
+        # change the state before it too, which in group mode may still wait for its commit
+        # and would then be committed with this step's effect on it (RECOVERY.md).
+        data = copy.deepcopy(change.values.get("data", row["data"]))
         if fn is None:
             self._finish(
                 row,
