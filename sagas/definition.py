@@ -18,6 +18,7 @@ declared on the ``Call`` beside the step that needs them, as in Temporal's sampl
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -195,5 +196,6 @@ class Definition(Generic[InputT]):
 
     def decode_input(self, raw: dict[str, Any]) -> InputT:
         if self.input_type is dict:
-            return raw  # type: ignore[return-value]
+            # A copy: a step that changed its input in place would change the stored row.
+            return copy.deepcopy(raw)  # type: ignore[return-value]
         return msgspec.convert(raw, self.input_type)
