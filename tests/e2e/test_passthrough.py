@@ -246,7 +246,7 @@ async def test_usage_of_passthrough_turns_is_metered_once_per_turn(
     passthrough: Passthrough,
 ) -> None:
     model = MODEL
-    before = await _usage(passthrough, model)
+    before = await _settled_usage(passthrough, model)
     passthrough.script.then(
         Reply(text="one", prompt_tokens=100, completion_tokens=10),
         Reply(text="two", prompt_tokens=200, completion_tokens=20),
@@ -280,6 +280,18 @@ async def test_usage_of_passthrough_turns_is_reported_under_the_callers_key(
                     break
                 await asyncio.sleep(0.2)
     assert len(keys - {""}) == 1
+
+
+async def _settled_usage(passthrough: Passthrough, model: str) -> dict[str, int]:
+    """The usage once analytics has counted what earlier tests sent (it batches for a moment)."""
+    last = await _usage(passthrough, model)
+    async with asyncio.timeout(60):
+        while True:
+            await asyncio.sleep(1)
+            now = await _usage(passthrough, model)
+            if now == last:
+                return now
+            last = now
 
 
 async def _usage(passthrough: Passthrough, model: str) -> dict[str, int]:
