@@ -263,6 +263,15 @@ class Engine:
 
         await self._transact(body, saga_id=saga_id)
 
+    async def stored(self, saga_id: str) -> None:
+        """Return once what this runner holds of ``saga_id`` is committed.
+
+        A group mode instance publishes its events before the commit that stores them, so a
+        read that follows an event (a retried request asking whether its turn ended) first
+        lets that commit happen; otherwise it could see a state older than the event."""
+        if saga_id in self.store.pending:
+            await self.store.flush()
+
     async def cancel(self, saga_id: str, reason: str, message_id: str) -> None:
         await self.store.settle(saga_id)
 

@@ -104,6 +104,7 @@ class Runner:
                 await self.engine.reply(event, env)
 
         async def query(cmd: SagaQuery, env: Envelope) -> SagaQueried:
+            await self.engine.stored(cmd.saga_id)
             row = await queries.get_instance(self.engine.db, cmd.saga_id, tenant=env.tenant)
             if row is None:
                 return SagaQueried(saga=None)

@@ -9,6 +9,7 @@ import pytest
 from bus.publish import envelope_for, publish
 from sagas import queries
 from schemas.envelope import new_id
+from schemas.saga_queries import SagaQuery
 from schemas.sagas import SagaStart
 from tests.sagas.conftest import Stack
 
@@ -186,6 +187,25 @@ async def test_a_reply_event_reaches_the_caller_before_the_saga_finishes(stack: 
     assert schemas.index("sagas.replied") < schemas.index("sagas.finished")
     replied = next(e for e in seen if e.schema == "sagas.replied").payload
     assert replied.result == {"outputs": [f"{saga_id}:{n}" for n in (1, 2, 3)]}
+
+
+async def test_a_query_sent_after_a_group_mode_saga_finished_reports_it_ended(
+    stack: Stack,
+) -> None:
+    """A retried request asks after the ``sagas.finished`` it may have missed: the answer never
+    predates an event the saga already sent."""
+    saga_id = new_id()
+    async with stack.requester.watching(saga_id) as events:
+        cmd = SagaStart(saga_type="grouped", saga_id=saga_id)
+        await publish(stack.js, cmd, envelope_for(cmd, tenant="acme", correlation_id=saga_id))
+        async with asyncio.timeout(30):
+            while (await events.get()).schema != "sagas.finished":
+                pass
+    _, answer = await stack.requester.request(
+        SagaQuery(saga_id=saga_id), tenant="acme", expect={"sagas.queried"}
+    )
+    assert answer.payload.saga is not None
+    assert answer.payload.saga.state == "completed"
 
 
 async def test_a_failed_call_of_several_reaches_the_next_step_as_its_failure(
