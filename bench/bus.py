@@ -42,11 +42,11 @@ from bus.connection import connect  # noqa: E402
 from bus.publish import encode, envelope_for, publish  # noqa: E402
 from bus.service import Service  # noqa: E402
 from bus.streams import provision  # noqa: E402
+from kernel.settings import Settings  # noqa: E402
 from schemas.catalogue import STREAMS  # noqa: E402
 from schemas.envelope import Envelope  # noqa: E402
 from schemas.policy import PolicyEvaluate, PolicyEvaluated  # noqa: E402
 from soma import embedded  # noqa: E402
-from soma.settings import Settings  # noqa: E402
 from soma.terminal import quiet_disconnect  # noqa: E402
 
 TENANT = "bench"

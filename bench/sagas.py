@@ -171,8 +171,8 @@ def runner_process(nats_url: str, database_url: str, profile_to: str | None) -> 
     """``--runner``: a saga runner with the bench definition, until SIGTERM."""
     import cProfile
 
+    from kernel.settings import Settings
     from sagas import runner as saga_runner
-    from soma.settings import Settings
 
     async def serve(data_dir: str) -> None:
         settings = Settings(NATS_URL=nats_url, DATABASE_URL=database_url, SOMA_DATA_DIR=data_dir)

@@ -36,6 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from bus.config import BusSettings
 from bus.connection import connect
 from bus.consume import RetryPolicy, make_batch_processor, make_processor
 from bus.errors import BusUnavailable
@@ -44,7 +45,6 @@ from bus.metrics import refresh as refresh_metrics
 from bus.service import Handler, Service
 from bus.streams import provision
 from schemas.catalogue import STREAMS, by_name, of_type
-from soma.settings import Settings
 
 log = logging.getLogger("soma.runtime")
 
@@ -74,7 +74,7 @@ class Running:
             await self.nc.drain()
 
 
-def retry_policy(settings: Settings) -> RetryPolicy:
+def retry_policy(settings: BusSettings) -> RetryPolicy:
     return RetryPolicy(
         max_deliver=settings.max_deliver,
         initial=settings.retry_initial,
@@ -247,7 +247,7 @@ class BatchConsumer(Consumer):
                 self._freed(len(batch))
 
 
-def _consumer_config(durable: str, subjects: list[str], settings: Settings) -> ConsumerConfig:
+def _consumer_config(durable: str, subjects: list[str], settings: BusSettings) -> ConsumerConfig:
     """A durable named ``durable`` reading ``subjects``.
 
     ``name`` is set as well as ``durable_name`` so that, with one filter subject, nats-py
@@ -276,7 +276,9 @@ def command_routes(service: Service) -> dict[str, Handler]:
     return {of_type(t).name: h for t, h in service.routes.items()}
 
 
-async def start(service: Service, settings: Settings, *, health_port: int | None = None) -> Running:
+async def start(
+    service: Service, settings: BusSettings, *, health_port: int | None = None
+) -> Running:
     """Start consuming for ``service``; returns once subscriptions are live."""
     url = settings.nats_url or "nats://127.0.0.1:4222"
     # Connect first (fail fast with a clear message), then check (or, with the right to,
@@ -367,7 +369,7 @@ def health_app(name: str, checks: dict[str, Callable[[], Awaitable[bool]]]) -> S
 
 
 async def _serve_health(
-    name: str, nc: Client, port: int, settings: Settings
+    name: str, nc: Client, port: int, settings: BusSettings
 ) -> tuple[uvicorn.Server, asyncio.Task[Any]]:
     async def nats_ok() -> bool:
         return bool(nc.is_connected)
@@ -381,7 +383,7 @@ async def _serve_health(
     return server, task
 
 
-async def serve_forever(service: Service, settings: Settings, health_port: int | None) -> None:
+async def serve_forever(service: Service, settings: BusSettings, health_port: int | None) -> None:
     """Run until SIGINT/SIGTERM, then drain in-flight messages and stop."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -23,10 +23,10 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError, NotFoundError
 
+from bus.config import BusSettings
 from bus.errors import BusUnavailable
 from schemas.catalogue import DEAD_LETTER_PREFIX, STREAMS
 from schemas.identity import REVOCATIONS_BUCKET
-from soma.settings import Settings
 
 log = logging.getLogger("soma.bus")
 
@@ -50,7 +50,7 @@ def provisioned_by() -> str:
     )
 
 
-def stream_configs(settings: Settings) -> list[StreamConfig]:
+def stream_configs(settings: BusSettings) -> list[StreamConfig]:
     common: dict[str, Any] = {
         "storage": StorageType.FILE,
         "num_replicas": settings.stream_replicas,
@@ -87,7 +87,7 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
     ]
 
 
-def idempotency_bucket_config(settings: Settings) -> StreamConfig:
+def idempotency_bucket_config(settings: BusSettings) -> StreamConfig:
     """The gateway's Idempotency-Key records: a key-value bucket keeping one value per key.
 
     The same stream nats-py's ``create_key_value(bucket=..., history=1, ttl=...)`` makes, so
@@ -113,7 +113,7 @@ def idempotency_bucket_config(settings: Settings) -> StreamConfig:
     )
 
 
-def revocations_bucket_config(settings: Settings) -> StreamConfig:
+def revocations_bucket_config(settings: BusSettings) -> StreamConfig:
     """Identity's revocations and public key set, watched by every gateway.
 
     The bucket itself never ages anything out (the key set must stay); each revocation is
@@ -146,7 +146,7 @@ def differences(expected: StreamConfig, actual: StreamConfig) -> list[str]:
     return sorted(key for key, value in expected.as_dict().items() if have.get(key) != value)
 
 
-async def provision(js: JetStreamContext, settings: Settings) -> None:
+async def provision(js: JetStreamContext, settings: BusSettings) -> None:
     """Make sure every stream exists as the settings describe, asking only for what is missing.
 
     A stream already as expected costs one STREAM.INFO. A missing one is created; one whose

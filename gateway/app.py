@@ -45,6 +45,9 @@ from gateway.routes import (
     usage,
 )
 from gateway.tokens import TokenRules, TokenVerifier
+from kernel.db import make_engine
+from kernel.settings import Settings
+from kernel.telemetry import HttpSpans
 from schemas.identity import (
     REVOCATIONS_BUCKET,
     SYSTEM_TENANT,
@@ -52,9 +55,6 @@ from schemas.identity import (
     IdentityVerifyKey,
 )
 from schemas.models import ModelInfo, SlmListModels, SlmModelsListed
-from soma.db import make_engine
-from soma.settings import Settings
-from soma.telemetry import HttpSpans
 
 log = logging.getLogger("soma.gateway")
 
@@ -195,7 +195,7 @@ async def serve(settings: Settings) -> None:
             host=settings.http_host,
             port=settings.http_port,
             log_level="info",
-            log_config=None,  # the process's own log format (soma.logs), JSON lines included
+            log_config=None,  # the process's own log format (kernel.logs), JSON lines included
             server_header=False,
             timeout_graceful_shutdown=config.drain_timeout,
         )

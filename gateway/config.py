@@ -1,6 +1,6 @@
 """Gateway limits and timings, from ``SOMA_*`` environment variables.
 
-Kept apart from ``soma.settings`` because only the gateway reads them; connection URLs
+Kept apart from ``kernel.settings`` because only the gateway reads them; connection URLs
 (``NATS_URL``, ``REDIS_URL``, ``DATABASE_URL``) and the listen address stay there.
 A rate of 0 means "no limit".
 """

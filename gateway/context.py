@@ -15,7 +15,7 @@ from gateway.dispatch import Dispatch
 from gateway.idempotency import Store
 from gateway.limits import RateLimiter
 from gateway.model_list import ModelList
-from soma.settings import Settings
+from kernel.settings import Settings
 
 bearer = HTTPBearer(auto_error=False, description="An API key (sk-soma-…) or an access token")
 

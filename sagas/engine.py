@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from bus import tracing
 from bus.errors import Rejected
 from bus.publish import encode
+from kernel.db import reader
 from sagas import tables
 from sagas.definition import (
     Action,
@@ -53,7 +54,6 @@ from schemas.catalogue import by_name, of_type
 from schemas.common import CommandFailed
 from schemas.envelope import Envelope
 from schemas.sagas import SagaCancel, SagaFinished, SagaReplied, SagaStart, SagaStarted
-from soma.db import reader
 
 log = logging.getLogger("soma.sagas")
 

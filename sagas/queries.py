@@ -10,8 +10,8 @@ from typing import Any
 from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from kernel.db import reader
 from sagas import tables
-from soma.db import reader
 
 
 async def list_instances(

@@ -16,8 +16,8 @@ from nats.js import JetStreamContext
 from sqlalchemy import and_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from kernel.db import reader
 from sagas import tables
-from soma.db import reader
 
 log = logging.getLogger("soma.sagas.relay")
 

@@ -24,6 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bus import metrics, runtime
 from bus.connection import connect
 from bus.service import Service
+from kernel.db import make_engine, migrate, reader
+from kernel.settings import Settings
 from sagas import queries, tables
 from sagas.definition import Definition
 from sagas.engine import Engine
@@ -32,8 +34,6 @@ from sagas.relay import Relay
 from schemas.envelope import Envelope
 from schemas.saga_queries import SagaInfo, SagaList, SagaListed, SagaQueried, SagaQuery, SagaStep
 from schemas.sagas import SagaCancel, SagaFinished, SagaSignal, SagaStart, SagaStarted
-from soma.db import make_engine, migrate, reader
-from soma.settings import Settings
 
 log = logging.getLogger("soma.sagas.runner")
 

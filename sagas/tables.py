@@ -13,7 +13,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-from soma.db import metadata
+from kernel.db import metadata
 
 instances = Table(
     "saga_instances",

@@ -1,1 +1,1 @@
-"""The ``soma`` command and the settings every process shares."""
+"""The ``soma`` command: it assembles the kernel, the bus and every area, and nothing imports it."""

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import typer
 
+from kernel.settings import Settings
 from soma import cli_dlq, cli_keys, cli_saga, cli_schemas, cli_usage, terminal
-from soma.settings import Settings
 
 app = typer.Typer(
     name="soma",
@@ -147,7 +147,7 @@ def run(
     import os
 
     from bus.errors import BusUnavailable
-    from soma.processes import ProcessUnavailable, UnknownProcess, resolve, run_blocking
+    from kernel.processes import ProcessUnavailable, UnknownProcess, resolve, run_blocking
     from soma.supervisor import EXIT_UNAVAILABLE, bind_to_supervisor
 
     if not bind_to_supervisor():
@@ -546,8 +546,8 @@ def migrate() -> None:
     """
     import asyncio
 
-    from soma.db import AREAS
-    from soma.db import migrate as apply
+    from kernel.db import AREAS
+    from kernel.db import migrate as apply
     from soma.supervisor import safe_url
 
     settings = terminal.settings()

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
+from kernel.settings import Settings
 from soma import terminal
-from soma.settings import Settings
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -95,7 +95,7 @@ def _time(ts: float | None, layout: str = "%Y-%m-%d %H:%M:%S UTC") -> str:
 @asynccontextmanager
 async def identity_store(settings: Settings) -> AsyncIterator[AsyncEngine]:
     """The migrated store: every command may be the first thing run on a fresh installation."""
-    from soma.db import make_engine, migrate
+    from kernel.db import make_engine, migrate
 
     url = settings.resolved_database_url("identity")
     await migrate(url, "identity")

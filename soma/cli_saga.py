@@ -87,7 +87,7 @@ def _json_payload(text: str | None, what: str) -> dict[str, Any]:
 
 
 async def _with_db(fn: Any) -> Any:
-    from soma.db import make_engine
+    from kernel.db import make_engine
 
     settings = terminal.settings()
     db = make_engine(settings.resolved_database_url("sagas"))

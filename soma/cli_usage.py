@@ -59,7 +59,7 @@ def usage(
     **Environment**
 
     * `DATABASE_URL` — where the analytics process records usage (PostgreSQL), or unset:
-      the SQLite file `SOMA_DATA_DIR/soma.db`
+      the SQLite file `SOMA_DATA_DIR/kernel.db`
     """
     import asyncio
 
@@ -109,7 +109,7 @@ async def _read(
     from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
     from handlers.analytics.report import report
-    from soma.db import make_engine
+    from kernel.db import make_engine
     from soma.supervisor import safe_url
 
     url = terminal.settings().resolved_database_url("analytics")

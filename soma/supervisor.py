@@ -30,10 +30,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from kernel.logs import redact
+from kernel.processes import Process, ProcessUnavailable, UnknownProcess, load, parse_spec
+from kernel.settings import Settings
 from soma import embedded
-from soma.logs import redact
-from soma.processes import Process, ProcessUnavailable, UnknownProcess, load, parse_spec
-from soma.settings import Settings
 
 STOP_TIMEOUT = 10.0
 DRAIN_TIMEOUT = 30.0  # the gateway's default SOMA_DRAIN_TIMEOUT
@@ -248,7 +248,7 @@ class Supervisor:
         return True
 
     def _migrate(self) -> bool:
-        from soma.db import migrate_all
+        from kernel.db import migrate_all
 
         url = self.settings.resolved_database_url("sagas")
         shown = (

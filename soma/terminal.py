@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import typer
 from rich.console import Console
 
-from soma.settings import Settings
+from kernel.settings import Settings
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -55,7 +55,7 @@ def settings() -> Settings:
     """The settings from the environment; a malformed variable is a usage error, not a trace."""
     from pydantic import ValidationError
 
-    from soma.settings import load
+    from kernel.settings import load
 
     try:
         return load()

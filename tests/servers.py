@@ -132,7 +132,7 @@ def migrate_branch(url: str, branch: str) -> None:
     """Apply one area's migration branch only, so its tests depend on no other area's tables."""
     from alembic import command
 
-    from soma.db import alembic_config
+    from kernel.db import alembic_config
 
     command.upgrade(alembic_config(url), f"{branch}@head")
 
@@ -146,11 +146,11 @@ def area_engines(branch: str) -> tuple[Any, Any, Any, Any]:
     """
     import asyncio
 
-    from soma.db import make_engine
+    from kernel.db import make_engine
 
     @pytest.fixture(scope="session")
     async def sqlite_engine(tmp_path_factory: pytest.TempPathFactory) -> Any:
-        url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp(f'{branch}-sql') / 'soma.db'}"
+        url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp(f'{branch}-sql') / 'kernel.db'}"
         await asyncio.to_thread(migrate_branch, url, branch)
         engine = make_engine(url)
         yield engine

@@ -22,10 +22,10 @@ from bus.errors import Rejected
 from bus.service import Delivery, EventBatches, Service
 from handlers.analytics import rollups
 from handlers.analytics.report import InvalidWindow, bounds, report, window
+from kernel.db import make_engine, migrate
+from kernel.settings import Settings
 from schemas.analytics import AnalyticsReport, AnalyticsReported
 from schemas.envelope import Envelope
-from soma.db import make_engine, migrate
-from soma.settings import Settings
 
 log = logging.getLogger(__name__)
 

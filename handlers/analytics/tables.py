@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import BigInteger, Column, Date, Float, Index, String, Table
 
-from soma.db import metadata
+from kernel.db import metadata
 
 MODEL = "model"
 SAGA = "saga"

@@ -21,6 +21,8 @@ from handlers.identity.commands import IdentityCommands
 from handlers.identity.config import IdentitySettings
 from handlers.identity.revocation import prune
 from handlers.identity.signing_keys import ensure_signing_keys, jwks
+from kernel.db import make_engine, migrate
+from kernel.settings import Settings
 from schemas.identity import (
     IdentityCreateKey,
     IdentityCreateTenant,
@@ -36,8 +38,6 @@ from schemas.identity import (
     IdentityRevokeKey,
     IdentityVerifyKey,
 )
-from soma.db import make_engine, migrate
-from soma.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-from soma.db import metadata
+from kernel.db import metadata
 
 tenants = Table(
     "identity_tenants",

@@ -1,4 +1,4 @@
-"""Memory settings read from the environment, beside the shared ``soma.settings.Settings``.
+"""Memory settings read from the environment, beside the shared ``kernel.settings.Settings``.
 
 Kept here rather than in the shared settings because only the memory process reads them.
 """

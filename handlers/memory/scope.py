@@ -1,7 +1,7 @@
 """Whose memories a command may reach, decided where the memories are.
 
 The gateway and the sagas already name the caller's own user; this is the check that holds even
-when they did not: a role the tenant grants tenant-wide memory (``soma.grants``) reaches any user
+when they did not: a role the tenant grants tenant-wide memory (``kernel.grants``) reaches any user
 of the tenant, every other role only its own — the user the envelope says the command acts for.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from soma.grants import MEMORY_OTHER_USER, GrantStore, MemoryGrants, PolicyError
+from kernel.grants import MEMORY_OTHER_USER, GrantStore, MemoryGrants, PolicyError
 
 log = logging.getLogger(__name__)
 

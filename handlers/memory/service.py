@@ -22,6 +22,9 @@ from handlers.memory.embeddings import open_embedder
 from handlers.memory.errors import InvalidMemory
 from handlers.memory.scope import OtherUser, grants_of, whose
 from handlers.memory.vectors import Vectors
+from kernel.db import make_engine, migrate
+from kernel.grants import GrantStore, InvalidTenant, policy_dir
+from kernel.settings import Settings
 from schemas.envelope import Envelope
 from schemas.memories import (
     MemoryAdd,
@@ -34,9 +37,6 @@ from schemas.memories import (
     MemoryListed,
 )
 from schemas.memory import MemoryRecall, MemoryRecalled, MemoryStore, MemoryStored
-from soma.db import make_engine, migrate
-from soma.grants import GrantStore, InvalidTenant, policy_dir
-from soma.settings import Settings
 
 
 @dataclass

@@ -27,7 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from handlers.memory.errors import InvalidMemory
-from soma.db import metadata
+from kernel.db import metadata
 
 MAX_LIMIT = 1000
 

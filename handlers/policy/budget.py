@@ -30,7 +30,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from handlers.policy.evaluate import Finding
-from soma.db import metadata
+from kernel.db import metadata
 
 # The key_id under which a tenant's own total is kept (API key ids never look like this).
 TENANT_WIDE = "*"

@@ -20,8 +20,8 @@ from typing import Any
 from handlers.policy import arguments
 from handlers.policy.injection import normalize
 from handlers.policy.rules import Action, Rule, RuleSet, StageRules
+from kernel.grants import POLICY_ERROR, TOOL_NOT_ALLOWED
 from schemas.policy import Decision, PolicyEvaluate, PolicyEvaluated, Span, Stage
-from soma.grants import POLICY_ERROR, TOOL_NOT_ALLOWED
 
 SEVERITY: dict[Decision, int] = {"allow": 0, "flag": 1, "redact": 2, "deny": 3}
 ERROR_RULE = POLICY_ERROR

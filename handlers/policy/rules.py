@@ -1,10 +1,10 @@
 """Rule sets as data: a tenant's constitution read from YAML, validated, compiled, hot-reloaded.
 
-The packaged default (``soma/default_policy.yaml``) applies to every tenant without a file of its
+The packaged default (``kernel/default_policy.yaml``) applies to every tenant without a file of its
 own, and is the base a tenant file builds on (unless it says ``extends: none``): a tenant rule with
 a base rule's id replaces it, ``disable`` removes base rules by id, ``tools.roles`` and ``budgets``
 override the base key by key, ``memory`` replaces the base's. The tool allow-lists and memory
-grants are compiled by ``soma.grants``, which the tools and memory processes use to enforce them.
+grants are compiled by ``kernel.grants``, which the tools and memory processes use to enforce them.
 Every rule's ``examples`` must trigger it and its ``counterexamples`` must not; they are checked
 at load, so a pattern that cannot match is refused when the file is read, not discovered
 in production. A file that fails to load is an error for that tenant (the evaluation then denies),
@@ -26,8 +26,7 @@ import msgspec
 from handlers.policy import injection, literals, pii
 from handlers.policy.injection import normalize
 from handlers.policy.pii import Detector, Found
-from schemas.policy import Stage
-from soma.grants import (
+from kernel.grants import (
     InvalidTenant,
     MemoryGrants,
     MemorySpec,
@@ -43,6 +42,7 @@ from soma.grants import (
     merge_memory,
     merge_tools,
 )
+from schemas.policy import Stage
 
 __all__ = ["InvalidTenant", "PolicyError", "ToolAllowList", "check_tenant", "default_source"]
 
@@ -450,7 +450,7 @@ def _compile_budget(spec: BudgetSpec | None) -> Budget:
 
 class RuleStore(TenantFiles[RuleSet]):
     """Each tenant's rule set, from ``<directory>/<tenant>.yaml`` or the default; see
-    ``soma.grants.TenantFiles`` for when a file is read again."""
+    ``kernel.grants.TenantFiles`` for when a file is read again."""
 
     def __init__(
         self,

@@ -1,7 +1,7 @@
 """The policy process: judge every prompt, tool call and answer; every decision is an event.
 
 Composition root. The tenant rule files are read from ``$SOMA_POLICY_DIR`` when set, else from
-``<SOMA_DATA_DIR>/policy`` (``soma.grants.policy_dir``); the token totals live in the shared SQL
+``<SOMA_DATA_DIR>/policy`` (``kernel.grants.policy_dir``); the token totals live in the shared SQL
 database.
 
 Fail closed: whatever goes wrong while judging — a tenant file that does not load, a rule that
@@ -27,11 +27,11 @@ from bus.service import Service
 from handlers.policy import budget
 from handlers.policy.evaluate import InvalidRequest, Verdict, decide, evaluate, fail_closed
 from handlers.policy.rules import InvalidTenant, RuleSet, RuleStore
+from kernel.db import make_engine, migrate
+from kernel.grants import policy_dir
+from kernel.settings import Settings
 from schemas.envelope import Envelope
 from schemas.policy import PolicyEvaluate, PolicyEvaluated
-from soma.db import make_engine, migrate
-from soma.grants import policy_dir
-from soma.settings import Settings
 
 log = logging.getLogger(__name__)
 

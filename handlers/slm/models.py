@@ -17,8 +17,8 @@ import msgspec
 import msgspec.yaml
 
 from bus.errors import Rejected
+from kernel.settings import Settings
 from schemas.base import Usage
-from soma.settings import Settings
 
 DEFAULT_FILE = Path(__file__).with_name("models.yaml")
 MODELS_FILE_ENV = "SOMA_MODELS_FILE"

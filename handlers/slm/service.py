@@ -18,10 +18,10 @@ from handlers.slm.providers.anthropic import AnthropicProvider
 from handlers.slm.providers.local import LocalProvider
 from handlers.slm.providers.openai import OpenAIProvider
 from handlers.slm.routing import Router
+from kernel.settings import Settings
 from schemas.envelope import Envelope
 from schemas.models import ModelInfo, SlmListModels, SlmModelsListed
 from schemas.slm import SlmComplete, SlmCompleted, SlmDelta
-from soma.settings import Settings
 
 PublishDelta = Callable[[str, SlmDelta], Awaitable[None]]
 

@@ -21,9 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from handlers.tools.invocation import invoke
 from handlers.tools.registry import Registry
+from kernel.db import metadata
 from schemas.envelope import new_id
 from schemas.tools import ToolInvoke, ToolResult
-from soma.db import metadata
 
 LEASE_GRACE = 10.0
 DEFAULT_LEASE = 30.0 + LEASE_GRACE

@@ -1,4 +1,4 @@
-"""Tools settings read from the environment, beside the shared ``soma.settings.Settings``.
+"""Tools settings read from the environment, beside the shared ``kernel.settings.Settings``.
 
 Kept here rather than in the shared settings because only the tools process reads them.
 A secret left unset makes its tools unavailable (listed with the reason), never half-working.

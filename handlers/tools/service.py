@@ -2,7 +2,7 @@
 the registry (``tools.list``) without the tools the tenant's policy never lets a role call.
 
 Every call is authorized here, where the tool runs, by the tenant's tool allow-list for the role
-the command carries (``soma.grants``, the very grants policy judges by): whatever a saga did or
+the command carries (``kernel.grants``, the very grants policy judges by): whatever a saga did or
 skipped before, and whoever published the command, a role the allow-list does not name for the
 tool — or no role at all — gets a refusal naming the rule, and nothing runs. Refusals are not
 recorded as calls: nothing ran, and the same command is refused the same way again.
@@ -31,11 +31,8 @@ from handlers.tools.config import ToolsConfig
 from handlers.tools.mcp_servers import Connection, connect_all
 from handlers.tools.registry import Registry
 from handlers.tools.sandbox import SandboxUnavailable, isolation_for
-from schemas.envelope import Envelope
-from schemas.tool_catalog import ToolDescriptor, ToolsList, ToolsListed
-from schemas.tools import ToolInvoke, ToolResult
-from soma.db import make_engine, migrate
-from soma.grants import (
+from kernel.db import make_engine, migrate
+from kernel.grants import (
     POLICY_ERROR,
     TOOL_NOT_ALLOWED,
     GrantStore,
@@ -43,7 +40,10 @@ from soma.grants import (
     PolicyError,
     policy_dir,
 )
-from soma.settings import Settings
+from kernel.settings import Settings
+from schemas.envelope import Envelope
+from schemas.tool_catalog import ToolDescriptor, ToolsList, ToolsListed
+from schemas.tools import ToolInvoke, ToolResult
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import sys
 
 from bus import runtime
 from handlers.analytics.service import build
-from soma.settings import Settings
+from kernel.settings import Settings
 
 
 async def main() -> None:

@@ -25,11 +25,11 @@ from handlers.analytics import rollups
 from handlers.analytics.report import report
 from handlers.analytics.service import build
 from handlers.analytics.tables import processed
+from kernel.db import make_engine, migrate
+from kernel.settings import Settings
 from schemas.catalogue import STREAMS, by_subject
 from schemas.envelope import Envelope
 from schemas.sagas import SagaStarted
-from soma.db import make_engine, migrate
-from soma.settings import Settings
 from tests.analytics.test_on_the_bus import (
     CONSUMER,
     TENANTS,

@@ -18,9 +18,9 @@ from alembic import command
 from typer.testing import CliRunner, Result
 
 from handlers.analytics import rollups
+from kernel.db import alembic_config, make_engine
 from schemas.sagas import SagaFinished, SagaStarted
 from soma import cli_usage
-from soma.db import alembic_config, make_engine
 from tests.analytics.conftest import DAY, completion, envelope
 
 soma = typer.Typer()

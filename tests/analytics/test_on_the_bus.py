@@ -21,6 +21,8 @@ from bus.publish import publish
 from bus.request import Requester
 from handlers.analytics.report import report
 from handlers.analytics.service import build
+from kernel.db import make_engine
+from kernel.settings import Settings
 from schemas.analytics import AnalyticsReport, AnalyticsReported, UsageRow
 from schemas.base import Usage
 from schemas.catalogue import STREAMS, failed_event
@@ -28,8 +30,6 @@ from schemas.common import CommandFailed
 from schemas.envelope import Envelope, new_id
 from schemas.sagas import SagaFinished, SagaStarted
 from schemas.slm import ChatMessage, SlmCompleted
-from soma.db import make_engine
-from soma.settings import Settings
 from tests.servers import NatsServer, nats_server, postgres_database
 
 TENANTS = ("acme", "globex", "initech")

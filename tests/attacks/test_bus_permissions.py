@@ -24,10 +24,10 @@ from nats.js.api import ConsumerConfig, RePublish, StreamConfig
 
 from bus import deadletter, runtime
 from bus.connection import connect
+from kernel.settings import Settings
 from schemas.catalogue import STREAMS, by_name
 from schemas.envelope import Envelope
 from schemas.identity import JWKS_KEY, REVOCATIONS_BUCKET
-from soma.settings import Settings
 from soma.terminal import quiet_disconnect
 from tests.cli.conftest import Soma, clean_env
 from tests.cli.test_nats_conf import nats_conf_server, provision_as_admin

@@ -25,13 +25,13 @@ from bus.connection import connect
 from bus.publish import envelope_for, publish
 from bus.request import Requester
 from handlers.tools.calls import calls
+from kernel.db import make_engine
 from schemas.chat import ChatTurnInput, ChatTurnResult
 from schemas.common import CommandFailed
 from schemas.memory import MemoryRecall
 from schemas.sagas import SagaStart
 from schemas.slm import ChatMessage, ToolSpec
 from schemas.tools import ToolInvoke, ToolResult
-from soma.db import make_engine
 from tests.e2e.conftest import wait_for_consumers
 from tests.servers import NatsServer, free_port, nats_server, postgres_database, stop_processes
 

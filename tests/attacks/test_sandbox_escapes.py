@@ -38,9 +38,9 @@ from handlers.tools.config import ToolsConfig
 from handlers.tools.sandbox import Isolation, Limits, Run, SandboxUnavailable, isolation_for
 from handlers.tools.sandbox import run_python as sandboxed
 from handlers.tools.service import build
+from kernel.settings import Settings
 from schemas.envelope import Envelope, new_id
 from schemas.tools import ToolInvoke, ToolResult
-from soma.settings import Settings
 from tests.servers import require_service
 
 LIMITS = Limits(
@@ -481,7 +481,7 @@ async def test_a_busy_loop_is_reported_as_the_time_limit(isolation: Isolation) -
 async def tools_service(tmp_path: Path) -> AsyncIterator[Service]:
     """The tools process as the bus drives it, its data folder holding another tenant's data."""
     settings = Settings(
-        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'soma.db'}", SOMA_DATA_DIR=tmp_path
+        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'kernel.db'}", SOMA_DATA_DIR=tmp_path
     )
     service = build(settings, ToolsConfig())
     for hook in service.startup:

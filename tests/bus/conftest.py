@@ -8,7 +8,7 @@ import pytest
 
 from bus.connection import connect
 from bus.streams import provision
-from soma.settings import Settings
+from kernel.settings import Settings
 from tests.servers import NatsServer, nats_server
 
 

@@ -11,10 +11,10 @@ import pytest
 from bus import deadletter, runtime
 from bus.publish import envelope_for, publish
 from bus.service import Service
+from kernel.settings import Settings
 from schemas.catalogue import STREAMS
 from schemas.envelope import Envelope
 from schemas.policy import PolicyEvaluate, PolicyEvaluated
-from soma.settings import Settings
 
 
 def evaluated(cmd: PolicyEvaluate) -> PolicyEvaluated:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from bus import runtime
 from bus.service import Service
+from kernel.settings import Settings
 from schemas.envelope import Envelope
 from schemas.policy import PolicyEvaluate, PolicyEvaluated
-from soma.settings import Settings
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from bus.connection import connect
 from bus.streams import provision
-from soma.settings import Settings
+from kernel.settings import Settings
 from soma.terminal import quiet_disconnect
 from tests.servers import NatsServer, nats_server
 

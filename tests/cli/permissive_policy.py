@@ -7,9 +7,9 @@ without depending on the real policy handler's rules or storage.
 from __future__ import annotations
 
 from bus.service import Service
+from kernel.settings import Settings
 from schemas.envelope import Envelope
 from schemas.policy import PolicyEvaluate, PolicyEvaluated
-from soma.settings import Settings
 
 
 def build(settings: Settings) -> Service:

@@ -1,13 +1,13 @@
 """The embedded store: a SQLite file per area, so areas never queue on one write lock; and a data
-folder from before, with every area in ``soma.db``, keeps its data."""
+folder from before, with every area in ``kernel.db``, keeps its data."""
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
 
-from soma.db import AREAS, migrate
-from soma.settings import Settings
+from kernel.db import AREAS, migrate
+from kernel.settings import Settings
 from tests.cli.conftest import Soma, clean_env
 
 
@@ -72,10 +72,10 @@ async def test_areas_write_at_once_without_waiting_for_each_other(tmp_path: Path
 async def test_soma_migrate_gives_each_area_its_tables_from_an_old_shared_file(
     tmp_path: Path,
 ) -> None:
-    shared = f"sqlite+aiosqlite:///{tmp_path / 'soma.db'}"
+    shared = f"sqlite+aiosqlite:///{tmp_path / 'kernel.db'}"
     for area in AREAS:
         await migrate(shared, area)
-    with sqlite3.connect(tmp_path / "soma.db") as conn:
+    with sqlite3.connect(tmp_path / "kernel.db") as conn:
         conn.execute(
             "INSERT INTO analytics_processed (message_id, seen_at) VALUES ('m-1', 1.0)"
         )
@@ -93,7 +93,7 @@ async def test_soma_migrate_gives_each_area_its_tables_from_an_old_shared_file(
 
 
 async def test_an_area_split_from_the_old_file_is_not_split_again(tmp_path: Path) -> None:
-    shared = f"sqlite+aiosqlite:///{tmp_path / 'soma.db'}"
+    shared = f"sqlite+aiosqlite:///{tmp_path / 'kernel.db'}"
     own = f"sqlite+aiosqlite:///{tmp_path / 'analytics.db'}"
     await migrate(shared, "analytics")
     await migrate(own, "analytics")

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from soma.processes import PROCESSES
+from kernel.processes import PROCESSES
 from tests.cli.conftest import ROOT, clean_env
 from tests.cli.test_nats_conf import PASSWORDS
 from tests.servers import nats_server_binary

@@ -9,10 +9,10 @@ from nats.js import JetStreamContext
 
 from bus import runtime
 from bus.service import Service
+from kernel.settings import Settings
 from schemas.catalogue import STREAMS
 from schemas.envelope import Envelope
 from schemas.policy import PolicyEvaluate, PolicyEvaluated
-from soma.settings import Settings
 from tests.cli.conftest import Soma
 from tests.servers import NatsServer
 

@@ -17,9 +17,9 @@ from bus.connection import connect
 from bus.request import Requester
 from bus.service import Service
 from bus.streams import StreamsNotProvisioned, provision
+from kernel.settings import Settings
 from schemas.envelope import Envelope
 from schemas.policy import PolicyEvaluate, PolicyEvaluated
-from soma.settings import Settings
 from soma.terminal import quiet_disconnect
 from tests.cli.conftest import ROOT, Soma, clean_env
 from tests.servers import free_port, nats_server_binary, wait_port

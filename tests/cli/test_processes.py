@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from soma import processes
-from soma.processes import Process, ProcessUnavailable, UnknownProcess
-from soma.settings import Settings
+from kernel import processes
+from kernel.processes import Process, ProcessUnavailable, UnknownProcess
+from kernel.settings import Settings
 from tests.cli.conftest import Soma, start_soma
 
 HANDLERS = ("identity", "policy", "memory", "slm", "tools", "analytics")

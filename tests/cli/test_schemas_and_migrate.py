@@ -6,8 +6,8 @@ import asyncio
 import json
 from pathlib import Path
 
+from kernel.db import AREAS
 from schemas.catalogue import CATALOGUE
-from soma.db import AREAS
 from tests.cli.conftest import Soma, clean_env
 from tests.servers import postgres_database
 

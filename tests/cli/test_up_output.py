@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from soma.settings import Settings
+from kernel.settings import Settings
 from soma.supervisor import Supervisor
 
 

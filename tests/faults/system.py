@@ -20,7 +20,7 @@ import httpx
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from soma.db import AREAS, make_engine
+from kernel.db import AREAS, make_engine
 from tests.cli.conftest import Running, clean_env, pid_alive, start_soma
 from tests.servers import free_port
 

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from openai import AsyncOpenAI
 
-from soma.settings import Settings
+from kernel.settings import Settings
 from tests.gateway.serving import gateway_config, served
 from tests.gateway.standins import World, start_world
 from tests.servers import NatsServer, nats_server, require_service

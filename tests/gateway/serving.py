@@ -12,7 +12,7 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.config import GatewayConfig
-from soma.settings import Settings
+from kernel.settings import Settings
 from tests.servers import free_port
 
 T = TypeVar("T")

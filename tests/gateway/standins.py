@@ -31,6 +31,7 @@ from bus.publish import publish
 from bus.runtime import Running, start
 from bus.service import Service
 from gateway.credentials import new_api_key
+from kernel.settings import Settings
 from schemas.analytics import AnalyticsReport, AnalyticsReported, UsageRow
 from schemas.base import Usage
 from schemas.chat import ChatTurnInput, ChatTurnResult, PolicyVerdict
@@ -86,7 +87,6 @@ from schemas.sagas import SagaCancel, SagaFinished, SagaSignal, SagaStart, SagaS
 from schemas.slm import ChatMessage, SlmDelta, ToolCall
 from schemas.tool_catalog import ToolDescriptor, ToolsList, ToolsListed
 from schemas.tools import ToolInvoke, ToolResult
-from soma.settings import Settings
 
 RevocationKind = Literal["jti", "session", "user"]
 ISSUER, AUDIENCE = "soma", "soma-gateway"

@@ -10,7 +10,7 @@ import jwt
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from soma.settings import Settings
+from kernel.settings import Settings
 from tests.gateway.serving import auth, eventually, gateway_config, served
 from tests.gateway.standins import World
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from gateway.app import serve
-from soma.settings import Settings
+from kernel.settings import Settings
 from tests.gateway.standins import World
 from tests.servers import free_port
 
@@ -54,5 +54,5 @@ def test_the_gateway_imports_no_handler_or_saga_code() -> None:
     }
     assert not {n for n in ours if n.split(".")[0] in {"handlers", "sagas"}}
     # Of soma/ only the shared kernel: settings, the SQL engine, telemetry and log setup.
-    kernel = {"soma.settings", "soma.db", "soma.telemetry", "soma.logs"}
+    kernel = {"kernel.settings", "kernel.db", "kernel.telemetry", "kernel.logs"}
     assert {n for n in ours if n.startswith("soma")} <= kernel

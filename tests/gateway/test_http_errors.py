@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from gateway.body_limit import ENVELOPE_HEADROOM
-from soma.settings import Settings
+from kernel.settings import Settings
 from tests.gateway.serving import auth, gateway_config, served
 from tests.gateway.standins import World
 

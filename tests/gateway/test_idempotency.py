@@ -12,7 +12,7 @@ import pytest
 
 from bus.connection import connect
 from gateway.idempotency import Record, open_bucket
-from soma.settings import Settings
+from kernel.settings import Settings
 from tests.gateway.conftest import REDIS_URL
 from tests.gateway.serving import auth, gateway_config, served
 from tests.gateway.standins import World

@@ -9,7 +9,7 @@ import pytest
 from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletionFunctionToolParam
 
-from soma.settings import Settings
+from kernel.settings import Settings
 from tests.gateway.serving import gateway_config, served
 from tests.gateway.standins import EMBED_MODEL, World, embed
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from soma.settings import Settings
+from kernel.settings import Settings
 from tests.gateway.serving import auth, gateway_config, served
 from tests.gateway.standins import World
 

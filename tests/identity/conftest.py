@@ -22,7 +22,7 @@ from handlers.identity.revocation import revocations_since
 from handlers.identity.signing_keys import ensure_signing_keys, jwks
 from handlers.identity.tables import ALL
 from handlers.identity.verify import Verifier
-from soma.db import make_engine
+from kernel.db import make_engine
 from tests.servers import migrate_branch, postgres_database
 
 

@@ -27,6 +27,7 @@ from handlers.identity.config import IdentitySettings
 from handlers.identity.errors import TokenRevoked
 from handlers.identity.service import build
 from handlers.identity.verify import RevocationUpdate, Verifier
+from kernel.settings import Settings
 from schemas.common import CommandFailed
 from schemas.identity import (
     SYSTEM_TENANT,
@@ -57,7 +58,6 @@ from schemas.identity import (
     IdentityUsersListed,
     IdentityVerifyKey,
 )
-from soma.settings import Settings
 from tests.identity.conftest import refresh_digest
 from tests.servers import NatsServer, nats_server
 

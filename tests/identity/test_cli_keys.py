@@ -24,9 +24,9 @@ from handlers.identity.errors import RevokedApiKey
 from handlers.identity.principal import Principal
 from handlers.identity.signing_keys import jwks
 from handlers.identity.verify import Verifier
+from kernel.db import make_engine
+from kernel.settings import Settings
 from soma import cli_keys
-from soma.db import make_engine
-from soma.settings import Settings
 from tests.servers import postgres_database
 
 soma = typer.Typer()
@@ -224,7 +224,7 @@ def test_bootstrap_credentials_returns_the_first_admin_key_once(env):
 
 def test_bootstrap_credentials_leave_an_existing_installation_alone(env):
     async def existing(engine: Any) -> None:
-        from soma.db import migrate
+        from kernel.db import migrate
 
         await migrate(store_url(env), "identity")
         await create_tenant(engine, "default", now=time.time())

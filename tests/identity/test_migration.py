@@ -4,7 +4,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 import handlers.identity.tables  # noqa: F401  (declares the tables on the shared metadata)
-from soma.db import metadata
+from kernel.db import metadata
 
 
 def _identity_differences(connection) -> list:

@@ -25,6 +25,7 @@ from bus.request import Requester
 from bus.streams import provision
 from gateway.tokens import AccessClaims, TokenRules, TokenVerifier
 from handlers.identity.service import build
+from kernel.settings import Settings
 from schemas.catalogue import STREAMS
 from schemas.identity import (
     REVOCATIONS_BUCKET,
@@ -35,7 +36,6 @@ from schemas.identity import (
     Revocation,
     revocation_key,
 )
-from soma.settings import Settings
 from tests.gateway.serving import auth, gateway_config, served
 from tests.identity.test_bus_routes import CONFIG, Member, ask, member_with_key
 from tests.servers import NatsServer, nats_server

@@ -11,9 +11,9 @@ from handlers.identity.config import IdentitySettings
 from handlers.identity.service import build, maintain
 from handlers.identity.signing_keys import ensure_signing_keys, jwks
 from handlers.identity.tables import signing_keys
+from kernel.settings import Settings
 from schemas.catalogue import commands_of, of_type
 from schemas.identity import JWKS_KEY, REVOCATIONS_BUCKET, IdentityJwksPublished
-from soma.settings import Settings
 from tests.servers import NatsServer
 
 

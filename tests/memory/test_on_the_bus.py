@@ -12,9 +12,9 @@ from bus.connection import connect
 from bus.request import Requester
 from handlers.memory.config import MemoryConfig
 from handlers.memory.service import build
+from kernel.settings import Settings
 from schemas.common import CommandFailed
 from schemas.memory import MemoryRecall, MemoryRecalled, MemoryStore, MemoryStored
-from soma.settings import Settings
 from tests.servers import NatsServer, nats_server
 
 

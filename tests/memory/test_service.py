@@ -18,11 +18,11 @@ from handlers.memory.config import MemoryConfig
 from handlers.memory.embeddings import HashedNgrams
 from handlers.memory.service import build
 from handlers.memory.turns import memory_turns
+from kernel.db import make_engine
+from kernel.settings import Settings
 from schemas.envelope import Envelope, new_id
 from schemas.memories import MemoryAdd, MemoryDelete, MemoryEmbed, MemoryList, MemoryListed
 from schemas.memory import MemoryRecall, MemoryRecalled, MemoryStore, MemoryStored
-from soma.db import make_engine
-from soma.settings import Settings
 
 SHARING = "sharing"
 SHARING_POLICY = """

@@ -32,8 +32,8 @@ from nats.js import JetStreamContext
 
 from bus.connection import connect
 from bus.streams import IDEMPOTENCY_BUCKET
+from kernel.processes import PROCESSES
 from schemas.catalogue import STREAMS
-from soma.processes import PROCESSES
 from soma.terminal import quiet_disconnect
 from tests.cli.conftest import ROOT
 from tests.cli.test_nats_conf import PASSWORDS

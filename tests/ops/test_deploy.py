@@ -25,7 +25,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from soma.processes import PROCESSES
+from kernel.processes import PROCESSES
 from tests.cli.conftest import ROOT
 
 DEPLOY = ROOT / "deploy"

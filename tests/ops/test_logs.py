@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from bus.tracing import bind
-from soma.logs import JsonFormatter, _Context, redact
+from kernel.logs import JsonFormatter, _Context, redact
 from tests.ops.system import Running, running
 from tests.servers import free_port, nats_server_binary, postgres_database, wait_port
 

@@ -1,5 +1,5 @@
 """Decisions of the default rule set: a table of cases, then every example and counterexample
-the default set carries (adding a rule with examples to soma/default_policy.yaml adds its tests
+the default set carries (adding a rule with examples to kernel/default_policy.yaml adds its tests
 here)."""
 
 from __future__ import annotations

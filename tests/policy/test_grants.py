@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from handlers.policy.rules import RuleStore
-from soma.grants import GrantStore, PolicyError, build_grants, default_source
+from kernel.grants import GrantStore, PolicyError, build_grants, default_source
 from tests.policy.conftest import Clock
 
 MEMBERS_CALCULATE = """

@@ -20,10 +20,10 @@ from bus.service import Service
 from handlers.policy import budget
 from handlers.policy.rules import RuleSet, RuleStore
 from handlers.policy.service import build, command_day, decision_id, judge, policy_dir
+from kernel.db import make_engine
+from kernel.settings import Settings
 from schemas.envelope import Envelope, new_id
 from schemas.policy import PolicyEvaluate, PolicyEvaluated
-from soma.db import make_engine
-from soma.settings import Settings
 from tests.servers import nats_server
 
 

@@ -15,12 +15,12 @@ from bus import runtime
 from bus.connection import connect
 from bus.publish import envelope_for, publish
 from bus.request import Requester
+from kernel.db import make_engine
+from kernel.settings import Settings
 from sagas import queries
 from sagas import runner as saga_runner
 from schemas.envelope import new_id
 from schemas.sagas import SagaCancel, SagaSignal, SagaStart
-from soma.db import make_engine
-from soma.settings import Settings
 from tests.sagas.definitions import ALL
 from tests.sagas.effects import Effects
 from tests.servers import NatsServer, nats_server, postgres_database
@@ -31,7 +31,7 @@ def database_url(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('sagas') / 'soma.db'}"
+        yield f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('sagas') / 'kernel.db'}"
     else:
         with postgres_database() as url:
             yield url

@@ -9,8 +9,8 @@ import asyncio
 import sys
 import tempfile
 
+from kernel.settings import Settings
 from sagas import runner
-from soma.settings import Settings
 from tests.sagas.definitions import ALL, versioned_v2
 
 

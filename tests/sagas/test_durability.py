@@ -17,10 +17,10 @@ import pytest
 from bus import runtime
 from bus.connection import connect
 from bus.publish import envelope_for, publish
+from kernel.db import make_engine, migrate
 from sagas import queries
 from schemas.envelope import new_id
 from schemas.sagas import SagaSignal, SagaStart
-from soma.db import make_engine, migrate
 from tests.sagas.conftest import saga_settings
 from tests.sagas.effects import Effects
 from tests.servers import NatsServer

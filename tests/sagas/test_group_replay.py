@@ -14,13 +14,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bus.publish import envelope_for
+from kernel.db import make_engine, migrate
 from sagas import queries
 from sagas.engine import Engine
 from sagas.registry import Registry
 from schemas.envelope import Envelope, new_id
 from schemas.sagas import SagaStart
 from schemas.tools import ToolResult
-from soma.db import make_engine, migrate
 from tests.sagas.definitions import ALL
 
 

@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from kernel.db import make_engine, migrate
 from sagas import queries
 from sagas.engine import Engine
 from sagas.registry import Registry
-from soma.db import make_engine, migrate
 from tests.sagas.definitions import ALL
 
 

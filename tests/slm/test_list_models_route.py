@@ -11,8 +11,8 @@ from bus import runtime
 from bus.connection import connect
 from bus.request import Requester
 from handlers.slm.service import build
+from kernel.settings import Settings
 from schemas.models import SlmListModels, SlmModelsListed
-from soma.settings import Settings
 from tests.servers import NatsServer, nats_server
 
 MODELS = """

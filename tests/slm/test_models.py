@@ -12,8 +12,8 @@ from handlers.slm.models import (
     load_models,
     parse_models,
 )
+from kernel.settings import Settings
 from schemas.base import Usage
-from soma.settings import Settings
 
 
 def shipped(env: dict[str, str]) -> list[str]:

@@ -6,9 +6,9 @@ import pytest
 
 from bus.errors import Rejected
 from handlers.slm.service import build
+from kernel.settings import Settings
 from schemas.envelope import Envelope, new_id
 from schemas.slm import ChatMessage, SlmComplete, SlmCompleted, SlmDelta
-from soma.settings import Settings
 
 from .conftest import FakeServer
 from .scripted import Reply

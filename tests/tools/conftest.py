@@ -9,7 +9,7 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from soma.db import make_engine
+from kernel.db import make_engine
 from tests.servers import migrate_branch, postgres_database
 
 

@@ -12,8 +12,8 @@ from bus.connection import connect
 from bus.request import Requester
 from handlers.tools.config import ToolsConfig
 from handlers.tools.service import build
+from kernel.settings import Settings
 from schemas.tool_catalog import ToolsList, ToolsListed
-from soma.settings import Settings
 from tests.servers import NatsServer, nats_server
 
 ACME_POLICY = """

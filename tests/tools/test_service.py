@@ -13,9 +13,9 @@ import pytest
 from bus.service import Service
 from handlers.tools.config import McpServer, ToolsConfig
 from handlers.tools.service import build
+from kernel.settings import Settings
 from schemas.envelope import Envelope, new_id
 from schemas.tools import ToolInvoke, ToolResult
-from soma.settings import Settings
 
 NOTES_SERVER = Path(__file__).with_name("notes_mcp_server.py")
 STRICT_POLICY = """
@@ -34,7 +34,7 @@ async def service(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Ser
     (tmp_path / "policy" / "strict.yaml").write_text(STRICT_POLICY)
     (tmp_path / "policy" / "broken.yaml").write_text("version: 1\ntools: {roles: {user: 7}}\n")
     settings = Settings(
-        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'soma.db'}", SOMA_DATA_DIR=tmp_path
+        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'kernel.db'}", SOMA_DATA_DIR=tmp_path
     )
     config = ToolsConfig(
         SOMA_MCP_SERVERS={"notes": McpServer(command=sys.executable, args=[str(NOTES_SERVER)])}

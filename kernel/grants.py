@@ -28,7 +28,7 @@ from typing import Generic, Literal, TypeVar
 import msgspec
 import yaml
 
-from soma.settings import Settings
+from kernel.settings import Settings
 
 # Rule ids of the grants, as they appear in decisions and refusals.
 TOOL_NOT_ALLOWED = "tool.not_allowed"
@@ -59,7 +59,7 @@ def policy_dir(settings: Settings) -> Path:
 
 
 def default_source() -> bytes:
-    return resources.files("soma").joinpath("default_policy.yaml").read_bytes()
+    return resources.files("kernel").joinpath("default_policy.yaml").read_bytes()
 
 
 def load_yaml(source: bytes, origin: str) -> object:

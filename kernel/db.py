@@ -56,7 +56,7 @@ AREAS = {
 READ_ONLY = "soma_read_only"
 
 # The single SQLite file every area shared before each had its own.
-LEGACY_FILE = "soma.db"
+LEGACY_FILE = "kernel.db"
 
 
 def make_engine(url: str) -> AsyncEngine:
@@ -115,7 +115,7 @@ def sqlite_path(url: str) -> Path | None:
 
 
 def split_legacy(path: Path, area: str) -> bool:
-    """Give ``area`` its own file ``path`` from the old shared ``soma.db`` beside it, if there is
+    """Give ``area`` its own file ``path`` from the old shared ``kernel.db`` beside it, if there is
     one and ``path`` does not exist yet: a copy (through SQLite's backup, so what is still in
     the old file's WAL comes along) keeping only the area's tables and migration version.
     True when it did. Safe for several processes at once: the copy is made under a private

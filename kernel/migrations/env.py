@@ -5,7 +5,7 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from soma.db import make_engine, metadata
+from kernel.db import make_engine, metadata
 
 
 def _run(connection: Connection) -> None:

@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     health_port: int | None = Field(default=None, alias="SOMA_HEALTH_PORT")
 
     def resolved_database_url(self, area: str) -> str:
-        """The SQLAlchemy async URL of ``area``'s store (one of ``soma.db.AREAS``).
+        """The SQLAlchemy async URL of ``area``'s store (one of ``kernel.db.AREAS``).
 
         ``DATABASE_URL`` (postgres → asyncpg) is one database for every area. Unset, each area
         has its own SQLite file under the data folder (``sagas.db``, ``analytics.db``, …):

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from soma.settings import Settings
+from kernel.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -200,7 +200,7 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 def run_blocking(process: Process, settings: Settings) -> None:
     """Run one process on the chosen event loop until it is stopped (``soma run``)."""
-    from soma import logs, telemetry
+    from kernel import logs, telemetry
 
     logs.configure(process.name)
     telemetry.configure(process.name)
