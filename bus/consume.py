@@ -28,7 +28,7 @@ from bus.publish import publish
 from bus.service import BatchHandler, Delivery, Handler
 from bus.tracing import bind, consuming, current_traceparent
 from schemas.catalogue import MessageType, UnknownMessage, by_subject, failed_event, of_type
-from schemas.common import CommandFailed
+from schemas.common import CommandFailed, FailureCode
 from schemas.envelope import Envelope, EnvelopeError
 
 log = logging.getLogger("soma.consume")
@@ -91,10 +91,15 @@ def _deliveries(msg: Msg) -> int:
 
 
 async def _fail_event(
-    js: JetStreamContext, service: str, env: Envelope, error: str, retryable: bool
+    js: JetStreamContext,
+    service: str,
+    env: Envelope,
+    error: str,
+    retryable: bool,
+    code: FailureCode = FailureCode.FAILED,
 ) -> None:
     entry = failed_event(service)
-    event = CommandFailed(command=env.schema, error=error, retryable=retryable)
+    event = CommandFailed(command=env.schema, error=error, retryable=retryable, code=code)
     reply = env.reply(entry.name, reply_id(env.message_id, "failed"))
     await publish(js, event, reply, entry=entry)
 
@@ -115,7 +120,9 @@ def make_processor(
         log.error("%s: dead-lettering %s: %s", service, msg.subject, reason)
         await deadletter.dead_letter(js, msg, reason=reason, service=service, deliveries=deliveries)
         if env is not None and emit_replies:
-            await _fail_event(js, service, env, reason, retryable=retryable)
+            # Retries spent: it was tried. Otherwise the message itself was unusable.
+            code = FailureCode.FAILED if retryable else FailureCode.INVALID
+            await _fail_event(js, service, env, reason, retryable=retryable, code=code)
         count(service, env.schema if env else "?", "dead_lettered")
         await msg.term()
 
@@ -162,7 +169,7 @@ def make_processor(
             except Rejected as exc:
                 log.info("%s: rejected %s %s: %s", service, entry.name, env.message_id, exc)
                 if emit_replies:
-                    await _fail_event(js, service, env, str(exc), retryable=False)
+                    await _fail_event(js, service, env, str(exc), retryable=False, code=exc.code)
                 count(service, entry.name, "rejected")
                 await msg.ack()
                 return

@@ -1,10 +1,41 @@
 """Errors that decide what the consumer runtime does with a message."""
 
+from typing import ClassVar
+
 from nats.errors import MaxPayloadError
+
+from schemas.common import FailureCode
 
 
 class Rejected(Exception):
-    """The command can never succeed (bad input, refused): ack it and emit ``<service>.failed``."""
+    """The command can never succeed (bad input, refused): ack it and emit ``<service>.failed``
+    carrying ``code``. Raise the subclass that says why; its message is for people."""
+
+    code: ClassVar[FailureCode] = FailureCode.FAILED
+
+
+class Invalid(Rejected):
+    code = FailureCode.INVALID
+
+
+class NotFound(Rejected):
+    code = FailureCode.NOT_FOUND
+
+
+class Forbidden(Rejected):
+    code = FailureCode.FORBIDDEN
+
+
+class Conflict(Rejected):
+    code = FailureCode.CONFLICT
+
+
+class Unauthenticated(Rejected):
+    code = FailureCode.UNAUTHENTICATED
+
+
+class Unavailable(Rejected):
+    code = FailureCode.UNAVAILABLE
 
 
 class BusUnavailable(RuntimeError):

@@ -29,7 +29,7 @@ from gateway.errors import ApiError, model_not_found, unavailable
 from gateway.openai_bodies import ChatCompletionRequest
 from schemas.catalogue import of_type
 from schemas.chat import ChatTurnInput, ChatTurnResult
-from schemas.common import CommandFailed
+from schemas.common import CommandFailed, FailureCode
 from schemas.saga_queries import SagaQueried, SagaQuery
 from schemas.sagas import SagaCancel, SagaFinished, SagaReplied, SagaStart
 from schemas.slm import ChatMessage, ToolCall, ToolSpec
@@ -207,6 +207,7 @@ async def finished(dispatch: Dispatch, principal: Principal, saga_id: str) -> Re
         state=saga.state,
         result=saga.result,
         error=saga.error,
+        error_code=saga.error_code,
     )
     env = envelope_for(event, tenant=principal.tenant, correlation_id=saga_id)
     return Reply(env, of_type(SagaFinished).name, event)
@@ -230,14 +231,12 @@ def is_end(reply: Reply, saga_id: str) -> bool:
     return isinstance(reply.payload, CommandFailed) and reply.payload.command == "sagas.start"
 
 
-def failure_error(text: str, model: str) -> ApiError:
-    head, sep, rest = text.partition(":")
-    code = head.strip() if sep else ""
-    lowered = text.lower()
-    if (code == "not_found" and "model" in lowered) or "unknown model" in lowered:
+def failure_error(code: FailureCode | None, text: str, model: str) -> ApiError:
+    """What a client sees of a turn that failed, by the failure's code (never its text)."""
+    if code == FailureCode.NOT_FOUND:
         return model_not_found(model)
-    if code == "invalid":
-        return ApiError(400, rest.strip() or "The request was refused.", code="invalid_value")
+    if code == FailureCode.INVALID:
+        return ApiError(400, text or "The request was refused.", code="invalid_value")
     return ApiError(
         502,
         "The model backend failed to complete the request.",
@@ -251,7 +250,7 @@ def outcome(reply: Reply, model: str) -> ChatTurnResult:
     payload = reply.payload
     if isinstance(payload, CommandFailed):
         log.warning("chat turn refused: %s", payload.error)
-        raise failure_error(payload.error, model)
+        raise failure_error(payload.code, payload.error, model)
     if isinstance(payload, SagaReplied):
         payload = SagaFinished(
             saga_id=payload.saga_id,
@@ -262,12 +261,12 @@ def outcome(reply: Reply, model: str) -> ChatTurnResult:
     assert isinstance(payload, SagaFinished)
     if payload.state != "completed" or payload.result is None:
         log.warning("chat turn %s ended %s: %s", payload.saga_id, payload.state, payload.error)
-        raise failure_error(payload.error or payload.state, model)
+        raise failure_error(payload.error_code, payload.error or payload.state, model)
     try:
         return msgspec.convert(payload.result, ChatTurnResult)
     except msgspec.ValidationError as exc:
         log.error("chat turn %s result does not match ChatTurnResult: %s", payload.saga_id, exc)
-        raise failure_error("malformed result", model) from exc
+        raise failure_error(None, "malformed result", model) from exc
 
 
 def policy_denial(result: ChatTurnResult) -> ApiError | None:

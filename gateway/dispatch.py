@@ -31,7 +31,7 @@ from bus.publish import envelope_for, publish
 from bus.request import Requester
 from gateway.errors import ApiError, unavailable
 from schemas.catalogue import of_type
-from schemas.common import CommandFailed
+from schemas.common import CommandFailed, FailureCode
 
 log = logging.getLogger("soma.gateway.dispatch")
 
@@ -63,12 +63,14 @@ def derived_id(purpose: str) -> str | None:
     return hashlib.sha256(f"{base}\0{purpose}".encode()).hexdigest()[:32]
 
 
-_STATUS = {
-    "not_found": (404, "not_found"),
-    "conflict": (409, "conflict"),
-    "invalid": (400, "invalid_value"),
-    "unauthenticated": (401, "invalid_api_key"),
-    "forbidden": (403, "insufficient_permissions"),
+# Each refusal's HTTP status and OpenAI error code, decided here once.
+_STATUS: dict[FailureCode, tuple[int, str]] = {
+    FailureCode.NOT_FOUND: (404, "not_found"),
+    FailureCode.CONFLICT: (409, "conflict"),
+    FailureCode.INVALID: (400, "invalid_value"),
+    FailureCode.UNAUTHENTICATED: (401, "invalid_api_key"),
+    FailureCode.FORBIDDEN: (403, "insufficient_permissions"),
+    FailureCode.UNAVAILABLE: (503, "unavailable"),
 }
 
 
@@ -80,13 +82,8 @@ class Refused(Exception):
         self.failure = failure
 
     @property
-    def code(self) -> str:
-        head, sep, _ = self.failure.error.partition(":")
-        return head.strip() if sep and head.strip() in _STATUS else ""
-
-    @property
-    def detail(self) -> str:
-        return self.failure.error.partition(":")[2].strip() if self.code else self.failure.error
+    def code(self) -> FailureCode:
+        return self.failure.code
 
 
 def refusal_error(refused: Refused) -> ApiError:
@@ -96,7 +93,7 @@ def refusal_error(refused: Refused) -> ApiError:
         return ApiError(401, "The credentials were not accepted.", code=code)
     return ApiError(
         status,
-        refused.detail or "The request was refused.",
+        refused.failure.error or "The request was refused.",
         type="permission_error" if status == 403 else "invalid_request_error",
         code=code,
     )

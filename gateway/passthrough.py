@@ -125,7 +125,7 @@ class PassThroughTurn:
         payload = reply.payload
         if isinstance(payload, CommandFailed):
             log.warning("pass-through turn %s failed: %s", self.id, payload.error)
-            raise chat_turns.failure_error(payload.error, self.turn.model)
+            raise chat_turns.failure_error(payload.code, payload.error, self.turn.model)
         assert isinstance(payload, SlmCompleted)
         return result_of(payload)
 

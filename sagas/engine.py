@@ -27,8 +27,7 @@ from sqlalchemy import and_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from bus import tracing
-from bus.errors import Rejected
+from bus import errors, tracing
 from bus.publish import encode
 from kernel.db import reader
 from sagas import tables
@@ -51,7 +50,7 @@ from sagas.definition import (
 from sagas.hot import Hot, HotStore, Publish
 from sagas.registry import Registry
 from schemas.catalogue import by_name, of_type
-from schemas.common import CommandFailed
+from schemas.common import CommandFailed, FailureCode
 from schemas.envelope import Envelope
 from schemas.sagas import SagaCancel, SagaFinished, SagaReplied, SagaStart, SagaStarted
 
@@ -81,7 +80,7 @@ class SagaNotFound(LookupError):
     """A signal or cancel for an id with no instance (perhaps not started yet)."""
 
 
-class Conflict(Exception):
+class RevMoved(Exception):
     """Another runner advanced the instance first; reload and try again."""
 
 
@@ -135,14 +134,14 @@ class Engine:
 
     async def start(self, cmd: SagaStart, env: Envelope) -> SagaStarted:
         if cmd.id_reuse not in REUSE_POLICIES:
-            raise Rejected(f"invalid: id_reuse must be one of {', '.join(REUSE_POLICIES)}")
+            raise errors.Invalid(f"id_reuse must be one of {', '.join(REUSE_POLICIES)}")
         if cmd.id_conflict not in CONFLICT_POLICIES:
-            raise Rejected(f"invalid: id_conflict must be one of {', '.join(CONFLICT_POLICIES)}")
+            raise errors.Invalid(f"id_conflict must be one of {', '.join(CONFLICT_POLICIES)}")
         definition = self.registry.latest(cmd.saga_type)
         try:
             definition.decode_input(cmd.input)
         except (msgspec.ValidationError, TypeError) as exc:
-            raise Rejected(f"invalid: input for {cmd.saga_type}: {exc}") from exc
+            raise errors.Invalid(f"input for {cmd.saga_type}: {exc}") from exc
         saga_id = cmd.saga_id or env.message_id
         if definition.durability == "group" and self.publish is not None:
             started = await self._start_hot(saga_id, definition, cmd, env)
@@ -168,16 +167,16 @@ class Engine:
                             saga_id=saga_id, saga_type=existing["type"], version=existing["version"]
                         )
                         return None
-                    raise Rejected(
-                        f"conflict: saga {saga_id} is already running (id_conflict=fail)"
+                    raise errors.Conflict(
+                        f"saga {saga_id} is already running (id_conflict=fail)"
                     )
                 allowed = cmd.id_reuse == "allow_duplicate" or (
                     cmd.id_reuse == "allow_duplicate_failed_only"
                     and existing["state"] in _FAILED_ENDS
                 )
                 if not allowed:
-                    raise Rejected(
-                        f"conflict: saga {saga_id} already exists ({existing['state']}; "
+                    raise errors.Conflict(
+                        f"saga {saga_id} already exists ({existing['state']}; "
                         f"id_reuse={cmd.id_reuse})"
                     )
                 run_no = existing["run"] + 1
@@ -243,8 +242,8 @@ class Engine:
                 # Its start may be in flight on another delivery: retried, then dead-lettered.
                 raise SagaNotFound(f"no saga {saga_id} (yet)")
             if row["state"] in TERMINAL:
-                raise Rejected(
-                    f"conflict: saga {saga_id} has ended ({row['state']}); signal {name} dropped"
+                raise errors.Conflict(
+                    f"saga {saga_id} has ended ({row['state']}); signal {name} dropped"
                 )
             change = Change()
             waiting = row["waiting"] or {}
@@ -519,9 +518,7 @@ class Engine:
                     now,
                 )
             )
-            self._call_failed(
-                row, waiting, event.error, event.retryable, env.message_id, now, change
-            )
+            self._call_failed(row, waiting, event, env.message_id, now, change)
             return change
         elapsed = (now - waiting.get("sent_at", now)) * 1000
         change.history.append(
@@ -551,12 +548,12 @@ class Engine:
         self,
         row: dict[str, Any],
         waiting: dict[str, Any],
-        error: str,
-        retryable: bool,
+        failure: CommandFailed,
         cause: str,
         now: float,
         change: Change,
     ) -> None:
+        error, retryable = failure.error, failure.retryable
         retry = Retry(**waiting["retry"])
         attempt = waiting["attempt"]
         deadline = waiting.get("deadline")
@@ -586,9 +583,6 @@ class Engine:
             )
             return
         if waiting.get("on_failure"):
-            failure = CommandFailed(
-                command=waiting["command"]["schema"], error=error, retryable=retryable
-            )
             self._run_step(
                 row, self._definition(row), waiting["on_failure"], failure, cause, now, change
             )
@@ -601,6 +595,7 @@ class Engine:
             cause,
             now,
             change,
+            code=failure.code,
         )
 
     def _on_timer(self, row: dict[str, Any], now: float) -> Change:
@@ -612,9 +607,7 @@ class Engine:
             change.history.append(
                 self._history(row, row["step"], "timed_out", {"attempt": waiting["attempt"]}, now)
             )
-            self._call_failed(
-                row, waiting, "timeout: no reply within start-to-close", True, cause, now, change
-            )
+            self._call_failed(row, waiting, _timed_out(waiting), cause, now, change)
         elif kind == "retry":
             command = by_name(waiting["command"]["schema"]).decode(
                 waiting["command"]["body"].encode()
@@ -938,9 +931,7 @@ class Engine:
                     now,
                 )
             )
-            if not self._part_failed(
-                row, calls, index, event.error, event.retryable, env.message_id, now, change
-            ):
+            if not self._part_failed(row, calls, index, event, env.message_id, now, change):
                 return change
         else:
             change.history.append(
@@ -966,8 +957,7 @@ class Engine:
         row: dict[str, Any],
         calls: list[dict[str, Any]],
         index: int,
-        error: str,
-        retryable: bool,
+        failure: CommandFailed,
         cause: str,
         now: float,
         change: Change,
@@ -975,6 +965,7 @@ class Engine:
         """One call of a ``CallAll`` failed: retry it, record its failure for ``then``, or fail
         the saga (False)."""
         call = calls[index]
+        error, retryable = failure.error, failure.retryable
         retry = Retry(**call["retry"])
         deadline = call.get("deadline")
         if (
@@ -996,14 +987,15 @@ class Engine:
             return True
         schema = call["command"]["schema"]
         if call.get("on_failure"):
-            failure = CommandFailed(command=schema, error=error, retryable=retryable)
             calls[index] = {
                 **call,
                 "kind": "done",
                 "reply": {"schema": "failed", "body": msgspec.to_builtins(failure)},
             }
             return True
-        self._finish(row, "failed", None, f"{schema} failed: {error}", cause, now, change)
+        self._finish(
+            row, "failed", None, f"{schema} failed: {error}", cause, now, change, code=failure.code
+        )
         return False
 
     def _all_next(
@@ -1033,16 +1025,7 @@ class Engine:
                 change.history.append(
                     self._history(row, row["step"], "timed_out", {"attempt": call["attempt"]}, now)
                 )
-                if not self._part_failed(
-                    row,
-                    calls,
-                    i,
-                    "timeout: no reply within start-to-close",
-                    True,
-                    cause,
-                    now,
-                    change,
-                ):
+                if not self._part_failed(row, calls, i, _timed_out(call), cause, now, change):
                     return
             elif call["kind"] == "retry" and call["retry_at"] <= now:
                 command = by_name(call["command"]["schema"]).decode(
@@ -1154,9 +1137,17 @@ class Engine:
         cause: str,
         now: float,
         change: Change,
+        *,
+        code: FailureCode | None = None,
     ) -> None:
         change.values.update(
-            state=state, result=result, error=error, waiting=None, wake_at=None, finished_at=now
+            state=state,
+            result=result,
+            error=error,
+            error_code=code,
+            waiting=None,
+            wake_at=None,
+            finished_at=now,
         )
         event = SagaFinished(
             saga_id=row["id"],
@@ -1165,6 +1156,7 @@ class Engine:
             result=result,
             error=error,
             parent_id=row.get("parent_id"),
+            error_code=code,
         )
         self._emit(row, event, f"{row['id']}.{row['run']}.finished", cause, now, change)
         change.history.append(
@@ -1211,6 +1203,7 @@ class Engine:
             "wake_at": None,
             "result": None,
             "error": None,
+            "error_code": None,
             "seq": 1,
             "rev": 0,
             "created_at": now,
@@ -1280,7 +1273,7 @@ class Engine:
                         await conn.execute(tables.history.insert(), _numbered(change.history))
                     if change.outbox:
                         await conn.execute(tables.outbox.insert(), change.outbox)
-            except Conflict:
+            except RevMoved:
                 log.debug("saga %s advanced elsewhere; retrying (%d)", saga_id, attempt)
                 continue
             if self.on_commit is not None and (change.outbox or change.wake_now):
@@ -1297,7 +1290,7 @@ class Engine:
             .values(**values)
         )
         if result.rowcount != 1:
-            raise Conflict(saga_id)
+            raise RevMoved(saga_id)
 
 
 def is_group_command(message_id: str | None) -> bool:
@@ -1389,3 +1382,12 @@ def _numbered(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
         seen[key] = n + 1
         out.append(h if n == 0 else {**h, "event": f"{h['event']}#{n}"})
     return out
+
+
+def _timed_out(waiting: dict[str, Any]) -> CommandFailed:
+    """A call's start-to-close timeout, as the failure its retry policy judges."""
+    return CommandFailed(
+        command=waiting["command"]["schema"],
+        error="timeout: no reply within start-to-close",
+        retryable=True,
+    )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from bus.errors import Rejected
+from bus.errors import NotFound
 from sagas.definition import Definition
 
 
@@ -26,7 +26,7 @@ class Registry:
             return self._latest[saga_type]
         except KeyError:
             known = ", ".join(sorted(self._latest)) or "none"
-            raise Rejected(f"not_found: unknown saga type {saga_type!r} (known: {known})") from None
+            raise NotFound(f"unknown saga type {saga_type!r} (known: {known})") from None
 
     def get(self, saga_type: str, version: int) -> Definition[Any]:
         try:

@@ -204,6 +204,7 @@ def saga_info(row: dict[str, Any], history: list[dict[str, Any]]) -> SagaInfo:
         input=row.get("input") or {},
         result=row.get("result"),
         error=row.get("error"),
+        error_code=row.get("error_code"),
         waiting_for=waiting_for,
         history=[
             SagaStep(

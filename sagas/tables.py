@@ -35,6 +35,7 @@ instances = Table(
     Column("wake_at", Float, nullable=True),
     Column("result", JSON, nullable=True),
     Column("error", Text, nullable=True),
+    Column("error_code", String(32), nullable=True),  # schemas.common.FailureCode
     Column("seq", Integer, nullable=False, default=0),
     Column("rev", Integer, nullable=False, default=0),
     Column("created_at", Float, nullable=False),

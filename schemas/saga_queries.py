@@ -6,6 +6,7 @@ Scoped by the envelope's tenant: a saga of another tenant is not found (``saga``
 from typing import Any
 
 from schemas.base import Message
+from schemas.common import FailureCode
 
 
 class SagaStep(Message):
@@ -26,6 +27,7 @@ class SagaInfo(Message):
     input: dict[str, Any] = {}
     result: dict[str, Any] | None = None
     error: str | None = None
+    error_code: FailureCode | None = None
     waiting_for: list[str] = []
     history: list[SagaStep] = []
 

@@ -3,6 +3,7 @@
 from typing import Any
 
 from schemas.base import Message
+from schemas.common import FailureCode
 
 
 class SagaStart(Message):
@@ -39,6 +40,8 @@ class SagaFinished(Message):
     result: dict[str, Any] | None = None
     error: str | None = None
     parent_id: str | None = None
+    # Why it failed, when a command's refusal failed it (its ``CommandFailed.code``).
+    error_code: FailureCode | None = None
 
 
 class SagaReplied(Message):

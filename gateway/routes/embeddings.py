@@ -19,6 +19,7 @@ from gateway.openai_bodies import (
     EmbeddingRequest,
     EmbeddingUsage,
 )
+from schemas.common import FailureCode
 from schemas.memories import MemoryEmbed, MemoryEmbedded
 
 router = APIRouter(tags=["openai"])
@@ -72,7 +73,7 @@ async def create_embeddings(
             actor=principal.user,
         )
     except Refused as refused:
-        if refused.code == "not_found":
+        if refused.code == FailureCode.NOT_FOUND:
             raise model_not_found(body.model) from refused
         raise refusal_error(refused) from refused
     if body.dimensions is not None and any(len(v) != body.dimensions for v in embedded.vectors):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bus.errors import Rejected
+from bus.errors import Invalid
 from bus.service import Delivery, EventBatches, Service
 from handlers.analytics import rollups
 from handlers.analytics.report import InvalidWindow, bounds, report, window
@@ -58,7 +58,7 @@ async def answer(
     try:
         first, last = window(cmd.since, cmd.until)
     except InvalidWindow as exc:
-        raise Rejected(str(exc)) from exc
+        raise Invalid(str(exc)) from exc
     since, until = bounds(first, last)
     rows = await report(engine, env.tenant, cmd.since, cmd.until, cmd.group_by)
     return AnalyticsReported(rows=rows, since=since, until=until)

@@ -2,8 +2,8 @@
 
 Every command is scoped to the envelope's tenant, except those sent before a tenant is known
 (``_system``: key verification, refresh, key set and revocation polls). A refusal is a
-``Rejected`` whose message starts with the code the gateway turns into a status (``not_found``,
-``conflict``, ``invalid``, ``forbidden``, ``unauthenticated``). Delivery is at least once, so
+typed ``Rejected`` (``NotFound``, ``Conflict``, ``Invalid``, ``Forbidden``, ``Unauthenticated``)
+whose code the gateway turns into a status. Delivery is at least once, so
 each command is safe to carry out twice: records are keyed by what the gateway generated (key
 id, refresh token hash) or by the command's message id.
 """
@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bus.errors import Rejected
+from bus import errors as bus_errors
 from handlers.identity import api_keys, directory, revocation, signing_keys, tokens
 from handlers.identity.board import RevocationBoard
 from handlers.identity.config import IdentitySettings
@@ -65,13 +65,13 @@ from schemas.identity import (
     UserInfo,
 )
 
-# Most specific first: the first matching class names the code.
-_CODES: tuple[tuple[type[IdentityError], str], ...] = (
-    (NotFound, "not_found"),
-    (AlreadyExists, "conflict"),
-    (InvalidInput, "invalid"),
-    (Forbidden, "forbidden"),
-    (Unauthenticated, "unauthenticated"),
+# Most specific first: the first matching class names the refusal.
+_REFUSALS: tuple[tuple[type[IdentityError], type[bus_errors.Rejected]], ...] = (
+    (NotFound, bus_errors.NotFound),
+    (AlreadyExists, bus_errors.Conflict),
+    (InvalidInput, bus_errors.Invalid),
+    (Forbidden, bus_errors.Forbidden),
+    (Unauthenticated, bus_errors.Unauthenticated),
 )
 
 
@@ -81,9 +81,9 @@ def refusals() -> Iterator[None]:
     try:
         yield
     except IdentityError as exc:
-        for kind, code in _CODES:
+        for kind, refusal in _REFUSALS:
             if isinstance(exc, kind):
-                raise Rejected(f"{code}: {exc}") from exc
+                raise refusal(str(exc)) from exc
         raise
 
 
@@ -223,7 +223,7 @@ class IdentityCommands:
                     command_id=command_id(env),
                     tenant=_scope_of(env),
                 )
-        except Rejected:
+        except bus_errors.Rejected:
             # A reused refresh token revokes its whole family before it is refused.
             await self._publish_revocations()
             raise
@@ -240,7 +240,7 @@ class IdentityCommands:
     async def revoke(self, cmd: IdentityRevoke, env: Envelope) -> IdentityRevoked:
         given = [name for name in ("jti", "refresh_sha256", "user_id") if getattr(cmd, name)]
         if len(given) != 1:
-            raise Rejected("invalid: give exactly one of jti, refresh_sha256 and user_id")
+            raise bus_errors.Invalid("give exactly one of jti, refresh_sha256 and user_id")
         now = self.clock()
         with refusals():
             if cmd.jti:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bus.errors import Rejected
+from bus.errors import Conflict, Forbidden, Invalid, NotFound
 from bus.service import Service
 from handlers.memory import store, turns, vectors
 from handlers.memory.config import MemoryConfig
@@ -59,9 +59,9 @@ def build(settings: Settings, config: MemoryConfig | None = None) -> Service:
         try:
             return whose(grants_of(grants, env.tenant), env.actor, role, user)
         except InvalidTenant as exc:
-            raise Rejected(f"invalid: {exc}") from exc
+            raise Invalid(f"{exc}") from exc
         except OtherUser as exc:
-            raise Rejected(f"forbidden: {exc}") from exc
+            raise Forbidden(f"{exc}") from exc
 
     async def start() -> None:
         database_url = settings.resolved_database_url("memory")
@@ -103,7 +103,7 @@ def build(settings: Settings, config: MemoryConfig | None = None) -> Service:
                 session=cmd.session,
             )
         except InvalidMemory as exc:
-            raise Rejected(f"invalid: {exc}") from exc
+            raise Invalid(f"{exc}") from exc
         return MemoryRecalled(items=[memory.item() for memory in found])
 
     async def remember(cmd: MemoryStore, env: Envelope) -> MemoryStored:
@@ -125,7 +125,7 @@ def build(settings: Settings, config: MemoryConfig | None = None) -> Service:
                 at=at,
             )
         except InvalidMemory as exc:
-            raise Rejected(f"invalid: {exc}") from exc
+            raise Invalid(f"{exc}") from exc
         return MemoryStored(turn_id=cmd.turn_id, created=created)
 
     async def add(cmd: MemoryAdd, env: Envelope) -> MemoryAdded:
@@ -136,7 +136,7 @@ def build(settings: Settings, config: MemoryConfig | None = None) -> Service:
             existing = await store.get(into, env.tenant, cmd.id)
             if existing is not None and existing.user != user:
                 # The id is another user's: overwriting it would hand it over.
-                raise Rejected(f"conflict: memory id {cmd.id!r} is taken")
+                raise Conflict(f"memory id {cmd.id!r} is taken")
             existed = existing is not None
             await store.add(
                 into,
@@ -149,7 +149,7 @@ def build(settings: Settings, config: MemoryConfig | None = None) -> Service:
                 created_at=at,
             )
         except InvalidMemory as exc:
-            raise Rejected(f"invalid: {exc}") from exc
+            raise Invalid(f"{exc}") from exc
         return MemoryAdded(id=cmd.id, created=not existed)
 
     async def delete(cmd: MemoryDelete, env: Envelope) -> MemoryDeleted:
@@ -158,7 +158,7 @@ def build(settings: Settings, config: MemoryConfig | None = None) -> Service:
         try:
             deleted = await store.delete(into, env.tenant, cmd.ids, user=user, session=cmd.session)
         except InvalidMemory as exc:
-            raise Rejected(f"invalid: {exc}") from exc
+            raise Invalid(f"{exc}") from exc
         if cmd.ids:
             # A stored chat turn is a memory and a history row: deleting it forgets both.
             await turns.forget(engine, env.tenant, cmd.ids, user=user)
@@ -177,16 +177,16 @@ def build(settings: Settings, config: MemoryConfig | None = None) -> Service:
                 offset=cmd.offset,
             )
         except InvalidMemory as exc:
-            raise Rejected(f"invalid: {exc}") from exc
+            raise Invalid(f"{exc}") from exc
         return MemoryListed(items=[memory.item() for memory in page], total=total)
 
     async def embed(cmd: MemoryEmbed, env: Envelope) -> MemoryEmbedded:
         into, _ = opened.require()
         if not cmd.texts:
-            raise Rejected("invalid: texts must not be empty")
+            raise Invalid("texts must not be empty")
         if cmd.model and cmd.model != into.embedder.name:
-            raise Rejected(
-                f"not_found: embedding model {cmd.model!r} is not served here; this memory service "
+            raise NotFound(
+                f"embedding model {cmd.model!r} is not served here; this memory service "
                 f"embeds with {into.embedder.name!r}"
             )
         vectors_ = await into.embedder.embed(cmd.texts)

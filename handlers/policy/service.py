@@ -22,7 +22,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bus.errors import Rejected
+from bus.errors import Invalid
 from bus.service import Service
 from handlers.policy import budget
 from handlers.policy.evaluate import InvalidRequest, Verdict, decide, evaluate, fail_closed
@@ -56,7 +56,7 @@ async def judge(
     try:
         ruleset = rules.get(env.tenant)
     except InvalidTenant as exc:
-        raise Rejected(str(exc)) from exc
+        raise Invalid(str(exc)) from exc
     except Exception as exc:
         log.warning("policy for tenant %s unavailable: %s", env.tenant, exc)
         verdict = fail_closed(cmd.stage, f"the tenant's policy could not be loaded: {exc}")
@@ -64,7 +64,7 @@ async def judge(
     try:
         verdict = evaluate(ruleset, cmd)
     except InvalidRequest as exc:
-        raise Rejected(str(exc)) from exc
+        raise Invalid(str(exc)) from exc
     except Exception as exc:
         log.exception("policy evaluation failed for tenant %s", env.tenant)
         verdict = fail_closed(cmd.stage, f"the policy could not be evaluated: {exc!r}")

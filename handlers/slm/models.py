@@ -16,7 +16,7 @@ from typing import Literal
 import msgspec
 import msgspec.yaml
 
-from bus.errors import Rejected
+from bus.errors import NotFound, Unavailable
 from kernel.settings import Settings
 from schemas.base import Usage
 
@@ -97,9 +97,9 @@ class ModelList:
             return found
         if model in self.missing:
             needs = " or ".join(sorted(set(self.missing[model])))
-            raise Rejected(f"model {model!r} is not configured here: set {needs}")
+            raise Unavailable(f"model {model!r} is not configured here: set {needs}")
         known = ", ".join(self.available_models()) or "none"
-        raise Rejected(f"unknown model {model!r}; available: {known}")
+        raise NotFound(f"unknown model {model!r}; available: {known}")
 
 
 def environment(settings: Settings) -> dict[str, str]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from opentelemetry.trace import SpanKind
 
 from bus import tracing
-from bus.errors import Rejected
+from bus.errors import Rejected, Unavailable
 from bus.metrics import model_usage
 from handlers.slm.deltas import DeltaSink, OnDelta
 from handlers.slm.models import Deployment, ModelList, RoutingPolicy
@@ -50,7 +50,9 @@ class Router:
         for deployment in deployments:
             provider = self.providers.get(deployment.provider)
             if provider is None:
-                raise Rejected(f"no provider {deployment.provider!r} for model {request.model!r}")
+                raise Unavailable(
+                    f"no provider {deployment.provider!r} for model {request.model!r}"
+                )
             for attempt in range(max(1, policy.attempts)):
                 try:
                     with tracing.span(

@@ -23,7 +23,7 @@ from opentelemetry.trace import StatusCode
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bus import tracing
-from bus.errors import Rejected
+from bus.errors import Conflict, Invalid
 from bus.service import Service
 from handlers.tools import builtin, fetch, github, slack
 from handlers.tools.calls import CallIdTaken, invoke_once
@@ -102,7 +102,7 @@ def refusal(grants: GrantStore, tenant: str, cmd: ToolInvoke) -> ToolResult | No
     try:
         allows = grants.get(tenant).tools.allows
     except InvalidTenant as exc:
-        raise Rejected(f"invalid: {exc}") from exc
+        raise Invalid(f"{exc}") from exc
     except PolicyError as exc:
         return refused(POLICY_ERROR, f"the tenant's policy could not be loaded: {exc}")
     if not cmd.role:
@@ -186,7 +186,7 @@ def build(settings: Settings, config: ToolsConfig | None = None) -> Service:
             try:
                 result = await invoke_once(engine, registry, env.tenant, cmd, wait=config.call_wait)
             except CallIdTaken as exc:
-                raise Rejected(f"conflict: {exc}") from None
+                raise Conflict(f"{exc}") from None
             if span is not None and not result.ok:
                 span.set_status(StatusCode.ERROR, result.error or "the tool failed")
             return result

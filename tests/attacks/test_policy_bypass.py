@@ -369,7 +369,8 @@ async def test_a_members_recall_published_on_the_bus_for_another_user_is_refused
         timeout=60,
     )
     assert isinstance(reply.payload, CommandFailed)
-    assert reply.payload.error.startswith("forbidden: memory.other_user")
+    assert reply.payload.code == "forbidden"
+    assert reply.payload.error.startswith("memory.other_user")
 
 
 async def test_a_role_granted_tenant_wide_memory_recalls_every_members_chat_memory(

@@ -26,7 +26,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from bus.connection import connect
-from bus.errors import Rejected
+from bus.errors import Conflict, Invalid, NotFound, Rejected, Unauthenticated
 from bus.publish import publish
 from bus.runtime import Running, start
 from bus.service import Service
@@ -198,9 +198,9 @@ class Identity:
     def _usable(self, key_id: str, secret_sha256: str) -> KeyRecord:
         record = self.keys.get(key_id)
         if record is None or not secrets.compare_digest(record.secret_sha256, secret_sha256):
-            raise Rejected("unauthenticated: unknown API key")
+            raise Unauthenticated("unknown API key")
         if record.info.revoked_at is not None:
-            raise Rejected("unauthenticated: revoked API key")
+            raise Unauthenticated("revoked API key")
         return record
 
     async def verify_key(self, cmd: IdentityVerifyKey, env: Envelope) -> IdentityKeyVerified:
@@ -280,10 +280,10 @@ class Identity:
             if cmd.refresh_sha256 in family.used:
                 family.revoked = True
                 await self._revoke("session", family.sid, time.time() + ACCESS_TTL)
-                raise Rejected("unauthenticated: refresh token reused; session revoked")
+                raise Unauthenticated("refresh token reused; session revoked")
             if family.current == cmd.refresh_sha256:
                 if family.revoked:
-                    raise Rejected("unauthenticated: session revoked")
+                    raise Unauthenticated("session revoked")
                 family.used.add(family.current)
                 family.current = cmd.new_refresh_sha256
                 return IdentityRefreshed(
@@ -295,7 +295,7 @@ class Identity:
                     scope=family.scope,
                     session=family.sid,
                 )
-        raise Rejected("unauthenticated: unknown refresh token")
+        raise Unauthenticated("unknown refresh token")
 
     async def revoke(self, cmd: IdentityRevoke, env: Envelope) -> IdentityRevoked:
         if cmd.jti:
@@ -311,16 +311,16 @@ class Identity:
         if cmd.user_id:
             user = self.users.get(cmd.user_id)
             if user is None or user.tenant != env.tenant:
-                raise Rejected(f"not_found: no user {cmd.user_id!r}")
+                raise NotFound(f"no user {cmd.user_id!r}")
             await self._revoke("user", cmd.user_id, time.time() + ACCESS_TTL)
             return IdentityRevoked(revoked=True)
-        raise Rejected("invalid: nothing to revoke")
+        raise Invalid("nothing to revoke")
 
     async def create_tenant(
         self, cmd: IdentityCreateTenant, env: Envelope
     ) -> IdentityTenantCreated:
         if cmd.tenant_id in self.tenants:
-            raise Rejected(f"conflict: tenant {cmd.tenant_id!r} exists")
+            raise Conflict(f"tenant {cmd.tenant_id!r} exists")
         self.tenants[cmd.tenant_id] = TenantInfo(
             id=cmd.tenant_id, name=cmd.name or cmd.tenant_id, created_at=time.time()
         )
@@ -338,7 +338,7 @@ class Identity:
     async def create_key(self, cmd: IdentityCreateKey, env: Envelope) -> IdentityKeyCreated:
         user = self.users.get(cmd.user_id)
         if user is None or user.tenant != env.tenant:
-            raise Rejected(f"not_found: no user {cmd.user_id!r} in tenant {env.tenant!r}")
+            raise NotFound(f"no user {cmd.user_id!r} in tenant {env.tenant!r}")
         if cmd.key_id in self.keys:  # a redelivered command: the same key again
             return IdentityKeyCreated(key=self.keys[cmd.key_id].info)
         info = ApiKeyInfo(
@@ -366,7 +366,7 @@ class Identity:
     async def revoke_key(self, cmd: IdentityRevokeKey, env: Envelope) -> IdentityKeyRevoked:
         record = self.keys.get(cmd.key_id)
         if record is None or record.info.tenant != env.tenant:
-            raise Rejected(f"not_found: no API key {cmd.key_id!r}")
+            raise NotFound(f"no API key {cmd.key_id!r}")
         if record.info.revoked_at is None:
             record.info = msgspec.structs.replace(record.info, revoked_at=time.time())
         return IdentityKeyRevoked(key=record.info)
@@ -516,7 +516,7 @@ class Sagas:
         elif cmd.saga_type == "agent_task":
             key = (env.tenant, cmd.saga_id)
             if key in self.tasks:
-                raise Rejected(f"conflict: saga {cmd.saga_id} exists")
+                raise Conflict(f"saga {cmd.saga_id} exists")
             now = time.time()
             self.tasks[key] = SagaInfo(
                 saga_id=cmd.saga_id,
@@ -528,7 +528,7 @@ class Sagas:
                 waiting_for=["approve"] if cmd.input.get("require_approval") else [],
             )
         else:
-            raise Rejected(f"invalid: unknown saga type {cmd.saga_type!r}")
+            raise Invalid(f"unknown saga type {cmd.saga_type!r}")
         return SagaStarted(saga_id=cmd.saga_id, saga_type=cmd.saga_type, version=1)
 
     async def signal(self, cmd: SagaSignal, env: Envelope) -> None:
@@ -608,7 +608,7 @@ class Memory:
 
     async def embed(self, cmd: MemoryEmbed, env: Envelope) -> MemoryEmbedded:
         if cmd.model not in (None, EMBED_MODEL):
-            raise Rejected(f"not_found: unknown embedding model {cmd.model!r}")
+            raise NotFound(f"unknown embedding model {cmd.model!r}")
         return MemoryEmbedded(
             model=EMBED_MODEL,
             vectors=[embed(t) for t in cmd.texts],

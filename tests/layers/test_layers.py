@@ -33,7 +33,11 @@ def copy(tmp_path: Path) -> Path:
             "from handlers.policy import rules",
             "handlers.tools -> handlers.policy.rules",
         ),
-        ("bus/publish.py", "from kernel.settings import Settings", "bus -> kernel.settings.Settings"),
+        (
+            "bus/publish.py",
+            "from kernel.settings import Settings",
+            "bus -> kernel.settings.Settings",
+        ),
         ("schemas/envelope.py", "import bus.publish", "schemas -> bus.publish"),
         ("gateway/app.py", "from sagas import queries", "gateway -> sagas.queries"),
         (
