@@ -31,13 +31,20 @@ from schemas.catalogue import of_type
 from schemas.chat import ChatTurnInput, ChatTurnResult
 from schemas.common import CommandFailed, FailureCode
 from schemas.saga_queries import SagaQueried, SagaQuery
-from schemas.sagas import SagaCancel, SagaFinished, SagaReplied, SagaStart
+from schemas.sagas import (
+    ENDED,
+    IdConflict,
+    SagaCancel,
+    SagaFinished,
+    SagaReplied,
+    SagaStart,
+    SagaState,
+)
 from schemas.slm import ChatMessage, ToolCall, ToolSpec
 
 log = logging.getLogger("soma.gateway.chat")
 
 SAGA_TYPE = "chat_turn"
-ENDED = frozenset({"completed", "failed", "cancelled", "compensated", "compensation_failed"})
 
 
 def _text(content: Any, index: int) -> str | None:
@@ -155,7 +162,7 @@ async def start(
         saga_type=SAGA_TYPE,
         saga_id=saga_id,
         input=msgspec.to_builtins(turn),
-        id_conflict="use_existing" if again else "fail",
+        id_conflict=IdConflict.USE_EXISTING if again else IdConflict.FAIL,
     )
     env = envelope_for(
         command,
@@ -204,7 +211,7 @@ async def finished(dispatch: Dispatch, principal: Principal, saga_id: str) -> Re
     event = SagaFinished(
         saga_id=saga.saga_id,
         saga_type=saga.saga_type,
-        state=saga.state,
+        state=SagaState(saga.state),
         result=saga.result,
         error=saga.error,
         error_code=saga.error_code,
@@ -255,11 +262,11 @@ def outcome(reply: Reply, model: str) -> ChatTurnResult:
         payload = SagaFinished(
             saga_id=payload.saga_id,
             saga_type=payload.saga_type,
-            state="completed",
+            state=SagaState.COMPLETED,
             result=payload.result,
         )
     assert isinstance(payload, SagaFinished)
-    if payload.state != "completed" or payload.result is None:
+    if payload.state != SagaState.COMPLETED or payload.result is None:
         log.warning("chat turn %s ended %s: %s", payload.saga_id, payload.state, payload.error)
         raise failure_error(payload.error_code, payload.error or payload.state, model)
     try:
@@ -298,4 +305,3 @@ async def run(
                 504, "The chat turn did not finish in time.", type="server_error", code="timeout"
             ) from None
     return outcome(reply, turn.model)
-

@@ -52,16 +52,21 @@ from sagas.registry import Registry
 from schemas.catalogue import by_name, of_type
 from schemas.common import CommandFailed, FailureCode
 from schemas.envelope import Envelope
-from schemas.sagas import SagaCancel, SagaFinished, SagaReplied, SagaStart, SagaStarted
+from schemas.sagas import (
+    ENDED,
+    UNSUCCESSFUL,
+    IdConflict,
+    IdReuse,
+    SagaCancel,
+    SagaFinished,
+    SagaReplied,
+    SagaStart,
+    SagaStarted,
+    SagaState,
+)
 
 log = logging.getLogger("soma.sagas")
 
-RUNNING = "running"
-CANCELLING = "cancelling"
-TERMINAL = frozenset({"completed", "failed", "cancelled", "compensated", "compensation_failed"})
-REUSE_POLICIES = ("reject_duplicate", "allow_duplicate_failed_only", "allow_duplicate")
-CONFLICT_POLICIES = ("fail", "use_existing")
-_FAILED_ENDS = frozenset({"failed", "cancelled", "compensated", "compensation_failed"})
 _COMPENSATED = "__compensated__"
 # A Continue is carried on by the process that committed it at once; the timer pass takes it
 # over only when it is still pending this long after (its process died).
@@ -113,8 +118,12 @@ class Engine:
         *,
         on_commit: OnCommit | None = None,
         replay_grace: float = 60.0,
+        clock: Callable[[], float] = time.time,
     ):
         self.db = db
+        # Every time a transition reads (timers, deadlines, history) comes from here, so tests
+        # can move time instead of sleeping through retries and timeouts.
+        self.clock = clock
         # Reads that decide nothing alone (a hot instance's load, the timer pass) take no
         # write lock, so they never queue behind a group commit.
         self.reads = reader(db)
@@ -128,15 +137,11 @@ class Engine:
         self.publish: Publish | None = None
         # A group mode instance's timers wait until events left unacknowledged by a runner that
         # died have come back (RECOVERY.md): they would otherwise race the replay.
-        self.timers_from = time.time() + replay_grace / 2
+        self.timers_from = clock() + replay_grace / 2
 
     # ── entry points ────────────────────────────────────────────────────────────────────
 
     async def start(self, cmd: SagaStart, env: Envelope) -> SagaStarted:
-        if cmd.id_reuse not in REUSE_POLICIES:
-            raise errors.Invalid(f"id_reuse must be one of {', '.join(REUSE_POLICIES)}")
-        if cmd.id_conflict not in CONFLICT_POLICIES:
-            raise errors.Invalid(f"id_conflict must be one of {', '.join(CONFLICT_POLICIES)}")
         definition = self.registry.latest(cmd.saga_type)
         try:
             definition.decode_input(cmd.input)
@@ -161,18 +166,16 @@ class Engine:
             existing = await self._load(conn, saga_id)
             run_no = 1
             if existing is not None:
-                if existing["state"] not in TERMINAL:
-                    if cmd.id_conflict == "use_existing":
+                if existing["state"] not in ENDED:
+                    if cmd.id_conflict == IdConflict.USE_EXISTING:
                         outcome = SagaStarted(
                             saga_id=saga_id, saga_type=existing["type"], version=existing["version"]
                         )
                         return None
-                    raise errors.Conflict(
-                        f"saga {saga_id} is already running (id_conflict=fail)"
-                    )
-                allowed = cmd.id_reuse == "allow_duplicate" or (
-                    cmd.id_reuse == "allow_duplicate_failed_only"
-                    and existing["state"] in _FAILED_ENDS
+                    raise errors.Conflict(f"saga {saga_id} is already running (id_conflict=fail)")
+                allowed = cmd.id_reuse == IdReuse.ALLOW_DUPLICATE or (
+                    cmd.id_reuse == IdReuse.ALLOW_DUPLICATE_FAILED_ONLY
+                    and existing["state"] in UNSUCCESSFUL
                 )
                 if not allowed:
                     raise errors.Conflict(
@@ -241,7 +244,7 @@ class Engine:
             if row is None:
                 # Its start may be in flight on another delivery: retried, then dead-lettered.
                 raise SagaNotFound(f"no saga {saga_id} (yet)")
-            if row["state"] in TERMINAL:
+            if row["state"] in ENDED:
                 raise errors.Conflict(
                     f"saga {saga_id} has ended ({row['state']}); signal {name} dropped"
                 )
@@ -268,7 +271,7 @@ class Engine:
         A group mode instance publishes its events before the commit that stores them, so a
         read that follows an event (a retried request asking whether its turn ended) first
         lets that commit happen; otherwise it could see a state older than the event."""
-        if saga_id in self.store.pending:
+        if saga_id in self.store.hot:  # pending, or in a commit under way: wait for it
             await self.store.flush()
 
     async def cancel(self, saga_id: str, reason: str, message_id: str) -> None:
@@ -280,7 +283,7 @@ class Engine:
             row = await self._load(conn, saga_id)
             if row is None:
                 raise SagaNotFound(f"no saga {saga_id} (yet)")
-            if row["state"] in TERMINAL or row["state"] == CANCELLING:
+            if row["state"] in ENDED or row["state"] == SagaState.CANCELLING:
                 return None
             change = Change()
             change.history.append(
@@ -296,7 +299,7 @@ class Engine:
                     change,
                     attempt=1,
                 )
-            change.values["state"] = CANCELLING
+            change.values["state"] = SagaState.CANCELLING
             change.values["error"] = f"cancelled: {reason}" if reason else "cancelled"
             self._next_compensation(row, message_id, now, change)
             return _at(row, change)
@@ -354,7 +357,7 @@ class Engine:
             if self._definition(row).durability == "group" and self.publish is not None:
                 hot = self.store.keep(saga_id, Hot(row, row["rev"]))
         if hot is not None:
-            if time.time() < self.timers_from:
+            if self.clock() < self.timers_from:
                 return
 
             def fire(row: dict[str, Any], now: float) -> Change | None:
@@ -406,7 +409,7 @@ class Engine:
             stored = await self._read(saga_id)
             held = self.store.hot.get(saga_id)
             if held is None and stored is None:
-                now = time.time()
+                now = self.clock()
                 row = self._new_row(
                     saga_id, definition, cmd.input, env, now, run_no=1, parent_id=None
                 )
@@ -478,7 +481,7 @@ class Engine:
     ) -> None:
         """Apply one transition to a hot instance: decide in memory, publish what it sends,
         and return once its state is committed."""
-        now = time.time()
+        now = self.clock()
         row = {**hot.row, "seq": hot.row["seq"] + 1}
         change = decide(row, now)
         if change is None:
@@ -574,7 +577,7 @@ class Engine:
         if waiting["then"] == _COMPENSATED:
             self._finish(
                 row,
-                "compensation_failed",
+                SagaState.COMPENSATION_FAILED,
                 None,
                 f"compensation failed: {error}",
                 cause,
@@ -589,7 +592,7 @@ class Engine:
             return
         self._finish(
             row,
-            "failed",
+            SagaState.FAILED,
             None,
             f"{waiting['command']['schema']} failed: {error}",
             cause,
@@ -631,7 +634,7 @@ class Engine:
             else:
                 self._finish(
                     row,
-                    "failed",
+                    SagaState.FAILED,
                     None,
                     f"timed out waiting for signal {waiting['name']}",
                     cause,
@@ -670,7 +673,7 @@ class Engine:
         if fn is None:
             self._finish(
                 row,
-                "failed",
+                SagaState.FAILED,
                 None,
                 f"{definition.saga_type} v{definition.version} has no step {name!r}",
                 cause,
@@ -759,9 +762,9 @@ class Engine:
             self._start_child(row, action, cause, now, change)
         elif isinstance(action, Complete):
             result = msgspec.to_builtins(action.result) if action.result is not None else None
-            self._finish(row, "completed", result, None, cause, now, change)
+            self._finish(row, SagaState.COMPLETED, result, None, cause, now, change)
         elif isinstance(action, Fail):
-            self._finish(row, "failed", None, action.error, cause, now, change)
+            self._finish(row, SagaState.FAILED, None, action.error, cause, now, change)
 
     def _continue(
         self,
@@ -994,7 +997,14 @@ class Engine:
             }
             return True
         self._finish(
-            row, "failed", None, f"{schema} failed: {error}", cause, now, change, code=failure.code
+            row,
+            SagaState.FAILED,
+            None,
+            f"{schema} failed: {error}",
+            cause,
+            now,
+            change,
+            code=failure.code,
         )
         return False
 
@@ -1079,7 +1089,7 @@ class Engine:
         data = dict(change.values.get("data", row["data"]))
         pending = list(data.get("_compensations", []))
         if not pending:
-            ended = "compensated" if data.get("_compensated") else "cancelled"
+            ended = SagaState.COMPENSATED if data.get("_compensated") else SagaState.CANCELLED
             self._finish(
                 row, ended, None, change.values.get("error", row["error"]), cause, now, change
             )
@@ -1131,7 +1141,7 @@ class Engine:
     def _finish(
         self,
         row: dict[str, Any],
-        state: str,
+        state: SagaState,
         result: dict[str, Any] | None,
         error: str | None,
         cause: str,
@@ -1195,7 +1205,7 @@ class Engine:
             "correlation_id": env.correlation_id,
             "actor": env.actor,
             "parent_id": parent_id,
-            "state": RUNNING,
+            "state": SagaState.RUNNING,
             "step": None,
             "input": raw_input,
             "data": {},
@@ -1261,7 +1271,7 @@ class Engine:
         for attempt in range(20):
             try:
                 async with self.db.begin() as conn:
-                    now = time.time()
+                    now = self.clock()
                     change = await body(conn, now)
                     if change is None:
                         return

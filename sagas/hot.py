@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from sagas import tables
+from schemas.sagas import ENDED
 
 log = logging.getLogger("soma.sagas.hot")
 
@@ -35,7 +36,6 @@ WINDOW = 0.03
 EARLY = 24
 # Instances kept in memory at most; the oldest settled ones are let go first.
 CAPACITY = 20_000
-_TERMINAL = frozenset({"completed", "failed", "cancelled", "compensated", "compensation_failed"})
 
 
 class LostTransition(RuntimeError):
@@ -180,7 +180,7 @@ class HotStore:
             for waiter in pending.waiters:
                 if not waiter.done():
                     waiter.set_result(None)
-            if pending.row["state"] in _TERMINAL and self.hot.get(saga_id) is pending.hot:
+            if pending.row["state"] in ENDED and self.hot.get(saga_id) is pending.hot:
                 self.forget(saga_id)
 
     async def _write_row(self, conn: AsyncConnection, saga_id: str, pending: Pending) -> None:

@@ -13,7 +13,6 @@ import contextlib
 import functools
 import logging
 import signal
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,7 +142,7 @@ class Runner:
     async def timers(self) -> None:
         while True:
             try:
-                due = await self.engine.due(time.time())
+                due = await self.engine.due(self.engine.clock())
                 if due:
                     await asyncio.gather(*(self.wake(s) for s in due), return_exceptions=True)
             except Exception as exc:

@@ -1,17 +1,69 @@
-"""Sagas: start, signal and cancel long-running work; hear how it ended."""
+"""Sagas: start, signal and cancel long-running work; hear how it ended.
 
+The states and the start policies are declared here once; the engine, the gateway, analytics and
+the CLI all read these values.
+"""
+
+from enum import StrEnum
 from typing import Any
 
 from schemas.base import Message
 from schemas.common import FailureCode
 
 
+class SagaState(StrEnum):
+    RUNNING = "running"
+    CANCELLING = "cancelling"  # compensations are running
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"  # cancelled with nothing to compensate
+    COMPENSATED = "compensated"
+    COMPENSATION_FAILED = "compensation_failed"
+
+
+ENDED = frozenset(
+    {
+        SagaState.COMPLETED,
+        SagaState.FAILED,
+        SagaState.CANCELLED,
+        SagaState.COMPENSATED,
+        SagaState.COMPENSATION_FAILED,
+    }
+)
+# Ends that count as errors in usage reports.
+FAILED = frozenset({SagaState.FAILED, SagaState.COMPENSATION_FAILED})
+# Ends after which ``allow_duplicate_failed_only`` lets the id start again.
+UNSUCCESSFUL = frozenset(
+    {
+        SagaState.FAILED,
+        SagaState.CANCELLED,
+        SagaState.COMPENSATED,
+        SagaState.COMPENSATION_FAILED,
+    }
+)
+
+
+class IdReuse(StrEnum):
+    """May a start reuse the id of an ended saga (Temporal's workflow id reuse policy)."""
+
+    REJECT_DUPLICATE = "reject_duplicate"
+    ALLOW_DUPLICATE_FAILED_ONLY = "allow_duplicate_failed_only"
+    ALLOW_DUPLICATE = "allow_duplicate"
+
+
+class IdConflict(StrEnum):
+    """What a start does when a saga with its id is still running."""
+
+    FAIL = "fail"
+    USE_EXISTING = "use_existing"
+
+
 class SagaStart(Message):
     saga_type: str
     saga_id: str | None = None
     input: dict[str, Any] = {}
-    id_reuse: str = "reject_duplicate"
-    id_conflict: str = "fail"
+    id_reuse: IdReuse = IdReuse.REJECT_DUPLICATE
+    id_conflict: IdConflict = IdConflict.FAIL
 
 
 class SagaSignal(Message):
@@ -36,7 +88,7 @@ class SagaFinished(Message):
 
     saga_id: str
     saga_type: str
-    state: str
+    state: SagaState
     result: dict[str, Any] | None = None
     error: str | None = None
     parent_id: str | None = None

@@ -16,6 +16,7 @@ from typing import Any
 
 import typer
 
+from schemas.sagas import IdConflict, IdReuse
 from soma import terminal
 
 app = typer.Typer(
@@ -252,11 +253,8 @@ def start(
         None, "--id", help="Saga id (default: a new one). Start is idempotent by id."
     ),
     tenant: str = typer.Option("default", help="Tenant the saga runs for."),
-    reuse: str = typer.Option(
-        "reject_duplicate",
-        help="If the id has ended: reject_duplicate, allow_duplicate_failed_only, allow_duplicate.",
-    ),
-    conflict: str = typer.Option("fail", help="If the id is running: fail, use_existing."),
+    reuse: IdReuse = typer.Option(IdReuse.REJECT_DUPLICATE, help="If the id has ended."),
+    conflict: IdConflict = typer.Option(IdConflict.FAIL, help="If the id is running."),
     wait: bool = typer.Option(
         False, "--wait", help="Wait for the saga to finish and print its outcome."
     ),

@@ -29,13 +29,20 @@ from gateway.openai_bodies import ERRORS
 from schemas.common import CommandFailed
 from schemas.envelope import new_id
 from schemas.saga_queries import SagaInfo, SagaList, SagaListed, SagaQueried, SagaQuery
-from schemas.sagas import SagaCancel, SagaSignal, SagaStart, SagaStarted
+from schemas.sagas import (
+    ENDED,
+    IdConflict,
+    SagaCancel,
+    SagaSignal,
+    SagaStart,
+    SagaStarted,
+    SagaState,
+)
 from schemas.tasks import AgentTaskInput
 
 router = APIRouter(tags=["tasks"])
 
 SAGA_TYPE = "agent_task"
-ENDED = frozenset({"completed", "failed", "compensated", "compensation_failed", "cancelled"})
 _ID = r"^[A-Za-z0-9_-]{1,64}$"
 
 
@@ -183,7 +190,7 @@ async def create_task(
     return Task(
         id=started.saga_id,
         type=started.saga_type,
-        state="running",
+        state=SagaState.RUNNING,
         version=started.version,
         input=body.input,
     )
@@ -199,7 +206,9 @@ async def _start_once(
     answers a later one with ``sagas.started``.
     """
     dispatch = gateway.dispatch
-    command = SagaStart(saga_type=SAGA_TYPE, saga_id=task_id, input=raw, id_conflict="use_existing")
+    command = SagaStart(
+        saga_type=SAGA_TYPE, saga_id=task_id, input=raw, id_conflict=IdConflict.USE_EXISTING
+    )
     env = envelope_for(
         command,
         tenant=principal.tenant,

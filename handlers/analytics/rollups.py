@@ -40,11 +40,10 @@ from handlers.analytics.tables import (
 )
 from schemas.common import CommandFailed
 from schemas.envelope import Envelope
-from schemas.sagas import SagaFinished, SagaStarted
+from schemas.sagas import FAILED, SagaFinished, SagaStarted
 from schemas.slm import SlmCompleted
 
 # Saga end states that count as errors; a cancelled (or cancelled-and-compensated) saga is not one.
-FAILED_STATES = frozenset({"failed", "compensation_failed"})
 
 SUMS = ("requests", "errors", "prompt_tokens", "completion_tokens", "cost_usd",
         "latency_ms_sum", "latency_count")
@@ -274,7 +273,7 @@ async def _saga_finished(conn: AsyncConnection, event: SagaFinished, env: Envelo
             kind=SAGA,
             saga_type=event.saga_type,
             actor=env.actor,
-            errors=int(event.state in FAILED_STATES),
+            errors=int(event.state in FAILED),
             latency_ms_sum=latency,
             latency_count=int(timed),
         ),
