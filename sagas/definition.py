@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 import msgspec
 
@@ -57,7 +57,8 @@ class Run(Generic[InputT]):
     tenant: str
     correlation_id: str
     input: InputT
-    data: dict[str, Any]
+    # Working data: a dict, or an instance of the definition's ``data_type``.
+    data: Any
     actor: str = "system"
 
 
@@ -65,8 +66,13 @@ StepFn = Callable[..., "Action"]
 Then = "StepFn | str"
 
 
+# The attribute a registered step carries its stored name in.
+_NAME = "__saga_step__"
+
+
 def step_name(then: StepFn | str) -> str:
-    return then if isinstance(then, str) else then.__name__
+    """The name a step is stored under: the one it was registered with, else its own."""
+    return then if isinstance(then, str) else str(getattr(then, _NAME, then.__name__))
 
 
 @dataclass
@@ -176,6 +182,7 @@ class Definition(Generic[InputT]):
         version: int,
         input_type: type[InputT],
         durability: str = "step",
+        data_type: type[Any] | None = None,
     ) -> None:
         if durability not in DURABILITY:
             raise ValueError(f"durability must be one of {', '.join(DURABILITY)}")
@@ -183,16 +190,75 @@ class Definition(Generic[InputT]):
         self.version = version
         self.input_type = input_type
         self.durability = durability
+        # Steps see ``run.data`` as this type (a msgspec Struct or dataclass whose fields all
+        # have defaults: a new instance starts empty); it is stored as JSON all the same.
+        self.data_type = data_type
         self.steps: dict[str, StepFn] = {}
         self.first: str | None = None
 
-    def start(self, fn: StepFn) -> StepFn:
-        self.first = fn.__name__
-        return self.step(fn)
+    @overload
+    def start(self, fn: StepFn) -> StepFn: ...
+    @overload
+    def start(
+        self, *, name: str | None = None, aliases: tuple[str, ...] = ()
+    ) -> Callable[[StepFn], StepFn]: ...
+    def start(
+        self, fn: StepFn | None = None, *, name: str | None = None, aliases: tuple[str, ...] = ()
+    ) -> StepFn | Callable[[StepFn], StepFn]:
+        """Register the first step (see ``step`` for ``name`` and ``aliases``)."""
 
-    def step(self, fn: StepFn) -> StepFn:
-        self.steps[fn.__name__] = fn
-        return fn
+        def register(fn: StepFn) -> StepFn:
+            self._register(fn, name, aliases)
+            self.first = step_name(fn)
+            return fn
+
+        return register(fn) if fn is not None else register
+
+    @overload
+    def step(self, fn: StepFn) -> StepFn: ...
+    @overload
+    def step(
+        self, *, name: str | None = None, aliases: tuple[str, ...] = ()
+    ) -> Callable[[StepFn], StepFn]: ...
+    def step(
+        self, fn: StepFn | None = None, *, name: str | None = None, aliases: tuple[str, ...] = ()
+    ) -> StepFn | Callable[[StepFn], StepFn]:
+        """Register a step under ``name`` (default: the function's name).
+
+        Running instances store the name of the step they wait to run. Give ``name`` to keep it
+        when the function is renamed, or list the old names in ``aliases``, so an instance that
+        stored one of them still finds its step after a deploy.
+        """
+
+        def register(fn: StepFn) -> StepFn:
+            self._register(fn, name, aliases)
+            return fn
+
+        return register(fn) if fn is not None else register
+
+    def _register(self, fn: StepFn, name: str | None, aliases: tuple[str, ...]) -> None:
+        key = name or fn.__name__
+        for each in (key, *aliases):
+            if self.steps.get(each, fn) is not fn:
+                raise ValueError(f"{self.saga_type} v{self.version} has two steps named {each!r}")
+            self.steps[each] = fn
+        setattr(fn, _NAME, key)
+
+    def decode_data(self, raw: dict[str, Any]) -> Any:
+        """The working data as its steps see it. Keys starting with ``_`` are the engine's own
+        (signals, compensations) and stay out of a typed view."""
+        if self.data_type is None:
+            return raw
+        return msgspec.convert(
+            {k: v for k, v in raw.items() if not k.startswith("_")}, self.data_type
+        )
+
+    def encode_data(self, data: Any, raw: dict[str, Any]) -> dict[str, Any]:
+        """The working data as stored, with the engine's own keys of ``raw`` kept."""
+        if self.data_type is None:
+            return dict(data)
+        own = msgspec.to_builtins(data)
+        return {**{k: v for k, v in raw.items() if k.startswith("_")}, **own}
 
     def decode_input(self, raw: dict[str, Any]) -> InputT:
         if self.input_type is dict:

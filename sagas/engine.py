@@ -687,7 +687,7 @@ class Engine:
             tenant=row["tenant"],
             correlation_id=row["correlation_id"],
             input=definition.decode_input(row["input"]),
-            data=data,
+            data=definition.decode_data(data),
             actor=row["actor"],
         )
         with tracing.saga_step(row["type"], name, row["id"]):  # its commands are its children
@@ -696,9 +696,10 @@ class Engine:
             except Exception as exc:  # a bug in a definition ends that saga, not the runner
                 log.exception("saga %s step %s raised", row["id"], name)
                 action = Fail(f"step {name} raised {type(exc).__name__}: {exc}")
-            change.values["data"] = run.data
+            data = definition.encode_data(run.data, data)
+            change.values["data"] = data
             change.values["step"] = name
-            row = {**row, "data": run.data, "step": name}
+            row = {**row, "data": data, "step": name}
             self._apply(row, definition, name, action, cause, now, change)
 
     def _apply(

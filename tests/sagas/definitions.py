@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from sagas.definition import (
     Call,
     CallAll,
@@ -218,6 +220,34 @@ def jf_joined(run: Run[Data], results: list[Any]) -> Complete:
     return Complete({"kinds": [type(r).__name__ for r in results]})
 
 
+# Typed working data: steps read and write a Struct; the engine stores it as JSON.
+class Tally(msgspec.Struct):
+    outputs: list[str] = []
+    calls: int = 0
+
+
+typed: Definition[Data] = Definition("typed", version=1, input_type=dict, data_type=Tally)
+
+
+@typed.start(name="ask_first")
+def typed_first(run: Run[Data]) -> Call:
+    return Call(tool(run, 1), then=typed_second, timeout=30)
+
+
+@typed.step(name="ask_second", aliases=("typed_second_before_rename",))
+def typed_second(run: Run[Data], result: ToolResult) -> Call:
+    run.data.outputs.append(result.output)
+    run.data.calls += 1
+    return Call(tool(run, 2), then=typed_done, timeout=30)
+
+
+@typed.step
+def typed_done(run: Run[Data], result: ToolResult) -> Complete:
+    run.data.outputs.append(result.output)
+    run.data.calls += 1
+    return Complete({"outputs": run.data.outputs, "calls": run.data.calls})
+
+
 ALL = [
     three_steps,
     retrying,
@@ -228,4 +258,5 @@ ALL = [
     versioned_v1,
     grouped,
     joined_failure,
+    typed,
 ]

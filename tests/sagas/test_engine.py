@@ -215,3 +215,19 @@ async def test_a_failed_call_of_several_reaches_the_next_step_as_its_failure(
     row = await stack.finished(saga_id)
     assert row["state"] == "completed", row["error"]
     assert row["result"] == {"kinds": ["ToolResult", "CommandFailed"]}
+
+
+async def test_a_saga_with_typed_data_stores_it_as_json_and_completes(stack: Stack) -> None:
+    saga_id = await stack.start("typed")
+    row = await stack.finished(saga_id)
+    assert row["state"] == "completed", row["error"]
+    assert row["result"] == {"outputs": [f"{saga_id}:1", f"{saga_id}:2"], "calls": 2}
+    assert row["data"] == {"outputs": [f"{saga_id}:1", f"{saga_id}:2"], "calls": 2}
+
+
+async def test_steps_are_stored_under_their_registered_names(stack: Stack) -> None:
+    saga_id = await stack.start("typed")
+    await stack.finished(saga_id)
+    history = await queries.get_history(stack.db, saga_id)
+    steps = [h["step"] for h in history if h["event"] == "step"]
+    assert steps == ["ask_first", "ask_second", "typed_done"]
