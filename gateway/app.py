@@ -1,6 +1,6 @@
 """The gateway's composition root: ``create_app(settings)`` builds the FastAPI app whose lifespan
-opens the bus connection, Redis and the database engine; ``serve(settings)`` runs it (``soma run
-gateway``).
+opens the bus connection and Redis; ``serve(settings)`` runs it (``soma run gateway``). The gateway
+holds no SQL: it publishes and awaits, so its readiness is the bus's (and Redis's when used).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import sqlalchemy as sa
 import uvicorn
 from fastapi import FastAPI
 from nats.aio.client import Client as NATS
@@ -45,7 +44,6 @@ from gateway.routes import (
     usage,
 )
 from gateway.tokens import TokenRules, TokenVerifier
-from kernel.db import make_engine
 from kernel.settings import Settings
 from kernel.telemetry import HttpSpans
 from schemas.identity import (
@@ -111,16 +109,11 @@ async def _build(settings: Settings, config: GatewayConfig) -> tuple[Gateway, li
         return listed.models
 
     verifier = await _verifier(nc, js, config)
-    engine = make_engine(settings.resolved_database_url("sagas"))
 
     async def nats_ok() -> bool:
         return bool(nc.is_connected)
 
-    async def database_ok() -> bool:
-        async with engine.connect() as conn:
-            return (await conn.execute(sa.text("SELECT 1"))).scalar() == 1
-
-    checks: dict[str, Callable[[], Awaitable[bool]]] = {"nats": nats_ok, "database": database_ok}
+    checks: dict[str, Callable[[], Awaitable[bool]]] = {"nats": nats_ok}
     if redis is not None:
         redis_client = redis
 
@@ -145,7 +138,6 @@ async def _build(settings: Settings, config: GatewayConfig) -> tuple[Gateway, li
         verifier.stop,
         requester.close,
         nc.drain,
-        engine.dispose,
         *([redis.aclose] if redis is not None else []),
     ]
 
