@@ -18,7 +18,6 @@ import contextlib
 import functools
 import json
 import logging
-import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -383,15 +382,13 @@ async def _serve_health(
     return server, task
 
 
-async def serve_forever(service: Service, settings: BusSettings, health_port: int | None) -> None:
-    """Run until SIGINT/SIGTERM, then drain in-flight messages and stop."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+async def serve(service: Service, settings: BusSettings, health_port: int | None) -> None:
+    """Serve until cancelled, then drain in-flight messages and stop. Whoever runs the process
+    turns SIGINT/SIGTERM into that cancellation (``kernel.processes``)."""
     running = await start(service, settings, health_port=health_port)
     where = f", health on :{health_port}" if health_port else ""
     print(f"{service.name}: consuming{where}", flush=True)
-    await stop.wait()
-    await running.stop()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await running.stop()

@@ -147,14 +147,14 @@ def load(process: Process) -> Entrypoint:
     return entry  # type: ignore[no-any-return]
 
 
-async def _until_stopped(work: Awaitable[Any]) -> Any:
+async def until_stopped(work: Awaitable[Any]) -> Any:
     """Await an entry point; SIGINT/SIGTERM cancel it, and its orderly end is a clean return.
 
     The signals become event-loop callbacks rather than Python handlers that raise: uvicorn
     drains the gateway under its own handlers, then re-raises the signal it caught to whichever
     handler it found, and a handler that raised there would interrupt the loop mid-shutdown and
-    print a traceback. An entry point that installs its own callbacks (the saga runner) replaces
-    these.
+    print a traceback. This is the one place a process turns signals into its stop: handlers,
+    the saga runner and the gateway all stop by cancellation.
     """
     task = asyncio.ensure_future(work)
     loop = asyncio.get_running_loop()
@@ -216,14 +216,14 @@ async def run(process: Process, settings: Settings) -> None:
     entry = load(process)
     result = entry(settings)
     if inspect.isawaitable(result):
-        result = await _until_stopped(result)
+        result = await until_stopped(result)
         if result is None:
             return
-    from bus.runtime import serve_forever
+    from bus.runtime import serve
     from bus.service import Service
 
     if isinstance(result, Service):
-        await serve_forever(result, settings, settings.health_port)
+        await until_stopped(serve(result, settings, settings.health_port))
         return
     raise ProcessUnavailable(
         f"{process.target} returned {type(result).__name__}; expected a bus.service.Service "

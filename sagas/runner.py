@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import signal
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -253,13 +252,10 @@ async def start(
 
 
 async def main(settings: Settings) -> None:
-    """``soma run sagas``: run until SIGINT/SIGTERM."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+    """``soma run sagas``: run until cancelled (SIGINT/SIGTERM, by ``kernel.processes``)."""
     runner = await start(settings, health_port=settings.health_port)
     print("sagas: runner consuming", flush=True)
-    await stop.wait()
-    await runner.stop()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.stop()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from bus import runtime
 from bus.service import Service
+from kernel.processes import until_stopped
 from kernel.settings import Settings
 from schemas.envelope import Envelope
 from schemas.policy import PolicyEvaluate, PolicyEvaluated
@@ -26,7 +27,8 @@ def main() -> None:
         return PolicyEvaluated(decision_id=env.message_id, decision="allow", stage=cmd.stage)
 
     settings = Settings(NATS_URL=url, SOMA_DATA_DIR=record.parent, SOMA_FETCH_BATCH=8)
-    asyncio.run(runtime.serve_forever(Service("policy", {PolicyEvaluate: handle}), settings, None))
+    service = Service("policy", {PolicyEvaluate: handle})
+    asyncio.run(until_stopped(runtime.serve(service, settings, None)))
 
 
 if __name__ == "__main__":
