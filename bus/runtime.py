@@ -41,7 +41,7 @@ from bus.consume import RetryPolicy, make_batch_processor, make_processor
 from bus.errors import BusUnavailable
 from bus.metrics import consumer_state, on_scrape
 from bus.metrics import refresh as refresh_metrics
-from bus.service import Handler, Service
+from bus.service import Connected, Handler, Service
 from bus.streams import provision
 from schemas.catalogue import STREAMS, by_name, of_type
 
@@ -286,7 +286,7 @@ async def start(
     js = nc.jetstream()
     await provision(js, settings)
     for hook in service.startup:
-        await hook()
+        await hook(Connected(nc, js))
 
     policy = retry_policy(settings)
     running = Running(service, nc, js)

@@ -10,10 +10,25 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
 from schemas.envelope import Envelope
 
 Handler = Callable[[Any, Envelope], Awaitable[Any]]
 Hook = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Connected:
+    """What the runtime hands each startup hook: the connection it serves the service on, made
+    before the hooks run, so no handler opens a second one of its own."""
+
+    nc: Client
+    js: JetStreamContext
+
+
+Startup = Callable[[Connected], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -47,7 +62,7 @@ class EventBatches:
 class Service:
     name: str
     routes: dict[type, Handler]
-    startup: list[Hook] = field(default_factory=list)
+    startup: list[Startup] = field(default_factory=list)
     shutdown: list[Hook] = field(default_factory=list)
     # Events this service follows: schema name (or "*" for every event) -> handler(event, env).
     event_routes: dict[str, Handler] = field(default_factory=dict)

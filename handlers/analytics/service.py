@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bus.errors import Invalid
-from bus.service import Delivery, EventBatches, Service
+from bus.service import Connected, Delivery, EventBatches, Service
 from handlers.analytics import rollups
 from handlers.analytics.report import InvalidWindow, bounds, report, window
 from kernel.db import make_engine, migrate
@@ -88,7 +88,7 @@ def build(settings: Settings) -> Service:
     database_url = settings.resolved_database_url("analytics")
     opened = _Opened()
 
-    async def start() -> None:
+    async def start(_: Connected) -> None:
         yield_the_cpu()
         await migrate(database_url, "analytics")
         opened.engine = make_engine(database_url)

@@ -11,11 +11,9 @@ import asyncio
 import contextlib
 import logging
 
-from nats.aio.client import Client
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bus.connection import connect
-from bus.service import Handler, Service
+from bus.service import Connected, Handler, Service
 from handlers.identity.board import RevocationBoard
 from handlers.identity.commands import IdentityCommands
 from handlers.identity.config import IdentitySettings
@@ -95,23 +93,16 @@ def build(settings: Settings, config: IdentitySettings | None = None) -> Service
     engine = make_engine(database_url)
     tasks: list[asyncio.Task[None]] = []
     commands = IdentityCommands(engine, config)
-    connections: list[Client] = []
 
-    async def start() -> None:
+    async def start(bus: Connected) -> None:
         if config.key_passphrase is None:
             log.warning("SOMA_JWT_KEY_PASSPHRASE is unset: signing keys are stored unencrypted")
         await migrate(database_url, "identity")
         kid = await ensure_signing_keys(engine, config)
         log.info("identity signing key %s active", kid)
-        # A connection of its own: the service runtime's is made after the startup hooks, and
-        # the gateways must have the key set before the first token is issued.
-        nc = await connect(
-            settings.nats_url or "nats://127.0.0.1:4222",
-            "soma-identity-board",
-            inbox_prefix=settings.nats_inbox_prefix,
-        )
-        connections.append(nc)
-        board = await RevocationBoard.open(nc.jetstream(), engine)
+        # Published before the commands are consumed: the gateways must have the key set before
+        # the first token is issued.
+        board = await RevocationBoard.open(bus.js, engine)
         await board.publish_jwks((await jwks(engine))["keys"])
         await board.sync()
         commands.board = board
@@ -124,8 +115,6 @@ def build(settings: Settings, config: IdentitySettings | None = None) -> Service
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         commands.board = None
-        while connections:
-            await connections.pop().drain()
         await engine.dispose()
 
     return Service(

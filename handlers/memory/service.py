@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bus.errors import Conflict, Forbidden, Invalid, NotFound
-from bus.service import Service
+from bus.service import Connected, Service
 from handlers.memory import store, turns, vectors
 from handlers.memory.config import MemoryConfig
 from handlers.memory.embeddings import open_embedder
@@ -63,7 +63,7 @@ def build(settings: Settings, config: MemoryConfig | None = None) -> Service:
         except OtherUser as exc:
             raise Forbidden(f"{exc}") from exc
 
-    async def start() -> None:
+    async def start(_: Connected) -> None:
         database_url = settings.resolved_database_url("memory")
         await migrate(database_url, "memory")
         embedder = await open_embedder(config)

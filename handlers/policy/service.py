@@ -23,7 +23,7 @@ from datetime import UTC, date, datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bus.errors import Invalid
-from bus.service import Service
+from bus.service import Connected, Service
 from handlers.policy import budget
 from handlers.policy.evaluate import InvalidRequest, Verdict, decide, evaluate, fail_closed
 from handlers.policy.rules import InvalidTenant, RuleSet, RuleStore
@@ -119,7 +119,7 @@ def build(settings: Settings) -> Service:
     database_url = settings.resolved_database_url("policy")
     opened = _Opened()
 
-    async def start() -> None:
+    async def start(_: Connected) -> None:
         await migrate(database_url, "policy")
         opened.engine = make_engine(database_url)
         pruned = await budget.prune(opened.engine, datetime.now(UTC).date() - CHARGES_KEPT)

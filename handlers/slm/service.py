@@ -8,9 +8,8 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bus.connection import connect
 from bus.publish import publish_ephemeral
-from bus.service import Hook, Service
+from bus.service import Connected, Service, Startup
 from handlers.slm.deltas import OnDelta
 from handlers.slm.models import ModelList, environment, load_models, models_file
 from handlers.slm.providers import Provider
@@ -62,28 +61,19 @@ def build(
     # ``created`` is when the model file was last changed.
     listed = SlmModelsListed(models=model_infos(models, int(path.stat().st_mtime)))
     recent: OrderedDict[str, SlmCompleted] = OrderedDict()
-    startup: list[Hook] = []
-    shutdown: list[Hook] = []
+    startup: list[Startup] = []
     if publish_delta is None:
-        # Deltas are ephemeral: they go on core NATS over a connection of their own.
-        from nats.aio.client import Client
+        # Deltas are ephemeral: core NATS on the connection the runtime serves this process on.
+        serving: list[Connected] = []
 
-        delta_connection: dict[str, Client] = {}
-
-        async def open_delta_connection() -> None:
-            url = settings.nats_url or "nats://127.0.0.1:4222"
-            delta_connection["nc"] = await connect(url, "soma-slm-deltas")
-
-        async def close_delta_connection() -> None:
-            if "nc" in delta_connection:
-                await delta_connection.pop("nc").close()
+        async def keep_connection(connected: Connected) -> None:
+            serving.append(connected)
 
         async def publish_on_core(subject: str, delta: SlmDelta) -> None:
-            await publish_ephemeral(delta_connection["nc"], subject, delta)
+            await publish_ephemeral(serving[0].nc, subject, delta)
 
         publish_delta = publish_on_core
-        startup.append(open_delta_connection)
-        shutdown.append(close_delta_connection)
+        startup.append(keep_connection)
 
     async def complete(cmd: SlmComplete, env: Envelope) -> SlmCompleted:
         key = f"{env.tenant}/{env.message_id}"
@@ -109,7 +99,7 @@ def build(
         name="slm",
         routes={SlmComplete: complete, SlmListModels: list_models},
         startup=startup,
-        shutdown=[close_providers, *shutdown],
+        shutdown=[close_providers],
     )
 
 

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bus import tracing
 from bus.errors import Conflict, Invalid
-from bus.service import Service
+from bus.service import Connected, Service
 from handlers.tools import builtin, fetch, github, slack
 from handlers.tools.calls import CallIdTaken, invoke_once
 from handlers.tools.config import ToolsConfig
@@ -152,7 +152,7 @@ def build(settings: Settings, config: ToolsConfig | None = None) -> Service:
     grants = GrantStore(policy_dir(settings))
     database_url = settings.resolved_database_url("tools")
 
-    async def start() -> None:
+    async def start(_: Connected) -> None:
         await migrate(database_url, "tools")
         opened.client = httpx.AsyncClient(headers={"User-Agent": "soma-agent-hub"})
         # Probing the sandbox starts short-lived processes; keep the loop free meanwhile.

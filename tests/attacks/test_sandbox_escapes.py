@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from bus.service import Service
+from bus.service import Connected, Service
 from handlers.tools.config import ToolsConfig
 from handlers.tools.sandbox import Isolation, Limits, Run, SandboxUnavailable, isolation_for
 from handlers.tools.sandbox import run_python as sandboxed
@@ -478,14 +478,14 @@ async def test_a_busy_loop_is_reported_as_the_time_limit(isolation: Isolation) -
 
 
 @pytest.fixture
-async def tools_service(tmp_path: Path) -> AsyncIterator[Service]:
+async def tools_service(tmp_path: Path, connected: Connected) -> AsyncIterator[Service]:
     """The tools process as the bus drives it, its data folder holding another tenant's data."""
     settings = Settings(
         DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'kernel.db'}", SOMA_DATA_DIR=tmp_path
     )
     service = build(settings, ToolsConfig())
     for hook in service.startup:
-        await hook()
+        await hook(connected)
     yield service
     for hook in service.shutdown:
         await hook()

@@ -29,7 +29,7 @@ from bus.connection import connect
 from bus.errors import Conflict, Invalid, NotFound, Rejected, Unauthenticated
 from bus.publish import publish
 from bus.runtime import Running, start
-from bus.service import Service
+from bus.service import Connected, Service
 from gateway.credentials import new_api_key
 from kernel.settings import Settings
 from schemas.analytics import AnalyticsReport, AnalyticsReported, UsageRow
@@ -575,7 +575,7 @@ class Sagas:
             await self.nc.drain()
 
     def service(self, url: str) -> Service:
-        async def opened() -> None:
+        async def opened(_: Connected) -> None:
             await self.open(url)
 
         return Service(

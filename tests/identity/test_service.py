@@ -6,6 +6,7 @@ import msgspec
 import sqlalchemy as sa
 
 from bus.connection import connect
+from bus.service import Connected
 from bus.streams import provision
 from handlers.identity.config import IdentitySettings
 from handlers.identity.service import build, maintain
@@ -26,7 +27,7 @@ async def test_startup_creates_the_key_set_and_shutdown_stops_maintenance(
     service = build(bus_settings, settings)
 
     for hook in service.startup:
-        await hook()
+        await hook(Connected(nc, nc.jetstream()))
     tasks_before = {t for t in asyncio.all_tasks() if "_maintain_forever" in repr(t.get_coro())}
     for hook in service.shutdown:
         await hook()
@@ -47,7 +48,7 @@ async def test_startup_publishes_the_key_set_to_the_gateways_bucket(
     service = build(bus_settings, settings)
 
     for hook in service.startup:
-        await hook()
+        await hook(Connected(nc, nc.jetstream()))
     try:
         kv = await nc.jetstream().key_value(REVOCATIONS_BUCKET)
         held = msgspec.json.decode((await kv.get(JWKS_KEY)).value, type=IdentityJwksPublished)

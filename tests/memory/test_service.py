@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from bus.errors import Rejected
-from bus.service import Service
+from bus.errors import Forbidden, Invalid, Rejected
+from bus.service import Connected, Service
 from handlers.memory import vectors
 from handlers.memory.config import MemoryConfig
 from handlers.memory.embeddings import HashedNgrams
@@ -62,7 +62,9 @@ def envelope(tenant: str, actor: str = "system") -> Envelope:
 
 
 @pytest.fixture(scope="module")
-async def running(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
+async def running(
+    tmp_path_factory: pytest.TempPathFactory, connected: Connected
+) -> AsyncIterator[Running]:
     data_dir: Path = tmp_path_factory.mktemp("memory-service")
     (data_dir / "policy").mkdir()
     (data_dir / "policy" / f"{SHARING}.yaml").write_text(SHARING_POLICY)
@@ -81,7 +83,7 @@ async def running(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Run
         env.delenv("SOMA_POLICY_DIR", raising=False)
         service = build(settings, config)
     for hook in service.startup:
-        await hook()
+        await hook(connected)
     yield Running(service, settings)
     for hook in service.shutdown:
         await hook()
@@ -185,12 +187,12 @@ async def test_a_members_listing_shows_only_its_own_memories(running) -> None:
 
 
 async def test_a_member_listing_another_users_memories_is_refused(running) -> None:
-    with pytest.raises(Rejected, match=r"^forbidden: memory\.other_user"):
+    with pytest.raises(Forbidden, match=r"^memory\.other_user"):
         await running.list(tenant(), MemoryList(user="bob", caller_role="member"), "ann")
 
 
 async def test_a_listing_page_of_no_memories_is_rejected(running) -> None:
-    with pytest.raises(Rejected, match=r"^invalid: limit"):
+    with pytest.raises(Invalid, match=r"^limit"):
         await running.list(tenant(), MemoryList(limit=0, caller_role="member"), "ann")
 
 
@@ -214,12 +216,12 @@ async def test_a_member_naming_another_user_is_refused_as_forbidden(running) -> 
     owner = tenant()
     await _ann_and_bob_like_tea(running, owner)
     asked = MemoryRecall(query="likes tea", user="bob", caller_role="member")
-    with pytest.raises(Rejected, match=r"^forbidden: memory\.other_user"):
+    with pytest.raises(Forbidden, match=r"^memory\.other_user"):
         await running.recall(owner, asked, "ann")
 
 
 async def test_a_member_cannot_store_under_another_users_name(running) -> None:
-    with pytest.raises(Rejected, match=r"^forbidden"):
+    with pytest.raises(Forbidden):
         await running.store(
             tenant(),
             MemoryStore(turn_id="t", text="planted", user="bob", caller_role="member"),

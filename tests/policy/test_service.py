@@ -16,7 +16,7 @@ from bus import runtime
 from bus.connection import connect
 from bus.errors import Rejected
 from bus.request import Requester
-from bus.service import Service
+from bus.service import Connected, Service
 from handlers.policy import budget
 from handlers.policy.rules import RuleSet, RuleStore
 from handlers.policy.service import build, command_day, decision_id, judge, policy_dir
@@ -40,13 +40,15 @@ def envelope(
 
 
 @pytest.fixture
-async def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Service]:
+async def service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, connected: Connected
+) -> AsyncIterator[Service]:
     monkeypatch.delenv("SOMA_POLICY_DIR", raising=False)
     monkeypatch.delenv("DATABASE_URL", raising=False)
     (tmp_path / "policy").mkdir()
     built = build(Settings(SOMA_DATA_DIR=tmp_path))
     for hook in built.startup:
-        await hook()
+        await hook(connected)
     yield built
     for hook in built.shutdown:
         await hook()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bus.service import Service
+from bus.service import Connected, Service
 from handlers.tools.config import McpServer, ToolsConfig
 from handlers.tools.service import build
 from kernel.settings import Settings
@@ -27,7 +27,9 @@ tools:
 
 
 @pytest.fixture(scope="module")
-async def service(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Service]:
+async def service(
+    tmp_path_factory: pytest.TempPathFactory, connected: Connected
+) -> AsyncIterator[Service]:
     """One started service for the module: startup migrates and launches an MCP server."""
     tmp_path = tmp_path_factory.mktemp("tools-service")
     (tmp_path / "policy").mkdir()
@@ -43,7 +45,7 @@ async def service(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Ser
         env.delenv("SOMA_POLICY_DIR", raising=False)
         service = build(settings, config)
     for hook in service.startup:
-        await hook()
+        await hook(connected)
     yield service
     for hook in service.shutdown:
         await hook()
