@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -41,16 +40,6 @@ NICE = 10
 KEEP_MARGIN = 86400.0
 
 
-@dataclass
-class _Opened:
-    engine: AsyncEngine | None = None
-
-    def require(self) -> AsyncEngine:
-        if self.engine is None:
-            raise RuntimeError("analytics service used before its startup hooks ran")
-        return self.engine
-
-
 async def answer(
     engine: AsyncEngine, cmd: AnalyticsReport, env: Envelope
 ) -> AnalyticsReported:
@@ -64,12 +53,12 @@ async def answer(
     return AnalyticsReported(rows=rows, since=since, until=until)
 
 
-def event_batches(opened: _Opened) -> EventBatches:
+def event_batches(engine: AsyncEngine) -> EventBatches:
     """The events that change the rollups, counted a batch (whatever is in hand) per transaction:
     the store's write lock is taken once per batch, not once per event."""
 
     async def count(batch: list[Delivery]) -> None:
-        await rollups.count_batch(opened.require(), ((d.name, d.payload, d.env) for d in batch))
+        await rollups.count_batch(engine, ((d.name, d.payload, d.env) for d in batch))
 
     return EventBatches(names=rollups.FOLLOWED, handler=count, linger=LINGER)
 
@@ -86,32 +75,29 @@ def yield_the_cpu() -> None:
 
 def build(settings: Settings) -> Service:
     database_url = settings.resolved_database_url("analytics")
-    opened = _Opened()
+    engine = make_engine(database_url)  # connects on first use, after the migration
 
     async def start(_: Connected) -> None:
         yield_the_cpu()
         await migrate(database_url, "analytics")
-        opened.engine = make_engine(database_url)
         if settings.events_max_age <= 0:
             return  # the stream keeps events for ever: so are their ids
         forgotten = await rollups.prune(
-            opened.engine, time.time() - settings.events_max_age - KEEP_MARGIN
+            engine, time.time() - settings.events_max_age - KEEP_MARGIN
         )
         if forgotten:
             log.info("forgot %d counted event ids and sagas past the stream's retention", forgotten)
 
     async def stop() -> None:
-        if opened.engine is not None:
-            await opened.engine.dispose()
-            opened.engine = None
+        await engine.dispose()
 
     async def on_report(cmd: AnalyticsReport, env: Envelope) -> AnalyticsReported:
-        return await answer(opened.require(), cmd, env)
+        return await answer(engine, cmd, env)
 
     return Service(
         name="analytics",
         routes={AnalyticsReport: on_report},
         startup=[start],
         shutdown=[stop],
-        event_batches=event_batches(opened),
+        event_batches=event_batches(engine),
     )

@@ -1,7 +1,8 @@
 """The memory process: recall memories for a prompt, store each completed turn once.
 
-Composition root: the embedder, the vector index and the SQL engine are opened at startup
-(not in ``build``) so building the service to inspect its routes locks no memory store folder.
+Composition root: the embedder and the vector index are opened at startup (not in ``build``) so
+building the service to inspect its routes locks no memory store folder; the SQL engine is made
+in ``build`` and connects on first use, after the startup's migration.
 
 Every command is scoped by user here (``scope.whose``) from its ``caller_role`` and the envelope's
 actor; a command naming a user its caller may not reach is refused as ``forbidden``.
@@ -11,8 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bus.errors import Conflict, Forbidden, Invalid, NotFound
 from bus.service import Connected, Service
@@ -41,19 +40,22 @@ from schemas.memory import MemoryRecall, MemoryRecalled, MemoryStore, MemoryStor
 
 @dataclass
 class _Opened:
-    vectors: Vectors | None = None
-    engine: AsyncEngine | None = None
+    """The index and embedder, which open (and may download or probe) at startup."""
 
-    def require(self) -> tuple[Vectors, AsyncEngine]:
-        if self.vectors is None or self.engine is None:
+    vectors: Vectors | None = None
+
+    def require(self) -> Vectors:
+        if self.vectors is None:
             raise RuntimeError("memory service used before its startup hooks ran")
-        return self.vectors, self.engine
+        return self.vectors
 
 
 def build(settings: Settings, config: MemoryConfig | None = None) -> Service:
     config = config or MemoryConfig()
     opened = _Opened()
     grants = GrantStore(policy_dir(settings))
+    database_url = settings.resolved_database_url("memory")
+    engine = make_engine(database_url)  # connects on first use, after the migration
 
     def scoped(env: Envelope, role: str | None, user: str | None) -> str | None:
         try:
@@ -64,7 +66,6 @@ def build(settings: Settings, config: MemoryConfig | None = None) -> Service:
             raise Forbidden(f"{exc}") from exc
 
     async def start(_: Connected) -> None:
-        database_url = settings.resolved_database_url("memory")
         await migrate(database_url, "memory")
         embedder = await open_embedder(config)
         try:
@@ -79,19 +80,16 @@ def build(settings: Settings, config: MemoryConfig | None = None) -> Service:
             await embedder.close()
             raise
         opened.vectors = Vectors(index, embedder)
-        opened.engine = make_engine(database_url)
 
     async def stop() -> None:
         if opened.vectors is not None:
             await opened.vectors.index.close()
             await opened.vectors.embedder.close()
             opened.vectors = None
-        if opened.engine is not None:
-            await opened.engine.dispose()
-            opened.engine = None
+        await engine.dispose()
 
     async def recall(cmd: MemoryRecall, env: Envelope) -> MemoryRecalled:
-        memories, _ = opened.require()
+        memories = opened.require()
         user = scoped(env, cmd.caller_role, cmd.user)
         try:
             found = await store.search(
@@ -107,7 +105,7 @@ def build(settings: Settings, config: MemoryConfig | None = None) -> Service:
         return MemoryRecalled(items=[memory.item() for memory in found])
 
     async def remember(cmd: MemoryStore, env: Envelope) -> MemoryStored:
-        into, engine = opened.require()
+        into = opened.require()
         user = scoped(env, cmd.caller_role, cmd.user)
         # The command's own timestamp, so a redelivery writes the very same values.
         at = datetime.fromtimestamp(env.timestamp, UTC) if env.timestamp else None
@@ -129,7 +127,7 @@ def build(settings: Settings, config: MemoryConfig | None = None) -> Service:
         return MemoryStored(turn_id=cmd.turn_id, created=created)
 
     async def add(cmd: MemoryAdd, env: Envelope) -> MemoryAdded:
-        into, _ = opened.require()
+        into = opened.require()
         user = scoped(env, cmd.caller_role, cmd.user)
         at = datetime.fromtimestamp(env.timestamp, UTC) if env.timestamp else None
         try:
@@ -153,7 +151,7 @@ def build(settings: Settings, config: MemoryConfig | None = None) -> Service:
         return MemoryAdded(id=cmd.id, created=not existed)
 
     async def delete(cmd: MemoryDelete, env: Envelope) -> MemoryDeleted:
-        into, engine = opened.require()
+        into = opened.require()
         user = scoped(env, cmd.caller_role, cmd.user)
         try:
             deleted = await store.delete(into, env.tenant, cmd.ids, user=user, session=cmd.session)
@@ -165,7 +163,7 @@ def build(settings: Settings, config: MemoryConfig | None = None) -> Service:
         return MemoryDeleted(deleted=deleted)
 
     async def list_memories(cmd: MemoryList, env: Envelope) -> MemoryListed:
-        memories, _ = opened.require()
+        memories = opened.require()
         user = scoped(env, cmd.caller_role, cmd.user)
         try:
             page, total = await store.listing(
@@ -181,7 +179,7 @@ def build(settings: Settings, config: MemoryConfig | None = None) -> Service:
         return MemoryListed(items=[memory.item() for memory in page], total=total)
 
     async def embed(cmd: MemoryEmbed, env: Envelope) -> MemoryEmbedded:
-        into, _ = opened.require()
+        into = opened.require()
         if not cmd.texts:
             raise Invalid("texts must not be empty")
         if cmd.model and cmd.model != into.embedder.name:

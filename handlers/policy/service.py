@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -104,35 +103,22 @@ async def _charge_tokens(
     return verdict.adding(*budget.findings(charged, cmd.tokens_requested, tenant_limit, key_limit))
 
 
-@dataclass
-class _Opened:
-    engine: AsyncEngine | None = None
-
-    def require(self) -> AsyncEngine:
-        if self.engine is None:
-            raise RuntimeError("policy service used before its startup hooks ran")
-        return self.engine
-
-
 def build(settings: Settings) -> Service:
     rules = RuleStore(policy_dir(settings))
     database_url = settings.resolved_database_url("policy")
-    opened = _Opened()
+    engine = make_engine(database_url)  # connects on first use, after the migration
 
     async def start(_: Connected) -> None:
         await migrate(database_url, "policy")
-        opened.engine = make_engine(database_url)
-        pruned = await budget.prune(opened.engine, datetime.now(UTC).date() - CHARGES_KEPT)
+        pruned = await budget.prune(engine, datetime.now(UTC).date() - CHARGES_KEPT)
         if pruned:
             log.info("forgot %d token charge records older than %s", pruned, CHARGES_KEPT)
 
     async def stop() -> None:
-        if opened.engine is not None:
-            await opened.engine.dispose()
-            opened.engine = None
+        await engine.dispose()
 
     async def on_evaluate(cmd: PolicyEvaluate, env: Envelope) -> PolicyEvaluated:
-        return await judge(cmd, env, rules=rules, engine=opened.require())
+        return await judge(cmd, env, rules=rules, engine=engine)
 
     return Service(
         name="policy",

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 import httpx
 from opentelemetry.trace import StatusCode
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bus import tracing
 from bus.errors import Conflict, Invalid
@@ -135,15 +134,16 @@ def listing(registry: Registry, rules: GrantStore, tenant: str, role: str | None
 
 @dataclass
 class _Opened:
-    engine: AsyncEngine | None = None
+    """The registry and what it holds open: the HTTP client, MCP servers' connections."""
+
     registry: Registry | None = None
     client: httpx.AsyncClient | None = None
     connections: list[Connection] = field(default_factory=list)
 
-    def require(self) -> tuple[AsyncEngine, Registry]:
-        if self.engine is None or self.registry is None:
+    def require(self) -> Registry:
+        if self.registry is None:
             raise RuntimeError("tools service used before its startup hooks ran")
-        return self.engine, self.registry
+        return self.registry
 
 
 def build(settings: Settings, config: ToolsConfig | None = None) -> Service:
@@ -151,6 +151,7 @@ def build(settings: Settings, config: ToolsConfig | None = None) -> Service:
     opened = _Opened()
     grants = GrantStore(policy_dir(settings))
     database_url = settings.resolved_database_url("tools")
+    engine = make_engine(database_url)  # connects on first use, after the migration
 
     async def start(_: Connected) -> None:
         await migrate(database_url, "tools")
@@ -159,7 +160,6 @@ def build(settings: Settings, config: ToolsConfig | None = None) -> Service:
         registry = await asyncio.to_thread(local_registry, config, opened.client)
         opened.connections = await connect_all(registry, config.mcp_servers)
         opened.registry = registry
-        opened.engine = make_engine(database_url)
 
     async def stop() -> None:
         while opened.connections:
@@ -167,13 +167,11 @@ def build(settings: Settings, config: ToolsConfig | None = None) -> Service:
         if opened.client is not None:
             await opened.client.aclose()
             opened.client = None
-        if opened.engine is not None:
-            await opened.engine.dispose()
-            opened.engine = None
+        await engine.dispose()
         opened.registry = None
 
     async def invoke(cmd: ToolInvoke, env: Envelope) -> ToolResult:
-        engine, registry = opened.require()
+        registry = opened.require()
         refused = refusal(grants, env.tenant, cmd)
         if refused is not None:
             return refused
@@ -192,7 +190,7 @@ def build(settings: Settings, config: ToolsConfig | None = None) -> Service:
             return result
 
     async def list_tools(cmd: ToolsList, env: Envelope) -> ToolsListed:
-        _, registry = opened.require()
+        registry = opened.require()
         return listing(registry, grants, env.tenant, cmd.role)
 
     return Service(
