@@ -33,11 +33,13 @@ from sagas.registry import Registry
 from schemas.catalogue import by_name, failed_event, of_type
 from schemas.common import CommandFailed, FailureCode
 from schemas.envelope import Envelope, new_id
-from schemas.sagas import SagaStart
+from schemas.sagas import SagaFinished, SagaStart
 
 TENANT = "acme"
 # Any fixed moment will do; a round one keeps the figures in a failing assertion readable.
 EPOCH = 1_800_000_000.0
+# Real seconds a trigger may take before the harness calls it stuck (it takes milliseconds).
+SETTLE = 10.0
 
 T = TypeVar("T")
 
@@ -100,6 +102,7 @@ class Harness:
         self.engine = engine
         self.clock = clock
         self.publisher = publisher
+        self.routed = 0  # how many of ``sent`` the runner's event routing has seen
 
     @classmethod
     async def open(
@@ -235,14 +238,34 @@ class Harness:
     # ── plumbing ──────────────────────────────────────────────────────────────────────
 
     async def settled(self, trigger: Awaitable[T]) -> T:
-        """Run ``trigger`` to its end: a group mode transition waits for its group commit,
-        which is written here rather than by the runner's committer; a step mode transition
-        goes on at once with what it asked to (a ``Continue``), as the runner does."""
+        """Run ``trigger`` to its end, then what it set going, as the runner would: a step mode
+        ``Continue`` or child start goes on at once, a child's ``sagas.finished`` reaches its
+        parent. Nothing here waits on real time, so a trigger still running after ``SETTLE``
+        seconds is a fault, reported rather than waited for."""
+        async with asyncio.timeout(SETTLE):
+            result = await self._committed(trigger)
+            while True:
+                if self.publisher.wake_now:
+                    saga_id = self.publisher.wake_now.pop(0)
+                    await self._committed(self.engine.wake(saga_id, continuing=True))
+                elif self.routed < len(self.sent):
+                    sent = self.sent[self.routed]
+                    self.routed += 1
+                    if isinstance(sent.message, SagaFinished) and sent.message.parent_id:
+                        await self._committed(
+                            self.engine.child_finished(sent.message, sent.envelope)
+                        )
+                else:
+                    return result
+
+    async def _committed(self, trigger: Awaitable[T]) -> T:
+        """A group mode transition returns once its group commit is written: written here,
+        as the runner's committer would, rather than after its 30 ms window."""
         task = asyncio.ensure_future(trigger)
-        while not task.done():
-            await asyncio.sleep(0.001)
-            await self.engine.store.flush()
-        result = task.result()
-        while self.publisher.wake_now:
-            await self.engine.wake(self.publisher.wake_now.pop(0), continuing=True)
-        return result
+        try:
+            while not task.done():
+                await asyncio.sleep(0.001)
+                await self.engine.store.flush()
+        finally:
+            task.cancel()
+        return task.result()

@@ -10,11 +10,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
+from sagas import definitions as shipped
 from sagas.definition import Complete, Definition, Run, WaitSignal
+from schemas.chat import ChatTurnInput
 from schemas.common import FailureCode
+from schemas.memory import MemoryRecalled, MemoryStored
+from schemas.policy import PolicyEvaluated
 from schemas.sagas import SagaFinished, SagaReplied
+from schemas.slm import ChatMessage, SlmCompleted
 from schemas.tools import ToolInvoke, ToolResult
 from tests.sagas.definitions import ALL
 from tests.sagas.harness import Harness, Sent
@@ -281,3 +287,59 @@ async def test_group_mode_commands_carry_ids_a_replay_of_their_trigger_sends_aga
     await after.deliver(reply, env)
     assert [c.id for c in after.commands()] == published
     assert (await after.instance(saga_id))["data"]["outputs"] == ["one"]
+
+
+async def test_a_group_mode_calls_timeout_waits_the_replay_grace_as_well(h: Harness) -> None:
+    saga_id = await h.start("grouped")  # its first call: timeout=30; the harness's grace: 60
+    sent_at = h.clock()
+
+    await h.at(sent_at + 89.999)
+    assert [e["event"] for e in await h.history(saga_id)].count("timed_out") == 0
+    await h.at(sent_at + 90)
+    assert [e["event"] for e in await h.history(saga_id)].count("timed_out") == 1
+    await h.advance(1)
+    assert [c.attempt for c in h.commands()] == [1, 2]
+
+
+async def test_a_parent_goes_on_with_its_childs_outcome(h: Harness) -> None:
+    parent_id = await h.start("parent")
+    child_id = (await h.instance(parent_id))["waiting"]["child_id"]
+
+    for n in (1, 2):
+        command = h.command()
+        assert command.message.call_id == f"{child_id}:{n}", "the child does the work"
+        await h.answer(command, done(command, n))
+
+    row = await h.instance(parent_id)
+    assert row["state"] == "completed", row
+    assert row["result"] == {"child_state": "completed", "child_result": {"outputs": [1, 2]}}
+
+
+async def test_a_chat_turn_runs_to_its_answer_below_the_bus(tmp_path: Path) -> None:
+    h = await Harness.open(tmp_path, shipped.ALL)
+    turn = ChatTurnInput(model="m-1", messages=[ChatMessage(role="user", content="hi")])
+    saga_id = await h.start("chat_turn", msgspec.to_builtins(turn))
+    try:
+        check, recall = h.commands()
+        await h.answer(check, PolicyEvaluated(decision_id="p", decision="allow", stage="prompt"))
+        await h.answer(recall, MemoryRecalled(items=[]))
+        answer = ChatMessage(role="assistant", content="hello")
+        await h.answer(h.command(), SlmCompleted(model="m-1", provider="fake", message=answer))
+        await h.answer(
+            h.command(), PolicyEvaluated(decision_id="a", decision="allow", stage="answer")
+        )
+        assert [r.result["message"]["content"] for r in h.events(SagaReplied)] == ["hello"]
+        assert h.events(SagaFinished) == [], "the memory write comes after the answer"
+        await h.answer(h.command(), MemoryStored(turn_id=saga_id))
+
+        assert [c.envelope.schema for c in h.commands()] == [
+            "policy.evaluate",
+            "memory.recall",
+            "slm.complete",
+            "policy.evaluate",
+            "memory.store",
+        ]
+        assert [e.state for e in h.events(SagaFinished)] == ["completed"]
+        assert (await h.instance(saga_id))["result"]["finish_reason"] == "stop"
+    finally:
+        await h.close()
