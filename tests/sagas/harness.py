@@ -3,8 +3,8 @@ and a publisher that records what the engine sends instead of putting it on NATS
 
 A test starts a saga, reads the commands it sent, answers each one with a reply or a
 ``CommandFailed``, and moves the clock to run the timer pass, as the runner would
-(sagas/runner.py): retries, timeouts, sleeps and signal timeouts fire in microseconds, with no
-nats-server and no sleeping.
+(sagas/runner.py): retries, timeouts, sleeps and signal timeouts fire the moment the clock
+reaches them, with no nats-server and no waiting for the time they stand for.
 
     h = await Harness.open(tmp_path, ALL)
     saga_id = await h.start("three_steps")
