@@ -15,7 +15,7 @@ import pytest
 
 from sagas import definitions as shipped
 from sagas.definition import Complete, Definition, Run, WaitSignal
-from schemas.chat import ChatTurnInput
+from schemas.chat import ChatTurnInput, ChatTurnResult
 from schemas.common import FailureCode
 from schemas.memory import MemoryRecalled, MemoryStored
 from schemas.policy import PolicyEvaluated
@@ -328,7 +328,8 @@ async def test_a_chat_turn_runs_to_its_answer_below_the_bus(tmp_path: Path) -> N
         await h.answer(
             h.command(), PolicyEvaluated(decision_id="a", decision="allow", stage="answer")
         )
-        assert [r.result["message"]["content"] for r in h.events(SagaReplied)] == ["hello"]
+        replied = [msgspec.convert(r.result, ChatTurnResult) for r in h.events(SagaReplied)]
+        assert [(r.message.content, r.finish_reason) for r in replied] == [("hello", "stop")]
         assert h.events(SagaFinished) == [], "the memory write comes after the answer"
         await h.answer(h.command(), MemoryStored(turn_id=saga_id))
 

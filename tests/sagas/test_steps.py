@@ -372,6 +372,7 @@ def test_after_the_last_step_the_task_writes_its_report() -> None:
     assert maybe_wait_for_approval(run) == Continue(then=write_report)
     action = write_report(run)
     assert isinstance(action, Call) and action.then is reported
+    assert isinstance(action.command, SlmComplete)
     assert "- look: found" in (action.command.messages[-1].content or "")
 
     result = result_of(reported(run, completed("the report")))
