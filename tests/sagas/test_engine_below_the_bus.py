@@ -51,7 +51,12 @@ strict: Definition[Data] = Definition("strict", version=1, input_type=dict)
 
 @strict.start
 def wait_strictly(run: Run[Data]) -> WaitSignal:
-    return WaitSignal("go", then=went, timeout=600)
+    return WaitSignal("go", then=went_strictly, timeout=600)
+
+
+@strict.step
+def went_strictly(run: Run[Data], payload: Data) -> Complete:
+    return Complete({"went": True})
 
 
 @pytest.fixture
