@@ -26,6 +26,16 @@ class PolicyEvaluate(Message):
     tokens_requested: int = 0
 
 
+class JudgeVerdict(Message):
+    """What the judge model said about the principles, or why it said nothing."""
+
+    model: str
+    outcome: Literal["kept", "violated", "unavailable"]
+    violated: list[str] = []
+    reasons: list[str] = []
+    cached: bool = False
+
+
 class PolicyEvaluated(Message):
     """A decision, itself part of the audit trail. Precedence: deny > redact > flag > allow."""
 
@@ -37,3 +47,25 @@ class PolicyEvaluated(Message):
     redacted_text: str | None = None
     spans: list[Span] = []
     policy_version: str = ""
+    # The content hash of the tenant's constitution the decision was made under (sha256:…).
+    constitution: str = ""
+    # The model's verdict on the principles, where the tenant has a judge for this stage.
+    judge: JudgeVerdict | None = None
+
+
+class PolicyConstitutionChanged(Message):
+    """A tenant's constitution in force changed: the next decision is made under ``new_hash``."""
+
+    new_hash: str
+    old_hash: str = ""
+    version: str = ""
+    summary: str = ""
+    principles: list[str] = []
+
+
+class PolicyConstitutionRefused(Message):
+    """A tenant's new constitution was not loaded (unsigned or badly signed where a signature is
+    required); ``in_force`` names the one that still applies, empty when none does."""
+
+    reason: str
+    in_force: str = ""
