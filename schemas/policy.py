@@ -2,7 +2,7 @@
 
 from typing import Any, Literal
 
-from schemas.base import Message
+from schemas.base import Extensible, Message
 
 Stage = Literal["prompt", "tool_call", "answer"]
 Decision = Literal["allow", "deny", "redact", "flag"]
@@ -26,7 +26,7 @@ class PolicyEvaluate(Message):
     tokens_requested: int = 0
 
 
-class JudgeVerdict(Message):
+class JudgeVerdict(Extensible):
     """What the judge model said about the principles, or why it said nothing."""
 
     model: str
@@ -36,7 +36,7 @@ class JudgeVerdict(Message):
     cached: bool = False
 
 
-class PolicyEvaluated(Message):
+class PolicyEvaluated(Extensible):
     """A decision, itself part of the audit trail. Precedence: deny > redact > flag > allow."""
 
     decision_id: str
@@ -53,7 +53,7 @@ class PolicyEvaluated(Message):
     judge: JudgeVerdict | None = None
 
 
-class PolicyConstitutionChanged(Message):
+class PolicyConstitutionChanged(Extensible):
     """A tenant's constitution in force changed: the next decision is made under ``new_hash``."""
 
     new_hash: str
@@ -63,7 +63,7 @@ class PolicyConstitutionChanged(Message):
     principles: list[str] = []
 
 
-class PolicyConstitutionRefused(Message):
+class PolicyConstitutionRefused(Extensible):
     """A tenant's new constitution was not loaded (unsigned or badly signed where a signature is
     required); ``in_force`` names the one that still applies, empty when none does."""
 
