@@ -51,8 +51,10 @@ constitutions = Table(
     Column("changed_at", DateTime(timezone=True), nullable=False),
 )
 
-# Publishes one event of ``tenant`` under ``message_id``; duplicates are the server's to drop.
-Publish = Callable[[msgspec.Struct, str, str], Awaitable[None]]
+# Publishes one event: (event, tenant, message id, correlation id). A second publish of the
+# same message id is the server's to drop. The correlation is the decision's that saw the change,
+# so ``soma trace`` of that turn shows it.
+Publish = Callable[[msgspec.Struct, str, str, str], Awaitable[None]]
 
 
 # ----------------------------------------------------------------------------- what changed
@@ -124,7 +126,7 @@ class Announcer:
     _refused: dict[str, str] = field(default_factory=dict)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
-    async def observe(self, tenant: str, ruleset: RuleSet) -> None:
+    async def observe(self, tenant: str, ruleset: RuleSet, correlation_id: str) -> None:
         """Make sure the change to ``ruleset`` is announced before anything is judged under it."""
         if self._known.get(tenant) == ruleset.constitution:
             return
@@ -132,19 +134,19 @@ class Announcer:
         async with lock:
             if self._known.get(tenant) == ruleset.constitution:
                 return
-            await self._record(tenant, ruleset)
+            await self._record(tenant, ruleset, correlation_id)
             self._known[tenant] = ruleset.constitution
 
-    async def refused(self, tenant: str, reason: str, in_force: str) -> None:
+    async def refused(self, tenant: str, reason: str, in_force: str, correlation_id: str) -> None:
         """Announce, once per reason, that a tenant's new constitution was not loaded."""
         if self._refused.get(tenant) == reason:
             return
         event = PolicyConstitutionRefused(reason=reason, in_force=in_force)
         key = f"{tenant}\0refused\0{in_force}\0{reason}"
-        await self.publish(event, tenant, uuid.uuid5(_EVENTS, key).hex)
+        await self.publish(event, tenant, uuid.uuid5(_EVENTS, key).hex, correlation_id)
         self._refused[tenant] = reason
 
-    async def _record(self, tenant: str, ruleset: RuleSet) -> None:
+    async def _record(self, tenant: str, ruleset: RuleSet, correlation_id: str) -> None:
         async with self.engine.connect() as conn:
             row = (
                 await conn.execute(select(constitutions).where(constitutions.c.tenant == tenant))
@@ -162,7 +164,7 @@ class Announcer:
             principles=[p.id for p in ruleset.principles],
         )
         key = f"{tenant}\0{generation}\0{ruleset.constitution}"
-        await self.publish(event, tenant, uuid.uuid5(_EVENTS, key).hex)
+        await self.publish(event, tenant, uuid.uuid5(_EVENTS, key).hex, correlation_id)
         values = dict(
             hash=ruleset.constitution,
             version=ruleset.version,

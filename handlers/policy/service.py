@@ -75,12 +75,12 @@ async def judge(
         raise Invalid(str(exc)) from exc
     except Exception as exc:
         log.warning("policy for tenant %s unavailable: %s", env.tenant, exc)
-        await _announce_refusal(announcer, rules, env.tenant, "")
+        await _announce_refusal(announcer, rules, env, "")
         verdict = fail_closed(cmd.stage, f"the tenant's policy could not be loaded: {exc}")
         return decide(verdict, decided_as, "")
     if announcer is not None:
-        await _announce_refusal(announcer, rules, env.tenant, ruleset.constitution)
-        await announcer.observe(env.tenant, ruleset)
+        await _announce_refusal(announcer, rules, env, ruleset.constitution)
+        await announcer.observe(env.tenant, ruleset, env.correlation_id)
     judged: JudgeVerdict | None = None
     try:
         verdict = evaluate(ruleset, cmd)
@@ -116,15 +116,16 @@ def _judged_text(cmd: PolicyEvaluate, verdict: Verdict) -> str:
 
 
 async def _announce_refusal(
-    announcer: Announcer | None, rules: RuleStore, tenant: str, in_force: str
+    announcer: Announcer | None, rules: RuleStore, env: Envelope, in_force: str
 ) -> None:
+    tenant = env.tenant
     refusal = rules.refusal(tenant)
     if refusal is None:
         return
     kept = in_force or "none"
     log.warning("tenant %s: constitution refused, %s stays in force: %s", tenant, kept, refusal)
     if announcer is not None:
-        await announcer.refused(tenant, refusal, in_force)
+        await announcer.refused(tenant, refusal, in_force, env.correlation_id)
 
 
 async def _charge_tokens(
