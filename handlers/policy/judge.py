@@ -178,7 +178,10 @@ class ModelJudge:
             )
             future.set_result(judgement)
             return judgement
-        except BaseException as exc:
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: a waiter may not be there to see it
             raise

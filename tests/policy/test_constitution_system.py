@@ -346,3 +346,31 @@ async def test_a_silent_judge_lets_the_request_on_flagged_where_the_tenant_fails
     decision = await evaluate(system, "open", "hello there")
     assert decision.decision == "flag"
     assert decision.rule_ids == ["judge.unavailable"]
+
+
+async def test_a_streamed_answer_names_its_constitution_on_the_finishing_chunk(
+    system: System,
+) -> None:
+    expected = system.constitution("judged", PRINCIPLED)
+    system.script.then(Reply(text='{"violated": []}'))
+    async with httpx.AsyncClient(base_url=system.url, timeout=60) as client:
+        async with client.stream(
+            "POST",
+            "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {system.keys['judged']}"},
+            json={
+                "model": "soma-local-dev",
+                "messages": [{"role": "user", "content": "Name a colour, please."}],
+                "use_memory": False,
+                "stream": True,
+            },
+        ) as response:
+            assert response.status_code == 200
+            chunks = [
+                msgspec.json.decode(line.removeprefix("data: "))
+                async for line in response.aiter_lines()
+                if line.startswith("data: {")
+            ]
+    finishing = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert finishing[-1]["constitution"] == expected
+    assert all("constitution" not in c for c in chunks if c not in finishing)
