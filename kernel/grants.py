@@ -264,6 +264,11 @@ class TenantFiles(Generic[T]):
         previous: _Loaded[T] | None,
     ) -> _Loaded[T]:
         if signature is None:
+            if self._trust.of(tenant).require_signature and previous and previous.signature:
+                # Removing a signed constitution is a change like any other: it needs a signed
+                # replacement, not a fall-back to the default.
+                reason = f"{path}: removed, but tenant {tenant!r} requires a signed constitution"
+                return _Loaded(None, now, previous.value, previous.error, reason)
             return _Loaded(None, now, self._default, None)
         try:
             source = path.read_bytes()

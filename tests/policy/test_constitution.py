@@ -114,6 +114,18 @@ def test_a_refused_file_leaves_the_previous_constitution_in_force(
     assert store.refusal("acme") is None
 
 
+def test_removing_a_signed_constitution_leaves_it_in_force(
+    trust: Trust, signer: Ed25519PrivateKey, tmp_path: Path, clock: Clock
+) -> None:
+    store = RuleStore(tmp_path, trust=trust, clock=clock)
+    write(tmp_path, "acme", b"version: 1\n", signer)
+    before = store.get("acme").constitution
+    (tmp_path / "acme.yaml").unlink()
+    clock.advance(2)
+    assert store.get("acme").constitution == before
+    assert "removed" in (store.refusal("acme") or "")
+
+
 def test_an_unsigned_file_changes_no_grant_of_the_tools_and_memory_processes(
     trust: Trust, tmp_path: Path
 ) -> None:
