@@ -6,11 +6,14 @@ what a judge that does not answer means), the policy process asks that model ove
 principles and the text, and reads back which principles are broken and why. Each broken
 principle is a ``deny`` finding with rule id ``principle.<id>`` and the model's reason.
 
-The verdict is kept by content hash (tenant, constitution hash, stage, text), so the same text
-under the same constitution is judged once; requests for a text already being judged wait for
-that answer rather than asking again. A judge that fails or stays silent past its timeout is
-never cached: with ``on_failure: closed`` (the default) the request is denied, with ``open``
-it goes on, flagged with ``judge.unavailable`` so the audit trail shows it was not judged.
+The verdict is kept by content hash (tenant, constitution hash, stage, text), in memory and in a
+store every replica shares (``judgements``), so the same text under the same constitution is
+judged once; requests for a text this process is already judging wait for that answer rather
+than asking again. A store that does not answer costs a model call, never a decision.
+
+A judge that fails or stays silent past its timeout is never cached: with ``on_failure: closed``
+(the default) the request is denied, with ``open`` it goes on, flagged with
+``judge.unavailable`` so the audit trail shows it was not judged.
 
 The text is handed to the model as data between markers, and the answer must be the JSON the
 instructions ask for; anything else counts as a failed judge.
@@ -25,6 +28,9 @@ import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
+
+import msgspec
 
 from handlers.policy.evaluate import Finding
 from handlers.policy.rules import Action, JudgeConfig, Principle, RuleSet
@@ -56,6 +62,16 @@ Ask = Callable[[SlmComplete, str, str, float], Awaitable[str]]
 class Judgement:
     verdict: JudgeVerdict
     findings: tuple[Finding, ...]
+
+    def again(self) -> Judgement:
+        """This judgement, as one reused rather than asked for."""
+        return Judgement(msgspec.structs.replace(self.verdict, cached=True), self.findings)
+
+
+class JudgementStore(Protocol):
+    async def load(self, key: str) -> Judgement | None: ...
+
+    async def save(self, key: str, judgement: Judgement) -> None: ...
 
 
 def instructions(principles: tuple[Principle, ...]) -> str:
@@ -141,6 +157,7 @@ def unavailable(config: JudgeConfig, error: str) -> Judgement:
 @dataclass
 class ModelJudge:
     ask: Ask
+    store: JudgementStore | None = None
     cache_size: int = 4096
     _cache: OrderedDict[str, Judgement] = field(default_factory=OrderedDict)
     _pending: dict[str, asyncio.Future[Judgement]] = field(default_factory=dict)
@@ -159,14 +176,7 @@ class ModelJudge:
         cached = self._cache.get(key)
         if cached is not None:
             self._cache.move_to_end(key)
-            verdict = JudgeVerdict(
-                model=cached.verdict.model,
-                outcome=cached.verdict.outcome,
-                violated=cached.verdict.violated,
-                reasons=cached.verdict.reasons,
-                cached=True,
-            )
-            return Judgement(verdict, cached.findings)
+            return cached.again()
         pending = self._pending.get(key)
         if pending is not None:
             return await asyncio.shield(pending)
@@ -198,6 +208,10 @@ class ModelJudge:
         correlation_id: str,
         key: str,
     ) -> Judgement:
+        stored = await self._load(key)
+        if stored is not None:
+            self._remember(key, stored)
+            return stored.again()
         command = request(config, principles, stage, text)
         try:
             answer = await self.ask(
@@ -216,7 +230,24 @@ class ModelJudge:
             ),
             findings_of(broken),
         )
+        self._remember(key, judgement)
+        if self.store is not None:
+            try:
+                await self.store.save(key, judgement)
+            except Exception as exc:
+                log.warning("the judge's verdict could not be stored: %s", exc)
+        return judgement
+
+    async def _load(self, key: str) -> Judgement | None:
+        if self.store is None:
+            return None
+        try:
+            return await self.store.load(key)
+        except Exception as exc:
+            log.warning("stored verdicts unavailable, asking the judge: %s", exc)
+            return None
+
+    def _remember(self, key: str, judgement: Judgement) -> None:
         self._cache[key] = judgement
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
-        return judgement

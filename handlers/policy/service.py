@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bus.errors import Invalid
 from bus.service import Connected, Service
-from handlers.policy import arguments, budget
+from handlers.policy import arguments, budget, judgements
 from handlers.policy.connection import PolicyConnection
 from handlers.policy.constitutions import Announcer
 from handlers.policy.evaluate import InvalidRequest, Verdict, decide, evaluate, fail_closed
@@ -184,6 +184,10 @@ def build(settings: Settings) -> Service:
         pruned = await budget.prune(opened.engine, datetime.now(UTC).date() - CHARGES_KEPT)
         if pruned:
             log.info("forgot %d token charge records older than %s", pruned, CHARGES_KEPT)
+        pruned = await judgements.prune(opened.engine, datetime.now(UTC) - judgements.KEPT)
+        if pruned:
+            log.info("forgot %d judge verdicts older than %s", pruned, judgements.KEPT)
+        model_judge.store = judgements.SqlJudgements(opened.engine)
 
     async def stop() -> None:
         await connection.close()
@@ -191,6 +195,7 @@ def build(settings: Settings) -> Service:
             await opened.engine.dispose()
             opened.engine = None
             opened.announcer = None
+            model_judge.store = None
 
     async def on_evaluate(cmd: PolicyEvaluate, env: Envelope) -> PolicyEvaluated:
         engine = opened.require()

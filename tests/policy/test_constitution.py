@@ -10,7 +10,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from handlers.policy.constitutions import Announcer, outline, summarize
-from handlers.policy.judge import JudgeUnavailable, read_answer
+from handlers.policy.judge import JudgeUnavailable, ModelJudge, read_answer
+from handlers.policy.judgements import SqlJudgements
 from handlers.policy.rules import PolicyError, RuleStore, build_ruleset
 from kernel.constitution import (
     SignatureRefused,
@@ -209,3 +210,37 @@ async def test_a_change_recorded_by_one_replica_is_not_announced_again_by_anothe
     await second.observe("acme-once", ruleset, "c2")
     await first.observe("acme-once", ruleset, "c3")
     assert [name for name, _ in published] == ["PolicyConstitutionChanged"]
+
+
+async def test_a_text_judged_by_one_replica_is_not_judged_again_by_another(
+    engine: AsyncEngine,
+) -> None:
+    asked: list[str] = []
+
+    async def ask(command: object, tenant: str, correlation: str, timeout: float) -> str:
+        asked.append(correlation)
+        return '{"violated": [{"principle": "be-kind", "reason": "it is rude"}]}'
+
+    ruleset = build_ruleset("acme", None, PRINCIPLES, "acme.yaml")
+    shared = SqlJudgements(engine)
+    first = await ModelJudge(ask, shared).judge("acme", ruleset, "prompt", "you fool", "c1")
+    again = await ModelJudge(ask, shared).judge("acme", ruleset, "prompt", "you fool", "c2")
+    assert len(asked) == 1
+    assert first is not None and again is not None
+    assert again.verdict.cached and again.verdict.violated == ["be-kind"]
+    assert again.findings == first.findings
+
+
+async def test_a_silent_judge_is_asked_again_next_time(engine: AsyncEngine) -> None:
+    asked: list[str] = []
+
+    async def ask(command: object, tenant: str, correlation: str, timeout: float) -> str:
+        asked.append(correlation)
+        raise JudgeUnavailable("no answer within 2s")
+
+    ruleset = build_ruleset("acme", None, PRINCIPLES, "acme.yaml")
+    judge = ModelJudge(ask, SqlJudgements(engine))
+    for _ in range(2):
+        judged = await judge.judge("acme-silent", ruleset, "prompt", "hello", "c")
+        assert judged is not None and judged.findings[0].action == "flag"  # on_failure: open
+    assert len(asked) == 2

@@ -1,4 +1,4 @@
-"""policy: the constitution in force per tenant, as last announced
+"""policy: the constitution in force per tenant, as last announced; the judge's verdicts
 
 Revision ID: policy_0002
 Revises: policy_0001
@@ -27,7 +27,17 @@ def upgrade() -> None:
         sa.Column("changed_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("tenant", name="pk_policy_constitutions"),
     )
+    op.create_table(
+        "policy_judgements",
+        sa.Column("key", sa.String(64), nullable=False),
+        sa.Column("verdict", sa.Text(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("key", name="pk_policy_judgements"),
+    )
+    op.create_index("ix_policy_judgements_created_at", "policy_judgements", ["created_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_policy_judgements_created_at", table_name="policy_judgements")
+    op.drop_table("policy_judgements")
     op.drop_table("policy_constitutions")
