@@ -141,6 +141,8 @@ class Announcer:
         """Announce, once per reason, that a tenant's new constitution was not loaded."""
         if self._refused.get(tenant) == reason:
             return
+        kept = in_force or "none"
+        log.warning("tenant %s: constitution refused, %s stays in force: %s", tenant, kept, reason)
         event = PolicyConstitutionRefused(reason=reason, in_force=in_force)
         key = f"{tenant}\0refused\0{in_force}\0{reason}"
         await self.publish(event, tenant, uuid.uuid5(_EVENTS, key).hex, correlation_id)

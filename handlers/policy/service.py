@@ -118,14 +118,9 @@ def _judged_text(cmd: PolicyEvaluate, verdict: Verdict) -> str:
 async def _announce_refusal(
     announcer: Announcer | None, rules: RuleStore, env: Envelope, in_force: str
 ) -> None:
-    tenant = env.tenant
-    refusal = rules.refusal(tenant)
-    if refusal is None:
-        return
-    kept = in_force or "none"
-    log.warning("tenant %s: constitution refused, %s stays in force: %s", tenant, kept, refusal)
-    if announcer is not None:
-        await announcer.refused(tenant, refusal, in_force, env.correlation_id)
+    refusal = rules.refusal(env.tenant)
+    if refusal is not None and announcer is not None:
+        await announcer.refused(env.tenant, refusal, in_force, env.correlation_id)
 
 
 async def _charge_tokens(
