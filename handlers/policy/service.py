@@ -183,6 +183,7 @@ def build(settings: Settings) -> Service:
         if pruned:
             log.info("forgot %d judge verdicts older than %s", pruned, judgements.KEPT)
         model_judge.store = judgements.SqlJudgements(opened.engine)
+        opened.announcer = Announcer(opened.engine, connection.publish)
 
     async def stop() -> None:
         await connection.close()
@@ -193,14 +194,11 @@ def build(settings: Settings) -> Service:
             model_judge.store = None
 
     async def on_evaluate(cmd: PolicyEvaluate, env: Envelope) -> PolicyEvaluated:
-        engine = opened.require()
-        if opened.announcer is None:
-            opened.announcer = Announcer(engine, connection.publish)
         return await judge(
             cmd,
             env,
             rules=rules,
-            engine=engine,
+            engine=opened.require(),
             announcer=opened.announcer,
             model_judge=model_judge,
         )
