@@ -3,6 +3,7 @@ back — the parts that need no bus."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -244,3 +245,19 @@ async def test_a_silent_judge_is_asked_again_next_time(engine: AsyncEngine) -> N
         judged = await judge.judge("acme-silent", ruleset, "prompt", "hello", "c")
         assert judged is not None and judged.findings[0].action == "flag"  # on_failure: open
     assert len(asked) == 2
+
+
+async def test_replicas_seeing_a_change_at_once_publish_it_under_one_message_id(
+    engine: AsyncEngine,
+) -> None:
+    published: list[str] = []
+
+    async def publish(event: object, tenant: str, message_id: str, correlation: str) -> None:
+        published.append(message_id)
+
+    ruleset = build_ruleset("acme", None, PRINCIPLES, "acme.yaml")
+    replicas = [Announcer(engine, publish) for _ in range(3)]
+    await asyncio.gather(
+        *(r.observe("acme-race", ruleset, f"c{i}") for i, r in enumerate(replicas))
+    )
+    assert published and len(set(published)) == 1  # the server keeps one of them
