@@ -57,6 +57,8 @@ class CompletionOut(msgspec.Struct, kw_only=True):
     choices: list[ChoiceOut]
     usage: UsageOut
     system_fingerprint: None = None
+    # The hash of the tenant constitution the turn was judged under (absent when unjudged).
+    constitution: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class ChunkChoiceOut(msgspec.Struct, kw_only=True):
@@ -75,6 +77,8 @@ class ChunkOut(msgspec.Struct, kw_only=True):
     choices: list[ChunkChoiceOut]
     # Present (null until the last chunk) only when the caller asked for usage.
     usage: UsageOut | msgspec.UnsetType | None = msgspec.UNSET
+    # On the chunk with the finish reason: the constitution the turn was judged under.
+    constitution: str | msgspec.UnsetType = msgspec.UNSET
 
 
 _encode = msgspec.json.Encoder().encode
@@ -112,6 +116,7 @@ def completion(result: ChatTurnResult, turn_id: str, model: str) -> CompletionOu
         model=result.model or model,
         choices=[ChoiceOut(message=message, finish_reason=result.finish_reason)],
         usage=usage_out(result),
+        constitution=result.constitution or msgspec.UNSET,
     )
 
 
@@ -128,7 +133,12 @@ class Chunks:
         self._model = model
         self._usage: UsageOut | msgspec.UnsetType | None = None if include_usage else msgspec.UNSET
 
-    def delta(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+    def delta(
+        self,
+        delta: dict[str, Any],
+        finish_reason: str | None = None,
+        constitution: str | None = None,
+    ) -> bytes:
         return sse(
             ChunkOut(
                 id=self._id,
@@ -136,6 +146,7 @@ class Chunks:
                 model=self._model,
                 choices=[ChunkChoiceOut(delta=delta, finish_reason=finish_reason)],
                 usage=self._usage,
+                constitution=constitution or msgspec.UNSET,
             )
         )
 

@@ -30,6 +30,7 @@ from gateway.openai_bodies import ChatCompletionRequest
 from schemas.catalogue import of_type
 from schemas.chat import ChatTurnInput, ChatTurnResult
 from schemas.common import CommandFailed, FailureCode
+from schemas.policy import PolicyEvaluated
 from schemas.saga_queries import SagaQueried, SagaQuery
 from schemas.sagas import (
     ENDED,
@@ -276,6 +277,31 @@ def outcome(reply: Reply, model: str) -> ChatTurnResult:
         raise failure_error(None, "malformed result", model) from exc
 
 
+CONSTITUTION_HEADER = "Soma-Constitution"
+
+
+def judged_under(reply: Reply, seen: str | None) -> str | None:
+    """The constitution hash a policy decision of the turn names, else what was seen before:
+    a turn is judged under one constitution per check, and the last check's is the one its
+    answer went out under."""
+    payload = reply.payload
+    if isinstance(payload, PolicyEvaluated) and payload.constitution:
+        return payload.constitution
+    return seen
+
+
+def with_constitution(result: ChatTurnResult, seen: str | None) -> ChatTurnResult:
+    """The result naming its constitution: the saga's own word, else the decisions' events."""
+    constitution = result.constitution or (result.policy and result.policy.constitution) or seen
+    if not constitution or constitution == result.constitution:
+        return result
+    return msgspec.structs.replace(result, constitution=constitution)
+
+
+def constitution_headers(result: ChatTurnResult) -> dict[str, str]:
+    return {CONSTITUTION_HEADER: result.constitution} if result.constitution else {}
+
+
 def policy_denial(result: ChatTurnResult) -> ApiError | None:
     if result.finish_reason != "content_filter" or result.policy is None:
         return None
@@ -285,12 +311,14 @@ def policy_denial(result: ChatTurnResult) -> ApiError | None:
         f"The request was refused by policy: {reasons}.",
         code="content_filter",
         param="messages",
+        headers=constitution_headers(result),
     )
 
 
 async def run(
     dispatch: Dispatch, principal: Principal, turn: ChatTurnInput, saga_id: str, timeout: float
 ) -> ChatTurnResult:
+    seen: str | None = None
     async with dispatch.requester.watching(saga_id) as events:
         await start(dispatch, principal, turn, saga_id, events)
         try:
@@ -299,9 +327,10 @@ async def run(
                     reply = await events.get()
                     if is_end(reply, saga_id):
                         break
+                    seen = judged_under(reply, seen)
         except TimeoutError:
             await cancel(dispatch, principal, saga_id, "the caller's request timed out")
             raise ApiError(
                 504, "The chat turn did not finish in time.", type="server_error", code="timeout"
             ) from None
-    return outcome(reply, turn.model)
+    return with_constitution(outcome(reply, turn.model), seen)

@@ -129,6 +129,11 @@ class ChatCompletion(BaseModel):
     choices: list[Choice]
     usage: UsageOut
     system_fingerprint: str | None = None
+    constitution: str | None = Field(
+        default=None,
+        description="The content hash of the tenant constitution the turn was judged under "
+        "(also the Soma-Constitution header); absent when policy did not judge the turn.",
+    )
 
 
 class ToolCallDelta(BaseModel):

@@ -22,6 +22,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from bus.request import Reply
+from gateway import chat_turns
 from gateway.answers import DONE, Chunks
 from gateway.auth import Principal
 from gateway.dispatch import Dispatch
@@ -131,6 +132,7 @@ class ChatStream:
         deadline = loop.time() + self._timeout
         delta_task: asyncio.Task[SlmDelta] = asyncio.ensure_future(self._deltas.get())
         event_task: asyncio.Task[Reply] = asyncio.ensure_future(events.get())
+        seen: str | None = None
         try:
             while True:
                 left = deadline - loop.time()
@@ -162,6 +164,7 @@ class ChatStream:
                 reply = event_task.result()
                 event_task = asyncio.ensure_future(events.get())
                 if not self._run.is_end(reply):
+                    seen = chat_turns.judged_under(reply, seen)
                     continue
                 # Deltas already here come first: the one a pending get holds, then the queue.
                 await asyncio.sleep(0)
@@ -172,7 +175,7 @@ class ChatStream:
                     for piece in self._take(self._deltas.get_nowait()):
                         yield piece
                 try:
-                    result = self._run.outcome(reply)
+                    result = chat_turns.with_constitution(self._run.outcome(reply), seen)
                 except ApiError as error:
                     yield _error_event(error)
                     return
@@ -200,7 +203,7 @@ class ChatStream:
             if call.id not in self._sent_calls:
                 out.append(self._out.tool_call(len(self._sent_calls), call))
                 self._sent_calls.append(call.id)
-        out.append(self._out.delta({}, result.finish_reason))
+        out.append(self._out.delta({}, result.finish_reason, result.constitution))
         if self._include_usage:
             out.append(self._out.usage(result))
         out.append(DONE)

@@ -28,6 +28,7 @@ from typing import Generic, Literal, TypeVar
 import msgspec
 import yaml
 
+from kernel.constitution import SignatureRefused, Trust, signature_path, verify
 from kernel.settings import Settings
 
 # Rule ids of the grants, as they appear in decisions and refusals.
@@ -176,7 +177,8 @@ def build_grants(base: bytes | None, source: bytes, origin: str) -> Grants:
 # ----------------------------------------------------------------------------- per-tenant files
 
 T = TypeVar("T")
-Signature = tuple[int, int, int]
+Stat = tuple[int, int, int]
+Signature = tuple[Stat, Stat | None]
 
 
 @dataclass
@@ -185,6 +187,8 @@ class _Loaded(Generic[T]):
     checked_at: float
     value: T | None
     error: PolicyError | None
+    # Why the file on disk is not the one in force (it is not signed as its tenant requires).
+    refused: str | None = None
 
     def result(self) -> T:
         if self.error is not None:
@@ -200,6 +204,11 @@ class TenantFiles(Generic[T]):
     re-read only when its modification time, size or inode changed — editing the file in place
     or replacing it atomically both count. A file that fails to build raises its ``PolicyError``
     on every ``get`` until it is fixed; it never falls back to rules the tenant did not write.
+
+    Where ``trust`` says the tenant requires a signature (``kernel.constitution``), a file
+    without a valid ``<tenant>.yaml.sig`` is refused before it is built, and the file in force
+    until then stays in force (``refusal`` says why); with none in force, ``get`` raises.
+    Writing the signature file counts as a change of the file.
     """
 
     def __init__(
@@ -210,12 +219,14 @@ class TenantFiles(Generic[T]):
         *,
         clock: Callable[[], float] = time.monotonic,
         interval: float = 1.0,
+        trust: Trust | None = None,
     ) -> None:
         self.directory = directory
         self._build = build
         self._default = default
         self._clock = clock
         self._interval = interval
+        self._trust = trust or Trust()
         self._loaded: dict[str, _Loaded[T]] = {}
 
     @property
@@ -234,29 +245,72 @@ class TenantFiles(Generic[T]):
             return loaded.result()
         signature = _signature(path)
         if loaded is None or loaded.signature != signature:
-            loaded = self._load(tenant, path, signature, now)
+            loaded = self._load(tenant, path, signature, now, loaded)
             self._loaded[tenant] = loaded
         loaded.checked_at = now
         return loaded.result()
 
-    def _load(self, tenant: str, path: Path, signature: Signature | None, now: float) -> _Loaded[T]:
+    def refusal(self, tenant: str) -> str | None:
+        """Why the tenant's file on disk is not the one in force, as of the last ``get``."""
+        loaded = self._loaded.get(tenant)
+        return loaded.refused if loaded is not None else None
+
+    def _load(
+        self,
+        tenant: str,
+        path: Path,
+        signature: Signature | None,
+        now: float,
+        previous: _Loaded[T] | None,
+    ) -> _Loaded[T]:
         if signature is None:
+            if self._trust.of(tenant).require_signature and previous and previous.signature:
+                # Removing a signed constitution is a change like any other: it needs a signed
+                # replacement, not a fall-back to the default.
+                reason = f"{path}: removed, but tenant {tenant!r} requires a signed constitution"
+                return _Loaded(None, now, previous.value, previous.error, reason)
             return _Loaded(None, now, self._default, None)
         try:
-            value = self._build(tenant, path.read_bytes(), str(path))
+            source = path.read_bytes()
+            signed = _read_signature(path) if signature[1] is not None else None
         except OSError as exc:
             return _Loaded(signature, now, None, PolicyError(f"{path}: cannot be read: {exc}"))
+        try:
+            verify(tenant, source, signed, self._trust.of(tenant))
+        except SignatureRefused as exc:
+            # The constitution in force stays so; a process that never had one denies.
+            kept = previous.value if previous is not None else None
+            reason = f"{path}: {exc}"
+            if kept is None:
+                return _Loaded(signature, now, None, PolicyError(reason), reason)
+            return _Loaded(signature, now, kept, None, reason)
+        try:
+            value = self._build(tenant, source, str(path))
         except PolicyError as exc:
             return _Loaded(signature, now, None, exc)
         return _Loaded(signature, now, value, None)
 
 
-def _signature(path: Path) -> Signature | None:
+def _stat(path: Path) -> Stat | None:
     try:
         stat = path.stat()
     except FileNotFoundError:
         return None
     return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+
+def _signature(path: Path) -> Signature | None:
+    own = _stat(path)
+    if own is None:
+        return None
+    return (own, _stat(signature_path(path)))
+
+
+def _read_signature(path: Path) -> bytes | None:
+    try:
+        return signature_path(path).read_bytes()
+    except FileNotFoundError:
+        return None
 
 
 class GrantStore(TenantFiles[Grants]):
@@ -268,6 +322,7 @@ class GrantStore(TenantFiles[Grants]):
         *,
         clock: Callable[[], float] = time.monotonic,
         interval: float = 1.0,
+        trust: Trust | None = None,
     ) -> None:
         base = default_source()
 
@@ -275,4 +330,4 @@ class GrantStore(TenantFiles[Grants]):
             return build_grants(base, source, origin)
 
         default = build_grants(None, base, "default_policy.yaml")
-        super().__init__(directory, build, default, clock=clock, interval=interval)
+        super().__init__(directory, build, default, clock=clock, interval=interval, trust=trust)

@@ -11,6 +11,12 @@ class Message(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     pass
 
 
+class Extensible(msgspec.Struct, kw_only=True):
+    """A payload that gains optional fields from release to release (a decision, a turn's
+    result): its readers accept fields they do not know yet, so during a rolling upgrade a
+    process of the previous release still reads what a newer one sends."""
+
+
 class Usage(Message):
     prompt_tokens: int = 0
     completion_tokens: int = 0

@@ -54,7 +54,12 @@ from schemas.memories import (
 )
 from schemas.memory import MemoryRecall, MemoryRecalled, MemoryStore, MemoryStored
 from schemas.models import SlmListModels, SlmModelsListed
-from schemas.policy import PolicyEvaluate, PolicyEvaluated
+from schemas.policy import (
+    PolicyConstitutionChanged,
+    PolicyConstitutionRefused,
+    PolicyEvaluate,
+    PolicyEvaluated,
+)
 from schemas.saga_queries import SagaList, SagaListed, SagaQueried, SagaQuery
 from schemas.sagas import (
     SagaCancel,
@@ -117,6 +122,8 @@ SERVICES = ("policy", "memory", "slm", "tools", "sagas", "identity", "analytics"
 _ENTRIES = [
     _entry("cmd", "policy", "evaluate", PolicyEvaluate),
     _entry("evt", "policy", "evaluated", PolicyEvaluated),
+    _entry("evt", "policy", "constitution_changed", PolicyConstitutionChanged),
+    _entry("evt", "policy", "constitution_refused", PolicyConstitutionRefused),
     _entry("cmd", "memory", "recall", MemoryRecall),
     _entry("evt", "memory", "recalled", MemoryRecalled),
     _entry("cmd", "memory", "store", MemoryStore),

@@ -4,7 +4,7 @@ from typing import Any
 
 import msgspec
 
-from schemas.base import Message, Usage
+from schemas.base import Extensible, Message, Usage
 from schemas.slm import ChatMessage, ToolSpec
 
 
@@ -36,15 +36,17 @@ class ChatTurnInput(Message):
     max_tool_rounds: int = 4
 
 
-class PolicyVerdict(Message):
+class PolicyVerdict(Extensible):
     decision: str
     reasons: list[str] = []
     rule_ids: list[str] = []
     stage: str = "prompt"
+    constitution: str = ""
 
 
-class ChatTurnResult(Message):
-    """The answer. A policy denial has ``finish_reason="content_filter"`` and ``policy`` set."""
+class ChatTurnResult(Extensible):
+    """The answer. A policy denial has ``finish_reason="content_filter"`` and ``policy`` set;
+    ``constitution`` names the hash of the tenant constitution the turn was judged under."""
 
     message: ChatMessage
     finish_reason: str
@@ -52,3 +54,4 @@ class ChatTurnResult(Message):
     usage: Usage = msgspec.field(default_factory=Usage)
     cost_usd: float = 0.0
     policy: PolicyVerdict | None = None
+    constitution: str | None = None

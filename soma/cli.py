@@ -17,7 +17,7 @@ from pathlib import Path
 import typer
 
 from kernel.settings import Settings
-from soma import cli_dlq, cli_keys, cli_saga, cli_schemas, cli_usage, terminal
+from soma import cli_dlq, cli_keys, cli_policy, cli_saga, cli_schemas, cli_usage, terminal
 
 app = typer.Typer(
     name="soma",
@@ -54,6 +54,7 @@ app.add_typer(cli_schemas.app, name="schemas")
 app.add_typer(cli_saga.app, name="saga")
 app.add_typer(cli_usage.app, name="usage")
 app.add_typer(cli_keys.app, name="keys")
+app.add_typer(cli_policy.app, name="policy")
 app.command("token")(cli_keys.token)
 
 

@@ -97,4 +97,8 @@ async def create_chat_completion(
     denial = chat_turns.policy_denial(result)
     if denial is not None:
         raise denial
-    return Response(completion_json(result, turn_id, body.model), media_type="application/json")
+    return Response(
+        completion_json(result, turn_id, body.model),
+        media_type="application/json",
+        headers=chat_turns.constitution_headers(result),
+    )

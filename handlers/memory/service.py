@@ -21,6 +21,7 @@ from handlers.memory.embeddings import open_embedder
 from handlers.memory.errors import InvalidMemory
 from handlers.memory.scope import OtherUser, grants_of, whose
 from handlers.memory.vectors import Vectors
+from kernel.constitution import load_trust, trust_file
 from kernel.db import make_engine, migrate
 from kernel.grants import GrantStore, InvalidTenant, policy_dir
 from kernel.settings import Settings
@@ -53,7 +54,7 @@ class _Opened:
 def build(settings: Settings, config: MemoryConfig | None = None) -> Service:
     config = config or MemoryConfig()
     opened = _Opened()
-    grants = GrantStore(policy_dir(settings))
+    grants = GrantStore(policy_dir(settings), trust=load_trust(trust_file(settings)))
     database_url = settings.resolved_database_url("memory")
     engine = make_engine(database_url)  # connects on first use, after the migration
 

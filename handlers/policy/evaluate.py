@@ -21,7 +21,7 @@ from handlers.policy import arguments
 from handlers.policy.injection import normalize
 from handlers.policy.rules import Action, Rule, RuleSet, StageRules
 from kernel.grants import POLICY_ERROR, TOOL_NOT_ALLOWED
-from schemas.policy import Decision, PolicyEvaluate, PolicyEvaluated, Span, Stage
+from schemas.policy import Decision, JudgeVerdict, PolicyEvaluate, PolicyEvaluated, Span, Stage
 
 SEVERITY: dict[Decision, int] = {"allow": 0, "flag": 1, "redact": 2, "deny": 3}
 ERROR_RULE = POLICY_ERROR
@@ -216,8 +216,15 @@ def _redact(text: str, hits: list[_Hit]) -> str:
     return "".join(pieces)
 
 
-def decide(verdict: Verdict, decision_id: str, policy_version: str) -> PolicyEvaluated:
-    """The event: findings ordered strongest first, ``reasons`` and ``rule_ids`` side by side."""
+def decide(
+    verdict: Verdict,
+    decision_id: str,
+    policy_version: str,
+    constitution: str = "",
+    judge: JudgeVerdict | None = None,
+) -> PolicyEvaluated:
+    """The event: findings ordered strongest first, ``reasons`` and ``rule_ids`` side by side,
+    named with the constitution they were found under."""
     decision = verdict.decision
     ordered = sorted(verdict.findings, key=lambda finding: -SEVERITY[finding.action])
     return PolicyEvaluated(
@@ -229,4 +236,6 @@ def decide(verdict: Verdict, decision_id: str, policy_version: str) -> PolicyEva
         redacted_text=verdict.redacted_text if decision == "redact" else None,
         spans=list(verdict.spans),
         policy_version=policy_version,
+        constitution=constitution,
+        judge=judge,
     )

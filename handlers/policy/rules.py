@@ -9,15 +9,19 @@ Every rule's ``examples`` must trigger it and its ``counterexamples`` must not; 
 at load, so a pattern that cannot match is refused when the file is read, not discovered
 in production. A file that fails to load is an error for that tenant (the evaluation then denies),
 never a silent fall-back to rules the tenant did not write.
+
+Besides the machine rules a constitution states ``principles`` in plain language, which a model
+judges where the file configures a ``judge`` (``handlers.policy.judge``); principles merge onto
+the base's by id, like rules. The whole is identified by its content hash
+(``kernel.constitution.content_hash``), which every decision names.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
@@ -26,6 +30,7 @@ import msgspec
 from handlers.policy import injection, literals, pii
 from handlers.policy.injection import normalize
 from handlers.policy.pii import Detector, Found
+from kernel.constitution import Trust, content_hash
 from kernel.grants import (
     InvalidTenant,
     MemoryGrants,
@@ -98,10 +103,27 @@ class BudgetSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     keys: dict[str, KeyBudgetSpec] = {}
 
 
+class PrincipleSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    id: str
+    text: str
+    stages: list[Stage] | None = None
+
+
+class JudgeSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    model: str
+    stages: list[Stage] | None = None
+    timeout: Annotated[float, msgspec.Meta(gt=0, le=120)] = 10.0
+    # closed: a judge that does not answer in time denies; open: the request goes on, flagged.
+    on_failure: Literal["closed", "open"] = "closed"
+    max_tokens: Annotated[int, msgspec.Meta(gt=0)] = 300
+
+
 class RuleFile(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     version: str | int
     extends: Literal["default", "none"] = "default"
     description: str = ""
+    principles: list[PrincipleSpec] = []
+    judge: JudgeSpec | None = None
     disable: list[str] = []
     blocked_topics: list[MatchRuleSpec] = []
     injection: list[MatchRuleSpec] = []
@@ -173,6 +195,24 @@ class Budget:
 
 
 @dataclass(frozen=True)
+class Principle:
+    id: str
+    text: str
+    stages: frozenset[Stage]
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    """The model that judges the principles, and what its silence means."""
+
+    model: str
+    stages: frozenset[Stage]
+    timeout: float
+    fail_open: bool
+    max_tokens: int
+
+
+@dataclass(frozen=True)
 class StageRules:
     matched: tuple[Rule, ...]
     hidden: tuple[Rule, ...]
@@ -188,6 +228,16 @@ class RuleSet:
     budget: Budget
     stages: Mapping[Stage, StageRules]
     memory: MemoryGrants = field(default_factory=MemoryGrants)
+    constitution: str = ""
+    description: str = ""
+    principles: tuple[Principle, ...] = ()
+    judge: JudgeConfig | None = None
+
+    def judged_principles(self, stage: Stage) -> tuple[Principle, ...]:
+        """The principles a model judges at ``stage``: none without a judge for it."""
+        if self.judge is None or stage not in self.judge.stages:
+            return ()
+        return tuple(p for p in self.principles if stage in p.stages)
 
     def rule(self, rule_id: str) -> Rule:
         for rule in self.rules:
@@ -217,12 +267,14 @@ def build_ruleset(name: str, base: bytes | None, source: bytes, origin: str) -> 
     """Parse, merge onto ``base`` (unless the file says ``extends: none``) and compile."""
     spec = parse(source, origin)
     _check_unique_ids(spec, origin)
-    digest = hashlib.sha256(source)
-    if base is not None and spec.extends == "default":
+    extended = base is not None and spec.extends == "default"
+    if extended:
+        assert base is not None
         spec = merge(parse(base, "default_policy.yaml"), spec, origin)
-        digest.update(b"\0" + base)
-    version = f"{name}@{spec.version}+{digest.hexdigest()[:8]}"
-    return compile_rules(name, version, spec, origin)
+    constitution = content_hash(source, base if extended else None)
+    version = f"{name}@{spec.version}+{constitution.removeprefix('sha256:')[:8]}"
+    ruleset = compile_rules(name, version, spec, origin)
+    return replace(ruleset, constitution=constitution)
 
 
 def _check_unique_ids(spec: RuleFile, origin: str) -> None:
@@ -230,10 +282,15 @@ def _check_unique_ids(spec: RuleFile, origin: str) -> None:
     repeated = sorted({rule_id for rule_id in ids if ids.count(rule_id) > 1})
     if repeated:
         raise PolicyError(f"{origin}: rule ids used twice: {repeated}")
+    principles = [p.id for p in spec.principles]
+    repeated = sorted({p for p in principles if principles.count(p) > 1})
+    if repeated:
+        raise PolicyError(f"{origin}: principle ids used twice: {repeated}")
 
 
 def merge(base: RuleFile, own: RuleFile, origin: str) -> RuleFile:
     known = {r.id for r in base.blocked_topics + base.injection} | {r.id for r in base.pii}
+    known |= {p.id for p in base.principles}
     unknown = sorted(set(own.disable) - known)
     if unknown:
         raise PolicyError(f"{origin}: disable names rules the base does not have: {unknown}")
@@ -244,10 +301,14 @@ def merge(base: RuleFile, own: RuleFile, origin: str) -> RuleFile:
         kept = [replacing.pop(r.id, r) for r in inherited if r.id not in disabled]
         return kept + [rule for rule in mine if rule.id in replacing]
 
+    mine = {p.id: p for p in own.principles}
+    principles = [mine.pop(p.id, p) for p in base.principles if p.id not in disabled]
     return RuleFile(
         version=own.version,
         extends="none",
         description=own.description or base.description,
+        principles=principles + list(mine.values()),
+        judge=own.judge or base.judge,
         blocked_topics=merged(base.blocked_topics, own.blocked_topics),
         injection=merged(base.injection, own.injection),
         pii=merged(base.pii, own.pii),
@@ -301,6 +362,33 @@ def compile_rules(name: str, version: str, spec: RuleFile, origin: str) -> RuleS
         budget=_compile_budget(spec.budgets),
         stages=stages,
         memory=compile_memory(spec.memory, origin),
+        description=spec.description,
+        principles=tuple(_compile_principle(p, origin) for p in spec.principles),
+        judge=_compile_judge(spec, origin),
+    )
+
+
+def _compile_principle(spec: PrincipleSpec, origin: str) -> Principle:
+    _check_id(spec.id, origin)
+    if not spec.text.strip():
+        raise PolicyError(f"{origin}: principle {spec.id!r} needs its text")
+    return Principle(spec.id, spec.text.strip(), _stages(spec.stages, origin, spec.id))
+
+
+def _compile_judge(spec: RuleFile, origin: str) -> JudgeConfig | None:
+    judge = spec.judge
+    if judge is None:
+        return None
+    if not judge.model.strip():
+        raise PolicyError(f"{origin}: judge.model names no model")
+    if not spec.principles:
+        raise PolicyError(f"{origin}: a judge needs principles to judge; add some or drop judge")
+    return JudgeConfig(
+        model=judge.model,
+        stages=_stages(judge.stages, origin, "judge"),
+        timeout=judge.timeout,
+        fail_open=judge.on_failure == "open",
+        max_tokens=judge.max_tokens,
     )
 
 
@@ -458,6 +546,7 @@ class RuleStore(TenantFiles[RuleSet]):
         *,
         clock: Callable[[], float] = time.monotonic,
         interval: float = 1.0,
+        trust: Trust | None = None,
     ) -> None:
         base = default_source()
 
@@ -465,4 +554,4 @@ class RuleStore(TenantFiles[RuleSet]):
             return build_ruleset(tenant, base, source, origin)
 
         default = build_ruleset("default", None, base, "default_policy.yaml")
-        super().__init__(directory, build, default, clock=clock, interval=interval)
+        super().__init__(directory, build, default, clock=clock, interval=interval, trust=trust)

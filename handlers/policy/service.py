@@ -10,6 +10,12 @@ request that no rule set could judge (a malformed command) is rejected instead.
 
 The decision id is derived from the command's message id, so a redelivered command gets the same
 decision id, and therefore the same budget charge, rather than a second one.
+
+Every decision names the hash of the constitution it was made under; a change of constitution is
+announced (``constitutions``) before the first decision made under it. Where the constitution
+has a judge, the principles are judged by its model (``judge``) after the machine rules, unless
+those already deny, and before the tokens are charged. Signed constitutions are checked against
+the trust file (``kernel.constitution``) when the rule files are read.
 """
 
 from __future__ import annotations
@@ -23,14 +29,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bus.errors import Invalid
 from bus.service import Connected, Service
-from handlers.policy import budget
+from handlers.policy import arguments, budget, judgements
+from handlers.policy.connection import PolicyConnection
+from handlers.policy.constitutions import Announcer
 from handlers.policy.evaluate import InvalidRequest, Verdict, decide, evaluate, fail_closed
+from handlers.policy.judge import ModelJudge
 from handlers.policy.rules import InvalidTenant, RuleSet, RuleStore
+from kernel.constitution import load_trust, trust_file
 from kernel.db import make_engine, migrate
 from kernel.grants import policy_dir
 from kernel.settings import Settings
 from schemas.envelope import Envelope
-from schemas.policy import PolicyEvaluate, PolicyEvaluated
+from schemas.policy import JudgeVerdict, PolicyEvaluate, PolicyEvaluated
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +59,13 @@ def command_day(env: Envelope) -> date:
 
 
 async def judge(
-    cmd: PolicyEvaluate, env: Envelope, *, rules: RuleStore, engine: AsyncEngine
+    cmd: PolicyEvaluate,
+    env: Envelope,
+    *,
+    rules: RuleStore,
+    engine: AsyncEngine,
+    announcer: Announcer | None = None,
+    model_judge: ModelJudge | None = None,
 ) -> PolicyEvaluated:
     decided_as = decision_id(env.message_id)
     try:
@@ -58,8 +74,13 @@ async def judge(
         raise Invalid(str(exc)) from exc
     except Exception as exc:
         log.warning("policy for tenant %s unavailable: %s", env.tenant, exc)
+        await _announce_refusal(announcer, rules, env, "")
         verdict = fail_closed(cmd.stage, f"the tenant's policy could not be loaded: {exc}")
         return decide(verdict, decided_as, "")
+    if announcer is not None:
+        await _announce_refusal(announcer, rules, env, ruleset.constitution)
+        await announcer.observe(env.tenant, ruleset, env.correlation_id)
+    judged: JudgeVerdict | None = None
     try:
         verdict = evaluate(ruleset, cmd)
     except InvalidRequest as exc:
@@ -68,8 +89,37 @@ async def judge(
         log.exception("policy evaluation failed for tenant %s", env.tenant)
         verdict = fail_closed(cmd.stage, f"the policy could not be evaluated: {exc!r}")
     else:
+        if model_judge is not None and verdict.decision != "deny":
+            judgement = await model_judge.judge(
+                env.tenant, ruleset, cmd.stage, _judged_text(cmd, verdict), env.correlation_id
+            )
+            if judgement is not None:
+                judged = judgement.verdict
+                verdict = verdict.adding(*judgement.findings)
         verdict = await _charge_tokens(verdict, cmd, env, ruleset, engine, decided_as)
-    return decide(verdict, decided_as, ruleset.version)
+    return decide(verdict, decided_as, ruleset.version, ruleset.constitution, judged)
+
+
+def _judged_text(cmd: PolicyEvaluate, verdict: Verdict) -> str:
+    """What the judge model reads: the text as it will go on (personal data already redacted),
+    and for a tool call the tool's name with its arguments."""
+    if cmd.stage != "tool_call":
+        return verdict.redacted_text or cmd.text
+    if verdict.redacted_text is not None and cmd.tool_arguments is not None:
+        called_with = verdict.redacted_text
+    elif cmd.tool_arguments is not None:
+        called_with = arguments.canonical_json(cmd.tool_arguments)
+    else:
+        called_with = verdict.redacted_text or cmd.text
+    return f"tool {cmd.tool_name} called with: {called_with}"
+
+
+async def _announce_refusal(
+    announcer: Announcer | None, rules: RuleStore, env: Envelope, in_force: str
+) -> None:
+    refusal = rules.refusal(env.tenant)
+    if refusal is not None and announcer is not None:
+        await announcer.refused(env.tenant, refusal, in_force, env.correlation_id)
 
 
 async def _charge_tokens(
@@ -104,21 +154,37 @@ async def _charge_tokens(
 
 
 def build(settings: Settings) -> Service:
-    rules = RuleStore(policy_dir(settings))
+    rules = RuleStore(policy_dir(settings), trust=load_trust(trust_file(settings)))
     database_url = settings.resolved_database_url("policy")
     engine = make_engine(database_url)  # connects on first use, after the migration
+    connection = PolicyConnection()
+    model_judge = ModelJudge(connection.ask)
+    model_judge.store = judgements.SqlJudgements(engine)
+    announcer = Announcer(engine, connection.publish)
 
-    async def start(_: Connected) -> None:
+    async def start(bus: Connected) -> None:
+        await connection.open(bus)
         await migrate(database_url, "policy")
         pruned = await budget.prune(engine, datetime.now(UTC).date() - CHARGES_KEPT)
         if pruned:
             log.info("forgot %d token charge records older than %s", pruned, CHARGES_KEPT)
+        pruned = await judgements.prune(engine, datetime.now(UTC) - judgements.KEPT)
+        if pruned:
+            log.info("forgot %d judge verdicts older than %s", pruned, judgements.KEPT)
 
     async def stop() -> None:
+        await connection.close()
         await engine.dispose()
 
     async def on_evaluate(cmd: PolicyEvaluate, env: Envelope) -> PolicyEvaluated:
-        return await judge(cmd, env, rules=rules, engine=engine)
+        return await judge(
+            cmd,
+            env,
+            rules=rules,
+            engine=engine,
+            announcer=announcer,
+            model_judge=model_judge,
+        )
 
     return Service(
         name="policy",

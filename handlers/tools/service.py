@@ -30,6 +30,7 @@ from handlers.tools.config import ToolsConfig
 from handlers.tools.mcp_servers import Connection, connect_all
 from handlers.tools.registry import Registry
 from handlers.tools.sandbox import SandboxUnavailable, isolation_for
+from kernel.constitution import load_trust, trust_file
 from kernel.db import make_engine, migrate
 from kernel.grants import (
     POLICY_ERROR,
@@ -149,7 +150,7 @@ class _Opened:
 def build(settings: Settings, config: ToolsConfig | None = None) -> Service:
     config = config or ToolsConfig()
     opened = _Opened()
-    grants = GrantStore(policy_dir(settings))
+    grants = GrantStore(policy_dir(settings), trust=load_trust(trust_file(settings)))
     database_url = settings.resolved_database_url("tools")
     engine = make_engine(database_url)  # connects on first use, after the migration
 

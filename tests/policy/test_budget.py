@@ -8,7 +8,7 @@ from datetime import date
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from handlers.policy import budget
+from handlers.policy import budget, constitutions, judgements
 
 DAY = date(2025, 3, 14)
 
@@ -148,7 +148,12 @@ async def test_the_migration_creates_the_tables_as_declared(engine: AsyncEngine)
     from sqlalchemy import MetaData
 
     declared = MetaData()
-    for table in (budget.token_usage, budget.token_charges):
+    for table in (
+        budget.token_usage,
+        budget.token_charges,
+        constitutions.constitutions,
+        judgements.judgements,
+    ):
         table.to_metadata(declared)
 
     def differences(connection) -> list[object]:  # type: ignore[no-untyped-def]

@@ -17,6 +17,7 @@ from bus.connection import connect
 from bus.errors import Rejected
 from bus.request import Requester
 from bus.service import Connected, Service
+from bus.streams import provision
 from handlers.policy import budget
 from handlers.policy.rules import RuleSet, RuleStore
 from handlers.policy.service import build, command_day, decision_id, judge, policy_dir
@@ -46,6 +47,8 @@ async def service(
     monkeypatch.delenv("SOMA_POLICY_DIR", raising=False)
     monkeypatch.delenv("DATABASE_URL", raising=False)
     (tmp_path / "policy").mkdir()
+    # The streams, where the service announces the constitutions it judges under.
+    await provision(connected.js, Settings(SOMA_DATA_DIR=tmp_path))
     built = build(Settings(SOMA_DATA_DIR=tmp_path))
     for hook in built.startup:
         await hook(connected)
