@@ -80,7 +80,19 @@ def _last_user_text(messages: list[ChatMessage]) -> str:
 
 
 def _verdict(v: PolicyEvaluated) -> PolicyVerdict:
-    return PolicyVerdict(decision=v.decision, reasons=v.reasons, rule_ids=v.rule_ids, stage=v.stage)
+    return PolicyVerdict(
+        decision=v.decision,
+        reasons=v.reasons,
+        rule_ids=v.rule_ids,
+        stage=v.stage,
+        constitution=v.constitution,
+    )
+
+
+def _judged(run: Turn, v: PolicyEvaluated) -> None:
+    """Remember the constitution a check of this turn was judged under: the result names it."""
+    if v.constitution:
+        run.data["constitution"] = v.constitution
 
 
 def _refusal(run: Turn, v: PolicyEvaluated) -> Complete:
@@ -93,6 +105,7 @@ def _refusal(run: Turn, v: PolicyEvaluated) -> Complete:
             usage=_usage(run),
             cost_usd=run.data.get("cost_usd", 0.0),
             policy=_verdict(v),
+            constitution=v.constitution or run.data.get("constitution"),
         )
     )
 
@@ -175,6 +188,7 @@ def prepared(run: Turn, replies: list[Any]) -> Action:
 
 @chat_turn.step
 def prompt_checked(run: Turn, verdict: PolicyEvaluated) -> Action:
+    _judged(run, verdict)
     run.data["policy"] = msgspec.to_builtins(_verdict(verdict))
     if verdict.decision == "deny":
         return _refusal(run, verdict)
@@ -316,6 +330,7 @@ def _tool_message(run: Turn, call: ToolCall, content: str) -> Action:
 
 @chat_turn.step
 def tool_checked(run: Turn, verdict: PolicyEvaluated) -> Action:
+    _judged(run, verdict)
     call = _pending(run)[0]
     if verdict.decision == "deny":
         run.data.setdefault("refused_tools", []).append(call.name)
@@ -349,6 +364,7 @@ def tool_done(run: Turn, result: ToolResult) -> Action:
 
 @chat_turn.step
 def answer_checked(run: Turn, verdict: PolicyEvaluated) -> Action:
+    _judged(run, verdict)
     if verdict.decision == "deny":
         return _refusal(run, verdict)
     if verdict.decision == "redact" and verdict.redacted_text is not None:
@@ -401,5 +417,6 @@ def _reply(run: Turn, message: ChatMessage, finish_reason: str) -> Complete:
             model=run.data.get("model", run.input.model),
             usage=_usage(run),
             cost_usd=run.data.get("cost_usd", 0.0),
+            constitution=run.data.get("constitution"),
         )
     )

@@ -196,6 +196,21 @@ def test_a_denied_answer_ends_the_turn_with_content_filter() -> None:
     assert result.finish_reason == "content_filter"
 
 
+def test_the_answer_names_the_constitution_its_checks_were_judged_under() -> None:
+    run = turn(use_memory=False)
+    prepared(run, [verdict("allow", constitution="sha256:aaa")])
+    model_answered(run, completed("hi ann"))
+
+    result = result_of(answer_checked(run, verdict("allow", "answer", constitution="sha256:aaa")))
+    assert result.constitution == "sha256:aaa"
+
+
+def test_a_refusal_names_the_constitution_that_refused_it() -> None:
+    result = result_of(prepared(turn(), [verdict("deny", constitution="sha256:bbb")]))
+    assert result.constitution == "sha256:bbb"
+    assert result.policy.constitution == "sha256:bbb"
+
+
 def test_a_redacted_answer_is_replied_redacted() -> None:
     run = turn(use_memory=False)
     answered_turn(run, "call 555-1234")
