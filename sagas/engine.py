@@ -24,12 +24,10 @@ from typing import Any
 
 import msgspec
 from sqlalchemy import and_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bus import errors, tracing
 from bus.publish import encode
-from kernel.db import reader
 from sagas import tables
 from sagas.definition import (
     Action,
@@ -49,6 +47,7 @@ from sagas.definition import (
 )
 from sagas.hot import Hot, HotStore, Publish
 from sagas.registry import Registry
+from sagas.storage import storage_for
 from schemas.catalogue import by_name, of_type
 from schemas.common import CommandFailed, FailureCode
 from schemas.envelope import Envelope
@@ -124,15 +123,13 @@ class Engine:
         # Every time a transition reads (timers, deadlines, history) comes from here, so tests
         # can move time instead of sleeping through retries and timeouts.
         self.clock = clock
-        # Reads that decide nothing alone (a hot instance's load, the timer pass) take no
-        # write lock, so they never queue behind a group commit.
-        self.reads = reader(db)
+        self.storage = storage_for(db)
+        self.reads = self.storage.reads
         self.registry = registry
         self.on_commit = on_commit
-        self.postgres = db.dialect.name == "postgresql"
         # Group mode: how long a lost transition's event may take to come back (twice the ack wait).
         self.replay_grace = replay_grace
-        self.store = HotStore(db, _numbered)
+        self.store = HotStore(self.storage, _numbered)
         # Group mode publishes commands itself, before the commit (the runner sets it).
         self.publish: Publish | None = None
         # A group mode instance's timers wait until events left unacknowledged by a runner that
@@ -384,17 +381,7 @@ class Engine:
 
     async def _read(self, saga_id: str) -> dict[str, Any] | None:
         """The stored instance, without a lock (group mode decides in memory)."""
-        async with self.reads.connect() as conn:
-            row = (
-                (
-                    await conn.execute(
-                        select(tables.instances).where(tables.instances.c.id == saga_id)
-                    )
-                )
-                .mappings()
-                .first()
-            )
-        return dict(row) if row is not None else None
+        return await self.storage.read(saga_id)
 
     async def _start_hot(
         self, saga_id: str, definition: Definition[Any], cmd: SagaStart, env: Envelope
@@ -1247,19 +1234,12 @@ class Engine:
     async def _record_inbox(
         self, conn: AsyncConnection, saga_id: str, message_id: str, now: float
     ) -> bool:
-        insert = postgresql.insert if self.postgres else sqlite.insert
-        stmt = insert(tables.inbox).values(saga_id=saga_id, message_id=message_id, at=now)
-        result = await conn.execute(stmt.on_conflict_do_nothing())
-        return bool(result.rowcount)
+        return await self.storage.record_inbox(conn, saga_id, message_id, now)
 
     async def _load(self, conn: AsyncConnection, saga_id: str) -> dict[str, Any] | None:
-        stmt = select(tables.instances).where(tables.instances.c.id == saga_id)
-        if self.postgres:
-            stmt = stmt.with_for_update()
-        row = (await conn.execute(stmt)).mappings().first()
-        if row is None:
+        loaded = await self.storage.load(conn, saga_id)
+        if loaded is None:
             return None
-        loaded = dict(row)
         loaded["seq"] += 1  # every transition is numbered; history is unique per number
         return loaded
 
@@ -1295,12 +1275,7 @@ class Engine:
     async def _save(self, conn: AsyncConnection, saga_id: str, change: Change, now: float) -> None:
         rev = change.rev
         values = {**change.values, "updated_at": now, "rev": (rev or 0) + 1}
-        result = await conn.execute(
-            update(tables.instances)
-            .where(and_(tables.instances.c.id == saga_id, tables.instances.c.rev == rev))
-            .values(**values)
-        )
-        if result.rowcount != 1:
+        if not await self.storage.save(conn, saga_id, rev, values):
             raise RevMoved(saga_id)
 
 

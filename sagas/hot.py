@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import and_, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sagas import tables
+from sagas.storage import Storage
 from schemas.sagas import ENDED
 
 log = logging.getLogger("soma.sagas.hot")
@@ -70,10 +70,10 @@ Numbered = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
 
 
 class HotStore:
-    def __init__(self, db: AsyncEngine, numbered: Numbered) -> None:
-        self.db = db
+    def __init__(self, storage: Storage, numbered: Numbered) -> None:
+        self.db = storage.db
+        self.storage = storage
         self.numbered = numbered
-        self.postgres = db.dialect.name == "postgresql"
         self.hot: dict[str, Hot] = {}
         self.pending: dict[str, Pending] = {}
         self.wake = asyncio.Event()
@@ -209,8 +209,7 @@ class HotStore:
             await conn.execute(tables.history.insert(), self.numbered(history))
         inbox = [i for _, p in batch for i in p.inbox]
         if inbox:
-            insert = postgresql.insert if self.postgres else sqlite.insert
-            await conn.execute(insert(tables.inbox).on_conflict_do_nothing(), inbox)
+            await self.storage.record_inbox_rows(conn, inbox)
         outbox = [r for rows in unpublished.values() for r in rows]
         if outbox:
             # Not published (NATS was away): the relay's sweep sends them from the outbox.

@@ -1,0 +1,89 @@
+"""The saga tables behind one interface, with a SQLite and a PostgreSQL implementation.
+
+The engine decides; this module reads and writes. What differs between the two databases lives
+here only: how an insert skips a duplicate, and how a transaction holds an instance while it
+decides (PostgreSQL locks the row; SQLite's ``BEGIN IMMEDIATE`` already holds the database's one
+write lock, see kernel/db.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Table, and_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.expression import Select
+
+from kernel.db import reader
+from sagas import tables
+
+
+class Storage:
+    def __init__(self, db: AsyncEngine) -> None:
+        self.db = db
+        # Reads that decide nothing alone (a hot instance's load, the timer pass, queries) take
+        # no write lock, so they never queue behind a group commit.
+        self.reads = reader(db)
+
+    def insert_new(self, table: Table) -> Any:
+        """An insert that skips rows whose key is already there."""
+        raise NotImplementedError
+
+    def holding(self, stmt: Select[Any]) -> Select[Any]:
+        """``stmt`` made to hold what it reads until the transaction ends."""
+        raise NotImplementedError
+
+    async def record_inbox(
+        self, conn: AsyncConnection, saga_id: str, message_id: str, now: float
+    ) -> bool:
+        """Record that ``message_id`` reached ``saga_id``; False if it had already."""
+        stmt = self.insert_new(tables.inbox).values(saga_id=saga_id, message_id=message_id, at=now)
+        return bool((await conn.execute(stmt)).rowcount)
+
+    async def record_inbox_rows(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+        await conn.execute(self.insert_new(tables.inbox), rows)
+
+    async def load(self, conn: AsyncConnection, saga_id: str) -> dict[str, Any] | None:
+        """The instance, held until ``conn``'s transaction ends."""
+        stmt = self.holding(select(tables.instances).where(tables.instances.c.id == saga_id))
+        row = (await conn.execute(stmt)).mappings().first()
+        return dict(row) if row is not None else None
+
+    async def read(self, saga_id: str) -> dict[str, Any] | None:
+        """The stored instance, without holding it."""
+        async with self.reads.connect() as conn:
+            stmt = select(tables.instances).where(tables.instances.c.id == saga_id)
+            row = (await conn.execute(stmt)).mappings().first()
+        return dict(row) if row is not None else None
+
+    async def save(
+        self, conn: AsyncConnection, saga_id: str, rev: int | None, values: dict[str, Any]
+    ) -> bool:
+        """Write ``values`` if the instance is still at ``rev``; False if it moved on."""
+        result = await conn.execute(
+            update(tables.instances)
+            .where(and_(tables.instances.c.id == saga_id, tables.instances.c.rev == rev))
+            .values(**values)
+        )
+        return result.rowcount == 1
+
+
+class SqliteStorage(Storage):
+    def insert_new(self, table: Table) -> Any:
+        return sqlite.insert(table).on_conflict_do_nothing()
+
+    def holding(self, stmt: Select[Any]) -> Select[Any]:
+        return stmt  # the transaction began IMMEDIATE: it holds the write lock already
+
+
+class PostgresStorage(Storage):
+    def insert_new(self, table: Table) -> Any:
+        return postgresql.insert(table).on_conflict_do_nothing()
+
+    def holding(self, stmt: Select[Any]) -> Select[Any]:
+        return stmt.with_for_update()
+
+
+def storage_for(db: AsyncEngine) -> Storage:
+    return PostgresStorage(db) if db.dialect.name == "postgresql" else SqliteStorage(db)
