@@ -30,7 +30,7 @@ from gateway.dispatch import Dispatch
 from gateway.idempotency import IdempotencyMiddleware, RedisStore, Store, open_bucket
 from gateway.limits import LocalWindows, RateLimiter, RedisWindows
 from gateway.metrics import MetricsMiddleware
-from gateway.model_list import ModelList
+from gateway.model_list import ModelList, embedding_model
 from gateway.routes import (
     admin,
     auth,
@@ -38,6 +38,7 @@ from gateway.routes import (
     embeddings,
     health,
     memory,
+    messages,
     models,
     tasks,
     tools,
@@ -60,10 +61,12 @@ log = logging.getLogger("soma.gateway")
 _CLOSE_TIMEOUT = 5.0
 
 DESCRIPTION = (
-    "OpenAI-compatible chat completions, embeddings and models, plus agent tasks, memory, "
-    "tools, usage, tokens and administration. Every request is a command on the Soma bus. "
-    "Authenticate with `Authorization: Bearer <API key or access token>`. Errors always have "
-    'the shape `{"error": {"message", "type", "param", "code"}}`.'
+    "OpenAI-compatible chat completions, embeddings and models, Anthropic's Messages API, plus "
+    "agent tasks, memory, tools, usage, tokens and administration. Every request is a command "
+    "on the Soma bus. Authenticate with `Authorization: Bearer <API key or access token>` (or "
+    '`x-api-key`). Errors have the shape `{"error": {"message", "type", "param", "code"}}`, '
+    'except on `/v1/messages*`, where they have Anthropic\'s: `{"type": "error", "error": '
+    '{"type", "message"}}`.'
 )
 
 
@@ -105,8 +108,11 @@ async def _build(settings: Settings, config: GatewayConfig) -> tuple[Gateway, li
         )
 
     async def fetch_models() -> list[ModelInfo]:
-        listed = await dispatch.ask(SlmListModels(), SlmModelsListed, tenant=SYSTEM_TENANT)
-        return listed.models
+        chat_models, embedding = await asyncio.gather(
+            dispatch.ask(SlmListModels(), SlmModelsListed, tenant=SYSTEM_TENANT),
+            embedding_model(dispatch),
+        )
+        return [*chat_models.models, *embedding]
 
     verifier = await _verifier(nc, js, config)
 
@@ -166,7 +172,8 @@ def create_app(settings: Settings, config: GatewayConfig | None = None) -> FastA
         lifespan=lifespan,
     )
     errors.install(app)
-    for module in (chat, models, embeddings, tasks, memory, tools, usage, auth, admin, health):
+    routes = (chat, messages, models, embeddings, tasks, memory, tools, usage, auth, admin, health)
+    for module in routes:
         app.include_router(module.router)
     # Added inside out: metrics see everything, the body limit guards what idempotency reads.
     app.add_middleware(IdempotencyMiddleware, gateway_state=app.state)

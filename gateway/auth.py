@@ -1,4 +1,6 @@
 """Who is calling: ``Authorization: Bearer <access token | API key>`` → a ``Principal``.
+``x-api-key: <API key or token>``, as Anthropic's clients send it, counts as the same bearer
+credential when there is no ``Authorization`` header.
 
 Access tokens are checked locally (``gateway.tokens``). API keys are checked by identity over
 the bus and the verdict reused for a few seconds, so a revoked key stops working within that
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -64,6 +66,16 @@ class Principal:
 
     def may_use_model(self, model: str) -> bool:
         return self.models is None or model in self.models
+
+
+def credential_header(headers: Mapping[str, str]) -> str | None:
+    """The request's credential as an ``Authorization`` value: that header, else ``x-api-key``
+    as a bearer credential."""
+    authorization = headers.get("authorization")
+    if authorization:
+        return authorization
+    api_key = (headers.get("x-api-key") or "").strip()
+    return f"Bearer {api_key}" if api_key else None
 
 
 def authorize(principal: Principal, area: str) -> None:
@@ -130,7 +142,7 @@ class Authenticator:
         if not authorization:
             raise unauthenticated(
                 "You didn't provide an API key. Send it in the Authorization header "
-                "(Authorization: Bearer YOUR_KEY)."
+                "(Authorization: Bearer YOUR_KEY) or in x-api-key."
             )
         scheme, _, credential = authorization.partition(" ")
         credential = credential.strip()

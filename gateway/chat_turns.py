@@ -26,6 +26,7 @@ from bus.request import Reply
 from gateway.auth import Principal
 from gateway.dispatch import Dispatch, Refused, current_request_id
 from gateway.errors import ApiError, model_not_found, unavailable
+from gateway.images import image_part
 from gateway.openai_bodies import ChatCompletionRequest
 from schemas.catalogue import of_type
 from schemas.chat import ChatTurnInput, ChatTurnResult
@@ -41,27 +42,34 @@ from schemas.sagas import (
     SagaStart,
     SagaState,
 )
-from schemas.slm import ChatMessage, ToolCall, ToolSpec
+from schemas.slm import ChatMessage, ImagePart, ToolCall, ToolSpec
 
 log = logging.getLogger("soma.gateway.chat")
 
 SAGA_TYPE = "chat_turn"
 
 
-def _text(content: Any, index: int) -> str | None:
+def _content(content: Any, index: int) -> tuple[str | None, list[ImagePart] | None]:
+    """A message's text, and the images among its parts (``image_url``: https or data)."""
     if content is None or isinstance(content, str):
-        return content
-    texts = []
-    for part in content:
-        if part.type != "text" or part.text is None:
+        return content, None
+    texts: list[str] = []
+    images: list[ImagePart] = []
+    for j, part in enumerate(content):
+        if part.type == "text" and part.text is not None:
+            texts.append(part.text)
+        elif part.type == "image_url" and part.image_url is not None:
+            param = f"messages[{index}].content[{j}].image_url.url"
+            images.append(image_part(part.image_url.url, param, part.image_url.detail))
+        else:
             raise ApiError(
                 400,
-                f"Content parts of type '{part.type}' are not supported; send text parts.",
+                f"Content parts of type '{part.type}' are not supported; send text parts "
+                "and image_url parts.",
                 param=f"messages[{index}].content",
                 code="unsupported_content",
             )
-        texts.append(part.text)
-    return "".join(texts)
+    return "".join(texts), images or None
 
 
 def _messages(body: ChatCompletionRequest) -> list[ChatMessage]:
@@ -86,10 +94,19 @@ def _messages(body: ChatCompletionRequest) -> list[ChatMessage]:
                 ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments)
                 for c in m.tool_calls
             ]
+        text, images = _content(m.content, i)
+        if images and m.role != "user":
+            raise ApiError(
+                400,
+                "Only user messages may carry images.",
+                param=f"messages[{i}].content",
+                code="unsupported_content",
+            )
         out.append(
             ChatMessage(
                 role="system" if m.role == "developer" else m.role,
-                content=_text(m.content, i),
+                content=text,
+                images=images,
                 name=m.name,
                 tool_call_id=m.tool_call_id,
                 tool_calls=calls,
@@ -120,11 +137,24 @@ def turn_input(
     stop = [body.stop] if isinstance(body.stop, str) else body.stop
     if stop is not None and len(stop) > 4:
         raise ApiError(400, "'stop' takes at most 4 sequences.", param="stop")
+    if body.n is not None and body.n > 1:
+        raise ApiError(
+            400,
+            f"'n' is {body.n}, but one choice per request is served: send n=1 (or leave it "
+            "out) and make a request per answer you want.",
+            param="n",
+            code="unsupported_value",
+        )
+    if body.top_logprobs is not None and not body.logprobs:
+        raise ApiError(400, "'top_logprobs' needs 'logprobs': true.", param="top_logprobs")
     return ChatTurnInput(
         model=body.model,
         messages=_messages(body),
         tools=tools,
         tool_choice=choice if choice is None or isinstance(choice, str) else choice.model_dump(),
+        parallel_tool_calls=body.parallel_tool_calls if tools else None,
+        logprobs=body.logprobs,
+        top_logprobs=body.top_logprobs,
         temperature=body.temperature,
         max_tokens=body.max_completion_tokens or body.max_tokens,
         stop=stop,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from gateway.auth import Authenticator, Principal, authorize
+from gateway.auth import Authenticator, Principal, authorize, credential_header
 from gateway.config import GatewayConfig
 from gateway.dispatch import Dispatch
 from gateway.idempotency import Store
@@ -45,7 +45,7 @@ def caller(area: str) -> Callable[..., Awaitable[Principal]]:
         _: HTTPAuthorizationCredentials | None = Security(bearer),
     ) -> Principal:
         gateway = gateway_of(request)
-        principal = await gateway.authenticator.authenticate(request.headers.get("authorization"))
+        principal = await gateway.authenticator.authenticate(credential_header(request.headers))
         authorize(principal, area)
         await gateway.limiter.admit_request(principal)
         return principal

@@ -52,6 +52,7 @@ from redis.asyncio import Redis
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.auth import credential_header
 from gateway.dispatch import request_ids
 from gateway.errors import ApiError
 
@@ -309,7 +310,7 @@ class IdempotencyMiddleware:
             await error.response()(scope, receive, send)
             return
         try:
-            principal = await gateway.authenticator.authenticate(headers.get("authorization"))
+            principal = await gateway.authenticator.authenticate(credential_header(headers))
         except ApiError:
             await self.app(scope, receive, send)  # the route answers 401/503 itself
             return

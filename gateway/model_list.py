@@ -1,17 +1,40 @@
-"""The models the slm service routes, cached briefly: every chat and ``GET /v1/models`` needs it,
-and an unknown model is refused (404) before a saga is started for it."""
+"""The models the slm service routes, and the memory service's embedding model, cached briefly:
+every chat and ``GET /v1/models`` needs it, and an unknown model is refused (404) before a saga
+is started for it. Each model says its ``kind``, so a client finds the name ``/v1/embeddings``
+takes, and a chat naming the embedding model is told so (400)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 
 from gateway.auth import Principal
-from gateway.errors import model_not_found
+from gateway.dispatch import Dispatch, Refused
+from gateway.errors import ApiError, model_not_found
+from schemas.identity import SYSTEM_TENANT
+from schemas.memories import MemoryEmbed, MemoryEmbedded
 from schemas.models import ModelInfo
 
+log = logging.getLogger("soma.gateway.models")
+
 Fetch = Callable[[], Awaitable[list[ModelInfo]]]
+
+# How long the list waits for the memory service: without it the chat models are still listed.
+EMBEDDING_TIMEOUT = 2.0
+
+
+async def embedding_model(dispatch: Dispatch) -> list[ModelInfo]:
+    """The memory service's embedder (an embed of no texts names it), or none if it is down."""
+    try:
+        answer = await dispatch.ask(
+            MemoryEmbed(texts=[]), MemoryEmbedded, tenant=SYSTEM_TENANT, timeout=EMBEDDING_TIMEOUT
+        )
+    except (ApiError, Refused) as exc:
+        log.info("no embedding model listed: the memory service did not answer (%s)", exc)
+        return []
+    return [ModelInfo(id=answer.model, kind="embedding")]
 
 
 class ModelList:
@@ -36,8 +59,9 @@ class ModelList:
             await self._refresh(self._ttl)
         return [m for m in self._models.values() if principal.may_use_model(m.id)]
 
-    async def require(self, model: str, principal: Principal) -> ModelInfo:
-        """The model, or the 404 OpenAI gives for a model that is unknown or not allowed."""
+    async def require(self, model: str, principal: Principal, kind: str = "chat") -> ModelInfo:
+        """The model, or the 404 OpenAI gives for a model that is unknown or not allowed, or a
+        400 for a model of another kind (an embedding model named in a chat)."""
         if time.monotonic() - self._fetched_at >= self._ttl:
             await self._refresh(self._ttl)
         found = self._models.get(model)
@@ -46,4 +70,12 @@ class ModelList:
             found = self._models.get(model)
         if found is None or not principal.may_use_model(model):
             raise model_not_found(model)
+        if found.kind != kind:
+            raise ApiError(
+                400,
+                f"The model {model} is an {found.kind} model, not a {kind} model; "
+                "GET /v1/models lists each model's kind.",
+                param="model",
+                code="wrong_model_kind",
+            )
         return found

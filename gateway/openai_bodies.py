@@ -15,9 +15,15 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+class ImageUrl(_Body):
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None
+
+
 class ContentPart(_Body):
     type: str
     text: str | None = None
+    image_url: ImageUrl | None = None
 
 
 class FunctionCall(_Body):
@@ -82,7 +88,10 @@ class ChatCompletionRequest(_Body):
     stop: str | list[str] | None = None
     seed: int | None = None
     user: str | None = None
-    n: int | None = Field(default=None, ge=1, le=1, description="Only 1 is supported.")
+    n: int | None = Field(default=None, ge=1, description="Only 1 is served; more is a 400.")
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    parallel_tool_calls: bool | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     # Soma extensions: a conversation id for memory, and whether to use memory at all.
@@ -199,6 +208,11 @@ class ModelOut(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    kind: Literal["chat", "embedding"] = Field(
+        default="chat",
+        description="`chat` for /v1/chat/completions and /v1/messages, "
+        "`embedding` for /v1/embeddings.",
+    )
 
 
 class ModelListOut(BaseModel):

@@ -59,6 +59,9 @@ def command(turn: ChatTurnInput, turn_id: str) -> SlmComplete:
         messages=turn.messages,
         tools=turn.tools,
         tool_choice=turn.tool_choice,
+        parallel_tool_calls=turn.parallel_tool_calls,
+        logprobs=turn.logprobs,
+        top_logprobs=turn.top_logprobs,
         temperature=turn.temperature,
         max_tokens=turn.max_tokens,
         stop=turn.stop,
@@ -78,6 +81,7 @@ def result_of(done: SlmCompleted) -> ChatTurnResult:
         model=done.model,
         usage=done.usage,
         cost_usd=done.cost_usd,
+        stop_sequence=done.stop_sequence,
     )
 
 

@@ -1,4 +1,5 @@
-"""A streamed chat completion: token deltas from ``soma.stream.<turn id>`` as OpenAI SSE chunks.
+"""A streamed chat turn: token deltas from ``soma.stream.<turn id>`` as SSE, in OpenAI's chunks
+or in another API's events (``StreamFormat``: Anthropic's in ``gateway.anthropic_stream``).
 
 The delta subscription and the event waiter are both in place before the turn is started, so
 nothing is missed. Deltas are a preview; the turn's end is the truth: if deltas were lost (core
@@ -14,6 +15,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
+from typing import Protocol
 
 import msgspec
 from nats.aio.msg import Msg
@@ -30,7 +32,7 @@ from gateway.errors import ApiError, unavailable
 from gateway.limits import RateLimiter
 from gateway.turns import Turn
 from schemas.chat import ChatTurnInput, ChatTurnResult
-from schemas.slm import SlmDelta
+from schemas.slm import SlmDelta, ToolCall
 
 log = logging.getLogger("soma.gateway.stream")
 
@@ -42,6 +44,58 @@ def _error_event(error: ApiError) -> bytes:
     return b"event: error\ndata: " + body + b"\n\n"
 
 
+class StreamFormat(Protocol):
+    """The SSE bytes of one streamed turn in one API's wire format."""
+
+    def opening(self) -> list[bytes]:
+        """What goes out before the first delta."""
+        ...
+
+    def text(self, piece: str) -> list[bytes]: ...
+
+    def tool_call(self, index: int, call: ToolCall) -> list[bytes]:
+        """The caller's ``index``-th tool call, whole."""
+        ...
+
+    def ending(self, result: ChatTurnResult) -> list[bytes]:
+        """The last events, once every piece of text and every call has been sent."""
+        ...
+
+    def error(self, error: ApiError) -> bytes: ...
+
+    def keepalive(self) -> bytes: ...
+
+
+class OpenAIChunks:
+    """``chat.completion.chunk`` lines ending in ``data: [DONE]``."""
+
+    def __init__(self, turn_id: str, model: str, *, include_usage: bool) -> None:
+        self._out = Chunks(turn_id, model, include_usage=include_usage)
+        self._include_usage = include_usage
+
+    def opening(self) -> list[bytes]:
+        return [self._out.delta({"role": "assistant", "content": ""})]
+
+    def text(self, piece: str) -> list[bytes]:
+        return [self._out.delta({"content": piece})]
+
+    def tool_call(self, index: int, call: ToolCall) -> list[bytes]:
+        return [self._out.tool_call(index, call)]
+
+    def ending(self, result: ChatTurnResult) -> list[bytes]:
+        out = [self._out.delta({}, result.finish_reason, result.constitution)]
+        if self._include_usage:
+            out.append(self._out.usage(result))
+        out.append(DONE)
+        return out
+
+    def error(self, error: ApiError) -> bytes:
+        return _error_event(error)
+
+    def keepalive(self) -> bytes:
+        return b": keep-alive\n\n"
+
+
 class ChatStream:
     def __init__(
         self,
@@ -51,7 +105,7 @@ class ChatStream:
         turn: ChatTurnInput,
         run: Turn,
         *,
-        include_usage: bool,
+        out: StreamFormat,
         timeout: float,
         keepalive: float,
     ) -> None:
@@ -60,7 +114,6 @@ class ChatStream:
         self._principal = principal
         self._turn = turn
         self._run = run
-        self._include_usage = include_usage
         self._timeout = timeout
         self._keepalive = keepalive
         self._deltas: asyncio.Queue[SlmDelta] = asyncio.Queue()
@@ -68,7 +121,7 @@ class ChatStream:
         self._watch: contextlib.AbstractAsyncContextManager[asyncio.Queue[Reply]] | None = None
         self._sub: Subscription | None = None
         self._closed = False
-        self._out = Chunks(run.id, turn.model, include_usage=include_usage)
+        self._out = out
         self._caller_tools = {t.name for t in turn.tools}
         self._sent_calls: list[str] = []
         self._round_text = ""
@@ -114,10 +167,10 @@ class ChatStream:
                 self._round_text, self._round_closed = "", False
             self._round_text += delta.content
             self._any_text = True
-            out.append(self._out.delta({"content": delta.content}))
+            out.extend(self._out.text(delta.content))
         call = delta.tool_call
         if call and call.name in self._caller_tools and call.id not in self._sent_calls:
-            out.append(self._out.tool_call(len(self._sent_calls), call))
+            out.extend(self._out.tool_call(len(self._sent_calls), call))
             self._sent_calls.append(call.id)
         if delta.done:
             self._round_closed = True
@@ -126,7 +179,8 @@ class ChatStream:
     async def chunks(self) -> AsyncIterator[bytes]:
         assert self._events is not None
         events = self._events
-        yield self._out.delta({"role": "assistant", "content": ""})
+        for piece in self._out.opening():
+            yield piece
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
@@ -138,7 +192,7 @@ class ChatStream:
                 left = deadline - loop.time()
                 if left <= 0:
                     await self._run.cancel("stream timed out")
-                    yield _error_event(
+                    yield self._out.error(
                         ApiError(
                             504,
                             "The chat turn did not finish in time.",
@@ -153,7 +207,7 @@ class ChatStream:
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 if not done:
-                    yield b": keep-alive\n\n"
+                    yield self._out.keepalive()
                     continue
                 if delta_task in done:
                     for piece in self._take(delta_task.result()):
@@ -177,7 +231,7 @@ class ChatStream:
                 try:
                     result = chat_turns.with_constitution(self._run.outcome(reply), seen)
                 except ApiError as error:
-                    yield _error_event(error)
+                    yield self._out.error(error)
                     return
                 for piece in self._ending(result):
                     yield piece
@@ -196,17 +250,14 @@ class ChatStream:
         final = result.message.content or ""
         if not self._any_text:
             if final:
-                out.append(self._out.delta({"content": final}))
+                out.extend(self._out.text(final))
         elif final.startswith(self._round_text) and len(final) > len(self._round_text):
-            out.append(self._out.delta({"content": final[len(self._round_text) :]}))
+            out.extend(self._out.text(final[len(self._round_text) :]))
         for call in result.message.tool_calls or []:
             if call.id not in self._sent_calls:
-                out.append(self._out.tool_call(len(self._sent_calls), call))
+                out.extend(self._out.tool_call(len(self._sent_calls), call))
                 self._sent_calls.append(call.id)
-        out.append(self._out.delta({}, result.finish_reason, result.constitution))
-        if self._include_usage:
-            out.append(self._out.usage(result))
-        out.append(DONE)
+        out.extend(self._out.ending(result))
         return out
 
 

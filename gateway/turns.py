@@ -15,6 +15,8 @@ from bus.request import Reply
 from gateway import chat_turns
 from gateway.auth import Principal
 from gateway.dispatch import Dispatch
+from gateway.passthrough import PassThroughTurn
+from gateway.passthrough import run as passthrough_run
 from schemas.chat import ChatTurnInput, ChatTurnResult
 
 
@@ -57,3 +59,26 @@ class SagaTurn:
 
     async def cancel(self, reason: str) -> None:
         await chat_turns.cancel(self.dispatch, self.principal, self.id, reason)
+
+
+def turn_for(
+    dispatch: Dispatch, principal: Principal, turn: ChatTurnInput, turn_id: str, passthrough: bool
+) -> Turn:
+    """The turn as the configured pipeline runs it (``SOMA_CHAT_PIPELINE``)."""
+    if passthrough:
+        return PassThroughTurn(dispatch, principal, turn, turn_id)
+    return SagaTurn(dispatch, principal, turn, turn_id)
+
+
+async def complete(
+    dispatch: Dispatch,
+    principal: Principal,
+    turn: ChatTurnInput,
+    turn_id: str,
+    timeout: float,
+    passthrough: bool,
+) -> ChatTurnResult:
+    """Run the turn to its end and answer its result, or the ``ApiError`` its end stands for."""
+    if passthrough:
+        return await passthrough_run(dispatch, principal, turn, turn_id, timeout)
+    return await chat_turns.run(dispatch, principal, turn, turn_id, timeout)

@@ -19,6 +19,11 @@ class ChatTurnInput(Message):
     messages: list[ChatMessage]
     tools: list[ToolSpec] = []
     tool_choice: str | dict[str, Any] | None = None
+    # False asks for at most one tool call per answer, from providers that can be told so.
+    parallel_tool_calls: bool | None = None
+    # Token log probabilities, from providers that report them (OpenAI-compatible ones).
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
     temperature: float | None = None
     max_tokens: int | None = None
     stop: list[str] | None = None
@@ -55,3 +60,5 @@ class ChatTurnResult(Extensible):
     cost_usd: float = 0.0
     policy: PolicyVerdict | None = None
     constitution: str | None = None
+    # Which ``stop`` sequence ended the answer, when the model's provider says so.
+    stop_sequence: str | None = None

@@ -13,7 +13,10 @@ from schemas.memory import MemoryItem
 
 
 class MemoryEmbed(Message):
-    """Embed texts with ``model`` (the memory service's configured embedder when None)."""
+    """Embed texts with ``model`` (the memory service's configured embedder when None).
+
+    With no ``texts`` it embeds nothing and the reply only names the model the service embeds
+    with: that is how the gateway lists it in ``GET /v1/models``."""
 
     texts: list[str]
     model: str | None = None

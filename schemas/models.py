@@ -9,6 +9,10 @@ class ModelInfo(Message):
     owned_by: str = "soma"
     created: int = 0
     providers: list[str] = []
+    # "chat" (``/v1/chat/completions``, ``/v1/messages``) or "embedding" (``/v1/embeddings``).
+    kind: str = "chat"
+    # Whether messages to it may carry images (every deployment of it accepts them).
+    images: bool = False
 
 
 class SlmListModels(Message):

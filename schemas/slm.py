@@ -13,12 +13,23 @@ class ToolCall(Message):
     arguments: str = "{}"
 
 
+class ImagePart(Message):
+    """An image in a user message: an ``https`` URL or a ``data:`` URL with the bytes."""
+
+    url: str
+    detail: str | None = None
+
+
 class ChatMessage(Message):
+    """One message. ``content`` is its whole text, what policy and memory read; ``images`` are
+    the pictures that came with it, passed to models that accept images."""
+
     role: str
     content: str | None = None
     name: str | None = None
     tool_call_id: str | None = None
     tool_calls: list[ToolCall] | None = None
+    images: list[ImagePart] | None = None
 
 
 class ToolSpec(Message):
@@ -36,6 +47,11 @@ class SlmComplete(Message):
     messages: list[ChatMessage]
     tools: list[ToolSpec] = []
     tool_choice: str | dict[str, Any] | None = None
+    # False asks for at most one tool call per answer, from providers that can be told so.
+    parallel_tool_calls: bool | None = None
+    # Token log probabilities, from providers that report them (OpenAI-compatible ones).
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
     temperature: float | None = None
     max_tokens: int | None = None
     stop: list[str] | None = None
@@ -56,6 +72,8 @@ class SlmCompleted(Message):
     cost_usd: float = 0.0
     latency_ms: float = 0.0
     key_id: str | None = None
+    # Which of the request's ``stop`` sequences ended the text, when the provider says so.
+    stop_sequence: str | None = None
 
 
 class SlmDelta(Message):

@@ -13,11 +13,10 @@ from gateway.auth import Principal
 from gateway.context import caller, gateway_of
 from gateway.errors import ApiError
 from gateway.idempotency import attempt_of
+from gateway.images import check_images
 from gateway.openai_bodies import ERRORS, ChatCompletion, ChatCompletionRequest
-from gateway.passthrough import PassThroughTurn
-from gateway.passthrough import run as passthrough_turn
-from gateway.streaming import ChatStream, SseResponse
-from gateway.turns import SagaTurn, Turn
+from gateway.streaming import ChatStream, OpenAIChunks, SseResponse
+from gateway.turns import complete, turn_for
 from schemas.envelope import new_id
 
 router = APIRouter(tags=["openai"])
@@ -27,15 +26,15 @@ router = APIRouter(tags=["openai"])
 _ACTS_FOR_OTHERS = frozenset({"admin", "service"})
 
 
-def check_user(principal: Principal, user: str | None) -> None:
+def check_user(principal: Principal, user: str | None, param: str = "user") -> None:
     """A chat turn's memory is its ``user``'s: only the caller's own, unless it acts for others."""
     if user is None or user == principal.user or _ACTS_FOR_OTHERS & set(principal.roles):
         return
     raise ApiError(
         403,
-        "'user' must be your own user id: you may not act for another user.",
+        f"'{param}' must be your own user id: you may not act for another user.",
         type="permission_error",
-        param="user",
+        param=param,
         code="insufficient_permissions",
     )
 
@@ -61,36 +60,33 @@ async def create_chat_completion(
     check_user(principal, body.user)
     gateway = gateway_of(request)
     await gateway.limiter.admit_tokens(principal)
-    await gateway.models.require(body.model, principal)
+    model = await gateway.models.require(body.model, principal)
     passthrough = gateway.config.chat_pipeline == "passthrough"
     turn = chat_turns.turn_input(body, principal, passthrough=passthrough)
+    check_images(model, turn.messages)
     # With an Idempotency-Key every retry names the same turn, so none runs it twice.
     attempt = attempt_of(request.scope)
     turn_id = attempt.request_id if attempt is not None else new_id()
     config = gateway.config
     dispatch = gateway.dispatch
-    run: Turn = (
-        PassThroughTurn(dispatch, principal, turn, turn_id)
-        if passthrough
-        else SagaTurn(dispatch, principal, turn, turn_id)
-    )
     if body.stream:
         stream = ChatStream(
             dispatch,
             gateway.limiter,
             principal,
             turn,
-            run,
-            include_usage=bool(body.stream_options and body.stream_options.include_usage),
+            turn_for(dispatch, principal, turn, turn_id, passthrough),
+            out=OpenAIChunks(
+                turn_id,
+                body.model,
+                include_usage=bool(body.stream_options and body.stream_options.include_usage),
+            ),
             timeout=config.chat_timeout,
             keepalive=config.stream_keepalive,
         )
         await stream.open()
         return SseResponse(stream)
-    if passthrough:
-        result = await passthrough_turn(dispatch, principal, turn, turn_id, config.chat_timeout)
-    else:
-        result = await chat_turns.run(dispatch, principal, turn, turn_id, config.chat_timeout)
+    result = await complete(dispatch, principal, turn, turn_id, config.chat_timeout, passthrough)
     await gateway.limiter.record_tokens(
         principal, result.usage.prompt_tokens + result.usage.completion_tokens
     )

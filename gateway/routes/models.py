@@ -16,6 +16,8 @@ router = APIRouter(tags=["openai"])
 
 
 def _out(m: ModelInfo) -> ModelOut:
+    if m.kind == "embedding":
+        return ModelOut(id=m.id, created=m.created, owned_by=m.owned_by, kind="embedding")
     return ModelOut(id=m.id, created=m.created, owned_by=m.owned_by)
 
 

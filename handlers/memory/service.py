@@ -182,7 +182,8 @@ def build(settings: Settings, config: MemoryConfig | None = None) -> Service:
     async def embed(cmd: MemoryEmbed, env: Envelope) -> MemoryEmbedded:
         into = opened.require()
         if not cmd.texts:
-            raise Invalid("texts must not be empty")
+            # No texts asks only which model embeds here (the gateway lists it in /v1/models).
+            return MemoryEmbedded(model=into.embedder.name, vectors=[])
         if cmd.model and cmd.model != into.embedder.name:
             raise NotFound(
                 f"embedding model {cmd.model!r} is not served here; this memory service "

@@ -49,6 +49,8 @@ class _DeploymentEntry(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
 class _ModelEntry(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     name: str
     deployments: list[_DeploymentEntry]
+    # Every deployment accepts images in user messages; otherwise a message with one is refused.
+    images: bool = False
 
 
 class _ModelFile(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -87,6 +89,8 @@ class ModelList:
     deployments: dict[str, list[Deployment]]
     # Public name -> environment variables its unusable deployments are missing.
     missing: dict[str, list[str]]
+    # Public names whose deployments accept images.
+    with_images: frozenset[str] = frozenset()
 
     def available_models(self) -> list[str]:
         return [name for name, found in self.deployments.items() if found]
@@ -124,6 +128,7 @@ def parse_models(text: str | bytes, env: Mapping[str, str]) -> ModelList:
         raise ValueError(f"invalid model list: {exc}") from exc
     deployments: dict[str, list[Deployment]] = {}
     missing: dict[str, list[str]] = {}
+    with_images = frozenset(entry.name for entry in parsed.models if entry.images)
     for entry in parsed.models:
         usable = deployments.setdefault(entry.name, [])
         for spec in entry.deployments:
@@ -132,7 +137,7 @@ def parse_models(text: str | bytes, env: Mapping[str, str]) -> ModelList:
                 missing.setdefault(entry.name, []).extend(needs)
             else:
                 usable.append(_resolve(spec, env, parsed.routing))
-    return ModelList(parsed.routing, deployments, missing)
+    return ModelList(parsed.routing, deployments, missing, with_images)
 
 
 def load_models(path: Path, env: Mapping[str, str]) -> ModelList:

@@ -43,6 +43,8 @@ class Router:
 
     async def complete(self, request: SlmComplete, on_delta: OnDelta | None = None) -> SlmCompleted:
         deployments = self.models.deployments_for(request.model)
+        if request.model not in self.models.with_images and any(m.images for m in request.messages):
+            raise Rejected(f"invalid: the model {request.model} does not accept images")
         policy = self.models.routing
         sink = DeltaSink(on_delta) if on_delta is not None else None
         started = time.perf_counter()
@@ -90,6 +92,7 @@ class Router:
                     cost_usd=deployment.cost(result.usage),
                     latency_ms=(time.perf_counter() - started) * 1000,
                     key_id=request.key_id,
+                    stop_sequence=result.stop_sequence,
                 )
                 model_usage(
                     completed.model,

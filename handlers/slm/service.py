@@ -40,6 +40,7 @@ def model_infos(models: ModelList, created: int) -> list[ModelInfo]:
             id=name,
             created=created,
             providers=list(dict.fromkeys(d.provider for d in models.deployments[name])),
+            images=name in models.with_images,
         )
         for name in models.available_models()
     ]

@@ -243,6 +243,9 @@ def ask_model(run: Turn, recalled: MemoryRecalled | CommandFailed | None = None)
             messages=messages,
             tools=[*i.tools, *_platform_tools(run)],
             tool_choice=i.tool_choice if run.data.get("rounds", 0) == 0 else None,
+            parallel_tool_calls=i.parallel_tool_calls,
+            logprobs=i.logprobs,
+            top_logprobs=i.top_logprobs,
             temperature=i.temperature,
             max_tokens=i.max_tokens,
             stop=i.stop,
@@ -282,6 +285,7 @@ def model_answered(run: Turn, done: SlmCompleted) -> Action:
         return Continue(then=next_tool)
     run.data["answer"] = msgspec.to_builtins(done.message)
     run.data["finish_reason"] = done.finish_reason
+    run.data["stop_sequence"] = done.stop_sequence
     if not run.input.use_policy:
         return _answered(run)
     return Call(
@@ -418,5 +422,6 @@ def _reply(run: Turn, message: ChatMessage, finish_reason: str) -> Complete:
             usage=_usage(run),
             cost_usd=run.data.get("cost_usd", 0.0),
             constitution=run.data.get("constitution"),
+            stop_sequence=run.data.get("stop_sequence"),
         )
     )

@@ -22,6 +22,8 @@ class Completion:
     message: ChatMessage
     finish_reason: str
     usage: Usage
+    # The ``stop`` sequence that ended the text, when the provider reports it.
+    stop_sequence: str | None = None
 
 
 class ProviderError(Exception):

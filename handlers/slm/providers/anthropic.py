@@ -100,6 +100,8 @@ def request_params(request: SlmComplete, deployment: Deployment) -> dict[str, An
             for tool in request.tools
         ]
         choice = map_tool_choice(request.tool_choice)
+        if request.parallel_tool_calls is False and (choice or {}).get("type") != "none":
+            choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}
         if choice is not None:
             params["tool_choice"] = choice
     if request.stop:
@@ -141,7 +143,7 @@ def _blocks(message: ChatMessage) -> list[dict[str, Any]]:
                 "content": message.content or "",
             }
         ]
-    blocks: list[dict[str, Any]] = []
+    blocks: list[dict[str, Any]] = [_image(image.url) for image in message.images or []]
     if message.content:
         blocks.append({"type": "text", "text": message.content})
     for call in message.tool_calls or []:
@@ -149,6 +151,16 @@ def _blocks(message: ChatMessage) -> list[dict[str, Any]]:
             {"type": "tool_use", "id": call.id, "name": call.name, "input": _arguments(call)}
         )
     return blocks
+
+
+def _image(url: str) -> dict[str, Any]:
+    """An https URL as a url source, a ``data:<type>;base64,<bytes>`` URL as a base64 one."""
+    if url.startswith("data:"):
+        head, _, data = url.partition(",")
+        media_type = head.removeprefix("data:").split(";")[0]
+        source = {"type": "base64", "media_type": media_type, "data": data}
+        return {"type": "image", "source": source}
+    return {"type": "image", "source": {"type": "url", "url": url}}
 
 
 def _arguments(call: ToolCall) -> dict[str, Any]:
@@ -185,7 +197,8 @@ def completion_from_message(response: Message) -> Completion:
             calls.append(ToolCall(id=block.id, name=block.name, arguments=json.dumps(block.input)))
     message = ChatMessage(role="assistant", content="".join(text) or None, tool_calls=calls or None)
     usage = _usage(response.usage.input_tokens, response.usage, response.usage.output_tokens)
-    return Completion(message, STOP_REASONS.get(response.stop_reason or "", "stop"), usage)
+    finish_reason = STOP_REASONS.get(response.stop_reason or "", "stop")
+    return Completion(message, finish_reason, usage, response.stop_sequence)
 
 
 def _usage(input_tokens: int | None, cache: Any, output_tokens: int) -> Usage:
@@ -205,6 +218,7 @@ async def read_stream(stream: Any, sink: DeltaSink) -> Completion:
     start_usage: Any = None
     output_tokens = 0
     stop_reason = "end_turn"
+    stop_sequence: str | None = None
     async for event in stream:
         if event.type == "message_start":
             start_usage = event.message.usage
@@ -225,10 +239,11 @@ async def read_stream(stream: Any, sink: DeltaSink) -> Completion:
             await sink.tool_call(call)
         elif event.type == "message_delta":
             stop_reason = event.delta.stop_reason or stop_reason
+            stop_sequence = event.delta.stop_sequence or stop_sequence
             output_tokens = event.usage.output_tokens
             if event.usage.input_tokens is not None:
                 start_usage = event.usage
     message = ChatMessage(role="assistant", content="".join(text) or None, tool_calls=calls or None)
     input_tokens = getattr(start_usage, "input_tokens", None)
     usage = _usage(input_tokens, start_usage, output_tokens)
-    return Completion(message, STOP_REASONS.get(stop_reason, "stop"), usage)
+    return Completion(message, STOP_REASONS.get(stop_reason, "stop"), usage, stop_sequence)

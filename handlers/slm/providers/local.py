@@ -3,8 +3,10 @@
 It is not a language model. It assembles its reply from the request (the prompt, the context
 given as system messages such as recalled memories, and tool results) so every path of the
 platform, streaming and the tool loop included, can run offline. It calls a tool when
-``tool_choice`` requires one or the user names an offered tool, with arguments built from the
-tool's JSON schema; once a tool result is the last message it answers with that result.
+``tool_choice`` requires one, when the user names an offered tool (or the telling words of its
+name: "weather" for ``get_weather``) or asks to use a tool, with arguments built from the tool's
+JSON schema; once a tool result is the last message it answers with that result. It honours
+``stop`` and ``max_tokens`` as a model does, so clients can see and test both offline.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class LocalProvider:
         self, request: SlmComplete, deployment: Deployment, sink: DeltaSink | None
     ) -> Completion:
         tool = tool_to_call(request)
+        stop_sequence = None
         if tool is not None:
             prompt = last_user_text(request.messages)
             arguments = value_for(tool.parameters, prompt, f"{tool.name} {tool.description}")
@@ -51,7 +54,7 @@ class LocalProvider:
             if sink is not None:
                 await sink.tool_call(call)
         else:
-            content, finish_reason = reply_for(request)
+            content, finish_reason, stop_sequence = reply_for(request)
             message = ChatMessage(role="assistant", content=content)
             if sink is not None:
                 for piece in pieces(content):
@@ -61,7 +64,7 @@ class LocalProvider:
             prompt_tokens=tokens.prompt_tokens(request.messages, request.tools),
             completion_tokens=tokens.output_tokens(message),
         )
-        return Completion(message, finish_reason, usage)
+        return Completion(message, finish_reason, usage, stop_sequence)
 
     async def aclose(self) -> None:
         return None
@@ -84,6 +87,10 @@ def tool_to_call(request: SlmComplete) -> ToolSpec | None:
         return named
     prompt = last_user_text(request.messages).lower()
     mentioned = next((tool for tool in request.tools if _names(prompt, tool.name)), None)
+    if mentioned is None:
+        mentioned = next((tool for tool in request.tools if _words_of(prompt, tool.name)), None)
+    if mentioned is None and _asks_for_a_tool(prompt):
+        mentioned = request.tools[0]
     if choice == "required":
         return mentioned or request.tools[0]
     return mentioned
@@ -92,6 +99,22 @@ def tool_to_call(request: SlmComplete) -> ToolSpec | None:
 def _names(prompt: str, tool_name: str) -> bool:
     spellings = {tool_name.lower(), re.sub(r"[_\-.]+", " ", tool_name.lower())}
     return any(re.search(rf"(?<!\w){re.escape(s)}(?!\w)", prompt) for s in spellings if s)
+
+
+# Words of a tool's name that say what it does no more than "tool" does.
+_GENERIC = frozenset({"get", "set", "fetch", "find", "run", "call", "do", "make", "tool", "api"})
+
+
+def _words_of(prompt: str, tool_name: str) -> bool:
+    """The prompt uses every telling word of the tool's name: "weather" for ``get_weather``."""
+    parts = re.split(r"[_\-.\s]+|(?<=[a-z])(?=[A-Z])", tool_name)
+    words = [w.lower() for w in parts if len(w) > 2 and w.lower() not in _GENERIC]
+    return bool(words) and all(re.search(rf"(?<!\w){re.escape(w)}", prompt) for w in words)
+
+
+def _asks_for_a_tool(prompt: str) -> bool:
+    """The prompt asks for a tool without naming one: "use a tool", "with the tools"."""
+    return re.search(r"\b(use|call|with|using)\b[\w\s]{0,12}\btools?\b", prompt) is not None
 
 
 def last_user_text(messages: list[ChatMessage]) -> str:
@@ -110,15 +133,21 @@ def call_id(request: SlmComplete, tool: ToolSpec) -> str:
     return f"call_{digest.hexdigest()[:24]}"
 
 
-def reply_for(request: SlmComplete) -> tuple[str, str]:
-    text = _cut_at_stop(_compose(request.messages), request.stop or [])
+def reply_for(request: SlmComplete) -> tuple[str, str, str | None]:
+    """The reply text, its finish reason and the stop sequence that ended it, if one did.
+
+    As a real model: the text ends just before the first stop sequence (the sequence itself is
+    not part of it), and a reply longer than ``max_tokens`` is cut to that many tokens and ends
+    with ``length``: its label goes first, so a reply of a few tokens still says what wrote it.
+    """
+    prompt = last_user_text(request.messages)
+    text = _formatted(_compose(request.messages), request.response_format, prompt)
+    text, stop_sequence = _cut_at_stop(text, request.stop or [])
     finish_reason = "stop"
     if request.max_tokens is not None and tokens.text_tokens(text) > request.max_tokens:
-        # The notice stays whole so a truncated reply still says what produced it.
-        keep = max(len(NOTICE), request.max_tokens * tokens.CHARS_PER_TOKEN)
-        text, finish_reason = text[:keep], "length"
-    prompt = last_user_text(request.messages)
-    return _formatted(text, request.response_format, prompt), finish_reason
+        text = text[: request.max_tokens * tokens.CHARS_PER_TOKEN]
+        finish_reason, stop_sequence = "length", None
+    return text, finish_reason, stop_sequence
 
 
 def _compose(messages: list[ChatMessage]) -> str:
@@ -151,10 +180,13 @@ def _shorten(text: str) -> str:
     return flat if len(flat) <= CONTEXT_CHARS else flat[: CONTEXT_CHARS - 1] + "…"
 
 
-def _cut_at_stop(text: str, stop: list[str]) -> str:
-    body = text[len(NOTICE) :]
-    cuts = [body.find(s) for s in stop if s and s in body]
-    return NOTICE + body[: min(cuts)] if cuts else text
+def _cut_at_stop(text: str, stop: list[str]) -> tuple[str, str | None]:
+    """The text up to the earliest stop sequence in it, and that sequence."""
+    cuts = [(text.find(s), s) for s in stop if s and s in text]
+    if not cuts:
+        return text, None
+    at, sequence = min(cuts)
+    return text[:at], sequence
 
 
 def _formatted(text: str, response_format: dict[str, Any] | None, prompt: str) -> str:

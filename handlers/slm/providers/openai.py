@@ -93,6 +93,8 @@ def request_params(request: SlmComplete, deployment: Deployment) -> dict[str, An
         ]
         if request.tool_choice is not None:
             params["tool_choice"] = request.tool_choice
+        if request.parallel_tool_calls is not None:
+            params["parallel_tool_calls"] = request.parallel_tool_calls
     max_tokens = request.max_tokens or deployment.max_output_tokens
     if max_tokens is not None:
         # OpenAI itself wants max_completion_tokens (its reasoning models refuse max_tokens);
@@ -105,6 +107,8 @@ def request_params(request: SlmComplete, deployment: Deployment) -> dict[str, An
         "seed": request.seed,
         "response_format": request.response_format,
         "user": request.user,
+        "logprobs": request.logprobs,
+        "top_logprobs": request.top_logprobs,
     }
     params.update({name: value for name, value in optional.items() if value is not None})
     return params
@@ -112,6 +116,16 @@ def request_params(request: SlmComplete, deployment: Deployment) -> dict[str, An
 
 def _message_param(message: ChatMessage) -> dict[str, Any]:
     param: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.images:
+        parts: list[dict[str, Any]] = []
+        if message.content:
+            parts.append({"type": "text", "text": message.content})
+        for image in message.images:
+            url: dict[str, Any] = {"url": image.url}
+            if image.detail:
+                url["detail"] = image.detail
+            parts.append({"type": "image_url", "image_url": url})
+        param["content"] = parts
     if message.name:
         param["name"] = message.name
     if message.tool_call_id:

@@ -1,0 +1,150 @@
+"""Request and response bodies of the Anthropic Messages routes (``/v1/messages``), as pydantic
+models for validation and the OpenAPI document.
+
+Content blocks are one model with the fields of every block type rather than a union per type:
+a block of a type Soma does not carry is then refused by ``gateway.anthropic_turns`` with a
+message naming it, instead of a union's list of every type it failed to match.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ImageSource(_Body):
+    """``base64`` with ``media_type`` and ``data``, or ``url`` with ``url``."""
+
+    type: Literal["base64", "url"]
+    media_type: str | None = None
+    data: str | None = None
+    url: str | None = None
+
+
+class ContentBlock(_Body):
+    """One block of a message: ``text``, ``image``, ``tool_use`` or ``tool_result``."""
+
+    type: str
+    text: str | None = None
+    source: ImageSource | None = None
+    id: str | None = None
+    name: str | None = None
+    input: dict[str, Any] | None = None
+    tool_use_id: str | None = None
+    content: str | list[ContentBlock] | None = None
+    is_error: bool | None = None
+
+
+class MessageParam(_Body):
+    role: Literal["user", "assistant"]
+    content: str | list[ContentBlock]
+
+
+class TextBlockParam(_Body):
+    type: Literal["text"] = "text"
+    text: str
+
+
+class ToolParam(_Body):
+    """A client tool. Anthropic's server tools (with a versioned ``type``) are not offered."""
+
+    type: str | None = None
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    input_schema: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolChoice(_Body):
+    type: Literal["auto", "any", "tool", "none"]
+    name: str | None = None
+    disable_parallel_tool_use: bool | None = None
+
+
+class Metadata(_Body):
+    user_id: str | None = Field(default=None, max_length=256)
+
+
+class MessagesRequest(_Body):
+    model: str = Field(min_length=1)
+    messages: list[MessageParam] = Field(min_length=1)
+    max_tokens: int = Field(ge=1)
+    system: str | list[TextBlockParam] | None = None
+    stop_sequences: list[str] | None = None
+    temperature: float | None = Field(default=None, ge=0, le=1)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    top_k: int | None = Field(default=None, ge=0)
+    tools: list[ToolParam] | None = Field(default=None, max_length=128)
+    tool_choice: ToolChoice | None = None
+    metadata: Metadata | None = None
+    stream: bool = False
+    # Soma extensions, as on chat completions: a conversation id for memory, and whether to
+    # use memory at all.
+    session: str | None = Field(default=None, max_length=200)
+    use_memory: bool = True
+
+
+class CountTokensRequest(_Body):
+    """What ``/v1/messages/count_tokens`` counts: a message request without ``max_tokens``."""
+
+    model: str = Field(min_length=1)
+    messages: list[MessageParam] = Field(min_length=1)
+    system: str | list[TextBlockParam] | None = None
+    tools: list[ToolParam] | None = Field(default=None, max_length=128)
+    tool_choice: ToolChoice | None = None
+
+
+class TokenCount(BaseModel):
+    input_tokens: int
+
+
+class ResponseBlock(BaseModel):
+    type: Literal["text", "tool_use"]
+    text: str | None = None
+    id: str | None = None
+    name: str | None = None
+    input: dict[str, Any] | None = None
+
+
+class MessageUsage(BaseModel):
+    input_tokens: int
+    output_tokens: int
+
+
+class MessageOut(BaseModel):
+    id: str
+    type: Literal["message"] = "message"
+    role: Literal["assistant"] = "assistant"
+    model: str
+    content: list[ResponseBlock]
+    stop_reason: Literal["end_turn", "max_tokens", "stop_sequence", "tool_use", "refusal"] | None
+    stop_sequence: str | None = None
+    usage: MessageUsage
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    type: Literal["error"] = "error"
+    error: ErrorDetail
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in (
+        (400, "invalid_request_error"),
+        (401, "authentication_error"),
+        (403, "permission_error"),
+        (404, "not_found_error: an unknown model, or one you may not use"),
+        (413, "request_too_large"),
+        (429, "rate_limit_error; see retry-after"),
+        (503, "overloaded_error: a backend service did not answer"),
+    )
+}
