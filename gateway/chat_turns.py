@@ -60,7 +60,7 @@ def _content(content: Any, index: int) -> tuple[str | None, list[ImagePart] | No
             texts.append(part.text)
         elif part.type == "image_url" and part.image_url is not None:
             param = f"messages[{index}].content[{j}].image_url.url"
-            images.append(image_part(part.image_url.url, param, part.image_url.detail))
+            images.append(image_part(part.image_url.url or "", param, part.image_url.detail))
         else:
             raise ApiError(
                 400,

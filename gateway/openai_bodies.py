@@ -16,7 +16,8 @@ class _Body(BaseModel):
 
 
 class ImageUrl(_Body):
-    url: str
+    # Optional here so a part without it is refused naming the part (gateway.chat_turns).
+    url: str | None = None
     detail: Literal["auto", "low", "high"] | None = None
 
 

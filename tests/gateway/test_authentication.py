@@ -209,3 +209,20 @@ async def test_the_jwks_route_publishes_the_public_keys_only(
     assert key["kid"] == world.identity.kid
     assert key["kty"] == "OKP" and key["crv"] == "Ed25519"
     assert "d" not in key
+
+
+async def test_an_api_key_in_x_api_key_authenticates_as_anthropics_clients_send_it(
+    http: httpx.AsyncClient, world: World
+) -> None:
+    key, _ = world.identity.api_key("acme", ["member"])
+    assert (await http.get("/v1/models", headers={"x-api-key": key})).status_code == 200
+    stranger = {"x-api-key": "sk-soma-0000000000000000-nope"}
+    assert (await http.get("/v1/models", headers=stranger)).status_code == 401
+
+
+async def test_authorization_is_read_before_x_api_key(
+    http: httpx.AsyncClient, world: World
+) -> None:
+    key, _ = world.identity.api_key("acme", ["member"])
+    headers = {**auth("sk-soma-0000000000000000-nope"), "x-api-key": key}
+    assert (await http.get("/v1/models", headers=headers)).status_code == 401

@@ -91,14 +91,35 @@ async def test_a_tool_message_without_its_call_id_is_400(
     assert response.json()["error"]["param"] == "messages[0].tool_call_id"
 
 
-async def test_image_content_is_refused_naming_the_message(
+async def test_an_image_without_a_url_is_refused_naming_the_part(
     http: httpx.AsyncClient, headers: dict
 ) -> None:
     content = [{"type": "text", "text": "what is this"}, {"type": "image_url", "image_url": {}}]
     body = {"model": "soma-test", "messages": [{"role": "user", "content": content}]}
     response = await http.post("/v1/chat/completions", headers=headers, json=body)
     assert response.status_code == 400
-    assert response.json()["error"]["param"] == "messages[0].content"
+    assert response.json()["error"]["param"] == "messages[0].content[1].image_url.url"
+
+
+async def test_an_image_that_is_neither_https_nor_data_is_refused(
+    http: httpx.AsyncClient, headers: dict
+) -> None:
+    image = {"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}
+    body = {"model": "soma-test", "messages": [{"role": "user", "content": [image]}]}
+    response = await http.post("/v1/chat/completions", headers=headers, json=body)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_image_url"
+
+
+async def test_an_image_to_a_model_without_images_is_refused_naming_the_model(
+    http: httpx.AsyncClient, headers: dict
+) -> None:
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+    body = {"model": "soma-test", "messages": [{"role": "user", "content": [image]}]}
+    response = await http.post("/v1/chat/completions", headers=headers, json=body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "images_not_supported" and "soma-test" in error["message"]
 
 
 async def test_text_content_parts_are_joined(http: httpx.AsyncClient, headers: dict) -> None:

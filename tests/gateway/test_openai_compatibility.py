@@ -117,9 +117,16 @@ async def test_a_streamed_tool_call_arrives_as_tool_call_deltas(
 
 async def test_models_lists_what_the_slm_service_routes(openai_client: AsyncOpenAI) -> None:
     models = [m.id async for m in openai_client.models.list()]
-    assert models == ["soma-broken", "soma-test"]
+    assert models == ["soma-broken", "soma-embed", "soma-test"]
     model = await openai_client.models.retrieve("soma-test")
     assert model.id == "soma-test" and model.object == "model"
+
+
+async def test_models_list_the_embedding_model_as_such(openai_client: AsyncOpenAI) -> None:
+    kinds = {m.id: (m.model_extra or {}).get("kind") async for m in openai_client.models.list()}
+    assert kinds == {"soma-broken": "chat", "soma-embed": "embedding", "soma-test": "chat"}
+    listed = await openai_client.embeddings.create(model="soma-embed", input="a text")
+    assert listed.model == "soma-embed"
 
 
 async def test_a_key_limited_to_some_models_sees_only_those(gateway_url: str, world: World) -> None:

@@ -202,3 +202,47 @@ async def test_a_json_object_response_format_returns_json(local):
     done = await local.complete(ask(user("hi"), response_format={"type": "json_object"}))
 
     assert json.loads(done.message.content)["reply"].startswith(MARKER)
+
+
+async def test_the_text_ends_before_the_first_stop_sequence_and_names_it(local):
+    done = await local.complete(ask(user("Tell me more"), stop=["Tell", "asked"]))
+
+    assert done.finish_reason == "stop"
+    assert done.stop_sequence == "asked"
+    assert done.message.content.startswith(MARKER)
+    assert "asked" not in done.message.content and "Tell" not in done.message.content
+
+
+async def test_a_stop_sequence_in_the_label_cuts_there_too(local):
+    done = await local.complete(ask(user("hi"), stop=["local"]))
+
+    assert done.message.content == "[soma "
+    assert done.stop_sequence == "local"
+
+
+@pytest.mark.parametrize("max_tokens", [1, 3, 10, 40])
+async def test_never_more_completion_tokens_than_max_tokens_then_length(local, max_tokens):
+    done = await local.complete(ask(user("word " * 200), max_tokens=max_tokens))
+
+    assert done.finish_reason == "length"
+    assert done.stop_sequence is None
+    assert 0 < done.usage.completion_tokens <= max_tokens
+
+
+async def test_a_tool_is_called_when_the_prompt_uses_the_telling_words_of_its_name(local):
+    weather = ToolSpec(
+        name="get_weather",
+        description="The weather in a city",
+        parameters={"type": "object", "properties": {"city": {"type": "string"}}},
+    )
+
+    done = await local.complete(ask(user("What is the weather in Paris?"), tools=[weather]))
+
+    assert [call.name for call in done.message.tool_calls or []] == ["get_weather"]
+    assert done.finish_reason == "tool_calls"
+
+
+async def test_a_tool_is_called_when_the_prompt_asks_for_one_unnamed(local):
+    done = await local.complete(ask(user("Please use a tool for this"), tools=[SEARCH]))
+
+    assert [call.name for call in done.message.tool_calls or []] == ["web_search"]
