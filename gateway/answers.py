@@ -40,7 +40,7 @@ class ChoiceOut(msgspec.Struct, kw_only=True):
     index: int = 0
     message: MessageOut
     finish_reason: str
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
 
 
 class UsageOut(msgspec.Struct, kw_only=True):
@@ -64,7 +64,7 @@ class CompletionOut(msgspec.Struct, kw_only=True):
 class ChunkChoiceOut(msgspec.Struct, kw_only=True):
     index: int = 0
     delta: dict[str, Any]
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
     finish_reason: str | None = None
 
 
@@ -114,7 +114,9 @@ def completion(result: ChatTurnResult, turn_id: str, model: str) -> CompletionOu
         id=completion_id(turn_id),
         created=int(time.time()),
         model=result.model or model,
-        choices=[ChoiceOut(message=message, finish_reason=result.finish_reason)],
+        choices=[
+            ChoiceOut(message=message, finish_reason=result.finish_reason, logprobs=result.logprobs)
+        ],
         usage=usage_out(result),
         constitution=result.constitution or msgspec.UNSET,
     )
@@ -138,13 +140,16 @@ class Chunks:
         delta: dict[str, Any],
         finish_reason: str | None = None,
         constitution: str | None = None,
+        logprobs: dict[str, Any] | None = None,
     ) -> bytes:
         return sse(
             ChunkOut(
                 id=self._id,
                 created=self._created,
                 model=self._model,
-                choices=[ChunkChoiceOut(delta=delta, finish_reason=finish_reason)],
+                choices=[
+                    ChunkChoiceOut(delta=delta, finish_reason=finish_reason, logprobs=logprobs)
+                ],
                 usage=self._usage,
                 constitution=constitution or msgspec.UNSET,
             )

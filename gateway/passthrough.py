@@ -82,6 +82,7 @@ def result_of(done: SlmCompleted) -> ChatTurnResult:
         usage=done.usage,
         cost_usd=done.cost_usd,
         stop_sequence=done.stop_sequence,
+        logprobs=done.logprobs,
     )
 
 

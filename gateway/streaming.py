@@ -83,7 +83,10 @@ class OpenAIChunks:
         return [self._out.tool_call(index, call)]
 
     def ending(self, result: ChatTurnResult) -> list[bytes]:
-        out = [self._out.delta({}, result.finish_reason, result.constitution)]
+        # Token deltas carry no log probabilities; the last chunk carries the answer's.
+        out = [
+            self._out.delta({}, result.finish_reason, result.constitution, logprobs=result.logprobs)
+        ]
         if self._include_usage:
             out.append(self._out.usage(result))
         out.append(DONE)

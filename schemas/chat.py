@@ -62,3 +62,5 @@ class ChatTurnResult(Extensible):
     constitution: str | None = None
     # Which ``stop`` sequence ended the answer, when the model's provider says so.
     stop_sequence: str | None = None
+    # The answer's token log probabilities (OpenAI's ``logprobs`` object), when asked for.
+    logprobs: dict[str, Any] | None = None

@@ -74,6 +74,9 @@ class SlmCompleted(Message):
     key_id: str | None = None
     # Which of the request's ``stop`` sequences ended the text, when the provider says so.
     stop_sequence: str | None = None
+    # The tokens' log probabilities in OpenAI's shape (``{"content": [...]}``), when asked for
+    # and the provider reports them.
+    logprobs: dict[str, Any] | None = None
 
 
 class SlmDelta(Message):

@@ -93,6 +93,7 @@ class Router:
                     latency_ms=(time.perf_counter() - started) * 1000,
                     key_id=request.key_id,
                     stop_sequence=result.stop_sequence,
+                    logprobs=result.logprobs,
                 )
                 model_usage(
                     completed.model,

@@ -286,6 +286,7 @@ def model_answered(run: Turn, done: SlmCompleted) -> Action:
     run.data["answer"] = msgspec.to_builtins(done.message)
     run.data["finish_reason"] = done.finish_reason
     run.data["stop_sequence"] = done.stop_sequence
+    run.data["logprobs"] = done.logprobs
     if not run.input.use_policy:
         return _answered(run)
     return Call(
@@ -423,5 +424,6 @@ def _reply(run: Turn, message: ChatMessage, finish_reason: str) -> Complete:
             cost_usd=run.data.get("cost_usd", 0.0),
             constitution=run.data.get("constitution"),
             stop_sequence=run.data.get("stop_sequence"),
+            logprobs=run.data.get("logprobs"),
         )
     )

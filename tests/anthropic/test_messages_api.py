@@ -384,7 +384,7 @@ async def test_more_than_one_choice_is_refused_with_a_clear_400(hub: Hub) -> Non
 async def test_logprobs_and_a_json_schema_are_passed_to_an_openai_provider(hub: Hub) -> None:
     hub.upstreams.openai.then(Reply(text='{"answer": 42}'))
     schema = {"name": "answer", "schema": {"type": "object"}, "strict": True}
-    await hub.openai().chat.completions.create(
+    reply = await hub.openai().chat.completions.create(
         model=OPENAI_MODEL,
         messages=[{"role": "user", "content": "Answer in JSON"}],
         logprobs=True,
@@ -395,5 +395,30 @@ async def test_logprobs_and_a_json_schema_are_passed_to_an_openai_provider(hub: 
     )
     [sent] = hub.upstreams.openai.requests
     assert sent["logprobs"] is True and sent["top_logprobs"] == 2
+    scored = reply.choices[0].logprobs
+    assert scored is not None and scored.content is not None
+    assert "".join(t.token for t in scored.content) == '{"answer": 42}'
     assert sent["parallel_tool_calls"] is False
     assert sent["response_format"] == {"type": "json_schema", "json_schema": schema}
+
+
+async def test_a_streamed_answer_ends_with_its_logprobs(hub: Hub) -> None:
+    hub.upstreams.openai.then(Reply(text="Scored word by word."))
+    stream = await hub.openai().chat.completions.create(
+        model=OPENAI_MODEL,
+        messages=[{"role": "user", "content": "Score it"}],
+        logprobs=True,
+        stream=True,
+    )
+    chunks = [chunk async for chunk in stream]
+    last = chunks[-1].choices[0]
+    assert last.finish_reason == "stop"
+    assert last.logprobs is not None and last.logprobs.content is not None
+    assert "".join(t.token for t in last.logprobs.content) == "Scored word by word."
+
+
+async def test_top_logprobs_without_logprobs_is_a_400(hub: Hub) -> None:
+    with pytest.raises(openai.BadRequestError, match="top_logprobs"):
+        await hub.openai().chat.completions.create(
+            model=LOCAL, messages=[{"role": "user", "content": "x"}], top_logprobs=2
+        )

@@ -35,9 +35,9 @@ def openai_app(script: Script) -> Starlette:
             await asyncio.sleep(step.delay)
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            events = _chunks(step, body["model"], include_usage)
+            events = _chunks(step, body["model"], include_usage, bool(body.get("logprobs")))
             return StreamingResponse(events, media_type="text/event-stream")
-        return JSONResponse(_completion(step, body["model"]))
+        return JSONResponse(_completion(step, body["model"], bool(body.get("logprobs"))))
 
     return Starlette(routes=[Route("/v1/chat/completions", chat_completions, methods=["POST"])])
 
@@ -54,7 +54,12 @@ def _usage(reply: Reply) -> dict[str, int]:
     }
 
 
-def _completion(reply: Reply, model: str) -> dict[str, Any]:
+def token_logprob(piece: str) -> dict[str, Any]:
+    """What the fake reports for one piece of text when asked for logprobs."""
+    return {"token": piece, "logprob": -0.25, "bytes": list(piece.encode()), "top_logprobs": []}
+
+
+def _completion(reply: Reply, model: str, logprobs: bool = False) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": reply.text or None, "refusal": None}
     if reply.tool_calls:
         message["tool_calls"] = [
@@ -74,7 +79,9 @@ def _completion(reply: Reply, model: str) -> dict[str, Any]:
             {
                 "index": 0,
                 "message": message,
-                "logprobs": None,
+                "logprobs": {"content": [token_logprob(p) for p in pieces(reply.text)]}
+                if logprobs
+                else None,
                 "finish_reason": _finish_reason(reply),
             }
         ],
@@ -82,9 +89,13 @@ def _completion(reply: Reply, model: str) -> dict[str, Any]:
     }
 
 
-async def _chunks(reply: Reply, model: str, include_usage: bool) -> AsyncIterator[str]:
+async def _chunks(
+    reply: Reply, model: str, include_usage: bool, logprobs: bool = False
+) -> AsyncIterator[str]:
     def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        piece = delta.get("content")
+        scored = {"content": [token_logprob(piece)]} if logprobs and piece else None
+        choice = {"index": 0, "delta": delta, "logprobs": scored, "finish_reason": finish}
         return _data(_chunk_envelope(model, [choice]))
 
     yield chunk({"role": "assistant", "content": ""})

@@ -7,7 +7,7 @@ fallbacks from two facts only: may this be retried, and how long did the provide
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from handlers.slm.deltas import DeltaSink
 from handlers.slm.models import Deployment
@@ -24,6 +24,8 @@ class Completion:
     usage: Usage
     # The ``stop`` sequence that ended the text, when the provider reports it.
     stop_sequence: str | None = None
+    # OpenAI's ``logprobs`` object of the answer, from providers that report it.
+    logprobs: dict[str, Any] | None = None
 
 
 class ProviderError(Exception):

@@ -160,7 +160,8 @@ def completion_from_response(response: ChatCompletion) -> Completion:
         prompt_tokens=response.usage.prompt_tokens if response.usage else 0,
         completion_tokens=response.usage.completion_tokens if response.usage else 0,
     )
-    return Completion(message, choice.finish_reason or "stop", usage)
+    logprobs = choice.logprobs.model_dump() if choice.logprobs else None
+    return Completion(message, choice.finish_reason or "stop", usage, logprobs=logprobs)
 
 
 @dataclass
@@ -181,6 +182,7 @@ async def read_stream(stream: Any, request: SlmComplete, sink: DeltaSink) -> Com
     calls: dict[int, _PartialCall] = {}
     finish_reason = "stop"
     usage: Usage | None = None
+    scored: list[dict[str, Any]] | None = None
     async for chunk in stream:
         chunk = cast(ChatCompletionChunk, chunk)
         if chunk.usage is not None:
@@ -194,6 +196,8 @@ async def read_stream(stream: Any, request: SlmComplete, sink: DeltaSink) -> Com
             if choice.delta.content:
                 text.append(choice.delta.content)
                 await sink.content(choice.delta.content)
+            if choice.logprobs is not None and choice.logprobs.content:
+                scored = (scored or []) + [t.model_dump() for t in choice.logprobs.content]
             for fragment in choice.delta.tool_calls or []:
                 if fragment.index not in calls:
                     # Calls arrive one after another: a new index means the earlier ones are whole.
@@ -216,7 +220,8 @@ async def read_stream(stream: Any, request: SlmComplete, sink: DeltaSink) -> Com
             prompt_tokens=tokens.prompt_tokens(request.messages, request.tools),
             completion_tokens=tokens.output_tokens(message),
         )
-    return Completion(message, finish_reason, usage)
+    logprobs = {"content": scored} if scored is not None else None
+    return Completion(message, finish_reason, usage, logprobs=logprobs)
 
 
 async def _send_complete(calls: dict[int, _PartialCall], sink: DeltaSink) -> None:
