@@ -422,3 +422,21 @@ async def test_top_logprobs_without_logprobs_is_a_400(hub: Hub) -> None:
         await hub.openai().chat.completions.create(
             model=LOCAL, messages=[{"role": "user", "content": "x"}], top_logprobs=2
         )
+
+
+async def test_metadata_naming_another_user_is_the_sdks_permission_error(hub: Hub) -> None:
+    with pytest.raises(anthropic.PermissionDeniedError, match=r"metadata\.user_id"):
+        await hub.anthropic().messages.create(
+            model=LOCAL,
+            max_tokens=16,
+            messages=user("x"),
+            metadata={"user_id": "someone-else"},
+        )
+
+
+async def test_a_tool_result_without_its_id_is_refused_naming_the_block(hub: Hub) -> None:
+    messages: list[MessageParam] = [
+        {"role": "user", "content": [{"type": "tool_result", "content": "42"}]}  # type: ignore[list-item, typeddict-item]
+    ]
+    with pytest.raises(anthropic.BadRequestError, match=r"messages\[0\]\.content\[0\]"):
+        await hub.anthropic().messages.create(model=LOCAL, max_tokens=16, messages=messages)
