@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from opentelemetry.trace import SpanKind
 
 from bus import tracing
-from bus.errors import Rejected, Unavailable
+from bus.errors import Invalid, Rejected, Unavailable
 from bus.metrics import model_usage
 from handlers.slm.deltas import DeltaSink, OnDelta
 from handlers.slm.models import Deployment, ModelList, RoutingPolicy
@@ -44,7 +44,7 @@ class Router:
     async def complete(self, request: SlmComplete, on_delta: OnDelta | None = None) -> SlmCompleted:
         deployments = self.models.deployments_for(request.model)
         if request.model not in self.models.with_images and any(m.images for m in request.messages):
-            raise Rejected(f"invalid: the model {request.model} does not accept images")
+            raise Invalid(f"the model {request.model} does not accept images")
         policy = self.models.routing
         sink = DeltaSink(on_delta) if on_delta is not None else None
         started = time.perf_counter()

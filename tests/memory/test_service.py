@@ -269,3 +269,15 @@ async def test_a_blank_turn_is_rejected(running) -> None:
 async def test_a_recall_asking_for_no_results_is_rejected(running) -> None:
     with pytest.raises(Rejected):
         await running.recall(tenant(), MemoryRecall(query="anything", top_k=0))
+
+
+async def test_an_embed_of_no_texts_names_the_embedding_model_and_embeds_nothing(
+    running,
+) -> None:
+    embed = running.service.routes[MemoryEmbed]
+    at = Envelope(
+        message_id=new_id(), correlation_id=new_id(), tenant=tenant(), schema="memory",
+        actor="gateway", timestamp=1_700_000_000.0,
+    )  # fmt: skip
+    answer = await embed(MemoryEmbed(texts=[]), at)
+    assert (answer.model, answer.vectors) == (HashedNgrams().name, [])
