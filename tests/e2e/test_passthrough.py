@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
+import anthropic
 import httpx
 import msgspec
 import openai
@@ -240,6 +241,29 @@ async def test_an_unknown_model_is_the_sdks_not_found_error(passthrough: Passthr
     with pytest.raises(openai.NotFoundError):
         await passthrough.client().chat.completions.create(model="no-such-model", messages=ask("x"))
     assert passthrough.script.requests == []
+
+
+async def test_a_passthrough_turn_answers_the_anthropic_sdk_streamed_and_not(
+    passthrough: Passthrough,
+) -> None:
+    passthrough.script.then(
+        Reply(text="Messages API, one hop.", prompt_tokens=8, completion_tokens=5),
+        Reply(text="And streamed.", prompt_tokens=9, completion_tokens=3),
+    )
+    client = anthropic.AsyncAnthropic(
+        base_url=passthrough.url, api_key=passthrough.key, max_retries=0, timeout=60
+    )
+    message = await client.messages.create(model=MODEL, max_tokens=32, messages=ask("Hi"))
+    assert [(b.type, getattr(b, "text", None)) for b in message.content] == [
+        ("text", "Messages API, one hop.")
+    ]
+    assert (message.usage.input_tokens, message.usage.output_tokens) == (8, 5)
+    async with client.messages.stream(model=MODEL, max_tokens=32, messages=ask("Hi")) as stream:
+        text = "".join([piece async for piece in stream.text_stream])
+        final = await stream.get_final_message()
+    assert text == "And streamed."
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (9, 3)
+    assert [r["max_tokens"] for r in passthrough.script.requests] == [32, 32]
 
 
 async def test_usage_of_passthrough_turns_is_metered_once_per_turn(
