@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from fastapi import Request, Security
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from gateway.auth import Authenticator, Principal, authorize, credential_header
 from gateway.config import GatewayConfig
@@ -18,6 +18,12 @@ from gateway.model_list import ModelList
 from kernel.settings import Settings
 
 bearer = HTTPBearer(auto_error=False, description="An API key (sk-soma-…) or an access token")
+api_key_header = APIKeyHeader(
+    name="x-api-key",
+    auto_error=False,
+    description="The same credential as Anthropic's clients send it; read when there is no "
+    "Authorization header",
+)
 
 
 @dataclass
@@ -43,6 +49,7 @@ def caller(area: str) -> Callable[..., Awaitable[Principal]]:
     async def resolve(
         request: Request,
         _: HTTPAuthorizationCredentials | None = Security(bearer),
+        __: str | None = Security(api_key_header),
     ) -> Principal:
         gateway = gateway_of(request)
         principal = await gateway.authenticator.authenticate(credential_header(request.headers))
