@@ -84,7 +84,8 @@ def _result_text(block: ContentBlock, param: str) -> str:
     return f"error: {text}" if block.is_error else text
 
 
-def _user_messages(message: MessageParam, index: int) -> list[ChatMessage]:
+def _user_messages(message: MessageParam, index: int, calls: set[str]) -> list[ChatMessage]:
+    """``calls`` are the ids of the tool_use blocks of the assistant turn before this one."""
     if isinstance(message.content, str):
         return [ChatMessage(role="user", content=message.content)]
     results: list[ChatMessage] = []
@@ -99,6 +100,12 @@ def _user_messages(message: MessageParam, index: int) -> list[ChatMessage]:
         elif block.type == "tool_result":
             if not block.tool_use_id:
                 raise _invalid("A tool_result block needs its 'tool_use_id'.", param)
+            if block.tool_use_id not in calls:
+                raise _invalid(
+                    f"tool_use_id '{block.tool_use_id}' answers no tool_use block of the "
+                    "assistant message just before it.",
+                    f"{param}.tool_use_id",
+                )
             results.append(
                 ChatMessage(
                     role="tool",
@@ -148,11 +155,19 @@ def chat_messages(
     text = system_text(system)
     if text:
         out.append(ChatMessage(role="system", content=text))
+    calls: set[str] = set()
     for i, message in enumerate(messages):
+        if not message.content:
+            raise _invalid(
+                "A message needs content: a string or at least one block.", f"messages[{i}].content"
+            )
         if message.role == "assistant":
-            out.append(_assistant_message(message, i))
+            answer = _assistant_message(message, i)
+            calls = {call.id for call in answer.tool_calls or []}
+            out.append(answer)
         else:
-            out.extend(_user_messages(message, i))
+            out.extend(_user_messages(message, i, calls))
+            calls = set()
     return out
 
 

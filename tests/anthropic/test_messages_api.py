@@ -440,3 +440,22 @@ async def test_a_tool_result_without_its_id_is_refused_naming_the_block(hub: Hub
     ]
     with pytest.raises(anthropic.BadRequestError, match=r"messages\[0\]\.content\[0\]"):
         await hub.anthropic().messages.create(model=LOCAL, max_tokens=16, messages=messages)
+
+
+async def test_a_tool_result_answering_no_tool_use_is_refused(hub: Hub) -> None:
+    messages: list[MessageParam] = [
+        {"role": "user", "content": "Compute 6*7"},
+        {"role": "assistant", "content": "I will not call a tool."},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_unknown", "content": "42"},
+        ]},
+    ]  # fmt: skip
+    with pytest.raises(anthropic.BadRequestError, match="toolu_unknown"):
+        await hub.anthropic().messages.create(model=LOCAL, max_tokens=16, messages=messages)
+
+
+async def test_a_message_without_content_is_refused(hub: Hub) -> None:
+    with pytest.raises(anthropic.BadRequestError, match=r"messages\[0\]\.content"):
+        await hub.anthropic().messages.create(
+            model=LOCAL, max_tokens=16, messages=[{"role": "user", "content": []}]
+        )
