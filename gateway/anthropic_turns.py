@@ -194,6 +194,8 @@ def tool_choice(choice: ToolChoice | None, tools: list[ToolSpec]) -> str | dict[
     if choice is None:
         return None
     if choice.type == "any":
+        if not tools:
+            raise _invalid("tool_choice 'any' needs at least one tool in 'tools'.", "tool_choice")
         return "required"
     if choice.type != "tool":
         return choice.type
