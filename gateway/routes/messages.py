@@ -85,7 +85,11 @@ async def create_message(
     if denial is not None:
         raise denial
     answer = anthropic_turns.message_body(result, turn_id, body.model)
-    return Response(json.dumps(answer), media_type="application/json")
+    return Response(
+        json.dumps(answer),
+        media_type="application/json",
+        headers=chat_turns.constitution_headers(result),
+    )
 
 
 @router.post(
