@@ -138,15 +138,23 @@ class SomaFastStream:
         """The process entry point ``soma run`` calls: serve until cancelled."""
         return self.serve(settings, health_port=getattr(settings, "health_port", None))
 
-    async def serve(self, settings: BusSettings, *, health_port: int | None = None) -> None:
-        """Connect to ``settings.nats_url``, check the streams, consume until cancelled."""
+    async def start(self, settings: BusSettings) -> Client:
+        """Connect to ``settings.nats_url``, check the streams, start the subscribers."""
         self.policy = retry_policy(settings)
-        self.ack_wait = settings.ack_wait
         # FastStream takes its servers at construction; the process's settings come later.
         self.broker._connection_kwargs["servers"] = settings.nats_url or "nats://127.0.0.1:4222"
         client: Client = await self.broker.connect()
         await provision(client.jetstream(), settings)
         await self.broker.start()
+        return client
+
+    async def stop(self) -> None:
+        await self.broker.stop()
+        self._processors.clear()
+
+    async def serve(self, settings: BusSettings, *, health_port: int | None = None) -> None:
+        """``start``, serve health on ``health_port``, consume until cancelled, ``stop``."""
+        client = await self.start(settings)
         health: uvicorn.Server | None = None
         if health_port is not None:
 
@@ -165,7 +173,7 @@ class SomaFastStream:
         finally:
             if health is not None:
                 health.should_exit = True
-            await self.broker.stop()
+            await self.stop()
 
 
 # The FastStream call of the message in hand, for the processor's one route.

@@ -43,7 +43,9 @@ def installed_definitions(
                 if not isinstance(item, Definition):
                     raise TypeError(f"{item!r} is not a sagas.definition.Definition")
         except Exception as exc:
-            log.warning("soma.sagas entry point %s not loaded: %s: %s", point.name, type(exc).__name__, exc)
+            log.warning(
+                "soma.sagas entry point %s not loaded: %s: %s", point.name, type(exc).__name__, exc
+            )
             continue
         found.extend(items)
     return found

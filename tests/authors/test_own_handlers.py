@@ -37,8 +37,18 @@ SPEC = "billing=billing_handler.service:build,shipping=shipping_handler.service:
 def pip_install(packages: list[Path], target: Path) -> None:
     """``pip install --target``: a real install (dist-info, entry points), outside the venv."""
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "--no-deps", "--target", str(target), *map(str, packages)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--target",
+            str(target),
+            *map(str, packages),
+        ],
         check=True,
         timeout=300,
     )
@@ -99,8 +109,10 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
         try:
             # The runner is up first; the authors' packages arrive afterwards.
             asyncio.run(_ready(nats.url, [(STREAMS["evt"], "sagas-events")]))
-            copies = [shutil.copytree(EXAMPLES / n, root / n) for n in ("billing_handler",
-                                                                        "faststream_handler")]
+            copies = [
+                shutil.copytree(EXAMPLES / n, root / n)
+                for n in ("billing_handler", "faststream_handler")
+            ]
             pip_install(copies, site)
             for name in ("billing", "shipping"):
                 procs[name] = _start(name, env, logs)
@@ -138,10 +150,22 @@ async def js(system: System) -> AsyncIterator[JetStreamContext]:
 def test_a_saga_from_the_authors_package_calls_their_handler_and_completes(
     system: System,
 ) -> None:
-    order = {"order_id": "o-1", "lines": [{"sku": "mug", "quantity": 3, "unit_cents": 1250}],
-             "tax_percent": 20}
-    done = system.soma("saga", "start", "billing_order", json.dumps(order), "--tenant", "acme",
-                       "--wait", "--timeout", "60")
+    order = {
+        "order_id": "o-1",
+        "lines": [{"sku": "mug", "quantity": 3, "unit_cents": 1250}],
+        "tax_percent": 20,
+    }
+    done = system.soma(
+        "saga",
+        "start",
+        "billing_order",
+        json.dumps(order),
+        "--tenant",
+        "acme",
+        "--wait",
+        "--timeout",
+        "60",
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     outcome = json.loads(done.stdout.strip().splitlines()[-1])
     assert outcome["state"] == "completed"
@@ -150,8 +174,17 @@ def test_a_saga_from_the_authors_package_calls_their_handler_and_completes(
 
 def test_a_saga_calls_a_faststream_handler_and_completes(system: System) -> None:
     parcel = {"order_id": "o-2", "grams": 2100, "country": "de"}
-    done = system.soma("saga", "start", "shipping_order", json.dumps(parcel), "--tenant", "acme",
-                       "--wait", "--timeout", "60")
+    done = system.soma(
+        "saga",
+        "start",
+        "shipping_order",
+        json.dumps(parcel),
+        "--tenant",
+        "acme",
+        "--wait",
+        "--timeout",
+        "60",
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     outcome = json.loads(done.stdout.strip().splitlines()[-1])
     assert outcome["result"] == {"order_id": "o-2", "cents": 1470, "carrier": "parcelco"}
@@ -175,16 +208,33 @@ async def _last(js: JetStreamContext, stream: str, subject: str) -> tuple[dict, 
 
 async def test_a_faststream_handlers_event_carries_somas_envelope(js: JetStreamContext) -> None:
     command_id = new_id()
-    env = Envelope(message_id=command_id, correlation_id="corr-fs-1", tenant="envelope",
-                   actor="user:alice", schema="shipping.quote",
-                   traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
-    await _publish_raw(js, "soma.cmd.envelope.shipping.quote",
-                       {"order_id": "o-3", "grams": 500, "country": "FR"}, env)
+    env = Envelope(
+        message_id=command_id,
+        correlation_id="corr-fs-1",
+        tenant="envelope",
+        actor="user:alice",
+        schema="shipping.quote",
+        traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    )
+    await _publish_raw(
+        js,
+        "soma.cmd.envelope.shipping.quote",
+        {"order_id": "o-3", "grams": 500, "country": "FR"},
+        env,
+    )
     headers, body = await _last(js, STREAMS["evt"], "soma.evt.envelope.shipping.quoted")
-    assert body == {"order_id": "o-3", "cents": 520, "carrier": "parcelco",
-                    "quoted_for": "user:alice"}
+    assert body == {
+        "order_id": "o-3",
+        "cents": 520,
+        "carrier": "parcelco",
+        "quoted_for": "user:alice",
+    }
     reply = Envelope.from_headers(headers)
-    assert (reply.schema, reply.tenant, reply.actor) == ("shipping.quoted", "envelope", "user:alice")
+    assert (reply.schema, reply.tenant, reply.actor) == (
+        "shipping.quoted",
+        "envelope",
+        "user:alice",
+    )
     assert reply.correlation_id == "corr-fs-1"
     assert reply.causation_id == command_id
     # Derived from the command's id: a redelivered command's reply is a server-side duplicate.
@@ -194,10 +244,15 @@ async def test_a_faststream_handlers_event_carries_somas_envelope(js: JetStreamC
 async def test_a_faststream_handlers_refusal_is_its_services_failed_event(
     js: JetStreamContext,
 ) -> None:
-    env = Envelope(message_id=new_id(), correlation_id="corr-fs-2", tenant="refused",
-                   schema="shipping.quote")
-    await _publish_raw(js, "soma.cmd.refused.shipping.quote",
-                       {"order_id": "o-4", "grams": 500, "country": "XX"}, env)
+    env = Envelope(
+        message_id=new_id(), correlation_id="corr-fs-2", tenant="refused", schema="shipping.quote"
+    )
+    await _publish_raw(
+        js,
+        "soma.cmd.refused.shipping.quote",
+        {"order_id": "o-4", "grams": 500, "country": "XX"},
+        env,
+    )
     headers, body = await _last(js, STREAMS["evt"], "soma.evt.refused.shipping.failed")
     assert body["command"] == "shipping.quote" and body["retryable"] is False
     assert "no carrier ships to 'XX'" in body["error"]
@@ -207,8 +262,9 @@ async def test_a_faststream_handlers_refusal_is_its_services_failed_event(
 async def test_a_faststream_handler_dead_letters_a_schema_invalid_command(
     js: JetStreamContext,
 ) -> None:
-    env = Envelope(message_id=new_id(), correlation_id="corr-fs-3", tenant="badbody",
-                   schema="shipping.quote")
+    env = Envelope(
+        message_id=new_id(), correlation_id="corr-fs-3", tenant="badbody", schema="shipping.quote"
+    )
     await _publish_raw(js, "soma.cmd.badbody.shipping.quote", {"order_id": "o-5"}, env)
     headers, _ = await _last(js, STREAMS["dlq"], "soma.dlq.badbody.shipping")
     assert headers["Soma-Dlq-Reason"].startswith("schema-invalid shipping.quote")
@@ -218,8 +274,9 @@ async def test_an_unknown_event_is_not_a_dead_letter_for_a_follower_of_every_eve
     js: JetStreamContext,
 ) -> None:
     """The saga runner follows every event; one of a type nobody installed here is acked."""
-    env = Envelope(message_id=new_id(), correlation_id="corr-x", tenant="mystery",
-                   schema="mystery.happened")
+    env = Envelope(
+        message_id=new_id(), correlation_id="corr-x", tenant="mystery", schema="mystery.happened"
+    )
     await _publish_raw(js, "soma.evt.mystery.mystery.happened", {"what": "x"}, env)
     stored = await js.get_last_msg(STREAMS["evt"], "soma.evt.mystery.mystery.happened")
     deadline = time.monotonic() + 30
@@ -234,8 +291,9 @@ async def test_an_unknown_event_is_not_a_dead_letter_for_a_follower_of_every_eve
 
 
 def test_soma_publish_knows_an_installed_packages_messages(system: System) -> None:
-    sent = system.soma("publish", "soma.cmd.cli.billing.invoice",
-                       json.dumps({"order_id": "o-6", "lines": []}))
+    sent = system.soma(
+        "publish", "soma.cmd.cli.billing.invoice", json.dumps({"order_id": "o-6", "lines": []})
+    )
     assert sent.returncode == 0, sent.stdout + sent.stderr
     assert "published billing.invoice" in sent.stdout
 

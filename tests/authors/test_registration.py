@@ -151,5 +151,5 @@ def test_with_adds_to_a_chosen_subset() -> None:
 
 
 def test_with_refuses_an_entry_that_is_not_a_factory() -> None:
-    with pytest.raises(UnknownProcess, match="expected name=package.module:factory"):
+    with pytest.raises(UnknownProcess, match=r"expected name=package\.module:factory"):
         with_extra(None, "billing=acme.billing")

@@ -1,4 +1,6 @@
-"""The billing handler on Soma's own runtime: ``soma up --with billing=billing_handler.service:build``.
+"""The billing handler on Soma's own runtime.
+
+Run it beside the built-ins: ``soma up --with billing=billing_handler.service:build``.
 
 Pricing is a pure function of the command, so a redelivered command prices the same invoice
 again and its reply (whose message id derives from the command's) is dropped by the server as a
