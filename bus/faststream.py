@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Annotated, Any
@@ -88,8 +89,13 @@ class SomaFastStream:
         self._processors: dict[int, Callable[[Msg], Awaitable[None]]] = {}
         # No FastStream serializer: the decoder already returns the catalogue's typed Struct,
         # validated exactly as a built-in handler validates it.
+        # Its per-message lines at DEBUG: the runtime logs outcomes worth a look (refusals,
+        # retries, dead letters) itself, as for every built-in handler.
         self.broker = broker or NatsBroker(
-            serializer=None, decoder=decode_payload, middlewares=[self._middleware]
+            serializer=None,
+            decoder=decode_payload,
+            middlewares=[self._middleware],
+            log_level=logging.DEBUG,
         )
 
     def command(self, command_type: type, *, durable: str | None = None) -> Any:
