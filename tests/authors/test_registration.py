@@ -153,3 +153,13 @@ def test_with_adds_to_a_chosen_subset() -> None:
 def test_with_refuses_an_entry_that_is_not_a_factory() -> None:
     with pytest.raises(UnknownProcess, match=r"expected name=package\.module:factory"):
         with_extra(None, "billing=acme.billing")
+
+
+def test_soma_up_refuses_a_with_entry_that_is_not_a_factory() -> None:
+    from typer.testing import CliRunner
+
+    from soma.cli import app
+
+    result = CliRunner().invoke(app, ["up", "--with", "billing=acme.billing"])
+    assert result.exit_code == 2
+    assert "expected name=package.module:factory" in result.output
