@@ -262,10 +262,9 @@ def start(
 ) -> None:
     """Start a saga through the bus (a runner must be up) and print its id."""
     from bus.request import Requester
-    from sagas.engine import TERMINAL
     from schemas.envelope import new_id
     from schemas.saga_queries import SagaQuery
-    from schemas.sagas import SagaStart
+    from schemas.sagas import ENDED, SagaStart
 
     sid = saga_id or new_id()
     cmd = SagaStart(
@@ -304,7 +303,7 @@ def start(
                     SagaQuery(saga_id=sid), tenant=tenant, expect={"sagas.queried"}, timeout=30
                 )
                 saga = getattr(known.payload, "saga", None)
-                if saga is not None and saga.state in TERMINAL:
+                if saga is not None and saga.state in ENDED:
                     return _outcome(saga.state, saga.result, saga.error)
                 async with asyncio.timeout(timeout):
                     while True:

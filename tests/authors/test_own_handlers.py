@@ -254,7 +254,8 @@ async def test_a_faststream_handlers_refusal_is_its_services_failed_event(
         env,
     )
     headers, body = await _last(js, STREAMS["evt"], "soma.evt.refused.shipping.failed")
-    assert body["command"] == "shipping.quote" and body["retryable"] is False
+    assert body["command"] == "shipping.quote" and body["code"] == "invalid"
+    assert body["retryable"] is False
     assert "no carrier ships to 'XX'" in body["error"]
     assert headers["Soma-Causation-Id"] == env.message_id
 

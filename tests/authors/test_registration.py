@@ -8,7 +8,7 @@ from importlib.metadata import EntryPoint
 
 import pytest
 
-from bus.errors import Rejected
+from bus.errors import NotFound
 from kernel.processes import PROCESSES, UnknownProcess, parse_spec, with_extra
 from sagas.definition import Complete, Definition, Run
 from sagas.registry import Registry
@@ -126,7 +126,7 @@ def _definition(saga_type: str) -> Definition[dict]:
 def test_the_saga_registry_looks_for_new_definitions_when_asked_for_an_unknown_type() -> None:
     installed: list[Definition[dict]] = []
     registry = Registry([_definition("chat_turn")], discover=lambda: installed)
-    with pytest.raises(Rejected, match="unknown saga type 'ledger_close'"):
+    with pytest.raises(NotFound, match="unknown saga type 'ledger_close'"):
         registry.latest("ledger_close")
     installed.append(_definition("ledger_close"))
     registry._scanned = None  # as after a package was installed

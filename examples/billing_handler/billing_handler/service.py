@@ -12,17 +12,17 @@ from __future__ import annotations
 from typing import Any
 
 from billing_handler.messages import BillingInvoice, BillingInvoiced
-from bus.errors import Rejected
+from bus.errors import Invalid
 from bus.service import Service
 from schemas.envelope import Envelope
 
 
 async def invoice(cmd: BillingInvoice, env: Envelope) -> BillingInvoiced:
     if not cmd.lines:
-        raise Rejected(f"invalid: order {cmd.order_id} has no lines to invoice")
+        raise Invalid(f"order {cmd.order_id} has no lines to invoice")
     for line in cmd.lines:
         if line.quantity <= 0 or line.unit_cents < 0:
-            raise Rejected(f"invalid: line {line.sku} needs a positive quantity and a price")
+            raise Invalid(f"line {line.sku} needs a positive quantity and a price")
     subtotal = sum(line.quantity * line.unit_cents for line in cmd.lines)
     tax = (subtotal * cmd.tax_percent + 50) // 100
     return BillingInvoiced(

@@ -7,7 +7,7 @@ its typed Struct and Soma's envelope, and publishes what it returns as Soma's ev
 
 from __future__ import annotations
 
-from bus.errors import Rejected
+from bus.errors import Invalid
 from bus.faststream import SomaEnvelope, SomaFastStream
 from shipping_handler.messages import ShippingQuote, ShippingQuoted
 
@@ -20,7 +20,7 @@ service = SomaFastStream("shipping")
 async def quote(cmd: ShippingQuote, env: SomaEnvelope) -> ShippingQuoted:
     rate = RATES.get(cmd.country.upper())
     if rate is None:
-        raise Rejected(f"invalid: no carrier ships to {cmd.country!r} (known: {', '.join(RATES)})")
+        raise Invalid(f"no carrier ships to {cmd.country!r} (known: {', '.join(RATES)})")
     kilos = max(1, -(-cmd.grams // 1000))
     return ShippingQuoted(
         order_id=cmd.order_id, cents=kilos * rate, carrier="parcelco", quoted_for=env.actor
