@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -26,32 +25,12 @@ from bus.connection import connect
 from schemas.catalogue import STREAMS
 from schemas.envelope import Envelope, new_id
 from soma.terminal import quiet_disconnect
+from tests.authors.packages import install_examples
 from tests.cli.conftest import clean_env
 from tests.servers import NatsServer, nats_server, stop_processes
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = ROOT / "examples"
 SPEC = "billing=billing_handler.service:build,shipping=shipping_handler.service:service"
-
-
-def pip_install(packages: list[Path], target: Path) -> None:
-    """``pip install --target``: a real install (dist-info, entry points), outside the venv."""
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-deps",
-            "--target",
-            str(target),
-            *map(str, packages),
-        ],
-        check=True,
-        timeout=300,
-    )
 
 
 @dataclass
@@ -109,11 +88,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
         try:
             # The runner is up first; the authors' packages arrive afterwards.
             asyncio.run(_ready(nats.url, [(STREAMS["evt"], "sagas-events")]))
-            copies = [
-                shutil.copytree(EXAMPLES / n, root / n)
-                for n in ("billing_handler", "faststream_handler")
-            ]
-            pip_install(copies, site)
+            assert install_examples(root) == site
             for name in ("billing", "shipping"):
                 procs[name] = _start(name, env, logs)
             asyncio.run(
