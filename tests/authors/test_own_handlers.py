@@ -282,3 +282,19 @@ def test_the_schema_export_includes_an_installed_packages_messages(
     schema = json.loads((tmp_path / "shipping.quote.schema.json").read_text())
     assert set(schema["$defs"]["ShippingQuote"]["required"]) == {"order_id", "grams", "country"}
     assert "shipping.quote" in (tmp_path / "asyncapi.json").read_text()
+
+
+def test_soma_tail_decodes_an_installed_packages_events(system: System) -> None:
+    order = {"order_id": "o-7", "lines": [{"sku": "pen", "quantity": 2, "unit_cents": 300}]}
+    started = system.soma(
+        "saga", "start", "billing_order", json.dumps(order), "--tenant", "tailed", "--wait"
+    )
+    assert started.returncode == 0, started.stdout + started.stderr
+    shown = system.soma(
+        "tail", "soma.evt.tailed.>", "--all", "--type", "billing.*", "--json", "--until-idle", "1"
+    )
+    assert shown.returncode == 0, shown.stderr
+    [line] = shown.stdout.strip().splitlines()
+    event = json.loads(line)
+    assert event["schema"] == "billing.invoiced"
+    assert event["payload"]["total_cents"] == 600
