@@ -48,7 +48,9 @@ from nats.js.api import AckPolicy as ServerAckPolicy
 from nats.js.api import DeliverPolicy
 
 from bus.config import BusSettings
+from bus.connection import connection_options, unreachable_message
 from bus.consume import RetryPolicy, make_processor
+from bus.errors import BusUnavailable
 from bus.runtime import health_app, retry_policy
 from bus.streams import provision
 from schemas.catalogue import STREAMS, by_subject, of_type
@@ -69,9 +71,9 @@ async def decode_payload(message: Any) -> Any:
 class SomaFastStream:
     """A FastStream broker serving one Soma service's commands (see the module docstring).
 
-    ``concurrency`` is how many commands one replica handles at once; ``ack_wait`` the seconds
-    the server waits for an outcome before it redelivers (the runtime's heartbeat keeps a long
-    handler's message alive).
+    ``concurrency`` is how many commands one replica handles at once. The server's ack wait,
+    the retry policy and the NATS URL come from the process's settings when it starts
+    (``SOMA_ACK_WAIT``, ``SOMA_MAX_DELIVER``, ``NATS_URL`` …), as for a built-in handler.
     """
 
     def __init__(
@@ -79,14 +81,13 @@ class SomaFastStream:
         service: str,
         *,
         concurrency: int = 16,
-        ack_wait: float = 30.0,
         broker: NatsBroker | None = None,
     ) -> None:
         self.service = service
         self.concurrency = concurrency
-        self.ack_wait = ack_wait
         self.policy = RetryPolicy()
         self._processors: dict[int, Callable[[Msg], Awaitable[None]]] = {}
+        self._consumers: list[ConsumerConfig] = []  # set from the settings at start
         # No FastStream serializer: the decoder already returns the catalogue's typed Struct,
         # validated exactly as a built-in handler validates it.
         # Its per-message lines at DEBUG: the runtime logs outcomes worth a look (refusals,
@@ -116,9 +117,10 @@ class SomaFastStream:
             ack_policy=ServerAckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
             max_deliver=-1,  # the processor dead-letters by delivery count, as the runtime does
-            ack_wait=self.ack_wait,
+            ack_wait=30.0,  # replaced by the settings' at start
             max_ack_pending=self.concurrency * 4,
         )
+        self._consumers.append(config)
         return self.broker.subscriber(
             entry.pattern,
             stream=JStream(STREAMS["cmd"], declare=False),
@@ -147,9 +149,18 @@ class SomaFastStream:
     async def start(self, settings: BusSettings) -> Client:
         """Connect to ``settings.nats_url``, check the streams, start the subscribers."""
         self.policy = retry_policy(settings)
-        # FastStream takes its servers at construction; the process's settings come later.
-        self.broker._connection_kwargs["servers"] = settings.nats_url or "nats://127.0.0.1:4222"
-        client: Client = await self.broker.connect()
+        for config in self._consumers:
+            config.ack_wait = settings.ack_wait
+        # FastStream takes its connection options at construction; the settings come later.
+        url = settings.nats_url or "nats://127.0.0.1:4222"
+        options = self.broker._connection_kwargs
+        options.update(connection_options(url, f"soma-{self.service}", settings.nats_inbox_prefix))
+        options["max_reconnect_attempts"] = 2  # fail fast if it never was up, as connect() does
+        try:
+            client: Client = await self.broker.connect()
+        except Exception as exc:
+            raise BusUnavailable(unreachable_message(url, exc)) from exc
+        client.options["max_reconnect_attempts"] = -1
         await provision(client.jetstream(), settings)
         await self.broker.start()
         return client
