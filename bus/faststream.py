@@ -8,7 +8,7 @@ a Soma handler like any built-in one::
 
     @service.command(ShippingQuote)
     async def quote(cmd: ShippingQuote, env: SomaEnvelope) -> ShippingQuoted:
-        return ShippingQuoted(order=cmd.order, cents=...)
+        return ShippingQuoted(order_id=cmd.order_id, cents=..., quoted_for=env.actor)
 
 ``service.broker`` is a plain FastStream ``NatsBroker``; ``service.command`` is its
 ``subscriber`` on the command's subject, bound to a durable pull consumer of the commands
@@ -16,9 +16,10 @@ stream. Each message goes through ``bus.consume``'s processor, the one every bui
 uses, with FastStream's handler call in place of a route: the envelope is decoded from the
 headers (tenant, correlation, causation, actor — ``SomaEnvelope`` hands it to the function), the
 payload is checked against the catalogue, the returned event is published with Soma's headers
-and a ``Nats-Msg-Id`` derived from the command's id, ``Rejected`` becomes ``<service>.failed``,
-other errors are retried with backoff and end as dead letters. Sagas, ``soma tail`` and ``soma
-dlq`` cannot tell it from a built-in handler.
+and a ``Nats-Msg-Id`` derived from the command's id, a refusal (``bus.errors.Invalid``,
+``NotFound`` …) becomes ``<service>.failed`` with its code, other errors are retried with
+backoff and end as dead letters. Sagas, ``soma tail`` and ``soma dlq`` cannot tell it from a
+built-in handler.
 
 The object itself is the process's entry point: ``soma up --with shipping=pkg.module:service``
 (or ``SOMA_PROCESSES=…,shipping=pkg.module:service``) runs it like any handler, with health,
