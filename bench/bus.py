@@ -10,6 +10,8 @@ Three figures on the same server:
   None (decode envelope + payload, route, trace span, metrics, ack) — the like-for-like figure;
 - ours with reply: the same handler returning an event, which the runtime publishes and waits
   for JetStream to acknowledge before acking the command (at-least-once needs that order);
+- FastStream: the same handler (returning the event) written as a FastStream subscriber through
+  ``bus.faststream`` — the cost of writing a handler for convenience rather than for speed;
 plus the latency of ``bus.publish.publish`` (publish + JetStream ack), sequential.
 Throughput runs from the first message in hand to the last one handled. The last line is JSON.
 """
@@ -138,6 +140,35 @@ async def ours(js: JetStreamContext, settings: Settings, count: int, reply: bool
     return count / (marks[1] - marks[0])
 
 
+async def faststream(js: JetStreamContext, settings: Settings, count: int) -> float:
+    from bus.faststream import SomaFastStream
+
+    done = asyncio.Event()
+    marks: list[float] = []
+    handled = 0
+    service = SomaFastStream("policy", concurrency=settings.fetch_batch)
+
+    @service.command(PolicyEvaluate)
+    async def evaluate(cmd: PolicyEvaluate) -> PolicyEvaluated:
+        nonlocal handled
+        handled += 1
+        if handled == 1:
+            marks.append(time.perf_counter())
+        if handled == count:
+            marks.append(time.perf_counter())
+            done.set()
+        return PolicyEvaluated(decision_id=cmd.text, decision="allow", stage=cmd.stage)
+
+    await service.start(settings)
+    try:
+        await asyncio.wait_for(done.wait(), timeout=max(120, count / 50))
+    finally:
+        with quiet_disconnect():
+            await service.stop()
+    await js.delete_consumer(STREAMS["cmd"], "policy-evaluate")
+    return count / (marks[1] - marks[0])
+
+
 async def publish_latency(js: JetStreamContext, count: int) -> list[float]:
     times = []
     for i in range(count):
@@ -189,6 +220,11 @@ async def main(count: int, latency_count: int) -> dict[str, Any]:
         reply_rate = await ours(js, settings, count, reply=True)
         print(f"  {reply_rate:,.0f} msgs/s (each reply published and acknowledged)", flush=True)
 
+        # Its own durable reads the same commands from the start of the stream.
+        print(f"bus.faststream, handler returns a reply event, {count} messages …", flush=True)
+        fs_rate = await faststream(js, settings, count)
+        print(f"  {fs_rate:,.0f} msgs/s ({fs_rate / reply_rate:.0%} of the runtime's)", flush=True)
+
         print(f"bus.publish.publish, sequential, {latency_count} messages …", flush=True)
         times = await publish_latency(js, latency_count)
         cuts = statistics.quantiles(times, n=100)
@@ -205,6 +241,7 @@ async def main(count: int, latency_count: int) -> dict[str, Any]:
         "publish_p50_ms": round(p50, 3),
         "publish_p99_ms": round(p99, 3),
         "ours_with_reply_msgs_per_s": round(reply_rate),
+        "faststream_with_reply_msgs_per_s": round(fs_rate),
     }
 
 

@@ -4,6 +4,7 @@
     handler ok                  ─────▶ publish reply event (id derived from the command) + ack
     handler raises Rejected     ─────▶ publish `<service>.failed` + ack
     handler raises anything else ───▶ nak with backoff; past MaxDeliver ▶ dead letter + term
+    an event of a type not known here ▶ ack: a follower of every event never asked for it
 
 The reply's message id is derived from the command's id, so a redelivered command that is
 handled again publishes a reply the server drops as a duplicate: the effect is not doubled.
@@ -104,6 +105,18 @@ async def _fail_event(
     await publish(js, event, reply, entry=entry)
 
 
+async def _not_followed(msg: Msg, service: str, env: Envelope) -> None:
+    """An event of a type this process does not know, reaching a follower of every event.
+
+    It is not a dead letter: the follower never asked for it by name. A service author's
+    handler that started after this process publishes such events; they stay in the events
+    stream for whoever does follow them (``soma tail`` shows them), and this process acks them.
+    """
+    log.info("%s: %s is not a type this process knows; not followed", service, msg.subject)
+    count(service, "unknown", "not_followed")  # not the header: a publisher chooses it
+    await msg.ack()
+
+
 def make_processor(
     js: JetStreamContext,
     service: str,
@@ -142,6 +155,9 @@ def make_processor(
         try:
             entry = by_subject(msg.subject)
         except UnknownMessage as exc:
+            if not emit_replies:
+                await _not_followed(msg, service, env)
+                return
             await to_dead_letters(msg, str(exc), env, deliveries)
             return
         handler = routes.get(entry.name) or routes.get("*")
@@ -250,8 +266,8 @@ def make_batch_processor(
             return None
         try:
             entry = by_subject(msg.subject)
-        except UnknownMessage as exc:
-            await to_dead_letters(msg, str(exc), env, deliveries)
+        except UnknownMessage:
+            await _not_followed(msg, service, env)
             return None
         if not every and entry.name not in names:
             await msg.ack()  # an event this consumer does not follow

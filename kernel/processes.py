@@ -6,7 +6,8 @@ imported until it is asked for, so a build without one of them still runs the re
 which one is missing and why.
 
 ``SOMA_PROCESSES`` chooses a subset (``policy,memory``) and can add a service author's own
-handler under a name (``billing=acme.billing.service:build``).
+handler under a name (``billing=acme.billing.service:build``); ``soma up --with`` (or
+``SOMA_WITH``) adds such handlers to the selection without naming the rest (``with_extra``).
 """
 
 from __future__ import annotations
@@ -91,6 +92,26 @@ def parse_spec(spec: str | None) -> dict[str, Process]:
         else:
             raise UnknownProcess(unknown_message(name))
     return dict(sorted(chosen.items(), key=lambda kv: _start_rank(kv[0])))
+
+
+def with_extra(spec: str | None, extra: str | None) -> str | None:
+    """The ``SOMA_PROCESSES`` value for ``spec`` (all when empty) plus ``extra``'s processes.
+
+    ``extra`` holds ``name=package.module:build`` entries (or built-in names), comma-separated:
+    what ``soma up --with`` adds to the default set. The result goes to every child as its
+    ``SOMA_PROCESSES``, so ``soma run <name>`` finds the added processes by name.
+    """
+    items = [part.strip() for part in (extra or "").split(",") if part.strip()]
+    if not items:
+        return spec
+    for item in items:
+        name, sep, target = item.partition("=")
+        if sep and not _is_target(target.strip()):
+            raise UnknownProcess(f"--with {item!r}: expected name=package.module:factory")
+        if not sep and name.strip() not in PROCESSES:
+            raise UnknownProcess(f"--with {item!r}: {unknown_message(name.strip())}")
+    base = spec if spec and spec.strip() else ",".join(PROCESSES)
+    return ",".join([base.strip().strip(","), *items])
 
 
 def _start_rank(name: str) -> float:
@@ -213,6 +234,10 @@ def run_blocking(process: Process, settings: Settings) -> None:
 
 async def run(process: Process, settings: Settings) -> None:
     """Run one process until SIGINT/SIGTERM."""
+    from schemas import extensions
+
+    # Service authors' installed messages, before anything looks a message up.
+    extensions.discover()
     entry = load(process)
     result = entry(settings)
     if inspect.isawaitable(result):

@@ -27,7 +27,7 @@ from kernel.settings import Settings
 from sagas import queries, tables
 from sagas.definition import Definition
 from sagas.engine import Engine
-from sagas.registry import Registry
+from sagas.registry import Registry, installed_definitions
 from sagas.relay import Relay
 from schemas.envelope import Envelope
 from schemas.saga_queries import SagaInfo, SagaList, SagaListed, SagaQueried, SagaQuery, SagaStep
@@ -40,9 +40,10 @@ SWEEP_INTERVAL = 0.5
 
 
 def default_definitions() -> list[Definition[Any]]:
+    """The shipped definitions and those of installed packages (``soma.sagas`` entry points)."""
     from sagas.definitions import ALL
 
-    return list(ALL)
+    return [*ALL, *installed_definitions()]
 
 
 @dataclass
@@ -234,7 +235,11 @@ async def start(
     url = settings.resolved_database_url("sagas")
     await migrate(url, "sagas")
     db = make_engine(url)
-    registry = Registry(definitions if definitions is not None else default_definitions())
+    registry = (
+        Registry(definitions)
+        if definitions is not None
+        else Registry(default_definitions(), discover=installed_definitions)
+    )
     engine = Engine(db, registry, replay_grace=2 * settings.ack_wait)
     runner = Runner(engine=engine, db=db)
     engine.on_commit = runner.on_commit

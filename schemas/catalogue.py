@@ -3,6 +3,10 @@
 Commands travel on ``soma.cmd.<tenant>.<service>.<verb>``, events on
 ``soma.evt.<tenant>.<service>.<event>``, token deltas on core NATS ``soma.stream.<correlation>``.
 A message's name is ``<service>.<token>`` and is what the ``Soma-Schema`` header carries.
+
+This table lists Soma's own messages. A service author's messages live in their own package and
+join the catalogue through ``schemas.extensions`` (an entry point, or ``register``); a lookup
+that misses here looks for newly installed ones before it gives up.
 """
 
 from __future__ import annotations
@@ -195,18 +199,67 @@ class UnknownMessage(LookupError):
     pass
 
 
+class CatalogueConflict(ValueError):
+    """A registration that would change or shadow a message already in the catalogue."""
+
+
+def add(entries: list[MessageType]) -> None:
+    """Put a service author's messages in the catalogue, beside ours; see ``schemas.extensions``.
+
+    All or nothing: a name taken by another type, a type registered under another name, or a
+    message on one of Soma's own services is refused before anything changes, so two packages
+    can never quietly redefine what a subject carries.
+    """
+    for entry in entries:
+        if entry.service in SERVICES:
+            raise CatalogueConflict(
+                f"{entry.name}: the service {entry.service!r} is one of Soma's own; "
+                "declare your messages under your own service name"
+            )
+        known = CATALOGUE.get(entry.name)
+        if known is not None and known != entry:
+            raise CatalogueConflict(
+                f"{entry.name} is already registered as {known.type.__module__}."
+                f"{known.type.__qualname__}; choose another name"
+            )
+        owner = _BY_TYPE.get(entry.type)
+        if owner is not None and owner.name != entry.name and entry.token != "failed":
+            raise CatalogueConflict(
+                f"{entry.type.__qualname__} is already registered as {owner.name}; "
+                "a type travels under one name only"
+            )
+    for entry in entries:
+        CATALOGUE[entry.name] = entry
+        if entry.token != "failed":
+            _BY_TYPE[entry.type] = entry
+
+
+def _discover() -> bool:
+    """Load newly installed service authors' messages; True when the catalogue grew."""
+    from schemas import extensions
+
+    return extensions.discover_on_miss()
+
+
 def by_name(name: str) -> MessageType:
-    try:
-        return CATALOGUE[name]
-    except KeyError:
-        raise UnknownMessage(f"no message named {name!r} in the catalogue") from None
+    entry = CATALOGUE.get(name)
+    if entry is None and _discover():
+        entry = CATALOGUE.get(name)
+    if entry is None:
+        raise UnknownMessage(f"no message named {name!r} in the catalogue")
+    return entry
 
 
 def of_type(type_: type) -> MessageType:
-    try:
-        return _BY_TYPE[type_]
-    except KeyError:
-        raise UnknownMessage(f"{type_.__name__} is not in the catalogue") from None
+    entry = _BY_TYPE.get(type_)
+    if entry is None and _discover():
+        entry = _BY_TYPE.get(type_)
+    if entry is None:
+        raise UnknownMessage(
+            f"{type_.__name__} is not in the catalogue (a service author's message is "
+            "registered with schemas.extensions.register or a 'soma.messages' entry point)"
+        )
+    return entry
 
 
 def failed_event(service: str) -> MessageType:
@@ -217,7 +270,10 @@ def by_subject(subject: str) -> MessageType:
     """The message type a concrete subject carries (``soma.cmd.acme.policy.evaluate``)."""
     parts = subject.split(".")
     if len(parts) == 5 and parts[0] == "soma" and parts[1] in ("cmd", "evt"):
-        entry = CATALOGUE.get(f"{parts[3]}.{parts[4]}")
+        name = f"{parts[3]}.{parts[4]}"
+        entry = CATALOGUE.get(name)
+        if entry is None and _discover():
+            entry = CATALOGUE.get(name)
         if entry and entry.kind == parts[1]:
             return entry
     if len(parts) == 3 and parts[:2] == ["soma", "stream"]:
@@ -229,4 +285,4 @@ def by_subject(subject: str) -> MessageType:
 
 
 def commands_of(service: str) -> list[MessageType]:
-    return [e for e in _ENTRIES if e.service == service and e.kind == "cmd"]
+    return [e for e in CATALOGUE.values() if e.service == service and e.kind == "cmd"]

@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 
+from schemas import extensions
 from schemas.catalogue import CATALOGUE, STREAMS
 from schemas.envelope import (
     ACTOR,
@@ -39,6 +40,7 @@ _HEADERS_SCHEMA: dict[str, Any] = {
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
+    extensions.discover()  # service authors' installed messages are part of the bus too
     out = {}
     for name, entry in CATALOGUE.items():
         (schema,), components = msgspec.json.schema_components([entry.type])
@@ -54,6 +56,7 @@ def json_schemas() -> dict[str, dict[str, Any]]:
 
 
 def asyncapi() -> dict[str, Any]:
+    extensions.discover()
     types = [e.type for e in CATALOGUE.values()]
     _, components = msgspec.json.schema_components(
         types, ref_template="#/components/schemas/{name}"

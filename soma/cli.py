@@ -69,6 +69,14 @@ def up(
         "handler as name=package.module:build. Default: all.",
         show_default=False,
     ),
+    with_: list[str] = typer.Option(
+        [],
+        "--with",
+        "-w",
+        help="Add a process to the selection (all by default), e.g. "
+        "billing=acme.billing.service:build; repeat or comma-separate for more.",
+        show_default=False,
+    ),
 ) -> None:
     """Start the whole system in this terminal: NATS, migrations, every process.
 
@@ -90,6 +98,7 @@ def up(
         soma up
         SOMA_HTTP_PORT=9000 soma up
         soma up --processes policy,memory,slm
+        soma up --with billing=acme.billing.service:build
         NATS_URL=nats://127.0.0.1:4222 DATABASE_URL=postgresql://postgres@127.0.0.1/soma soma up
 
     **Environment**
@@ -100,12 +109,21 @@ def up(
     * `SOMA_HTTP_PORT` — the gateway's port (default 8080); health ports count up from +1
     * `SOMA_HTTP_HOST` — address the gateway and health endpoints bind (default 127.0.0.1)
     * `SOMA_PROCESSES` — same as --processes
+    * `SOMA_WITH` — same as --with (added to any --with given)
     * `DATABASE_URL`, `REDIS_URL`, `QDRANT_URL`, `OPENAI_API_KEY`, `ANTHROPIC_API_KEY` — passed
       on to the processes that use them
     """
+    import os
+
+    from kernel.processes import UnknownProcess, with_extra
     from soma.supervisor import up as run_up
 
-    raise typer.Exit(run_up(terminal.settings(), processes or None, terminal.out))
+    extra = ",".join([*with_, os.environ.get("SOMA_WITH", "")])
+    try:
+        spec = with_extra(processes or None, extra)
+    except UnknownProcess as exc:
+        terminal.fail(str(exc), terminal.USAGE)
+    raise typer.Exit(run_up(terminal.settings(), spec, terminal.out))
 
 
 @app.command()

@@ -263,7 +263,8 @@ def start(
     """Start a saga through the bus (a runner must be up) and print its id."""
     from bus.request import Requester
     from schemas.envelope import new_id
-    from schemas.sagas import SagaStart
+    from schemas.saga_queries import SagaQuery
+    from schemas.sagas import ENDED, SagaStart
 
     sid = saga_id or new_id()
     cmd = SagaStart(
@@ -296,23 +297,28 @@ def start(
                 return 0
             terminal.note(f"waiting for {sid} to finish …")
             async with requester.watching(sid) as events:
+                # A quick saga can finish before its start is acknowledged, its sagas.finished
+                # gone by: ask for its state once the watch is on, then wait if it runs.
+                _, known = await requester.request(
+                    SagaQuery(saga_id=sid), tenant=tenant, expect={"sagas.queried"}, timeout=30
+                )
+                saga = getattr(known.payload, "saga", None)
+                if saga is not None and saga.state in ENDED:
+                    return _outcome(saga.state, saga.result, saga.error)
                 async with asyncio.timeout(timeout):
                     while True:
                         event = await events.get()
                         if event.schema == "sagas.finished" and event.payload.saga_id == sid:
-                            print(
-                                json.dumps(
-                                    {
-                                        "state": event.payload.state,
-                                        "result": event.payload.result,
-                                        "error": event.payload.error,
-                                    }
-                                )
-                            )
-                            return 0 if event.payload.state == "completed" else 1
+                            p = event.payload
+                            return _outcome(p.state, p.result, p.error)
         return 0
 
     sys.exit(terminal.run(go()))
+
+
+def _outcome(state: str, result: Any, error: str | None) -> int:
+    print(json.dumps({"state": state, "result": result, "error": error}))
+    return 0 if state == "completed" else 1
 
 
 @app.command("signal")

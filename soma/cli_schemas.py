@@ -44,3 +44,7 @@ def export(
     for path in written:
         terminal.out.print(f"wrote {path}")
     terminal.out.print(f"{len(written)} files in {out}")
+    from schemas.extensions import problems
+
+    for point, reason in problems.items():
+        terminal.out.print(f"not included: entry point {point}: {reason}")

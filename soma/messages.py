@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 
+from schemas import extensions
 from schemas.catalogue import CATALOGUE, MessageType, UnknownMessage, by_subject
 
 
@@ -20,6 +21,7 @@ class InvalidMessage(ValueError):
 
 def publishable_subjects() -> list[str]:
     """Subject patterns an operator may publish to, ``<tenant>`` standing for the tenant token."""
+    extensions.discover()
     return [
         f"soma.{e.kind}.<tenant>.{e.service}.{e.token}"
         for e in CATALOGUE.values()

@@ -1,0 +1,1 @@
+"""A shipping-quote service written with FastStream, run as a Soma handler."""
