@@ -1,9 +1,9 @@
 """The processes `soma up` starts and `soma run` runs: a name and the dotted path that runs it.
 
 A handler's factory ``build(settings)`` returns a ``bus.service.Service`` that the bus runtime
-serves; the saga runner and the gateway are async entry points that run until stopped. Nothing is
-imported until it is asked for, so a build without one of them still runs the rest — and says
-which one is missing and why.
+serves; the saga runner, the gateway and the console are async entry points that run until
+stopped. Nothing is imported until it is asked for, so a build without one of them still runs
+the rest — and says which one is missing and why.
 
 ``SOMA_PROCESSES`` chooses a subset (``policy,memory``) and can add a service author's own
 handler under a name (``billing=acme.billing.service:build``); ``soma up --with`` (or
@@ -40,7 +40,8 @@ class Process:
         return self.target.partition(":")[2]
 
 
-# Start order: handlers first, then the saga runner (sends them commands), the gateway last.
+# Start order: handlers first, then the saga runner (sends them commands), then the gateway;
+# the console last, since it signs its users in through the gateway.
 PROCESSES: dict[str, Process] = {
     p.name: p
     for p in (
@@ -52,6 +53,7 @@ PROCESSES: dict[str, Process] = {
         Process("analytics", "handlers.analytics.service:build"),
         Process("sagas", "sagas.runner:main"),
         Process("gateway", "gateway.app:serve"),
+        Process("console", "console.app:serve"),
     )
 }
 

@@ -344,17 +344,19 @@ class Supervisor:
         table.add_column("health / URL")
         for child in self.children:
             pid = str(child.proc.pid) if child.proc else "-"
-            where = (
-                f"http://{host}:{child.port}"
-                if child.name == "gateway"
-                else f"http://{host}:{child.port}/healthz"
-            )
+            where = {
+                "gateway": f"http://{host}:{child.port}",
+                "console": f"http://{host}:{child.port}/console/",
+            }.get(child.name, f"http://{host}:{child.port}/healthz")
             table.add_row(child.name, pid, where)
         with self._print_lock:
             self.console.print(table)
         gateway = next((c for c in self.children if c.name == "gateway"), None)
         if gateway:
             self.say(f"gateway: http://{host}:{gateway.port}", style="bold")
+        console = next((c for c in self.children if c.name == "console"), None)
+        if console:
+            self.say(f"console: http://{host}:{console.port}/console/", style="bold")
         self.say(f"NATS: {self.nats_url}")
         self.say("Ctrl-C stops everything.", style="dim")
 

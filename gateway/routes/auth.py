@@ -68,6 +68,16 @@ class Jwks(BaseModel):
     keys: list[dict[str, Any]]
 
 
+class Caller(BaseModel):
+    object: Literal["caller"] = "caller"
+    tenant: str
+    user: str
+    roles: list[str]
+    role: str
+    via: Literal["api_key", "token"]
+    scope: list[str]
+
+
 def _scope(raw: str | list[str] | None) -> list[str]:
     scope = raw.split() if isinstance(raw, str) else list(raw or [])
     unknown = sorted(set(scope) - set(AREAS) - {"*"})
@@ -196,6 +206,25 @@ async def revoke_token(
     )
     verifier.revoke_locally(claims)
     return RevokeResult(revoked=answer.revoked)
+
+
+@router.get(
+    "/v1/auth/whoami",
+    response_model=Caller,
+    responses=ERRORS,
+    summary="Who the credential belongs to: tenant, user and roles",
+)
+async def whoami(principal: Annotated[Principal, Depends(caller("auth"))]) -> Caller:
+    """What a client (the operator console among them) needs to decide what to show; it
+    decides nothing itself, since every route checks the credential again."""
+    return Caller(
+        tenant=principal.tenant,
+        user=principal.user,
+        roles=list(principal.roles),
+        role=principal.role,
+        via=principal.via,
+        scope=list(principal.scope),
+    )
 
 
 @router.get(

@@ -34,6 +34,7 @@ USERS = (
     "sagas",
     "gateway",
     "operator",
+    "console",
     "admin",
     "system",
 )

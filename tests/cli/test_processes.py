@@ -16,12 +16,13 @@ from tests.cli.conftest import Soma, start_soma
 HANDLERS = ("identity", "policy", "memory", "slm", "tools", "analytics")
 
 
-def test_every_handler_the_saga_runner_and_the_gateway_have_an_entry() -> None:
-    assert list(processes.PROCESSES) == [*HANDLERS, "sagas", "gateway"]
+def test_every_handler_the_saga_runner_the_gateway_and_the_console_have_an_entry() -> None:
+    assert list(processes.PROCESSES) == [*HANDLERS, "sagas", "gateway", "console"]
     for name in HANDLERS:
         assert processes.PROCESSES[name].target == f"handlers.{name}.service:build"
     assert processes.PROCESSES["sagas"].target == "sagas.runner:main"
     assert processes.PROCESSES["gateway"].target == "gateway.app:serve"
+    assert processes.PROCESSES["console"].target == "console.app:serve"
 
 
 def test_no_selection_means_every_process() -> None:

@@ -9,7 +9,7 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
-PACKAGES = ("schemas", "bus", "kernel", "handlers", "sagas", "gateway", "soma")
+PACKAGES = ("schemas", "bus", "kernel", "handlers", "sagas", "gateway", "console", "soma")
 
 # What each layer may import besides itself. The CLI (soma) sits on top and may use anything.
 ALLOWED: dict[str, set[str]] = {
@@ -19,6 +19,7 @@ ALLOWED: dict[str, set[str]] = {
     "handlers": {"schemas", "bus", "kernel"},
     "sagas": {"schemas", "bus", "kernel"},
     "gateway": {"schemas", "bus", "kernel"},
+    "console": {"schemas", "bus", "kernel"},
     "soma": set(PACKAGES),
 }
 

@@ -1,0 +1,86 @@
+"""A request's story: every command and event of one correlation id, in order, with hop times.
+
+Both streams are read from a start point through ephemeral pull consumers (no acks) and only the
+messages of the correlation id are kept; ordered by the time the server stored them, the gap
+before each message is the time the hop that produced it took. Who published a command is told
+by its id: the saga engine names its commands ``<saga>.<run>.<seq>.<n>.<attempt>``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from datetime import datetime
+from typing import Any
+
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from console.messages import KINDS, from_msg, subject_for
+from schemas.envelope import CORRELATION_ID
+
+_SAGA_COMMAND = re.compile(r"\.\d+\.\d+\.\d+\.\d+(\.g)?$")
+FETCH = 512
+
+
+async def _scan(
+    js: JetStreamContext, kind: str, tenant: str | None, since: datetime, correlation: str
+) -> list[dict[str, Any]]:
+    config = ConsumerConfig(
+        deliver_policy=DeliverPolicy.BY_START_TIME,
+        opt_start_time=since.isoformat(),  # type: ignore[arg-type]
+        ack_policy=AckPolicy.NONE,
+        inactive_threshold=5.0,
+    )
+    sub = await js.pull_subscribe(subject_for(kind, tenant), stream=KINDS[kind], config=config)
+    found: list[dict[str, Any]] = []
+    try:
+        left = (await sub.consumer_info()).num_pending
+        while left:
+            try:
+                msgs = await sub.fetch(min(FETCH, left), timeout=2.0)
+            except NatsTimeout:
+                break
+            for msg in msgs:
+                if (msg.headers or {}).get(CORRELATION_ID) == correlation:
+                    found.append(from_msg(msg))
+            left = msgs[-1].metadata.num_pending if msgs else 0
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+    return found
+
+
+def publisher(message: dict[str, Any]) -> str:
+    if message["kind"] == "evt":
+        return str(message["service"])
+    message_id = message["envelope"].get("message_id") or ""
+    return "sagas" if _SAGA_COMMAND.search(message_id) else "caller"
+
+
+def ordered(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """In stored order (a command before an event at a tie), each with ``since_first_ms``,
+    ``gap_ms`` and the hop (``publisher → consumer`` for a command)."""
+    steps = sorted(messages, key=lambda m: (m["ts"], m["kind"] != "cmd", m["seq"]))
+    first = steps[0]["ts"] if steps else 0.0
+    previous = first
+    for step in steps:
+        step["since_first_ms"] = round((step["ts"] - first) * 1000, 3)
+        step["gap_ms"] = round((step["ts"] - previous) * 1000, 3)
+        step["publisher"] = publisher(step)
+        step["hop"] = (
+            f"{step['publisher']} → {step['service']}" if step["kind"] == "cmd"
+            else step["publisher"]
+        )
+        previous = step["ts"]
+    return steps
+
+
+async def collect(
+    js: JetStreamContext, correlation: str, tenant: str | None, since: datetime
+) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    for kind in ("cmd", "evt"):
+        messages.extend(await _scan(js, kind, tenant, since, correlation))
+    return ordered(messages)
