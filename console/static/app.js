@@ -15,11 +15,16 @@ function h(tag, attrs, ...children) {
     else if (k === "text") el.textContent = v;
     else el.setAttribute(k, v === true ? "" : v);
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === null || c === undefined || c === false) continue;
     el.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
   return el;
+}
+
+// replaceChildren with what h() accepts: nested arrays, and nothing for null or false.
+function fill(el, ...children) {
+  el.replaceChildren(...children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false));
 }
 
 function json(value) { return h("pre", {}, JSON.stringify(value, null, 2)); }
@@ -66,9 +71,9 @@ function query(params) {
 function field(label, input) { return h("label", {}, label, input); }
 function input(name, attrs = {}) { return h("input", { name, id: `f-${name}`, ...attrs }); }
 
-function tenantField(value) {
+function tenantField(value, empty = "all") {
   if (!state.who || !state.who.all_tenants) return null;
-  return field("Tenant (empty: all)", input("tenant", { value: value || "", placeholder: "all" }));
+  return field(`Tenant (empty: ${empty})`, input("tenant", { value: value || "", placeholder: empty }));
 }
 
 // -- sign-in and navigation ------------------------------------------------------------------
@@ -338,7 +343,7 @@ async function renderSagas(cursor) {
   const saved = JSON.parse(sessionStorage.getItem("soma.sagas") || "{}");
   const list = h("div", { id: "saga-list" });
   const form = h("form", { class: "bar" },
-    tenantField(saved.tenant),
+    tenantField(saved.tenant, "your own"),
     field("Type", h("select", { name: "type" }, ["", "chat_turn", "agent_task"].map((t) =>
       h("option", { value: t, selected: saved.type === t }, t || "any")))),
     field("State", input("state", { value: saved.state || "", placeholder: "running", size: 12 })),
@@ -373,11 +378,18 @@ async function renderSaga(tenant, id) {
   const body = h("div", {});
   main.replaceChildren(h("p", {}, h("a", { href: "#/sagas" }, "← Sagas")), h("h1", {}, `Saga ${id}`), out, body);
   let saga;
+  const ENDED = ["completed", "failed", "compensated", "compensation_failed", "cancelled"];
   async function reload() {
-    try { saga = await api(`/console/api/sagas/${encodeURIComponent(id)}${query({ tenant })}`); }
+    let fresh;
+    try { fresh = await api(`/console/api/sagas/${encodeURIComponent(id)}${query({ tenant })}`); }
     catch (err) { body.replaceChildren(message("error", err.message)); return; }
-    draw();
+    const changed = !saga || fresh.updated_at !== saga.updated_at || fresh.state !== saga.state;
+    saga = fresh;
+    if (changed) draw();
   }
+  // A saga that has not ended is followed: its page redraws when it moves.
+  const timer = setInterval(() => { if (saga && !ENDED.includes(saga.state)) reload(); }, 2000);
+  stopPage = () => clearInterval(timer);
   async function act(path, payload, done) {
     try {
       await api(gatewayPath(`v1/tasks/${encodeURIComponent(id)}/${path}`), { method: "POST", body: payload });
@@ -386,12 +398,12 @@ async function renderSaga(tenant, id) {
     setTimeout(reload, 500);
   }
   function draw() {
-    const ended = ["completed", "failed", "compensated", "compensation_failed", "cancelled"].includes(saga.state);
+    const ended = ENDED.includes(saga.state);
     const isTask = saga.type === "agent_task";
     const awaitingApproval = saga.waiting_for.includes("signal:approve");
     const signalName = input("signal-name", { value: "approve", size: 12 });
     const signalBody = h("textarea", { name: "signal-payload", rows: 2, cols: 40 }, '{"approved": true}');
-    body.replaceChildren(
+    fill(body,
       h("div", { class: "card" }, h("dl", { class: "kv" },
         h("dt", {}, "type"), h("dd", {}, `${saga.type} v${saga.version}`),
         h("dt", {}, "tenant"), h("dd", {}, saga.tenant),
@@ -567,7 +579,7 @@ async function renderKeys() {
     let page;
     try { page = await api(gatewayPath("v1/admin/keys")); }
     catch (err) { keys.replaceChildren(message("error", err.message)); return; }
-    keys.replaceChildren(h("table", {}, h("thead", {}, h("tr", {}, ["id", "user", "name", "roles", "created", "revoked", ""].map((c) => h("th", {}, c)))),
+    keys.replaceChildren(h("table", { id: "keys-table" }, h("thead", {}, h("tr", {}, ["id", "user", "name", "roles", "created", "revoked", ""].map((c) => h("th", {}, c)))),
       h("tbody", {}, page.data.map((k) => h("tr", {},
         h("td", { class: "mono" }, k.id), h("td", {}, k.user), h("td", {}, k.name), h("td", {}, k.roles.join(", ")),
         h("td", { class: "mono" }, time(k.created_at)), h("td", { class: "mono" }, k.revoked_at ? time(k.revoked_at) : "-"),

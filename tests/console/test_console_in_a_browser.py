@@ -141,12 +141,7 @@ async def test_an_agent_task_awaiting_approval_is_approved_and_completes(
     await approve.click()
     await page.locator("#saga-outcome .ok").wait_for()
     result = page.locator("#saga-result")
-    for _ in range(100):
-        if await result.count():
-            break
-        await asyncio.sleep(0.3)
-        await page.reload()
-        await page.locator("#saga-state").wait_for()
+    await result.wait_for(timeout=60_000)  # the page follows the saga until it ends
     assert await page.locator("#saga-state").inner_text() == "completed"
     assert '"approved_by": "' in await result.inner_text()
     await screenshot(page, "task-approved")
@@ -191,27 +186,44 @@ async def test_a_poisoned_command_is_dead_lettered_and_replayed_once_fixed(
     await nc.close()
 
 
-async def test_streams_usage_and_keys_pages_show_the_system(page: Any, system: System) -> None:
+async def test_streams_and_their_consumers_show_for_an_operator(
+    page: Any, system: System
+) -> None:
     await signed_in(page, system, system.operator_key)
     await page.goto(f"{system.console}/console/#/streams")
     await page.locator("#streams h2", has_text="SOMA_CMD").wait_for()
-    assert "sagas" in await page.locator("#streams").inner_text()
+    text = await page.locator("#streams").inner_text()
+    assert "sagas-events" in text and "policy" in text
     await screenshot(page, "streams")
 
+
+async def test_the_streams_page_needs_the_operator_role(page: Any, system: System) -> None:
+    await signed_in(page, system)
+    await page.goto(f"{system.console}/console/#/streams")
+    refusal = page.locator("#streams .error")
+    await refusal.wait_for()
+    assert "operator role" in await refusal.inner_text()
+
+
+async def test_usage_is_charted_by_model(page: Any, system: System) -> None:
     await signed_in(page, system)
     await page.goto(f"{system.console}/console/#/usage")
     await page.locator("#usage .chart").first.wait_for()
     assert "soma-local-dev" in await page.locator("#usage").inner_text()
     await screenshot(page, "usage")
 
+
+async def test_an_admin_creates_a_key_shown_once(page: Any, system: System) -> None:
+    await signed_in(page, system)
     await page.goto(f"{system.console}/console/#/keys")
     await page.fill("#f-user_id", "admin")
     await page.fill("#f-name", "from the console")
     await page.get_by_role("button", name="Create key", exact=True).click()
     created = page.locator("#new-key")
     await created.wait_for()
-    assert (await created.inner_text()).startswith("sk-soma-")
-    row = page.locator("tr", has_text="from the console")
-    await row.wait_for()
-    assert (await created.inner_text()) not in await page.locator("table").first.inner_text()
+    secret = await created.inner_text()
+    assert secret.startswith("sk-soma-")
+    listed = page.locator("#keys-table tr", has_text="from the console")
+    await listed.wait_for()
+    assert secret not in await page.locator("#keys-table").inner_text()
     await screenshot(page, "keys")
