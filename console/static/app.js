@@ -332,7 +332,7 @@ async function renderStory(correlation) {
         h("span", { title: `${s.gap_ms} ms` }, h("div", { class: "gap", style: `width:${Math.max(2, 70 * s.gap_ms / widest)}px` }), `${s.gap_ms.toFixed(1)}`),
         h("span", {}, s.hop),
         h("span", {}, h("span", { class: `kind-${s.kind}` }, s.kind), " ",
-          h("button", { type: "button", class: String(s.schema).endsWith(".failed") ? "failed" : "",
+          h("button", { type: "button", class: String(s.schema).endsWith(".failed") ? "linkish failed" : "linkish",
             onclick: () => detail.replaceChildren(messageDetail(s)) }, s.schema))))),
     detail);
 }
@@ -564,7 +564,7 @@ async function renderKeys() {
   const keys = h("div", {});
   const tenants = h("div", {});
   const keyForm = h("form", { class: "bar" },
-    field("User id", input("user_id", { required: true, size: 14 })),
+    field("User", h("select", { name: "user_id", id: "f-user_id", required: true })),
     field("Name", input("name", { size: 14 })),
     field("Roles (comma-separated; empty: the user's)", input("roles", { size: 18 })),
     h("button", { class: "primary", type: "submit" }, "Create key"));
@@ -589,6 +589,13 @@ async function renderKeys() {
           catch (err) { out.replaceChildren(message("error", err.message)); }
           loadKeys();
         } }, "Revoke")))))));
+  }
+  async function loadUsers() {
+    let page;
+    try { page = await api(gatewayPath("v1/admin/users")); }
+    catch (err) { out.replaceChildren(message("error", err.message)); return; }
+    fill(keyForm.querySelector("select[name=user_id]"),
+      page.data.map((u) => h("option", { value: u.id }, `${u.name} (${u.roles.join(", ")})`)));
   }
   async function loadTenants() {
     let page;
@@ -617,7 +624,7 @@ async function renderKeys() {
     } catch (err) { out.replaceChildren(message("error", err.message)); }
     loadTenants();
   });
-  await Promise.all([loadKeys(), loadTenants()]);
+  await Promise.all([loadUsers(), loadKeys(), loadTenants()]);
 }
 
 route();

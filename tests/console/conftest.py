@@ -74,7 +74,7 @@ def _make_key(env: dict[str, str], *args: str) -> str:
     return made.stdout.strip().splitlines()[-1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     data = tmp_path_factory.mktemp("console-system")
     models = data / "models.yaml"
