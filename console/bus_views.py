@@ -46,6 +46,9 @@ def saga_json(info: SagaInfo) -> dict[str, Any]:
         "error": info.error,
         "waiting_for": info.waiting_for,
         "history": [{"at": s.at, "kind": s.kind, "detail": s.detail} for s in info.history],
+        "parent_id": info.parent_id,
+        "data": info.data,
+        "children": info.children,
     }
 
 

@@ -72,6 +72,17 @@ async def get_instance(
     return dict(row) if row else None
 
 
+async def list_children(db: AsyncEngine, saga_id: str, tenant: str | None = None) -> list[str]:
+    """The ids of the sagas ``saga_id`` started, oldest first."""
+    t = tables.instances
+    stmt = select(t.c.id).where(t.c.parent_id == saga_id)
+    if tenant:
+        stmt = stmt.where(t.c.tenant == tenant)
+    stmt = stmt.order_by(t.c.created_at, t.c.id)
+    async with reader(db).connect() as conn:
+        return [str(r[0]) for r in await conn.execute(stmt)]
+
+
 async def get_history(db: AsyncEngine, saga_id: str) -> list[dict[str, Any]]:
     h = tables.history
     stmt = select(h).where(h.c.saga_id == saga_id).order_by(h.c.run, h.c.seq, h.c.id)

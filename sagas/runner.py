@@ -107,12 +107,14 @@ class Runner:
             row = await queries.get_instance(self.engine.db, cmd.saga_id, tenant=env.tenant)
             if row is None:
                 return SagaQueried(saga=None)
-            history = (
-                await queries.get_history(self.engine.db, cmd.saga_id)
-                if cmd.include_history
-                else []
-            )
-            return SagaQueried(saga=saga_info(row, history))
+            if not cmd.include_history:
+                return SagaQueried(saga=saga_info(row, []))
+            history = await queries.get_history(self.engine.db, cmd.saga_id)
+            children = await queries.list_children(self.engine.db, cmd.saga_id, env.tenant)
+            info = saga_info(row, history)
+            info.data = row.get("data") or {}
+            info.children = children
+            return SagaQueried(saga=info)
 
         async def list_(cmd: SagaList, env: Envelope) -> SagaListed:
             limit = max(1, min(cmd.limit, 200))
@@ -205,6 +207,7 @@ def saga_info(row: dict[str, Any], history: list[dict[str, Any]]) -> SagaInfo:
         error=row.get("error"),
         error_code=row.get("error_code"),
         waiting_for=waiting_for,
+        parent_id=row.get("parent_id"),
         history=[
             SagaStep(
                 at=h["at"], kind=h["event"], detail=f"{h['step'] or ''} {h['detail'] or ''}".strip()

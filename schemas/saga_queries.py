@@ -30,6 +30,11 @@ class SagaInfo(Message):
     error_code: FailureCode | None = None
     waiting_for: list[str] = []
     history: list[SagaStep] = []
+    parent_id: str | None = None
+    # With ``include_history`` only: the working data its steps keep, and the ids of the
+    # child sagas it started (oldest first), so an operator sees where a saga is and why.
+    data: dict[str, Any] | None = None
+    children: list[str] = []
 
 
 class SagaQuery(Message):

@@ -428,7 +428,11 @@ async function renderSaga(tenant, id) {
           if (confirm(`Cancel saga ${id}? Its compensations run in reverse.`)) act("cancel", { reason: `cancelled from the console by ${state.who.user}` }, "Cancellation sent.");
         } }, "Cancel")) : null,
       !ended && !isTask ? h("p", { class: "note" }, "The API offers signals and cancellation for agent tasks; for this saga use `soma saga signal` or `soma saga cancel`.") : null,
+      saga.parent_id ? h("p", {}, "Started by ", h("a", { href: `#/sagas/${encodeURIComponent(saga.tenant)}/${encodeURIComponent(saga.parent_id)}` }, saga.parent_id)) : null,
+      saga.children.length ? [h("h2", {}, "Children"), h("ul", { id: "saga-children" }, saga.children.map((c) =>
+        h("li", {}, h("a", { href: `#/sagas/${encodeURIComponent(saga.tenant)}/${encodeURIComponent(c)}` }, c))))] : null,
       h("h2", {}, "Input"), json(saga.input),
+      saga.data ? [h("h2", {}, "Data"), h("div", { id: "saga-data" }, json(saga.data))] : null,
       saga.result ? [h("h2", {}, "Result"), h("div", { id: "saga-result" }, json(saga.result))] : null,
       saga.error ? [h("h2", {}, "Error"), h("p", { class: "error" }, saga.error)] : null,
       h("h2", {}, "History"),

@@ -107,6 +107,7 @@ async def test_sagas_are_listed_and_one_opens_with_its_history(
     await first.click()
     await page.locator("#saga-history li").first.wait_for()
     assert await page.locator("#saga-state").inner_text() == "completed"
+    assert await page.locator("#saga-data").count() == 1, "its working data is shown"
     await screenshot(page, "saga")
 
 

@@ -231,3 +231,34 @@ async def test_steps_are_stored_under_their_registered_names(stack: Stack) -> No
     history = await queries.get_history(stack.db, saga_id)
     steps = [h["step"] for h in history if h["event"] == "step"]
     assert steps == ["ask_first", "ask_second", "typed_done"]
+
+
+async def test_a_detailed_query_names_a_parents_children_and_its_working_data(
+    stack: Stack,
+) -> None:
+    """What the operator console shows on a saga's page: where it is, and what it started."""
+    saga_id = await stack.start("parent")
+    await stack.finished(saga_id)
+    _, answer = await stack.requester.request(
+        SagaQuery(saga_id=saga_id, include_history=True), tenant="acme", expect={"sagas.queried"}
+    )
+    parent = answer.payload.saga
+    assert parent is not None and parent.data is not None
+    assert len(parent.children) == 1
+    _, answer = await stack.requester.request(
+        SagaQuery(saga_id=parent.children[0], include_history=True),
+        tenant="acme",
+        expect={"sagas.queried"},
+    )
+    child = answer.payload.saga
+    assert child is not None and child.parent_id == saga_id and child.saga_type == "three_steps"
+
+
+async def test_a_plain_query_carries_no_working_data(stack: Stack) -> None:
+    saga_id = await stack.start("three_steps")
+    await stack.finished(saga_id)
+    _, answer = await stack.requester.request(
+        SagaQuery(saga_id=saga_id), tenant="acme", expect={"sagas.queried"}
+    )
+    assert answer.payload.saga is not None
+    assert answer.payload.saga.data is None and answer.payload.saga.children == []
