@@ -226,3 +226,18 @@ async def test_authorization_is_read_before_x_api_key(
     key, _ = world.identity.api_key("acme", ["member"])
     headers = {**auth("sk-soma-0000000000000000-nope"), "x-api-key": key}
     assert (await http.get("/v1/models", headers=headers)).status_code == 401
+
+
+async def test_whoami_names_the_tenant_user_and_roles_of_a_token(
+    http: httpx.AsyncClient, world: World
+) -> None:
+    token = world.identity.sign(world.identity.claims("acme", "u1", ["admin", "member"]))
+    response = await http.get("/v1/auth/whoami", headers=auth(token))
+    assert response.status_code == 200
+    who = response.json()
+    assert (who["tenant"], who["user"], who["role"], who["via"]) == ("acme", "u1", "admin", "token")
+    assert set(who["roles"]) == {"admin", "member"}
+
+
+async def test_whoami_without_a_credential_is_401(http: httpx.AsyncClient) -> None:
+    assert (await http.get("/v1/auth/whoami")).status_code == 401
