@@ -298,7 +298,10 @@ def create_app(settings: Settings, config: ConsoleConfig | None = None) -> FastA
         """The API's own routes for tasks, usage, keys and tenants, called with the signed-in
         credential: what the API refuses, the console refuses."""
         operator = await operator_of(request, authorization)
-        if not any(path == p or path.startswith(p + "/") for p in GATEWAY_PATHS):
+        segments = path.split("/")
+        if any(s in ("", ".", "..") for s in segments) or not any(
+            path == p or path.startswith(p + "/") for p in GATEWAY_PATHS
+        ):
             raise AccessError(404, f"The console does not pass {path!r} to the gateway.",
                               "not_found")
         answer = await console_of(request).gateway.request(
@@ -316,6 +319,19 @@ def create_app(settings: Settings, config: ConsoleConfig | None = None) -> FastA
             status_code=answer.status_code,
             media_type=answer.headers.get("content-type", "application/json"),
         )
+
+    @app.middleware("http")
+    async def same_origin_only(request: Request, call_next: Any) -> Response:
+        """The page loads nothing from elsewhere and may not be framed: what it shows comes
+        from the bus, written by anyone who can publish, so nothing in it may run or load."""
+        response: Response = await call_next(request)
+        response.headers["Content-Security-Policy"] = (
+            "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
+            "base-uri 'none'; form-action 'self'"
+        )
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        return response
 
     static = resources.files("console") / "static"
     app.mount("/console", StaticFiles(directory=str(static), html=True), name="console")

@@ -211,6 +211,8 @@ async def test_usage_is_charted_by_model(page: Any, system: System) -> None:
     await page.goto(f"{system.console}/console/#/usage")
     await page.locator("#usage .chart").first.wait_for()
     assert "soma-local-dev" in await page.locator("#usage").inner_text()
+    bar = await page.locator("#usage .bar-fill").first.bounding_box()
+    assert bar is not None and bar["width"] > 10, "the bars are drawn to scale"
     await screenshot(page, "usage")
 
 

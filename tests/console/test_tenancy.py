@@ -66,9 +66,14 @@ def test_a_member_key_is_refused_by_the_console_api(system: System) -> None:
     assert "operators and admins" in answer.json()["error"]["message"]
 
 
-def test_the_console_passes_only_the_apis_own_routes_to_the_gateway(system: System) -> None:
+@pytest.mark.parametrize(
+    "path", ["v1/chat/completions", "v1/tasks/../chat/completions", "v1/tasks/%2E%2E/memory"]
+)
+def test_the_console_passes_only_the_apis_own_routes_to_the_gateway(
+    system: System, path: str
+) -> None:
     answer = httpx.get(
-        f"{system.console}/console/api/gateway/v1/chat/completions",
+        f"{system.console}/console/api/gateway/{path}",
         headers={"Authorization": f"Bearer {system.admin_key}"},
         timeout=30,
     )
@@ -83,3 +88,10 @@ def test_what_the_api_refuses_the_console_refuses(system: System) -> None:
         timeout=30,
     )
     assert answer.status_code == 403
+
+
+def test_the_page_may_load_nothing_from_elsewhere(system: System) -> None:
+    page = httpx.get(f"{system.console}/console/", timeout=30)
+    assert page.status_code == 200
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert "<script src=\"app.js\"></script>" in page.text
