@@ -1,6 +1,6 @@
 """A request's story: every command and event of one correlation id, in order, with hop times.
 
-Both streams are read from a start point through ephemeral pull consumers (no acks) and only the
+Both streams are read from a start point through ordered ephemeral consumers (no acks) and only the
 messages of the correlation id are kept; ordered by the time the server stored them, the gap
 before each message is the time the hop that produced it took. Who published a command is told
 by its id: the saga engine names its commands ``<saga>.<run>.<seq>.<n>.<attempt>``.
@@ -15,37 +15,39 @@ from typing import Any
 
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from console.messages import KINDS, from_msg, subject_for
 from schemas.envelope import CORRELATION_ID
 
 _SAGA_COMMAND = re.compile(r"\.\d+\.\d+\.\d+\.\d+(\.g)?$")
-FETCH = 512
+IDLE = 1.0  # seconds without a message that end a read: the stream holds nothing newer
 
 
 async def _scan(
     js: JetStreamContext, kind: str, tenant: str | None, since: datetime, correlation: str
 ) -> list[dict[str, Any]]:
+    """Read ``kind``'s stream from ``since`` to its end now through an ordered consumer: the
+    server names it, so the console's NATS user needs no right to name (or re-point) one."""
     config = ConsumerConfig(
         deliver_policy=DeliverPolicy.BY_START_TIME,
         opt_start_time=since.isoformat(),  # type: ignore[arg-type]
-        ack_policy=AckPolicy.NONE,
         inactive_threshold=5.0,
     )
-    sub = await js.pull_subscribe(subject_for(kind, tenant), stream=KINDS[kind], config=config)
+    sub = await js.subscribe(
+        subject_for(kind, tenant), stream=KINDS[kind], ordered_consumer=True, config=config
+    )
     found: list[dict[str, Any]] = []
     try:
-        left = (await sub.consumer_info()).num_pending
-        while left:
+        while True:
             try:
-                msgs = await sub.fetch(min(FETCH, left), timeout=2.0)
+                msg = await sub.next_msg(timeout=IDLE)
             except NatsTimeout:
+                break  # nothing (more) stored since the start point
+            if (msg.headers or {}).get(CORRELATION_ID) == correlation:
+                found.append(from_msg(msg))
+            if msg.metadata.num_pending == 0:
                 break
-            for msg in msgs:
-                if (msg.headers or {}).get(CORRELATION_ID) == correlation:
-                    found.append(from_msg(msg))
-            left = msgs[-1].metadata.num_pending if msgs else 0
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()

@@ -362,3 +362,51 @@ async def test_identity_writes_the_revocations_bucket_and_the_gateway_user_follo
         with quiet_disconnect():
             await identity.close()
             await gateway.close()
+
+
+async def test_the_console_user_reads_the_streams_and_replays_a_dead_letter(secured: int) -> None:
+    """What the operator console does over the bus, as its own user: stream state, a story,
+    the dead letters, and a replay; it makes no durable consumer and purges nothing."""
+    from datetime import UTC, datetime, timedelta
+
+    from nats.errors import TimeoutError as NatsTimeout
+    from nats.js.api import ConsumerConfig
+    from nats.js.errors import APIError
+
+    from console import bus_views, story
+
+    handler = await _policy_handler(secured)
+    admin = await connect(_url(secured, "admin"), "admin")
+    nc = await connect(_url(secured, "console"), "console")
+    js = nc.jetstream()
+    try:
+        env = Envelope(
+            message_id="bad-1", correlation_id="c-console", tenant="acme", schema="policy.evaluate"
+        )
+        await admin.jetstream().publish(
+            "soma.cmd.acme.policy.evaluate",
+            b'{"stage": "nowhere", "text": "x"}',
+            headers=env.to_headers(),
+        )
+        for _ in range(100):
+            letters = await bus_views.dead_letters(js, "acme", 10)
+            if letters:
+                break
+            await asyncio.sleep(0.1)
+        assert [x["service"] for x in letters] == ["policy"]
+        names = {s["name"] for s in await bus_views.streams(nc)}
+        assert {"SOMA_CMD", "SOMA_EVT", "SOMA_DLQ"} <= names
+        since = datetime.now(UTC) - timedelta(minutes=5)
+        steps = await story.collect(js, "c-console", "acme", since)
+        assert [s["schema"] for s in steps][0] == "policy.evaluate"
+        outcome = await bus_views.replay(js, letters[0]["seq"])
+        assert outcome["replayed"] is True, outcome
+        with pytest.raises((APIError, NatsTimeout)):
+            await js.add_consumer("SOMA_CMD", ConsumerConfig(durable_name="policy"))
+        with pytest.raises((APIError, NatsTimeout)):
+            await js.purge_stream("SOMA_DLQ")
+    finally:
+        with quiet_disconnect():
+            await nc.close()
+            await admin.close()
+        await handler.stop()
