@@ -348,12 +348,15 @@ async function renderSagas(cursor) {
     field("Type", h("select", { name: "type" }, ["", "chat_turn", "agent_task"].map((t) =>
       h("option", { value: t, selected: saved.type === t }, t || "any")))),
     field("State", input("state", { value: saved.state || "", placeholder: "running", size: 12 })),
+    field("Started before (UTC)", input("started_before", { type: "datetime-local", step: "1" })),
     field("Per page", input("limit", { type: "number", min: 1, max: 100, value: saved.limit || 20, size: 4 })),
     h("button", { class: "primary", type: "submit" }, "List"));
   main.replaceChildren(h("h1", {}, "Sagas"), form, list);
   const pages = [];
   async function load(before) {
     const f = new FormData(form);
+    const until = f.get("started_before");
+    if (!before && until) before = String(Date.parse(`${until}Z`) / 1000);
     const params = { tenant: f.get("tenant") || "", type: f.get("type"), state: f.get("state"), limit: f.get("limit") };
     sessionStorage.setItem("soma.sagas", JSON.stringify(params));
     let page;

@@ -77,6 +77,9 @@ async def test_a_chat_turn_appears_live_within_a_second(page: Any, system: Syste
     await detail.wait_for()
     assert correlation in await detail.inner_text()
     await screenshot(page, "live-message")
+    await page.get_by_role("link", name="Open this request's story").click()
+    await page.locator("#story-steps li:not(.note)").nth(3).wait_for()
+    assert correlation in page.url
 
 
 async def test_a_turns_story_is_a_timeline_of_its_hops(page: Any, system: System) -> None:
