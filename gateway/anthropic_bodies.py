@@ -126,18 +126,18 @@ class MessageOut(BaseModel):
     usage: MessageUsage
 
 
-class ErrorDetail(BaseModel):
+class AnthropicErrorDetail(BaseModel):
     type: str
     message: str
 
 
-class ErrorResponse(BaseModel):
+class AnthropicErrorResponse(BaseModel):
     type: Literal["error"] = "error"
-    error: ErrorDetail
+    error: AnthropicErrorDetail
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": description}
+    status: {"model": AnthropicErrorResponse, "description": description}
     for status, description in (
         (400, "invalid_request_error"),
         (401, "authentication_error"),
