@@ -4,7 +4,10 @@ or in another API's events (``StreamFormat``: Anthropic's in ``gateway.anthropic
 The delta subscription and the event waiter are both in place before the turn is started, so
 nothing is missed. Deltas are a preview; the turn's end is the truth: if deltas were lost (core
 NATS does not redeliver) the rest of the final answer is sent before the last chunk, and a
-caller's tool call missing from the deltas is sent from the result. The same stream serves both
+caller's tool call missing from the deltas is sent from the result. Deltas are numbered from 0 per
+model call: once one is missing — a retried request that joins a model call already streaming,
+a delta lost — the rest of that call's text is not forwarded piecemeal but sent from the result,
+so the caller never gets a fragment that is not the start of its answer. The same stream serves both
 pipelines (``gateway.turns``): a saga's turn and a pass-through one end with the same result.
 """
 
@@ -99,6 +102,58 @@ class OpenAIChunks:
         return b": keep-alive\n\n"
 
 
+class Preview:
+    """What a stream sends of a turn: deltas while they come in order, then whatever of the
+    result they did not carry. Kept apart from the I/O so the rule can be read (and tested)
+    on its own."""
+
+    def __init__(self, out: StreamFormat, caller_tools: set[str]) -> None:
+        self._out = out
+        self._caller_tools = caller_tools
+        self._sent_calls: list[str] = []
+        self._round_text = ""
+        self._round_closed = False
+        self._any_text = False
+        self._next_index = 0  # the index the round's next delta must have to be forwarded
+        self._in_step = True  # no delta of this round is missing so far
+
+    def take(self, delta: SlmDelta) -> list[bytes]:
+        """Chunks for one delta; remembers the text of the latest model round."""
+        out = []
+        if self._round_closed:
+            self._round_text, self._round_closed = "", False
+            self._next_index, self._in_step = 0, True
+        if delta.index != self._next_index:
+            self._in_step = False  # one was missed: the result supplies the rest
+        self._next_index = delta.index + 1
+        if delta.content and self._in_step:
+            self._round_text += delta.content
+            self._any_text = True
+            out.extend(self._out.text(delta.content))
+        call = delta.tool_call
+        if call and call.name in self._caller_tools and call.id not in self._sent_calls:
+            out.extend(self._out.tool_call(len(self._sent_calls), call))
+            self._sent_calls.append(call.id)
+        if delta.done:
+            self._round_closed = True
+        return out
+
+    def ending(self, result: ChatTurnResult) -> list[bytes]:
+        out = []
+        final = result.message.content or ""
+        if not self._any_text:
+            if final:
+                out.extend(self._out.text(final))
+        elif final.startswith(self._round_text) and len(final) > len(self._round_text):
+            out.extend(self._out.text(final[len(self._round_text) :]))
+        for call in result.message.tool_calls or []:
+            if call.id not in self._sent_calls:
+                out.extend(self._out.tool_call(len(self._sent_calls), call))
+                self._sent_calls.append(call.id)
+        out.extend(self._out.ending(result))
+        return out
+
+
 class ChatStream:
     def __init__(
         self,
@@ -125,11 +180,7 @@ class ChatStream:
         self._sub: Subscription | None = None
         self._closed = False
         self._out = out
-        self._caller_tools = {t.name for t in turn.tools}
-        self._sent_calls: list[str] = []
-        self._round_text = ""
-        self._round_closed = False
-        self._any_text = False
+        self._preview = Preview(out, {t.name for t in turn.tools})
 
     async def open(self) -> None:
         """Listen, then start the turn; an error here is still an ordinary HTTP error."""
@@ -161,23 +212,6 @@ class ChatStream:
             self._deltas.put_nowait(_decode_delta(msg.data))
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             log.warning("undecodable delta on %s: %s", msg.subject, exc)
-
-    def _take(self, delta: SlmDelta) -> list[bytes]:
-        """Chunks for one delta; remembers the text of the latest model round."""
-        out = []
-        if delta.content:
-            if self._round_closed:
-                self._round_text, self._round_closed = "", False
-            self._round_text += delta.content
-            self._any_text = True
-            out.extend(self._out.text(delta.content))
-        call = delta.tool_call
-        if call and call.name in self._caller_tools and call.id not in self._sent_calls:
-            out.extend(self._out.tool_call(len(self._sent_calls), call))
-            self._sent_calls.append(call.id)
-        if delta.done:
-            self._round_closed = True
-        return out
 
     async def chunks(self) -> AsyncIterator[bytes]:
         assert self._events is not None
@@ -213,7 +247,7 @@ class ChatStream:
                     yield self._out.keepalive()
                     continue
                 if delta_task in done:
-                    for piece in self._take(delta_task.result()):
+                    for piece in self._preview.take(delta_task.result()):
                         yield piece
                     delta_task = asyncio.ensure_future(self._deltas.get())
                 if event_task not in done:
@@ -226,17 +260,17 @@ class ChatStream:
                 # Deltas already here come first: the one a pending get holds, then the queue.
                 await asyncio.sleep(0)
                 if delta_task.done():
-                    for piece in self._take(delta_task.result()):
+                    for piece in self._preview.take(delta_task.result()):
                         yield piece
                 while not self._deltas.empty():
-                    for piece in self._take(self._deltas.get_nowait()):
+                    for piece in self._preview.take(self._deltas.get_nowait()):
                         yield piece
                 try:
                     result = chat_turns.with_constitution(self._run.outcome(reply), seen)
                 except ApiError as error:
                     yield self._out.error(error)
                     return
-                for piece in self._ending(result):
+                for piece in self._preview.ending(result):
                     yield piece
                 await self._limiter.record_tokens(
                     self._principal,
@@ -247,21 +281,6 @@ class ChatStream:
             delta_task.cancel()
             event_task.cancel()
             await self.close()
-
-    def _ending(self, result: ChatTurnResult) -> list[bytes]:
-        out = []
-        final = result.message.content or ""
-        if not self._any_text:
-            if final:
-                out.extend(self._out.text(final))
-        elif final.startswith(self._round_text) and len(final) > len(self._round_text):
-            out.extend(self._out.text(final[len(self._round_text) :]))
-        for call in result.message.tool_calls or []:
-            if call.id not in self._sent_calls:
-                out.extend(self._out.tool_call(len(self._sent_calls), call))
-                self._sent_calls.append(call.id)
-        out.extend(self._out.ending(result))
-        return out
 
 
 class SseResponse(StreamingResponse):
