@@ -198,7 +198,9 @@ async def test_events_in_hand_together_are_counted_in_batches(store: Store) -> N
     finally:
         await running.stop()
 
-    assert sum(batches) == expected.events
+    # A batch whose acks were late on a busy machine comes back and is handled again: what
+    # holds is that it is then counted once.
+    assert sum(batches) >= expected.events
     assert max(batches) > 1
     assert len(batches) < expected.events
     await _assert_counted_once(store.engine, expected)
