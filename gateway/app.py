@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -24,6 +25,7 @@ from bus.streams import provision
 from gateway import errors
 from gateway.auth import ApiKeyCache, Authenticator
 from gateway.body_limit import BodyLimitMiddleware
+from gateway.budgets import BudgetGuard
 from gateway.config import GatewayConfig
 from gateway.context import Gateway
 from gateway.dispatch import Dispatch
@@ -44,6 +46,7 @@ from gateway.routes import (
     tools,
     usage,
 )
+from gateway.spend import SpendFollower, SpendLedger
 from gateway.tokens import TokenRules, TokenVerifier
 from kernel.settings import Settings
 from kernel.telemetry import HttpSpans
@@ -82,8 +85,11 @@ async def _verifier(nc: NATS, js: JetStreamContext, config: GatewayConfig) -> To
     )
 
 
-async def _build(settings: Settings, config: GatewayConfig) -> tuple[Gateway, list[Any]]:
-    """Everything the routes use; the second value lists what to close, in order."""
+async def _build(
+    settings: Settings, config: GatewayConfig, clock: Callable[[], float] = time.time
+) -> tuple[Gateway, list[Any]]:
+    """Everything the routes use; the second value lists what to close, in order. ``clock``
+    is what budgets' windows are judged by (tests move it on)."""
     nc = await connect(settings.nats_url or "nats://127.0.0.1:4222", "soma-gateway")
     js = nc.jetstream()
     await provision(js, settings)
@@ -115,6 +121,7 @@ async def _build(settings: Settings, config: GatewayConfig) -> tuple[Gateway, li
         return [*chat_models.models, *embedding]
 
     verifier = await _verifier(nc, js, config)
+    spend = SpendFollower(js, SpendLedger(config.budget_lookback), clock)
 
     async def nats_ok() -> bool:
         return bool(nc.is_connected)
@@ -136,11 +143,14 @@ async def _build(settings: Settings, config: GatewayConfig) -> tuple[Gateway, li
         limiter=RateLimiter(windows, config),
         idempotency=store,
         models=ModelList(fetch_models, config.models_cache, config.jwks_miss_interval),
+        budgets=BudgetGuard(spend.ledger, clock),
         ready_checks=checks,
     )
     await verifier.prime()
     verifier.start()
+    await spend.start()
     return gateway, [
+        spend.stop,
         verifier.stop,
         requester.close,
         nc.drain,
@@ -148,12 +158,16 @@ async def _build(settings: Settings, config: GatewayConfig) -> tuple[Gateway, li
     ]
 
 
-def create_app(settings: Settings, config: GatewayConfig | None = None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    config: GatewayConfig | None = None,
+    clock: Callable[[], float] = time.time,
+) -> FastAPI:
     config = config or GatewayConfig()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        gateway, closers = await _build(settings, config)
+        gateway, closers = await _build(settings, config, clock)
         app.state.gateway = gateway
         try:
             yield

@@ -18,7 +18,7 @@ from typing import Literal
 from gateway.credentials import looks_like_api_key, parse_api_key, sha256_hex
 from gateway.errors import forbidden, unauthenticated, unavailable
 from gateway.tokens import AccessClaims, InvalidToken, TokenVerifier, VerificationUnavailable
-from schemas.identity import IdentityKeyVerified
+from schemas.identity import Budget, IdentityKeyVerified
 
 # Roles, most privileged first; ``role`` (what policy judges by) is the first one held.
 ROLE_ORDER = ("operator", "admin", "service", "member", "user")
@@ -50,6 +50,11 @@ class Principal:
     client_id: str | None = None
     scope: tuple[str, ...] = ()
     token: AccessClaims | None = None
+    # The key's own limits and its tenant's budget (from identity's verdict on the key).
+    budget: Budget | None = None
+    tenant_budget: Budget | None = None
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
 
     @property
     def role(self) -> str:
@@ -133,10 +138,21 @@ class ApiKeyCache:
         return verdict
 
 
+@dataclass(frozen=True)
+class KeyLimits:
+    budget: Budget | None
+    tenant_budget: Budget | None
+    rpm_limit: int | None
+    tpm_limit: int | None
+
+
 class Authenticator:
     def __init__(self, verifier: TokenVerifier, api_keys: ApiKeyCache) -> None:
         self.verifier = verifier
         self.api_keys = api_keys
+        # The limits of each key seen, by key id: an access token started from a key names it
+        # (``kid`` claim) and is held to them too, as soon as this gateway has seen the key.
+        self._limits: dict[str, KeyLimits] = {}
 
     async def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
@@ -158,6 +174,12 @@ class Authenticator:
             raise unauthenticated()
         if verdict.expires_at is not None and verdict.expires_at <= time.time():
             raise unauthenticated()
+        limits = KeyLimits(
+            verdict.budget, verdict.tenant_budget, verdict.rpm_limit, verdict.tpm_limit
+        )
+        if len(self._limits) > 100_000:
+            self._limits.clear()
+        self._limits[verdict.key_id] = limits
         return Principal(
             tenant=verdict.tenant,
             user=verdict.user,
@@ -165,6 +187,10 @@ class Authenticator:
             via="api_key",
             models=None if verdict.models is None else tuple(verdict.models),
             key_id=verdict.key_id,
+            budget=limits.budget,
+            tenant_budget=limits.tenant_budget,
+            rpm_limit=limits.rpm_limit,
+            tpm_limit=limits.tpm_limit,
         )
 
     async def _token(self, token: str) -> Principal:
@@ -174,6 +200,7 @@ class Authenticator:
             raise unauthenticated() from exc
         except VerificationUnavailable as exc:
             raise unavailable("Access tokens cannot be verified right now.") from exc
+        limits = self._limits.get(claims.key_id or "")
         return Principal(
             tenant=claims.tenant,
             user=claims.subject,
@@ -184,4 +211,8 @@ class Authenticator:
             client_id=claims.client_id,
             scope=claims.scope,
             token=claims,
+            budget=None if limits is None else limits.budget,
+            tenant_budget=None if limits is None else limits.tenant_budget,
+            rpm_limit=None if limits is None else limits.rpm_limit,
+            tpm_limit=None if limits is None else limits.tpm_limit,
         )

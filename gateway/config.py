@@ -33,6 +33,9 @@ class GatewayConfig(BaseSettings):
     # Past this age of the last revocation snapshot, access tokens are refused (fail closed);
     # 0 accepts tokens whatever the snapshot's age.
     revocations_max_age: float = Field(default=300, ge=0, alias="SOMA_REVOCATIONS_MAX_AGE")
+    # How far back the gateway reads usage events to sum budgets' windows: the longest
+    # budget_duration it can enforce (longer windows count only this much of their spend).
+    budget_lookback: float = Field(default=31 * 86400, gt=0, alias="SOMA_BUDGET_LOOKBACK")
     # How long an API key verdict is reused; a revoked key stops working within this time.
     api_key_cache: float = Field(default=5, ge=0, le=5, alias="SOMA_API_KEY_CACHE_SECONDS")
 

@@ -10,6 +10,7 @@ from fastapi import Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from gateway.auth import Authenticator, Principal, authorize, credential_header
+from gateway.budgets import BudgetGuard
 from gateway.config import GatewayConfig
 from gateway.dispatch import Dispatch
 from gateway.idempotency import Store
@@ -35,6 +36,7 @@ class Gateway:
     limiter: RateLimiter
     idempotency: Store
     models: ModelList
+    budgets: BudgetGuard | None = None
     ready_checks: dict[str, Callable[[], Awaitable[bool]]] = field(default_factory=dict)
 
 
@@ -43,8 +45,13 @@ def gateway_of(request: Request) -> Gateway:
     return gateway
 
 
+# Areas whose requests spend money (model calls): refused once a budget is spent.
+SPENDING = frozenset({"chat", "embeddings", "tasks"})
+
+
 def caller(area: str) -> Callable[..., Awaitable[Principal]]:
-    """Dependency: authenticate, check the role for ``area``, count the request."""
+    """Dependency: authenticate, check the role for ``area``, the budgets of the key and the
+    tenant when the area spends, and count the request."""
 
     async def resolve(
         request: Request,
@@ -54,6 +61,10 @@ def caller(area: str) -> Callable[..., Awaitable[Principal]]:
         gateway = gateway_of(request)
         principal = await gateway.authenticator.authenticate(credential_header(request.headers))
         authorize(principal, area)
+        if area in SPENDING and gateway.budgets is not None:
+            gateway.budgets.admit(
+                principal.tenant, principal.key_id, principal.budget, principal.tenant_budget
+            )
         await gateway.limiter.admit_request(principal)
         return principal
 

@@ -1,5 +1,8 @@
 """Rate limits: requests and tokens per minute, per key and per tenant, in fixed one-minute windows.
 
+A key's own ``rpm_limit`` / ``tpm_limit`` (set on the key, carried in identity's verdict) takes
+the place of the per-key defaults ``SOMA_RATE_RPM`` / ``SOMA_RATE_TPM``.
+
 With ``REDIS_URL`` the counters live in Redis and every gateway replica shares them: one Lua
 script checks every counter and increments them all only if none would pass its limit, using the
 Redis server's clock so replicas agree on the window. Without Redis they live in this process.
@@ -118,7 +121,8 @@ class RateLimiter:
 
     async def admit_request(self, principal: Principal) -> None:
         c = self._config
-        counters = self._counters(principal, "rpm", c.rate_rpm, c.rate_tenant_rpm)
+        per_key = principal.rpm_limit if principal.rpm_limit is not None else c.rate_rpm
+        counters = self._counters(principal, "rpm", per_key, c.rate_tenant_rpm)
         wait = await self._windows.take(counters, need=1, add=1)
         if wait:
             raise rate_limited(
@@ -129,8 +133,7 @@ class RateLimiter:
 
     async def admit_tokens(self, principal: Principal) -> None:
         """Refuse while this minute's token budget is spent."""
-        c = self._config
-        counters = self._counters(principal, "tpm", c.rate_tpm, c.rate_tenant_tpm)
+        counters = self._token_counters(principal)
         wait = await self._windows.take(counters, need=1, add=0)
         if wait:
             raise rate_limited(
@@ -141,6 +144,10 @@ class RateLimiter:
 
     async def record_tokens(self, principal: Principal, tokens: int) -> None:
         if tokens > 0:
-            c = self._config
-            counters = self._counters(principal, "tpm", c.rate_tpm, c.rate_tenant_tpm)
-            await self._windows.take(counters, need=0, add=tokens)
+            await self._windows.take(self._token_counters(principal), need=0, add=tokens)
+
+    def _token_counters(self, principal: Principal) -> list[Counter]:
+        """A key's own ``tpm_limit`` replaces the per-key default; the tenant's stays."""
+        c = self._config
+        per_key = principal.tpm_limit if principal.tpm_limit is not None else c.rate_tpm
+        return self._counters(principal, "tpm", per_key, c.rate_tenant_tpm)

@@ -26,10 +26,21 @@ REVOCATIONS_BUCKET = "soma_revocations"
 JWKS_KEY = "jwks"
 
 
+class Budget(Message):
+    """A spending limit: at most ``max_budget`` US dollars per window. The windows follow one
+    another from ``budget_start`` (epoch seconds), each ``budget_duration`` long (``30d``,
+    ``12h``: ``schemas.durations``); without a duration the one window never ends."""
+
+    max_budget: float
+    budget_duration: str | None = None
+    budget_start: float = 0.0
+
+
 class TenantInfo(Message):
     id: str
     name: str
     created_at: float
+    budget: Budget | None = None
 
 
 class UserInfo(Message):
@@ -52,6 +63,10 @@ class ApiKeyInfo(Message):
     created_at: float = 0.0
     expires_at: float | None = None
     revoked_at: float | None = None
+    budget: Budget | None = None
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+    metadata: dict[str, Any] = {}
 
 
 class IdentityVerifyKey(Message):
@@ -72,6 +87,11 @@ class IdentityKeyVerified(Message):
     roles: list[str] = []
     models: list[str] | None = None
     expires_at: float | None = None
+    # The key's own limits and its tenant's budget, enforced by the gateway without asking again.
+    budget: Budget | None = None
+    tenant_budget: Budget | None = None
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
 
 
 class IdentityJwks(Message):
@@ -216,10 +236,64 @@ class IdentityCreateKey(Message):
     roles: list[str] | None = None
     models: list[str] | None = None
     expires_at: float | None = None
+    max_budget: float | None = None
+    budget_duration: str | None = None
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+    metadata: dict[str, Any] = {}
 
 
 class IdentityKeyCreated(Message):
     key: ApiKeyInfo
+
+
+KeyField = Literal[
+    "name", "models", "expires_at", "max_budget", "budget_duration", "rpm_limit", "tpm_limit",
+    "metadata",
+]
+
+
+class IdentityUpdateKey(Message):
+    """Change a key's limits in place (the secret stays): each field given is set, each named in
+    ``clear`` removed (no limit); the rest stay. A changed budget starts a new window now."""
+
+    key_id: str
+    name: str | None = None
+    models: list[str] | None = None
+    expires_at: float | None = None
+    max_budget: float | None = None
+    budget_duration: str | None = None
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+    metadata: dict[str, Any] | None = None
+    clear: list[KeyField] = []
+
+
+class IdentityKeyUpdated(Message):
+    key: ApiKeyInfo
+
+
+class IdentityGetKey(Message):
+    """One key of the envelope's tenant, by id."""
+
+    key_id: str
+
+
+class IdentityKeyFound(Message):
+    key: ApiKeyInfo
+
+
+class IdentityUpdateTenant(Message):
+    """Set (or, with ``clear``, remove) a tenant's budget: operators only."""
+
+    tenant_id: str
+    max_budget: float | None = None
+    budget_duration: str | None = None
+    clear: bool = False
+
+
+class IdentityTenantUpdated(Message):
+    tenant: TenantInfo
 
 
 class IdentityListKeys(Message):

@@ -5,23 +5,28 @@ A new key's secret is made here and returned once; identity stores only its dige
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gateway.auth import Principal
-from gateway.context import caller, gateway_of
+from gateway.context import Gateway, caller, gateway_of
 from gateway.credentials import new_api_key
 from gateway.openai_bodies import ERRORS
+from schemas.durations import FORMS, BadDuration, duration_seconds
 from schemas.identity import (
     ApiKeyInfo,
+    Budget,
     IdentityCreateKey,
     IdentityCreateTenant,
     IdentityCreateUser,
+    IdentityGetKey,
     IdentityKeyCreated,
+    IdentityKeyFound,
     IdentityKeyRevoked,
     IdentityKeysListed,
+    IdentityKeyUpdated,
     IdentityListKeys,
     IdentityListTenants,
     IdentityListUsers,
@@ -30,6 +35,9 @@ from schemas.identity import (
     IdentityRevokeKey,
     IdentityTenantCreated,
     IdentityTenantsListed,
+    IdentityTenantUpdated,
+    IdentityUpdateKey,
+    IdentityUpdateTenant,
     IdentityUserCreated,
     IdentityUsersListed,
     TenantInfo,
@@ -47,11 +55,44 @@ class TenantCreate(BaseModel):
     name: str | None = Field(default=None, max_length=200)
 
 
+def _duration(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            duration_seconds(value)
+        except BadDuration as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
+_BUDGET_DURATION = (
+    f"How often the budget resets: {FORMS}. Without it the budget never resets."
+)
+
+
+class TenantBudget(BaseModel):
+    """``PATCH /v1/admin/tenants/{id}``: ``max_budget`` null removes the tenant's budget."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"max_budget": 500.0, "budget_duration": "30d"}]},
+    )
+    max_budget: float | None = Field(ge=0, description="US dollars per window; null: none.")
+    budget_duration: str | None = Field(default=None, description=_BUDGET_DURATION)
+
+    _check_duration = field_validator("budget_duration")(_duration)
+
+
 class Tenant(BaseModel):
     id: str
     object: Literal["tenant"] = "tenant"
     name: str
     created_at: float
+    max_budget: float | None = None
+    budget_duration: str | None = None
+    budget_reset_at: float | None = None
+    spend: float | None = Field(
+        default=None, description="USD spent in the budget's current window."
+    )
 
 
 class TenantList(BaseModel):
@@ -80,12 +121,56 @@ class UserList(BaseModel):
 
 
 class KeyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "user_id": "3c1f…",
+                    "name": "ci",
+                    "models": ["gpt-4o-mini"],
+                    "max_budget": 10.0,
+                    "budget_duration": "30d",
+                    "rpm_limit": 60,
+                    "tpm_limit": 100000,
+                    "metadata": {"team": "search"},
+                }
+            ]
+        },
+    )
     user_id: str = Field(min_length=1, max_length=64)
     name: str = Field(default="", max_length=200)
     roles: list[Annotated[str, Field(pattern=_ROLE)]] | None = None
     models: list[Annotated[str, Field(min_length=1)]] | None = None
     expires_at: float | None = Field(default=None, gt=0)
+    max_budget: float | None = Field(default=None, ge=0, description="US dollars per window.")
+    budget_duration: str | None = Field(default=None, description=_BUDGET_DURATION)
+    rpm_limit: int | None = Field(default=None, ge=1, description="Requests per minute.")
+    tpm_limit: int | None = Field(default=None, ge=1, description="Tokens per minute.")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Labels, kept as given.")
+
+    _check_duration = field_validator("budget_duration")(_duration)
+
+
+class KeyUpdate(BaseModel):
+    """``PATCH /v1/admin/keys/{id}``: each field given is set, a field given as null is
+    removed (no limit, every model, no expiry), the rest stay. The secret stays the same."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"max_budget": 25.0, "budget_duration": "7d",
+                                         "rpm_limit": None}]},
+    )
+    name: str | None = Field(default=None, max_length=200)
+    models: list[Annotated[str, Field(min_length=1)]] | None = None
+    expires_at: float | None = Field(default=None, gt=0)
+    max_budget: float | None = Field(default=None, ge=0)
+    budget_duration: str | None = None
+    rpm_limit: int | None = Field(default=None, ge=1)
+    tpm_limit: int | None = Field(default=None, ge=1)
+    metadata: dict[str, Any] | None = None
+
+    _check_duration = field_validator("budget_duration")(_duration)
 
 
 class Key(BaseModel):
@@ -99,6 +184,19 @@ class Key(BaseModel):
     created_at: float
     expires_at: float | None
     revoked_at: float | None
+    max_budget: float | None = None
+    budget_duration: str | None = None
+    budget_reset_at: float | None = Field(
+        default=None, description="When the current budget window ends (epoch seconds)."
+    )
+    spend: float = Field(
+        default=0.0,
+        description="USD spent in the budget's current window (without a budget: over the "
+        "gateway's SOMA_BUDGET_LOOKBACK).",
+    )
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
 
 
 class NewKey(Key):
@@ -114,15 +212,38 @@ class Revoked(BaseModel):
     revoked: bool
 
 
-def _tenant(t: TenantInfo) -> Tenant:
-    return Tenant(id=t.id, name=t.name, created_at=t.created_at)
+def _tenant(t: TenantInfo, gateway: Gateway | None = None) -> Tenant:
+    out = Tenant(id=t.id, name=t.name, created_at=t.created_at)
+    if t.budget is not None:
+        out.max_budget = t.budget.max_budget
+        out.budget_duration = t.budget.budget_duration
+        if gateway is not None and gateway.budgets is not None:
+            state = gateway.budgets.tenant_state(t.id, t.budget)
+            out.spend = state.spent
+            out.budget_reset_at = state.window.resets_at
+    return out
 
 
 def _user(u: UserInfo) -> User:
     return User(id=u.id, tenant=u.tenant, name=u.name, roles=u.roles, created_at=u.created_at)
 
 
-def _key(k: ApiKeyInfo) -> Key:
+def _spend(
+    gateway: Gateway | None, key_id: str, budget: Budget | None
+) -> tuple[float, float | None]:
+    """USD spent in the budget's current window and when it ends, from the gateway's ledger."""
+    if gateway is None or gateway.budgets is None:
+        return 0.0, None
+    guard = gateway.budgets
+    if budget is None:
+        now = guard.clock()
+        return guard.ledger.key_spend(key_id, now - guard.ledger.lookback), None
+    state = guard.key_state(key_id, budget)
+    return state.spent, state.window.resets_at
+
+
+def _key(k: ApiKeyInfo, gateway: Gateway | None = None) -> Key:
+    spent, resets_at = _spend(gateway, k.id, k.budget)
     return Key(
         id=k.id,
         tenant=k.tenant,
@@ -133,6 +254,13 @@ def _key(k: ApiKeyInfo) -> Key:
         created_at=k.created_at,
         expires_at=k.expires_at,
         revoked_at=k.revoked_at,
+        max_budget=None if k.budget is None else k.budget.max_budget,
+        budget_duration=None if k.budget is None else k.budget.budget_duration,
+        budget_reset_at=resets_at,
+        spend=spent,
+        rpm_limit=k.rpm_limit,
+        tpm_limit=k.tpm_limit,
+        metadata=k.metadata,
     )
 
 
@@ -167,7 +295,8 @@ async def list_tenants(request: Request, principal: Operator) -> TenantList:
         tenant=principal.tenant,
         actor=principal.user,
     )
-    return TenantList(data=[_tenant(t) for t in listed.tenants])
+    gateway = gateway_of(request)
+    return TenantList(data=[_tenant(t, gateway) for t in listed.tenants])
 
 
 @router.post(
@@ -234,6 +363,11 @@ async def create_key(body: KeyCreate, request: Request, principal: Admin) -> New
             roles=body.roles,
             models=body.models,
             expires_at=body.expires_at,
+            max_budget=body.max_budget,
+            budget_duration=body.budget_duration,
+            rpm_limit=body.rpm_limit,
+            tpm_limit=body.tpm_limit,
+            metadata=body.metadata,
         ),
         IdentityKeyCreated,
         tenant=principal.tenant,
@@ -259,7 +393,71 @@ async def list_keys(
         tenant=principal.tenant,
         actor=principal.user,
     )
-    return KeyList(data=[_key(k) for k in listed.keys])
+    gateway = gateway_of(request)
+    return KeyList(data=[_key(k, gateway) for k in listed.keys])
+
+
+@router.get(
+    "/v1/admin/keys/{key_id}",
+    response_model=Key,
+    responses=ERRORS,
+    summary="An API key's limits and its spend so far",
+)
+async def get_key(key_id: str, request: Request, principal: Admin) -> Key:
+    gateway = gateway_of(request)
+    found = await gateway.dispatch.call(
+        IdentityGetKey(key_id=key_id),
+        IdentityKeyFound,
+        tenant=principal.tenant,
+        actor=principal.user,
+    )
+    return _key(found.key, gateway)
+
+
+@router.patch(
+    "/v1/admin/keys/{key_id}",
+    response_model=Key,
+    responses=ERRORS,
+    summary="Change an API key's budget, limits, models, expiry or metadata in place",
+)
+async def update_key(key_id: str, body: KeyUpdate, request: Request, principal: Admin) -> Key:
+    gateway = gateway_of(request)
+    given = body.model_dump(exclude_unset=True)
+    clear = sorted(name for name, value in given.items() if value is None)
+    values = {name: value for name, value in given.items() if value is not None}
+    updated = await gateway.dispatch.call(
+        IdentityUpdateKey(key_id=key_id, clear=clear, **values),  # type: ignore[arg-type]
+        IdentityKeyUpdated,
+        tenant=principal.tenant,
+        actor=principal.user,
+    )
+    # The new limits apply on this gateway at once, on the others within the key cache time.
+    gateway.authenticator.api_keys.forget(key_id)
+    return _key(updated.key, gateway)
+
+
+@router.patch(
+    "/v1/admin/tenants/{tenant_id}",
+    response_model=Tenant,
+    responses=ERRORS,
+    summary="Set or remove a tenant's budget (operators)",
+)
+async def update_tenant(
+    tenant_id: str, body: TenantBudget, request: Request, principal: Operator
+) -> Tenant:
+    gateway = gateway_of(request)
+    updated = await gateway.dispatch.call(
+        IdentityUpdateTenant(
+            tenant_id=tenant_id,
+            max_budget=body.max_budget,
+            budget_duration=body.budget_duration,
+            clear=body.max_budget is None,
+        ),
+        IdentityTenantUpdated,
+        tenant=principal.tenant,
+        actor=principal.user,
+    )
+    return _tenant(updated.tenant, gateway)
 
 
 @router.delete(

@@ -8,18 +8,27 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 import secrets
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from handlers.identity.config import IdentitySettings
-from handlers.identity.directory import check_grantable, check_roles, load_user
+from handlers.identity.directory import (
+    BudgetLimit,
+    budget_of,
+    check_budget,
+    check_grantable,
+    check_roles,
+    load_user,
+)
 from handlers.identity.errors import (
     AlreadyExists,
     ExpiredApiKey,
@@ -38,6 +47,37 @@ KEY_ID = re.compile(r"[0-9a-f]{16}")
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 # Compared against when the id is unknown, so a miss costs the same as a wrong secret.
 _NO_SUCH_HASH = hashlib.sha256(b"no such key").hexdigest()
+# Metadata is for labels (team, purpose), not documents.
+METADATA_MAX_BYTES = 4096
+# What ``update_api_key`` may change or clear; roles never widen after issue, so not them.
+UPDATABLE = frozenset(
+    {"name", "models", "expires_at", "max_budget", "budget_duration", "rpm_limit", "tpm_limit",
+     "metadata"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLimits:
+    """What a key may spend and how fast: USD per window, requests and tokens per minute."""
+
+    max_budget: float | None = None
+    budget_duration: str | None = None
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+def check_limits(limits: KeyLimits) -> None:
+    check_budget(limits.max_budget, limits.budget_duration)
+    for name in ("rpm_limit", "tpm_limit"):
+        value = getattr(limits, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise InvalidInput(f"{name} must be a whole number of at least 1 (or no limit)")
+    if not isinstance(limits.metadata, Mapping):
+        raise InvalidInput("metadata must be an object of labels")
+    if len(json.dumps(dict(limits.metadata), default=str)) > METADATA_MAX_BYTES:
+        raise InvalidInput(f"metadata is at most {METADATA_MAX_BYTES} bytes as JSON")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +91,10 @@ class ApiKeyInfo:
     created_at: float
     expires_at: float | None
     revoked_at: float | None
+    budget: BudgetLimit | None = None
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def hint(self) -> str:
@@ -79,6 +123,10 @@ def key_info(row: sa.Row) -> ApiKeyInfo:
         created_at=row.created_at,
         expires_at=row.expires_at,
         revoked_at=row.revoked_at,
+        budget=budget_of(row),
+        rpm_limit=row.rpm_limit,
+        tpm_limit=row.tpm_limit,
+        metadata=dict(row.key_metadata or {}),
     )
 
 
@@ -117,6 +165,34 @@ async def _grant(
     return granted, allowed
 
 
+def _limited(info: ApiKeyInfo, limits: KeyLimits, now: float) -> ApiKeyInfo:
+    """``info`` carrying ``limits``; a budget's first window starts ``now``."""
+    check_limits(limits)
+    budget = (
+        None
+        if limits.max_budget is None
+        else BudgetLimit(float(limits.max_budget), limits.budget_duration, now)
+    )
+    return ApiKeyInfo(
+        id=info.id, tenant=info.tenant, user=info.user, name=info.name, roles=info.roles,
+        models=info.models, created_at=info.created_at, expires_at=info.expires_at,
+        revoked_at=info.revoked_at, budget=budget, rpm_limit=limits.rpm_limit,
+        tpm_limit=limits.tpm_limit, metadata=dict(limits.metadata),
+    )
+
+
+def _limit_columns(info: ApiKeyInfo) -> dict[str, Any]:
+    budget = info.budget
+    return {
+        "max_budget": None if budget is None else budget.max_budget,
+        "budget_duration": None if budget is None else budget.budget_duration,
+        "budget_start": None if budget is None else budget.budget_start,
+        "rpm_limit": info.rpm_limit,
+        "tpm_limit": info.tpm_limit,
+        "key_metadata": dict(info.metadata) or None,
+    }
+
+
 async def _insert(conn: AsyncConnection, info: ApiKeyInfo, secret_sha256: str) -> None:
     await conn.execute(
         api_keys.insert().values(
@@ -129,6 +205,7 @@ async def _insert(conn: AsyncConnection, info: ApiKeyInfo, secret_sha256: str) -
             models=None if info.models is None else list(info.models),
             created_at=info.created_at,
             expires_at=info.expires_at,
+            **_limit_columns(info),
         )
     )
 
@@ -142,6 +219,7 @@ async def insert_api_key(
     models: Iterable[str] | None,
     expires_at: float | None,
     now: float,
+    limits: KeyLimits | None = None,
 ) -> IssuedApiKey:
     """Generate a key here (for callers that show it themselves: the CLI, bootstrap)."""
     if len(name) > 200:
@@ -159,6 +237,7 @@ async def insert_api_key(
         expires_at=expires_at,
         revoked_at=None,
     )
+    info = _limited(info, limits or KeyLimits(), now)
     await _insert(conn, info, hash_secret(secret))
     return IssuedApiKey(key=f"{PREFIX}{key_id}-{secret}", info=info)
 
@@ -172,6 +251,7 @@ async def create_api_key(
     models: Iterable[str] | None = None,
     expires_at: float | None = None,
     now: float | None = None,
+    limits: KeyLimits | None = None,
 ) -> IssuedApiKey:
     """A new key; ``.key`` is the only time the secret exists outside the caller's hands.
 
@@ -187,6 +267,7 @@ async def create_api_key(
             models,
             expires_at,
             time.time() if now is None else now,
+            limits,
         )
 
 
@@ -202,6 +283,7 @@ async def record_api_key(
     expires_at: float | None = None,
     now: float | None = None,
     grantor_roles: Iterable[str] | None = None,
+    limits: KeyLimits | None = None,
 ) -> ApiKeyInfo:
     """Keep a key generated elsewhere (the gateway), of which only the secret's hash is sent.
 
@@ -240,6 +322,7 @@ async def record_api_key(
                     expires_at=expires_at,
                     revoked_at=None,
                 )
+                info = _limited(info, limits or KeyLimits(), now)
                 await _insert(conn, info, secret_sha256)
                 return info
         except IntegrityError:
@@ -252,6 +335,111 @@ async def find_api_key(engine: AsyncEngine, key_id: str) -> ApiKeyInfo | None:
     async with engine.connect() as conn:
         row = (await conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id))).first()
     return key_info(row) if row is not None else None
+
+
+async def get_api_key(engine: AsyncEngine, tenant: str, key_id: str) -> ApiKeyInfo:
+    """A key of ``tenant``; another tenant's key is as unknown as a missing one."""
+    async with engine.connect() as conn:
+        query = sa.select(api_keys).where(api_keys.c.id == key_id, api_keys.c.tenant_id == tenant)
+        row = (await conn.execute(query)).first()
+    if row is None:
+        raise NotFound(f"no API key {key_id!r} in tenant {tenant!r}")
+    return key_info(row)
+
+
+async def update_api_key(
+    engine: AsyncEngine,
+    tenant: str,
+    key_id: str,
+    changes: Mapping[str, Any],
+    clear: Iterable[str] = (),
+    now: float | None = None,
+) -> ApiKeyInfo:
+    """Change a key's limits in place; its secret, user and roles stay.
+
+    ``changes`` sets fields, ``clear`` removes them (no limit, every model, no expiry). A
+    budget whose amount or duration changes starts a new window at ``now``; setting the same
+    values again changes nothing, so a redelivered command leaves the key as the first did.
+    A revoked key is not changed (a conflict): it will never be used again.
+    """
+    now = time.time() if now is None else now
+    cleared = set(clear)
+    unknown = sorted((set(changes) | cleared) - UPDATABLE)
+    if unknown:
+        raise InvalidInput(
+            f"cannot change {', '.join(unknown)}; choose from {', '.join(sorted(UPDATABLE))}"
+        )
+    both = sorted(set(changes) & cleared)
+    if both:
+        raise InvalidInput(f"{', '.join(both)}: both set and cleared")
+    async with engine.begin() as conn:
+        query = sa.select(api_keys).where(api_keys.c.id == key_id, api_keys.c.tenant_id == tenant)
+        row = (await conn.execute(query)).first()
+        if row is None:
+            raise NotFound(f"no API key {key_id!r} in tenant {tenant!r}")
+        if row.revoked_at is not None:
+            raise AlreadyExists(f"API key {key_id} is revoked; make a new key instead")
+        current = key_info(row)
+        budget = current.budget
+        wanted: dict[str, Any] = {
+            "name": current.name,
+            "models": current.models,
+            "expires_at": current.expires_at,
+            "max_budget": None if budget is None else budget.max_budget,
+            "budget_duration": None if budget is None else budget.budget_duration,
+            "rpm_limit": current.rpm_limit,
+            "tpm_limit": current.tpm_limit,
+            "metadata": dict(current.metadata),
+        }
+        wanted.update(changes)
+        for name in cleared:
+            wanted[name] = {} if name == "metadata" else "" if name == "name" else None
+        if wanted["max_budget"] is None:
+            wanted["budget_duration"] = None
+        if not isinstance(wanted["name"], str) or len(wanted["name"]) > 200:
+            raise InvalidInput("a key name is at most 200 characters")
+        models = wanted["models"]
+        if models is not None:
+            if not all(isinstance(m, str) and m for m in models):
+                raise InvalidInput("model names must be non-empty strings")
+            models = tuple(sorted(set(models)))
+        if "expires_at" in changes and wanted["expires_at"] is not None:
+            if wanted["expires_at"] <= now:
+                raise InvalidInput("expires_at is in the past")
+        limits = KeyLimits(
+            max_budget=wanted["max_budget"],
+            budget_duration=wanted["budget_duration"],
+            rpm_limit=wanted["rpm_limit"],
+            tpm_limit=wanted["tpm_limit"],
+            metadata=wanted["metadata"],
+        )
+        check_limits(limits)
+        same_budget = budget is not None and (budget.max_budget, budget.budget_duration) == (
+            limits.max_budget,
+            limits.budget_duration,
+        )
+        start = budget.budget_start if same_budget and budget is not None else now
+        updated = ApiKeyInfo(
+            id=current.id, tenant=current.tenant, user=current.user, name=wanted["name"],
+            roles=current.roles, models=models, created_at=current.created_at,
+            expires_at=wanted["expires_at"], revoked_at=None,
+            budget=None if limits.max_budget is None else BudgetLimit(
+                float(limits.max_budget), limits.budget_duration, start
+            ),
+            rpm_limit=limits.rpm_limit, tpm_limit=limits.tpm_limit,
+            metadata=dict(limits.metadata),
+        )
+        await conn.execute(
+            api_keys.update()
+            .where(api_keys.c.id == key_id)
+            .values(
+                name=updated.name,
+                models=None if models is None else list(models),
+                expires_at=updated.expires_at,
+                **_limit_columns(updated),
+            )
+        )
+    return updated
 
 
 async def list_api_keys(

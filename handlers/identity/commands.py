@@ -34,15 +34,19 @@ from schemas.envelope import Envelope
 from schemas.identity import (
     SYSTEM_TENANT,
     ApiKeyInfo,
+    Budget,
     IdentityCreateKey,
     IdentityCreateTenant,
     IdentityCreateUser,
+    IdentityGetKey,
     IdentityIssueToken,
     IdentityJwks,
     IdentityJwksPublished,
     IdentityKeyCreated,
+    IdentityKeyFound,
     IdentityKeyRevoked,
     IdentityKeysListed,
+    IdentityKeyUpdated,
     IdentityKeyVerified,
     IdentityListKeys,
     IdentityListTenants,
@@ -56,7 +60,10 @@ from schemas.identity import (
     IdentityRevokeKey,
     IdentityTenantCreated,
     IdentityTenantsListed,
+    IdentityTenantUpdated,
     IdentityTokenIssued,
+    IdentityUpdateKey,
+    IdentityUpdateTenant,
     IdentityUserCreated,
     IdentityUsersListed,
     IdentityVerifyKey,
@@ -99,8 +106,16 @@ def _scope_of(env: Envelope) -> str | None:
     return None if env.tenant == SYSTEM_TENANT else env.tenant
 
 
+def _budget(b: directory.BudgetLimit | None) -> Budget | None:
+    if b is None:
+        return None
+    return Budget(
+        max_budget=b.max_budget, budget_duration=b.budget_duration, budget_start=b.budget_start
+    )
+
+
 def _tenant(t: directory.Tenant) -> TenantInfo:
-    return TenantInfo(id=t.id, name=t.name, created_at=t.created_at)
+    return TenantInfo(id=t.id, name=t.name, created_at=t.created_at, budget=_budget(t.budget))
 
 
 def _user(u: directory.User) -> UserInfo:
@@ -120,7 +135,16 @@ def _key(k: api_keys.ApiKeyInfo) -> ApiKeyInfo:
         created_at=k.created_at,
         expires_at=k.expires_at,
         revoked_at=k.revoked_at,
+        budget=_budget(k.budget),
+        rpm_limit=k.rpm_limit,
+        tpm_limit=k.tpm_limit,
+        metadata=dict(k.metadata),
     )
+
+
+# Roles that may change what keys of their tenant may spend, and tenants' budgets.
+KEY_ADMINS = frozenset({"admin"})
+TENANT_ADMINS = frozenset({"operator"})
 
 
 class IdentityCommands:
@@ -153,6 +177,7 @@ class IdentityCommands:
             )
         except InvalidApiKey as exc:
             return IdentityKeyVerified(key_id=cmd.key_id, valid=False, reason=str(exc))
+        tenant = await directory.get_tenant(self.engine, info.tenant)
         return IdentityKeyVerified(
             key_id=info.id,
             valid=True,
@@ -161,6 +186,10 @@ class IdentityCommands:
             roles=list(info.roles),
             models=None if info.models is None else list(info.models),
             expires_at=info.expires_at,
+            budget=_budget(info.budget),
+            tenant_budget=_budget(tenant.budget),
+            rpm_limit=info.rpm_limit,
+            tpm_limit=info.tpm_limit,
         )
 
     async def jwks(self, cmd: IdentityJwks, env: Envelope) -> IdentityJwksPublished:
@@ -315,6 +344,13 @@ class IdentityCommands:
                 expires_at=cmd.expires_at,
                 now=self.clock(),
                 grantor_roles=grantor,
+                limits=api_keys.KeyLimits(
+                    max_budget=cmd.max_budget,
+                    budget_duration=cmd.budget_duration,
+                    rpm_limit=cmd.rpm_limit,
+                    tpm_limit=cmd.tpm_limit,
+                    metadata=cmd.metadata,
+                ),
             )
         return IdentityKeyCreated(key=_key(info))
 
@@ -330,3 +366,45 @@ class IdentityCommands:
         # The key's refresh families end with it.
         await self._publish_revocations()
         return IdentityKeyRevoked(key=_key(info))
+
+    async def get_key(self, cmd: IdentityGetKey, env: Envelope) -> IdentityKeyFound:
+        with refusals():
+            info = await api_keys.get_api_key(self.engine, env.tenant, cmd.key_id)
+        return IdentityKeyFound(key=_key(info))
+
+    async def update_key(self, cmd: IdentityUpdateKey, env: Envelope) -> IdentityKeyUpdated:
+        """Only an admin of the key's tenant changes what it may spend, whoever relayed it."""
+        actor_roles = await directory.roles_of(self.engine, env.tenant, env.actor)
+        if not KEY_ADMINS & set(actor_roles):
+            raise Rejected("forbidden: only an admin of the tenant may change its keys")
+        changes = {
+            name: getattr(cmd, name)
+            for name in api_keys.UPDATABLE
+            if getattr(cmd, name) is not None
+        }
+        with refusals():
+            info = await api_keys.update_api_key(
+                self.engine, env.tenant, cmd.key_id, changes, cmd.clear, self.clock()
+            )
+        return IdentityKeyUpdated(key=_key(info))
+
+    async def update_tenant(
+        self, cmd: IdentityUpdateTenant, env: Envelope
+    ) -> IdentityTenantUpdated:
+        """A tenant's budget is a cap its own admins must not lift: operators only."""
+        actor_roles = await directory.roles_of(self.engine, env.tenant, env.actor)
+        if not TENANT_ADMINS & set(actor_roles):
+            raise Rejected("forbidden: only an operator may set a tenant's budget")
+        if cmd.clear and (cmd.max_budget is not None or cmd.budget_duration is not None):
+            raise Rejected("invalid: give a budget or clear it, not both")
+        if not cmd.clear and cmd.max_budget is None:
+            raise Rejected("invalid: give max_budget (and budget_duration), or clear")
+        with refusals():
+            tenant = await directory.set_tenant_budget(
+                self.engine,
+                cmd.tenant_id,
+                None if cmd.clear else cmd.max_budget,
+                None if cmd.clear else cmd.budget_duration,
+                self.clock(),
+            )
+        return IdentityTenantUpdated(tenant=_tenant(tenant))

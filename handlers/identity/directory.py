@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import time
 import uuid
@@ -14,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from handlers.identity.errors import AlreadyExists, Forbidden, InvalidInput, NotFound
 from handlers.identity.tables import tenants, users
+from schemas.durations import BadDuration, duration_seconds
 
 # A tenant id is a NATS subject token (soma.cmd.<tenant>.…): no dots, wildcards or spaces.
 TENANT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
@@ -25,10 +27,47 @@ PRIVILEGED_ROLES = frozenset({"operator"})
 
 
 @dataclass(frozen=True, slots=True)
+class BudgetLimit:
+    """At most ``max_budget`` USD per window of ``budget_duration`` from ``budget_start``."""
+
+    max_budget: float
+    budget_duration: str | None
+    budget_start: float
+
+
+@dataclass(frozen=True, slots=True)
 class Tenant:
     id: str
     name: str
     created_at: float
+    budget: BudgetLimit | None = None
+
+
+def check_budget(max_budget: float | None, budget_duration: str | None) -> None:
+    """A budget is a non-negative amount of USD; a duration means nothing without one."""
+    if max_budget is not None:
+        if isinstance(max_budget, bool) or not isinstance(max_budget, int | float):
+            raise InvalidInput("max_budget must be a number of US dollars")
+        if not math.isfinite(max_budget) or max_budget < 0:
+            raise InvalidInput("max_budget must be zero or more US dollars")
+    if budget_duration is not None:
+        if max_budget is None:
+            raise InvalidInput("budget_duration needs a max_budget to reset")
+        try:
+            duration_seconds(budget_duration)
+        except BadDuration as exc:
+            raise InvalidInput(f"budget_duration: {exc}") from None
+
+
+def budget_of(row: sa.Row) -> BudgetLimit | None:
+    """The budget columns of a tenant or key row."""
+    if row.max_budget is None:
+        return None
+    return BudgetLimit(
+        max_budget=row.max_budget,
+        budget_duration=row.budget_duration,
+        budget_start=row.budget_start or 0.0,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +96,7 @@ def check_grantable(roles: Iterable[str], grantor_roles: Iterable[str]) -> None:
 
 
 def _tenant(row: sa.Row) -> Tenant:
-    return Tenant(id=row.id, name=row.name, created_at=row.created_at)
+    return Tenant(id=row.id, name=row.name, created_at=row.created_at, budget=budget_of(row))
 
 
 def _user(row: sa.Row) -> User:
@@ -220,3 +259,30 @@ async def get_user(engine: AsyncEngine, tenant: str, user_id: str) -> User:
     if user is None:
         raise NotFound(f"no user {user_id!r} in tenant {tenant!r}")
     return user
+
+
+async def set_tenant_budget(
+    engine: AsyncEngine,
+    tenant_id: str,
+    max_budget: float | None,
+    budget_duration: str | None,
+    now: float,
+) -> Tenant:
+    """Set (``max_budget`` None: remove) the tenant's budget. A budget that differs from the
+    stored one starts its first window ``now``; the same one again changes nothing, so a
+    redelivered command does not restart the window."""
+    check_budget(max_budget, budget_duration)
+    async with engine.begin() as conn:
+        row = (await conn.execute(sa.select(tenants).where(tenants.c.id == tenant_id))).first()
+        if row is None:
+            raise NotFound(f"no tenant {tenant_id!r}")
+        if (row.max_budget, row.budget_duration) != (max_budget, budget_duration):
+            start = None if max_budget is None else now
+            await conn.execute(
+                tenants.update()
+                .where(tenants.c.id == tenant_id)
+                .values(max_budget=max_budget, budget_duration=budget_duration, budget_start=start)
+            )
+        tenant = await load_tenant(conn, tenant_id)
+    assert tenant is not None
+    return tenant

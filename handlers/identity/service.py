@@ -25,6 +25,7 @@ from schemas.identity import (
     IdentityCreateKey,
     IdentityCreateTenant,
     IdentityCreateUser,
+    IdentityGetKey,
     IdentityIssueToken,
     IdentityJwks,
     IdentityListKeys,
@@ -34,6 +35,8 @@ from schemas.identity import (
     IdentityRevocations,
     IdentityRevoke,
     IdentityRevokeKey,
+    IdentityUpdateKey,
+    IdentityUpdateTenant,
     IdentityVerifyKey,
 )
 
@@ -84,6 +87,9 @@ def routes(commands: IdentityCommands) -> dict[type, Handler]:
         IdentityCreateKey: commands.create_key,
         IdentityListKeys: commands.list_keys,
         IdentityRevokeKey: commands.revoke_key,
+        IdentityUpdateKey: commands.update_key,
+        IdentityGetKey: commands.get_key,
+        IdentityUpdateTenant: commands.update_tenant,
     }
 
 

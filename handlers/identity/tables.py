@@ -30,6 +30,10 @@ tenants = Table(
     Column("created_at", Double, nullable=False),
     # The command that created it: the same command delivered again gets the same answer.
     Column("created_by", String(64), nullable=True),
+    # A spending limit over the whole tenant (identity_0003): USD per window, NULL for none.
+    Column("max_budget", Double, nullable=True),
+    Column("budget_duration", String(16), nullable=True),
+    Column("budget_start", Double, nullable=True),
 )
 
 users = Table(
@@ -60,6 +64,14 @@ api_keys = Table(
     Column("created_at", Double, nullable=False),
     Column("expires_at", Double, nullable=True),
     Column("revoked_at", Double, nullable=True),
+    # The key's own limits (identity_0003); NULL: none of its own.
+    Column("max_budget", Double, nullable=True),
+    Column("budget_duration", String(16), nullable=True),
+    Column("budget_start", Double, nullable=True),
+    Column("rpm_limit", Integer, nullable=True),
+    Column("tpm_limit", Integer, nullable=True),
+    # Free-form labels for the key's owner (team, purpose); never interpreted.
+    Column("key_metadata", JSON, nullable=True),
 )
 
 signing_keys = Table(
