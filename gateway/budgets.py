@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 from gateway.errors import ApiError
 from gateway.spend import SpendLedger
-from schemas.durations import BadDuration, duration_seconds
+from schemas.durations import budget_window
 from schemas.identity import Budget
 
 
@@ -29,15 +29,7 @@ class Window:
 
 def window_of(budget: Budget, now: float) -> Window:
     """The window of ``budget`` that holds ``now``."""
-    try:
-        length = duration_seconds(budget.budget_duration) if budget.budget_duration else None
-    except BadDuration:
-        length = None  # identity validated it; an unreadable one counts as never resetting
-    if length is None or now < budget.budget_start:
-        return Window(budget.budget_start, None if length is None else budget.budget_start + length)
-    index = math.floor((now - budget.budget_start) / length)
-    start = budget.budget_start + index * length
-    return Window(start, start + length)
+    return Window(*budget_window(budget.budget_start, budget.budget_duration, now))
 
 
 @dataclass(frozen=True)

@@ -12,22 +12,20 @@ Every gateway replica sees every event, so replicas agree within the watch's del
 finishes while a request is admitted may overrun a budget by that one turn, which is why a
 budget is a cap on what is *started*, checked before each request.
 
-Spend is summed into one-minute buckets per key and per tenant, so a window of any length is a
-sum over its buckets and a budget resets to the minute. A message delivered twice (a
-republished event, the stream deduplicates by message id but an ordered consumer restarted
-after a reconnect begins again) is counted once: the ledger remembers the message ids it
-counted while they are inside the lookback.
+Each key and tenant keeps its completions' times with running totals, so the spend of a window
+of any length is exact (a budget changed now counts nothing spent before now). A message seen
+twice (an ordered consumer restarted after a reconnect reads from the lookback again) is
+counted once: the ledger remembers the message ids it counted while inside the lookback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,37 +39,41 @@ from schemas.slm import SlmCompleted
 
 log = logging.getLogger("soma.gateway")
 
-BUCKET = 60.0
 # Completions of every tenant: soma.evt.<tenant>.slm.completed
 USAGE_SUBJECT = "soma.evt.*.slm.completed"
 _COMPLETED = msgspec.json.Decoder(SlmCompleted)
 
 
-def _bucket(at: float) -> int:
-    return math.floor(at / BUCKET)
-
-
-@dataclass
 class _Account:
-    """Spend of one key or tenant, per minute bucket, and its total since the lookback."""
+    """Spend of one key or tenant: each completion's time and the running total up to it, in
+    time order, so the spend between two moments is two binary searches and a subtraction."""
 
-    buckets: dict[int, float] = field(default_factory=dict)
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.totals: list[float] = []
 
     def add(self, at: float, usd: float) -> None:
-        index = _bucket(at)
-        self.buckets[index] = self.buckets.get(index, 0.0) + usd
+        index = bisect.bisect_right(self.times, at)
+        before = self.totals[index - 1] if index else 0.0
+        self.times.insert(index, at)
+        self.totals.insert(index, before + usd)
+        for later in range(index + 1, len(self.totals)):  # only when events come out of order
+            self.totals[later] += usd
+
+    def _upto(self, moment: float) -> float:
+        """The total of completions strictly before ``moment``."""
+        index = bisect.bisect_left(self.times, moment)
+        return self.totals[index - 1] if index else 0.0
 
     def since(self, start: float, end: float | None = None) -> float:
-        first = _bucket(start)
-        last = None if end is None else _bucket(end)
-        return sum(
-            usd for index, usd in self.buckets.items()
-            if index >= first and (last is None or index < last)
-        )
+        last = self.totals[-1] if self.totals else 0.0
+        return (last if end is None else self._upto(end)) - self._upto(start)
 
     def prune(self, before: float) -> None:
-        first = _bucket(before)
-        self.buckets = {i: usd for i, usd in self.buckets.items() if i >= first}
+        index = bisect.bisect_left(self.times, before)
+        if index:
+            del self.times[:index]
+            del self.totals[:index]
 
 
 class SpendLedger:

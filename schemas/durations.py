@@ -8,6 +8,7 @@ identity handler validates it, and the gateway turns it into a window without as
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime
 
@@ -29,6 +30,21 @@ def duration_seconds(text: str) -> float:
     if seconds <= 0:
         raise BadDuration(f"{text!r} is not a duration: it must be longer than zero")
     return seconds
+
+
+def budget_window(start: float, duration: str | None, now: float) -> tuple[float, float | None]:
+    """The window of a budget counted from ``start`` in steps of ``duration`` that holds
+    ``now``: its start and its end (None: a budget without a duration never resets)."""
+    if not duration:
+        return start, None
+    try:
+        length = duration_seconds(duration)
+    except BadDuration:
+        return start, None
+    if now < start:
+        return start, start + length
+    index = math.floor((now - start) / length)
+    return start + index * length, start + (index + 1) * length
 
 
 def moment(text: str, now: float, *, ahead: bool = False) -> float:

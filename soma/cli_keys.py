@@ -88,6 +88,17 @@ def expiry(value: str | None, now: float) -> float | None:
     return moment.timestamp()
 
 
+def labels(pairs: list[str]) -> dict[str, str]:
+    """``--metadata team=search`` pairs as a dict; anything else is a usage error."""
+    found: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            terminal.fail(f"--metadata {pair!r}: use KEY=VALUE", terminal.USAGE)
+        found[name] = value
+    return found
+
+
 def _time(ts: float | None, layout: str = "%Y-%m-%d %H:%M:%S UTC") -> str:
     return datetime.fromtimestamp(ts, UTC).strftime(layout) if ts else "-"
 
@@ -162,6 +173,26 @@ def create(
         help="Lifetime (30d, 12h, 90m, 2w) or an ISO time (default: never).",
         show_default=False,
     ),
+    max_budget: float | None = typer.Option(
+        None, "--max-budget", help="US dollars the key may spend per budget window.",
+        min=0, show_default=False,
+    ),
+    budget_duration: str | None = typer.Option(
+        None, "--budget-duration", help="How often the budget resets (1h, 7d, 30d); "
+        "default: never.", show_default=False,
+    ),
+    rpm: int | None = typer.Option(
+        None, "--rpm", help="Requests per minute (default: SOMA_RATE_RPM).", min=1,
+        show_default=False,
+    ),
+    tpm: int | None = typer.Option(
+        None, "--tpm", help="Tokens per minute (default: SOMA_RATE_TPM).", min=1,
+        show_default=False,
+    ),
+    metadata: list[str] = typer.Option(
+        [], "--metadata", help="A label KEY=VALUE kept with the key (repeat for more).",
+        show_default=False,
+    ),
 ) -> None:
     """Make an API key and print it — only it — on stdout. It cannot be shown again.
 
@@ -173,8 +204,9 @@ def create(
         soma keys create
         soma keys create --tenant acme --user alice --role member --expires 30d
         soma keys create -t acme -u ci-bot -r service --models gpt-4o-mini,soma-local-dev
+        soma keys create -t acme -u bob --max-budget 10 --budget-duration 30d --rpm 60
     """
-    from handlers.identity.api_keys import insert_api_key
+    from handlers.identity.api_keys import KeyLimits, insert_api_key
     from handlers.identity.directory import (
         insert_tenant,
         insert_user,
@@ -186,6 +218,13 @@ def create(
     now = time.time()
     until = expiry(expires, now)
     allowed = [m.strip() for m in models.split(",") if m.strip()] or None
+    limits = KeyLimits(
+        max_budget=max_budget,
+        budget_duration=budget_duration,
+        rpm_limit=rpm,
+        tpm_limit=tpm,
+        metadata=labels(metadata),
+    )
     settings = terminal.settings()
 
     async def make(engine: AsyncEngine) -> str:
@@ -204,7 +243,7 @@ def create(
                     f"{', '.join(holder.roles) or '(none)'}"
                 )
             issued = await insert_api_key(
-                conn, tenant, holder.id, name, roles or None, allowed, until, now
+                conn, tenant, holder.id, name, roles or None, allowed, until, now, limits
             )
         info = issued.info
         terminal.note(
@@ -295,6 +334,188 @@ def ls(
             key["state"],
         )
     terminal.out.print(table)
+
+
+CLEARABLE = ("name", "models", "expires_at", "max_budget", "budget_duration", "rpm_limit",
+             "tpm_limit", "metadata")
+
+
+def _key_id(key_id: str) -> str:
+    from handlers.identity.api_keys import KEY
+
+    whole = KEY.fullmatch(key_id)
+    return whole.group(1) if whole is not None else key_id
+
+
+def _key_json(key: Any, spend: float | None, resets_at: float | None) -> dict[str, Any]:
+    budget = key.budget
+    return {
+        "id": key.id,
+        "tenant": key.tenant,
+        "user": key.user,
+        "name": key.name,
+        "roles": list(key.roles),
+        "models": None if key.models is None else list(key.models),
+        "created_at": key.created_at,
+        "expires_at": key.expires_at,
+        "revoked_at": key.revoked_at,
+        "state": _state(key.revoked_at, key.expires_at),
+        "max_budget": None if budget is None else budget.max_budget,
+        "budget_duration": None if budget is None else budget.budget_duration,
+        "budget_reset_at": resets_at,
+        "spend": spend,
+        "rpm_limit": key.rpm_limit,
+        "tpm_limit": key.tpm_limit,
+        "metadata": dict(key.metadata),
+    }
+
+
+def _print_key(info: dict[str, Any]) -> None:
+    for field, value in info.items():
+        if field.endswith("_at") and isinstance(value, float):
+            value = _time(value)
+        elif isinstance(value, list | dict):
+            value = json.dumps(value)
+        elif value is None:
+            value = "-"
+        terminal.out.print(f"{field:<16} {value}")
+
+
+@app.command()
+def update(
+    key_id: str = typer.Argument(..., help="The key's id (or the whole key).",
+                                 show_default=False),
+    name: str | None = typer.Option(None, "--name", "-n", help="A new label.",
+                                    show_default=False),
+    models: str | None = typer.Option(
+        None, "--models", "-m", help="Comma-separated models it may call.", show_default=False
+    ),
+    expires: str | None = typer.Option(
+        None, "--expires", "-e", help="Lifetime from now (30d) or an ISO time.",
+        show_default=False,
+    ),
+    max_budget: float | None = typer.Option(
+        None, "--max-budget", help="US dollars per budget window.", min=0, show_default=False
+    ),
+    budget_duration: str | None = typer.Option(
+        None, "--budget-duration", help="How often the budget resets (1h, 7d, 30d).",
+        show_default=False,
+    ),
+    rpm: int | None = typer.Option(None, "--rpm", help="Requests per minute.", min=1,
+                                   show_default=False),
+    tpm: int | None = typer.Option(None, "--tpm", help="Tokens per minute.", min=1,
+                                   show_default=False),
+    metadata: list[str] = typer.Option(
+        [], "--metadata", help="Labels KEY=VALUE, replacing the key's (repeat for more).",
+        show_default=False,
+    ),
+    clear: list[str] = typer.Option(
+        [], "--clear", help=f"Remove a limit (repeat for more): {', '.join(CLEARABLE)}.",
+        show_default=False,
+    ),
+) -> None:
+    """Change a key's budget, limits, models, expiry or labels in place; the key stays valid.
+
+    A budget whose amount or duration changes starts a new window now. Gateways apply the new
+    limits within their key cache time (`SOMA_API_KEY_CACHE_SECONDS`).
+
+    **Examples**
+
+        soma keys update 3f9a0c1d2e4b5a69 --max-budget 25 --budget-duration 7d
+        soma keys update 3f9a0c1d2e4b5a69 --rpm 120 --clear tpm_limit
+    """
+    from handlers.identity.api_keys import find_api_key, update_api_key
+    from handlers.identity.errors import NotFound
+
+    unknown = [c for c in clear if c not in CLEARABLE]
+    if unknown:
+        terminal.fail(
+            f"--clear {', '.join(unknown)}: choose from {', '.join(CLEARABLE)}", terminal.USAGE
+        )
+    now = time.time()
+    changes: dict[str, Any] = {}
+    if name is not None:
+        changes["name"] = name
+    if models is not None:
+        changes["models"] = [m.strip() for m in models.split(",") if m.strip()]
+    if expires is not None:
+        changes["expires_at"] = expiry(expires, now)
+    for field, value in (("max_budget", max_budget), ("budget_duration", budget_duration),
+                         ("rpm_limit", rpm), ("tpm_limit", tpm)):
+        if value is not None:
+            changes[field] = value
+    if metadata:
+        changes["metadata"] = labels(metadata)
+    if not changes and not clear:
+        terminal.fail("nothing to change: give an option (see --help)", terminal.USAGE)
+    key_id = _key_id(key_id)
+
+    async def change(engine: AsyncEngine) -> Any:
+        found = await find_api_key(engine, key_id)
+        if found is None:
+            raise NotFound(f"no API key {key_id!r}; `soma keys ls` lists them")
+        return await update_api_key(engine, found.tenant, key_id, changes, clear, now)
+
+    updated = _run(terminal.settings(), change)
+    _print_key(_key_json(updated, None, None))
+
+
+@app.command()
+def info(
+    key_id: str = typer.Argument(..., help="The key's id (or the whole key).",
+                                 show_default=False),
+    as_json: bool = typer.Option(False, "--json", "-o", help="One JSON object."),
+) -> None:
+    """A key's limits and its spend in the current budget window (without a budget: all of it).
+
+    Spend is what the analytics process counted from the usage events, in whole UTC days: the
+    gateway enforces the budget to the minute from the events themselves.
+
+    **Example**
+
+        soma keys info 3f9a0c1d2e4b5a69 --json | jq .spend
+    """
+    from handlers.identity.api_keys import find_api_key
+    from handlers.identity.errors import NotFound
+    from schemas.durations import budget_window
+
+    key_id = _key_id(key_id)
+    settings = terminal.settings()
+
+    async def look(engine: AsyncEngine) -> Any:
+        found = await find_api_key(engine, key_id)
+        if found is None:
+            raise NotFound(f"no API key {key_id!r}; `soma keys ls` lists them")
+        return found
+
+    key = _run(settings, look)
+    start, resets_at = (
+        budget_window(key.budget.budget_start, key.budget.budget_duration, time.time())
+        if key.budget is not None
+        else (None, None)
+    )
+    spend = asyncio.run(_analytics_spend(settings, key.tenant, key.id, start))
+    out = _key_json(key, spend, resets_at)
+    if as_json:
+        sys.stdout.write(json.dumps(out) + "\n")
+    else:
+        _print_key(out)
+
+
+async def _analytics_spend(
+    settings: Settings, tenant: str, key_id: str, since: float | None
+) -> float:
+    from handlers.analytics.report import report
+    from kernel.db import make_engine, migrate
+
+    url = settings.resolved_database_url("analytics")
+    await migrate(url, "analytics")
+    engine = make_engine(url)
+    try:
+        rows = await report(engine, tenant, since, None, ["key"])
+    finally:
+        await engine.dispose()
+    return sum(r.cost_usd for r in rows if r.group.get("key") == key_id)
 
 
 def _state(revoked_at: float | None, expires_at: float | None) -> str:

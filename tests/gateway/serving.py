@@ -34,13 +34,15 @@ def gateway_config(**overrides: Any) -> GatewayConfig:
 
 
 @contextlib.asynccontextmanager
-async def served(settings: Settings, config: GatewayConfig) -> AsyncIterator[str]:
-    """A gateway until the block ends; yields its base URL."""
+async def served(
+    settings: Settings, config: GatewayConfig, clock: Callable[[], float] | None = None
+) -> AsyncIterator[str]:
+    """A gateway until the block ends; yields its base URL. ``clock``: what budgets' windows
+    are judged by (default: the time)."""
     port = free_port()
+    app = create_app(settings, config) if clock is None else create_app(settings, config, clock)
     server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings, config), host="127.0.0.1", port=port, log_level="warning"
-        )
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     )
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     task = asyncio.create_task(server.serve())

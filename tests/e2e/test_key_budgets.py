@@ -1,0 +1,301 @@
+"""Keys with budgets and limits, through the real CLI and a real gateway, every process running.
+
+The handlers and the saga runner run as OS processes; the gateway runs in the test's loop so its
+clock can be moved on (a budget window of a day passes in a moment). The offline model is
+priced here (``SOMA_MODELS_FILE``), so real chat turns spend real dollars of a budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+
+from bus.connection import connect
+from kernel.settings import Settings
+from schemas.catalogue import STREAMS
+from schemas.slm import SlmCompleted
+from tests.e2e.conftest import ROOT, wait_for_consumers
+from tests.gateway.serving import auth, gateway_config, served
+from tests.servers import NatsServer, nats_server, stop_processes
+
+PROCESSES = ["identity", "policy", "memory", "slm", "sagas", "analytics"]
+CONSUMERS = ["identity", "policy", "memory", "slm", "sagas", "sagas-events", "analytics-events"]
+# Two cents a token: a short turn of the offline model costs well under a dollar.
+PRICE_PER_1M = 20_000.0
+DAY = 86400.0
+
+
+@dataclass
+class Clock:
+    """The gateway's clock: the time, plus however far a test has moved it on."""
+
+    offset: float = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+@dataclass
+class System:
+    nats: NatsServer
+    env: dict[str, str]
+    clock: Clock = field(default_factory=Clock)
+    url: str = ""
+
+
+def soma(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "soma.cli", *args],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+
+
+def new_key(env: dict[str, str], *args: str) -> str:
+    made = soma(env, "keys", "create", *args)
+    assert made.returncode == 0, made.stderr
+    return made.stdout.strip()
+
+
+def key_id(key: str) -> str:
+    return key.split("-")[2]
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    data = tmp_path_factory.mktemp("budgets")
+    models = data / "models.yaml"
+    models.write_text(
+        "models:\n  - name: soma-local-dev\n    deployments:\n"
+        "      - {provider: local, model: soma-local-dev, "
+        f"input_per_1m: {PRICE_PER_1M}, output_per_1m: {PRICE_PER_1M}}}\n"
+    )
+    with nats_server() as server:
+        env = {
+            **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")},
+            "PYTHONPATH": str(ROOT),
+            "NATS_URL": server.url,
+            "SOMA_DATA_DIR": str(data),
+            "SOMA_MODELS_FILE": str(models),
+            "SOMA_RETRY_INITIAL": "0.2",
+        }
+        migrated = soma(env, "migrate")
+        assert migrated.returncode == 0, migrated.stderr
+        procs = [
+            subprocess.Popen([sys.executable, "-m", "soma.cli", "run", name], env=env, cwd=ROOT)
+            for name in PROCESSES
+        ]
+        try:
+            yield System(server, env)
+        finally:
+            stop_processes(procs)
+
+
+@pytest.fixture(scope="module")
+async def system(running: System) -> AsyncIterator[System]:
+    nc = await connect(running.nats.url, "budgets-ready")
+    try:
+        await wait_for_consumers(nc.jetstream(), CONSUMERS, timeout=120)
+    finally:
+        await nc.close()
+    settings = Settings(NATS_URL=running.nats.url, SOMA_DATA_DIR=running.env["SOMA_DATA_DIR"])
+    config = gateway_config(SOMA_CHAT_TIMEOUT=60, SOMA_BUS_TIMEOUT=20)
+    async with served(settings, config, running.clock) as url:
+        running.url = url
+        yield running
+
+
+@pytest.fixture(scope="module")
+def admin_key(running: System) -> str:
+    return new_key(running.env, "--tenant", "acme", "--user", "boss", "--role", "admin")
+
+
+async def chat(client: httpx.AsyncClient, key: str, text: str = "Hello there") -> httpx.Response:
+    return await client.post(
+        "/v1/chat/completions",
+        headers=auth(key),
+        json={"model": "soma-local-dev", "messages": [{"role": "user", "content": text}]},
+    )
+
+
+async def spend_until_refused(client: httpx.AsyncClient, key: str) -> httpx.Response:
+    """Chat turns until the budget refuses one (the spend reaches the gateway a moment after
+    each turn, so a turn or two may pass before the refusal)."""
+    for _ in range(12):
+        answer = await chat(client, key)
+        if answer.status_code != 200:
+            return answer
+        await asyncio.sleep(0.3)
+    raise AssertionError("the budget never refused a turn")
+
+
+async def completions_of(nats_url: str, key: str) -> list[SlmCompleted]:
+    """Every usage event of the key, read back from the events stream."""
+    nc = await connect(nats_url, "budgets-read")
+    try:
+        js = nc.jetstream()
+        sub = await js.subscribe(
+            "soma.evt.*.slm.completed", stream=STREAMS["evt"], ordered_consumer=True
+        )
+        found: list[SlmCompleted] = []
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=1.0)
+            except TimeoutError:
+                break
+            event = SlmCompleted(**json.loads(msg.data))
+            if event.key_id == key_id(key):
+                found.append(event)
+        await sub.unsubscribe()
+        return found
+    finally:
+        await nc.close()
+
+
+async def eventually(check, seconds: float = 20):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return await check()
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.3)
+
+
+async def test_a_budget_spent_by_chat_turns_stops_the_key_until_its_window_resets(
+    system: System,
+) -> None:
+    key = new_key(
+        system.env, "--tenant", "acme", "--user", "dana", "--role", "member",
+        "--max-budget", "1", "--budget-duration", "1d",
+    )
+    async with httpx.AsyncClient(base_url=system.url, timeout=90) as client:
+        refused = await spend_until_refused(client, key)
+        assert refused.status_code == 429, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "budget_exceeded"
+        assert error["type"] == "insufficient_quota"
+        assert f"API key {key_id(key)}" in error["message"]
+        assert "$1.0000 per 1d budget" in error["message"]
+        assert "resets at" in error["message"]
+        assert 0 < int(refused.headers["Retry-After"]) <= DAY
+
+        system.clock.offset += DAY
+        try:
+            again = await chat(client, key)
+            assert again.status_code == 200, again.text
+        finally:
+            system.clock.offset -= DAY
+
+
+async def test_spend_per_key_equals_the_sum_of_its_usage_events(
+    system: System, admin_key: str
+) -> None:
+    key = new_key(system.env, "--tenant", "acme", "--user", "erin", "--role", "member")
+    async with httpx.AsyncClient(base_url=system.url, timeout=90) as client:
+        for text in ("One", "Two, a little longer", "Three"):
+            assert (await chat(client, key, text)).status_code == 200
+
+        async def matches() -> float:
+            events = await completions_of(system.nats.url, key)
+            assert len(events) == 3
+            total = sum(e.cost_usd for e in events)
+            assert total > 0
+            info = (await client.get(f"/v1/admin/keys/{key_id(key)}",
+                                     headers=auth(admin_key))).json()
+            assert info["spend"] == pytest.approx(total)
+            usage = (await client.get("/v1/usage", headers=auth(admin_key),
+                                      params={"group_by": "key"})).json()
+            rows = [r for r in usage["data"] if r["group"]["key"] == key_id(key)]
+            assert len(rows) == 1 and rows[0]["cost_usd"] == pytest.approx(total)
+            return total
+
+        total = await eventually(matches)
+    shown = soma(system.env, "keys", "info", key_id(key), "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["spend"] == pytest.approx(total)
+
+
+async def test_raising_a_spent_budget_over_http_lets_the_same_key_work_again(
+    system: System, admin_key: str
+) -> None:
+    key = new_key(
+        system.env, "--tenant", "acme", "--user", "fay", "--role", "member",
+        "--max-budget", "0.5",
+    )
+    async with httpx.AsyncClient(base_url=system.url, timeout=90) as client:
+        refused = await spend_until_refused(client, key)
+        assert refused.json()["error"]["code"] == "budget_exceeded"
+        assert "does not reset" in refused.json()["error"]["message"]
+        raised = await client.patch(
+            f"/v1/admin/keys/{key_id(key)}", headers=auth(admin_key),
+            json={"max_budget": 1000, "budget_duration": "30d"},
+        )
+        assert raised.status_code == 200, raised.text
+        body = raised.json()
+        assert (body["max_budget"], body["budget_duration"]) == (1000, "30d")
+        assert body["spend"] == 0  # a changed budget starts a new window
+        assert (await chat(client, key)).status_code == 200
+
+
+async def test_a_key_s_own_rpm_limit_set_by_the_cli_refuses_the_next_request(
+    system: System,
+) -> None:
+    key = new_key(system.env, "--tenant", "acme", "--user", "gus", "--role", "member")
+    changed = soma(system.env, "keys", "update", key_id(key), "--rpm", "1",
+                   "--metadata", "team=search")
+    assert changed.returncode == 0, changed.stderr
+    async with httpx.AsyncClient(base_url=system.url, timeout=90) as client:
+        first = await client.get("/v1/models", headers=auth(key))
+        second = await client.get("/v1/models", headers=auth(key))
+    assert first.status_code == 200, first.text
+    assert second.status_code == 429
+    assert second.json()["error"]["code"] == "rate_limit_exceeded"
+
+
+async def test_an_unknown_field_to_clear_is_a_usage_error_naming_the_fields(
+    running: System,
+) -> None:
+    key = new_key(running.env, "--tenant", "acme", "--user", "hal", "--role", "member")
+    refused = soma(running.env, "keys", "update", key_id(key), "--clear", "roles")
+    assert refused.returncode == 2
+    assert "choose from name, models, expires_at, max_budget" in refused.stderr
+
+
+async def test_a_tenant_budget_set_by_an_operator_stops_every_key_of_the_tenant(
+    system: System,
+) -> None:
+    operator = new_key(system.env, "--tenant", "ops", "--user", "root", "--role", "operator")
+    member = new_key(system.env, "--tenant", "lean", "--user", "ivy", "--role", "member")
+    async with httpx.AsyncClient(base_url=system.url, timeout=90) as client:
+        capped = await client.patch(
+            "/v1/admin/tenants/lean", headers=auth(operator),
+            json={"max_budget": 0.5, "budget_duration": "7d"},
+        )
+        assert capped.status_code == 200, capped.text
+        await asyncio.sleep(0.6)  # the gateway's cached verdict of the key expires
+        refused = await spend_until_refused(client, member)
+        assert refused.status_code == 429
+        assert "tenant lean" in refused.json()["error"]["message"]
+
+
+async def test_a_budget_duration_that_is_not_a_duration_is_400_naming_the_forms(
+    system: System, admin_key: str
+) -> None:
+    key = new_key(system.env, "--tenant", "acme", "--user", "jo", "--role", "member")
+    async with httpx.AsyncClient(base_url=system.url, timeout=30) as client:
+        answer = await client.patch(
+            f"/v1/admin/keys/{key_id(key)}", headers=auth(admin_key),
+            json={"max_budget": 5, "budget_duration": "monthly"},
+        )
+    assert answer.status_code == 400
+    assert "90s, 30m, 12h, 7d, 2w" in answer.json()["error"]["message"]
