@@ -6,7 +6,7 @@ import msgspec
 
 from schemas.base import Message
 
-GroupBy = Literal["model", "saga_type", "day", "user", "key"]
+GroupBy = Literal["model", "saga_type", "day", "user", "key", "tenant"]
 
 
 class UsageRow(Message):

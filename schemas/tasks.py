@@ -12,7 +12,8 @@ class AgentTaskInput(Message):
 
     ``platform_tools`` are registry tools (by registry name) the task may run, each call judged
     for ``role``; ``tools`` are the caller's own specs, which the task never runs. ``role`` is the
-    caller's, set by the gateway from the credential; without it no tool runs.
+    caller's, set by the gateway from the credential; without it no tool runs. ``key_id`` is
+    the caller's API key, also set by the gateway, so the task's model calls count against it.
     """
 
     goal: str
@@ -24,6 +25,7 @@ class AgentTaskInput(Message):
     user: str | None = None
     platform_tools: list[ToolSpec] = []
     role: str | None = None
+    key_id: str | None = None
 
 
 class AgentTaskResult(Message):

@@ -35,9 +35,9 @@ def usage(
         "", "--until", "-u", help="Up to this long ago or this time. Default: now.",
         show_default=False,
     ),
-    group_by: str = typer.Option(
-        "model", "--group-by", "-g",
-        help="Comma-separated: model, saga_type, day, user, key (and tenant).",
+    group_by: list[str] = typer.Option(
+        ["model"], "--group-by", "-g",
+        help="model, saga_type, day, user, key, tenant: comma-separated or repeated.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
 ) -> None:
@@ -65,7 +65,7 @@ def usage(
 
     from handlers.analytics.report import DIMENSIONS, InvalidWindow, bounds, window
 
-    dims = [d.strip() for d in group_by.split(",") if d.strip()]
+    dims = list(dict.fromkeys(d.strip() for g in group_by for d in g.split(",") if d.strip()))
     unknown = [d for d in dims if d not in DIMENSIONS]
     if unknown:
         terminal.fail(
@@ -94,11 +94,15 @@ def _epoch(option: str, text: str) -> float | None:
     if not text:
         return None
     try:
+        return float(text)  # unix seconds, as the HTTP API takes them too
+    except ValueError:
+        pass
+    try:
         return parse_since(text).timestamp()
     except TailError:
         terminal.fail(
-            f"{option} {text!r}: expected a duration ago (30m, 12h, 7d) or a time "
-            "(2026-11-25, 2026-11-25T10:00:00 in local time, or with Z / +01:00)",
+            f"{option} {text!r}: expected unix seconds, a duration ago (30m, 12h, 7d) or a "
+            "time (2026-11-25, 2026-11-25T10:00:00 in local time, or with Z / +01:00)",
             terminal.USAGE,
         )
 

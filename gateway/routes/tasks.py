@@ -163,8 +163,9 @@ async def create_task(
     gateway = gateway_of(request)
     _checked_input(body.input)
     # The task acts with the caller's role, whatever the input says; the tools and memory
-    # processes hold each of its calls to that role (and to the caller's own memories).
-    task_input = {**body.input, "role": principal.role or None}
+    # processes hold each of its calls to that role (and to the caller's own memories). Its
+    # model calls count against the caller's key, as a chat turn's do.
+    task_input = {**body.input, "role": principal.role or None, "key_id": principal.key_id}
     attempt = attempt_of(request.scope)
     if attempt is None:
         task_id = body.id or new_id()

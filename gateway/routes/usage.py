@@ -2,15 +2,53 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import time
+from typing import Annotated, Literal, get_args
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
 
 from gateway.auth import Principal
 from gateway.context import caller, gateway_of
+from gateway.errors import ApiError
 from gateway.openai_bodies import ERRORS
 from schemas.analytics import AnalyticsReport, AnalyticsReported, GroupBy
+from schemas.durations import BadDuration, moment
+
+DIMENSIONS: tuple[str, ...] = get_args(GroupBy)
+TIME_HELP = (
+    "Unix seconds (1764460800), a duration ago (12h, 7d) or ISO 8601 (2026-11-25, "
+    "2026-11-25T10:00:00Z; UTC unless it names a zone)."
+)
+
+
+def dimensions(given: list[str] | None) -> list[GroupBy]:
+    """``group_by`` repeated (``?group_by=model&group_by=day``), comma-separated
+    (``?group_by=model,day``) or both; an unknown name is a 400 naming the allowed ones."""
+    names = list(dict.fromkeys(
+        name.strip() for value in given or ["model"] for name in value.split(",") if name.strip()
+    ))
+    unknown = [n for n in names if n not in DIMENSIONS]
+    if unknown:
+        raise ApiError(
+            400,
+            f"Cannot group by {', '.join(unknown)}; choose from {', '.join(DIMENSIONS)}.",
+            code="invalid_value",
+            param="group_by",
+        )
+    return names or ["model"]  # type: ignore[return-value]
+
+
+def when(name: str, value: str | None, now: float) -> float | None:
+    if value is None or not value.strip():
+        return None
+    try:
+        at = moment(value, now)
+    except BadDuration as exc:
+        raise ApiError(400, f"{name}: {exc}.", code="invalid_value", param=name) from None
+    if at < 0:
+        raise ApiError(400, f"{name} is before 1970.", code="invalid_value", param=name)
+    return at
 
 router = APIRouter(tags=["usage"])
 
@@ -37,12 +75,20 @@ class UsageReport(BaseModel):
 async def usage_report(
     request: Request,
     principal: Annotated[Principal, Depends(caller("usage"))],
-    since: Annotated[float | None, Query(ge=0)] = None,
-    until: Annotated[float | None, Query(ge=0)] = None,
-    group_by: Annotated[list[GroupBy] | None, Query()] = None,
+    since: Annotated[str | None, Query(description=TIME_HELP)] = None,
+    until: Annotated[str | None, Query(description=TIME_HELP)] = None,
+    group_by: Annotated[
+        list[str] | None,
+        Query(description=f"Repeated or comma-separated: {', '.join(DIMENSIONS)}."),
+    ] = None,
 ) -> UsageReport:
+    now = time.time()
     report = await gateway_of(request).dispatch.call(
-        AnalyticsReport(since=since, until=until, group_by=group_by or ["model"]),
+        AnalyticsReport(
+            since=when("since", since, now),
+            until=when("until", until, now),
+            group_by=dimensions(group_by),
+        ),
         AnalyticsReported,
         tenant=principal.tenant,
         actor=principal.user,

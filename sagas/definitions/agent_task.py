@@ -73,6 +73,7 @@ def _ask(run: Task, system: str, user: str, *, tools: bool = False) -> SlmComple
         ],
         tools=[*run.input.tools, *_platform_tools(run)] if tools else [],
         user=run.input.user,
+        key_id=run.input.key_id,
     )
 
 

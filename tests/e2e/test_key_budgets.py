@@ -299,3 +299,50 @@ async def test_a_budget_duration_that_is_not_a_duration_is_400_naming_the_forms(
         )
     assert answer.status_code == 400
     assert "90s, 30m, 12h, 7d, 2w" in answer.json()["error"]["message"]
+
+
+async def test_usage_groups_by_key_user_tenant_model_and_day_given_as_a_list_or_comma_separated(
+    system: System, admin_key: str
+) -> None:
+    key = new_key(system.env, "--tenant", "acme", "--user", "kim", "--role", "member")
+    async with httpx.AsyncClient(base_url=system.url, timeout=90) as client:
+        assert (await chat(client, key)).status_code == 200
+
+        async def both() -> tuple[dict, dict]:
+            dims = "key,user,tenant,model,day"
+            comma = (await client.get("/v1/usage", headers=auth(admin_key),
+                                      params={"group_by": dims, "since": "7d"})).json()
+            listed = (await client.get(
+                "/v1/usage", headers=auth(admin_key),
+                params=[("group_by", d) for d in dims.split(",")] + [("since", "1764460800")],
+            )).json()
+            rows = [r for r in comma["data"] if r["group"]["key"] == key_id(key)]
+            assert len(rows) == 1
+            return comma, listed
+
+        comma, listed = await eventually(both)
+    assert comma["data"] == listed["data"]
+    row = next(r for r in comma["data"] if r["group"]["key"] == key_id(key))
+    assert set(row["group"]) == {"key", "user", "tenant", "model", "day"}
+    assert (row["group"]["tenant"], row["group"]["model"]) == ("acme", "soma-local-dev")
+    cli = soma(system.env, "usage", "--tenant", "acme", "--group-by", "key", "-g", "model,user",
+               "--since", "1764460800", "--json")
+    assert cli.returncode == 0, cli.stderr
+    cli_rows = [r for r in json.loads(cli.stdout)["rows"] if r["group"]["key"] == key_id(key)]
+    assert cli_rows[0]["cost_usd"] == pytest.approx(row["cost_usd"])
+
+
+@pytest.mark.parametrize(
+    ("params", "named"),
+    [
+        ({"group_by": "model,colour"}, "choose from model, saga_type, day, user, key, tenant"),
+        ({"since": "last tuesday"}, "unix seconds, a duration"),
+    ],
+)
+async def test_a_usage_query_it_cannot_read_is_400_naming_what_it_takes(
+    system: System, admin_key: str, params: dict[str, str], named: str
+) -> None:
+    async with httpx.AsyncClient(base_url=system.url, timeout=30) as client:
+        answer = await client.get("/v1/usage", headers=auth(admin_key), params=params)
+    assert answer.status_code == 400
+    assert named in answer.json()["error"]["message"]
