@@ -33,7 +33,11 @@ async def test_a_task_starts_waits_for_approval_and_completes_on_the_signal(
     fetched = (await http.get(f"/v1/tasks/{task['id']}", headers=member)).json()
     assert fetched["state"] == "running"
     assert fetched["waiting_for"] == ["approve"]
-    assert fetched["input"] == {"goal": "a report", "require_approval": True, "role": "member"}
+    key_id = member["Authorization"].split("-")[2]
+    # The gateway adds the caller's role and key: the task's model calls count against the key.
+    assert fetched["input"] == {
+        "goal": "a report", "require_approval": True, "role": "member", "key_id": key_id
+    }
 
     signalled = await http.post(
         f"/v1/tasks/{task['id']}/signal",
