@@ -20,8 +20,10 @@ from gateway.errors import forbidden, unauthenticated, unavailable
 from gateway.tokens import AccessClaims, InvalidToken, TokenVerifier, VerificationUnavailable
 from schemas.identity import Budget, IdentityKeyVerified
 
-# Roles, most privileged first; ``role`` (what policy judges by) is the first one held.
-ROLE_ORDER = ("operator", "admin", "service", "member", "user")
+# Roles, most privileged first; ``role`` (what policy judges by) is the first one held. The
+# operator comes last: it manages tenants, and a key that also calls the API (the bootstrap
+# admin's) is judged by its calling role.
+ROLE_ORDER = ("admin", "service", "member", "user", "operator")
 CALLERS = frozenset({"admin", "member", "user", "service"})
 
 # What each group of routes needs: any one of these roles, and the area in a token's scope.
@@ -34,7 +36,8 @@ AREAS: dict[str, frozenset[str]] = {
     "tasks": CALLERS,
     "auth": CALLERS | {"operator"},
     "usage": frozenset({"admin"}),
-    "admin": frozenset({"admin"}),
+    # An operator manages every tenant's users and keys (naming the tenant), an admin its own.
+    "admin": frozenset({"admin", "operator"}),
     "tenants": frozenset({"operator"}),
 }
 

@@ -22,6 +22,11 @@ from typing import Any, Literal
 from schemas.base import Message
 
 SYSTEM_TENANT = "_system"
+# The roles a user or key may hold: ``operator`` (tenants, across tenants), ``admin`` (users,
+# keys, usage and budgets of its tenant), ``service`` (any user's memories), ``member`` and
+# ``user`` (call the API), ``agent`` (a role the default policy's tool lists name). Any other
+# name is refused, so a typo never becomes a role nobody checks.
+KNOWN_ROLES = ("operator", "admin", "service", "member", "user", "agent")
 REVOCATIONS_BUCKET = "soma_revocations"
 JWKS_KEY = "jwks"
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from gateway.auth import Principal
 from gateway.context import Gateway, caller, gateway_of
 from gateway.credentials import new_api_key
+from gateway.errors import forbidden
 from gateway.openai_bodies import ERRORS
 from schemas.durations import FORMS, BadDuration, duration_seconds
 from schemas.identity import (
@@ -47,6 +48,7 @@ from schemas.identity import (
 router = APIRouter(tags=["admin"])
 
 _ROLE = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+_TENANT = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
 
 class TenantCreate(BaseModel):
@@ -101,8 +103,15 @@ class TenantList(BaseModel):
 
 
 class UserCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"name": "alice", "roles": ["admin"], "tenant": "acme"}]},
+    )
     name: str = Field(min_length=1, max_length=200)
+    tenant: str | None = Field(
+        default=None, pattern=_TENANT,
+        description="The user's tenant (operators; default: the caller's own).",
+    )
     roles: list[Annotated[str, Field(pattern=_ROLE)]] = Field(default_factory=lambda: ["member"])
 
 
@@ -139,6 +148,10 @@ class KeyCreate(BaseModel):
         },
     )
     user_id: str = Field(min_length=1, max_length=64)
+    tenant: str | None = Field(
+        default=None, pattern=_TENANT,
+        description="The key's tenant (operators; default: the caller's own).",
+    )
     name: str = Field(default="", max_length=200)
     roles: list[Annotated[str, Field(pattern=_ROLE)]] | None = None
     models: list[Annotated[str, Field(min_length=1)]] | None = None
@@ -266,6 +279,26 @@ def _key(k: ApiKeyInfo, gateway: Gateway | None = None) -> Key:
 
 Operator = Annotated[Principal, Depends(caller("tenants"))]
 Admin = Annotated[Principal, Depends(caller("admin"))]
+TenantQuery = Annotated[
+    str | None,
+    Query(
+        pattern=_TENANT,
+        description="Act in this tenant (operators; default: the caller's own tenant).",
+    ),
+]
+
+
+def acting_in(principal: Principal, tenant: str | None) -> str:
+    """The tenant a request acts in: the caller's own, or — for an operator, who manages every
+    tenant — the one it names. Identity checks the same again where the records are."""
+    if tenant is None or tenant == principal.tenant:
+        return principal.tenant
+    if "operator" not in principal.roles:
+        raise forbidden(
+            f"Only an operator acts in another tenant than its own ({principal.tenant}); "
+            "leave out tenant, or use an operator's key."
+        )
+    return tenant
 
 
 @router.post(
@@ -310,7 +343,7 @@ async def create_user(body: UserCreate, request: Request, principal: Admin) -> U
     created = await gateway_of(request).dispatch.call(
         IdentityCreateUser(name=body.name, roles=body.roles),
         IdentityUserCreated,
-        tenant=principal.tenant,
+        tenant=acting_in(principal, body.tenant),
         actor=principal.user,
     )
     return _user(created.user)
@@ -322,9 +355,12 @@ async def create_user(body: UserCreate, request: Request, principal: Admin) -> U
     responses=ERRORS,
     summary="List the users of your tenant",
 )
-async def list_users(request: Request, principal: Admin) -> UserList:
+async def list_users(request: Request, principal: Admin, tenant: TenantQuery = None) -> UserList:
     listed = await gateway_of(request).dispatch.call(
-        IdentityListUsers(), IdentityUsersListed, tenant=principal.tenant, actor=principal.user
+        IdentityListUsers(),
+        IdentityUsersListed,
+        tenant=acting_in(principal, tenant),
+        actor=principal.user,
     )
     return UserList(data=[_user(u) for u in listed.users])
 
@@ -370,7 +406,7 @@ async def create_key(body: KeyCreate, request: Request, principal: Admin) -> New
             metadata=body.metadata,
         ),
         IdentityKeyCreated,
-        tenant=principal.tenant,
+        tenant=acting_in(principal, body.tenant),
         actor=principal.user,
     )
     return NewKey(key=made.key, **_key(created.key).model_dump(exclude={"object"}))
@@ -386,11 +422,12 @@ async def list_keys(
     request: Request,
     principal: Admin,
     user_id: Annotated[str | None, Query(max_length=64)] = None,
+    tenant: TenantQuery = None,
 ) -> KeyList:
     listed = await gateway_of(request).dispatch.call(
         IdentityListKeys(user_id=user_id),
         IdentityKeysListed,
-        tenant=principal.tenant,
+        tenant=acting_in(principal, tenant),
         actor=principal.user,
     )
     gateway = gateway_of(request)
@@ -403,12 +440,14 @@ async def list_keys(
     responses=ERRORS,
     summary="An API key's limits and its spend so far",
 )
-async def get_key(key_id: str, request: Request, principal: Admin) -> Key:
+async def get_key(
+    key_id: str, request: Request, principal: Admin, tenant: TenantQuery = None
+) -> Key:
     gateway = gateway_of(request)
     found = await gateway.dispatch.call(
         IdentityGetKey(key_id=key_id),
         IdentityKeyFound,
-        tenant=principal.tenant,
+        tenant=acting_in(principal, tenant),
         actor=principal.user,
     )
     return _key(found.key, gateway)
@@ -420,7 +459,9 @@ async def get_key(key_id: str, request: Request, principal: Admin) -> Key:
     responses=ERRORS,
     summary="Change an API key's budget, limits, models, expiry or metadata in place",
 )
-async def update_key(key_id: str, body: KeyUpdate, request: Request, principal: Admin) -> Key:
+async def update_key(
+    key_id: str, body: KeyUpdate, request: Request, principal: Admin, tenant: TenantQuery = None
+) -> Key:
     gateway = gateway_of(request)
     given = body.model_dump(exclude_unset=True)
     clear = sorted(name for name, value in given.items() if value is None)
@@ -428,7 +469,7 @@ async def update_key(key_id: str, body: KeyUpdate, request: Request, principal: 
     updated = await gateway.dispatch.call(
         IdentityUpdateKey(key_id=key_id, clear=clear, **values),  # type: ignore[arg-type]
         IdentityKeyUpdated,
-        tenant=principal.tenant,
+        tenant=acting_in(principal, tenant),
         actor=principal.user,
     )
     # The new limits apply on this gateway at once, on the others within the key cache time.
@@ -463,12 +504,14 @@ async def update_tenant(
 @router.delete(
     "/v1/admin/keys/{key_id}", response_model=Key, responses=ERRORS, summary="Revoke an API key"
 )
-async def revoke_key(key_id: str, request: Request, principal: Admin) -> Key:
+async def revoke_key(
+    key_id: str, request: Request, principal: Admin, tenant: TenantQuery = None
+) -> Key:
     gateway = gateway_of(request)
     revoked = await gateway.dispatch.call(
         IdentityRevokeKey(key_id=key_id),
         IdentityKeyRevoked,
-        tenant=principal.tenant,
+        tenant=acting_in(principal, tenant),
         actor=principal.user,
     )
     gateway.authenticator.api_keys.forget(key_id)

@@ -19,7 +19,9 @@ from handlers.identity.directory import (
 
 DEFAULT_TENANT = "default"
 ADMIN_USER = "admin"
-ADMIN_ROLE = "admin"
+# The first user administers the default tenant and, as the installation's operator, may create
+# the other tenants, their first users and keys (over HTTP as at the console).
+ADMIN_ROLES = ("admin", "operator")
 
 
 async def bootstrap(
@@ -40,7 +42,7 @@ async def bootstrap(
                 admin = await load_user_by_name(conn, DEFAULT_TENANT, ADMIN_USER)
                 if admin is not None:
                     return tenant, admin, None
-                admin = await insert_user(conn, DEFAULT_TENANT, ADMIN_USER, [ADMIN_ROLE], now)
+                admin = await insert_user(conn, DEFAULT_TENANT, ADMIN_USER, ADMIN_ROLES, now)
                 key = await insert_api_key(
                     conn, DEFAULT_TENANT, admin.id, "bootstrap", None, None, None, now
                 )

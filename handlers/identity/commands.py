@@ -142,8 +142,9 @@ def _key(k: api_keys.ApiKeyInfo) -> ApiKeyInfo:
     )
 
 
-# Roles that may change what keys of their tenant may spend, and tenants' budgets.
-KEY_ADMINS = frozenset({"admin"})
+# Roles that may add users and keys to a tenant and change what its keys may spend (an
+# operator in any tenant), and that may set tenants' budgets.
+KEY_ADMINS = frozenset({"admin", "operator"})
 TENANT_ADMINS = frozenset({"operator"})
 
 
@@ -312,7 +313,7 @@ class IdentityCommands:
         )
 
     async def create_user(self, cmd: IdentityCreateUser, env: Envelope) -> IdentityUserCreated:
-        grantor = await directory.roles_of(self.engine, env.tenant, env.actor)
+        grantor = await directory.actor_roles(self.engine, env.tenant, env.actor)
         with refusals():
             user = await directory.create_user(
                 self.engine,
@@ -330,7 +331,7 @@ class IdentityCommands:
         return IdentityUsersListed(users=[_user(u) for u in users])
 
     async def create_key(self, cmd: IdentityCreateKey, env: Envelope) -> IdentityKeyCreated:
-        grantor = await directory.roles_of(self.engine, env.tenant, env.actor)
+        grantor = await directory.actor_roles(self.engine, env.tenant, env.actor)
         with refusals():
             info = await api_keys.record_api_key(
                 self.engine,
@@ -374,7 +375,7 @@ class IdentityCommands:
 
     async def update_key(self, cmd: IdentityUpdateKey, env: Envelope) -> IdentityKeyUpdated:
         """Only an admin of the key's tenant changes what it may spend, whoever relayed it."""
-        actor_roles = await directory.roles_of(self.engine, env.tenant, env.actor)
+        actor_roles = await directory.actor_roles(self.engine, env.tenant, env.actor)
         if not KEY_ADMINS & set(actor_roles):
             raise Rejected("forbidden: only an admin of the tenant may change its keys")
         changes = {

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from handlers.identity.errors import AlreadyExists, Forbidden, InvalidInput, NotFound
 from handlers.identity.tables import tenants, users
 from schemas.durations import BadDuration, duration_seconds
+from schemas.identity import KNOWN_ROLES
 
 # A tenant id is a NATS subject token (soma.cmd.<tenant>.…): no dots, wildcards or spaces.
 TENANT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
@@ -23,7 +24,8 @@ TENANT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 ROLE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 # Roles that reach beyond one tenant (operators create and list tenants): a tenant's admin
 # must not be able to hand them out, only someone who holds them already.
-PRIVILEGED_ROLES = frozenset({"operator"})
+OPERATOR = "operator"
+PRIVILEGED_ROLES = frozenset({OPERATOR})
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +86,9 @@ def check_roles(roles: Iterable[str]) -> tuple[str, ...]:
     checked = sorted(set(roles))
     for role in checked:
         if not isinstance(role, str) or not ROLE.fullmatch(role):
-            raise InvalidInput(f"invalid role name {role!r}")
+            raise InvalidInput(f"invalid role name {role!r}; choose from {', '.join(KNOWN_ROLES)}")
+        if role not in KNOWN_ROLES:
+            raise InvalidInput(f"unknown role {role!r}; choose from {', '.join(KNOWN_ROLES)}")
     return tuple(checked)
 
 
@@ -245,6 +249,19 @@ async def roles_of(engine: AsyncEngine, tenant: str, user_id: str) -> tuple[str,
     async with engine.connect() as conn:
         user = await load_user(conn, tenant, user_id)
     return user.roles if user is not None else ()
+
+
+async def actor_roles(engine: AsyncEngine, tenant: str, actor: str) -> tuple[str, ...]:
+    """The roles ``actor`` acts with in ``tenant``: its own there, or — for an operator of
+    another tenant, who manages every tenant — its roles at home. Anyone else holds none."""
+    async with engine.connect() as conn:
+        user = await load_user(conn, tenant, actor)
+        if user is not None:
+            return user.roles
+        row = (await conn.execute(sa.select(users).where(users.c.id == actor))).first()
+    if row is not None and OPERATOR in row.roles:
+        return tuple(row.roles)
+    return ()
 
 
 async def list_users(engine: AsyncEngine, tenant: str) -> list[User]:

@@ -219,7 +219,7 @@ def test_bootstrap_credentials_returns_the_first_admin_key_once(env):
 
     assert first is not None and second is None
     principal = principal_of(env, first)
-    assert (principal.tenant, principal.roles) == ("default", ("admin",))
+    assert (principal.tenant, principal.roles) == ("default", ("admin", "operator"))
 
 
 def test_bootstrap_credentials_leave_an_existing_installation_alone(env):

@@ -1,4 +1,5 @@
-"""Keys with budgets and limits, through the real CLI and a real gateway, every process running.
+"""Keys with budgets and limits, spend and usage per key, and the admin flows that make tenants,
+users and keys — through the real CLI and a real gateway, every process running.
 
 The handlers and the saga runner run as OS processes; the gateway runs in the test's loop so its
 clock can be moved on (a budget window of a day passes in a moment). The offline model is
@@ -23,6 +24,7 @@ from bus.connection import connect
 from kernel.settings import Settings
 from schemas.catalogue import STREAMS
 from schemas.slm import SlmCompleted
+from soma.cli_keys import bootstrap_credentials
 from tests.e2e.conftest import ROOT, wait_for_consumers
 from tests.gateway.serving import auth, gateway_config, served
 from tests.servers import NatsServer, nats_server, stop_processes
@@ -346,3 +348,71 @@ async def test_a_usage_query_it_cannot_read_is_400_naming_what_it_takes(
         answer = await client.get("/v1/usage", headers=auth(admin_key), params=params)
     assert answer.status_code == 400
     assert named in answer.json()["error"]["message"]
+
+
+@pytest.fixture(scope="module")
+def bootstrap_key(running: System) -> str:
+    """The key ``soma up`` prints on a fresh data folder."""
+    key = bootstrap_credentials(Settings(SOMA_DATA_DIR=running.env["SOMA_DATA_DIR"]))
+    assert key is not None
+    return key
+
+
+async def test_the_bootstrap_key_creates_a_tenant_its_first_user_and_a_key_that_works(
+    system: System, bootstrap_key: str
+) -> None:
+    boss = auth(bootstrap_key)
+    async with httpx.AsyncClient(base_url=system.url, timeout=30) as client:
+        tenant = await client.post("/v1/admin/tenants", headers=boss, json={"id": "newco"})
+        assert tenant.status_code == 201, tenant.text
+        user = await client.post(
+            "/v1/admin/users", headers=boss,
+            json={"name": "Ada Lovelace", "roles": ["admin"], "tenant": "newco"},
+        )
+        assert user.status_code == 201, user.text
+        assert (user.json()["name"], user.json()["tenant"]) == ("Ada Lovelace", "newco")
+        made = await client.post(
+            "/v1/admin/keys", headers=boss,
+            json={"user_id": user.json()["id"], "tenant": "newco", "max_budget": 5,
+                  "budget_duration": "30d", "metadata": {"team": "founders"}},
+        )
+        assert made.status_code == 201, made.text
+        key = made.json()["key"]
+        assert made.json()["tenant"] == "newco" and made.json()["max_budget"] == 5
+        own = await client.get("/v1/admin/keys", headers=auth(key))
+        assert own.status_code == 200, own.text
+        assert [k["id"] for k in own.json()["data"]] == [key_id(key)]
+        assert own.json()["data"][0]["metadata"] == {"team": "founders"}
+        listed = await client.get("/v1/admin/users", headers=boss, params={"tenant": "newco"})
+        assert [u["name"] for u in listed.json()["data"]] == ["Ada Lovelace"]
+
+
+async def test_an_unknown_role_is_400_naming_the_known_roles(
+    system: System, bootstrap_key: str
+) -> None:
+    async with httpx.AsyncClient(base_url=system.url, timeout=30) as client:
+        answer = await client.post(
+            "/v1/admin/users", headers=auth(bootstrap_key),
+            json={"name": "Eve", "roles": ["superuser"]},
+        )
+    assert answer.status_code == 400
+    assert "unknown role 'superuser'; choose from operator, admin, service, member, user" in (
+        answer.json()["error"]["message"]
+    )
+
+
+async def test_an_admin_naming_another_tenant_is_403(system: System, admin_key: str) -> None:
+    async with httpx.AsyncClient(base_url=system.url, timeout=30) as client:
+        answer = await client.get(
+            "/v1/admin/keys", headers=auth(admin_key), params={"tenant": "newco"}
+        )
+    assert answer.status_code == 403
+    assert "Only an operator acts in another tenant" in answer.json()["error"]["message"]
+
+
+def test_the_cli_refuses_an_unknown_role_naming_the_known_roles(running: System) -> None:
+    refused = soma(running.env, "keys", "create", "--tenant", "cli-co", "--user", "Grace Hopper",
+                   "--role", "wizard")
+    assert refused.returncode == 2
+    assert "unknown role 'wizard'; choose from operator, admin" in refused.stderr
+    assert refused.stdout == ""
