@@ -410,3 +410,54 @@ async def test_the_console_user_reads_the_streams_and_replays_a_dead_letter(secu
             await nc.close()
             await admin.close()
         await handler.stop()
+
+
+async def test_the_gateway_user_follows_the_usage_events_its_budgets_are_summed_from(
+    secured: int,
+) -> None:
+    """What ``gateway.spend`` does as the gateway user: an ordered consumer on SOMA_EVT from a
+    start time, reading completions published by the slm user."""
+    import time
+
+    import msgspec
+
+    from gateway.spend import SpendFollower, SpendLedger
+    from schemas.envelope import new_id
+    from schemas.slm import ChatMessage, SlmCompleted
+
+    errors: list[str] = []
+
+    async def on_error(err: Exception) -> None:
+        errors.append(str(err))
+
+    slm = await connect(_url(secured, "slm"), "slm")
+    gateway = await connect(_url(secured, "gateway"), "gateway")
+    slm._error_cb = gateway._error_cb = on_error  # type: ignore[assignment]
+
+    async def complete(usd: float) -> None:
+        env = Envelope(
+            message_id=new_id(), correlation_id=new_id(), tenant="acme", schema="slm.completed"
+        )
+        event = SlmCompleted(
+            model="m", provider="local", message=ChatMessage(role="assistant", content="hi"),
+            cost_usd=usd, key_id="k1",
+        )
+        await slm.jetstream().publish(
+            "soma.evt.acme.slm.completed", msgspec.json.encode(event), headers=env.to_headers()
+        )
+
+    follower = SpendFollower(gateway.jetstream(), SpendLedger(3600))
+    try:
+        await complete(0.25)
+        await follower.start()
+        await complete(0.5)
+        async with asyncio.timeout(10):
+            while follower.ledger.key_spend("k1", time.time() - 60) < 0.75:
+                await asyncio.sleep(0.05)
+        assert follower.ledger.tenant_spend("acme", time.time() - 60) == 0.75
+        assert errors == []
+    finally:
+        await follower.stop()
+        with quiet_disconnect():
+            await slm.close()
+            await gateway.close()
