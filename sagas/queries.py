@@ -83,6 +83,15 @@ async def list_children(db: AsyncEngine, saga_id: str, tenant: str | None = None
         return [str(r[0]) for r in await conn.execute(stmt)]
 
 
+async def ids_starting_with(db: AsyncEngine, prefix: str, limit: int = 5) -> list[str]:
+    """Saga ids that start with ``prefix`` (an operator types the first few characters)."""
+    t = tables.instances
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    stmt = select(t.c.id).where(t.c.id.like(f"{escaped}%", escape="\\")).limit(limit)
+    async with reader(db).connect() as conn:
+        return [str(r) for r in (await conn.execute(stmt)).scalars()]
+
+
 async def get_history(db: AsyncEngine, saga_id: str) -> list[dict[str, Any]]:
     h = tables.history
     stmt = select(h).where(h.c.saga_id == saga_id).order_by(h.c.run, h.c.seq, h.c.id)

@@ -35,3 +35,7 @@ class AgentTaskResult(Message):
     usage: Usage = msgspec.field(default_factory=Usage)
     cost_usd: float = 0.0
     approved_by: str | None = None
+
+
+# The signals an agent task waits for: ``approve`` (with ``require_approval``).
+AGENT_TASK_SIGNALS = ("approve",)

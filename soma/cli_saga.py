@@ -107,7 +107,10 @@ def ls(
     saga_type: str = typer.Option(
         None, "--type", help="Only this saga type (chat_turn, agent_task, …)."
     ),
-    state: str = typer.Option(None, help="running, completed, failed, cancelled, compensated, …"),
+    state: str = typer.Option(
+        None, help="running, cancelling, completed, failed, cancelled, compensated, "
+        "compensation_failed."
+    ),
     tenant: str = typer.Option(None, help="Only this tenant."),
     since: str = typer.Option(
         None, help="Started within a duration (10m, 2h) or after an ISO time."
@@ -118,6 +121,12 @@ def ls(
 ) -> None:
     """List saga instances, newest first, with filters and paging."""
     from sagas import queries
+    from schemas.sagas import SagaState
+
+    if state is not None and state not in set(SagaState):
+        terminal.fail(
+            f"--state {state!r}: choose from {', '.join(SagaState)}", terminal.USAGE
+        )
 
     rows = terminal.run(
         _with_db(
@@ -160,16 +169,21 @@ def ls(
 
 @app.command("show")
 def show(
-    saga_id: str = typer.Argument(..., help="The saga id."),
+    saga_id: str = typer.Argument(..., help="The saga id, or a prefix only it starts with."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object: instance and history."),
 ) -> None:
     """Show one saga: state, input, data, result or error, and its step history with timings."""
     from sagas import queries
 
-    async def load(db: Any) -> tuple[Any, Any]:
-        return await queries.get_instance(db, saga_id), await queries.get_history(db, saga_id)
+    async def load() -> tuple[Any, Any]:
+        row = await _resolve(saga_id)
 
-    row, history = terminal.run(_with_db(load))
+        async def history_of(db: Any) -> Any:
+            return await queries.get_history(db, row["id"])
+
+        return row, await _with_db(history_of)
+
+    row, history = terminal.run(load())
     if row is None:
         terminal.fail(f"no saga {saga_id}; `soma saga ls` lists them")
     if as_json:
@@ -218,18 +232,38 @@ def show(
     out.print(table)
 
 
-async def _tenant_of(saga_id: str, given: str | None) -> str:
-    if given:
-        return given
+async def _resolve(saga_id: str) -> dict[str, Any]:
+    """The saga ``saga_id`` names: its whole id or a prefix only it starts with. None found, or
+    a prefix several start with, is an error that says what to type instead."""
     from sagas import queries
 
-    async def find(db: Any) -> Any:
-        return await queries.get_instance(db, saga_id)
+    async def find(db: Any) -> tuple[Any, list[str]]:
+        row = await queries.get_instance(db, saga_id)
+        if row is not None:
+            return row, [saga_id]
+        matches = await queries.ids_starting_with(db, saga_id)
+        if len(matches) == 1:
+            return await queries.get_instance(db, matches[0]), matches
+        return None, matches
 
-    row = await _with_db(find)
+    row, matches = await _with_db(find)
+    if row is None and len(matches) > 1:
+        terminal.fail(
+            f"{saga_id!r} starts {len(matches)}+ saga ids ({', '.join(matches[:3])}, …); "
+            "type more of it",
+            terminal.USAGE,
+        )
     if row is None:
-        terminal.fail(f"no saga {saga_id} in the store; pass --tenant to send anyway")
-    return str(row["tenant"])
+        terminal.fail(f"no saga {saga_id}; `soma saga ls` lists them")
+    return dict(row)
+
+
+def _still_running(row: dict[str, Any], action: str) -> None:
+    """A signal or cancel for a saga that has ended would be dropped: say so and exit 1."""
+    from schemas.sagas import ENDED
+
+    if row["state"] in ENDED:
+        terminal.fail(f"saga {row['id']} has already ended ({row['state']}); nothing to {action}")
 
 
 async def _send(message: Any, tenant: str, correlation_id: str | None = None) -> str:
@@ -323,40 +357,57 @@ def _outcome(state: str, result: Any, error: str | None) -> int:
 
 @app.command("signal")
 def signal(
-    saga_id: str = typer.Argument(..., help="The saga id."),
+    saga_id: str = typer.Argument(..., help="The saga id, or a prefix only it starts with."),
     name: str = typer.Argument(..., help="Signal name the saga waits for (e.g. approve)."),
     payload: str = typer.Argument(None, metavar="[JSON]", help="Signal payload as a JSON object."),
     tenant: str = typer.Option(None, help="Tenant (default: looked up in the saga store)."),
 ) -> None:
-    """Send a signal to one saga; one sent before the saga waits for it is kept until it does."""
+    """Send a signal to one saga; one sent before the saga waits for it is kept until it does.
+
+    A saga that has ended is an error (exit 1); so is, for an agent task, a signal it never
+    waits for (exit 2, naming the ones it does)."""
     from schemas.sagas import SagaSignal
+    from schemas.tasks import AGENT_TASK_SIGNALS
 
     body = _json_payload(payload, "the payload")
 
-    async def go() -> str:
-        return await _send(
-            SagaSignal(saga_id=saga_id, name=name, payload=body), await _tenant_of(saga_id, tenant)
+    async def go() -> tuple[str, str]:
+        row = await _resolve(saga_id)
+        _still_running(row, "signal")
+        if row["type"] == "agent_task" and name not in AGENT_TASK_SIGNALS:
+            terminal.fail(
+                f"an agent task takes no signal {name!r}; choose from "
+                f"{', '.join(AGENT_TASK_SIGNALS)}",
+                terminal.USAGE,
+            )
+        found = row["id"]
+        sent = await _send(
+            SagaSignal(saga_id=found, name=name, payload=body), tenant or str(row["tenant"])
         )
+        return found, sent
 
-    message_id = terminal.run(go())
-    terminal.note(f"signal {name} sent to {saga_id} (message {message_id})")
+    found, message_id = terminal.run(go())
+    terminal.note(f"signal {name} sent to {found} (message {message_id})")
 
 
 @app.command("cancel")
 def cancel(
-    saga_id: str = typer.Argument(..., help="The saga id."),
+    saga_id: str = typer.Argument(..., help="The saga id, or a prefix only it starts with."),
     reason: str = typer.Option("", help="Why; kept in the saga's history."),
     tenant: str = typer.Option(None, help="Tenant (default: looked up in the saga store)."),
 ) -> None:
-    """Cancel a saga: compensations of its completed steps run in reverse order."""
+    """Cancel a saga: compensations of its completed steps run in reverse order. A saga that
+    has ended is an error (exit 1)."""
     from schemas.sagas import SagaCancel
 
-    async def go() -> str:
-        return await _send(
-            SagaCancel(saga_id=saga_id, reason=reason), await _tenant_of(saga_id, tenant)
-        )
+    async def go() -> tuple[str, str]:
+        row = await _resolve(saga_id)
+        _still_running(row, "cancel")
+        found = row["id"]
+        sent = await _send(SagaCancel(saga_id=found, reason=reason), tenant or str(row["tenant"]))
+        return found, sent
 
-    message_id = terminal.run(go())
+    found, message_id = terminal.run(go())
     terminal.note(
-        f"cancel sent to {saga_id} (message {message_id}); `soma saga show {saga_id}` follows it"
+        f"cancel sent to {found} (message {message_id}); `soma saga show {found}` follows it"
     )

@@ -38,7 +38,7 @@ from schemas.sagas import (
     SagaStarted,
     SagaState,
 )
-from schemas.tasks import AgentTaskInput
+from schemas.tasks import AGENT_TASK_SIGNALS, AgentTaskInput
 
 router = APIRouter(tags=["tasks"])
 
@@ -257,6 +257,13 @@ async def list_tasks(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     before: Annotated[str | None, Query(max_length=200)] = None,
 ) -> TaskList:
+    if state is not None and state not in set(SagaState):
+        raise ApiError(
+            400,
+            f"No task state '{state}'; choose from {', '.join(SagaState)}.",
+            code="invalid_value",
+            param="state",
+        )
     listed = await gateway_of(request).dispatch.call(
         SagaList(saga_type=SAGA_TYPE, state=state, limit=limit, before=before),
         SagaListed,
@@ -290,6 +297,13 @@ async def signal_task(
     principal: Annotated[Principal, Depends(caller("tasks"))],
 ) -> Accepted:
     gateway = gateway_of(request)
+    if body.name not in AGENT_TASK_SIGNALS:
+        raise ApiError(
+            400,
+            f"A task takes no signal '{body.name}'; choose from {', '.join(AGENT_TASK_SIGNALS)}.",
+            code="invalid_value",
+            param="name",
+        )
     task = await _find(gateway, principal, task_id, False)
     if task.state in ENDED:
         raise ApiError(409, f"Task '{task_id}' has already ended ({task.state}).", code="conflict")

@@ -192,3 +192,26 @@ async def test_a_task_input_the_saga_would_refuse_is_400_naming_the_field(
         response = await http.post("/v1/tasks", headers=member, json={"input": task_input})
         assert response.status_code == 400
         assert response.json()["error"]["param"] == param
+
+
+async def test_listing_tasks_in_a_state_that_does_not_exist_is_400_naming_the_states(
+    http: httpx.AsyncClient, member: dict[str, str]
+) -> None:
+    answer = await http.get("/v1/tasks", headers=member, params={"state": "bogus"})
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error["param"] == "state"
+    assert "choose from running, cancelling, completed, failed" in error["message"]
+
+
+async def test_a_signal_a_task_never_waits_for_is_400_naming_the_signals(
+    http: httpx.AsyncClient, member: dict[str, str]
+) -> None:
+    created = await http.post(
+        "/v1/tasks", headers=member, json={"input": {"goal": "a report", "require_approval": True}}
+    )
+    answer = await http.post(
+        f"/v1/tasks/{created.json()['id']}/signal", headers=member, json={"name": "aprove"}
+    )
+    assert answer.status_code == 400
+    assert "choose from approve" in answer.json()["error"]["message"]

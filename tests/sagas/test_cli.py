@@ -78,3 +78,33 @@ async def test_saga_show_of_an_unknown_id_says_how_to_find_one(stack: Stack) -> 
     shown = await asyncio.to_thread(soma, stack, "show", "no-such-saga")
     assert shown.returncode == 1
     assert "soma saga ls" in shown.stderr
+
+
+async def test_saga_show_and_signal_take_a_unique_prefix_of_the_id(stack: Stack) -> None:
+    saga_id = await stack.start("approval")
+    for _ in range(100):
+        row = await queries.get_instance(stack.db, saga_id)
+        if row and (row["waiting"] or {}).get("kind") == "signal":
+            break
+        await asyncio.sleep(0.05)
+    shown = await asyncio.to_thread(soma, stack, "show", saga_id[:12], "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["saga"]["id"] == saga_id
+    sent = await asyncio.to_thread(soma, stack, "signal", saga_id[:12], "approve", '{"by": "p"}')
+    assert sent.returncode == 0, sent.stderr
+    assert (await stack.finished(saga_id))["result"] == {"approved_by": "p"}
+
+
+async def test_signal_or_cancel_of_a_finished_saga_is_an_error_exit(stack: Stack) -> None:
+    saga_id = await stack.start("three_steps")
+    await stack.finished(saga_id)
+    for args in (("signal", saga_id, "approve"), ("cancel", saga_id)):
+        refused = await asyncio.to_thread(soma, stack, *args)
+        assert refused.returncode == 1
+        assert "has already ended (completed)" in refused.stderr
+
+
+async def test_saga_ls_with_a_state_that_does_not_exist_names_the_states(stack: Stack) -> None:
+    refused = await asyncio.to_thread(soma, stack, "ls", "--state", "bogus")
+    assert refused.returncode == 2
+    assert "choose from running, cancelling, completed, failed" in refused.stderr
