@@ -48,6 +48,10 @@ class GatewayConfig(BaseSettings):
     # A bus round trip to a handler, and a whole chat turn or task start.
     bus_timeout: float = Field(default=10, gt=0, alias="SOMA_BUS_TIMEOUT")
     chat_timeout: float = Field(default=300, gt=0, alias="SOMA_CHAT_TIMEOUT")
+    # How long a tool invocation is awaited: longer than any tool's own limit
+    # (SOMA_TOOLS_PYTHON_TIMEOUT, SOMA_TOOLS_HTTP_TIMEOUT, …), so a tool that runs out of time
+    # answers with its own timeout error rather than the gateway with a generic 503.
+    tool_timeout: float = Field(default=150, gt=0, alias="SOMA_TOOL_TIMEOUT")
     # SSE comment lines keep idle proxies from closing a quiet stream.
     stream_keepalive: float = Field(default=15, gt=0, alias="SOMA_STREAM_KEEPALIVE_SECONDS")
     models_cache: float = Field(default=30, ge=0, alias="SOMA_MODELS_CACHE_SECONDS")

@@ -18,7 +18,9 @@ class ToolInvoke(Message):
 
 
 class ToolResult(Message):
-    """``refused_by`` names the policy rule that refused the call (then nothing ran)."""
+    """``refused_by`` names the policy rule that refused the call (then nothing ran). ``code``
+    says what kind of failure an ``ok=False`` is, for callers that branch on it: ``unknown_tool``,
+    ``unavailable``, ``invalid_arguments``, ``timeout`` (the tool's own limit) or ``failed``."""
 
     call_id: str
     name: str
@@ -27,3 +29,4 @@ class ToolResult(Message):
     error: str | None = None
     duration_ms: float = 0.0
     refused_by: str | None = None
+    code: str | None = None

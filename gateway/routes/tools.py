@@ -11,8 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.auth import Principal
 from gateway.context import caller, gateway_of
-from gateway.dispatch import derived_id
-from gateway.errors import ApiError
+from gateway.dispatch import Dispatch, derived_id
+from gateway.errors import ApiError, not_found
 from gateway.openai_bodies import ERRORS
 from schemas.envelope import new_id
 from schemas.policy import PolicyEvaluate, PolicyEvaluated
@@ -63,6 +63,23 @@ def _refused(name: str, reasons: str) -> ApiError:
     )
 
 
+def _unknown(name: str) -> ApiError:
+    return not_found(
+        f"No tool named '{name}'. GET /v1/tools lists the tools you may call.",
+        code="tool_not_found",
+        param="name",
+    )
+
+
+async def _exists(dispatch: Dispatch, principal: Principal, name: str) -> bool:
+    """Whether the registry holds ``name`` at all (asked only when a call was refused, so a
+    refusal of a tool that does not exist is a 404, not a 403)."""
+    listed = await dispatch.call(
+        ToolsList(role=None), ToolsListed, tenant=principal.tenant, actor=principal.user
+    )
+    return any(t.name == name for t in listed.tools)
+
+
 @router.get("/v1/tools", response_model=ToolListOut, responses=ERRORS, summary="List tools")
 async def list_tools(
     request: Request, principal: Annotated[Principal, Depends(caller("tools"))]
@@ -93,7 +110,8 @@ async def invoke_tool(
     request: Request,
     principal: Annotated[Principal, Depends(caller("tools"))],
 ) -> InvocationResult:
-    dispatch = gateway_of(request).dispatch
+    gateway = gateway_of(request)
+    dispatch = gateway.dispatch
     verdict = await dispatch.call(
         PolicyEvaluate(
             stage="tool_call",
@@ -107,6 +125,8 @@ async def invoke_tool(
         actor=principal.user,
     )
     if verdict.decision == "deny":
+        if not await _exists(dispatch, principal, name):
+            raise _unknown(name)
         raise _refused(name, "; ".join(verdict.reasons))
     result = await dispatch.call(
         ToolInvoke(
@@ -119,7 +139,10 @@ async def invoke_tool(
         ToolResult,
         tenant=principal.tenant,
         actor=principal.user,
+        timeout=gateway.config.tool_timeout,
     )
+    if result.code == "unknown_tool":
+        raise _unknown(name)
     if result.refused_by is not None:
         raise _refused(name, result.error or result.refused_by)
     return InvocationResult(

@@ -1,5 +1,6 @@
-"""Keys with budgets and limits, spend and usage per key, and the admin flows that make tenants,
-users and keys — through the real CLI and a real gateway, every process running.
+"""Keys with budgets and limits, spend and usage per key, the admin flows that make tenants,
+users and keys, and tools' errors — through the real CLI and a real gateway, every process
+running.
 
 The handlers and the saga runner run as OS processes; the gateway runs in the test's loop so its
 clock can be moved on (a budget window of a day passes in a moment). The offline model is
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -29,8 +31,12 @@ from tests.e2e.conftest import ROOT, wait_for_consumers
 from tests.gateway.serving import auth, gateway_config, served
 from tests.servers import NatsServer, nats_server, stop_processes
 
-PROCESSES = ["identity", "policy", "memory", "slm", "sagas", "analytics"]
-CONSUMERS = ["identity", "policy", "memory", "slm", "sagas", "sagas-events", "analytics-events"]
+PROCESSES = ["identity", "policy", "memory", "slm", "tools", "sagas", "analytics"]
+CONSUMERS = [
+    "identity", "policy", "memory", "slm", "tools", "sagas", "sagas-events", "analytics-events"
+]
+# http_fetch's own limit, longer than the bus timeout of the gateway that calls it.
+FETCH_TIMEOUT = 2
 # Two cents a token: a short turn of the offline model costs well under a dollar.
 PRICE_PER_1M = 20_000.0
 DAY = 86400.0
@@ -88,6 +94,8 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
             "SOMA_DATA_DIR": str(data),
             "SOMA_MODELS_FILE": str(models),
             "SOMA_RETRY_INITIAL": "0.2",
+            "SOMA_TOOLS_HTTP_TIMEOUT": str(FETCH_TIMEOUT),
+            "SOMA_TOOLS_HTTP_ALLOW": "127.0.0.1",
         }
         migrated = soma(env, "migrate")
         assert migrated.returncode == 0, migrated.stderr
@@ -416,3 +424,39 @@ def test_the_cli_refuses_an_unknown_role_naming_the_known_roles(running: System)
     assert refused.returncode == 2
     assert "unknown role 'wizard'; choose from operator, admin" in refused.stderr
     assert refused.stdout == ""
+
+
+@pytest.mark.parametrize("who", ["member", "admin"])
+async def test_invoking_a_tool_that_does_not_exist_is_404_whatever_the_policy_allows(
+    system: System, admin_key: str, who: str
+) -> None:
+    key = admin_key if who == "admin" else new_key(
+        system.env, "--tenant", "acme", "--user", "lou", "--role", "member"
+    )
+    async with httpx.AsyncClient(base_url=system.url, timeout=30) as client:
+        answer = await client.post(
+            "/v1/tools/no_such_tool/invoke", headers=auth(key), json={"arguments": {}}
+        )
+    assert answer.status_code == 404, answer.text
+    assert answer.json()["error"]["code"] == "tool_not_found"
+
+
+async def test_a_tool_that_runs_out_of_time_reports_its_own_timeout_not_a_503(
+    system: System, admin_key: str
+) -> None:
+    settings = Settings(NATS_URL=system.nats.url, SOMA_DATA_DIR=system.env["SOMA_DATA_DIR"])
+    impatient = gateway_config(SOMA_BUS_TIMEOUT=FETCH_TIMEOUT / 2)
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        async with served(settings, impatient) as url:
+            async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+                answer = await client.post(
+                    "/v1/tools/http_fetch/invoke", headers=auth(admin_key),
+                    json={"arguments": {"url": f"http://127.0.0.1:{port}/"}},
+                )
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    assert result["ok"] is False
+    assert f"did not answer within {FETCH_TIMEOUT} s" in result["error"], result

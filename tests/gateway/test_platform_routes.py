@@ -215,3 +215,15 @@ async def test_a_signal_a_task_never_waits_for_is_400_naming_the_signals(
     )
     assert answer.status_code == 400
     assert "choose from approve" in answer.json()["error"]["message"]
+
+
+async def test_invoking_a_tool_that_does_not_exist_is_404(
+    http: httpx.AsyncClient, member: dict[str, str]
+) -> None:
+    answer = await http.post(
+        "/v1/tools/no-such-tool/invoke", headers=member, json={"arguments": {}}
+    )
+    assert answer.status_code == 404
+    error = answer.json()["error"]
+    assert (error["code"], error["param"]) == ("tool_not_found", "name")
+    assert "GET /v1/tools" in error["message"]
