@@ -377,7 +377,9 @@ class IdentityCommands:
         """Only an admin of the key's tenant changes what it may spend, whoever relayed it."""
         actor_roles = await directory.actor_roles(self.engine, env.tenant, env.actor)
         if not KEY_ADMINS & set(actor_roles):
-            raise Rejected("forbidden: only an admin of the tenant may change its keys")
+            raise bus_errors.Forbidden(
+                "only an admin of the tenant (or an operator) may change its keys"
+            )
         changes = {
             name: getattr(cmd, name)
             for name in api_keys.UPDATABLE
@@ -395,11 +397,11 @@ class IdentityCommands:
         """A tenant's budget is a cap its own admins must not lift: operators only."""
         actor_roles = await directory.roles_of(self.engine, env.tenant, env.actor)
         if not TENANT_ADMINS & set(actor_roles):
-            raise Rejected("forbidden: only an operator may set a tenant's budget")
+            raise bus_errors.Forbidden("only an operator may set a tenant's budget")
         if cmd.clear and (cmd.max_budget is not None or cmd.budget_duration is not None):
-            raise Rejected("invalid: give a budget or clear it, not both")
+            raise bus_errors.Invalid("give a budget or clear it, not both")
         if not cmd.clear and cmd.max_budget is None:
-            raise Rejected("invalid: give max_budget (and budget_duration), or clear")
+            raise bus_errors.Invalid("give max_budget (and budget_duration), or clear")
         with refusals():
             tenant = await directory.set_tenant_budget(
                 self.engine,
