@@ -17,7 +17,7 @@ from pathlib import Path
 import typer
 
 from kernel.settings import Settings
-from soma import cli_dlq, cli_keys, cli_policy, cli_saga, cli_schemas, cli_usage, terminal
+from soma import cli_dlq, cli_keys, cli_msg, cli_policy, cli_saga, cli_schemas, cli_usage, terminal
 
 app = typer.Typer(
     name="soma",
@@ -55,6 +55,7 @@ app.add_typer(cli_saga.app, name="saga")
 app.add_typer(cli_usage.app, name="usage")
 app.add_typer(cli_keys.app, name="keys")
 app.add_typer(cli_policy.app, name="policy")
+app.add_typer(cli_msg.app, name="msg")
 app.command("token")(cli_keys.token)
 
 
@@ -469,11 +470,16 @@ def trace(
     terminal.run(tell())
 
 
-@app.command()
+streams_app = typer.Typer(rich_markup_mode="markdown")
+app.add_typer(streams_app, name="streams")
+
+
+@streams_app.callback(invoke_without_command=True)
 def streams(
+    ctx: typer.Context,
     as_json: bool = typer.Option(False, "--json", help="Print the figures as one JSON object."),
 ) -> None:
-    """Show the streams and every consumer's lag.
+    """Show the streams and every consumer's lag; `soma streams info NAME` shows one stream.
 
     For each stream: messages, bytes, first and last sequence, distinct subjects. For each
     consumer: its filter, pending (messages not yet delivered: the lag), ack pending (delivered,
@@ -494,6 +500,9 @@ def streams(
 
     from soma import stream_status
 
+    if ctx.invoked_subcommand is not None:
+        return
+
     async def collect() -> list[dict]:
         async with terminal.bus(terminal.settings()) as (nc, _js):
             return await stream_status.collect(nc)
@@ -510,6 +519,44 @@ def streams(
         )
         return
     _print_streams(found, consumers)
+
+
+@streams_app.command("info")
+def stream_info(
+    name: str = typer.Argument(..., help="The stream: SOMA_CMD, SOMA_EVT, SOMA_DLQ, KV_…"),
+    output: str = typer.Option("text", "--output", "-o", help="text or json."),
+) -> None:
+    """One stream in full: subjects, retention and limits, replicas, state and its consumers.
+
+    **Examples**
+
+        soma streams info SOMA_EVT
+        soma streams info SOMA_CMD -o json | jq '.consumers[] | {name, pending}'
+    """
+    import json
+
+    from soma import stream_status
+
+    if output not in ("text", "json"):
+        terminal.fail(f"-o {output!r}: choose from text, json", terminal.USAGE)
+
+    async def read() -> dict:
+        async with terminal.bus(terminal.settings()) as (nc, _js):
+            return await stream_status.info(nc, name)
+
+    try:
+        found = terminal.run(read())
+    except stream_status.StatusError as exc:
+        terminal.fail(str(exc))
+    if output == "json":
+        sys.stdout.write(json.dumps(found) + "\n")
+        return
+    for field, value in found.items():
+        if field == "consumers":
+            continue
+        shown = ", ".join(value) if isinstance(value, list) else value
+        terminal.out.print(f"{field:<26} {shown}", markup=False)
+    _print_streams([found], len(found["consumers"]))
 
 
 def _print_streams(found: list[dict], consumers: int) -> None:

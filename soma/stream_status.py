@@ -87,3 +87,39 @@ def human_bytes(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} TiB"
+
+
+async def info(nc: Client, name: str) -> dict[str, Any]:
+    """One stream as ``nats stream info`` shows it: its configuration, state and consumers."""
+    try:
+        raw = await _api(nc, f"$JS.API.STREAM.INFO.{name}")
+    except StatusError as exc:
+        if "not found" in str(exc):
+            raise StatusError(f"no stream {name}; `soma streams` lists them") from None
+        raise
+    config, state = raw.get("config", {}), raw.get("state", {})
+    consumers = await _paged(nc, f"$JS.API.CONSUMER.LIST.{name}", "consumers")
+    return {
+        "name": name,
+        "description": config.get("description", ""),
+        "subjects": config.get("subjects", []),
+        "retention": config.get("retention"),
+        "storage": config.get("storage"),
+        "replicas": config.get("num_replicas", 1),
+        "max_age_seconds": (config.get("max_age") or 0) / 1e9,
+        "max_bytes": config.get("max_bytes", -1),
+        "max_msgs": config.get("max_msgs", -1),
+        "max_msgs_per_subject": config.get("max_msgs_per_subject", -1),
+        "duplicate_window_seconds": (config.get("duplicate_window") or 0) / 1e9,
+        "discard": config.get("discard"),
+        "messages": state.get("messages", 0),
+        "bytes": state.get("bytes", 0),
+        "first_seq": state.get("first_seq", 0),
+        "last_seq": state.get("last_seq", 0),
+        "first_time": state.get("first_ts"),
+        "last_time": state.get("last_ts"),
+        "num_subjects": state.get("num_subjects", 0),
+        "deleted": state.get("num_deleted", 0),
+        "cluster": raw.get("cluster"),
+        "consumers": sorted((_consumer(c) for c in consumers), key=lambda c: str(c["name"])),
+    }

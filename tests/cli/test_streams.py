@@ -63,3 +63,43 @@ async def test_the_table_names_every_stream_and_consumer(js: JetStreamContext, s
         "5 streams",
     ):
         assert name in result.stdout
+
+
+async def test_streams_info_shows_one_streams_limits_state_and_consumers(
+    js: JetStreamContext, soma: Soma
+) -> None:
+    await _lagging_policy_consumer(js)
+    result = await soma("streams", "info", STREAMS["cmd"], "-o", "json")
+    assert result.exit_code == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert (info["name"], info["subjects"], info["retention"]) == (
+        STREAMS["cmd"], ["soma.cmd.>"], "limits"
+    )
+    assert (info["messages"], info["last_seq"]) == (5, 5)
+    assert [c["name"] for c in info["consumers"]] == ["policy"]
+    table = await soma("streams", "info", STREAMS["cmd"])
+    assert table.exit_code == 0 and "retention" in table.stdout and "policy" in table.stdout
+
+
+async def test_streams_info_of_a_stream_that_does_not_exist_says_where_to_look(
+    js: JetStreamContext, soma: Soma
+) -> None:
+    result = await soma("streams", "info", "NOPE")
+    assert result.exit_code == 1
+    assert "no stream NOPE; `soma streams` lists them" in result.stderr
+
+
+async def test_msg_get_prints_one_stored_message_of_any_stream(
+    js: JetStreamContext, soma: Soma
+) -> None:
+    cmd = PolicyEvaluate(stage="prompt", text="read me back")
+    env = envelope_for(cmd, tenant="acme")
+    ack = await publish(js, cmd, env)
+    result = await soma("msg", "get", STREAMS["cmd"], str(ack.seq), "-o", "json")
+    assert result.exit_code == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert found["subject"] == "soma.cmd.acme.policy.evaluate"
+    assert found["headers"]["Nats-Msg-Id"] == env.message_id
+    assert found["body"]["text"] == "read me back"
+    missing = await soma("msg", "get", STREAMS["cmd"], "99999")
+    assert missing.exit_code == 1 and "no message 99999" in missing.stderr
