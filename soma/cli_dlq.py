@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 
+from schemas.catalogue import STREAMS
 from soma import terminal
 
 app = typer.Typer(
@@ -241,36 +242,94 @@ def replay(
 @app.command()
 def purge(
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    service: str = typer.Option(
+        "", "--service", help="Only dead letters of this service (its origin).",
+        show_default=False,
+    ),
+    tenant: str = typer.Option("", "--tenant", "-t", help="Only this tenant's.",
+                               show_default=False),
+    reason: str = typer.Option(
+        "", "--reason", help="Only those whose reason contains this text (any case).",
+        show_default=False,
+    ),
+    before: str = typer.Option(
+        "", "--before", help="Only those dead-lettered before this: unix seconds, a duration "
+        "ago (7d) or ISO 8601.", show_default=False,
+    ),
 ) -> None:
-    """Delete every dead letter. Asks first unless --yes.
+    """Delete dead letters: all of them, or those every given filter matches. Asks first
+    unless --yes.
 
-    **Example**
+    **Examples**
 
         soma dlq purge --yes
+        soma dlq purge --service slm --reason "model refused" --yes
+        soma dlq purge --tenant acme --before 7d --yes
     """
     from bus import deadletter
 
-    async def count() -> int:
-        async with terminal.bus(terminal.settings()) as (_nc, js):
-            return (await deadletter.info(js)).state.messages
+    filtered = any((service, tenant, reason, before))
+    cutoff = _cutoff(before) if before else None
 
-    async def wipe() -> int:
-        async with terminal.bus(terminal.settings()) as (_nc, js):
-            return await deadletter.purge(js)
+    def matches(letter: Any) -> bool:
+        origin = letter.dlq_subject.split(".")
+        if service and letter.service != service:
+            return False
+        if tenant and (len(origin) < 3 or origin[2] != tenant):
+            return False
+        if reason and reason.lower() not in letter.reason.lower():
+            return False
+        return cutoff is None or _letter_time(letter) < cutoff
 
+    async def chosen() -> list[int]:
+        async with terminal.bus(terminal.settings()) as (_nc, js):
+            if not filtered:
+                total = (await deadletter.info(js)).state.messages
+                return [-1] * total
+            letters = await deadletter.list_all(js, limit=sys.maxsize)
+            return [letter.seq for letter in letters if matches(letter)]
+
+    async def wipe(seqs: list[int]) -> int:
+        async with terminal.bus(terminal.settings()) as (_nc, js):
+            if not filtered:
+                return await deadletter.purge(js)
+            for seq in seqs:
+                await js.delete_msg(STREAMS["dlq"], seq)
+            return len(seqs)
+
+    seqs = terminal.run(_guard(chosen()))
+    if not seqs:
+        terminal.out.print("no dead letters" + (" match" if filtered else ""))
+        return
     if not yes:
-        waiting = terminal.run(_guard(count()))
-        if not waiting:
-            terminal.out.print("no dead letters")
-            return
         if not sys.stdin.isatty():
             terminal.fail(
-                f"refusing to delete {waiting} dead letters without confirmation; pass --yes",
+                f"refusing to delete {len(seqs)} dead letters without confirmation; pass --yes",
                 terminal.USAGE,
             )
-        typer.confirm(f"delete {waiting} dead letters?", abort=True)
-    purged = terminal.run(_guard(wipe()))
+        typer.confirm(f"delete {len(seqs)} dead letters?", abort=True)
+    purged = terminal.run(_guard(wipe(seqs)))
     terminal.out.print(f"purged {purged} dead letters")
+
+
+def _cutoff(text: str) -> float:
+    import time
+
+    from schemas.durations import BadDuration, moment
+
+    try:
+        return moment(text, time.time())
+    except BadDuration as exc:
+        terminal.fail(f"--before: {exc}", terminal.USAGE)
+
+
+def _letter_time(letter: Any) -> float:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(letter.time).timestamp()
+    except ValueError:
+        return float("inf")  # no readable time: never "before" anything
 
 
 async def _guard(coro: Any, seq: int | None = None) -> Any:

@@ -238,3 +238,25 @@ async def test_replay_sends_back_an_event_still_in_the_events_stream(
     assert result.exit_code == 0, result.stderr
     assert "replayed 1 to soma.evt.acme.policy.evaluated" in result.stdout
     assert (await js.stream_info(STREAMS["evt"])).state.messages == 2
+
+
+async def test_purge_with_filters_deletes_only_the_dead_letters_they_match(
+    js: JetStreamContext, fresh_nats: NatsServer, soma: Soma
+) -> None:
+    await _dead_letters(js, fresh_nats.url, ["x"])
+    await _plant(js, "soma.dlq.globex.tools", "soma.cmd.globex.tools.invoke", "tools")
+    none = await soma("dlq", "purge", "--reason", "no such reason", "--yes")
+    assert none.exit_code == 0 and "no dead letters match" in none.stdout
+    result = await soma("dlq", "purge", "--tenant", "globex", "--service", "tools", "--yes")
+    assert result.exit_code == 0, result.stderr
+    assert "purged 1 dead letters" in result.stdout
+    left = [json.loads(line) for line in (await soma("dlq", "ls", "--json")).stdout.splitlines()]
+    assert [letter["service"] for letter in left] == ["policy"]
+
+
+async def test_purge_before_a_time_it_cannot_read_is_a_usage_error(
+    js: JetStreamContext, fresh_nats: NatsServer, soma: Soma
+) -> None:
+    result = await soma("dlq", "purge", "--before", "yesterday-ish", "--yes")
+    assert result.exit_code == 2
+    assert "unix seconds, a duration" in result.stderr
