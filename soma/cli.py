@@ -17,7 +17,17 @@ from pathlib import Path
 import typer
 
 from kernel.settings import Settings
-from soma import cli_dlq, cli_keys, cli_msg, cli_policy, cli_saga, cli_schemas, cli_usage, terminal
+from soma import (
+    cli_dlq,
+    cli_keys,
+    cli_msg,
+    cli_policy,
+    cli_saga,
+    cli_schemas,
+    cli_status,
+    cli_usage,
+    terminal,
+)
 
 app = typer.Typer(
     name="soma",
@@ -56,6 +66,7 @@ app.add_typer(cli_usage.app, name="usage")
 app.add_typer(cli_keys.app, name="keys")
 app.add_typer(cli_policy.app, name="policy")
 app.add_typer(cli_msg.app, name="msg")
+app.command("status")(cli_status.status)
 app.command("token")(cli_keys.token)
 
 
