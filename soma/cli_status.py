@@ -60,9 +60,9 @@ def status(
     * `SOMA_HTTP_HOST`, `SOMA_HTTP_PORT` — where the gateway is looked for
     """
     from bus.errors import BusUnavailable
+    from kernel.logs import redact
     from soma import stream_status
     from soma.embedded import resolve_url
-    from kernel.logs import redact
     from soma.supervisor import safe_url
 
     if output not in ("text", "json"):
