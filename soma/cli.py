@@ -489,6 +489,7 @@ app.add_typer(streams_app, name="streams")
 def streams(
     ctx: typer.Context,
     as_json: bool = typer.Option(False, "--json", help="Print the figures as one JSON object."),
+    output: str = typer.Option("table", "--output", "-o", help="table or json (as --json)."),
 ) -> None:
     """Show the streams and every consumer's lag; `soma streams info NAME` shows one stream.
 
@@ -513,6 +514,9 @@ def streams(
 
     if ctx.invoked_subcommand is not None:
         return
+    if output not in ("table", "json"):
+        terminal.fail(f"-o {output!r}: choose from table, json", terminal.USAGE)
+    as_json = as_json or output == "json"
 
     async def collect() -> list[dict]:
         async with terminal.bus(terminal.settings()) as (nc, _js):

@@ -77,6 +77,7 @@ def _not_found(seq: int) -> str:
 def ls(
     limit: int = typer.Option(100, "--limit", "-n", help="Show at most this many, oldest first."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+    output: str = typer.Option("table", "--output", "-o", help="table or json (as --json)."),
 ) -> None:
     """List dead letters, oldest first: sequence, time, origin, subject, deliveries, reason.
 
@@ -96,8 +97,10 @@ def ls(
             total = (await deadletter.info(js)).state.messages
             return letters, total
 
+    if output not in ("table", "json"):
+        terminal.fail(f"-o {output!r}: choose from table, json", terminal.USAGE)
     letters, total = terminal.run(_guard(listing()))
-    if as_json:
+    if as_json or output == "json":
         for letter in letters:
             sys.stdout.write(json.dumps(_letter_json(letter)) + "\n")
         return

@@ -264,8 +264,10 @@ def ls(
         "", "--tenant", "-t", help="Only this tenant (default: every tenant).", show_default=False
     ),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+    output: str = typer.Option("table", "--output", "-o", help="table or json (as --json)."),
 ) -> None:
-    """List API keys (never a secret): id, tenant, user, name, roles, models, dates, state.
+    """List API keys (never a secret): id, tenant, user, name, roles, models, dates, state,
+    budget and limits.
 
     **Examples**
 
@@ -294,12 +296,21 @@ def ls(
                         "expires_at": key.expires_at,
                         "revoked_at": key.revoked_at,
                         "state": _state(key.revoked_at, key.expires_at),
+                        "max_budget": None if key.budget is None else key.budget.max_budget,
+                        "budget_duration": None
+                        if key.budget is None
+                        else key.budget.budget_duration,
+                        "rpm_limit": key.rpm_limit,
+                        "tpm_limit": key.tpm_limit,
+                        "metadata": dict(key.metadata),
                     }
                 )
         return found
 
+    if output not in ("table", "json"):
+        terminal.fail(f"-o {output!r}: choose from table, json", terminal.USAGE)
     keys = _run(terminal.settings(), collect)
-    if as_json:
+    if as_json or output == "json":
         for key in keys:
             sys.stdout.write(json.dumps(key) + "\n")
         return

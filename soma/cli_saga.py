@@ -102,6 +102,10 @@ async def _with_db(fn: Any) -> Any:
         await db.dispose()
 
 
+# How much of an id the table shows: enough to be unique in practice, and accepted as a prefix.
+ID_SHOWN = 12
+
+
 @app.command("ls")
 def ls(
     saga_type: str = typer.Option(
@@ -118,11 +122,18 @@ def ls(
     limit: int = typer.Option(50, help="Page size."),
     offset: int = typer.Option(0, help="Skip this many (newest first)."),
     as_json: bool = typer.Option(False, "--json", help="JSON lines instead of a table."),
+    output: str = typer.Option("table", "--output", "-o", help="table, wide or json."),
+    wide: bool = typer.Option(False, "--wide", help="Full ids in the table (as -o wide)."),
 ) -> None:
-    """List saga instances, newest first, with filters and paging."""
+    """List saga instances, newest first, with filters and paging.
+
+    The table shows the first 12 characters of each id, which `show`, `signal` and `cancel`
+    accept as they are; `--wide` (or `-o wide`) shows whole ids, `-o json` everything."""
     from sagas import queries
     from schemas.sagas import SagaState
 
+    if output not in ("table", "wide", "json"):
+        terminal.fail(f"-o {output!r}: choose from table, wide, json", terminal.USAGE)
     if state is not None and state not in set(SagaState):
         terminal.fail(
             f"--state {state!r}: choose from {', '.join(SagaState)}", terminal.USAGE
@@ -141,19 +152,20 @@ def ls(
             )
         )
     )
-    if as_json:
+    if as_json or output == "json":
         for r in rows:
             print(json.dumps(r, default=str))
         return
     from rich.table import Table
 
+    whole = wide or output == "wide"
     table = Table(box=None, header_style="bold")
     for col in ("id", "type", "v", "tenant", "state", "step", "started", "took"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col == "id")
     for r in rows:
         took = f"{(r['finished_at'] - r['created_at']) * 1000:.0f} ms" if r["finished_at"] else "-"
         table.add_row(
-            r["id"],
+            r["id"] if whole else r["id"][:ID_SHOWN],
             r["type"],
             str(r["version"]),
             r["tenant"],

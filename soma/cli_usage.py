@@ -40,6 +40,7 @@ def usage(
         help="model, saga_type, day, user, key, tenant: comma-separated or repeated.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
+    output: str = typer.Option("table", "--output", "-o", help="table or json (as --json)."),
 ) -> None:
     """Usage, cost and latency as the analytics process counted them from the events.
 
@@ -65,6 +66,9 @@ def usage(
 
     from handlers.analytics.report import DIMENSIONS, InvalidWindow, bounds, window
 
+    if output not in ("table", "json"):
+        terminal.fail(f"-o {output!r}: choose from table, json", terminal.USAGE)
+    as_json = as_json or output == "json"
     dims = list(dict.fromkeys(d.strip() for g in group_by for d in g.split(",") if d.strip()))
     unknown = [d for d in dims if d not in DIMENSIONS]
     if unknown:

@@ -260,3 +260,12 @@ async def test_purge_before_a_time_it_cannot_read_is_a_usage_error(
     result = await soma("dlq", "purge", "--before", "yesterday-ish", "--yes")
     assert result.exit_code == 2
     assert "unix seconds, a duration" in result.stderr
+
+
+async def test_ls_output_json_is_the_same_as_json(
+    js: JetStreamContext, fresh_nats: NatsServer, soma: Soma
+) -> None:
+    await _dead_letters(js, fresh_nats.url, ["x"])
+    assert (await soma("dlq", "ls", "-o", "json")).stdout == (
+        await soma("dlq", "ls", "--json")
+    ).stdout

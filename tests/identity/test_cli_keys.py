@@ -242,3 +242,29 @@ def test_keys_and_tokens_work_on_postgresql(postgres_env):
 
     assert result.exit_code == 0, result.stderr
     assert verifier_for(postgres_env).verify(result.stdout.strip()).tenant == "acme"
+
+
+def test_keys_ls_output_json_shows_each_keys_budget_and_limits(env):
+    key = created_key(env, "--tenant", "acme", "--user", "bob", "--max-budget", "12.5",
+                      "--budget-duration", "7d", "--rpm", "30", "--metadata", "team=ops")
+
+    listed = soma_cli(env, "keys", "ls", "--tenant", "acme", "-o", "json")
+
+    assert listed.exit_code == 0, listed.stderr
+    (row,) = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert row["id"] == key_id_of(key)
+    assert (row["max_budget"], row["budget_duration"], row["rpm_limit"], row["tpm_limit"]) == (
+        12.5, "7d", 30, None
+    )
+    assert row["metadata"] == {"team": "ops"}
+
+
+def test_keys_update_changes_limits_in_place_and_the_key_still_verifies(env):
+    key = created_key(env, "--tenant", "acme", "--user", "carol", "--max-budget", "1")
+
+    changed = soma_cli(env, "keys", "update", key_id_of(key), "--max-budget", "5",
+                       "--tpm", "1000", "--clear", "budget_duration")
+
+    assert changed.exit_code == 0, changed.stderr
+    assert "max_budget       5.0" in changed.stdout
+    assert principal_of(env, key).tenant == "acme"

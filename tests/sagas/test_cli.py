@@ -108,3 +108,18 @@ async def test_saga_ls_with_a_state_that_does_not_exist_names_the_states(stack: 
     refused = await asyncio.to_thread(soma, stack, "ls", "--state", "bogus")
     assert refused.returncode == 2
     assert "choose from running, cancelling, completed, failed" in refused.stderr
+
+
+async def test_saga_ls_shows_id_prefixes_and_whole_ids_when_wide(stack: Stack) -> None:
+    saga_id = await stack.start("three_steps")
+    await stack.finished(saga_id)
+    table = await asyncio.to_thread(soma, stack, "ls", "--type", "three_steps", "--limit", "500")
+    wide = await asyncio.to_thread(
+        soma, stack, "ls", "--type", "three_steps", "--limit", "500", "--wide"
+    )
+    as_json = await asyncio.to_thread(
+        soma, stack, "ls", "--type", "three_steps", "--limit", "500", "-o", "json"
+    )
+    assert saga_id[:12] in table.stdout and saga_id not in table.stdout
+    assert saga_id in wide.stdout
+    assert saga_id in {json.loads(line)["id"] for line in as_json.stdout.splitlines()}
