@@ -156,6 +156,8 @@ class Authenticator:
         # The limits of each key seen, by key id: an access token started from a key names it
         # (``kid`` claim) and is held to them too, as soon as this gateway has seen the key.
         self._limits: dict[str, KeyLimits] = {}
+        # Each tenant's budget as last seen in a key's verdict: it binds tokens of any session.
+        self._tenant_budgets: dict[str, Budget | None] = {}
 
     async def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
@@ -183,6 +185,7 @@ class Authenticator:
         if len(self._limits) > 100_000:
             self._limits.clear()
         self._limits[verdict.key_id] = limits
+        self._tenant_budgets[verdict.tenant] = verdict.tenant_budget
         return Principal(
             tenant=verdict.tenant,
             user=verdict.user,
@@ -215,7 +218,7 @@ class Authenticator:
             scope=claims.scope,
             token=claims,
             budget=None if limits is None else limits.budget,
-            tenant_budget=None if limits is None else limits.tenant_budget,
+            tenant_budget=self._tenant_budgets.get(claims.tenant),
             rpm_limit=None if limits is None else limits.rpm_limit,
             tpm_limit=None if limits is None else limits.tpm_limit,
         )

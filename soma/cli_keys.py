@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
@@ -505,7 +506,12 @@ def info(
         if key.budget is not None
         else (None, None)
     )
-    spend = asyncio.run(_analytics_spend(settings, key.tenant, key.id, start))
+    url = settings.resolved_database_url("analytics")
+    if url.startswith("sqlite") and not Path(url.split(":///", 1)[1]).exists():
+        terminal.note("no spend: the analytics process has not counted usage here yet")
+        spend = None
+    else:
+        spend = asyncio.run(_analytics_spend(settings, key.tenant, key.id, start))
     out = _key_json(key, spend, resets_at)
     if as_json:
         sys.stdout.write(json.dumps(out) + "\n")
@@ -515,15 +521,21 @@ def info(
 
 async def _analytics_spend(
     settings: Settings, tenant: str, key_id: str, since: float | None
-) -> float:
+) -> float | None:
+    """What analytics counted for the key; None (said on stderr) where it has counted nothing
+    yet — this command never creates the analytics store."""
+    from sqlalchemy.exc import DBAPIError
+
     from handlers.analytics.report import report
-    from kernel.db import make_engine, migrate
+    from kernel.db import make_engine
 
     url = settings.resolved_database_url("analytics")
-    await migrate(url, "analytics")
     engine = make_engine(url)
     try:
         rows = await report(engine, tenant, since, None, ["key"])
+    except DBAPIError:
+        terminal.note("no spend: the analytics process has not counted usage here yet")
+        return None
     finally:
         await engine.dispose()
     return sum(r.cost_usd for r in rows if r.group.get("key") == key_id)

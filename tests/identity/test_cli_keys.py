@@ -268,3 +268,17 @@ def test_keys_update_changes_limits_in_place_and_the_key_still_verifies(env):
     assert changed.exit_code == 0, changed.stderr
     assert "max_budget       5.0" in changed.stdout
     assert principal_of(env, key).tenant == "acme"
+
+
+def test_keys_info_before_analytics_ran_shows_limits_and_no_spend_and_creates_nothing(env):
+    key = created_key(env, "--tenant", "acme", "--user", "dan", "--max-budget", "3",
+                      "--budget-duration", "1d")
+
+    shown = soma_cli(env, "keys", "info", key_id_of(key), "--json")
+
+    assert shown.exit_code == 0, shown.stderr
+    info = json.loads(shown.stdout)
+    assert (info["max_budget"], info["budget_duration"], info["spend"]) == (3.0, "1d", None)
+    assert info["budget_reset_at"] is not None
+    assert "has not counted usage here yet" in shown.stderr
+    assert not (Path(env["SOMA_DATA_DIR"]) / "analytics.db").exists()
