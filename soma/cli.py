@@ -574,6 +574,49 @@ def stream_info(
     _print_streams([found], len(found["consumers"]))
 
 
+consumers_app = typer.Typer(
+    rich_markup_mode="markdown", no_args_is_help=True,
+    help="Consumers of the streams: `soma consumers info STREAM NAME`.",
+)
+app.add_typer(consumers_app, name="consumers")
+
+
+@consumers_app.command("info")
+def consumer_info(
+    stream: str = typer.Argument(..., help="The stream: SOMA_CMD, SOMA_EVT, …"),
+    name: str = typer.Argument(..., help="The consumer: a handler's name, sagas-events, …"),
+    output: str = typer.Option("text", "--output", "-o", help="text or json."),
+) -> None:
+    """One consumer in full: filter, lag, in flight, redelivered, ack and delivery settings.
+
+    **Examples**
+
+        soma consumers info SOMA_CMD slm
+        soma consumers info SOMA_EVT analytics-events -o json | jq .pending
+    """
+    import json
+
+    from soma import stream_status
+
+    if output not in ("text", "json"):
+        terminal.fail(f"-o {output!r}: choose from text, json", terminal.USAGE)
+
+    async def read() -> dict:
+        async with terminal.bus(terminal.settings()) as (nc, _js):
+            return await stream_status.consumer_info(nc, stream, name)
+
+    try:
+        found = terminal.run(read())
+    except stream_status.StatusError as exc:
+        terminal.fail(str(exc))
+    if output == "json":
+        sys.stdout.write(json.dumps(found) + "\n")
+        return
+    for field, value in found.items():
+        shown = ", ".join(map(str, value)) if isinstance(value, list) else value
+        terminal.out.print(f"{field:<18} {shown}", markup=False)
+
+
 def _print_streams(found: list[dict], consumers: int) -> None:
     from rich.table import Table
 

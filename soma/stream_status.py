@@ -123,3 +123,27 @@ async def info(nc: Client, name: str) -> dict[str, Any]:
         "cluster": raw.get("cluster"),
         "consumers": sorted((_consumer(c) for c in consumers), key=lambda c: str(c["name"])),
     }
+
+
+async def consumer_info(nc: Client, stream: str, name: str) -> dict[str, Any]:
+    """One consumer as ``nats consumer info`` shows it: its settings and where it stands."""
+    try:
+        raw = await _api(nc, f"$JS.API.CONSUMER.INFO.{stream}.{name}")
+    except StatusError as exc:
+        if "not found" in str(exc):
+            raise StatusError(
+                f"no consumer {name} on stream {stream}; `soma streams info {stream}` lists them"
+            ) from None
+        raise
+    config = raw.get("config", {})
+    return {
+        "stream": stream,
+        **_consumer(raw),
+        "deliver_policy": config.get("deliver_policy"),
+        "ack_policy": config.get("ack_policy"),
+        "ack_wait_seconds": (config.get("ack_wait") or 0) / 1e9,
+        "max_deliver": config.get("max_deliver", -1),
+        "max_ack_pending": config.get("max_ack_pending", -1),
+        "backoff_seconds": [b / 1e9 for b in config.get("backoff") or []],
+        "created": raw.get("created"),
+    }

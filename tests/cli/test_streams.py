@@ -103,3 +103,17 @@ async def test_msg_get_prints_one_stored_message_of_any_stream(
     assert found["body"]["text"] == "read me back"
     missing = await soma("msg", "get", STREAMS["cmd"], "99999")
     assert missing.exit_code == 1 and "no message 99999" in missing.stderr
+
+
+async def test_consumers_info_shows_one_consumers_lag_and_settings(
+    js: JetStreamContext, soma: Soma
+) -> None:
+    await _lagging_policy_consumer(js)
+    result = await soma("consumers", "info", STREAMS["cmd"], "policy", "-o", "json")
+    assert result.exit_code == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert (info["name"], info["pending"], info["ack_pending"]) == ("policy", 3, 1)
+    assert info["ack_policy"] == "explicit" and info["ack_wait_seconds"] == 60
+    missing = await soma("consumers", "info", STREAMS["cmd"], "nobody")
+    assert missing.exit_code == 1
+    assert f"`soma streams info {STREAMS['cmd']}` lists them" in missing.stderr
