@@ -153,8 +153,11 @@ class SpendFollower:
         try:
             pending = True
             while True:
+                # Until caught up, a short quiet spell means the stream holds nothing more:
+                # a gateway over an empty stream starts at once.
+                quiet = 1.0 if self.caught_up.is_set() else 0.25
                 try:
-                    msg = await sub.next_msg(timeout=1.0)
+                    msg = await sub.next_msg(timeout=quiet)
                 except TimeoutError:  # nats' own timeout is one too: nothing new for a second
                     self.caught_up.set()
                     self.ledger.prune(self._clock())
