@@ -41,16 +41,24 @@ keeps a SHA-256 of it. `soma keys create` also creates the tenant and the user w
 missing, so on a fresh installation it is the way in. Revoking a key also ends the token
 sessions started from it.
 
-Roles the gateway knows: `member` / `user` (call the API), `service` (also any user's memories),
-`admin` (also users, keys and usage of its tenant), `operator` (create and list tenants). Only
-the console (or an operator) can grant `operator`.
+Roles: `member` / `user` (call the API), `service` (also any user's memories), `agent` (a tool
+role of the default policy), `admin` (also users, keys, budgets and usage of its tenant),
+`operator` (tenants, and the users and keys of any tenant). Any other role is refused. Only the
+console (or an operator) can grant `operator`.
+
+A key may carry a budget (`--max-budget` USD per `--budget-duration`, resetting), its own
+requests and tokens per minute (`--rpm`, `--tpm`) and labels (`--metadata`); `soma keys update`
+changes them without a new key, `soma keys info` shows them with the spend so far.
 
 **Examples**
 
     soma keys create                  # an admin key of the default tenant
     soma keys create -t acme -u alice -r member --models gpt-4o-mini --expires 30d
     soma keys create -t ops -u root -r operator -r admin --name bootstrap
+    soma keys create -t acme -u bob --max-budget 10 --budget-duration 30d --rpm 60
     soma keys ls --tenant acme
+    soma keys update 3f9a0c1d2e4b5a69 --max-budget 25 --clear rpm_limit
+    soma keys info 3f9a0c1d2e4b5a69
     soma keys revoke 3f9a0c1d2e4b5a69
     export SOMA_API_KEY=$(soma keys create --tenant acme --user alice)
 
