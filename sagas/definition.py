@@ -145,12 +145,32 @@ class WaitSignal:
 
 @dataclass
 class StartChild:
-    """Start a child saga and continue at ``then`` with its ``SagaFinished`` outcome."""
+    """Start a child saga and continue at ``then`` with its ``SagaFinished`` outcome.
+
+    ``compensate`` is a command that undoes what the child did once it has completed: it joins
+    the parent's compensations when the child completes, so cancelling the parent later undoes
+    the finished child too, in reverse order with everything else.
+    """
 
     saga_type: str
     input: msgspec.Struct | dict[str, Any]
     then: StepFn | str
     child_id: str | None = None
+    compensate: msgspec.Struct | None = None
+
+
+@dataclass
+class StartChildren:
+    """Start several child sagas at once and continue at ``then`` when every one has ended.
+
+    ``then`` gets their ``SagaFinished`` outcomes as a list, in the order of ``children`` (a
+    failed child is an outcome too: the step decides). The ``then`` of each child is ignored;
+    each child's ``compensate`` joins the parent's compensations as it completes. Cancelling the
+    parent meanwhile cancels every child still running.
+    """
+
+    children: list[StartChild]
+    then: StepFn | str
 
 
 @dataclass
@@ -160,10 +180,17 @@ class Complete:
 
 @dataclass
 class Fail:
+    """End the saga as failed with ``error``. With ``compensate``, the compensations registered
+    so far run first, in reverse, and the saga ends ``compensated`` (or ``failed`` when there
+    was nothing to undo)."""
+
     error: str
+    compensate: bool = False
 
 
-Action = Call | CallAll | Reply | Continue | Sleep | WaitSignal | StartChild | Complete | Fail
+Action = (
+    Call | CallAll | Reply | Continue | Sleep | WaitSignal | StartChild | StartChildren | Complete | Fail
+)
 
 # How a definition's instances are made durable (see sagas/RECOVERY.md):
 #   "step":  one transaction per step, committed before its commands are published (the outbox);

@@ -42,6 +42,7 @@ from sagas.definition import (
     Run,
     Sleep,
     StartChild,
+    StartChildren,
     WaitSignal,
     step_name,
 )
@@ -296,6 +297,25 @@ class Engine:
                     change,
                     attempt=1,
                 )
+            elif waiting.get("kind") == "children":
+                running = [c for c in waiting["children"] if c.get("outcome") is None]
+                for child in running:
+                    self._send(
+                        row,
+                        SagaCancel(saga_id=child["child_id"], reason=reason),
+                        message_id,
+                        now,
+                        change,
+                        attempt=1,
+                    )
+                # A child may complete before its cancel reaches it: its undo is then the
+                # parent's to run (a no-op for a child that compensated itself).
+                undo = [c["compensate"] for c in running if c.get("compensate")]
+                if undo:
+                    data = dict(row["data"])
+                    data["_compensations"] = [*data.get("_compensations", []), *undo]
+                    row = {**row, "data": data}
+                    change.values["data"] = data
             change.values["state"] = SagaState.CANCELLING
             change.values["error"] = f"cancelled: {reason}" if reason else "cancelled"
             self._next_compensation(row, message_id, now, change)
@@ -314,19 +334,59 @@ class Engine:
                 return None
             row = await self._load(conn, parent_id)
             waiting = (row or {}).get("waiting") or {}
-            if (
-                row is None
-                or waiting.get("kind") != "child"
-                or waiting.get("child_id") != event.saga_id
-            ):
+            if row is None:
+                return None
+            if waiting.get("kind") == "children":
+                return self._child_of_many_finished(row, waiting, event, env.message_id, now)
+            if waiting.get("kind") != "child" or waiting.get("child_id") != event.saga_id:
                 return None
             change = Change()
+            if event.state == "completed" and waiting.get("compensate"):
+                data = dict(row["data"])
+                data["_compensations"] = [*data.get("_compensations", []), waiting["compensate"]]
+                row = {**row, "data": data}
+                change.values["data"] = data
             self._run_step(
                 row, self._definition(row), waiting["then"], event, env.message_id, now, change
             )
             return _at(row, change)
 
         await self._transact(body, saga_id=parent_id)
+
+    def _child_of_many_finished(
+        self,
+        row: dict[str, Any],
+        waiting: dict[str, Any],
+        event: SagaFinished,
+        cause: str,
+        now: float,
+    ) -> Change | None:
+        """One child of a ``StartChildren`` ended: keep its outcome; go on when all have."""
+        children = [dict(c) for c in waiting["children"]]
+        index = next(
+            (i for i, c in enumerate(children) if c["child_id"] == event.saga_id), None
+        )
+        if index is None or children[index].get("outcome") is not None:
+            return None
+        change = Change()
+        child = children[index]
+        child["outcome"] = msgspec.to_builtins(event)
+        if event.state == "completed" and child.get("compensate"):
+            data = dict(row["data"])
+            data["_compensations"] = [*data.get("_compensations", []), child["compensate"]]
+            row = {**row, "data": data}
+            change.values["data"] = data
+        change.history.append(
+            self._history(
+                row, row["step"], "child_finished", {"child_id": event.saga_id, "state": event.state}, now
+            )
+        )
+        if all(c.get("outcome") is not None for c in children):
+            outcomes = [msgspec.convert(c["outcome"], SagaFinished) for c in children]
+            self._run_step(row, self._definition(row), waiting["then"], outcomes, cause, now, change)
+        else:
+            change.values["waiting"] = {**waiting, "children": children}
+        return _at(row, change)
 
     async def due(self, now: float, limit: int = 500) -> list[str]:
         async with self.reads.connect() as conn:
@@ -748,11 +808,18 @@ class Engine:
             change.values["wake_at"] = now + action.timeout if action.timeout else None
         elif isinstance(action, StartChild):
             self._start_child(row, action, cause, now, change)
+        elif isinstance(action, StartChildren):
+            self._start_children(row, action, cause, now, change)
         elif isinstance(action, Complete):
             result = msgspec.to_builtins(action.result) if action.result is not None else None
             self._finish(row, SagaState.COMPLETED, result, None, cause, now, change)
         elif isinstance(action, Fail):
-            self._finish(row, SagaState.FAILED, None, action.error, cause, now, change)
+            if action.compensate and row["data"].get("_compensations"):
+                change.values["state"] = SagaState.CANCELLING
+                change.values["error"] = action.error
+                self._next_compensation(row, cause, now, change)
+            else:
+                self._finish(row, SagaState.FAILED, None, action.error, cause, now, change)
 
     def _continue(
         self,
@@ -1093,9 +1160,52 @@ class Engine:
     def _start_child(
         self, row: dict[str, Any], action: StartChild, cause: str, now: float, change: Change
     ) -> None:
+        child_id = self._new_child(
+            row, action, action.child_id or f"{row['id']}.child{row['seq']}", cause, now, change
+        )
+        change.values["waiting"] = {
+            "kind": "child",
+            "child_id": child_id,
+            "then": step_name(action.then),
+            "compensate": _spec(action.compensate),
+        }
+        change.values["wake_at"] = None
+
+    def _start_children(
+        self, row: dict[str, Any], action: StartChildren, cause: str, now: float, change: Change
+    ) -> None:
+        if not action.children:
+            self._continue(
+                row, self._definition(row), step_name(action.then), [], cause, now, change
+            )
+            return
+        children = []
+        for i, child in enumerate(action.children):
+            default_id = f"{row['id']}.child{row['seq']}.{i}"
+            child_id = self._new_child(row, child, child.child_id or default_id, cause, now, change)
+            children.append(
+                {"child_id": child_id, "compensate": _spec(child.compensate), "outcome": None}
+            )
+        change.values["waiting"] = {
+            "kind": "children",
+            "children": children,
+            "then": step_name(action.then),
+        }
+        change.values["wake_at"] = None
+
+    def _new_child(
+        self,
+        row: dict[str, Any],
+        action: StartChild,
+        child_id: str,
+        cause: str,
+        now: float,
+        change: Change,
+    ) -> str:
+        """Add a child instance to ``change``: inserted in the parent's transaction, woken at
+        once after the commit."""
         definition = self.registry.latest(action.saga_type)
         seq = row["seq"]
-        child_id = action.child_id or f"{row['id']}.child{seq}"
         raw = msgspec.to_builtins(action.input)
         env = Envelope(
             message_id=cause,
@@ -1109,12 +1219,6 @@ class Engine:
         child["wake_at"] = now + CONTINUE_GRACE
         change.children.append(child)
         change.wake_now.append(child_id)
-        change.values["waiting"] = {
-            "kind": "child",
-            "child_id": child_id,
-            "then": step_name(action.then),
-        }
-        change.values["wake_at"] = None
         change.history.append(
             self._history(
                 row,
@@ -1125,6 +1229,7 @@ class Engine:
                 seq=seq,
             )
         )
+        return child_id
 
     def _finish(
         self,
@@ -1320,16 +1425,16 @@ def _call_waiting(call: Call, schema: str, body: bytes, now: float) -> dict[str,
         },
         "timeout": call.timeout,
         "deadline": now + call.schedule_to_close if call.schedule_to_close else None,
-        "compensate": (
-            {
-                "schema": of_type(type(call.compensate)).name,
-                "body": encode(call.compensate).decode(),
-            }
-            if call.compensate is not None
-            else None
-        ),
+        "compensate": _spec(call.compensate),
         "on_failure": step_name(call.on_failure) if call.on_failure else None,
     }
+
+
+def _spec(command: msgspec.Struct | None) -> dict[str, Any] | None:
+    """A command as an instance stores it (to send later): its schema name and JSON body."""
+    if command is None:
+        return None
+    return {"schema": of_type(type(command)).name, "body": encode(command).decode()}
 
 
 def _decoded(reply: dict[str, Any]) -> Any:

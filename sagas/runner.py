@@ -195,6 +195,10 @@ def saga_info(row: dict[str, Any], history: list[dict[str, Any]]) -> SagaInfo:
         waiting_for.append("timer")
     elif waiting.get("kind") == "child":
         waiting_for.append(f"child:{waiting['child_id']}")
+    elif waiting.get("kind") == "children":
+        waiting_for.extend(
+            f"child:{c['child_id']}" for c in waiting["children"] if c.get("outcome") is None
+        )
     return SagaInfo(
         saga_id=row["id"],
         saga_type=row["type"],

@@ -16,7 +16,9 @@ from sagas.definition import (
     Retry,
     Run,
     Sleep,
+    Fail,
     StartChild,
+    StartChildren,
     WaitSignal,
 )
 from schemas.sagas import SagaFinished
@@ -248,6 +250,40 @@ def typed_done(run: Run[Data], result: ToolResult) -> Complete:
     return Complete({"outputs": run.data.outputs, "calls": run.data.calls})
 
 
+# Fan-out: two "approval" children at once, each undone by the parent once it has completed.
+fan_out: Definition[Data] = Definition("fan_out", version=1, input_type=dict)
+
+
+@fan_out.start
+def fo_spawn(run: Run[Data]) -> StartChildren:
+    return StartChildren(
+        [
+            StartChild(
+                "approval",
+                {},
+                then=fo_joined,
+                child_id=f"{run.saga_id}.{label}",
+                compensate=tool(run, 90 + n, name="undo", label=label),
+            )
+            for n, label in enumerate(("left", "right"))
+        ],
+        then=fo_joined,
+    )
+
+
+@fan_out.step
+def fo_joined(run: Run[Data], outcomes: list[SagaFinished]) -> WaitSignal:
+    run.data["states"] = [o.state for o in outcomes]
+    return WaitSignal("decide", then=fo_decided)
+
+
+@fan_out.step
+def fo_decided(run: Run[Data], payload: dict[str, Any]) -> Complete | Fail:
+    if payload.get("approved") is False:
+        return Fail("rejected", compensate=True)
+    return Complete({"states": run.data["states"]})
+
+
 ALL = [
     three_steps,
     retrying,
@@ -259,4 +295,5 @@ ALL = [
     grouped,
     joined_failure,
     typed,
+    fan_out,
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -262,3 +263,55 @@ async def test_a_plain_query_carries_no_working_data(stack: Stack) -> None:
     )
     assert answer.payload.saga is not None
     assert answer.payload.saga.data is None and answer.payload.saga.children == []
+
+
+async def _waiting(stack: Stack, saga_id: str, kind: str) -> dict[str, Any]:
+    for _ in range(400):
+        row = await queries.get_instance(stack.db, saga_id)
+        if row and (row["waiting"] or {}).get("kind") == kind:
+            return row
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"saga {saga_id} never waited for {kind}")
+
+
+async def _approve_children(stack: Stack, saga_id: str) -> None:
+    for label in ("left", "right"):
+        await _waiting(stack, f"{saga_id}.{label}", "signal")
+        await stack.signal(f"{saga_id}.{label}", "approve", {"by": label})
+
+
+async def test_children_started_at_once_run_side_by_side_and_join(stack: Stack) -> None:
+    saga_id = await stack.start("fan_out")
+    for label in ("left", "right"):  # both wait for approval at the same time
+        await _waiting(stack, f"{saga_id}.{label}", "signal")
+    await _approve_children(stack, saga_id)
+    await _waiting(stack, saga_id, "signal")
+    await stack.signal(saga_id, "decide", {"approved": True})
+    row = await stack.finished(saga_id)
+    assert row["state"] == "completed"
+    assert row["result"] == {"states": ["completed", "completed"]}
+
+
+async def test_a_failure_with_compensation_undoes_the_completed_children_in_reverse(
+    stack: Stack,
+) -> None:
+    saga_id = await stack.start("fan_out")
+    await _approve_children(stack, saga_id)
+    await _waiting(stack, saga_id, "signal")
+    before = len(stack.effects.order)
+    await stack.signal(saga_id, "decide", {"approved": False})
+    row = await stack.finished(saga_id)
+    assert row["state"] == "compensated" and row["error"] == "rejected"
+    assert stack.effects.order[before:] == ["undo:right", "undo:left"]
+
+
+async def test_cancelling_a_parent_cancels_every_running_child(stack: Stack) -> None:
+    saga_id = await stack.start("fan_out")
+    for label in ("left", "right"):
+        await _waiting(stack, f"{saga_id}.{label}", "signal")
+    await stack.cancel(saga_id)
+    row = await stack.finished(saga_id)
+    assert row["state"] in ("compensated", "cancelled")
+    for label in ("left", "right"):
+        child = await stack.finished(f"{saga_id}.{label}")
+        assert child["state"] == "compensated"
