@@ -147,9 +147,10 @@ class WaitSignal:
 class StartChild:
     """Start a child saga and continue at ``then`` with its ``SagaFinished`` outcome.
 
-    ``compensate`` is a command that undoes what the child did once it has completed: it joins
-    the parent's compensations when the child completes, so cancelling the parent later undoes
-    the finished child too, in reverse order with everything else.
+    ``compensate`` is a command that undoes what the child did: it joins the parent's
+    compensations when the child ends with its effects in place (completed, or failed without
+    compensating), so cancelling the parent later undoes that child too, in reverse order with
+    everything else.
     """
 
     saga_type: str
@@ -165,7 +166,7 @@ class StartChildren:
 
     ``then`` gets their ``SagaFinished`` outcomes as a list, in the order of ``children`` (a
     failed child is an outcome too: the step decides). The ``then`` of each child is ignored;
-    each child's ``compensate`` joins the parent's compensations as it completes. Cancelling the
+    each child's ``compensate`` joins the parent's compensations as it ends. Cancelling the
     parent meanwhile cancels every child still running.
     """
 
@@ -189,7 +190,16 @@ class Fail:
 
 
 Action = (
-    Call | CallAll | Reply | Continue | Sleep | WaitSignal | StartChild | StartChildren | Complete | Fail
+    Call
+    | CallAll
+    | Reply
+    | Continue
+    | Sleep
+    | WaitSignal
+    | StartChild
+    | StartChildren
+    | Complete
+    | Fail
 )
 
 # How a definition's instances are made durable (see sagas/RECOVERY.md):

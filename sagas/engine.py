@@ -68,6 +68,8 @@ from schemas.sagas import (
 log = logging.getLogger("soma.sagas")
 
 _COMPENSATED = "__compensated__"
+# A child that ended so left its effects in place: its ``compensate`` is then the parent's to run.
+_LEFT_EFFECTS = frozenset({"completed", "failed"})
 # A Continue is carried on by the process that committed it at once; the timer pass takes it
 # over only when it is still pending this long after (its process died).
 CONTINUE_GRACE = 1.0
@@ -341,7 +343,7 @@ class Engine:
             if waiting.get("kind") != "child" or waiting.get("child_id") != event.saga_id:
                 return None
             change = Change()
-            if event.state == "completed" and waiting.get("compensate"):
+            if event.state in _LEFT_EFFECTS and waiting.get("compensate"):
                 data = dict(row["data"])
                 data["_compensations"] = [*data.get("_compensations", []), waiting["compensate"]]
                 row = {**row, "data": data}
@@ -363,27 +365,31 @@ class Engine:
     ) -> Change | None:
         """One child of a ``StartChildren`` ended: keep its outcome; go on when all have."""
         children = [dict(c) for c in waiting["children"]]
-        index = next(
-            (i for i, c in enumerate(children) if c["child_id"] == event.saga_id), None
-        )
+        index = next((i for i, c in enumerate(children) if c["child_id"] == event.saga_id), None)
         if index is None or children[index].get("outcome") is not None:
             return None
         change = Change()
         child = children[index]
         child["outcome"] = msgspec.to_builtins(event)
-        if event.state == "completed" and child.get("compensate"):
+        if event.state in _LEFT_EFFECTS and child.get("compensate"):
             data = dict(row["data"])
             data["_compensations"] = [*data.get("_compensations", []), child["compensate"]]
             row = {**row, "data": data}
             change.values["data"] = data
         change.history.append(
             self._history(
-                row, row["step"], "child_finished", {"child_id": event.saga_id, "state": event.state}, now
+                row,
+                row["step"],
+                "child_finished",
+                {"child_id": event.saga_id, "state": event.state},
+                now,
             )
         )
         if all(c.get("outcome") is not None for c in children):
             outcomes = [msgspec.convert(c["outcome"], SagaFinished) for c in children]
-            self._run_step(row, self._definition(row), waiting["then"], outcomes, cause, now, change)
+            self._run_step(
+                row, self._definition(row), waiting["then"], outcomes, cause, now, change
+            )
         else:
             change.values["waiting"] = {**waiting, "children": children}
         return _at(row, change)

@@ -25,3 +25,11 @@ def test_a_chat_turn_started_on_version_1_finds_every_step_it_may_be_waiting_in(
     ):
         assert step in v1.steps
     assert v1.durability != "group"
+
+
+def test_new_agent_tasks_start_on_version_2_and_version_1_stays_registered() -> None:
+    registry = Registry(ALL)
+    assert registry.latest("agent_task").version == 2
+    v1 = registry.get("agent_task", 1)
+    for step in ("planned", "worked", "tool_checked", "noted", "reviewed", "reported"):
+        assert step in v1.steps
