@@ -224,7 +224,7 @@ def work(run: Task) -> Action:
         return Continue(then=maybe_wait_for_approval)
     step = run.data["plan"][i]
     done_so_far = "\n".join(run.data["notes"]) or "(nothing yet)"
-    run.data["prompt"] = f"Step {i + 1}: {step}\nNotes so far:\n{done_so_far}"
+    run.data["prompt"] = f"Goal: {_goal(run)}\nStep {i + 1}: {step}\nNotes so far:\n{done_so_far}"
     return _check(run, "prompt", run.data["prompt"], prompt_checked)
 
 
