@@ -8,7 +8,7 @@ from bus.request import Requester
 from schemas.envelope import new_id
 from schemas.slm import ToolSpec
 from schemas.tasks import AgentTaskInput, AgentTaskResult, Budget
-from tests.e2e.test_agent_task import collect_until, start_task
+from tests.e2e.test_agent_task import collect_until
 
 CALCULATOR = ToolSpec(
     name="calculator",
