@@ -42,6 +42,7 @@ from gateway.routes import (
     memory,
     messages,
     models,
+    runs,
     tasks,
     tools,
     usage,
@@ -186,8 +187,8 @@ def create_app(
         lifespan=lifespan,
     )
     errors.install(app)
-    routes = (chat, messages, models, embeddings, tasks, memory, tools, usage, auth, admin, health)
-    for module in routes:
+    routes = (chat, messages, models, embeddings, tasks, runs, memory, tools, usage, auth, admin)
+    for module in (*routes, health):
         app.include_router(module.router)
     # Added inside out: metrics see everything, the body limit guards what idempotency reads.
     app.add_middleware(IdempotencyMiddleware, gateway_state=app.state)
