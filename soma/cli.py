@@ -22,6 +22,7 @@ from soma import (
     cli_keys,
     cli_msg,
     cli_policy,
+    cli_runs,
     cli_saga,
     cli_schemas,
     cli_status,
@@ -62,6 +63,7 @@ operators their tools: publish, tail, streams, dead letters, schemas, migrations
 app.add_typer(cli_dlq.app, name="dlq")
 app.add_typer(cli_schemas.app, name="schemas")
 app.add_typer(cli_saga.app, name="saga")
+app.add_typer(cli_runs.app, name="runs")
 app.add_typer(cli_usage.app, name="usage")
 app.add_typer(cli_keys.app, name="keys")
 app.add_typer(cli_policy.app, name="policy")
