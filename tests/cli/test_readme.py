@@ -41,7 +41,7 @@ def test_every_soma_command_in_the_readme_exists() -> None:
         for line in block.splitlines():
             words = line.split("#")[0].split()
             if len(words) >= 2 and words[0] == "soma":
-                words = words[1:3] if words[1] in ("dlq", "schemas", "saga") else words[1:2]
+                words = words[1:3] if words[1] in ("dlq", "schemas", "saga", "runs") else words[1:2]
                 seen.add(tuple(w for w in words if not w.startswith(("-", "'", "{"))))
     assert {("up",), ("tail",), ("publish",), ("dlq", "ls"), ("streams",)} <= seen
     for path in seen:
