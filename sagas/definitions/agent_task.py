@@ -252,11 +252,13 @@ def worked(run: Task, done: SlmCompleted) -> Action:
     call = calls[0]
     run.data["tool"] = call.name
     if call.name in {t.name for t in run.input.tools}:
-        return _keep_note(run, f"{_step(run)}: {call.name} is the caller's tool; it was not run")
+        return _keep_note(
+            run, f"{_step(run)}: {call.name} is not a platform tool of this task; it was not run"
+        )
     if not _allowed(run, call.name) or call.name not in {t.name for t in _platform_tools(run)}:
         return _refused(
             run,
-            f"the call to {call.name}",
+            call.name,
             f"refused ({AGENT_TOOL_NOT_ALLOWED}): this agent may call only "
             f"{', '.join(t.name for t in _platform_tools(run)) or 'no tool'}",
         )
@@ -293,7 +295,7 @@ def answer_checked(run: Task, verdict: PolicyEvaluated) -> Action:
 def tool_checked(run: Task, verdict: PolicyEvaluated) -> Action:
     tool = run.data["tool"]
     if verdict.decision == "deny":
-        return _refused(run, f"the call to {tool}", _refusal(verdict))
+        return _refused(run, str(tool), _refusal(verdict))
     arguments = run.data["tool_arguments"]
     if verdict.decision == "redact" and verdict.redacted_text:
         arguments = json.loads(verdict.redacted_text)  # the arguments with the findings masked
@@ -315,9 +317,7 @@ def tool_checked(run: Task, verdict: PolicyEvaluated) -> Action:
 def tool_returned(run: Task, result: ToolResult) -> Action:
     tool = run.data.get("tool")
     if result.refused_by is not None:
-        return _refused(
-            run, f"the call to {tool}", f"refused ({result.refused_by}): {result.error}"
-        )
+        return _refused(run, str(tool), f"refused ({result.refused_by}): {result.error}")
     outcome = json.dumps(result.output) if result.ok else f"error: {result.error}"
     return _keep_note(run, f"{_step(run)}: {tool} returned {outcome}")
 

@@ -250,7 +250,10 @@ async def test_a_member_asking_for_python_as_a_platform_tool_is_refused_whatever
     assert task["input"]["role"] == "member"
     assert await tool_calls(system, task["id"]) == []
     (note,) = task["result"]["notes"]
-    assert "python was refused by policy: role 'member' may not call tool 'python'" in note
+    assert (
+        "python was refused by policy (tool.not_allowed): role 'member' may not call tool 'python'"
+        in note
+    )
 
 
 async def test_an_admin_asking_for_python_as_a_platform_tool_reaches_the_tool(
