@@ -69,7 +69,7 @@ log = logging.getLogger("soma.sagas")
 
 _COMPENSATED = "__compensated__"
 # A child that ended so left its effects in place: its ``compensate`` is then the parent's to run.
-_LEFT_EFFECTS = frozenset({"completed", "failed"})
+_LEFT_EFFECTS = frozenset({SagaState.COMPLETED, SagaState.FAILED})
 # A Continue is carried on by the process that committed it at once; the timer pass takes it
 # over only when it is still pending this long after (its process died).
 CONTINUE_GRACE = 1.0
