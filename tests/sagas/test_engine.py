@@ -275,9 +275,11 @@ async def _waiting(stack: Stack, saga_id: str, kind: str) -> dict[str, Any]:
 
 
 async def _approve_children(stack: Stack, saga_id: str) -> None:
+    """Left, then right once left has ended: their undos are registered in that order."""
     for label in ("left", "right"):
         await _waiting(stack, f"{saga_id}.{label}", "signal")
         await stack.signal(f"{saga_id}.{label}", "approve", {"by": label})
+        await stack.finished(f"{saga_id}.{label}")
 
 
 async def test_children_started_at_once_run_side_by_side_and_join(stack: Stack) -> None:
@@ -292,7 +294,7 @@ async def test_children_started_at_once_run_side_by_side_and_join(stack: Stack) 
     assert row["result"] == {"states": ["completed", "completed"]}
 
 
-async def test_a_failure_with_compensation_undoes_the_completed_children_in_reverse(
+async def test_a_failure_with_compensation_undoes_the_ended_children_in_reverse(
     stack: Stack,
 ) -> None:
     saga_id = await stack.start("fan_out")
