@@ -116,3 +116,13 @@ async def test_a_task_over_its_token_budget_stops_with_the_reason(requester: Req
     assert finished.state == "failed"
     assert finished.error.startswith("budget.task_tokens:")
     assert schemas.count("slm.completed") == 1  # stopped at the first call past it
+
+
+async def test_a_task_with_no_cost_budget_left_stops_before_its_first_model_call(
+    requester: Requester,
+) -> None:
+    task = AgentTaskInput(goal="Survey saga patterns", budget=Budget(max_cost_usd=0.0))
+    finished, schemas = await _finish(requester, task)
+    assert finished.state == "failed"
+    assert finished.error.startswith("budget.task_cost:")
+    assert "slm.completed" not in schemas
