@@ -10,6 +10,33 @@ import pytest
 
 from sagas.definition import Call, CallAll, Complete, Continue, Fail, Reply, Run, WaitSignal
 from sagas.definitions.agent_task import (
+    check_goal as v2_check_goal,
+)
+from sagas.definitions.agent_task import (
+    goal_checked as v2_goal_checked,
+)
+from sagas.definitions.agent_task import (
+    plan as v2_plan,
+)
+from sagas.definitions.agent_task import (
+    plan_checked as v2_plan_checked,
+)
+from sagas.definitions.agent_task import (
+    planned as v2_planned,
+)
+from sagas.definitions.agent_task import (
+    prompt_checked as v2_prompt_checked,
+)
+from sagas.definitions.agent_task import (
+    tool_checked as v2_tool_checked,
+)
+from sagas.definitions.agent_task import (
+    work as v2_work,
+)
+from sagas.definitions.agent_task import (
+    worked as v2_worked,
+)
+from sagas.definitions.agent_task_v1 import (
     maybe_wait_for_approval,
     noted,
     plan,
@@ -21,7 +48,7 @@ from sagas.definitions.agent_task import (
     worked,
     write_report,
 )
-from sagas.definitions.agent_task import (
+from sagas.definitions.agent_task_v1 import (
     tool_checked as task_tool_checked,
 )
 from sagas.definitions.chat_turn import (
@@ -43,7 +70,7 @@ from schemas.memories import MemoryAdd, MemoryAdded, MemoryDelete
 from schemas.memory import MemoryItem, MemoryRecall, MemoryRecalled, MemoryStore
 from schemas.policy import Decision, PolicyEvaluate, PolicyEvaluated, Stage
 from schemas.slm import ChatMessage, SlmComplete, SlmCompleted, ToolCall, ToolSpec
-from schemas.tasks import AgentTaskInput, AgentTaskResult
+from schemas.tasks import AgentTaskInput, AgentTaskResult, Budget
 from schemas.tools import ToolInvoke, ToolResult
 
 SAGA = "saga-1"
@@ -279,7 +306,7 @@ def test_tool_rounds_stop_at_the_limit_and_hand_the_calls_back() -> None:
     assert result.finish_reason == "tool_calls"
 
 
-# ── agent_task ────────────────────────────────────────────────────────────────────────
+# ── agent_task, version 1 (its running instances finish on it) ───────────────────────
 
 
 def task_run(**kw: Any) -> Run[AgentTaskInput]:
@@ -412,3 +439,91 @@ def test_a_rejected_task_fails_with_who_rejected_it() -> None:
 
     action = reviewed(run, {"approved": False, "by": "carol", "comment": "too vague"})
     assert action == Fail("rejected by carol: too vague")
+
+
+# ── agent_task, version 2: policy before every action, budgets ──────────────────────
+
+
+def planned_v2(run: Run[AgentTaskInput], plan: str = "1. look\n2. compare") -> None:
+    """Carry ``run`` through an allowed goal and an allowed plan."""
+    assert v2_goal_checked(run, verdict("allow")) == Continue(then=v2_plan)
+    checked = v2_planned(run, completed(plan))
+    assert isinstance(checked, Call) and isinstance(checked.command, PolicyEvaluate)
+    assert (checked.command.stage, checked.command.text) == ("answer", plan)
+    assert isinstance(v2_plan_checked(run, verdict("allow", stage="answer")), Continue)
+
+
+def test_a_task_first_asks_policy_about_its_goal() -> None:
+    action = v2_check_goal(task_run())
+
+    assert isinstance(action, Call) and action.then is v2_goal_checked
+    assert isinstance(action.command, PolicyEvaluate)
+    assert (action.command.stage, action.command.text) == ("prompt", "find tea shops")
+
+
+def test_a_goal_policy_denies_fails_the_task_with_the_rule() -> None:
+    denied = verdict("deny", reasons=["malware"], rule_ids=["topic.malware"])
+
+    action = v2_goal_checked(task_run(), denied)
+    assert action == Fail("the goal was refused by policy (topic.malware): malware")
+
+
+def test_each_step_prompt_is_judged_before_the_model_sees_it() -> None:
+    run = task_run()
+    planned_v2(run)
+
+    judged = v2_work(run)
+    assert isinstance(judged, Call) and isinstance(judged.command, PolicyEvaluate)
+    assert judged.command.stage == "prompt" and "Step 1: look" in judged.command.text
+    asked = v2_prompt_checked(run, verdict("allow"))
+    assert isinstance(asked, Call) and isinstance(asked.command, SlmComplete)
+
+
+def test_a_refused_tool_call_names_its_rule_and_the_task_goes_on() -> None:
+    run = task_run(platform_tools=[ToolSpec(name="search")])
+    planned_v2(run)
+    v2_worked(run, completed(tool_calls=[ToolCall(id="c1", name="search")]))
+
+    denied = verdict("deny", stage="tool_call", reasons=["no"], rule_ids=["tool.not_allowed"])
+    action = v2_tool_checked(run, denied)
+    assert isinstance(action, Call) and isinstance(action.command, MemoryAdd)
+    assert action.command.text == "look: search was refused by policy (tool.not_allowed): no"
+    assert run.data["refusals"] == ["search was refused by policy (tool.not_allowed): no"]
+
+
+def test_a_task_that_fails_on_refusal_ends_at_the_refused_tool_call() -> None:
+    run = task_run(platform_tools=[ToolSpec(name="search")], on_refusal="fail")
+    planned_v2(run)
+    v2_worked(run, completed(tool_calls=[ToolCall(id="c1", name="search")]))
+
+    denied = verdict("deny", stage="tool_call", reasons=["no"], rule_ids=["tool.not_allowed"])
+    assert v2_tool_checked(run, denied) == Fail(
+        "search was refused by policy (tool.not_allowed): no"
+    )
+
+
+def test_a_tool_outside_the_agents_allow_list_is_refused_without_asking_policy() -> None:
+    run = task_run(platform_tools=[ToolSpec(name="search")], allowed_tools=["calc*"])
+    planned_v2(run)
+
+    action = v2_worked(run, completed(tool_calls=[ToolCall(id="c1", name="search")]))
+    assert isinstance(action, Call) and isinstance(action.command, MemoryAdd)
+    assert "agent.tool_not_allowed" in action.command.text
+
+
+def test_a_model_call_past_the_token_budget_stops_the_task_with_the_reason() -> None:
+    run = task_run(budget=Budget(max_tokens=15))
+    v2_goal_checked(run, verdict("allow"))
+
+    action = v2_planned(run, completed("1. look", tokens=10))
+    assert action == Fail("budget.task_tokens: the task has used 20 tokens of its budget of 15")
+
+
+def test_each_model_call_may_produce_at_most_what_is_left_of_the_budget() -> None:
+    run = task_run(budget=Budget(max_tokens=100))
+    planned_v2(run)  # 20 tokens spent on the plan
+    v2_work(run)
+
+    asked = v2_prompt_checked(run, verdict("allow"))
+    assert isinstance(asked, Call) and isinstance(asked.command, SlmComplete)
+    assert asked.command.max_tokens == 80
