@@ -49,7 +49,9 @@ class Requester:
         self.nc = nc
         self.js = js
         self._subject = subject
-        self._waiters: dict[str, asyncio.Queue[Reply]] = {}
+        # Several waiters may watch one correlation id at once (two requests naming the same
+        # task): each gets every event of it.
+        self._waiters: dict[str, list[asyncio.Queue[Reply]]] = {}
         self._sub: Subscription | None = None
 
     async def start(self) -> None:
@@ -66,22 +68,27 @@ class Requester:
         headers = msg.headers
         if not headers:
             return
-        queue = self._waiters.get(headers.get(CORRELATION_ID, ""))
-        if queue is None:
+        queues = self._waiters.get(headers.get(CORRELATION_ID, ""))
+        if not queues:
             return
         reply = decode_reply(msg)
         if reply is not None:
-            queue.put_nowait(reply)
+            for queue in queues:
+                queue.put_nowait(reply)
 
     @contextlib.asynccontextmanager
     async def watching(self, correlation_id: str) -> AsyncIterator[asyncio.Queue[Reply]]:
         """Receive every event of ``correlation_id`` while the block runs."""
         queue: asyncio.Queue[Reply] = asyncio.Queue()
-        self._waiters[correlation_id] = queue
+        self._waiters.setdefault(correlation_id, []).append(queue)
         try:
             yield queue
         finally:
-            self._waiters.pop(correlation_id, None)
+            queues = self._waiters.get(correlation_id, [])
+            if queue in queues:
+                queues.remove(queue)
+            if not queues:
+                self._waiters.pop(correlation_id, None)
 
     async def request(
         self,
