@@ -180,7 +180,7 @@ def _view(info: SagaInfo) -> RunView:
 
 async def _find(gateway: Gateway, principal: Principal, run_id: str) -> SagaInfo:
     answer = await gateway.dispatch.call(
-        SagaQuery(saga_id=run_id, include_data=True),
+        SagaQuery(saga_id=run_id, include_history=True),
         SagaQueried,
         tenant=principal.tenant,
         actor=principal.user,
