@@ -60,8 +60,9 @@ class RunStep(Message):
 class AgentRunInput(Message):
     """A run definition, as sent to ``POST /v1/runs`` (JSON or YAML) or ``soma saga start``.
 
-    ``role`` and ``user`` are the caller's (the gateway sets them from the credential); every
-    agent acts with them, so policy, tools and memory hold each agent to the caller's grants.
+    ``role``, ``user`` and ``key_id`` are the caller's (the gateway sets role and key from the
+    credential); every agent acts with them, so policy, tools and memory hold each agent to the
+    caller's grants and its model calls count against the caller's key.
     """
 
     goal: str
@@ -73,6 +74,7 @@ class AgentRunInput(Message):
     platform_tools: list[ToolSpec] = []
     role: str | None = None
     user: str | None = None
+    key_id: str | None = None
 
     def __post_init__(self) -> None:
         check(self)

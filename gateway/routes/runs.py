@@ -222,8 +222,8 @@ async def create_run(
     if run_id is not None and not _ID.match(run_id):
         raise ApiError(400, "The id may hold letters, digits, '-' and '_' only.", param="id")
     raw = await _definition(request)
-    # The run acts with the caller's role, whatever the definition says.
-    raw = {**raw, "role": principal.role or None}
+    # The run acts with the caller's role and key, whatever the definition says.
+    raw = {**raw, "role": principal.role or None, "key_id": principal.key_id}
     checked(raw)
     run_id = run_id or new_id()
     await gateway.dispatch.call(

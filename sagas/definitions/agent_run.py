@@ -189,6 +189,7 @@ def _task_input(run: Flow, step: RunStep, share: Budget | None) -> AgentTaskInpu
         user=run.input.user,
         platform_tools=run.input.platform_tools,
         role=run.input.role,
+        key_id=run.input.key_id,
         system=agent.role or None,
         allowed_tools=list(agent.tools),
         budget=share,
