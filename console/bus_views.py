@@ -15,7 +15,7 @@ from bus import deadletter
 from bus.request import Requester
 from console.messages import as_json
 from schemas.catalogue import STREAMS, of_type
-from schemas.saga_queries import SagaInfo, SagaList, SagaListed, SagaQueried, SagaQuery
+from schemas.sagas import SagaInfo, SagaList, SagaListed, SagaQueried, SagaQuery
 
 QUERY_TIMEOUT = 10.0
 

@@ -32,12 +32,13 @@ from schemas.catalogue import of_type
 from schemas.chat import ChatTurnInput, ChatTurnResult
 from schemas.common import CommandFailed, FailureCode
 from schemas.policy import PolicyEvaluated
-from schemas.saga_queries import SagaQueried, SagaQuery
 from schemas.sagas import (
     ENDED,
     IdConflict,
     SagaCancel,
     SagaFinished,
+    SagaQueried,
+    SagaQuery,
     SagaReplied,
     SagaStart,
     SagaState,

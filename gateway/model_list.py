@@ -14,7 +14,7 @@ from gateway.auth import Principal
 from gateway.dispatch import Dispatch, Refused
 from gateway.errors import ApiError, model_not_found
 from schemas.identity import SYSTEM_TENANT
-from schemas.memories import MemoryEmbed, MemoryEmbedded
+from schemas.memory import MemoryEmbed, MemoryEmbedded
 from schemas.models import ModelInfo
 
 log = logging.getLogger("soma.gateway.models")

@@ -30,8 +30,19 @@ from sagas.engine import Engine
 from sagas.registry import Registry, installed_definitions
 from sagas.relay import Relay
 from schemas.envelope import Envelope
-from schemas.saga_queries import SagaInfo, SagaList, SagaListed, SagaQueried, SagaQuery, SagaStep
-from schemas.sagas import SagaCancel, SagaFinished, SagaSignal, SagaStart, SagaStarted
+from schemas.sagas import (
+    SagaCancel,
+    SagaFinished,
+    SagaInfo,
+    SagaList,
+    SagaListed,
+    SagaQueried,
+    SagaQuery,
+    SagaSignal,
+    SagaStart,
+    SagaStarted,
+    SagaStep,
+)
 
 log = logging.getLogger("soma.sagas.runner")
 

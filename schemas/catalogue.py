@@ -52,7 +52,7 @@ from schemas.identity import (
     IdentityUsersListed,
     IdentityVerifyKey,
 )
-from schemas.memories import (
+from schemas.memory import (
     MemoryAdd,
     MemoryAdded,
     MemoryDelete,
@@ -61,8 +61,11 @@ from schemas.memories import (
     MemoryEmbedded,
     MemoryList,
     MemoryListed,
+    MemoryRecall,
+    MemoryRecalled,
+    MemoryStore,
+    MemoryStored,
 )
-from schemas.memory import MemoryRecall, MemoryRecalled, MemoryStore, MemoryStored
 from schemas.models import SlmListModels, SlmModelsListed
 from schemas.policy import (
     PolicyConstitutionChanged,
@@ -70,18 +73,20 @@ from schemas.policy import (
     PolicyEvaluate,
     PolicyEvaluated,
 )
-from schemas.saga_queries import SagaList, SagaListed, SagaQueried, SagaQuery
 from schemas.sagas import (
     SagaCancel,
     SagaFinished,
+    SagaList,
+    SagaListed,
+    SagaQueried,
+    SagaQuery,
     SagaReplied,
     SagaSignal,
     SagaStart,
     SagaStarted,
 )
 from schemas.slm import SlmComplete, SlmCompleted, SlmDelta
-from schemas.tool_catalog import ToolsList, ToolsListed
-from schemas.tools import ToolInvoke, ToolResult
+from schemas.tools import ToolInvoke, ToolResult, ToolsList, ToolsListed
 
 Kind = Literal["cmd", "evt", "stream"]
 

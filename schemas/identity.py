@@ -253,7 +253,13 @@ class IdentityKeyCreated(Message):
 
 
 KeyField = Literal[
-    "name", "models", "expires_at", "max_budget", "budget_duration", "rpm_limit", "tpm_limit",
+    "name",
+    "models",
+    "expires_at",
+    "max_budget",
+    "budget_duration",
+    "rpm_limit",
+    "tpm_limit",
     "metadata",
 ]
 

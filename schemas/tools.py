@@ -1,4 +1,7 @@
-"""Tools: invoke a registered tool by name; idempotent by ``call_id``."""
+"""Tools: invoke a registered tool by name; idempotent by ``call_id``.
+
+The tool catalogue as callers see it: names, descriptions and JSON Schema inputs.
+"""
 
 from typing import Any
 
@@ -30,3 +33,21 @@ class ToolResult(Message):
     duration_ms: float = 0.0
     refused_by: str | None = None
     code: str | None = None
+
+
+class ToolDescriptor(Message):
+    """MCP-style: ``input_schema`` is the JSON Schema of the arguments object."""
+
+    name: str
+    description: str = ""
+    input_schema: dict[str, Any] = {}
+
+
+class ToolsList(Message):
+    """List the tools that ``role`` may see (all registered tools for a None role)."""
+
+    role: str | None = None
+
+
+class ToolsListed(Message):
+    tools: list[ToolDescriptor] = []

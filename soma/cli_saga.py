@@ -309,8 +309,7 @@ def start(
     """Start a saga through the bus (a runner must be up) and print its id."""
     from bus.request import Requester
     from schemas.envelope import new_id
-    from schemas.saga_queries import SagaQuery
-    from schemas.sagas import ENDED, SagaStart
+    from schemas.sagas import ENDED, SagaQuery, SagaStart
 
     sid = saga_id or new_id()
     cmd = SagaStart(

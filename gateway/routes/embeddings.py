@@ -20,7 +20,7 @@ from gateway.openai_bodies import (
     EmbeddingUsage,
 )
 from schemas.common import FailureCode
-from schemas.memories import MemoryEmbed, MemoryEmbedded
+from schemas.memory import MemoryEmbed, MemoryEmbedded
 
 router = APIRouter(tags=["openai"])
 

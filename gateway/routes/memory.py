@@ -19,15 +19,17 @@ from gateway.dispatch import derived_id
 from gateway.errors import forbidden, not_found
 from gateway.openai_bodies import ERRORS
 from schemas.envelope import new_id
-from schemas.memories import (
+from schemas.memory import (
     MemoryAdd,
     MemoryAdded,
     MemoryDelete,
     MemoryDeleted,
+    MemoryItem,
     MemoryList,
     MemoryListed,
+    MemoryRecall,
+    MemoryRecalled,
 )
-from schemas.memory import MemoryItem, MemoryRecall, MemoryRecalled
 
 router = APIRouter(tags=["memory"])
 

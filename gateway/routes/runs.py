@@ -24,8 +24,17 @@ from gateway.errors import ApiError, not_found
 from gateway.openai_bodies import ERRORS
 from schemas.envelope import new_id
 from schemas.runs import AgentRunInput
-from schemas.saga_queries import SagaInfo, SagaList, SagaListed, SagaQueried, SagaQuery
-from schemas.sagas import SagaCancel, SagaSignal, SagaStart, SagaStarted
+from schemas.sagas import (
+    SagaCancel,
+    SagaInfo,
+    SagaList,
+    SagaListed,
+    SagaQueried,
+    SagaQuery,
+    SagaSignal,
+    SagaStart,
+    SagaStarted,
+)
 
 router = APIRouter(tags=["runs"])
 

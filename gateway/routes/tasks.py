@@ -28,11 +28,15 @@ from gateway.idempotency import attempt_of
 from gateway.openai_bodies import ERRORS
 from schemas.common import CommandFailed
 from schemas.envelope import new_id
-from schemas.saga_queries import SagaInfo, SagaList, SagaListed, SagaQueried, SagaQuery
 from schemas.sagas import (
     ENDED,
     IdConflict,
     SagaCancel,
+    SagaInfo,
+    SagaList,
+    SagaListed,
+    SagaQueried,
+    SagaQuery,
     SagaSignal,
     SagaStart,
     SagaStarted,

@@ -16,8 +16,7 @@ from gateway.errors import ApiError, not_found
 from gateway.openai_bodies import ERRORS
 from schemas.envelope import new_id
 from schemas.policy import PolicyEvaluate, PolicyEvaluated
-from schemas.tool_catalog import ToolsList, ToolsListed
-from schemas.tools import ToolInvoke, ToolResult
+from schemas.tools import ToolInvoke, ToolResult, ToolsList, ToolsListed
 
 router = APIRouter(tags=["tools"])
 

@@ -26,7 +26,7 @@ from kernel.db import make_engine, migrate
 from kernel.grants import GrantStore, InvalidTenant, policy_dir
 from kernel.settings import Settings
 from schemas.envelope import Envelope
-from schemas.memories import (
+from schemas.memory import (
     MemoryAdd,
     MemoryAdded,
     MemoryDelete,
@@ -35,8 +35,11 @@ from schemas.memories import (
     MemoryEmbedded,
     MemoryList,
     MemoryListed,
+    MemoryRecall,
+    MemoryRecalled,
+    MemoryStore,
+    MemoryStored,
 )
-from schemas.memory import MemoryRecall, MemoryRecalled, MemoryStore, MemoryStored
 
 
 @dataclass

@@ -42,8 +42,7 @@ from kernel.grants import (
 )
 from kernel.settings import Settings
 from schemas.envelope import Envelope
-from schemas.tool_catalog import ToolDescriptor, ToolsList, ToolsListed
-from schemas.tools import ToolInvoke, ToolResult
+from schemas.tools import ToolDescriptor, ToolInvoke, ToolResult, ToolsList, ToolsListed
 
 log = logging.getLogger(__name__)
 

@@ -46,7 +46,7 @@ from sagas.definition import (
     WaitSignal,
 )
 from schemas.base import Usage
-from schemas.memories import MemoryAdd, MemoryDelete
+from schemas.memory import MemoryAdd, MemoryDelete
 from schemas.policy import PolicyEvaluate, PolicyEvaluated
 from schemas.runs import AgentRunInput, AgentRunResult, RunStep, RunStepState
 from schemas.sagas import SagaFinished

@@ -47,7 +47,7 @@ from sagas.definition import (
     WaitSignal,
 )
 from schemas.base import Usage
-from schemas.memories import MemoryAdd, MemoryDelete
+from schemas.memory import MemoryAdd, MemoryDelete
 from schemas.policy import PolicyEvaluate, PolicyEvaluated, Stage
 from schemas.slm import ChatMessage, SlmComplete, SlmCompleted, ToolSpec
 from schemas.tasks import AgentTaskInput, AgentTaskResult

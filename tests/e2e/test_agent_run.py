@@ -13,10 +13,9 @@ import msgspec
 from bus.publish import envelope_for, publish
 from bus.request import Reply, Requester
 from schemas.envelope import new_id
-from schemas.memories import MemoryList, MemoryListed
+from schemas.memory import MemoryList, MemoryListed
 from schemas.runs import AgentRunInput, AgentRunResult
-from schemas.saga_queries import SagaList, SagaListed, SagaQuery
-from schemas.sagas import SagaCancel, SagaSignal, SagaStart
+from schemas.sagas import SagaCancel, SagaList, SagaListed, SagaQuery, SagaSignal, SagaStart
 from tests.e2e.conftest import ROOT, System
 from tests.e2e.test_agent_task import collect_until
 

@@ -10,8 +10,7 @@ import msgspec
 from bus.publish import envelope_for, publish
 from bus.request import Reply, Requester
 from schemas.envelope import new_id
-from schemas.saga_queries import SagaQuery
-from schemas.sagas import SagaCancel, SagaSignal, SagaStart
+from schemas.sagas import SagaCancel, SagaQuery, SagaSignal, SagaStart
 from schemas.tasks import AgentTaskInput, AgentTaskResult
 
 

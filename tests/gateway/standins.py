@@ -71,22 +71,33 @@ from schemas.identity import (
     UserInfo,
     revocation_key,
 )
-from schemas.memories import (
+from schemas.memory import (
     MemoryAdd,
     MemoryAdded,
     MemoryDelete,
     MemoryDeleted,
     MemoryEmbed,
     MemoryEmbedded,
+    MemoryItem,
+    MemoryRecall,
+    MemoryRecalled,
 )
-from schemas.memory import MemoryItem, MemoryRecall, MemoryRecalled
 from schemas.models import ModelInfo, SlmListModels, SlmModelsListed
 from schemas.policy import PolicyEvaluate, PolicyEvaluated
-from schemas.saga_queries import SagaInfo, SagaList, SagaListed, SagaQueried, SagaQuery
-from schemas.sagas import SagaCancel, SagaFinished, SagaSignal, SagaStart, SagaStarted
+from schemas.sagas import (
+    SagaCancel,
+    SagaFinished,
+    SagaInfo,
+    SagaList,
+    SagaListed,
+    SagaQueried,
+    SagaQuery,
+    SagaSignal,
+    SagaStart,
+    SagaStarted,
+)
 from schemas.slm import ChatMessage, SlmDelta, ToolCall
-from schemas.tool_catalog import ToolDescriptor, ToolsList, ToolsListed
-from schemas.tools import ToolInvoke, ToolResult
+from schemas.tools import ToolDescriptor, ToolInvoke, ToolResult, ToolsList, ToolsListed
 
 RevocationKind = Literal["jti", "session", "user"]
 ISSUER, AUDIENCE = "soma", "soma-gateway"

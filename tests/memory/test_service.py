@@ -21,8 +21,17 @@ from handlers.memory.turns import memory_turns
 from kernel.db import make_engine
 from kernel.settings import Settings
 from schemas.envelope import Envelope, new_id
-from schemas.memories import MemoryAdd, MemoryDelete, MemoryEmbed, MemoryList, MemoryListed
-from schemas.memory import MemoryRecall, MemoryRecalled, MemoryStore, MemoryStored
+from schemas.memory import (
+    MemoryAdd,
+    MemoryDelete,
+    MemoryEmbed,
+    MemoryList,
+    MemoryListed,
+    MemoryRecall,
+    MemoryRecalled,
+    MemoryStore,
+    MemoryStored,
+)
 
 SHARING = "sharing"
 SHARING_POLICY = """

@@ -10,8 +10,7 @@ import pytest
 from bus.publish import envelope_for, publish
 from sagas import queries
 from schemas.envelope import new_id
-from schemas.saga_queries import SagaQuery
-from schemas.sagas import SagaStart
+from schemas.sagas import SagaQuery, SagaStart
 from tests.sagas.conftest import Stack
 
 

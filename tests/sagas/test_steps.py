@@ -66,8 +66,15 @@ from sagas.definitions.chat_turn import (
 from schemas.base import Usage
 from schemas.chat import ChatTurnInput, ChatTurnResult
 from schemas.common import CommandFailed, FailureCode
-from schemas.memories import MemoryAdd, MemoryAdded, MemoryDelete
-from schemas.memory import MemoryItem, MemoryRecall, MemoryRecalled, MemoryStore
+from schemas.memory import (
+    MemoryAdd,
+    MemoryAdded,
+    MemoryDelete,
+    MemoryItem,
+    MemoryRecall,
+    MemoryRecalled,
+    MemoryStore,
+)
 from schemas.policy import Decision, PolicyEvaluate, PolicyEvaluated, Stage
 from schemas.slm import ChatMessage, SlmComplete, SlmCompleted, ToolCall, ToolSpec
 from schemas.tasks import AgentTaskInput, AgentTaskResult, Budget

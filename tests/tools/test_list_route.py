@@ -13,7 +13,7 @@ from bus.request import Requester
 from handlers.tools.config import ToolsConfig
 from handlers.tools.service import build
 from kernel.settings import Settings
-from schemas.tool_catalog import ToolsList, ToolsListed
+from schemas.tools import ToolsList, ToolsListed
 from tests.servers import NatsServer, nats_server
 
 ACME_POLICY = """
