@@ -62,11 +62,19 @@ def connection_options(url: str, name: str, inbox_prefix: str | None = None) -> 
     }
 
 
-async def connect(url: str, name: str = "soma", *, inbox_prefix: str | None = None) -> Client:
+# Where a process looks for NATS when no URL is configured: a local server on its usual port.
+DEFAULT_URL = "nats://127.0.0.1:4222"
+
+
+async def connect(
+    url: str | None, name: str = "soma", *, inbox_prefix: str | None = None
+) -> Client:
     """A nats-py client; ``BusUnavailable`` names the URL and what to run if none answers.
 
-    ``inbox_prefix`` defaults to the one for the URL's user (``inbox_prefix_for``).
+    ``url`` None is ``DEFAULT_URL``. ``inbox_prefix`` defaults to the one for the URL's user
+    (``inbox_prefix_for``).
     """
+    url = url or DEFAULT_URL
     opts = connection_options(url, name, inbox_prefix)
     opts["max_reconnect_attempts"] = 2
     try:

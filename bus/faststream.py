@@ -49,7 +49,7 @@ from nats.js.api import AckPolicy as ServerAckPolicy
 from nats.js.api import DeliverPolicy
 
 from bus.config import BusSettings
-from bus.connection import connection_options, unreachable_message
+from bus.connection import DEFAULT_URL, connection_options, unreachable_message
 from bus.consume import RetryPolicy, make_processor
 from bus.errors import BusUnavailable
 from bus.runtime import health_app, retry_policy
@@ -153,7 +153,7 @@ class SomaFastStream:
         for config in self._consumers:
             config.ack_wait = settings.ack_wait
         # FastStream takes its connection options at construction; the settings come later.
-        url = settings.nats_url or "nats://127.0.0.1:4222"
+        url = settings.nats_url or DEFAULT_URL
         options = self.broker._connection_kwargs
         options.update(connection_options(url, f"soma-{self.service}", settings.nats_inbox_prefix))
         options["max_reconnect_attempts"] = 2  # fail fast if it never was up, as connect() does

@@ -36,7 +36,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bus.config import BusSettings
-from bus.connection import connect
+from bus.connection import DEFAULT_URL, connect
 from bus.consume import RetryPolicy, make_batch_processor, make_processor
 from bus.errors import BusUnavailable
 from bus.metrics import consumer_state, on_scrape
@@ -279,7 +279,7 @@ async def start(
     service: Service, settings: BusSettings, *, health_port: int | None = None
 ) -> Running:
     """Start consuming for ``service``; returns once subscriptions are live."""
-    url = settings.nats_url or "nats://127.0.0.1:4222"
+    url = settings.nats_url or DEFAULT_URL
     # Connect first (fail fast with a clear message), then check (or, with the right to,
     # provision) the streams, then subscribe.
     nc = await connect(url, f"soma-{service.name}", inbox_prefix=settings.nats_inbox_prefix)

@@ -96,7 +96,7 @@ def create_app(settings: Settings, config: ConsoleConfig | None = None) -> FastA
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        nc = await connect(settings.nats_url or "nats://127.0.0.1:4222", "soma-console")
+        nc = await connect(settings.nats_url, "soma-console")
         requester = Requester(nc, nc.jetstream())
         await requester.start()
         client = httpx.AsyncClient(base_url=config.gateway_url, timeout=30.0)

@@ -91,7 +91,7 @@ async def _build(
 ) -> tuple[Gateway, list[Any]]:
     """Everything the routes use; the second value lists what to close, in order. ``clock``
     is what budgets' windows are judged by (tests move it on)."""
-    nc = await connect(settings.nats_url or "nats://127.0.0.1:4222", "soma-gateway")
+    nc = await connect(settings.nats_url, "soma-gateway")
     js = nc.jetstream()
     await provision(js, settings)
     requester = Requester(nc, js)

@@ -261,7 +261,7 @@ async def start(
     engine = Engine(db, registry, replay_grace=2 * settings.ack_wait)
     runner = Runner(engine=engine, db=db)
     engine.on_commit = runner.on_commit
-    nc = await connect(settings.nats_url or "nats://127.0.0.1:4222", "soma-sagas-relay")
+    nc = await connect(settings.nats_url, "soma-sagas-relay")
     runner.relay = Relay(db, nc.jetstream())
     engine.publish = runner.relay.publish_now
     runner.committer = runner._spawn(engine.store.run())
