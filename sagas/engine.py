@@ -57,12 +57,14 @@ from schemas.sagas import (
     UNSUCCESSFUL,
     IdConflict,
     IdReuse,
+    Part,
     SagaCancel,
     SagaFinished,
     SagaReplied,
     SagaStart,
     SagaStarted,
     SagaState,
+    Waiting,
 )
 
 log = logging.getLogger("soma.sagas")
@@ -227,7 +229,7 @@ class Engine:
                 return None  # not ours, or a late reply to an attempt we gave up on
             if not await self._record_inbox(conn, saga_id, env.message_id, now):
                 return None
-            if row["waiting"]["kind"] == "all":
+            if row["waiting"]["kind"] == Waiting.ALL:
                 return _at(row, self._on_reply_all(row, index, event, env, now))
             return _at(row, self._on_reply(row, event, env, now))
 
@@ -253,7 +255,7 @@ class Engine:
             change.history.append(
                 self._history(row, row["step"], "signal", {"name": name, "payload": payload}, now)
             )
-            if waiting.get("kind") == "signal" and waiting.get("name") == name:
+            if waiting.get("kind") == Waiting.SIGNAL and waiting.get("name") == name:
                 self._run_step(
                     row, self._definition(row), waiting["then"], payload, message_id, now, change
                 )
@@ -290,7 +292,7 @@ class Engine:
                 self._history(row, row["step"], "cancel_requested", {"reason": reason}, now)
             )
             waiting = row["waiting"] or {}
-            if waiting.get("kind") == "child":
+            if waiting.get("kind") == Waiting.CHILD:
                 self._send(
                     row,
                     SagaCancel(saga_id=waiting["child_id"], reason=reason),
@@ -299,7 +301,7 @@ class Engine:
                     change,
                     attempt=1,
                 )
-            elif waiting.get("kind") == "children":
+            elif waiting.get("kind") == Waiting.CHILDREN:
                 running = [c for c in waiting["children"] if c.get("outcome") is None]
                 for child in running:
                     self._send(
@@ -338,9 +340,9 @@ class Engine:
             waiting = (row or {}).get("waiting") or {}
             if row is None:
                 return None
-            if waiting.get("kind") == "children":
+            if waiting.get("kind") == Waiting.CHILDREN:
                 return self._child_of_many_finished(row, waiting, event, env.message_id, now)
-            if waiting.get("kind") != "child" or waiting.get("child_id") != event.saga_id:
+            if waiting.get("kind") != Waiting.CHILD or waiting.get("child_id") != event.saga_id:
                 return None
             change = Change()
             if event.state in _LEFT_EFFECTS and waiting.get("compensate"):
@@ -424,7 +426,7 @@ class Engine:
                 return
 
             def fire(row: dict[str, Any], now: float) -> Change | None:
-                go_on = continuing and (row["waiting"] or {}).get("kind") == "continue"
+                go_on = continuing and (row["waiting"] or {}).get("kind") == Waiting.CONTINUE
                 if not go_on and (row["wake_at"] is None or row["wake_at"] > now):
                     return None
                 return _at(row, self._on_timer(row, now))
@@ -436,7 +438,7 @@ class Engine:
             row = await self._load(conn, saga_id)
             if row is None:
                 return None
-            go_on = continuing and (row["waiting"] or {}).get("kind") == "continue"
+            go_on = continuing and (row["waiting"] or {}).get("kind") == Waiting.CONTINUE
             if not go_on and (row["wake_at"] is None or row["wake_at"] > now):
                 return None
             return _at(row, self._on_timer(row, now))
@@ -520,7 +522,7 @@ class Engine:
             found = _waits_on(row.get("waiting"), env.causation_id)
             if found is None:
                 return None  # another delivery of it got there first
-            if row["waiting"]["kind"] == "all":
+            if row["waiting"]["kind"] == Waiting.ALL:
                 return _at(row, self._on_reply_all(row, found, event, env, now))
             return _at(row, self._on_reply(row, event, env, now))
 
@@ -615,7 +617,7 @@ class Engine:
         deadline = waiting.get("deadline")
         if retryable and retry.allows(attempt, error) and (deadline is None or now < deadline):
             delay = retry.delay(attempt)
-            change.values["waiting"] = {**waiting, "kind": "retry"}
+            change.values["waiting"] = {**waiting, "kind": Waiting.RETRY}
             change.values["wake_at"] = now + delay
             change.history.append(
                 self._history(
@@ -659,24 +661,24 @@ class Engine:
         waiting = row["waiting"] or {}
         kind = waiting.get("kind")
         cause = f"timer-{row['id']}-{row['seq']}"
-        if kind == "call":
+        if kind == Waiting.CALL:
             change.history.append(
                 self._history(row, row["step"], "timed_out", {"attempt": waiting["attempt"]}, now)
             )
             self._call_failed(row, waiting, _timed_out(waiting), cause, now, change)
-        elif kind == "retry":
+        elif kind == Waiting.RETRY:
             command = by_name(waiting["command"]["schema"]).decode(
                 waiting["command"]["body"].encode()
             )
             self._send(
                 row, command, cause, now, change, attempt=waiting["attempt"] + 1, waiting=waiting
             )
-        elif kind == "all":
+        elif kind == Waiting.ALL:
             self._on_timer_all(row, now, cause, change)
-        elif kind == "sleep":
+        elif kind == Waiting.SLEEP:
             change.history.append(self._history(row, row["step"], "timer_fired", None, now))
             self._run_step(row, self._definition(row), waiting["then"], None, cause, now, change)
-        elif kind == "signal":
+        elif kind == Waiting.SIGNAL:
             change.history.append(
                 self._history(row, row["step"], "signal_timed_out", {"name": waiting["name"]}, now)
             )
@@ -694,7 +696,7 @@ class Engine:
                     now,
                     change,
                 )
-        elif kind == "continue":
+        elif kind == Waiting.CONTINUE:
             self._run_step(
                 row,
                 self._definition(row),
@@ -783,7 +785,7 @@ class Engine:
             self._continue(row, definition, then, action.reply, cause, now, change)
         elif isinstance(action, Sleep):
             change.values["waiting"] = {
-                "kind": "sleep",
+                "kind": Waiting.SLEEP,
                 "then": step_name(action.then),
                 "until": now + action.seconds,
             }
@@ -806,7 +808,7 @@ class Engine:
                     )
                     return
             change.values["waiting"] = {
-                "kind": "signal",
+                "kind": Waiting.SIGNAL,
                 "name": action.name,
                 "then": step_name(action.then),
                 "on_timeout": step_name(action.on_timeout) if action.on_timeout else None,
@@ -848,7 +850,7 @@ class Engine:
             self._run_step(current, definition, then, reply, cause, now, change)
             return
         change.values["waiting"] = {
-            "kind": "continue",
+            "kind": Waiting.CONTINUE,
             "then": then,
             "reply": msgspec.to_builtins(reply),
         }
@@ -927,7 +929,7 @@ class Engine:
         assert waiting is not None
         change.values["waiting"] = {
             **waiting,
-            "kind": "call",
+            "kind": Waiting.CALL,
             "message_id": message_id,
             "attempt": attempt,
             "sent_at": now,
@@ -954,20 +956,26 @@ class Engine:
             calls.append(
                 {
                     **_call_waiting(call, schema, body, now),
-                    "kind": "call",
+                    "kind": Part.CALL,
                     "message_id": message_id,
                     "attempt": 1,
                     "sent_at": now,
                 }
             )
-        change.values["waiting"] = {"kind": "all", "then": step_name(action.then), "calls": calls}
+        change.values["waiting"] = {
+            "kind": Waiting.ALL,
+            "then": step_name(action.then),
+            "calls": calls,
+        }
         change.values["wake_at"] = self._all_wake(row, calls)
 
     def _all_wake(self, row: dict[str, Any], calls: list[dict[str, Any]]) -> float | None:
         times = [
-            c["sent_at"] + c["timeout"] + self._grace(row) if c["kind"] == "call" else c["retry_at"]
+            c["sent_at"] + c["timeout"] + self._grace(row)
+            if c["kind"] == Part.CALL
+            else c["retry_at"]
             for c in calls
-            if c["kind"] != "done"
+            if c["kind"] != Part.DONE
         ]
         return min(times) if times else None
 
@@ -1010,7 +1018,7 @@ class Engine:
             )
             calls[index] = {
                 **call,
-                "kind": "done",
+                "kind": Part.DONE,
                 "reply": {"schema": env.schema, "body": msgspec.to_builtins(event)},
             }
         self._all_next(row, waiting, calls, env.message_id, now, change)
@@ -1038,7 +1046,7 @@ class Engine:
             and (deadline is None or now < deadline)
         ):
             delay = retry.delay(call["attempt"])
-            calls[index] = {**call, "kind": "retry", "retry_at": now + delay}
+            calls[index] = {**call, "kind": Part.RETRY, "retry_at": now + delay}
             change.history.append(
                 self._history(
                     row,
@@ -1053,7 +1061,7 @@ class Engine:
         if call.get("on_failure"):
             calls[index] = {
                 **call,
-                "kind": "done",
+                "kind": Part.DONE,
                 "reply": {"schema": "failed", "body": msgspec.to_builtins(failure)},
             }
             return True
@@ -1078,7 +1086,7 @@ class Engine:
         now: float,
         change: Change,
     ) -> None:
-        if all(c["kind"] == "done" for c in calls):
+        if all(c["kind"] == Part.DONE for c in calls):
             replies = [_decoded(c["reply"]) for c in calls]
             self._run_step(row, self._definition(row), waiting["then"], replies, cause, now, change)
             return
@@ -1090,7 +1098,7 @@ class Engine:
         calls = [dict(c) for c in waiting["calls"]]
         for i, call in enumerate(calls):
             if (
-                call["kind"] == "call"
+                call["kind"] == Part.CALL
                 and call["sent_at"] + call["timeout"] + self._grace(row) <= now
             ):
                 change.history.append(
@@ -1098,7 +1106,7 @@ class Engine:
                 )
                 if not self._part_failed(row, calls, i, _timed_out(call), cause, now, change):
                     return
-            elif call["kind"] == "retry" and call["retry_at"] <= now:
+            elif call["kind"] == Part.RETRY and call["retry_at"] <= now:
                 command = by_name(call["command"]["schema"]).decode(
                     call["command"]["body"].encode()
                 )
@@ -1106,7 +1114,7 @@ class Engine:
                 message_id, _, _ = self._command(row, command, cause, now, change, attempt=attempt)
                 calls[i] = {
                     **call,
-                    "kind": "call",
+                    "kind": Part.CALL,
                     "message_id": message_id,
                     "attempt": attempt,
                     "sent_at": now,
@@ -1170,7 +1178,7 @@ class Engine:
             row, action, action.child_id or f"{row['id']}.child{row['seq']}", cause, now, change
         )
         change.values["waiting"] = {
-            "kind": "child",
+            "kind": Waiting.CHILD,
             "child_id": child_id,
             "then": step_name(action.then),
             "compensate": _spec(action.compensate),
@@ -1193,7 +1201,7 @@ class Engine:
                 {"child_id": child_id, "compensate": _spec(child.compensate), "outcome": None}
             )
         change.values["waiting"] = {
-            "kind": "children",
+            "kind": Waiting.CHILDREN,
             "children": children,
             "then": step_name(action.then),
         }
@@ -1221,7 +1229,7 @@ class Engine:
             schema="sagas.start",
         )
         child = self._new_row(child_id, definition, raw, env, now, run_no=1, parent_id=row["id"])
-        child["waiting"] = {"kind": "continue", "then": definition.first, "reply": None}
+        child["waiting"] = {"kind": Waiting.CONTINUE, "then": definition.first, "reply": None}
         child["wake_at"] = now + CONTINUE_GRACE
         change.children.append(child)
         change.wake_now.append(child_id)
@@ -1419,7 +1427,7 @@ def _call_waiting(call: Call, schema: str, body: bytes, now: float) -> dict[str,
     """What an instance remembers of a call it waits on: enough to retry, time out, fall back
     and compensate without the definition's objects."""
     return {
-        "kind": "call",
+        "kind": Waiting.CALL,
         "then": step_name(call.then),
         "command": {"schema": schema, "body": body.decode()},
         "retry": {
@@ -1454,11 +1462,11 @@ def _waits_on(waiting: dict[str, Any] | None, message_id: str | None) -> int | N
     index within a ``CallAll``; None when it answers none (late, duplicate, or not ours)."""
     if not waiting or not message_id:
         return None
-    if waiting.get("kind") == "call":
+    if waiting.get("kind") == Waiting.CALL:
         return 0 if waiting.get("message_id") == message_id else None
-    if waiting.get("kind") == "all":
+    if waiting.get("kind") == Waiting.ALL:
         for i, call in enumerate(waiting["calls"]):
-            if call["kind"] == "call" and call["message_id"] == message_id:
+            if call["kind"] == Part.CALL and call["message_id"] == message_id:
                 return i
     return None
 

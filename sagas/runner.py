@@ -31,6 +31,7 @@ from sagas.registry import Registry, installed_definitions
 from sagas.relay import Relay
 from schemas.envelope import Envelope
 from schemas.sagas import (
+    Part,
     SagaCancel,
     SagaFinished,
     SagaInfo,
@@ -42,6 +43,7 @@ from schemas.sagas import (
     SagaStart,
     SagaStarted,
     SagaStep,
+    Waiting,
 )
 
 log = logging.getLogger("soma.sagas.runner")
@@ -194,19 +196,19 @@ def saga_info(row: dict[str, Any], history: list[dict[str, Any]]) -> SagaInfo:
     """The caller's view of an instance: what it is, where it is, what it waits for."""
     waiting = row.get("waiting") or {}
     waiting_for = []
-    if waiting.get("kind") == "signal":
+    if waiting.get("kind") == Waiting.SIGNAL:
         waiting_for.append(f"signal:{waiting['name']}")
-    elif waiting.get("kind") in ("call", "retry"):
+    elif waiting.get("kind") in (Waiting.CALL, Waiting.RETRY):
         waiting_for.append(f"reply:{waiting['command']['schema']}")
-    elif waiting.get("kind") == "all":
+    elif waiting.get("kind") == Waiting.ALL:
         waiting_for.extend(
-            f"reply:{c['command']['schema']}" for c in waiting["calls"] if c["kind"] != "done"
+            f"reply:{c['command']['schema']}" for c in waiting["calls"] if c["kind"] != Part.DONE
         )
-    elif waiting.get("kind") == "sleep":
+    elif waiting.get("kind") == Waiting.SLEEP:
         waiting_for.append("timer")
-    elif waiting.get("kind") == "child":
+    elif waiting.get("kind") == Waiting.CHILD:
         waiting_for.append(f"child:{waiting['child_id']}")
-    elif waiting.get("kind") == "children":
+    elif waiting.get("kind") == Waiting.CHILDREN:
         waiting_for.extend(
             f"child:{c['child_id']}" for c in waiting["children"] if c.get("outcome") is None
         )

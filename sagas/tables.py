@@ -30,7 +30,7 @@ instances = Table(
     Column("step", String(64), nullable=True),
     Column("input", JSON, nullable=False),
     Column("data", JSON, nullable=False),
-    # What the instance waits for: {"kind": "call"|"sleep"|"signal"|"child"|"continue"|..., ...}
+    # What the instance waits for: {"kind": schemas.sagas.Waiting, ...}
     Column("waiting", JSON, nullable=True),
     Column("wake_at", Float, nullable=True),
     Column("result", JSON, nullable=True),

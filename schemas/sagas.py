@@ -47,6 +47,27 @@ UNSUCCESSFUL = frozenset(
 )
 
 
+class Waiting(StrEnum):
+    """What a running instance waits for: the ``kind`` of its stored waiting state."""
+
+    CALL = "call"  # a command's reply
+    RETRY = "retry"  # the backoff before a command is sent again
+    ALL = "all"  # the replies of several commands sent at once
+    SLEEP = "sleep"  # a timer
+    SIGNAL = "signal"  # a named signal
+    CHILD = "child"  # a child saga's end
+    CHILDREN = "children"  # the ends of several child sagas
+    CONTINUE = "continue"  # nothing: the next step runs at once
+
+
+class Part(StrEnum):
+    """Where one command of an ``ALL`` wait stands."""
+
+    CALL = "call"
+    RETRY = "retry"
+    DONE = "done"
+
+
 class IdReuse(StrEnum):
     """May a start reuse the id of an ended saga (Temporal's workflow id reuse policy)."""
 
