@@ -6,9 +6,9 @@ reaches only its own user's memories — the envelope's actor — and naming ano
 refused.
 
 Memory as an API besides: embeddings, and adding or deleting memories directly. Searching is
-``memory.recall``; ``memory.list`` pages through what a caller may see, newest first, whatever stored it (a chat turn or the API). Everything is scoped by the
-envelope's tenant: an id of another tenant is simply not found. ``caller_role`` scopes by user as
-in recall.
+``memory.recall``; ``memory.list`` pages through what a caller may see, newest first, whatever
+stored it (a chat turn or the API). Everything is scoped by the envelope's tenant: an id of
+another tenant is simply not found. ``caller_role`` scopes by user as in recall.
 """
 
 from typing import Any

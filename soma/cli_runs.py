@@ -99,8 +99,33 @@ def start(
     if user:
         raw["user"] = user
     sid = run_id or new_id()
-    terminal.run(_send(SagaStart(saga_type=SAGA_TYPE, saga_id=sid, input=raw), tenant, sid))
+    terminal.run(_started(SagaStart(saga_type=SAGA_TYPE, saga_id=sid, input=raw), tenant, sid))
     print(sid)
+
+
+async def _started(cmd: Any, tenant: str, sid: str) -> None:
+    """Send the start and return once the runner has stored the run (so ``show`` finds it at
+    once), or fail with the runner's refusal."""
+    from bus.request import Requester
+
+    async with terminal.bus(terminal.settings()) as (nc, js):
+        requester = Requester(nc, js)
+        await requester.start()
+        try:
+            _, reply = await requester.request(
+                cmd,
+                tenant=tenant,
+                expect={"sagas.started"},
+                correlation_id=sid,
+                actor="operator",
+                timeout=30,
+            )
+        except TimeoutError as exc:
+            terminal.fail(f"{exc}; is the saga runner up? (`soma status`)")
+        finally:
+            await requester.close()
+        if reply.schema != "sagas.started":
+            terminal.fail(f"run not started: {reply.payload.error}")
 
 
 @app.command("ls")

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from schemas.sagas import ENDED
 from tests.e2e.conftest import ROOT, System
 
 DEFINITION = """
@@ -65,7 +66,7 @@ def _approve_and_list(system: System, tmp_path: Path) -> None:
     assert [s["state"] for s in view["steps"]] == ["completed", "waiting"]
     approved = soma(system, "approve", run_id, "--by", "ops")
     assert approved.returncode == 0, approved.stderr
-    view = until(system, run_id, lambda v: v["state"] != "running")
+    view = until(system, run_id, lambda v: v["state"] in ENDED)
     assert view["state"] == "completed" and view["report"]
     assert view["steps"][1]["approved_by"] == "ops"
     listed = soma(system, "ls", "--json")
@@ -79,7 +80,7 @@ def _reject(system: System, tmp_path: Path) -> None:
     until(system, run_id, lambda v: v["gate"] == "write")
     rejected = soma(system, "reject", run_id, "--comment", "off topic")
     assert rejected.returncode == 0, rejected.stderr
-    view = until(system, run_id, lambda v: v["state"] != "running")
+    view = until(system, run_id, lambda v: v["state"] in ENDED)
     assert view["state"] == "compensated" and view["error"].endswith("off topic")
     again = soma(system, "approve", run_id)
     assert again.returncode == 1 and "not waiting at a gate" in again.stderr
