@@ -320,6 +320,13 @@ class Engine:
                     data["_compensations"] = [*data.get("_compensations", []), *undo]
                     row = {**row, "data": data}
                     change.values["data"] = data
+            elif waiting.get("kind") in (Waiting.CALL, Waiting.RETRY) and waiting.get("compensate"):
+                # The call in flight may still take effect (its command is out): its undo runs
+                # first, as an undo of what never happened must be harmless anyway.
+                data = dict(row["data"])
+                data["_compensations"] = [*data.get("_compensations", []), waiting["compensate"]]
+                row = {**row, "data": data}
+                change.values["data"] = data
             change.values["state"] = SagaState.CANCELLING
             change.values["error"] = f"cancelled: {reason}" if reason else "cancelled"
             self._next_compensation(row, message_id, now, change)

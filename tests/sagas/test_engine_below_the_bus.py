@@ -216,10 +216,24 @@ async def test_cancel_runs_the_compensations_in_reverse_order(h: Harness) -> Non
     assert [e.state for e in h.events(SagaFinished)] == ["compensated"]
 
 
+async def test_a_cancel_while_a_call_is_in_flight_undoes_that_call_too(h: Harness) -> None:
+    """Its command is out and may still take effect, so its undo runs, and runs first."""
+    saga_id = await h.start("approval")
+    await h.answer(h.command(), done(h.command(), "drafted"))
+    await h.cancel(saga_id)  # the review call is in flight
+    for _ in range(2):
+        undo = h.command()
+        await h.answer(undo, done(undo))
+
+    undone = [c.message.arguments["label"] for c in h.commands() if c.message.name == "undo"]
+    assert undone == ["review", "draft"]
+    assert (await h.instance(saga_id))["state"] == "compensated"
+
+
 async def test_a_compensation_that_keeps_failing_ends_in_compensation_failed(h: Harness) -> None:
     saga_id = await h.start("approval")
     await h.answer(h.command(), done(h.command(), "drafted"))
-    await h.cancel(saga_id)  # waits on the review call: only the draft is undone
+    await h.cancel(saga_id)  # waits on the review call, whose undo comes first
     for _ in range(5):  # the engine's compensation retry: five attempts
         await h.fail(h.command(), FailureCode.UNAVAILABLE, retryable=True)
         await h.advance(60)
