@@ -15,7 +15,7 @@ from typing import Any
 import typer
 
 from soma import terminal
-from soma.cli_saga import _send, _time, _with_db
+from soma.cli_saga import _send, _start_on, _time, _with_db
 
 app = typer.Typer(
     help="""Multi-agent runs: several agents toward one goal, step by step (the `agent_run` saga).
@@ -104,28 +104,15 @@ def start(
 
 
 async def _started(cmd: Any, tenant: str, sid: str) -> None:
-    """Send the start and return once the runner has stored the run (so ``show`` finds it at
-    once), or fail with the runner's refusal."""
     from bus.request import Requester
 
     async with terminal.bus(terminal.settings()) as (nc, js):
         requester = Requester(nc, js)
         await requester.start()
         try:
-            _, reply = await requester.request(
-                cmd,
-                tenant=tenant,
-                expect={"sagas.started"},
-                correlation_id=sid,
-                actor="operator",
-                timeout=30,
-            )
-        except TimeoutError as exc:
-            terminal.fail(f"{exc}; is the saga runner up? (`soma status`)")
+            await _start_on(requester, cmd, tenant, sid)
         finally:
             await requester.close()
-        if reply.schema != "sagas.started":
-            terminal.fail(f"run not started: {reply.payload.error}")
 
 
 @app.command("ls")

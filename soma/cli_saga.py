@@ -278,6 +278,24 @@ def _still_running(row: dict[str, Any], action: str) -> None:
         terminal.fail(f"saga {row['id']} has already ended ({row['state']}); nothing to {action}")
 
 
+async def _start_on(requester: Any, cmd: Any, tenant: str, sid: str) -> None:
+    """Send a saga's start and return once the runner has stored it (so ``show`` finds it at
+    once), or fail with the runner's refusal."""
+    try:
+        _, reply = await requester.request(
+            cmd,
+            tenant=tenant,
+            expect={"sagas.started"},
+            correlation_id=sid,
+            actor="operator",
+            timeout=30,
+        )
+    except TimeoutError as exc:
+        terminal.fail(f"{exc}; is the saga runner up? (`soma status`)")
+    if reply.schema != "sagas.started":
+        terminal.fail(f"not started: {reply.payload.error}")
+
+
 async def _send(message: Any, tenant: str, correlation_id: str | None = None) -> str:
     from bus.publish import envelope_for, publish
 
@@ -324,19 +342,7 @@ def start(
         async with terminal.bus(terminal.settings()) as (nc, js):
             requester = Requester(nc, js)
             await requester.start()
-            try:
-                _, reply = await requester.request(
-                    cmd,
-                    tenant=tenant,
-                    expect={"sagas.started"},
-                    correlation_id=sid,
-                    actor="operator",
-                    timeout=30,
-                )
-            except TimeoutError as exc:
-                terminal.fail(str(exc))
-            if reply.schema != "sagas.started":
-                terminal.fail(f"not started: {reply.payload.error}")
+            await _start_on(requester, cmd, tenant, sid)
             print(sid)
             if not wait:
                 return 0
