@@ -189,6 +189,7 @@ class Runner:
             with contextlib.suppress(Exception):
                 await self.relay.mark_sent()
         if self.db is not None:
+            self.engine.storage.close()
             await self.db.dispose()
 
 

@@ -15,7 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.expression import Select
 
-from kernel.db import reader
+from kernel.db import point_reader, reader
 from sagas import tables
 
 
@@ -25,6 +25,9 @@ class Storage:
         # Reads that decide nothing alone (a hot instance's load, the timer pass, queries) take
         # no write lock, so they never queue behind a group commit.
         self.reads = reader(db)
+
+    def close(self) -> None:
+        """Let go of what the storage holds beside ``db`` (whose owner disposes it)."""
 
     def insert_new(self, table: Table) -> Any:
         """An insert that skips rows whose key is already there."""
@@ -70,6 +73,24 @@ class Storage:
 
 
 class SqliteStorage(Storage):
+    def __init__(self, db: AsyncEngine) -> None:
+        super().__init__(db)
+        # A group mode start reads whether its id exists before it sends its first command:
+        # through aiosqlite that read was the longest wait of a chat turn in the runner.
+        self.points = point_reader(db)
+
+    async def read(self, saga_id: str) -> dict[str, Any] | None:
+        if self.points is None:
+            return await super().read(saga_id)
+        with self.points.connect() as conn:
+            stmt = select(tables.instances).where(tables.instances.c.id == saga_id)
+            row = conn.execute(stmt).mappings().first()
+        return dict(row) if row is not None else None
+
+    def close(self) -> None:
+        if self.points is not None:
+            self.points.dispose()
+
     def insert_new(self, table: Table) -> Any:
         return sqlite.insert(table).on_conflict_do_nothing()
 

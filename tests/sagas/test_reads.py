@@ -1,5 +1,6 @@
 """Reads of the saga store never wait for its writer: on SQLite a load, the timer pass and a
-query begin deferred and read the WAL's snapshot while a group commit holds the write lock."""
+query begin deferred and read the WAL's snapshot while a group commit holds the write lock; a
+group mode start's read of its id runs in the event loop's thread and sees every commit."""
 
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bus.publish import envelope_for
 from kernel.db import make_engine, migrate
 from sagas import queries
 from sagas.engine import Engine
 from sagas.registry import Registry
+from sagas.storage import storage_for
+from schemas.sagas import SagaStart
 from tests.sagas.definitions import ALL
 
 
@@ -49,3 +53,24 @@ async def test_the_timer_pass_reads_while_a_commit_holds_the_write_lock(
     engine = Engine(db, Registry(ALL))
     async with asyncio.timeout(5):
         assert await engine.due(time.time()) == []
+
+
+async def test_a_start_reads_whether_its_id_exists_while_a_commit_holds_the_write_lock(
+    db: AsyncEngine, writing: None
+) -> None:
+    storage = storage_for(db)
+    began = time.monotonic()
+    assert await storage.read("no-such-saga") is None
+    assert time.monotonic() - began < 0.5, "the read waited for the writer"
+    storage.close()
+
+
+async def test_a_start_sees_an_instance_committed_after_its_last_read(db: AsyncEngine) -> None:
+    storage = storage_for(db)
+    assert await storage.read("s-1") is None  # the read's connection is open from here on
+    cmd = SagaStart(saga_type="three_steps", saga_id="s-1", input={})
+    await Engine(db, Registry(ALL)).start(cmd, envelope_for(cmd, tenant="acme"))
+
+    row = await storage.read("s-1")
+    assert row is not None and row["type"] == "three_steps" and row["state"] == "running"
+    storage.close()
