@@ -149,6 +149,20 @@ async def test_saga_terminate_ends_a_saga_without_compensating_it(stack: Stack) 
     assert [o for o in stack.effects.order if o.startswith("undo")] == undone_before
 
 
+async def test_saga_terminate_of_a_parent_terminates_its_running_children(stack: Stack) -> None:
+    parent_id = await stack.start("fan_out")
+    children = [f"{parent_id}.left", f"{parent_id}.right"]
+    for child_id in children:
+        await waiting_for_a_signal(stack, child_id)
+
+    stopped = await asyncio.to_thread(soma, stack, "terminate", parent_id)
+
+    assert stopped.returncode == 0, stopped.stderr
+    assert (await stack.finished(parent_id))["state"] == "terminated"
+    for child_id in children:
+        assert (await stack.finished(child_id))["state"] == "terminated"
+
+
 async def test_saga_terminate_of_an_ended_saga_exits_1_naming_its_state(stack: Stack) -> None:
     saga_id = await stack.start("three_steps")
     await stack.finished(saga_id)
