@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bus import errors, tracing
 from bus.publish import encode
-from sagas import tables
+from sagas import operations, tables
 from sagas.definition import (
     Action,
     Call,
@@ -61,9 +61,11 @@ from schemas.sagas import (
     SagaCancel,
     SagaFinished,
     SagaReplied,
+    SagaRetried,
     SagaStart,
     SagaStarted,
     SagaState,
+    SagaTerminate,
     Waiting,
 )
 
@@ -71,7 +73,7 @@ log = logging.getLogger("soma.sagas")
 
 _COMPENSATED = "__compensated__"
 # A child that ended so left its effects in place: its ``compensate`` is then the parent's to run.
-_LEFT_EFFECTS = frozenset({SagaState.COMPLETED, SagaState.FAILED})
+_LEFT_EFFECTS = frozenset({SagaState.COMPLETED, SagaState.FAILED, SagaState.TERMINATED})
 # A Continue is carried on by the process that committed it at once; the timer pass takes it
 # over only when it is still pending this long after (its process died).
 CONTINUE_GRACE = 1.0
@@ -104,6 +106,9 @@ class Change:
     wake_now: list[str] = field(default_factory=list)
     rev: int | None = None  # the rev loaded at the start of the transaction
     inline: int = 0  # steps run inline by this transition (group mode)
+    # The last step this transition ran: its name, the data and the reply it was given (where
+    # a retry starts again if that step fails the saga; sagas/operations.py).
+    before: tuple[str, dict[str, Any], Any] | None = None
 
 
 OnCommit = Callable[[list[dict[str, Any]], list[str]], Awaitable[None]]
@@ -333,6 +338,117 @@ class Engine:
             return _at(row, change)
 
         await self._transact(body, saga_id=saga_id)
+
+    async def terminate(self, saga_id: str, reason: str, message_id: str) -> None:
+        """End a running or cancelling saga at once: no compensation runs, what it waits for is
+        dropped, and its running children are sent a terminate of their own (Temporal's
+        parent close policy TERMINATE). An ended saga is a ``Conflict``."""
+        await self.store.settle(saga_id)
+
+        async def body(conn: AsyncConnection, now: float) -> Change | None:
+            if not await self._record_inbox(conn, saga_id, message_id, now):
+                return None
+            row = await self._load(conn, saga_id)
+            if row is None:
+                raise SagaNotFound(f"no saga {saga_id} (yet)")
+            refused = operations.why_not_terminable(saga_id, row["state"])
+            if refused:
+                raise errors.Conflict(refused)
+            change = Change()
+            change.history.append(
+                self._history(row, row["step"], "terminate_requested", {"reason": reason}, now)
+            )
+            i = tables.instances
+            children = await conn.execute(
+                select(i.c.id)
+                .where(i.c.parent_id == saga_id, i.c.state.not_in(list(ENDED)))
+                .order_by(i.c.created_at, i.c.id)
+            )
+            for (child_id,) in children:
+                self._command(
+                    row,
+                    SagaTerminate(saga_id=child_id, reason=reason),
+                    message_id,
+                    now,
+                    change,
+                    attempt=1,
+                )
+            error = operations.terminated_error(reason)
+            self._finish(row, SagaState.TERMINATED, None, error, message_id, now, change)
+            return _at(row, change)
+
+        await self._transact(body, saga_id=saga_id)
+
+    async def retry(self, saga_id: str, reason: str, message_id: str) -> SagaRetried:
+        """Run a failed saga again from where it failed, as its next run: the failed call is
+        sent again as a first attempt, the failed step runs again on the data it was given.
+        Any state but ``failed`` is a ``Conflict`` that says why."""
+        await self.store.settle(saga_id)
+        outcome: SagaRetried | None = None
+
+        async def body(conn: AsyncConnection, now: float) -> Change | None:
+            nonlocal outcome
+            seen = not await self._record_inbox(conn, saga_id, message_id, now)
+            row = await self._load(conn, saga_id)
+            if row is None:
+                raise SagaNotFound(f"no saga {saga_id} (yet)")
+            if seen:  # a redelivery: answer as the first delivery did
+                outcome = SagaRetried(
+                    saga_id=saga_id, saga_type=row["type"], run=row["run"], step=row["step"]
+                )
+                return None
+            definition = self._definition(row)
+            refused = operations.why_not_retryable(row, definition.durability)
+            if refused:
+                raise errors.Conflict(refused)
+            point = row["data"][operations.RESUME]
+            data = {k: v for k, v in row["data"].items() if k != operations.RESUME}
+            row = {**row, "run": row["run"] + 1, "data": data}
+            change = Change()
+            change.values.update(
+                run=row["run"],
+                state=SagaState.RUNNING,
+                result=None,
+                error=None,
+                error_code=None,
+                finished_at=None,
+                data=data,
+            )
+            change.history.append(
+                self._history(
+                    row,
+                    point["step"],
+                    "retried",
+                    {"reason": reason, "from_run": row["run"] - 1},
+                    now,
+                )
+            )
+            if "waiting" in point:
+                waiting, wake_at = operations.resumed_waiting(point, now)
+                change.values.update(step=point["step"], waiting=waiting, wake_at=wake_at)
+                if wake_at == now:
+                    change.wake_now.append(saga_id)
+            else:
+                data = {k: v for k, v in point["data"].items() if k != operations.RESUME}
+                change.values["data"] = data
+                reply = operations.decode_reply(point["reply"])
+                self._run_step(
+                    {**row, "data": data},
+                    definition,
+                    point["step"],
+                    reply,
+                    message_id,
+                    now,
+                    change,
+                )
+            outcome = SagaRetried(
+                saga_id=saga_id, saga_type=row["type"], run=row["run"], step=point["step"]
+            )
+            return _at(row, change)
+
+        await self._transact(body, saga_id=saga_id)
+        assert outcome is not None
+        return outcome
 
     async def child_finished(self, event: SagaFinished, env: Envelope) -> None:
         parent_id = event.parent_id
@@ -731,7 +847,9 @@ class Engine:
         # The step changes its own copy: a step that changes its data in place would otherwise
         # change the state before it too, which in group mode may still wait for its commit
         # and would then be committed with this step's effect on it (RECOVERY.md).
-        data = copy.deepcopy(change.values.get("data", row["data"]))
+        given = change.values.get("data", row["data"])
+        change.before = (name, given, reply)
+        data = copy.deepcopy(given)
         if fn is None:
             self._finish(
                 row,
@@ -819,6 +937,7 @@ class Engine:
                 "name": action.name,
                 "then": step_name(action.then),
                 "on_timeout": step_name(action.on_timeout) if action.on_timeout else None,
+                "timeout": action.timeout,
             }
             change.values["wake_at"] = now + action.timeout if action.timeout else None
         elif isinstance(action, StartChild):
@@ -1264,6 +1383,8 @@ class Engine:
         *,
         code: FailureCode | None = None,
     ) -> None:
+        if state == SagaState.FAILED:
+            self._keep_resume_point(row, change)
         change.values.update(
             state=state,
             result=result,
@@ -1293,6 +1414,19 @@ class Engine:
                 duration_ms=(now - row["created_at"]) * 1000,
             )
         )
+
+    def _keep_resume_point(self, row: dict[str, Any], change: Change) -> None:
+        """Keep where a failing instance failed, for ``retry``: the step that failed it, or
+        the wait it failed in."""
+        if change.before is not None:
+            point: dict[str, Any] | None = operations.failed_in_step(*change.before)
+        else:
+            point = operations.failed_waiting(row["step"], row.get("waiting"))
+        if point is not None:
+            change.values["data"] = {
+                **change.values.get("data", row["data"]),
+                operations.RESUME: point,
+            }
 
     # ── persistence ────────────────────────────────────────────────────────────────────
 
@@ -1446,6 +1580,7 @@ def _call_waiting(call: Call, schema: str, body: bytes, now: float) -> dict[str,
         },
         "timeout": call.timeout,
         "deadline": now + call.schedule_to_close if call.schedule_to_close else None,
+        "schedule_to_close": call.schedule_to_close,
         "compensate": _spec(call.compensate),
         "on_failure": step_name(call.on_failure) if call.on_failure else None,
     }

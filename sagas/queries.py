@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, select
+from sqlalchemy import ColumnElement, and_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kernel.db import reader
@@ -22,11 +22,14 @@ async def list_instances(
     state: str | None = None,
     since: float | None = None,
     until: float | None = None,
+    where: ColumnElement[bool] | None = None,
     limit: int = 50,
     offset: int = 0,
 ) -> list[dict[str, Any]]:
+    """Instances newest first. ``where`` is a further condition, such as a list filter
+    (``sagas/list_query.py: parse``) makes."""
     t = tables.instances
-    conditions = []
+    conditions: list[ColumnElement[bool]] = [] if where is None else [where]
     if tenant:
         conditions.append(t.c.tenant == tenant)
     if saga_type:

@@ -19,12 +19,12 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bus import metrics, runtime
+from bus import errors, metrics, runtime
 from bus.connection import connect
 from bus.service import Service
 from kernel.db import make_engine, migrate, reader
 from kernel.settings import Settings
-from sagas import queries, tables
+from sagas import list_query, queries, tables
 from sagas.definition import Definition
 from sagas.engine import Engine
 from sagas.registry import Registry, installed_definitions
@@ -39,10 +39,13 @@ from schemas.sagas import (
     SagaListed,
     SagaQueried,
     SagaQuery,
+    SagaRetried,
+    SagaRetry,
     SagaSignal,
     SagaStart,
     SagaStarted,
     SagaStep,
+    SagaTerminate,
     Waiting,
 )
 
@@ -109,6 +112,12 @@ class Runner:
         async def cancel(cmd: SagaCancel, env: Envelope) -> None:
             await self.engine.cancel(cmd.saga_id, cmd.reason, env.message_id)
 
+        async def terminate(cmd: SagaTerminate, env: Envelope) -> None:
+            await self.engine.terminate(cmd.saga_id, cmd.reason, env.message_id)
+
+        async def retry(cmd: SagaRetry, env: Envelope) -> SagaRetried:
+            return await self.engine.retry(cmd.saga_id, cmd.reason, env.message_id)
+
         async def on_event(event: Any, env: Envelope) -> None:
             if isinstance(event, SagaFinished):
                 await self.engine.child_finished(event, env)
@@ -131,12 +140,17 @@ class Runner:
 
         async def list_(cmd: SagaList, env: Envelope) -> SagaListed:
             limit = max(1, min(cmd.limit, 200))
+            try:
+                where = list_query.parse(cmd.query) if cmd.query else None
+            except list_query.QueryError as exc:
+                raise errors.Invalid(f"query {cmd.query!r}: {exc}") from exc
             rows = await queries.list_instances(
                 self.engine.db,
                 tenant=env.tenant,
                 saga_type=cmd.saga_type,
                 state=cmd.state,
                 until=float(cmd.before) if cmd.before else None,
+                where=where,
                 limit=limit,
             )
             cursor = repr(rows[-1]["created_at"]) if len(rows) == limit else None
@@ -148,6 +162,8 @@ class Runner:
                 SagaStart: start,
                 SagaSignal: signal_,
                 SagaCancel: cancel,
+                SagaTerminate: terminate,
+                SagaRetry: retry,
                 SagaQuery: query,
                 SagaList: list_,
             },

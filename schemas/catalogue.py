@@ -81,9 +81,12 @@ from schemas.sagas import (
     SagaQueried,
     SagaQuery,
     SagaReplied,
+    SagaRetried,
+    SagaRetry,
     SagaSignal,
     SagaStart,
     SagaStarted,
+    SagaTerminate,
 )
 from schemas.slm import SlmComplete, SlmCompleted, SlmDelta
 from schemas.tools import ToolInvoke, ToolResult, ToolsList, ToolsListed
@@ -151,6 +154,9 @@ _ENTRIES = [
     _entry("cmd", "sagas", "start", SagaStart),
     _entry("cmd", "sagas", "signal", SagaSignal),
     _entry("cmd", "sagas", "cancel", SagaCancel),
+    _entry("cmd", "sagas", "terminate", SagaTerminate),
+    _entry("cmd", "sagas", "retry", SagaRetry),
+    _entry("evt", "sagas", "retried", SagaRetried),
     _entry("evt", "sagas", "started", SagaStarted),
     _entry("evt", "sagas", "finished", SagaFinished),
     _entry("evt", "sagas", "replied", SagaReplied),

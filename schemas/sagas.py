@@ -1,4 +1,4 @@
-"""Sagas: start, signal and cancel long-running work; hear how it ended.
+"""Sagas: start, signal, cancel, terminate and retry long-running work; hear how it ended.
 
 The states and the start policies are declared here once; the engine, the gateway, analytics and
 the CLI all read these values.
@@ -23,6 +23,8 @@ class SagaState(StrEnum):
     CANCELLED = "cancelled"  # cancelled with nothing to compensate
     COMPENSATED = "compensated"
     COMPENSATION_FAILED = "compensation_failed"
+    # Ended by an operator at once: no compensation ran, so its effects stay as they were.
+    TERMINATED = "terminated"
 
 
 ENDED = frozenset(
@@ -32,9 +34,11 @@ ENDED = frozenset(
         SagaState.CANCELLED,
         SagaState.COMPENSATED,
         SagaState.COMPENSATION_FAILED,
+        SagaState.TERMINATED,
     }
 )
-# Ends that count as errors in usage reports.
+# Ends that count as errors in usage reports. ``terminated`` is not one: like ``cancelled``, it
+# is an operator's decision, not something that went wrong in the system.
 FAILED = frozenset({SagaState.FAILED, SagaState.COMPENSATION_FAILED})
 # Ends after which ``allow_duplicate_failed_only`` lets the id start again.
 UNSUCCESSFUL = frozenset(
@@ -43,6 +47,7 @@ UNSUCCESSFUL = frozenset(
         SagaState.CANCELLED,
         SagaState.COMPENSATED,
         SagaState.COMPENSATION_FAILED,
+        SagaState.TERMINATED,
     }
 )
 
@@ -102,6 +107,32 @@ class SagaCancel(Message):
     reason: str = ""
 
 
+class SagaTerminate(Message):
+    """End a running (or cancelling) saga at once, without compensations; its running child
+    sagas are terminated too. An ended saga is refused (``conflict``)."""
+
+    saga_id: str
+    reason: str = ""
+
+
+class SagaRetry(Message):
+    """Run a ``failed`` saga again from where it failed: the call that failed is sent again
+    (attempts counted from one), or the step that raised runs again on the data it had. Any
+    other state is refused (``conflict``)."""
+
+    saga_id: str
+    reason: str = ""
+
+
+class SagaRetried(Message):
+    """A failed saga runs again, as run ``run``, from ``step``."""
+
+    saga_id: str
+    saga_type: str
+    run: int
+    step: str | None = None
+
+
 class SagaStarted(Message):
     saga_id: str
     saga_type: str
@@ -109,7 +140,8 @@ class SagaStarted(Message):
 
 
 class SagaFinished(Message):
-    """A saga reached an end state: completed, failed, compensated or compensation_failed."""
+    """A saga reached an end state: completed, failed, cancelled, compensated,
+    compensation_failed or terminated."""
 
     saga_id: str
     saga_type: str
@@ -168,10 +200,12 @@ class SagaQueried(Message):
 
 
 class SagaList(Message):
-    """Newest first; ``before`` is the ``next_cursor`` of the previous page."""
+    """Newest first; ``before`` is the ``next_cursor`` of the previous page. ``query`` is a
+    list filter (``sagas/list_query.py``), e.g. ``state = "failed" AND input.goal != ""``."""
 
     saga_type: str | None = None
     state: str | None = None
+    query: str | None = None
     limit: int = 20
     before: str | None = None
 

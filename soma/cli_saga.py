@@ -1,7 +1,8 @@
-"""``soma saga``: list, inspect, start, signal and cancel sagas.
+"""``soma saga``: list, inspect, start, signal, cancel, terminate and retry sagas.
 
 Listing and inspecting read the saga store directly (read-only, no locks), so they work even when
-no runner is up; start, signal and cancel are commands on the bus that a runner carries out.
+no runner is up; start, signal, cancel, terminate and retry are commands on the bus that a runner
+carries out.
 """
 
 from __future__ import annotations
@@ -24,21 +25,31 @@ app = typer.Typer(
 
 A saga is a state machine persisted in SQL; every step is one transaction, so a saga survives
 the crash of any process. Operators list and inspect instances, start new ones, send signals
-(a human approval) and cancel (compensations run in reverse order).
+(a human approval), cancel (compensations run in reverse order), terminate (end at once, no
+compensation) and retry a failed one from where it failed.
+
+**States**: running, cancelling (compensations running); and the ends completed, failed,
+cancelled, compensated, compensation_failed, terminated.
 
 **Examples**
 
     soma saga ls --state running
     soma saga ls --type agent_task --since 1h --json
+    soma saga ls --query 'state = "failed" AND started_at > "2026-11-01"'
     soma saga show 6f1c…
     soma saga start agent_task '{"goal": "Compare JetStream and Kafka", "require_approval": true}'
     soma saga signal 6f1c… approve '{"approved": true, "by": "alice"}'
     soma saga cancel 6f1c… --reason "no longer needed"
+    soma saga terminate 6f1c… --reason "runaway loop"
+    soma saga retry 6f1c…
+
+**Exit status**: 0 done; 1 refused or failed (an ended saga, a runner that does not answer);
+2 a usage error (a malformed `--query`, an unknown state).
 
 **Environment**
 
 * `DATABASE_URL` — the saga store (default: the SQLite file under `SOMA_DATA_DIR`)
-* `NATS_URL` — for start, signal and cancel
+* `NATS_URL` — for start, signal, cancel, terminate and retry
 """,
     rich_markup_mode="markdown",
     no_args_is_help=True,
@@ -113,7 +124,7 @@ def ls(
     ),
     state: str = typer.Option(
         None, help="running, cancelling, completed, failed, cancelled, compensated, "
-        "compensation_failed."
+        "compensation_failed, terminated."
     ),
     tenant: str = typer.Option(None, help="Only this tenant."),
     since: str = typer.Option(
@@ -124,12 +135,39 @@ def ls(
     as_json: bool = typer.Option(False, "--json", help="JSON lines instead of a table."),
     output: str = typer.Option("table", "--output", "-o", help="table, wide or json."),
     wide: bool = typer.Option(False, "--wide", help="Full ids in the table (as -o wide)."),
+    query: str = typer.Option(
+        None,
+        "--query",
+        "-q",
+        help='A list filter, e.g. \'state = "failed" AND input.goal != ""\' (see above).',
+    ),
 ) -> None:
     """List saga instances, newest first, with filters and paging.
 
-    The table shows the first 12 characters of each id, which `show`, `signal` and `cancel`
-    accept as they are; `--wide` (or `-o wide`) shows whole ids, `-o json` everything."""
-    from sagas import queries
+    The table shows the first 12 characters of each id, which `show`, `signal`, `cancel`,
+    `terminate` and `retry` accept as they are; `--wide` (or `-o wide`) shows whole ids,
+    `-o json` everything.
+
+    **--query** filters as Temporal's list filter does, in the database. A comparison is
+    `FIELD OP VALUE` with OP one of `= != > >= < <=`, or `FIELD IN (VALUE, …)`; comparisons
+    join with `AND` and `OR` (AND binds first) and group in parentheses. Fields: `id`, `type`,
+    `state`, `tenant`, `step`, `parent_id`, `error_code`, `version`, `run`, `started_at`,
+    `updated_at`, `finished_at`, and `input.KEY` (`input.a.b` for a nested key). Values:
+    "text" in quotes, numbers, `true`, `false`, `null` (`finished_at = null`: not finished).
+    Times take an ISO time, UTC unless it says otherwise ("2026-11-01",
+    "2026-11-01T10:00:00Z"), or seconds since the epoch. `!=` also matches a saga where the
+    field is not set. The other options still apply, joined with AND.
+
+    **Examples**
+
+        soma saga ls --query 'state = "failed" AND type = "agent_task"'
+        soma saga ls --query 'started_at >= "2026-11-01" AND started_at < "2026-11-02"'
+        soma saga ls --query '(state = "running" OR state = "cancelling") AND tenant = "acme"'
+        soma saga ls --query 'input.require_approval = true AND input.goal != ""'
+        soma saga ls --query 'state IN ("failed", "compensation_failed")' --since 1d
+
+    A malformed query or an unknown field is a usage error (exit 2) that shows where."""
+    from sagas import list_query, queries
     from schemas.sagas import SagaState
 
     if output not in ("table", "wide", "json"):
@@ -138,6 +176,13 @@ def ls(
         terminal.fail(
             f"--state {state!r}: choose from {', '.join(SagaState)}", terminal.USAGE
         )
+    where = None
+    if query is not None:
+        try:
+            where = list_query.parse(query)
+        except list_query.QueryError as exc:
+            terminal.err.print(f"{exc.query}\n{' ' * exc.position}^", markup=False)
+            terminal.fail(f"--query {exc}", terminal.USAGE)
 
     rows = terminal.run(
         _with_db(
@@ -147,6 +192,7 @@ def ls(
                 saga_type=saga_type,
                 state=state,
                 since=_since(since),
+                where=where,
                 limit=limit,
                 offset=offset,
             )
@@ -427,4 +473,126 @@ def cancel(
     found, message_id = terminal.run(go())
     terminal.note(
         f"cancel sent to {found} (message {message_id}); `soma saga show {found}` follows it"
+    )
+
+
+async def _command(message: Any, row: dict[str, Any], expect: str, timeout: float) -> Any:
+    """Send ``message`` about the saga ``row`` and return the runner's answer to it: the event
+    ``expect`` (for this saga), or its refusal (``sagas.failed``)."""
+    from bus.publish import envelope_for, publish
+    from bus.request import Requester
+
+    async with terminal.bus(terminal.settings()) as (nc, js):
+        requester = Requester(nc, js)
+        await requester.start()
+        env = envelope_for(
+            message,
+            tenant=str(row["tenant"]),
+            actor="operator",
+            correlation_id=str(row["correlation_id"]),
+        )
+        try:
+            # A saga's events carry its correlation id: watch it before sending.
+            async with requester.watching(env.correlation_id) as events:
+                await publish(js, message, env)
+                async with asyncio.timeout(timeout):
+                    while True:
+                        event = await events.get()
+                        if event.envelope.causation_id != env.message_id:
+                            continue
+                        if event.schema.endswith(".failed"):
+                            return event
+                        if event.schema == expect and event.payload.saga_id == row["id"]:
+                            return event
+        except TimeoutError:
+            terminal.fail(
+                f"no answer from the saga runner within {timeout:.0f}s; is it up? "
+                f"(`soma status`); `soma saga show {row['id']}` shows where the saga is"
+            )
+        finally:
+            await requester.close()
+
+
+@app.command("terminate")
+def terminate(
+    saga_id: str = typer.Argument(..., help="The saga id, or a prefix only it starts with."),
+    reason: str = typer.Option("", help="Why; kept in the saga's history and error."),
+    timeout: float = typer.Option(30, help="Seconds to wait for the runner's answer."),
+) -> None:
+    """Terminate a saga: end it now, as it stands, without running its compensations.
+
+    Unlike `cancel`, nothing is undone: what its completed steps did stays done, a call in
+    flight is no longer waited for (its reply is dropped), and the saga ends in state
+    `terminated` at once, with `sagas.finished` published as for any end (a parent waiting
+    on it goes on). Its child sagas that are still running are terminated too, as Temporal
+    does with the parent close policy TERMINATE. Use it for a saga that must stop now: one
+    stuck, looping or doing harm; use `cancel` to undo its work instead.
+
+    A running or cancelling saga can be terminated (a cancelling one stops its remaining
+    compensations). One that has already ended is refused: exit 1, naming the state it
+    ended in.
+
+    **Examples**
+
+        soma saga terminate 6f1c… --reason "runaway loop"
+        soma saga ls --query 'state = "running" AND started_at < "2026-11-01"' -o wide
+    """
+    from schemas.sagas import SagaTerminate
+
+    async def go() -> tuple[str, Any]:
+        row = await _resolve(saga_id)
+        answer = await _command(
+            SagaTerminate(saga_id=row["id"], reason=reason), row, "sagas.finished", timeout
+        )
+        return row["id"], answer
+
+    found, answer = terminal.run(go())
+    if answer.schema != "sagas.finished":
+        terminal.fail(f"not terminated: {answer.payload.error}")
+    terminal.note(f"saga {found} terminated")
+
+
+@app.command("retry")
+def retry(
+    saga_id: str = typer.Argument(..., help="The saga id, or a prefix only it starts with."),
+    reason: str = typer.Option("", help="Why; kept in the saga's history."),
+    timeout: float = typer.Option(30, help="Seconds to wait for the runner's answer."),
+) -> None:
+    """Retry a failed saga from where it failed, keeping what it did before.
+
+    A saga that failed on a call (a command refused, or out of attempts, or past its
+    deadline) sends that call again, its attempts counted from one and its deadline from
+    now; calls sent with it that had no reply yet are sent again too. A saga that failed in a
+    step (the step raised, returned Fail, or is missing) runs that step again on the data
+    and the reply it had before it: deploy the fix first, then retry. A saga whose signal
+    wait timed out waits for the signal again. Its state is running again and its history
+    goes on, marked `retried`, as its next run (`show` prints the run).
+
+    Only a `failed` saga can be retried: any other state is refused (exit 1) with the reason.
+    One whose compensations have run (`compensated`, `compensation_failed`) has had its
+    steps undone, so it cannot go on from where it stopped: start it again instead
+    (`soma saga start TYPE JSON --id ID --reuse allow_duplicate_failed_only`). A chat turn
+    cannot be retried (its caller has gone). A retried child saga runs on its own: its parent
+    has already gone on with its failed outcome and does not hear of its new end.
+
+    **Examples**
+
+        soma saga retry 6f1c…
+        soma saga ls --query 'state = "failed" AND error_code = "unavailable"' -o wide
+    """
+    from schemas.sagas import SagaRetry
+
+    async def go() -> tuple[str, Any]:
+        row = await _resolve(saga_id)
+        answer = await _command(
+            SagaRetry(saga_id=row["id"], reason=reason), row, "sagas.retried", timeout
+        )
+        return row["id"], answer
+
+    found, answer = terminal.run(go())
+    if answer.schema != "sagas.retried":
+        terminal.fail(f"not retried: {answer.payload.error}")
+    terminal.note(
+        f"saga {found} runs again from step {answer.payload.step or '-'} "
+        f"(run {answer.payload.run}); `soma saga show {found}` follows it"
     )

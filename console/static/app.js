@@ -382,7 +382,7 @@ async function renderSaga(tenant, id) {
   const body = h("div", {});
   main.replaceChildren(h("p", {}, h("a", { href: "#/sagas" }, "← Sagas")), h("h1", {}, `Saga ${id}`), out, body);
   let saga;
-  const ENDED = ["completed", "failed", "compensated", "compensation_failed", "cancelled"];
+  const ENDED = ["completed", "failed", "compensated", "compensation_failed", "cancelled", "terminated"];
   async function reload() {
     let fresh;
     try { fresh = await api(`/console/api/sagas/${encodeURIComponent(id)}${query({ tenant })}`); }

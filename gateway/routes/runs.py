@@ -39,7 +39,9 @@ from schemas.sagas import (
 router = APIRouter(tags=["runs"])
 
 SAGA_TYPE = "agent_run"
-ENDED = frozenset({"completed", "failed", "compensated", "compensation_failed", "cancelled"})
+ENDED = frozenset(
+    {"completed", "failed", "compensated", "compensation_failed", "cancelled", "terminated"}
+)
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _AT = re.compile(r" - at `\$\.?(.*)`$")

@@ -242,16 +242,23 @@ async def test_a_second_start_of_a_running_saga_changes_nothing(
     assert (row.requests, row.latency_ms_avg) == (1, pytest.approx(2000))
 
 
-async def test_failed_sagas_are_errors_and_cancelled_ones_are_not(
+async def test_failed_sagas_are_errors_and_cancelled_or_terminated_ones_are_not(
     engine: AsyncEngine, tenant: str
 ) -> None:
-    states = ["completed", "failed", "compensation_failed", "cancelled", "compensated"]
+    states = [
+        "completed",
+        "failed",
+        "compensation_failed",
+        "cancelled",
+        "compensated",
+        "terminated",
+    ]
     for state in states:
         saga_id = await _start_saga(engine, tenant)
         await _finish_saga(engine, tenant, saga_id, at=NOON + 1, state=state)
 
     [row] = await report(engine, tenant, None, None, ["saga_type"])
-    assert (row.requests, row.errors) == (5, 2)
+    assert (row.requests, row.errors) == (6, 2)
 
 
 async def test_a_saga_id_run_again_is_timed_from_its_new_start(

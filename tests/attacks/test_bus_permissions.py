@@ -427,3 +427,24 @@ async def _next_with_seq(got: asyncio.Queue[Msg], seq: int) -> Msg:
         if msg.metadata.sequence.stream == seq:
             return msg
         await msg.ack()
+
+
+# An operator's saga commands: terminate and retry go where cancel goes, for exactly its users:
+# the gateway and the console (for a signed-in user), and the saga runner (a parent's children).
+SAGA_COMMANDERS = ("gateway", "console", "sagas")
+
+
+@pytest.mark.parametrize("name", [*SERVICE_USERS, "console"])
+async def test_saga_terminate_and_retry_are_allowed_to_exactly_who_may_cancel(
+    port: int, name: str
+) -> None:
+    allowed: dict[str, bool] = {}
+    async with as_user(port, name) as user:
+        for verb in ("cancel", "terminate", "retry"):
+            subject = by_name(f"sagas.{verb}").subject("acme")
+            headers = _command(schema=f"sagas.{verb}", msg_id=f"{verb}-by-{name}")
+            await user.nc.publish(subject, b'{"saga_id": "none"}', headers=headers)
+            await user.nc.flush()
+            await asyncio.sleep(0.2)  # a refusal comes at once
+            allowed[verb] = not user._violated(subject)
+    assert allowed == dict.fromkeys(allowed, name in SAGA_COMMANDERS)

@@ -33,7 +33,7 @@ from sagas.registry import Registry
 from schemas.catalogue import by_name, failed_event, of_type
 from schemas.common import CommandFailed, FailureCode
 from schemas.envelope import Envelope, new_id
-from schemas.sagas import SagaFinished, SagaStart
+from schemas.sagas import SagaFinished, SagaRetried, SagaStart
 
 TENANT = "acme"
 # Any fixed moment will do; a round one keeps the figures in a failing assertion readable.
@@ -214,6 +214,12 @@ class Harness:
 
     async def cancel(self, saga_id: str, reason: str = "test") -> None:
         await self.settled(self.engine.cancel(saga_id, reason, new_id()))
+
+    async def terminate(self, saga_id: str, reason: str = "test", message_id: str = "") -> None:
+        await self.settled(self.engine.terminate(saga_id, reason, message_id or new_id()))
+
+    async def retry(self, saga_id: str, reason: str = "test") -> SagaRetried:
+        return await self.settled(self.engine.retry(saga_id, reason, new_id()))
 
     async def at(self, moment: float) -> None:
         """Set the clock to ``moment`` and run one timer pass: wake every instance due."""
