@@ -36,18 +36,39 @@ def inbox_prefix_for(url: str) -> str:
     return "_INBOX"
 
 
+class _Reports:
+    """What a connection tells the log: errors, a lost server, the way back.
+
+    nats-py reports its own ``close()`` through the same callback as a lost server. A process
+    that stops closes its connections, and each close logged "disconnected; reconnecting"
+    although nothing was lost and no reconnect would follow: on a Ctrl-C of ``soma up`` a
+    warning per connection of every process. Once the client it reports on is known
+    (``watch``), a disconnect of a closed client is the close itself and is not a warning.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.client: Client | None = None
+
+    async def error(self, err: Exception) -> None:
+        log.warning("nats connection error (%s): %s", self.url, err)
+
+    async def disconnected(self) -> None:
+        if self.client is not None and self.client.is_closed:
+            log.debug("nats connection to %s closed", self.url)
+            return
+        log.warning("nats disconnected from %s; reconnecting", self.url)
+
+    async def reconnected(self) -> None:
+        log.info("nats reconnected to %s", self.url)
+
+
 def connection_options(url: str, name: str, inbox_prefix: str | None = None) -> dict:
-    """Options shared by raw clients and the FastStream broker: reconnect without limit."""
+    """Options shared by raw clients and the FastStream broker: reconnect without limit.
 
-    async def _error(err: Exception) -> None:
-        log.warning("nats connection error (%s): %s", url, err)
-
-    async def _disconnected() -> None:
-        log.warning("nats disconnected from %s; reconnecting", url)
-
-    async def _reconnected() -> None:
-        log.info("nats reconnected to %s", url)
-
+    Hand the client made with them to ``watch`` so that closing it is not logged as a loss.
+    """
+    reports = _Reports(url)
     return {
         "servers": [u.strip() for u in url.split(",")],
         "name": name,
@@ -55,11 +76,18 @@ def connection_options(url: str, name: str, inbox_prefix: str | None = None) -> 
         "reconnect_time_wait": 0.5,
         "connect_timeout": 3,
         "allow_reconnect": True,
-        "error_cb": _error,
-        "disconnected_cb": _disconnected,
-        "reconnected_cb": _reconnected,
+        "error_cb": reports.error,
+        "disconnected_cb": reports.disconnected,
+        "reconnected_cb": reports.reconnected,
         "inbox_prefix": inbox_prefix or inbox_prefix_for(url),
     }
+
+
+def watch(options: dict, client: Client) -> None:
+    """Tell the callbacks in ``options`` which client they report on (see ``_Reports``)."""
+    reports = getattr(options.get("disconnected_cb"), "__self__", None)
+    if isinstance(reports, _Reports):
+        reports.client = client
 
 
 # Where a process looks for NATS when no URL is configured: a local server on its usual port.
@@ -82,4 +110,5 @@ async def connect(
     except Exception as exc:
         raise BusUnavailable(unreachable_message(url, exc)) from exc
     nc.options["max_reconnect_attempts"] = -1
+    watch(opts, nc)
     return nc

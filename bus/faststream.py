@@ -49,7 +49,7 @@ from nats.js.api import AckPolicy as ServerAckPolicy
 from nats.js.api import DeliverPolicy
 
 from bus.config import BusSettings
-from bus.connection import DEFAULT_URL, connection_options, unreachable_message
+from bus.connection import DEFAULT_URL, connection_options, unreachable_message, watch
 from bus.consume import RetryPolicy, make_processor
 from bus.errors import BusUnavailable
 from bus.runtime import health_app, retry_policy
@@ -162,6 +162,7 @@ class SomaFastStream:
         except Exception as exc:
             raise BusUnavailable(unreachable_message(url, exc)) from exc
         client.options["max_reconnect_attempts"] = -1
+        watch(options, client)
         await provision(client.jetstream(), settings)
         await self.broker.start()
         return client
