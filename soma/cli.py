@@ -45,11 +45,21 @@ operators their tools: publish, tail, streams, dead letters, schemas, migrations
     soma tail          # watch events as they happen (in another terminal)
     soma streams       # stream sizes and consumer lag
 
+**Which system** a command works on: the one `NATS_URL`, `SOMA_DATA_DIR` or `DATABASE_URL`
+name (or --nats-url, --data-dir), else the one a running `soma up` recorded in
+`~/.config/soma/system.json` (`$XDG_CONFIG_HOME/soma`), wherever the command is typed. With
+neither, a command that needs NATS or a database says so and exits 1. `soma status` shows
+what it found.
+
+**Output** has colours and is wrapped only on a terminal; piped, lines keep their full length
+(`NO_COLOR`, `FORCE_COLOR` and `COLUMNS` are honoured).
+
 **Environment** (all optional; each command's --help lists the ones it reads)
 
 * `NATS_URL` — NATS server(s), comma-separated; unset: `soma up` starts its own
 * `DATABASE_URL` — PostgreSQL; unset: a SQLite file per area under `SOMA_DATA_DIR`
-* `SOMA_DATA_DIR` — embedded data (JetStream, SQLite files, memory vectors); default `./.soma`
+* `SOMA_DATA_DIR` — embedded data (JetStream, SQLite files, memory vectors); `soma up`'s
+  default `./.soma`
 * `SOMA_HTTP_PORT` — the gateway's port; default 8080
 """,
     rich_markup_mode="markdown",
@@ -70,6 +80,27 @@ app.add_typer(cli_policy.app, name="policy")
 app.add_typer(cli_msg.app, name="msg")
 app.command("status")(cli_status.status)
 app.command("token")(cli_keys.token)
+
+
+@app.callback()
+def system(
+    nats_url: str = typer.Option(
+        "", "--nats-url", help="The NATS server(s) of the system to work on; as NATS_URL.",
+        show_default=False,
+    ),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="The data folder of the system to work on; as SOMA_DATA_DIR.",
+        show_default=False,
+    ),
+) -> None:
+    """Options every command takes: they name the system, as the variables do."""
+    import os
+
+    # Set as the variables, so that the processes `soma up` starts see them too.
+    if nats_url:
+        os.environ["NATS_URL"] = nats_url
+    if data_dir is not None:
+        os.environ["SOMA_DATA_DIR"] = str(data_dir.resolve())
 
 
 @app.command()
@@ -102,6 +133,12 @@ def up(
     output prefixed by process name. A process whose module is missing from this build is
     skipped, with the reason. A process that crashes is restarted with exponential backoff
     (1s, 2s, 4s … 30s).
+
+    Once everything is started it records where the system runs (NATS URL with the
+    credentials operator commands use, data folder, gateway and console URLs, its pid) in
+    `~/.config/soma/system.json` (`$XDG_CONFIG_HOME/soma`), readable by you only, so that
+    `soma status`, `soma tail` and the others find it from any folder; the record goes when
+    it stops.
 
     Ctrl-C or SIGTERM stops everything cleanly: each process gets SIGTERM and up to 10s to
     finish in-flight messages (then SIGKILL), then NATS stops; exit code 0. A second Ctrl-C
@@ -137,7 +174,7 @@ def up(
         spec = with_extra(processes or None, extra)
     except UnknownProcess as exc:
         terminal.fail(str(exc), terminal.USAGE)
-    raise typer.Exit(run_up(terminal.settings(), spec, terminal.out))
+    raise typer.Exit(run_up(terminal.environment(), spec, terminal.out))
 
 
 @app.command()
@@ -160,8 +197,9 @@ def run(
     `gateway` the HTTP gateway on `SOMA_HTTP_PORT`. SIGINT or SIGTERM drains in-flight messages
     and exits 0.
 
-    Exit codes: 0 stopped cleanly; 1 NATS unreachable or the process failed; 2 unknown process;
-    3 the process is not available in this build (its module does not import).
+    Exit codes: 0 stopped cleanly; 1 NATS unreachable, no system named and no `soma up`
+    running, or the process failed; 2 unknown process; 3 the process is not available in this
+    build (its module does not import).
 
     **Examples**
 
@@ -171,7 +209,8 @@ def run(
 
     **Environment**
 
-    * `NATS_URL` — NATS server(s) (default nats://127.0.0.1:4222)
+    * `NATS_URL`, `SOMA_DATA_DIR`, `DATABASE_URL` — the system to join (default: that of the
+      running `soma up`)
     * `SOMA_HEALTH_PORT` — port for `/healthz`, `/readyz`, `/metrics` (unset: none)
     * `SOMA_PROCESSES` — `name=package.module:build` entries add processes by name
     * `SOMA_LOG_LEVEL` — same as --log-level
@@ -197,6 +236,13 @@ def run(
     except UnknownProcess as exc:
         terminal.fail(str(exc), terminal.USAGE)
     config = terminal.settings()
+    if not config.nats_url:  # named by its data folder: the URL its `soma up` recorded
+        from soma.system import NoSystem, nats_url
+
+        try:
+            config = config.model_copy(update={"nats_url": nats_url(config)[0]})
+        except NoSystem as exc:
+            terminal.fail(str(exc))
     # SIGTERM is a request to stop: a process that re-raises it after draining (uvicorn does)
     # exits 0 like one that returns, instead of dying by the signal.
     if threading.current_thread() is threading.main_thread():
@@ -254,7 +300,7 @@ def publish(
 
     **Environment**
 
-    * `NATS_URL` — the NATS server (default: the one `soma up` recorded, else :4222)
+    * `NATS_URL` — the NATS server (default: that of the running `soma up`; none: an error)
     """
     from bus.publish import envelope_for
     from bus.publish import publish as publish_message
@@ -370,7 +416,7 @@ def tail(
 
     **Environment**
 
-    * `NATS_URL` — the NATS server (default: the one `soma up` recorded, else :4222)
+    * `NATS_URL` — the NATS server (default: that of the running `soma up`; none: an error)
     """
     from soma import tail as tailing
 
@@ -457,7 +503,7 @@ def trace(
 
     **Environment**
 
-    * `NATS_URL` — the NATS server (default: the one `soma up` recorded, else :4222)
+    * `NATS_URL` — the NATS server (default: that of the running `soma up`; none: an error)
     """
     from soma import tail as tailing
     from soma import trace as tracing
@@ -508,7 +554,7 @@ def streams(
 
     **Environment**
 
-    * `NATS_URL` — the NATS server (default: the one `soma up` recorded, else :4222)
+    * `NATS_URL` — the NATS server (default: that of the running `soma up`; none: an error)
     """
     import json
 
@@ -656,7 +702,9 @@ def migrate() -> None:
     Safe to run at every deployment: applied migrations are skipped. `soma up` runs it itself.
     The printed URL never shows a password. With `NATS_URL` set it also creates the streams (or
     brings their limits in line with the settings): run it as the NATS admin user, since the
-    processes' own users may not create streams.
+    processes' own users may not create streams. With none of `DATABASE_URL`,
+    `SOMA_DATA_DIR` and `NATS_URL` set it migrates the databases of the running `soma up`, and
+    without one it exits 1 rather than create a database in the current folder.
 
     **Examples**
 
@@ -667,7 +715,7 @@ def migrate() -> None:
 
     * `DATABASE_URL` — PostgreSQL (`postgresql://` becomes `postgresql+asyncpg://`) or any
       SQLAlchemy async URL; unset: a SQLite file per area, `SOMA_DATA_DIR/<area>.db`
-    * `SOMA_DATA_DIR` — data folder for the SQLite default (default `./.soma`)
+    * `SOMA_DATA_DIR` — data folder for the SQLite default (default: the running `soma up`'s)
     * `NATS_URL` — when set, the NATS server whose streams to create (as the admin user)
     """
     import asyncio
@@ -676,7 +724,8 @@ def migrate() -> None:
     from kernel.db import migrate as apply
     from soma.supervisor import safe_url
 
-    settings = terminal.settings()
+    found = terminal.located()
+    settings = found.settings
     migrated: dict[str, None] = {}
     for area in AREAS:
         url = settings.resolved_database_url(area)
@@ -689,7 +738,9 @@ def migrate() -> None:
         migrated[shown] = None
     for shown in migrated:
         terminal.out.print(f"migrated {shown}")
-    if settings.nats_url:
+    # Streams only on a server named outright: the running `soma up` created its own, and the
+    # user its record names may not create streams.
+    if "NATS_URL" in found.named:
         terminal.out.print(f"streams: {terminal.run(_provision_streams(settings))} ready")
 
 

@@ -65,7 +65,7 @@ changes them without a new key, `soma keys info` shows them with the spend so fa
 **Environment**
 
 * `DATABASE_URL` — the identity store (default: the SQLite file under `SOMA_DATA_DIR`)
-* `SOMA_DATA_DIR` — data folder for the SQLite default (default `./.soma`)
+* `SOMA_DATA_DIR` — data folder for the SQLite default (default: the running `soma up`'s)
 * `SOMA_JWT_*` — token lifetimes, which also bound how long revocations are kept
 """,
     rich_markup_mode="markdown",

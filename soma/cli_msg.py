@@ -43,7 +43,7 @@ def get(
 
     **Environment**
 
-    * `NATS_URL` — the NATS server (default: the one `soma up` recorded, else :4222)
+    * `NATS_URL` — the NATS server (default: that of the running `soma up`; none: an error)
     """
     from nats.js.errors import NotFoundError
 

@@ -9,12 +9,13 @@ a tenant that requires signed constitutions needs.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import typer
 
-from kernel.settings import Settings
+from soma import terminal
 
 app = typer.Typer(
     help="""A tenant's constitution: its hash, principles and judge; signing it.
@@ -51,7 +52,9 @@ def show(
     from kernel.constitution import TrustError, load_trust, trust_file
     from kernel.grants import InvalidTenant, policy_dir
 
-    settings = Settings()
+    # The folder given outright needs no running system; otherwise it is that system's.
+    explicit = os.environ.get("SOMA_POLICY_DIR") and os.environ.get("SOMA_POLICY_TRUST_FILE")
+    settings = terminal.environment() if explicit else terminal.settings()
     try:
         trust = load_trust(trust_file(settings))
         store = RuleStore(policy_dir(settings), trust=trust)

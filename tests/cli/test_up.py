@@ -6,10 +6,14 @@ One system runs for the module (starting one costs seconds); the last test stops
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
 import socket
+import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +25,8 @@ from bus.connection import connect
 from bus.request import Requester
 from schemas.policy import PolicyEvaluate
 from soma.terminal import quiet_disconnect
-from tests.cli.conftest import Running, clean_env, pid_alive, start_soma
-from tests.servers import free_port
+from tests.cli.conftest import Running, Soma, clean_env, pid_alive, start_soma
+from tests.servers import free_port, nats_server
 
 PROCESSES = "policy=tests.cli.permissive_policy:build,ghost=tests.cli.no_such_module:build"
 
@@ -33,6 +37,8 @@ class System:
     data: Path
     taken_port: int
     url: str
+    config: Path  # the user's config folder (XDG_CONFIG_HOME) this `soma up` records itself in
+    stopped_at: int | None = None  # the output line where the SIGINT was sent
 
     def pids(self) -> set[int]:
         text = self.running.out.text
@@ -42,6 +48,7 @@ class System:
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     data = tmp_path_factory.mktemp("up") / "data"
+    config = tmp_path_factory.mktemp("config")
     with socket.socket() as holder:  # someone else holds the port NATS would prefer
         holder.bind(("127.0.0.1", 0))
         holder.listen()
@@ -51,12 +58,13 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
             SOMA_HTTP_PORT=str(free_port()),
             SOMA_NATS_PORT=str(taken),
             SOMA_PROCESSES=PROCESSES,
+            XDG_CONFIG_HOME=str(config),
         )
         running = start_soma("up", env=env)
         try:
             running.out.wait_for(r"policy ready", timeout=60)
             url = running.out.wait_for(r"NATS: embedded nats-server \(pid \d+\) on (\S+),")
-            yield System(running, data, taken, url.group(1).rstrip(","))
+            yield System(running, data, taken, url.group(1).rstrip(","), config)
         finally:
             if running.proc.poll() is None:
                 running.proc.send_signal(signal.SIGINT)
@@ -147,15 +155,82 @@ async def test_a_crashed_embedded_nats_server_is_restarted_on_the_same_port(
     assert await _round_trip(system.url, "after nats came back") == "policy.evaluated"
 
 
+def test_the_system_is_recorded_in_the_users_config_folder_for_them_only(
+    system: System,
+) -> None:
+    system.running.out.wait_for(r"recorded in \S+system\.json")
+    record = system.config / "soma" / "system.json"
+    assert stat.S_IMODE(record.stat().st_mode) == 0o600
+    assert stat.S_IMODE(record.parent.stat().st_mode) == 0o700
+    found = json.loads(record.read_text())
+    assert found["nats_url"] == system.url
+    assert found["data_dir"] == str(system.data.resolve())
+    assert found["pid"] == system.running.proc.pid
+    assert found["started_at"] and found["gateway_url"] is None  # no gateway in this selection
+
+
+def test_a_command_in_any_folder_finds_the_system_by_its_record(
+    system: System, tmp_path: Path
+) -> None:
+    system.running.out.wait_for(r"recorded in \S+system\.json")
+    done = subprocess.run(
+        [sys.executable, "-m", "soma.cli", "status", "-o", "json"],
+        cwd=tmp_path,
+        env=clean_env(XDG_CONFIG_HOME=str(system.config)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert str(system.config / "soma" / "system.json") in found["system"]["from"]
+    assert found["system"]["soma_up_pid"] == system.running.proc.pid
+    assert found["nats"]["url"] == system.url
+    assert found["data_dir"] == str(system.data.resolve())
+    assert found["processes"]["policy"]["state"] == "consuming"
+    assert not (tmp_path / ".soma").exists()
+
+
+async def test_a_system_named_in_the_environment_wins_over_the_record(
+    system: System, tmp_path: Path
+) -> None:
+    with nats_server() as other:
+        soma = Soma(clean_env(NATS_URL=other.url, XDG_CONFIG_HOME=str(system.config)))
+        result = await soma("streams", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["stream_count"] == 0  # not the recorded system's three
+
+
+def _stop(system: System) -> int:
+    """SIGINT once (the tests below read what the stop did); the exit code."""
+    if system.stopped_at is None:
+        system.stopped_at = len(system.running.out.lines)
+        system.running.proc.send_signal(signal.SIGINT)
+    return system.running.finish(30)
+
+
 def test_sigint_stops_every_process_and_nats_and_exits_0(system: System) -> None:
     text = system.running.out.text
     nats_pids = {int(p) for p in re.findall(r"nats-server \(pid (\d+)\)", text)}
     pids = system.pids() | nats_pids
-    system.running.proc.send_signal(signal.SIGINT)
-    assert system.running.finish(30) == 0
+    assert _stop(system) == 0
     assert not [pid for pid in pids if pid_alive(pid)]
     assert "stopped nats-server" in system.running.out.text
     assert not (system.data / "nats.url").exists()
+
+
+def test_a_clean_stop_logs_no_reconnect_warning_and_no_traceback(system: System) -> None:
+    _stop(system)
+    assert system.stopped_at is not None
+    after = "\n".join(system.running.out.lines[system.stopped_at :])
+    assert "stopped policy (exited with code 0)" in after
+    assert "reconnecting" not in after
+    assert "Traceback" not in after
+
+
+def test_a_clean_stop_removes_the_record(system: System) -> None:
+    _stop(system)
+    assert not (system.config / "soma" / "system.json").exists()
 
 
 def test_a_gateway_port_in_use_stops_up_before_anything_starts(tmp_path: Path) -> None:
