@@ -15,6 +15,7 @@ that claim another origin than the subject mark the letter as forged.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from nats.aio.msg import Msg
@@ -195,13 +196,22 @@ class Untrusted(Exception):
 
 
 async def replay(
-    js: JetStreamContext, seq: int, *, delete: bool = True, force: bool = False
+    js: JetStreamContext,
+    seq: int,
+    *,
+    delete: bool = True,
+    force: bool = False,
+    body: bytes | None = None,
 ) -> str:
     """Republish a dead letter to its original subject; returns that subject.
 
     The message gets a new ``Nats-Msg-Id`` (original id + replay marker) so the server's dedup
-    window does not drop it as a repeat of the first delivery. ``Untrusted`` (nothing published)
-    when ``verify`` finds a reason not to, unless ``force``.
+    window does not drop it as a repeat of the first delivery. ``body`` replaces the original
+    body (the caller has checked it against the message's schema); its id also carries a hash
+    of the body, so an edited replay is not dropped as a repeat of a plain one (``--keep``)
+    while the same edit sent twice still is. Correlation, causation, tenant and the other
+    envelope headers stay as they were. ``Untrusted`` (nothing published) when ``verify``
+    finds a reason not to, unless ``force``.
     """
     letter = await get(js, seq)
     reasons = await verify(js, letter)
@@ -210,7 +220,9 @@ async def replay(
     headers = {k: v for k, v in letter.headers.items() if k not in _DLQ_HEADERS}
     original = headers.pop("Soma-Dlq-Original-Id", "") or f"dlq{seq}"
     headers[MSG_ID] = f"{original}-replay{seq}"
-    await js.publish(letter.subject, letter.body, headers=headers)
+    if body is not None:
+        headers[MSG_ID] += f"-edit{hashlib.sha256(body).hexdigest()[:12]}"
+    await js.publish(letter.subject, letter.body if body is None else body, headers=headers)
     if delete:
         await js.delete_msg(STREAMS["dlq"], seq)
     return letter.subject

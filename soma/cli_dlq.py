@@ -18,7 +18,9 @@ A message lands here when it cannot be decoded (bad envelope, unknown subject, s
 body) or when its handler failed `SOMA_MAX_DELIVER` times. Each dead letter keeps the original
 subject, headers and body, the reason, the handler and the delivery count. Fix the cause, then
 replay: the original goes back to its subject with a fresh message id (so the dedup window does
-not drop it) and leaves the dead-letter stream.
+not drop it) and leaves the dead-letter stream. When the body was the cause, correct it on the
+way (`--edit` in your editor, `--body FILE|-` from a script): it is checked against the message's
+schema before anything is sent.
 
 The origin shown is the service whose dead-letter subject it was published on, which the NATS
 server enforces; headers are only what the publisher wrote. Replay refuses a dead letter whose
@@ -32,11 +34,12 @@ would publish a forged message with the operator's rights.
     soma dlq show 7
     soma dlq replay 7
     soma dlq replay --all
+    soma dlq replay 7 --edit
     soma dlq purge --yes
 
 **Environment**
 
-* `NATS_URL` — the NATS server (default: the one `soma up` recorded, else :4222)
+* `NATS_URL` — the NATS server (default: that of the running `soma up`; none: an error)
 """,
     rich_markup_mode="markdown",
     no_args_is_help=True,
@@ -175,12 +178,29 @@ def replay(
         "--force",
         help="Replay even a dead letter whose origin does not hold up (with a warning each).",
     ),
+    edit: bool = typer.Option(
+        False, "--edit", "-e",
+        help="Edit the body first in $VISUAL / $EDITOR (else vi); sent only if it is valid.",
+    ),
+    body: str = typer.Option(
+        "", "--body", "-b", metavar="FILE|-",
+        help="Send this JSON body instead of the original (- reads stdin); checked the same way.",
+        show_default=False,
+    ),
 ) -> None:
-    """Publish dead letters again to their original subjects.
+    """Publish dead letters again to their original subjects, as they were or corrected.
 
     Each goes back with its original headers and body and a new message id derived from the
     original (so the dedup window does not drop it), then leaves the dead-letter stream (unless
     --keep). Replay after fixing the cause, or the message returns here.
+
+    When the body itself is the cause, --edit opens it as indented JSON in your editor, and
+    --body takes the corrected body from a file or stdin (for scripts). The new body must decode
+    into the message's type exactly as its handler decodes it: otherwise nothing is sent, the
+    dead letter stays, the reason is printed and the exit code is 2 (an edit is kept in a file
+    it names, for --body). An edit that changes nothing sends nothing (exit 1). Correlation,
+    causation and tenant stay; the message id also names the new body, so an edited replay is
+    never dropped as a repeat of an earlier replay of the same dead letter.
 
     A dead letter whose origin does not hold up is refused and stays where it is: its headers
     claim another service than the one that published it, it is a command addressed to another
@@ -192,19 +212,30 @@ def replay(
 
         soma dlq replay 7
         soma dlq replay --all
+        soma dlq replay 7 --edit
+        soma dlq replay 7 --body fixed.json
+        jq '.stage = "prompt"' body.json | soma dlq replay 7 --body -
     """
     from bus import deadletter
 
     if bool(seq) == everything:
         terminal.fail("give one sequence to replay, or --all", terminal.USAGE)
+    if everything and (edit or body):
+        terminal.fail("--edit and --body replay one dead letter: give its sequence, not --all",
+                      terminal.USAGE)
+    if edit and body:
+        terminal.fail("choose --edit or --body, not both", terminal.USAGE)
+    replacement = _new_body(seq, edit, body, force) if (edit or body) else None
 
     async def one(js: Any, number: int) -> tuple[int, str | None, list[str]]:
         try:
-            subject = await deadletter.replay(js, number, delete=not keep)
+            subject = await deadletter.replay(js, number, delete=not keep, body=replacement)
         except deadletter.Untrusted as exc:
             if not force:
                 return number, None, exc.reasons
-            subject = await deadletter.replay(js, number, delete=not keep, force=True)
+            subject = await deadletter.replay(
+                js, number, delete=not keep, force=True, body=replacement
+            )
             return number, subject, exc.reasons
         return number, subject, []
 
@@ -240,6 +271,91 @@ def replay(
         terminal.out.print(f"{len(done) - refused} dead letters replayed, {refused} refused")
     if refused:
         raise typer.Exit(1)
+
+
+def _new_body(seq: int, edit: bool, source: str, force: bool) -> bytes:
+    """The corrected body for dead letter ``seq``, checked against its message type.
+
+    Decoded as its handler will decode it (``soma.messages.parse``), so a replay cannot send
+    what would only come back here. Sent compact, as publishers write it. A dead letter that
+    would be refused is refused before anyone spends time editing it.
+    """
+    from bus import deadletter
+    from soma.messages import InvalidMessage, parse
+
+    async def fetch() -> tuple[Any, list[str]]:
+        async with terminal.bus(terminal.settings()) as (_nc, js):
+            letter = await deadletter.get(js, seq)
+            return letter, await deadletter.verify(js, letter)
+
+    letter, reasons = terminal.run(_guard(fetch(), seq))
+    if reasons and not force:
+        terminal.fail(
+            f"refused to replay dead letter {seq}: {'; '.join(reasons)}. It stays in the "
+            "dead-letter stream; replay it only if you know where it came from (--force)."
+        )
+    kept: str | None = None
+    if edit:
+        text, kept = _edited(letter)
+    elif source == "-":
+        text = sys.stdin.read()
+    else:
+        try:
+            with open(source) as f:
+                text = f.read()
+        except OSError as exc:
+            terminal.fail(f"--body: cannot read {source}: {exc.strerror}", terminal.USAGE)
+    try:
+        parse(letter.subject, text)
+    except InvalidMessage as exc:
+        where = (
+            f"\nyour edit is kept in {kept}: correct it, then "
+            f"`soma dlq replay {seq} --body {kept}`"
+            if kept
+            else ""
+        )
+        terminal.fail(f"not replayed; dead letter {seq} stays. {exc}{where}", terminal.USAGE)
+    if kept:
+        import os
+
+        os.unlink(kept)
+    return json.dumps(json.loads(text), separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _edited(letter: Any) -> tuple[str, str]:
+    """Open the dead letter's body in the user's editor; ``(text, file it is in)``."""
+    import os
+    import shlex
+    import subprocess
+    import tempfile
+
+    shown = _letter_json(letter)["payload"]
+    original = (
+        json.dumps(shown, indent=2, ensure_ascii=False) + "\n"
+        if shown is not None and not (isinstance(shown, dict) and set(shown) == {"raw"})
+        else letter.body.decode(errors="replace")
+    )
+    fd, path = tempfile.mkstemp(prefix=f"soma-dlq-{letter.seq}-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        f.write(original)
+    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+    try:
+        done = subprocess.run([*shlex.split(editor), path])
+    except OSError as exc:
+        os.unlink(path)
+        terminal.fail(f"cannot start the editor {editor!r} ($VISUAL / $EDITOR): {exc.strerror}")
+    with open(path) as f:
+        text = f.read()
+    if done.returncode != 0:
+        os.unlink(path)
+        terminal.fail(f"the editor exited with code {done.returncode}; nothing replayed")
+    if text == original:
+        os.unlink(path)
+        terminal.fail(
+            f"the body is unchanged; nothing replayed (`soma dlq replay {letter.seq}` sends it "
+            "as it is)"
+        )
+    return text, path
 
 
 @app.command()

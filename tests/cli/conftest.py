@@ -38,6 +38,8 @@ _OUTSIDE = (
     "SOMA_NATS_PORT",
     "SOMA_HEALTH_PORT",
     "SOMA_SUPERVISOR_PID",
+    "VISUAL",
+    "EDITOR",
 )
 
 
