@@ -54,6 +54,8 @@ from kernel.telemetry import HttpSpans
 from schemas.identity import (
     REVOCATIONS_BUCKET,
     SYSTEM_TENANT,
+    IdentityGetKeyLimits,
+    IdentityKeyLimitsFound,
     IdentityKeyVerified,
     IdentityVerifyKey,
 )
@@ -114,6 +116,11 @@ async def _build(
             tenant=SYSTEM_TENANT,
         )
 
+    async def key_limits(tenant: str, key_id: str) -> IdentityKeyLimitsFound:
+        return await dispatch.ask(
+            IdentityGetKeyLimits(key_id=key_id), IdentityKeyLimitsFound, tenant=tenant
+        )
+
     async def fetch_models() -> list[ModelInfo]:
         chat_models, embedding = await asyncio.gather(
             dispatch.ask(SlmListModels(), SlmModelsListed, tenant=SYSTEM_TENANT),
@@ -140,7 +147,12 @@ async def _build(
         settings=settings,
         config=config,
         dispatch=dispatch,
-        authenticator=Authenticator(verifier, ApiKeyCache(verify_key, config.api_key_cache)),
+        authenticator=Authenticator(
+            verifier,
+            ApiKeyCache(verify_key, config.api_key_cache),
+            key_limits,
+            config.api_key_cache,
+        ),
         limiter=RateLimiter(windows, config),
         idempotency=store,
         models=ModelList(fetch_models, config.models_cache, config.jwks_miss_interval),

@@ -4,12 +4,14 @@ credential when there is no ``Authorization`` header.
 
 Access tokens are checked locally (``gateway.tokens``). API keys are checked by identity over
 the bus and the verdict reused for a few seconds, so a revoked key stops working within that
-time; concurrent requests with the same key share one bus round trip.
+time; concurrent requests with the same key share one bus round trip. A token started from an
+API key is held to that key's budget and limits: from the key's own verdict when this gateway
+has one, else from identity's answer (reused as long), and refused while identity cannot say.
 """
 
 from __future__ import annotations
 
-import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -17,8 +19,11 @@ from typing import Literal
 
 from gateway.credentials import looks_like_api_key, parse_api_key, sha256_hex
 from gateway.errors import forbidden, unauthenticated, unavailable
+from gateway.recent import Recent
 from gateway.tokens import AccessClaims, InvalidToken, TokenVerifier, VerificationUnavailable
-from schemas.identity import Budget, IdentityKeyVerified
+from schemas.identity import Budget, IdentityKeyLimitsFound, IdentityKeyVerified
+
+log = logging.getLogger("soma.gateway.auth")
 
 # Roles, most privileged first; ``role`` (what policy judges by) is the first one held. The
 # operator comes last: it manages tenants, and a key that also calls the API (the bootstrap
@@ -95,50 +100,28 @@ def authorize(principal: Principal, area: str) -> None:
 
 
 VerifyKey = Callable[[str, str], Awaitable[IdentityKeyVerified]]
+# (tenant, key id) -> identity's answer on the limits of that key of the tenant.
+FetchKeyLimits = Callable[[str, str], Awaitable[IdentityKeyLimitsFound]]
 
 
 class ApiKeyCache:
+    """Identity's verdicts on API keys, by the key's digest, reused for ``ttl`` seconds."""
+
     def __init__(self, verify: VerifyKey, ttl: float) -> None:
         self._verify = verify
-        self._ttl = ttl
-        self._verdicts: dict[str, tuple[float, IdentityKeyVerified]] = {}
-        self._pending: dict[str, asyncio.Future[IdentityKeyVerified]] = {}
+        self._verdicts: Recent[IdentityKeyVerified] = Recent(ttl)
 
     def forget(self, key_id: str) -> None:
-        """Drop cached verdicts of a key revoked through this gateway."""
-        self._verdicts = {k: v for k, v in self._verdicts.items() if v[1].key_id != key_id}
+        """Drop cached verdicts of a key revoked or changed through this gateway."""
+        self._verdicts.forget(lambda _, verdict: verdict.key_id == key_id)
 
     async def verdict(self, key: str) -> IdentityKeyVerified | None:
         presented = parse_api_key(key)
         if presented is None:
             return None
-        digest = sha256_hex(key)
-        now = time.monotonic()
-        cached = self._verdicts.get(digest)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        pending = self._pending.get(digest)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[IdentityKeyVerified] = asyncio.get_running_loop().create_future()
-        self._pending[digest] = future
-        try:
-            verdict = await self._verify(presented.key_id, presented.secret_sha256)
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
-        except Exception as exc:
-            future.set_exception(exc)
-            future.exception()  # marked as retrieved: the waiters get it, nobody warns
-            raise
-        finally:
-            self._pending.pop(digest, None)
-        future.set_result(verdict)
-        if self._ttl > 0:
-            if len(self._verdicts) > 10_000:
-                self._verdicts = {k: v for k, v in self._verdicts.items() if v[0] > now}
-            self._verdicts[digest] = (now + self._ttl, verdict)
-        return verdict
+        return await self._verdicts.get(
+            sha256_hex(key), lambda: self._verify(presented.key_id, presented.secret_sha256)
+        )
 
 
 @dataclass(frozen=True)
@@ -149,15 +132,32 @@ class KeyLimits:
     tpm_limit: int | None
 
 
+class _KeyGone(Exception):
+    """Identity knows the token's key no more (unknown in the tenant, revoked, expired)."""
+
+
 class Authenticator:
-    def __init__(self, verifier: TokenVerifier, api_keys: ApiKeyCache) -> None:
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        api_keys: ApiKeyCache,
+        fetch_limits: FetchKeyLimits,
+        limits_ttl: float,
+    ) -> None:
         self.verifier = verifier
         self.api_keys = api_keys
-        # The limits of each key seen, by key id: an access token started from a key names it
-        # (``kid`` claim) and is held to them too, as soon as this gateway has seen the key.
-        self._limits: dict[str, KeyLimits] = {}
-        # Each tenant's budget as last seen in a key's verdict: it binds tokens of any session.
+        self._fetch_limits = fetch_limits
+        # The limits of each key by (tenant, key id): an access token started from a key names
+        # it (``key_id`` claim) and is held to them from its first request on any gateway —
+        # from a verdict on the key itself, else asked of identity — reused like the verdicts.
+        self._limits: Recent[KeyLimits] = Recent(limits_ttl)
+        # Each tenant's budget as last seen: it binds tokens that name no key too.
         self._tenant_budgets: dict[str, Budget | None] = {}
+
+    def forget(self, key_id: str) -> None:
+        """Drop what is cached of a key revoked or changed through this gateway."""
+        self.api_keys.forget(key_id)
+        self._limits.forget(lambda held, _: isinstance(held, tuple) and held[1] == key_id)
 
     async def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
@@ -182,9 +182,7 @@ class Authenticator:
         limits = KeyLimits(
             verdict.budget, verdict.tenant_budget, verdict.rpm_limit, verdict.tpm_limit
         )
-        if len(self._limits) > 100_000:
-            self._limits.clear()
-        self._limits[verdict.key_id] = limits
+        self._limits.put((verdict.tenant, verdict.key_id), limits)
         self._tenant_budgets[verdict.tenant] = verdict.tenant_budget
         return Principal(
             tenant=verdict.tenant,
@@ -206,7 +204,9 @@ class Authenticator:
             raise unauthenticated() from exc
         except VerificationUnavailable as exc:
             raise unavailable("Access tokens cannot be verified right now.") from exc
-        limits = self._limits.get(claims.key_id or "")
+        limits = None
+        if claims.key_id:
+            limits = await self._key_limits(claims.tenant, claims.key_id)
         return Principal(
             tenant=claims.tenant,
             user=claims.subject,
@@ -218,7 +218,31 @@ class Authenticator:
             scope=claims.scope,
             token=claims,
             budget=None if limits is None else limits.budget,
-            tenant_budget=self._tenant_budgets.get(claims.tenant),
+            tenant_budget=(
+                self._tenant_budgets.get(claims.tenant) if limits is None else limits.tenant_budget
+            ),
             rpm_limit=None if limits is None else limits.rpm_limit,
             tpm_limit=None if limits is None else limits.tpm_limit,
         )
+
+    async def _key_limits(self, tenant: str, key_id: str) -> KeyLimits:
+        """The limits of a token's key: cached, else asked of identity. Without an answer the
+        token is refused (503): letting it through would lift its key's budget and limits."""
+
+        async def fetch() -> KeyLimits:
+            found = await self._fetch_limits(tenant, key_id)
+            if not found.valid:
+                raise _KeyGone(found.reason)
+            self._tenant_budgets[tenant] = found.tenant_budget
+            return KeyLimits(found.budget, found.tenant_budget, found.rpm_limit, found.tpm_limit)
+
+        try:
+            return await self._limits.get((tenant, key_id), fetch)
+        except _KeyGone as exc:
+            raise unauthenticated() from exc
+        except Exception as exc:
+            log.warning("the limits of API key %s could not be fetched: %r", key_id, exc)
+            raise unavailable(
+                "The limits of the API key this access token was issued for cannot be checked "
+                "right now (identity does not answer); try again shortly."
+            ) from exc

@@ -23,11 +23,13 @@ from schemas.identity import (
     IdentityCreateTenant,
     IdentityCreateUser,
     IdentityGetKey,
+    IdentityGetKeyLimits,
     IdentityIssueToken,
     IdentityJwks,
     IdentityJwksPublished,
     IdentityKeyCreated,
     IdentityKeyFound,
+    IdentityKeyLimitsFound,
     IdentityKeyRevoked,
     IdentityKeysListed,
     IdentityKeyUpdated,
@@ -212,6 +214,8 @@ _ENTRIES = [
     _entry("evt", "identity", "key_found", IdentityKeyFound),
     _entry("cmd", "identity", "update_tenant", IdentityUpdateTenant),
     _entry("evt", "identity", "tenant_updated", IdentityTenantUpdated),
+    _entry("cmd", "identity", "get_key_limits", IdentityGetKeyLimits),
+    _entry("evt", "identity", "key_limits_found", IdentityKeyLimitsFound),
 ]
 
 CATALOGUE: dict[str, MessageType] = {e.name: e for e in _ENTRIES}

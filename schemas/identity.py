@@ -99,6 +99,27 @@ class IdentityKeyVerified(Message):
     tpm_limit: int | None = None
 
 
+class IdentityGetKeyLimits(Message):
+    """What an access token started from API key ``key_id`` (its ``key_id`` claim) is held to,
+    asked by a gateway that has not verified the key itself. Sent under the token's tenant:
+    another tenant's key is as unknown as a missing one."""
+
+    key_id: str
+
+
+class IdentityKeyLimitsFound(Message):
+    """The key's limits and its tenant's budget, as ``IdentityKeyVerified`` carries them;
+    ``valid=False`` with a reason for a key unknown in the tenant, revoked or expired."""
+
+    key_id: str
+    valid: bool
+    reason: str = ""
+    budget: Budget | None = None
+    tenant_budget: Budget | None = None
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+
+
 class IdentityJwks(Message):
     """Ask for the public signing keys (JWKS) accepted right now."""
 

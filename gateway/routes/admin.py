@@ -473,7 +473,7 @@ async def update_key(
         actor=principal.user,
     )
     # The new limits apply on this gateway at once, on the others within the key cache time.
-    gateway.authenticator.api_keys.forget(key_id)
+    gateway.authenticator.forget(key_id)
     return _key(updated.key, gateway)
 
 
@@ -514,5 +514,5 @@ async def revoke_key(
         tenant=acting_in(principal, tenant),
         actor=principal.user,
     )
-    gateway.authenticator.api_keys.forget(key_id)
+    gateway.authenticator.forget(key_id)
     return _key(revoked.key)

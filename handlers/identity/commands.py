@@ -39,11 +39,13 @@ from schemas.identity import (
     IdentityCreateTenant,
     IdentityCreateUser,
     IdentityGetKey,
+    IdentityGetKeyLimits,
     IdentityIssueToken,
     IdentityJwks,
     IdentityJwksPublished,
     IdentityKeyCreated,
     IdentityKeyFound,
+    IdentityKeyLimitsFound,
     IdentityKeyRevoked,
     IdentityKeysListed,
     IdentityKeyUpdated,
@@ -142,10 +144,24 @@ def _key(k: api_keys.ApiKeyInfo) -> ApiKeyInfo:
     )
 
 
-# Roles that may add users and keys to a tenant and change what its keys may spend (an
-# operator in any tenant), and that may set tenants' budgets.
+# Roles that may add users and keys to a tenant, change what its keys may spend and revoke them
+# (an operator in any tenant), and that may create tenants and set their budgets.
 KEY_ADMINS = frozenset({"admin", "operator"})
 TENANT_ADMINS = frozenset({"operator"})
+
+
+async def _actor_holds(
+    engine: AsyncEngine, env: Envelope, allowed: frozenset[str], what: str
+) -> tuple[str, ...]:
+    """The actor's roles, refused unless one of ``allowed`` is among them.
+
+    Checked here, where the records are, and not only by the gateway's routes: any process with
+    the right to publish identity commands could otherwise act for a member as an admin."""
+    roles = await directory.actor_roles(engine, env.tenant, env.actor)
+    if not allowed & set(roles):
+        needed = " or ".join(sorted(allowed))
+        raise bus_errors.Forbidden(f"only an {needed} may {what}")
+    return roles
 
 
 class IdentityCommands:
@@ -187,6 +203,29 @@ class IdentityCommands:
             roles=list(info.roles),
             models=None if info.models is None else list(info.models),
             expires_at=info.expires_at,
+            budget=_budget(info.budget),
+            tenant_budget=_budget(tenant.budget),
+            rpm_limit=info.rpm_limit,
+            tpm_limit=info.tpm_limit,
+        )
+
+    async def key_limits(
+        self, cmd: IdentityGetKeyLimits, env: Envelope
+    ) -> IdentityKeyLimitsFound:
+        """For a gateway holding an access token of a key it has not verified itself: the
+        token is held to the key's limits from its first request, wherever it is presented."""
+        try:
+            info = await api_keys.get_api_key(self.engine, env.tenant, cmd.key_id)
+        except NotFound as exc:
+            return IdentityKeyLimitsFound(key_id=cmd.key_id, valid=False, reason=str(exc))
+        if info.revoked_at is not None:
+            return IdentityKeyLimitsFound(key_id=info.id, valid=False, reason="revoked API key")
+        if info.expires_at is not None and info.expires_at <= self.clock():
+            return IdentityKeyLimitsFound(key_id=info.id, valid=False, reason="expired API key")
+        tenant = await directory.get_tenant(self.engine, info.tenant)
+        return IdentityKeyLimitsFound(
+            key_id=info.id,
+            valid=True,
             budget=_budget(info.budget),
             tenant_budget=_budget(tenant.budget),
             rpm_limit=info.rpm_limit,
@@ -271,6 +310,9 @@ class IdentityCommands:
         given = [name for name in ("jti", "refresh_sha256", "user_id") if getattr(cmd, name)]
         if len(given) != 1:
             raise bus_errors.Invalid("give exactly one of jti, refresh_sha256 and user_id")
+        if cmd.user_id and cmd.user_id != env.actor:
+            # Anyone may end their own tokens; another user's only an admin.
+            await _actor_holds(self.engine, env, KEY_ADMINS, "revoke another user's tokens")
         now = self.clock()
         with refusals():
             if cmd.jti:
@@ -301,6 +343,7 @@ class IdentityCommands:
     async def create_tenant(
         self, cmd: IdentityCreateTenant, env: Envelope
     ) -> IdentityTenantCreated:
+        await _actor_holds(self.engine, env, TENANT_ADMINS, "create a tenant")
         with refusals():
             tenant = await directory.create_tenant(
                 self.engine, cmd.tenant_id, cmd.name, self.clock(), created_by=command_id(env)
@@ -313,7 +356,7 @@ class IdentityCommands:
         )
 
     async def create_user(self, cmd: IdentityCreateUser, env: Envelope) -> IdentityUserCreated:
-        grantor = await directory.actor_roles(self.engine, env.tenant, env.actor)
+        grantor = await _actor_holds(self.engine, env, KEY_ADMINS, "add users to a tenant")
         with refusals():
             user = await directory.create_user(
                 self.engine,
@@ -331,7 +374,7 @@ class IdentityCommands:
         return IdentityUsersListed(users=[_user(u) for u in users])
 
     async def create_key(self, cmd: IdentityCreateKey, env: Envelope) -> IdentityKeyCreated:
-        grantor = await directory.actor_roles(self.engine, env.tenant, env.actor)
+        grantor = await _actor_holds(self.engine, env, KEY_ADMINS, "create API keys")
         with refusals():
             info = await api_keys.record_api_key(
                 self.engine,
@@ -360,6 +403,7 @@ class IdentityCommands:
         return IdentityKeysListed(keys=[_key(k) for k in keys])
 
     async def revoke_key(self, cmd: IdentityRevokeKey, env: Envelope) -> IdentityKeyRevoked:
+        await _actor_holds(self.engine, env, KEY_ADMINS, "revoke API keys")
         with refusals():
             info = await api_keys.revoke_api_key(
                 self.engine, env.tenant, cmd.key_id, self.config, self.clock()
@@ -375,11 +419,7 @@ class IdentityCommands:
 
     async def update_key(self, cmd: IdentityUpdateKey, env: Envelope) -> IdentityKeyUpdated:
         """Only an admin of the key's tenant changes what it may spend, whoever relayed it."""
-        actor_roles = await directory.actor_roles(self.engine, env.tenant, env.actor)
-        if not KEY_ADMINS & set(actor_roles):
-            raise bus_errors.Forbidden(
-                "only an admin of the tenant (or an operator) may change its keys"
-            )
+        await _actor_holds(self.engine, env, KEY_ADMINS, "change a tenant's API keys")
         changes = {
             name: getattr(cmd, name)
             for name in api_keys.UPDATABLE
@@ -395,9 +435,7 @@ class IdentityCommands:
         self, cmd: IdentityUpdateTenant, env: Envelope
     ) -> IdentityTenantUpdated:
         """A tenant's budget is a cap its own admins must not lift: operators only."""
-        actor_roles = await directory.roles_of(self.engine, env.tenant, env.actor)
-        if not TENANT_ADMINS & set(actor_roles):
-            raise bus_errors.Forbidden("only an operator may set a tenant's budget")
+        await _actor_holds(self.engine, env, TENANT_ADMINS, "set a tenant's budget")
         if cmd.clear and (cmd.max_budget is not None or cmd.budget_duration is not None):
             raise bus_errors.Invalid("give a budget or clear it, not both")
         if not cmd.clear and cmd.max_budget is None:

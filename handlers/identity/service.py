@@ -26,6 +26,7 @@ from schemas.identity import (
     IdentityCreateTenant,
     IdentityCreateUser,
     IdentityGetKey,
+    IdentityGetKeyLimits,
     IdentityIssueToken,
     IdentityJwks,
     IdentityListKeys,
@@ -75,6 +76,7 @@ async def _maintain_forever(
 def routes(commands: IdentityCommands) -> dict[type, Handler]:
     return {
         IdentityVerifyKey: commands.verify_key,
+        IdentityGetKeyLimits: commands.key_limits,
         IdentityJwks: commands.jwks,
         IdentityRevocations: commands.revocations,
         IdentityIssueToken: commands.issue_token,

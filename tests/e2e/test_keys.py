@@ -257,6 +257,27 @@ async def test_raising_a_spent_budget_over_http_lets_the_same_key_work_again(
         assert (await chat(client, key)).status_code == 200
 
 
+async def test_a_token_of_a_spent_key_is_refused_on_its_first_request_to_a_fresh_gateway(
+    system: System,
+) -> None:
+    key = new_key(
+        system.env, "--tenant", "acme", "--user", "max", "--role", "member",
+        "--max-budget", "0.5",
+    )
+    async with httpx.AsyncClient(base_url=system.url, timeout=90) as client:
+        made = await client.post("/v1/auth/token", headers=auth(key))
+        assert made.status_code == 200, made.text
+        refused = await spend_until_refused(client, key)
+        assert refused.json()["error"]["code"] == "budget_exceeded"
+    settings = Settings(NATS_URL=system.nats.url, SOMA_DATA_DIR=system.env["SOMA_DATA_DIR"])
+    async with served(settings, gateway_config(), system.clock) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as fresh:
+            first = await chat(fresh, made.json()["access_token"])
+    assert first.status_code == 429, first.text
+    assert first.json()["error"]["code"] == "budget_exceeded"
+    assert f"API key {key_id(key)}" in first.json()["error"]["message"]
+
+
 async def test_a_key_s_own_rpm_limit_set_by_the_cli_refuses_the_next_request(
     system: System,
 ) -> None:
@@ -416,6 +437,26 @@ async def test_an_admin_naming_another_tenant_is_403(system: System, admin_key: 
         )
     assert answer.status_code == 403
     assert "Only an operator acts in another tenant" in answer.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/v1/admin/tenants", {"id": "mallory-co"}),
+        ("POST", "/v1/admin/users", {"name": "Mallory", "roles": ["admin"]}),
+        ("POST", "/v1/admin/keys", {"user_id": "anyone"}),
+        ("PATCH", "/v1/admin/keys/0000000000000000", {"max_budget": 1000}),
+        ("DELETE", "/v1/admin/keys/0000000000000000", None),
+    ],
+)
+async def test_a_member_key_is_refused_admin_commands_with_403(
+    system: System, method: str, path: str, body: dict | None
+) -> None:
+    member = new_key(system.env, "--tenant", "acme", "--user", "mallory", "--role", "member")
+    async with httpx.AsyncClient(base_url=system.url, timeout=30) as client:
+        answer = await client.request(method, path, headers=auth(member), json=body)
+    assert answer.status_code == 403, answer.text
+    assert answer.json()["error"]["type"] == "permission_error"
 
 
 def test_the_cli_refuses_an_unknown_role_naming_the_known_roles(running: System) -> None:

@@ -43,10 +43,12 @@ from schemas.identity import (
     IdentityCreateKey,
     IdentityCreateTenant,
     IdentityCreateUser,
+    IdentityGetKeyLimits,
     IdentityIssueToken,
     IdentityJwks,
     IdentityJwksPublished,
     IdentityKeyCreated,
+    IdentityKeyLimitsFound,
     IdentityKeyRevoked,
     IdentityKeysListed,
     IdentityKeyVerified,
@@ -230,6 +232,15 @@ class Identity:
             expires_at=i.expires_at,
         )
 
+    async def key_limits(self, cmd: IdentityGetKeyLimits, env: Envelope) -> IdentityKeyLimitsFound:
+        record = self.keys.get(cmd.key_id)
+        if record is None or record.info.tenant != env.tenant or record.info.revoked_at:
+            return IdentityKeyLimitsFound(key_id=cmd.key_id, valid=False, reason="unknown API key")
+        i = record.info
+        return IdentityKeyLimitsFound(
+            key_id=i.id, valid=True, budget=i.budget, rpm_limit=i.rpm_limit, tpm_limit=i.tpm_limit
+        )
+
     async def jwks(self, cmd: IdentityJwks, env: Envelope) -> IdentityJwksPublished:
         return IdentityJwksPublished(keys=[self.public_jwk()])
 
@@ -387,6 +398,7 @@ class Identity:
             name="identity",
             routes={
                 IdentityVerifyKey: self.verify_key,
+                IdentityGetKeyLimits: self.key_limits,
                 IdentityJwks: self.jwks,
                 IdentityRevocations: self.list_revocations,
                 IdentityIssueToken: self.issue,

@@ -23,10 +23,12 @@ from bus import runtime
 from bus.connection import connect
 from bus.publish import envelope_for, publish
 from bus.request import Requester
+from handlers.identity.bootstrap import ADMIN_USER, DEFAULT_TENANT, bootstrap
 from handlers.identity.config import IdentitySettings
 from handlers.identity.errors import TokenRevoked
 from handlers.identity.service import build
 from handlers.identity.verify import RevocationUpdate, Verifier
+from kernel.db import make_engine
 from kernel.settings import Settings
 from schemas.common import CommandFailed
 from schemas.identity import (
@@ -34,10 +36,12 @@ from schemas.identity import (
     IdentityCreateKey,
     IdentityCreateTenant,
     IdentityCreateUser,
+    IdentityGetKeyLimits,
     IdentityIssueToken,
     IdentityJwks,
     IdentityJwksPublished,
     IdentityKeyCreated,
+    IdentityKeyLimitsFound,
     IdentityKeyRevoked,
     IdentityKeysListed,
     IdentityKeyVerified,
@@ -54,6 +58,8 @@ from schemas.identity import (
     IdentityTenantCreated,
     IdentityTenantsListed,
     IdentityTokenIssued,
+    IdentityUpdateKey,
+    IdentityUpdateTenant,
     IdentityUserCreated,
     IdentityUsersListed,
     IdentityVerifyKey,
@@ -85,6 +91,9 @@ REPLIES: dict[type, str] = {
     IdentityCreateKey: "identity.key_created",
     IdentityListKeys: "identity.keys_listed",
     IdentityRevokeKey: "identity.key_revoked",
+    IdentityUpdateKey: "identity.key_updated",
+    IdentityUpdateTenant: "identity.tenant_updated",
+    IdentityGetKeyLimits: "identity.key_limits_found",
 }
 # Short, so a command published again with the same message id is a redelivery, not a duplicate.
 DEDUP_WINDOW = 1.0
@@ -125,6 +134,7 @@ async def requester(
         }
     )
     running = await runtime.start(build(settings, CONFIG), settings)
+    await seed_operator(settings)
     nc = await connect(bus_server.url, "identity-test")
     caller = Requester(nc, nc.jetstream())
     await caller.start()
@@ -132,6 +142,16 @@ async def requester(
     await caller.close()
     await nc.close()
     await running.stop()
+
+
+async def seed_operator(settings: Settings) -> None:
+    """The installation's first operator, made as ``soma up`` makes it: tenants are created as
+    this user, since identity takes a tenant only from an operator."""
+    engine = make_engine(settings.resolved_database_url("identity"))
+    try:
+        await bootstrap(engine)
+    finally:
+        await engine.dispose()
 
 
 async def ask(
@@ -161,14 +181,27 @@ class Member:
     tenant: str
     user: str
     key: NewKey
+    admin: str  # the user id of the tenant's admin
+
+
+async def operator(requester: Requester) -> str:
+    """The user id of the operator ``seed_operator`` made."""
+    listed = await ask(requester, IdentityListUsers(), tenant=DEFAULT_TENANT)
+    assert isinstance(listed, IdentityUsersListed), listed
+    return next(u.id for u in listed.users if u.name == ADMIN_USER)
 
 
 async def tenant_with_admin(requester: Requester) -> tuple[str, str]:
-    """A fresh tenant and the user id of its admin."""
+    """A fresh tenant, made by the operator, and the user id of its admin."""
     tenant = f"t{uuid.uuid4().hex[:12]}"
-    created = await ask(requester, IdentityCreateTenant(tenant_id=tenant), tenant="ops")
+    ops = await operator(requester)
+    created = await ask(
+        requester, IdentityCreateTenant(tenant_id=tenant), tenant=DEFAULT_TENANT, actor=ops
+    )
     assert isinstance(created, IdentityTenantCreated), created
-    admin = await ask(requester, IdentityCreateUser(name="root", roles=["admin"]), tenant=tenant)
+    admin = await ask(
+        requester, IdentityCreateUser(name="root", roles=["admin"]), tenant=tenant, actor=ops
+    )
     assert isinstance(admin, IdentityUserCreated), admin
     return tenant, admin.user.id
 
@@ -195,7 +228,7 @@ async def member_with_key(requester: Requester, **key_fields: Any) -> Member:
         actor=admin,
     )
     assert isinstance(created, IdentityKeyCreated), created
-    return Member(tenant, user.user.id, key)
+    return Member(tenant, user.user.id, key, admin)
 
 
 async def verifier_from_identity(requester: Requester) -> Verifier:
@@ -265,7 +298,10 @@ async def test_a_revoked_key_no_longer_verifies(requester):
     member = await member_with_key(requester)
 
     revoked = await ask(
-        requester, IdentityRevokeKey(key_id=member.key.key_id), tenant=member.tenant
+        requester,
+        IdentityRevokeKey(key_id=member.key.key_id),
+        tenant=member.tenant,
+        actor=member.admin,
     )
     verdict = await ask(
         requester,
@@ -280,9 +316,10 @@ async def test_a_revoked_key_no_longer_verifies(requester):
 
 async def test_revoking_a_key_keeps_its_first_revocation_time(requester):
     member = await member_with_key(requester)
-    first = await ask(requester, IdentityRevokeKey(key_id=member.key.key_id), tenant=member.tenant)
+    revoke = IdentityRevokeKey(key_id=member.key.key_id)
+    first = await ask(requester, revoke, tenant=member.tenant, actor=member.admin)
 
-    again = await ask(requester, IdentityRevokeKey(key_id=member.key.key_id), tenant=member.tenant)
+    again = await ask(requester, revoke, tenant=member.tenant, actor=member.admin)
 
     assert isinstance(again, IdentityKeyRevoked)
     assert again.key.revoked_at == first.key.revoked_at
@@ -290,9 +327,11 @@ async def test_revoking_a_key_keeps_its_first_revocation_time(requester):
 
 async def test_another_tenants_key_is_not_found(requester):
     member = await member_with_key(requester)
-    other, _ = await tenant_with_admin(requester)
+    other, other_admin = await tenant_with_admin(requester)
 
-    refused = await ask(requester, IdentityRevokeKey(key_id=member.key.key_id), tenant=other)
+    refused = await ask(
+        requester, IdentityRevokeKey(key_id=member.key.key_id), tenant=other, actor=other_admin
+    )
     listed = await ask(requester, IdentityListKeys(user_id=member.user), tenant=other)
 
     assert isinstance(refused, CommandFailed)
@@ -325,6 +364,7 @@ async def test_a_key_id_held_by_another_key_is_a_conflict(requester):
             user_id=member.user, key_id=member.key.key_id, secret_sha256=new_key().secret_sha256
         ),
         tenant=member.tenant,
+        actor=member.admin,
     )
 
     assert isinstance(taken, CommandFailed)
@@ -360,14 +400,108 @@ async def test_listed_keys_never_show_a_secret_or_its_hash(requester):
     assert member.key.secret_sha256 not in shown and member.key.secret not in shown
 
 
+async def test_a_keys_limits_are_found_in_its_tenant_with_the_tenants_budget(requester):
+    member = await member_with_key(requester, max_budget=2.5, budget_duration="1d", rpm_limit=7)
+
+    found = await ask(requester, IdentityGetKeyLimits(key_id=member.key.key_id), member.tenant)
+
+    assert isinstance(found, IdentityKeyLimitsFound) and found.valid, found
+    assert found.budget is not None
+    assert (found.budget.max_budget, found.budget.budget_duration) == (2.5, "1d")
+    assert (found.rpm_limit, found.tpm_limit, found.tenant_budget) == (7, None, None)
+
+
+async def test_the_limits_of_another_tenants_or_a_revoked_key_are_not_valid(requester):
+    member = await member_with_key(requester)
+    other, _ = await tenant_with_admin(requester)
+    asked = IdentityGetKeyLimits(key_id=member.key.key_id)
+
+    foreign = await ask(requester, asked, tenant=other)
+    await ask(requester, IdentityRevokeKey(key_id=member.key.key_id), member.tenant, member.admin)
+    revoked = await ask(requester, asked, tenant=member.tenant)
+
+    assert isinstance(foreign, IdentityKeyLimitsFound) and not foreign.valid
+    assert isinstance(revoked, IdentityKeyLimitsFound) and not revoked.valid
+    assert revoked.reason == "revoked API key"
+
+
+# Admin commands are checked where the records are, whoever relays them.
+
+ADMIN_COMMANDS = [
+    "create_tenant", "create_user", "create_key", "update_key", "revoke_key", "update_tenant",
+    "revoke_user",
+]
+
+
+def admin_command(name: str, member: Member) -> msgspec.Struct:
+    key = new_key()
+    return {
+        "create_tenant": IdentityCreateTenant(tenant_id=f"t{uuid.uuid4().hex[:12]}"),
+        "create_user": IdentityCreateUser(name="mallory", roles=["member"]),
+        "create_key": IdentityCreateKey(
+            user_id=member.user, key_id=key.key_id, secret_sha256=key.secret_sha256
+        ),
+        "update_key": IdentityUpdateKey(key_id=member.key.key_id, clear=["max_budget"]),
+        "revoke_key": IdentityRevokeKey(key_id=member.key.key_id),
+        "update_tenant": IdentityUpdateTenant(tenant_id=member.tenant, clear=True),
+        "revoke_user": IdentityRevoke(user_id=member.admin),
+    }[name]
+
+
+@pytest.mark.parametrize("name", ADMIN_COMMANDS)
+async def test_an_admin_command_published_with_a_member_actor_is_forbidden(requester, name):
+    member = await member_with_key(requester)
+
+    refused = await ask(
+        requester, admin_command(name, member), tenant=member.tenant, actor=member.user
+    )
+
+    assert isinstance(refused, CommandFailed), refused
+    assert refused.code == "forbidden", refused.error
+
+
+@pytest.mark.parametrize("name", ["create_user", "create_key", "update_key", "revoke_key"])
+async def test_an_admin_command_published_with_no_known_actor_is_forbidden(requester, name):
+    member = await member_with_key(requester)
+
+    refused = await ask(requester, admin_command(name, member), tenant=member.tenant)
+
+    assert isinstance(refused, CommandFailed) and refused.code == "forbidden", refused
+
+
+async def test_a_member_refused_a_revocation_leaves_the_key_working(requester):
+    member = await member_with_key(requester)
+
+    await ask(requester, IdentityRevokeKey(key_id=member.key.key_id), member.tenant, member.user)
+
+    verdict = await ask(
+        requester,
+        IdentityVerifyKey(key_id=member.key.key_id, secret_sha256=member.key.secret_sha256),
+    )
+    assert isinstance(verdict, IdentityKeyVerified) and verdict.valid
+
+
+async def test_a_member_may_end_its_own_tokens(requester):
+    member = await member_with_key(requester)
+
+    revoked = await ask(
+        requester, IdentityRevoke(user_id=member.user), tenant=member.tenant, actor=member.user
+    )
+
+    assert isinstance(revoked, IdentityRevoked) and revoked.revoked
+
+
 # Tenants and users.
 
 
 async def test_a_tenant_is_listed_once_created_and_a_second_is_a_conflict(requester):
     tenant, _ = await tenant_with_admin(requester)
 
-    again = await ask(requester, IdentityCreateTenant(tenant_id=tenant), tenant="ops")
-    listed = await ask(requester, IdentityListTenants(), tenant="ops")
+    ops = await operator(requester)
+    again = await ask(
+        requester, IdentityCreateTenant(tenant_id=tenant), tenant=DEFAULT_TENANT, actor=ops
+    )
+    listed = await ask(requester, IdentityListTenants(), tenant=DEFAULT_TENANT)
 
     assert isinstance(again, CommandFailed) and again.code == "conflict"
     assert isinstance(listed, IdentityTenantsListed)
@@ -375,7 +509,12 @@ async def test_a_tenant_is_listed_once_created_and_a_second_is_a_conflict(reques
 
 
 async def test_a_bad_tenant_id_is_invalid(requester):
-    refused = await ask(requester, IdentityCreateTenant(tenant_id="Not A.Token"), tenant="ops")
+    refused = await ask(
+        requester,
+        IdentityCreateTenant(tenant_id="Not A.Token"),
+        tenant=DEFAULT_TENANT,
+        actor=await operator(requester),
+    )
 
     assert isinstance(refused, CommandFailed) and refused.code == "invalid"
 
@@ -449,7 +588,7 @@ async def test_an_issued_token_verifies_with_the_published_key_set(requester):
 
 async def test_a_token_for_a_wrong_secret_is_refused_as_unauthenticated(requester):
     member = await member_with_key(requester)
-    wrong = Member(member.tenant, member.user, NewKey(member.key.key_id, "x" * 43))
+    wrong = Member(member.tenant, member.user, NewKey(member.key.key_id, "x" * 43), member.admin)
 
     refused = await issue(requester, wrong, refresh_digest())
 
@@ -534,7 +673,12 @@ async def test_revoking_a_key_revokes_the_sessions_started_from_it(requester):
     r1 = refresh_digest()
     issued = await issue(requester, member, r1)
 
-    await ask(requester, IdentityRevokeKey(key_id=member.key.key_id), tenant=member.tenant)
+    await ask(
+        requester,
+        IdentityRevokeKey(key_id=member.key.key_id),
+        tenant=member.tenant,
+        actor=member.admin,
+    )
 
     listed = await ask(requester, IdentityRevocations())
     assert ("session", issued.session) in [(r.kind, r.subject) for r in listed.revocations]
@@ -599,10 +743,14 @@ async def test_another_tenant_cannot_revoke_a_refresh_token(requester):
 
 async def test_revoking_a_user_is_listed_and_another_tenants_user_is_not_found(requester):
     member = await member_with_key(requester)
-    other, _ = await tenant_with_admin(requester)
+    other, other_admin = await tenant_with_admin(requester)
 
-    revoked = await ask(requester, IdentityRevoke(user_id=member.user), tenant=member.tenant)
-    foreign = await ask(requester, IdentityRevoke(user_id=member.user), tenant=other)
+    revoked = await ask(
+        requester, IdentityRevoke(user_id=member.user), tenant=member.tenant, actor=member.admin
+    )
+    foreign = await ask(
+        requester, IdentityRevoke(user_id=member.user), tenant=other, actor=other_admin
+    )
 
     assert isinstance(revoked, IdentityRevoked) and revoked.revoked
     assert isinstance(foreign, CommandFailed) and foreign.code == "not_found"

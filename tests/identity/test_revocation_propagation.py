@@ -37,7 +37,7 @@ from schemas.identity import (
     revocation_key,
 )
 from tests.gateway.serving import auth, gateway_config, served
-from tests.identity.test_bus_routes import CONFIG, Member, ask, member_with_key
+from tests.identity.test_bus_routes import CONFIG, Member, ask, member_with_key, seed_operator
 from tests.servers import NatsServer, nats_server
 
 # What the brief of a revocation promises is a second; the margin is for a loaded test machine.
@@ -62,6 +62,7 @@ def settings(bus_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -
 async def requester(settings: Settings) -> AsyncIterator[Requester]:
     """The identity process, and a connection to ask it as the gateway or an admin would."""
     running = await runtime.start(build(settings, CONFIG), settings)
+    await seed_operator(settings)
     nc = await connect(settings.nats_url or "", "revocations-test")
     caller = Requester(nc, nc.jetstream())
     await caller.start()
@@ -174,7 +175,7 @@ async def test_a_revoked_api_key_stops_working_within_the_verdict_cache_window(
             requester,
             IdentityRevokeKey(key_id=member.key.key_id),
             tenant=member.tenant,
-            actor=member.user,
+            actor=member.admin,
         )
         assert isinstance(revoked, IdentityKeyRevoked), revoked
         waited = await seconds_until_refused(http, key, start)
