@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
 
 
 class _Body(BaseModel):
@@ -69,33 +70,80 @@ class Metadata(_Body):
     user_id: str | None = Field(default=None, max_length=256)
 
 
+_MESSAGES_EXAMPLE: JsonDict = {
+    "model": "soma-local-dev",
+    "max_tokens": 256,
+    "system": "You answer in one sentence.",
+    "messages": [{"role": "user", "content": "What is a saga?"}],
+}
+
+
 class MessagesRequest(_Body):
-    model: str = Field(min_length=1)
-    messages: list[MessageParam] = Field(min_length=1)
-    max_tokens: int = Field(ge=1)
-    system: str | list[TextBlockParam] | None = None
-    stop_sequences: list[str] | None = None
-    temperature: float | None = Field(default=None, ge=0, le=1)
-    top_p: float | None = Field(default=None, ge=0, le=1)
-    top_k: int | None = Field(default=None, ge=0)
-    tools: list[ToolParam] | None = Field(default=None, max_length=128)
-    tool_choice: ToolChoice | None = None
-    metadata: Metadata | None = None
-    stream: bool = False
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [_MESSAGES_EXAMPLE]})
+    model: str = Field(min_length=1, description="A model of `GET /v1/models` (kind `chat`).")
+    messages: list[MessageParam] = Field(
+        min_length=1, description="The conversation so far, user and assistant turns in order."
+    )
+    max_tokens: int = Field(ge=1, description="At most this many output tokens.")
+    system: str | list[TextBlockParam] | None = Field(
+        default=None, description="The system prompt, as text or text blocks."
+    )
+    stop_sequences: list[str] | None = Field(
+        default=None, description="Text at which the answer stops."
+    )
+    temperature: float | None = Field(
+        default=None, ge=0, le=1, description="Sampling temperature; lower is more focused."
+    )
+    top_p: float | None = Field(default=None, ge=0, le=1, description="Nucleus sampling mass.")
+    top_k: int | None = Field(
+        default=None, ge=0, description="Sample only from the k likeliest tokens."
+    )
+    tools: list[ToolParam] | None = Field(
+        default=None,
+        max_length=128,
+        description="Client tools the model may call; the calls come back to you to run.",
+    )
+    tool_choice: ToolChoice | None = Field(
+        default=None, description="`auto`, `any`, `tool` (with `name`) or `none`."
+    )
+    metadata: Metadata | None = Field(
+        default=None, description="`user_id`: your end user's id, for your records."
+    )
+    stream: bool = Field(default=False, description="Send the answer as server-sent events.")
     # Soma extensions, as on chat completions: a conversation id for memory, and whether to
     # use memory at all.
-    session: str | None = Field(default=None, max_length=200)
-    use_memory: bool = True
+    session: str | None = Field(
+        default=None,
+        max_length=200,
+        description="Soma: a conversation id; the turn recalls and keeps memories under it.",
+    )
+    use_memory: bool = Field(
+        default=True, description="Soma: false leaves memory out of this turn."
+    )
 
 
 class CountTokensRequest(_Body):
     """What ``/v1/messages/count_tokens`` counts: a message request without ``max_tokens``."""
 
-    model: str = Field(min_length=1)
-    messages: list[MessageParam] = Field(min_length=1)
-    system: str | list[TextBlockParam] | None = None
-    tools: list[ToolParam] | None = Field(default=None, max_length=128)
-    tool_choice: ToolChoice | None = None
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [{k: v for k, v in _MESSAGES_EXAMPLE.items() if k != "max_tokens"}]
+        },
+    )
+    model: str = Field(min_length=1, description="A model of `GET /v1/models` (kind `chat`).")
+    messages: list[MessageParam] = Field(
+        min_length=1, description="The conversation to count, as for /v1/messages."
+    )
+    system: str | list[TextBlockParam] | None = Field(
+        default=None, description="The system prompt, as text or text blocks."
+    )
+    tools: list[ToolParam] | None = Field(
+        default=None, max_length=128, description="Client tools, counted with their schemas."
+    )
+    tool_choice: ToolChoice | None = Field(
+        default=None, description="As for /v1/messages; counted, not used."
+    )
 
 
 class TokenCount(BaseModel):

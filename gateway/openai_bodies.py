@@ -77,27 +77,77 @@ class StreamOptions(_Body):
 
 
 class ChatCompletionRequest(_Body):
-    model: str = Field(min_length=1)
-    messages: list[ChatMessageIn] = Field(min_length=1)
-    tools: list[ToolIn] | None = Field(default=None, max_length=128)
-    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, ge=0, le=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    response_format: ResponseFormat | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    user: str | None = None
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "soma-local-dev",
+                    "messages": [
+                        {"role": "system", "content": "You answer in one sentence."},
+                        {"role": "user", "content": "What is NATS JetStream?"},
+                    ],
+                    "temperature": 0.2,
+                    "session": "support-42",
+                }
+            ]
+        },
+    )
+    model: str = Field(min_length=1, description="A model of `GET /v1/models` (kind `chat`).")
+    messages: list[ChatMessageIn] = Field(
+        min_length=1, description="The conversation so far, oldest first."
+    )
+    tools: list[ToolIn] | None = Field(
+        default=None,
+        max_length=128,
+        description="Functions the model may call; the calls come back to you to run.",
+    )
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        default=None, description="Whether the model must, may or must not call a tool."
+    )
+    temperature: float | None = Field(
+        default=None, ge=0, le=2, description="Sampling temperature; lower is more focused."
+    )
+    top_p: float | None = Field(default=None, ge=0, le=1, description="Nucleus sampling mass.")
+    max_tokens: int | None = Field(
+        default=None, ge=1, description="At most this many completion tokens."
+    )
+    max_completion_tokens: int | None = Field(
+        default=None, ge=1, description="The same as max_tokens (OpenAI's newer name)."
+    )
+    response_format: ResponseFormat | None = Field(
+        default=None, description="`json_object` or `json_schema` asks for JSON output."
+    )
+    stop: str | list[str] | None = Field(
+        default=None, description="Text at which the completion stops."
+    )
+    seed: int | None = Field(default=None, description="For repeatable sampling, where served.")
+    user: str | None = Field(default=None, description="Your end user's id, for your records.")
     n: int | None = Field(default=None, ge=1, description="Only 1 is served; more is a 400.")
-    logprobs: bool | None = None
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    parallel_tool_calls: bool | None = None
-    stream: bool | None = False
-    stream_options: StreamOptions | None = None
+    logprobs: bool | None = Field(
+        default=None, description="Return token log probabilities, where the provider does."
+    )
+    top_logprobs: int | None = Field(
+        default=None, ge=0, le=20, description="How many alternatives per token with logprobs."
+    )
+    parallel_tool_calls: bool | None = Field(
+        default=None, description="false: at most one tool call per answer."
+    )
+    stream: bool | None = Field(
+        default=False, description="Send the answer as server-sent events as it is written."
+    )
+    stream_options: StreamOptions | None = Field(
+        default=None, description="`include_usage`: a last chunk with the token counts."
+    )
     # Soma extensions: a conversation id for memory, and whether to use memory at all.
-    session: str | None = Field(default=None, max_length=200)
-    use_memory: bool = True
+    session: str | None = Field(
+        default=None,
+        max_length=200,
+        description="Soma: a conversation id; the turn recalls and keeps memories under it.",
+    )
+    use_memory: bool = Field(
+        default=True, description="Soma: false leaves memory out of this turn."
+    )
 
 
 class FunctionCallOut(BaseModel):
@@ -179,11 +229,25 @@ class ChatCompletionChunk(BaseModel):
 
 
 class EmbeddingRequest(_Body):
-    input: str | list[str] | list[int] | list[list[int]]
-    model: str = Field(min_length=1)
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(default=None, ge=1)
-    user: str | None = None
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {"model": "hashed-ngrams-384", "input": ["durable execution", "event sourcing"]}
+            ]
+        },
+    )
+    input: str | list[str] | list[int] | list[list[int]] = Field(
+        description="A text, a list of texts, or token ids (a list, or a list of lists)."
+    )
+    model: str = Field(min_length=1, description="A model of `GET /v1/models` (kind `embedding`).")
+    encoding_format: Literal["float", "base64"] = Field(
+        default="float", description="Vectors as float lists or as base64 of float32s."
+    )
+    dimensions: int | None = Field(
+        default=None, ge=1, description="Cut the vectors to this many dimensions."
+    )
+    user: str | None = Field(default=None, description="Your end user's id, for your records.")
 
 
 class Embedding(BaseModel):

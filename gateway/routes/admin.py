@@ -17,6 +17,7 @@ from gateway.errors import forbidden
 from gateway.openai_bodies import ERRORS
 from schemas.durations import FORMS, BadDuration, duration_seconds
 from schemas.identity import (
+    KNOWN_ROLES,
     ApiKeyInfo,
     Budget,
     IdentityCreateKey,
@@ -52,9 +53,15 @@ _TENANT = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
 
 class TenantCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
-    name: str | None = Field(default=None, max_length=200)
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"id": "acme", "name": "Acme Corp"}]}
+    )
+    id: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="Lower-case letters, digits, - and _."
+    )
+    name: str | None = Field(
+        default=None, max_length=200, description="For people (default: the id)."
+    )
 
 
 def _duration(value: str | None) -> str | None:
@@ -107,12 +114,15 @@ class UserCreate(BaseModel):
         extra="forbid",
         json_schema_extra={"examples": [{"name": "alice", "roles": ["admin"], "tenant": "acme"}]},
     )
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=200, description="Unique in the tenant.")
     tenant: str | None = Field(
         default=None, pattern=_TENANT,
         description="The user's tenant (operators; default: the caller's own).",
     )
-    roles: list[Annotated[str, Field(pattern=_ROLE)]] = Field(default_factory=lambda: ["member"])
+    roles: list[Annotated[str, Field(pattern=_ROLE)]] = Field(
+        default_factory=lambda: ["member"],
+        description=f"Of {', '.join(KNOWN_ROLES)}; granting admin or operator takes a holder.",
+    )
 
 
 class User(BaseModel):
@@ -135,7 +145,7 @@ class KeyCreate(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "user_id": "3c1f…",
+                    "user_id": "3c1f9a0e5b7d4c2a8e6f1b0d9c7a5e3f",
                     "name": "ci",
                     "models": ["gpt-4o-mini"],
                     "max_budget": 10.0,
@@ -147,15 +157,21 @@ class KeyCreate(BaseModel):
             ]
         },
     )
-    user_id: str = Field(min_length=1, max_length=64)
+    user_id: str = Field(min_length=1, max_length=64, description="Whose key (a user's id).")
     tenant: str | None = Field(
         default=None, pattern=_TENANT,
         description="The key's tenant (operators; default: the caller's own).",
     )
-    name: str = Field(default="", max_length=200)
-    roles: list[Annotated[str, Field(pattern=_ROLE)]] | None = None
-    models: list[Annotated[str, Field(min_length=1)]] | None = None
-    expires_at: float | None = Field(default=None, gt=0)
+    name: str = Field(default="", max_length=200, description="For people: what it is for.")
+    roles: list[Annotated[str, Field(pattern=_ROLE)]] | None = Field(
+        default=None, description="Some of the user's roles (default: all of them)."
+    )
+    models: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        default=None, description="The models it may use (default: every model)."
+    )
+    expires_at: float | None = Field(
+        default=None, gt=0, description="When it stops working (epoch seconds)."
+    )
     max_budget: float | None = Field(default=None, ge=0, description="US dollars per window.")
     budget_duration: str | None = Field(default=None, description=_BUDGET_DURATION)
     rpm_limit: int | None = Field(default=None, ge=1, description="Requests per minute.")
@@ -174,14 +190,26 @@ class KeyUpdate(BaseModel):
         json_schema_extra={"examples": [{"max_budget": 25.0, "budget_duration": "7d",
                                          "rpm_limit": None}]},
     )
-    name: str | None = Field(default=None, max_length=200)
-    models: list[Annotated[str, Field(min_length=1)]] | None = None
-    expires_at: float | None = Field(default=None, gt=0)
-    max_budget: float | None = Field(default=None, ge=0)
-    budget_duration: str | None = None
-    rpm_limit: int | None = Field(default=None, ge=1)
-    tpm_limit: int | None = Field(default=None, ge=1)
-    metadata: dict[str, Any] | None = None
+    name: str | None = Field(default=None, max_length=200, description="For people.")
+    models: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        default=None, description="The models it may use; null: every model."
+    )
+    expires_at: float | None = Field(
+        default=None, gt=0, description="When it stops working (epoch seconds); null: never."
+    )
+    max_budget: float | None = Field(
+        default=None, ge=0, description="US dollars per window; null: no budget."
+    )
+    budget_duration: str | None = Field(default=None, description=_BUDGET_DURATION)
+    rpm_limit: int | None = Field(
+        default=None, ge=1, description="Requests per minute; null: the gateway's default."
+    )
+    tpm_limit: int | None = Field(
+        default=None, ge=1, description="Tokens per minute; null: the gateway's default."
+    )
+    metadata: dict[str, Any] | None = Field(
+        default=None, description="Labels, replacing the old ones."
+    )
 
     _check_duration = field_validator("budget_duration")(_duration)
 

@@ -32,23 +32,42 @@ router = APIRouter(tags=["auth"])
 
 
 class TokenRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    grant_type: Literal["api_key"] = "api_key"
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"scope": "chat models", "client_id": "console"}]},
+    )
+    grant_type: Literal["api_key"] = Field(
+        default="api_key", description="The API key in the Authorization header is exchanged."
+    )
     scope: str | list[str] | None = Field(
         default=None, description="API areas the token may reach; all the roles allow if empty."
     )
-    client_id: str | None = Field(default=None, max_length=200)
+    client_id: str | None = Field(
+        default=None, max_length=200, description="Names the client in the token, for audits."
+    )
 
 
 class RefreshRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    refresh_token: str = Field(max_length=200)
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"refresh_token": "rt-soma-5Jd0…"}]},
+    )
+    refresh_token: str = Field(
+        max_length=200, description="The last refresh token; a used one ends its family."
+    )
 
 
 class RevokeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    token: str = Field(max_length=8192)
-    token_type_hint: Literal["access_token", "refresh_token"] | None = None
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"token": "rt-soma-5Jd0…", "token_type_hint": "refresh_token"}]
+        },
+    )
+    token: str = Field(max_length=8192, description="An access token or a refresh token.")
+    token_type_hint: Literal["access_token", "refresh_token"] | None = Field(
+        default=None, description="Which kind it is (optional; it is recognised anyway)."
+    )
 
 
 class TokenPair(BaseModel):

@@ -49,13 +49,31 @@ def _role(principal: Principal) -> str | None:
     return principal.role or None
 
 
+_USER = "Whose memories (admins and services only; default: yours)."
+
+
 class MemoryCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    text: str = Field(min_length=1, max_length=100_000)
-    id: str | None = Field(default=None, pattern=_ID)
-    user: str | None = Field(default=None, max_length=200)
-    session: str | None = Field(default=None, max_length=200)
-    metadata: dict[str, Any] = {}
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "text": "Alice prefers answers with code samples in Go.",
+                    "session": "support-42",
+                    "metadata": {"source": "onboarding"},
+                }
+            ]
+        },
+    )
+    text: str = Field(min_length=1, max_length=100_000, description="What to remember.")
+    id: str | None = Field(
+        default=None, pattern=_ID, description="Your own id; adding it again changes nothing."
+    )
+    user: str | None = Field(default=None, max_length=200, description=_USER)
+    session: str | None = Field(
+        default=None, max_length=200, description="The conversation it belongs to, if any."
+    )
+    metadata: dict[str, Any] = Field(default={}, description="Labels, kept as given.")
 
 
 class MemoryCreated(BaseModel):
@@ -65,11 +83,16 @@ class MemoryCreated(BaseModel):
 
 
 class MemorySearch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    query: str = Field(min_length=1, max_length=10_000)
-    user: str | None = Field(default=None, max_length=200)
-    session: str | None = Field(default=None, max_length=200)
-    top_k: int = Field(default=5, ge=1, le=100)
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"query": "How does Alice like answers?", "top_k": 3}]},
+    )
+    query: str = Field(min_length=1, max_length=10_000, description="Text to search by meaning.")
+    user: str | None = Field(default=None, max_length=200, description=_USER)
+    session: str | None = Field(
+        default=None, max_length=200, description="Only memories of this conversation."
+    )
+    top_k: int = Field(default=5, ge=1, le=100, description="At most this many hits, best first.")
 
 
 class MemoryHit(BaseModel):

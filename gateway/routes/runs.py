@@ -22,6 +22,7 @@ from gateway.auth import Principal
 from gateway.context import Gateway, caller, gateway_of
 from gateway.errors import ApiError, not_found
 from gateway.openai_bodies import ERRORS
+from gateway.tool_names import run_input as with_tool_specs
 from schemas.envelope import new_id
 from schemas.runs import AgentRunInput
 from schemas.sagas import (
@@ -75,6 +76,15 @@ EXAMPLE = {
 }
 
 
+DEFINITION = (
+    "A run definition: `goal`; `agents` (each a `name`, its `role`, `model`, `tools` — registry "
+    "tool names or glob patterns, see `GET /v1/tools` — and `memory`); `steps` (each an `id`, "
+    "its `agent`, the `task`, the steps it `needs`, `gate` to wait for approval); `mode` "
+    "(`sequential`, `parallel`, `dag`), `report_step`, `budget`. An unknown agent, a cycle or "
+    "a tool the registry lacks is refused, naming the place."
+)
+
+
 class RunStepView(BaseModel):
     id: str
     agent: str
@@ -111,14 +121,23 @@ class RunList(BaseModel):
 
 
 class GateDecision(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"approved": True, "comment": "The drafts look right"}]},
+    )
     approved: bool = Field(description="true lets the gated step start; false ends the run.")
-    comment: str = Field(default="", max_length=2000)
+    comment: str = Field(
+        default="", max_length=2000, description="Kept with the decision, as is its author."
+    )
 
 
 class Cancel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    reason: str = Field(default="", max_length=1000)
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"reason": "No longer needed"}]}
+    )
+    reason: str = Field(
+        default="", max_length=1000, description="Why, kept with the cancelled instance."
+    )
 
 
 class Accepted(BaseModel):
@@ -218,8 +237,14 @@ def _running(run: SagaInfo) -> None:
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {"schema": {"type": "object"}, "example": EXAMPLE},
-                "application/yaml": {"schema": {"type": "string"}},
+                "application/json": {
+                    "schema": {"type": "object", "description": DEFINITION},
+                    "example": EXAMPLE,
+                },
+                "application/yaml": {
+                    "schema": {"type": "string", "description": DEFINITION},
+                    "example": yaml.safe_dump(EXAMPLE, sort_keys=False),
+                },
             },
         }
     },
@@ -235,6 +260,8 @@ async def create_run(
     raw = await _definition(request)
     # The run acts with the caller's role and key, whatever the definition says.
     raw = {**raw, "role": principal.role or None, "key_id": principal.key_id}
+    checked({**raw, "platform_tools": []})  # the definition's shape first, its tools after
+    raw = await with_tool_specs(gateway.dispatch, principal, raw)
     checked(raw)
     run_id = run_id or new_id()
     await gateway.dispatch.call(

@@ -26,6 +26,7 @@ from gateway.dispatch import Refused, refusal_error
 from gateway.errors import ApiError, not_found, unavailable
 from gateway.idempotency import attempt_of
 from gateway.openai_bodies import ERRORS
+from gateway.tool_names import task_input as with_tool_specs
 from schemas.common import CommandFailed
 from schemas.envelope import new_id
 from schemas.sagas import (
@@ -51,11 +52,28 @@ _ID = r"^[A-Za-z0-9_-]{1,64}$"
 
 
 class TaskCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "input": {
+                        "goal": "Summarise this week's incidents",
+                        "max_steps": 3,
+                        "tools": ["calculator", "current_time"],
+                        "require_approval": True,
+                    },
+                    "id": "weekly-incidents",
+                }
+            ]
+        },
+    )
     input: dict[str, Any] = Field(
         description="The agent_task saga's input: `goal` (required), `model`, `max_steps`, "
-        "`tools`, `require_approval`, `approval_timeout`, `user`.",
-        json_schema_extra={"example": {"goal": "Summarise this week's incidents"}},
+        "`tools`, `require_approval`, `approval_timeout`, `user`, `budget`, `on_refusal`. "
+        "`tools` takes registry tool names (`GET /v1/tools`: the task runs them) as well as "
+        "full specs `{name, description, parameters}` of your own (the model may call them; "
+        "the task does not run them); an unknown name is a 404 naming the known ones.",
     )
     id: str | None = Field(
         default=None, pattern=_ID, description="Your own id; starting it twice is refused."
@@ -90,14 +108,31 @@ class TaskList(BaseModel):
 
 
 class Signal(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=100)
-    payload: dict[str, Any] = {}
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"name": "approve", "payload": {"approved": True, "comment": "Ship it"}}
+            ]
+        },
+    )
+    name: str = Field(
+        min_length=1,
+        max_length=100,
+        description=f"The signal: {', '.join(AGENT_TASK_SIGNALS)} (with `require_approval`).",
+    )
+    payload: dict[str, Any] = Field(
+        default={}, description="`approve` takes `approved` (true or false) and `comment`."
+    )
 
 
 class Cancel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    reason: str = Field(default="", max_length=1000)
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"reason": "No longer needed"}]}
+    )
+    reason: str = Field(
+        default="", max_length=1000, description="Why, kept with the cancelled instance."
+    )
 
 
 class Accepted(BaseModel):
@@ -165,11 +200,12 @@ async def create_task(
     principal: Annotated[Principal, Depends(caller("tasks"))],
 ) -> Task:
     gateway = gateway_of(request)
-    _checked_input(body.input)
+    raw = await with_tool_specs(gateway.dispatch, principal, body.input)
+    _checked_input(raw)
     # The task acts with the caller's role, whatever the input says; the tools and memory
     # processes hold each of its calls to that role (and to the caller's own memories). Its
     # model calls count against the caller's key, as a chat turn's do.
-    task_input = {**body.input, "role": principal.role or None, "key_id": principal.key_id}
+    task_input = {**raw, "role": principal.role or None, "key_id": principal.key_id}
     attempt = attempt_of(request.scope)
     if attempt is None:
         task_id = body.id or new_id()

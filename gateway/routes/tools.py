@@ -34,8 +34,15 @@ class ToolListOut(BaseModel):
 
 
 class Invocation(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    arguments: dict[str, Any] = {}
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"arguments": {"expression": "6 * 7"}, "call_id": "calc-1"}]
+        },
+    )
+    arguments: dict[str, Any] = Field(
+        default={}, description="The tool's arguments, as its `input_schema` (GET /v1/tools)."
+    )
     call_id: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z0-9_.:-]{1,128}$",
