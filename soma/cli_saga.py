@@ -324,9 +324,44 @@ def _still_running(row: dict[str, Any], action: str) -> None:
         terminal.fail(f"saga {row['id']} has already ended ({row['state']}); nothing to {action}")
 
 
+async def _with_tool_specs(requester: Any, cmd: Any, tenant: str) -> Any:
+    """``cmd`` with the tools an agent task or a run names by name replaced by the registry's
+    full specs, resolved as the gateway resolves them; an unknown name fails, listing the
+    registry's tools."""
+    import msgspec
+
+    from gateway.tool_names import UnknownTool, run_tools, task_tools
+    from schemas.tools import ToolsList
+
+    resolve = {"agent_task": task_tools, "agent_run": run_tools}.get(cmd.saga_type)
+    if resolve is None or not isinstance(cmd.input, dict):
+        return cmd
+
+    async def registry() -> dict[str, Any]:
+        try:
+            _, reply = await requester.request(
+                ToolsList(role=None),
+                tenant=tenant,
+                expect={"tools.listed"},
+                actor="operator",
+                timeout=30,
+            )
+        except TimeoutError as exc:
+            terminal.fail(f"{exc}; tools are named by name, so the tools process must be up")
+        if reply.schema != "tools.listed":
+            terminal.fail(f"the tool registry could not be read: {reply.payload.error}")
+        return {tool.name: tool for tool in reply.payload.tools}
+
+    try:
+        return msgspec.structs.replace(cmd, input=await resolve(cmd.input, registry))
+    except UnknownTool as exc:
+        terminal.fail(f"{exc.param}: {exc}", code=terminal.USAGE)
+
+
 async def _start_on(requester: Any, cmd: Any, tenant: str, sid: str) -> None:
     """Send a saga's start and return once the runner has stored it (so ``show`` finds it at
     once), or fail with the runner's refusal."""
+    cmd = await _with_tool_specs(requester, cmd, tenant)
     try:
         _, reply = await requester.request(
             cmd,

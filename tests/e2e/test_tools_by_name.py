@@ -3,6 +3,7 @@ asks the tools process for their specs before the saga starts, and refuses a nam
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -128,3 +129,39 @@ def test_a_run_whose_agent_names_an_unknown_tool_is_404_naming_the_place(
     error = refused.json()["error"]
     assert (error["code"], error["param"]) == ("tool_not_found", "agents[0].tools[0]")
     assert "No tool named 'teleport'" in error["message"]
+
+
+def _saga_cli(system: System, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "soma.cli", "saga", *args],
+        env=system.env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_soma_saga_start_of_a_task_naming_registry_tools_stores_their_full_specs(
+    system: System, registry: dict[str, dict[str, Any]]
+) -> None:
+    goal = '{"goal": "6*7?", "max_steps": 1, "tools": ["calculator"]}'
+    started = _saga_cli(system, "start", "agent_task", goal, "--tenant", "acme")
+    assert started.returncode == 0, started.stderr
+
+    shown = _saga_cli(system, "show", started.stdout.strip(), "--json")
+    assert shown.returncode == 0, shown.stderr
+    stored = json.loads(shown.stdout)["saga"]["input"]
+    assert stored["tools"] == []
+    assert stored["platform_tools"] == [
+        {"name": "calculator", "description": registry["calculator"]["description"],
+         "parameters": registry["calculator"]["input_schema"]}
+    ]
+
+
+def test_soma_saga_start_naming_an_unknown_tool_exits_2_naming_it_and_starts_nothing(
+    system: System, registry: dict[str, dict[str, Any]]
+) -> None:
+    goal = '{"goal": "6*7?", "tools": ["abacus"]}'
+    started = _saga_cli(system, "start", "agent_task", goal, "--tenant", "acme", "--id", "t-abacus")
+
+    assert started.returncode == 2
+    assert "abacus" in started.stderr and "calculator" in started.stderr
+    assert "input.tools[0]" in started.stderr
+    assert _saga_cli(system, "show", "t-abacus").returncode != 0
