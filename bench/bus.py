@@ -42,7 +42,7 @@ from nats.js.errors import NotFoundError  # noqa: E402
 from bus import runtime  # noqa: E402
 from bus.connection import connect  # noqa: E402
 from bus.publish import encode, envelope_for, publish  # noqa: E402
-from bus.service import Service  # noqa: E402
+from bus.service import Connected, Service  # noqa: E402
 from bus.streams import provision  # noqa: E402
 from kernel.settings import Settings  # noqa: E402
 from schemas.catalogue import STREAMS  # noqa: E402
@@ -169,13 +169,13 @@ async def faststream(js: JetStreamContext, settings: Settings, count: int) -> fl
     return count / (marks[1] - marks[0])
 
 
-async def publish_latency(js: JetStreamContext, count: int) -> list[float]:
+async def publish_latency(bus: Connected, count: int) -> list[float]:
     times = []
     for i in range(count):
         cmd = PolicyEvaluate(stage="prompt", text=f"latency {i}")
         env = envelope_for(cmd, tenant=TENANT)
         started = time.perf_counter()
-        await publish(js, cmd, env)
+        await publish(bus, cmd, env)
         times.append((time.perf_counter() - started) * 1000)
     return times
 
@@ -226,7 +226,7 @@ async def main(count: int, latency_count: int) -> dict[str, Any]:
         print(f"  {fs_rate:,.0f} msgs/s ({fs_rate / reply_rate:.0%} of the runtime's)", flush=True)
 
         print(f"bus.publish.publish, sequential, {latency_count} messages …", flush=True)
-        times = await publish_latency(js, latency_count)
+        times = await publish_latency(Connected(nc, js), latency_count)
         cuts = statistics.quantiles(times, n=100)
         p50, p99 = statistics.median(times), cuts[98]
         print(f"  p50 {p50:.3f} ms, p99 {p99:.3f} ms", flush=True)

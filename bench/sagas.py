@@ -225,6 +225,7 @@ async def bench_ours(
     import nats
 
     from bus.publish import envelope_for, publish
+    from bus.service import Connected
     from schemas.catalogue import of_type
     from schemas.envelope import new_id
     from schemas.sagas import SagaFinished, SagaStart
@@ -245,14 +246,14 @@ async def bench_ours(
         if line.strip() != b"ready":
             raise RuntimeError(f"saga runner did not start (exit {proc.returncode})")
         nc = await nats.connect(nats_url, name="bench-sagas")
-        js = nc.jetstream()
+        bus = Connected(nc, nc.jetstream())
         finishes = Finishes()
         await nc.subscribe(of_type(SagaFinished).subject(TENANT), cb=finishes.on_message)
 
         async def start(saga_id: str) -> None:
             cmd = SagaStart(saga_type=saga_type, saga_id=saga_id)
             env = envelope_for(cmd, tenant=TENANT, correlation_id=saga_id)
-            await publish(js, cmd, env, timeout=60)
+            await publish(bus, cmd, env, timeout=60)
 
         async def one() -> float:
             saga_id = new_id()

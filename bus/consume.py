@@ -20,13 +20,12 @@ from dataclasses import dataclass
 
 import msgspec
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 
 from bus import deadletter
 from bus.errors import Rejected
 from bus.metrics import count, observe
 from bus.publish import publish
-from bus.service import BatchHandler, Delivery, Handler
+from bus.service import BatchHandler, Connected, Delivery, Handler
 from bus.tracing import bind, consuming, current_traceparent
 from schemas.catalogue import MessageType, UnknownMessage, by_subject, failed_event, of_type
 from schemas.common import CommandFailed, FailureCode
@@ -92,7 +91,7 @@ def _deliveries(msg: Msg) -> int:
 
 
 async def _fail_event(
-    js: JetStreamContext,
+    bus: Connected,
     service: str,
     env: Envelope,
     error: str,
@@ -102,7 +101,7 @@ async def _fail_event(
     entry = failed_event(service)
     event = CommandFailed(command=env.schema, error=error, retryable=retryable, code=code)
     reply = env.reply(entry.name, reply_id(env.message_id, "failed"))
-    await publish(js, event, reply, entry=entry)
+    await publish(bus, event, reply, entry=entry)
 
 
 async def _not_followed(msg: Msg, service: str, env: Envelope) -> None:
@@ -118,7 +117,7 @@ async def _not_followed(msg: Msg, service: str, env: Envelope) -> None:
 
 
 def make_processor(
-    js: JetStreamContext,
+    bus: Connected,
     service: str,
     routes: dict[str, Handler],
     policy: RetryPolicy,
@@ -131,11 +130,13 @@ def make_processor(
         msg: Msg, reason: str, env: Envelope | None, deliveries: int, retryable: bool = False
     ) -> None:
         log.error("%s: dead-lettering %s: %s", service, msg.subject, reason)
-        await deadletter.dead_letter(js, msg, reason=reason, service=service, deliveries=deliveries)
+        await deadletter.dead_letter(
+            bus.js, msg, reason=reason, service=service, deliveries=deliveries
+        )
         if env is not None and emit_replies:
             # Retries spent: it was tried. Otherwise the message itself was unusable.
             code = FailureCode.FAILED if retryable else FailureCode.INVALID
-            await _fail_event(js, service, env, reason, retryable=retryable, code=code)
+            await _fail_event(bus, service, env, reason, retryable=retryable, code=code)
         count(service, env.schema if env else "?", "dead_lettered")
         await msg.term()
 
@@ -181,11 +182,11 @@ def make_processor(
             try:
                 result = await handler(payload, env)
                 if result is not None and emit_replies:
-                    await _reply(js, env, result)
+                    await _reply(bus, env, result)
             except Rejected as exc:
                 log.info("%s: rejected %s %s: %s", service, entry.name, env.message_id, exc)
                 if emit_replies:
-                    await _fail_event(js, service, env, str(exc), retryable=False, code=exc.code)
+                    await _fail_event(bus, service, env, str(exc), retryable=False, code=exc.code)
                 count(service, entry.name, "rejected")
                 await msg.ack()
                 return
@@ -219,17 +220,17 @@ def make_processor(
     return process
 
 
-async def _reply(js: JetStreamContext, env: Envelope, result: msgspec.Struct) -> None:
+async def _reply(bus: Connected, env: Envelope, result: msgspec.Struct) -> None:
     entry = of_type(type(result))
     reply = env.reply(entry.name, reply_id(env.message_id), entry.version)
     tp = current_traceparent()
     if tp:
         reply = msgspec.structs.replace(reply, traceparent=tp)
-    await publish(js, result, reply, entry=entry)
+    await publish(bus, result, reply, entry=entry)
 
 
 def make_batch_processor(
-    js: JetStreamContext,
+    bus: Connected,
     service: str,
     names: Collection[str],
     handler: BatchHandler,
@@ -247,7 +248,9 @@ def make_batch_processor(
 
     async def to_dead_letters(msg: Msg, reason: str, env: Envelope | None, deliveries: int) -> None:
         log.error("%s: dead-lettering %s: %s", service, msg.subject, reason)
-        await deadletter.dead_letter(js, msg, reason=reason, service=service, deliveries=deliveries)
+        await deadletter.dead_letter(
+            bus.js, msg, reason=reason, service=service, deliveries=deliveries
+        )
         count(service, env.schema if env else "?", "dead_lettered")
         await msg.term()
 

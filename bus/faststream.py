@@ -44,7 +44,6 @@ from faststream.middlewares import AckPolicy, BaseMiddleware
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 from nats.js.api import AckPolicy as ServerAckPolicy
 from nats.js.api import DeliverPolicy
 
@@ -53,6 +52,7 @@ from bus.connection import DEFAULT_URL, connection_options, unreachable_message,
 from bus.consume import RetryPolicy, make_processor
 from bus.errors import BusUnavailable
 from bus.runtime import health_app, retry_policy
+from bus.service import Connected
 from bus.streams import provision
 from schemas.catalogue import STREAMS, by_subject, of_type
 from schemas.envelope import Envelope
@@ -135,8 +135,8 @@ class SomaFastStream:
     def _processor(self, client: Client) -> Callable[[Msg], Awaitable[None]]:
         process = self._processors.get(id(client))
         if process is None:
-            js: JetStreamContext = client.jetstream()
-            process = make_processor(js, self.service, {"*": _call_faststream}, self.policy)
+            bus = Connected(client, client.jetstream())
+            process = make_processor(bus, self.service, {"*": _call_faststream}, self.policy)
             self._processors[id(client)] = process
         return process
 

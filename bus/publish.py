@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import msgspec
 from nats.aio.client import Client
-from nats.js import JetStreamContext
 
 from bus import tracing
 from bus.errors import PayloadTooLarge
+from bus.service import Connected
 from bus.tracing import current_traceparent
 from schemas.catalogue import MessageType, of_type
 from schemas.envelope import Envelope, new_id
@@ -75,14 +75,15 @@ def check_size(nc: Client, subject: str, data: bytes, headers: dict[str, str] | 
 
 
 async def publish(
-    js: JetStreamContext,
+    bus: Connected,
     message: msgspec.Struct,
     env: Envelope,
     *,
     entry: MessageType | None = None,
     timeout: float = 5.0,
 ) -> Published:
-    """Publish and wait for the JetStream ack; a re-publish of the same id reports ``duplicate``.
+    """Publish on ``bus`` and wait for the JetStream ack; a re-publish of the same id reports
+    ``duplicate``.
 
     ``PayloadTooLarge`` when the message does not fit the server's ``max_payload``.
     """
@@ -92,16 +93,16 @@ async def publish(
     if tracing.enabled() and env.traceparent:
         with tracing.producing(env.traceparent, entry.name, subject) as traceparent:
             env = msgspec.structs.replace(env, traceparent=traceparent)
-            return await _publish(js, message, env, subject, timeout)
-    return await _publish(js, message, env, subject, timeout)
+            return await _publish(bus, message, env, subject, timeout)
+    return await _publish(bus, message, env, subject, timeout)
 
 
 async def _publish(
-    js: JetStreamContext, message: msgspec.Struct, env: Envelope, subject: str, timeout: float
+    bus: Connected, message: msgspec.Struct, env: Envelope, subject: str, timeout: float
 ) -> Published:
     data, headers = encode(message), env.to_headers()
-    check_size(js._nc, subject, data, headers)
-    ack = await js.publish(subject, data, timeout=timeout, headers=headers)
+    check_size(bus.nc, subject, data, headers)
+    ack = await bus.js.publish(subject, data, timeout=timeout, headers=headers)
     return Published(subject, ack.stream, ack.seq, bool(ack.duplicate), env.message_id)
 
 

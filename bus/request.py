@@ -22,6 +22,7 @@ from nats.js import JetStreamContext
 
 from bus.errors import RequestTimeout
 from bus.publish import Published, envelope_for, publish
+from bus.service import Connected
 from schemas.catalogue import UnknownMessage, by_subject
 from schemas.envelope import CORRELATION_ID, Envelope, EnvelopeError
 
@@ -48,6 +49,7 @@ class Requester:
     def __init__(self, nc: Client, js: JetStreamContext, subject: str = "soma.evt.>") -> None:
         self.nc = nc
         self.js = js
+        self.bus = Connected(nc, js)  # what its commands are published on
         self._subject = subject
         # Several waiters may watch one correlation id at once (two requests naming the same
         # task): each gets every event of it.
@@ -103,7 +105,7 @@ class Requester:
         """Publish ``message``; return the first event named in ``expect`` or its own failure."""
         env = envelope_for(message, tenant=tenant, actor=actor, correlation_id=correlation_id)
         async with self.watching(env.correlation_id) as queue:
-            published = await publish(self.js, message, env)
+            published = await publish(self.bus, message, env)
             try:
                 async with asyncio.timeout(timeout):
                     while True:

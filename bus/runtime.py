@@ -97,14 +97,14 @@ class Consumer:
 
     def __init__(
         self,
-        js: JetStreamContext,
+        bus: Connected,
         stream: str,
         config: ConsumerConfig,
         handle: Callable[[Msg], Awaitable[None]],
         concurrency: int,
     ) -> None:
-        self.js = js
-        self.nc: Client = js._nc
+        self.js = bus.js
+        self.nc = bus.nc
         self.stream = stream
         self.config = config
         self.handle = handle
@@ -209,14 +209,14 @@ class BatchConsumer(Consumer):
 
     def __init__(
         self,
-        js: JetStreamContext,
+        bus: Connected,
         stream: str,
         config: ConsumerConfig,
         handle_batch: Callable[[list[Msg]], Awaitable[None]],
         concurrency: int,
         linger: float = 0.0,
     ) -> None:
-        super().__init__(js, stream, config, self._unused, concurrency)
+        super().__init__(bus, stream, config, self._unused, concurrency)
         self.handle_batch = handle_batch
         self.linger = linger
         self.waiting: list[Msg] = []
@@ -285,16 +285,17 @@ async def start(
     nc = await connect(url, f"soma-{service.name}", inbox_prefix=settings.nats_inbox_prefix)
     js = nc.jetstream()
     await provision(js, settings)
+    bus = Connected(nc, js)
     for hook in service.startup:
-        await hook(Connected(nc, js))
+        await hook(bus)
 
     policy = retry_policy(settings)
     running = Running(service, nc, js)
     if service.routes:
-        process = make_processor(js, service.name, command_routes(service), policy)
+        process = make_processor(bus, service.name, command_routes(service), policy)
         config = _consumer_config(service.name, [f"soma.cmd.*.{service.name}.>"], settings)
         running.consumers.append(
-            Consumer(js, STREAMS["cmd"], config, process, settings.fetch_batch)
+            Consumer(bus, STREAMS["cmd"], config, process, settings.fetch_batch)
         )
     if service.event_routes and service.event_batches:
         raise ValueError(f"{service.name}: event_routes and event_batches share one consumer")
@@ -303,11 +304,11 @@ async def start(
         subjects = ["soma.evt.>"] if "*" in followed else [by_name(n).pattern for n in followed]
         config = _consumer_config(f"{service.name}-events", subjects, settings)
         batches = make_batch_processor(
-            js, service.name, followed, service.event_batches.handler, policy
+            bus, service.name, followed, service.event_batches.handler, policy
         )
         running.consumers.append(
             BatchConsumer(
-                js,
+                bus,
                 STREAMS["evt"],
                 config,
                 batches,
@@ -317,7 +318,7 @@ async def start(
         )
     if service.event_routes:
         process = make_processor(
-            js, service.name, dict(service.event_routes), policy, emit_replies=False
+            bus, service.name, dict(service.event_routes), policy, emit_replies=False
         )
         subjects = (
             ["soma.evt.>"]
@@ -326,7 +327,7 @@ async def start(
         )
         config = _consumer_config(f"{service.name}-events", subjects, settings)
         running.consumers.append(
-            Consumer(js, STREAMS["evt"], config, process, settings.fetch_batch)
+            Consumer(bus, STREAMS["evt"], config, process, settings.fetch_batch)
         )
     for consumer in running.consumers:
         await consumer.start()

@@ -22,7 +22,11 @@ Hook = Callable[[], Awaitable[None]]
 @dataclass(frozen=True)
 class Connected:
     """What the runtime hands each startup hook: the connection it serves the service on, made
-    before the hooks run, so no handler opens a second one of its own."""
+    before the hooks run, so no handler opens a second one of its own.
+
+    It is also what ``bus.publish.publish`` sends on: the JetStream context to publish with
+    and the connection whose server says how large a message may be.
+    """
 
     nc: Client
     js: JetStreamContext

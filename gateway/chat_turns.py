@@ -204,7 +204,7 @@ async def start(
         message_id=f"{saga_id}.start" if again else None,
     )
     try:
-        await publish(dispatch.js, command, env)
+        await publish(dispatch.bus, command, env)
     except Exception as exc:
         log.warning("starting chat turn %s failed: %s", saga_id, exc)
         raise unavailable("The message bus is not reachable.") from exc
@@ -258,7 +258,7 @@ async def cancel(dispatch: Dispatch, principal: Principal, saga_id: str, reason:
         command, tenant=principal.tenant, actor=principal.user, correlation_id=saga_id
     )
     with contextlib.suppress(Exception):
-        await publish(dispatch.js, command, env)
+        await publish(dispatch.bus, command, env)
 
 
 def is_end(reply: Reply, saga_id: str) -> bool:

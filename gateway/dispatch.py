@@ -29,6 +29,7 @@ from nats.js import JetStreamContext
 from bus.errors import RequestTimeout
 from bus.publish import envelope_for, publish
 from bus.request import Requester
+from bus.service import Connected
 from gateway.errors import ApiError, unavailable
 from schemas.catalogue import of_type
 from schemas.common import CommandFailed, FailureCode
@@ -106,6 +107,11 @@ class Dispatch:
     requester: Requester
     timeout: float
 
+    @property
+    def bus(self) -> Connected:
+        """What commands are published on."""
+        return Connected(self.nc, self.js)
+
     async def ask(
         self,
         command: msgspec.Struct,
@@ -180,7 +186,7 @@ class Dispatch:
             message_id=message_id,
         )
         try:
-            await publish(self.js, command, env)
+            await publish(self.bus, command, env)
         except Exception as exc:
             log.warning("publishing %s failed: %s", type(command).__name__, exc)
             raise unavailable("The message bus is not reachable.") from exc

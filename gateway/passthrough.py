@@ -110,7 +110,7 @@ class PassThroughTurn:
             message_id=self._command_id,
         )
         try:
-            published = await publish(self.dispatch.js, message, env)
+            published = await publish(self.dispatch.bus, message, env)
         except Exception as exc:
             log.warning("publishing pass-through turn %s failed: %s", self.id, exc)
             raise unavailable("The message bus is not reachable.") from exc

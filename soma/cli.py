@@ -304,6 +304,7 @@ def publish(
     """
     from bus.publish import envelope_for
     from bus.publish import publish as publish_message
+    from bus.service import Connected
     from soma.messages import InvalidMessage, parse
 
     raw = _read_body(body)
@@ -324,9 +325,9 @@ def publish(
         from nats.errors import NoRespondersError
         from nats.errors import TimeoutError as NatsTimeout
 
-        async with terminal.bus(terminal.settings()) as (_nc, js):
+        async with terminal.bus(terminal.settings()) as (nc, js):
             try:
-                published = await publish_message(js, message, env, entry=entry)
+                published = await publish_message(Connected(nc, js), message, env, entry=entry)
             except NoRespondersError:
                 terminal.fail(
                     f"no stream stores {subject}; start the system (`soma up`, or any "

@@ -379,10 +379,11 @@ async def _start_on(requester: Any, cmd: Any, tenant: str, sid: str) -> None:
 
 async def _send(message: Any, tenant: str, correlation_id: str | None = None) -> str:
     from bus.publish import envelope_for, publish
+    from bus.service import Connected
 
-    async with terminal.bus(terminal.settings()) as (_, js):
+    async with terminal.bus(terminal.settings()) as (nc, js):
         env = envelope_for(message, tenant=tenant, actor="operator", correlation_id=correlation_id)
-        await publish(js, message, env)
+        await publish(Connected(nc, js), message, env)
         return env.message_id
 
 
@@ -529,7 +530,7 @@ async def _command(message: Any, row: dict[str, Any], expect: str, timeout: floa
         try:
             # A saga's events carry its correlation id: watch it before sending.
             async with requester.watching(env.correlation_id) as events:
-                await publish(js, message, env)
+                await publish(requester.bus, message, env)
                 async with asyncio.timeout(timeout):
                     while True:
                         event = await events.get()

@@ -259,7 +259,7 @@ async def _start_once(
     )
     async with dispatch.requester.watching(task_id) as events:
         try:
-            published = await publish(dispatch.js, command, env)
+            published = await publish(dispatch.bus, command, env)
         except Exception as exc:
             raise unavailable("The message bus is not reachable.") from exc
         if published.duplicate:

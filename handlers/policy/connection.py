@@ -43,7 +43,7 @@ class PolicyConnection:
             message_id=message_id,
             correlation_id=correlation_id,
         )
-        await publish(self._require().js, event, env)
+        await publish(self._require().bus, event, env)
 
     async def ask(
         self, command: SlmComplete, tenant: str, correlation_id: str, timeout: float

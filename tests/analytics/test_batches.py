@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bus import runtime
 from bus.connection import connect
 from bus.publish import envelope_for, publish
+from bus.service import Connected
 from bus.streams import provision
 from handlers.analytics import rollups
 from handlers.analytics.report import report
@@ -48,8 +49,12 @@ ROOT = Path(__file__).resolve().parents[2]
 class Store:
     server: NatsServer
     settings: Settings
-    js: JetStreamContext
+    bus: Connected
     engine: AsyncEngine
+
+    @property
+    def js(self) -> JetStreamContext:
+        return self.bus.js
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -77,7 +82,7 @@ async def store(database_url: str, tmp_path: Path) -> AsyncIterator[Store]:
         await provision(nc.jetstream(), settings)
         engine = make_engine(database_url)
         try:
-            yield Store(server, settings, nc.jetstream(), engine)
+            yield Store(server, settings, Connected(nc, nc.jetstream()), engine)
         finally:
             await nc.close()
             await engine.dispose()
@@ -125,7 +130,7 @@ async def _assert_counted_once(engine: AsyncEngine, expected: Expected) -> None:
 async def test_a_batch_committed_but_never_acked_counts_once_when_delivered_again(
     store: Store,
 ) -> None:
-    expected = await _publish_turns(store.js, seed=7)
+    expected = await _publish_turns(store.bus, seed=7)
     # What a process killed between its commit and its acks leaves: the first half of the
     # events counted in one batch transaction, and none of them acked.
     half = await _stream_events(store.js, 1, expected.events // 2)
@@ -141,7 +146,7 @@ async def test_a_batch_committed_but_never_acked_counts_once_when_delivered_agai
 
 
 async def test_a_batch_delivered_twice_in_one_transaction_counts_once(store: Store) -> None:
-    expected = await _publish_turns(store.js, seed=11)
+    expected = await _publish_turns(store.bus, seed=11)
     events = await _stream_events(store.js, 1, expected.events)
 
     assert await rollups.count_batch(store.engine, events + events) == expected.events
@@ -165,7 +170,7 @@ async def test_an_analytics_process_killed_mid_batch_leaves_every_event_counted_
         # The events go out while the process counts them; it dies after its first ack, while
         # it holds a batch it has not acked. Between the look and the kill it may ack that
         # batch and fetch no other; then the scenario is tried again on the events still to come.
-        publishing = asyncio.create_task(_publish_turns(store.js, seed=13))
+        publishing = asyncio.create_task(_publish_turns(store.bus, seed=13))
         held = 0
         async with asyncio.timeout(60):
             while not held:
@@ -196,7 +201,7 @@ async def test_an_analytics_process_killed_mid_batch_leaves_every_event_counted_
 
 
 async def test_events_in_hand_together_are_counted_in_batches(store: Store) -> None:
-    expected = await _publish_turns(store.js, seed=17)
+    expected = await _publish_turns(store.bus, seed=17)
     batches: list[int] = []
     service = build(store.settings)
     assert service.event_batches is not None
@@ -238,7 +243,7 @@ async def test_events_a_few_milliseconds_apart_wait_for_each_other_in_one_batch(
     try:
         for i in range(5):
             event = SagaStarted(saga_id=f"turn-{i}", saga_type="chat_turn", version=2)
-            await publish(store.js, event, envelope_for(event, tenant="acme"))
+            await publish(store.bus, event, envelope_for(event, tenant="acme"))
             await asyncio.sleep(0.01)
         await _drained(store.js)
     finally:

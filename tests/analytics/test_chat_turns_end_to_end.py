@@ -108,7 +108,7 @@ async def _turn(requester: Requester, tenant: str, turn: ChatTurnInput) -> list[
     async with requester.watching(saga_id) as events:
         cmd = SagaStart(saga_type="chat_turn", saga_id=saga_id, input=msgspec.to_builtins(turn))
         env = envelope_for(cmd, tenant=tenant, correlation_id=saga_id, actor=turn.user or "")
-        await publish(requester.js, cmd, env)
+        await publish(requester.bus, cmd, env)
         async with asyncio.timeout(120):
             while True:
                 event = await events.get()

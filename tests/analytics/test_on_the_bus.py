@@ -19,6 +19,7 @@ from bus import runtime
 from bus.connection import connect
 from bus.publish import publish
 from bus.request import Requester
+from bus.service import Connected
 from handlers.analytics.report import report
 from handlers.analytics.service import build
 from kernel.db import make_engine
@@ -114,7 +115,7 @@ def _envelope(
     )
 
 
-async def _publish_turns(js: JetStreamContext, seed: int) -> Expected:
+async def _publish_turns(bus: Connected, seed: int) -> Expected:
     """Publish the events of ``TURNS`` chat turns as the saga runner and slm handler would."""
     rng = random.Random(seed)
     expected = Expected()
@@ -122,7 +123,7 @@ async def _publish_turns(js: JetStreamContext, seed: int) -> Expected:
         tenant, actor = rng.choice(TENANTS), rng.choice(USERS)
         saga_id, started_at = new_id(), time.time()
         await publish(
-            js,
+            bus,
             SagaStarted(saga_id=saga_id, saga_type="chat_turn", version=1),
             _envelope("sagas.started", tenant, saga_id, actor, f"{new_id()}.reply", started_at),
         )
@@ -133,7 +134,7 @@ async def _publish_turns(js: JetStreamContext, seed: int) -> Expected:
             if rng.random() < 0.05:
                 failed = CommandFailed(command="slm.complete", error="rate limited", retryable=True)
                 env = _envelope("slm.failed", tenant, saga_id, actor, mid, time.time())
-                await publish(js, failed, env, entry=failed_event("slm"))
+                await publish(bus, failed, env, entry=failed_event("slm"))
                 expected.failed_calls[tenant] += 1
                 continue
             prompt, completion = rng.randint(20, 4000), rng.randint(1, 800)
@@ -146,13 +147,13 @@ async def _publish_turns(js: JetStreamContext, seed: int) -> Expected:
                 latency_ms=rng.uniform(40, 3000),
             )
             await publish(
-                js, event, _envelope("slm.completed", tenant, saga_id, actor, mid, time.time())
+                bus, event, _envelope("slm.completed", tenant, saga_id, actor, mid, time.time())
             )
             expected.calls[(tenant, model)].append(event)
         state = "failed" if rng.random() < 0.1 else "completed"
         finished_at = started_at + rng.uniform(0.1, 5.0)
         await publish(
-            js,
+            bus,
             SagaFinished(saga_id=saga_id, saga_type="chat_turn", state=state),
             _envelope(
                 "sagas.finished", tenant, saga_id, actor, f"{saga_id}.1.finished", finished_at
@@ -176,7 +177,7 @@ async def _drained(js: JetStreamContext, timeout: float = 60) -> None:
 
 @pytest.fixture(scope="module")
 async def published(bus: Bus) -> Expected:
-    expected = await _publish_turns(bus.js, seed=20261125)
+    expected = await _publish_turns(bus.requester.bus, seed=20261125)
     await _drained(bus.js)
     return expected
 

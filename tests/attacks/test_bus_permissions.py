@@ -24,6 +24,7 @@ from nats.js.api import ConsumerConfig, RePublish, StreamConfig
 
 from bus import deadletter, runtime
 from bus.connection import connect
+from bus.service import Connected
 from kernel.settings import Settings
 from schemas.catalogue import STREAMS, by_name
 from schemas.envelope import Envelope
@@ -395,7 +396,8 @@ async def test_a_handler_user_consumes_acks_emits_and_dead_letters_its_own(
     async with as_user(port, name) as user:
         assert user.nc._inbox_prefix.decode() == f"_INBOX.{name}"
         config = runtime._consumer_config(name, [f"soma.cmd.*.{name}.>"], settings)
-        consumer = runtime.Consumer(user.js, STREAMS["cmd"], config, handle, 4)
+        bus = Connected(user.nc, user.js)
+        consumer = runtime.Consumer(bus, STREAMS["cmd"], config, handle, 4)
         await consumer.start()
         try:
             msg = await asyncio.wait_for(_next_with_seq(got, sent.seq), 20)

@@ -320,7 +320,7 @@ async def test_a_callers_spec_shadows_the_platform_tool_of_the_same_name(
     seen: list[str] = []
     async with requester.watching(saga_id) as events:
         cmd = SagaStart(saga_type="chat_turn", saga_id=saga_id, input=msgspec.to_builtins(turn))
-        await publish(requester.js, cmd, envelope_for(cmd, tenant=TENANT, correlation_id=saga_id))
+        await publish(requester.bus, cmd, envelope_for(cmd, tenant=TENANT, correlation_id=saga_id))
         async with asyncio.timeout(60):
             while (event := await events.get()).schema != "sagas.finished":
                 seen.append(event.schema)

@@ -14,6 +14,7 @@ from nats.js.errors import NotFoundError
 from bus.connection import connect
 from bus.faststream import SomaEnvelope, SomaFastStream
 from bus.publish import envelope_for, publish
+from bus.service import Connected
 from kernel.settings import Settings
 from schemas import catalogue, extensions
 from schemas.base import Message
@@ -65,9 +66,9 @@ def nats() -> Iterator[NatsServer]:
 
 
 @pytest.fixture(scope="module")
-async def js(
+async def bus(
     nats: NatsServer, registered: None, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[JetStreamContext]:
+) -> AsyncIterator[Connected]:
     settings = Settings(
         NATS_URL=nats.url,
         SOMA_DATA_DIR=str(tmp_path_factory.mktemp("probe")),
@@ -79,7 +80,7 @@ async def js(
     service.command(ProbeRun)(run_probe)  # its messages are registered by now
     await service.start(settings)
     nc = await connect(nats.url, "probe-test")
-    yield nc.jetstream()
+    yield Connected(nc, nc.jetstream())
     with quiet_disconnect():
         await nc.close()
         await service.stop()
@@ -98,27 +99,27 @@ async def _last(js: JetStreamContext, stream: str, subject: str) -> tuple[dict, 
 
 
 async def test_a_failing_faststream_handler_is_retried_then_dead_lettered(
-    js: JetStreamContext,
+    bus: Connected,
 ) -> None:
     cmd = ProbeRun(label="broken", fail=True)
-    await publish(js, cmd, envelope_for(cmd, tenant="retries"))
-    headers, body, _ = await _last(js, STREAMS["dlq"], "soma.dlq.retries.probe")
+    await publish(bus, cmd, envelope_for(cmd, tenant="retries"))
+    headers, body, _ = await _last(bus.js, STREAMS["dlq"], "soma.dlq.retries.probe")
     assert headers["Soma-Dlq-Reason"] == "failed 2 times, last: RuntimeError: the probe broke"
     assert b'"broken"' in body
     assert attempts["broken"] == 2
-    _, failed, _ = await _last(js, STREAMS["evt"], "soma.evt.retries.probe.failed")
+    _, failed, _ = await _last(bus.js, STREAMS["evt"], "soma.evt.retries.probe.failed")
     assert b'"retryable":true' in failed
 
 
 async def test_a_command_published_twice_is_handled_and_answered_once(
-    js: JetStreamContext,
+    bus: Connected,
 ) -> None:
     cmd = ProbeRun(label="twice")
     env = envelope_for(cmd, tenant="twice")
-    await publish(js, cmd, env)
-    await publish(js, cmd, env)  # the same message id: the server drops it
-    _, body, seq = await _last(js, STREAMS["evt"], "soma.evt.twice.probe.done")
+    await publish(bus, cmd, env)
+    await publish(bus, cmd, env)  # the same message id: the server drops it
+    _, body, seq = await _last(bus.js, STREAMS["evt"], "soma.evt.twice.probe.done")
     assert body == b'{"label":"twice","tenant":"twice"}'
-    info = await js.stream_info(STREAMS["evt"], subjects_filter="soma.evt.twice.>")
+    info = await bus.js.stream_info(STREAMS["evt"], subjects_filter="soma.evt.twice.>")
     assert info.state.subjects == {"soma.evt.twice.probe.done": 1}
     assert attempts["twice"] == 1

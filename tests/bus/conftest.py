@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from nats.js import JetStreamContext
 
 from bus.connection import connect
+from bus.service import Connected
 from bus.streams import provision
 from kernel.settings import Settings
 from tests.servers import NatsServer, nats_server
@@ -31,9 +33,14 @@ def settings(fresh_nats: NatsServer, tmp_path) -> Settings:  # type: ignore[no-u
 
 
 @pytest.fixture
-async def js(settings: Settings) -> AsyncIterator:  # type: ignore[type-arg]
+async def bus(settings: Settings) -> AsyncIterator[Connected]:
     nc = await connect(settings.nats_url or "", "test")
     js = nc.jetstream()
     await provision(js, settings)
-    yield js
+    yield Connected(nc, js)
     await nc.close()
+
+
+@pytest.fixture
+def js(bus: Connected) -> JetStreamContext:
+    return bus.js

@@ -34,11 +34,11 @@ async def stream_count(js, stream: str, subject: str | None = None) -> int:  # t
     return (await js.stream_info(stream)).state.messages
 
 
-async def test_publishing_the_same_message_id_twice_stores_it_once(js) -> None:  # type: ignore[no-untyped-def]
+async def test_publishing_the_same_message_id_twice_stores_it_once(bus, js) -> None:  # type: ignore[no-untyped-def]
     cmd = PolicyEvaluate(stage="prompt", text="hello")
     env = envelope_for(cmd, tenant="acme")
-    first = await publish(js, cmd, env)
-    second = await publish(js, cmd, env)
+    first = await publish(bus, cmd, env)
+    second = await publish(bus, cmd, env)
     assert not first.duplicate
     assert second.duplicate
     assert second.seq == first.seq
@@ -46,7 +46,7 @@ async def test_publishing_the_same_message_id_twice_stores_it_once(js) -> None: 
 
 
 async def test_a_handler_failing_twice_then_succeeding_is_handled_and_acked_once(
-    js, settings: Settings
+    bus, js, settings: Settings
 ) -> None:  # type: ignore[no-untyped-def]
     attempts: Counter[str] = Counter()
 
@@ -60,7 +60,7 @@ async def test_a_handler_failing_twice_then_succeeding_is_handled_and_acked_once
     try:
         cmd = PolicyEvaluate(stage="prompt", text="retry-me")
         env = envelope_for(cmd, tenant="acme")
-        await publish(js, cmd, env)
+        await publish(bus, cmd, env)
 
         async def replied() -> bool:
             return await stream_count(js, STREAMS["evt"], "soma.evt.acme.policy.evaluated") == 1
@@ -77,7 +77,7 @@ async def test_a_handler_failing_twice_then_succeeding_is_handled_and_acked_once
 
 
 async def test_a_poison_message_goes_to_dead_letters_with_its_reason_and_others_still_flow(
-    js, settings: Settings
+    bus, js, settings: Settings
 ) -> None:  # type: ignore[no-untyped-def]
     async def handler(cmd: PolicyEvaluate, env: Envelope) -> PolicyEvaluated:
         if cmd.text == "poison":
@@ -87,7 +87,7 @@ async def test_a_poison_message_goes_to_dead_letters_with_its_reason_and_others_
     running = await runtime.start(Service("policy", {PolicyEvaluate: handler}), settings)
     try:
         poison = PolicyEvaluate(stage="prompt", text="poison")
-        await publish(js, poison, envelope_for(poison, tenant="acme"))
+        await publish(bus, poison, envelope_for(poison, tenant="acme"))
 
         async def dead_lettered() -> bool:
             return await stream_count(js, STREAMS["dlq"]) == 1
@@ -95,7 +95,7 @@ async def test_a_poison_message_goes_to_dead_letters_with_its_reason_and_others_
         await eventually(dead_lettered)
         for i in range(5):
             good = PolicyEvaluate(stage="prompt", text=f"good-{i}")
-            await publish(js, good, envelope_for(good, tenant="acme"))
+            await publish(bus, good, envelope_for(good, tenant="acme"))
 
         async def all_served() -> bool:
             return await stream_count(js, STREAMS["evt"], "soma.evt.acme.policy.evaluated") == 5
@@ -150,7 +150,9 @@ async def test_undecodable_or_invalid_messages_are_dead_lettered_at_once(
         await running.stop()
 
 
-async def test_a_replayed_dead_letter_is_handled(js, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+async def test_a_replayed_dead_letter_is_handled(
+    bus, js, settings: Settings
+) -> None:  # type: ignore[no-untyped-def]
     healthy = False
 
     async def handler(cmd: PolicyEvaluate, env: Envelope) -> PolicyEvaluated:
@@ -161,7 +163,7 @@ async def test_a_replayed_dead_letter_is_handled(js, settings: Settings) -> None
     running = await runtime.start(Service("policy", {PolicyEvaluate: handler}), settings)
     try:
         cmd = PolicyEvaluate(stage="prompt", text="later")
-        await publish(js, cmd, envelope_for(cmd, tenant="acme"))
+        await publish(bus, cmd, envelope_for(cmd, tenant="acme"))
 
         async def dead_lettered() -> bool:
             return await stream_count(js, STREAMS["dlq"]) == 1
@@ -181,7 +183,7 @@ async def test_a_replayed_dead_letter_is_handled(js, settings: Settings) -> None
 
 
 async def test_a_handler_slower_than_ack_wait_is_kept_alive_by_heartbeats(
-    js, settings: Settings
+    bus, js, settings: Settings
 ) -> None:  # type: ignore[no-untyped-def]
     calls = 0
 
@@ -195,7 +197,7 @@ async def test_a_handler_slower_than_ack_wait_is_kept_alive_by_heartbeats(
     running = await runtime.start(Service("policy", {PolicyEvaluate: slow}), short)
     try:
         cmd = PolicyEvaluate(stage="prompt", text="slow")
-        await publish(js, cmd, envelope_for(cmd, tenant="acme"))
+        await publish(bus, cmd, envelope_for(cmd, tenant="acme"))
 
         async def replied() -> bool:
             return await stream_count(js, STREAMS["evt"], "soma.evt.acme.policy.evaluated") == 1

@@ -26,7 +26,7 @@ async def test_two_waiters_on_one_correlation_id_each_get_its_events(
                 pass  # one that ends early leaves the others watching
             assert third.empty()
             env = envelope_for(started, tenant="acme", correlation_id="task-1")
-            await publish(js, started, env)
+            await publish(requester.bus, started, env)
             async with asyncio.timeout(10):
                 one, two = await first.get(), await second.get()
         assert one.payload == two.payload == started

@@ -40,7 +40,7 @@ async def both_pulling(js, durable: str, replicas: int) -> None:  # type: ignore
 
 
 async def test_two_processes_of_one_handler_handle_every_message_exactly_once(
-    js, fresh_nats: NatsServer, tmp_path: Path
+    bus, js, fresh_nats: NatsServer, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     records = [tmp_path / "a.log", tmp_path / "b.log"]
     workers = [start_worker(fresh_nats.url, r) for r in records]
@@ -50,7 +50,7 @@ async def test_two_processes_of_one_handler_handle_every_message_exactly_once(
         for i in range(300):
             cmd = PolicyEvaluate(stage="prompt", text=str(i))
             env = envelope_for(cmd, tenant="acme")
-            await publish(js, cmd, env)
+            await publish(bus, cmd, env)
             sent.add(env.message_id)
 
         async def done() -> bool:
@@ -71,10 +71,10 @@ async def test_two_processes_of_one_handler_handle_every_message_exactly_once(
 
 
 async def test_request_returns_the_reply_with_the_same_correlation_id(
-    js, fresh_nats: NatsServer, tmp_path: Path
+    bus, fresh_nats: NatsServer, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     worker = start_worker(fresh_nats.url, tmp_path / "w.log")
-    requester = Requester(js._nc, js)
+    requester = Requester(bus.nc, bus.js)
     await requester.start()
     try:
         replies = await asyncio.gather(

@@ -22,6 +22,7 @@ from nats.js import JetStreamContext
 from typer.testing import CliRunner
 
 from bus.connection import connect
+from bus.service import Connected
 from bus.streams import provision
 from kernel.settings import Settings
 from soma.terminal import quiet_disconnect
@@ -62,13 +63,18 @@ def env(fresh_nats: NatsServer, tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-async def js(fresh_nats: NatsServer, tmp_path: Path) -> AsyncIterator[JetStreamContext]:
+async def bus(fresh_nats: NatsServer, tmp_path: Path) -> AsyncIterator[Connected]:
     nc = await connect(fresh_nats.url, "cli-test")
     js = nc.jetstream()
     await provision(js, Settings(NATS_URL=fresh_nats.url, SOMA_DATA_DIR=tmp_path))
-    yield js
+    yield Connected(nc, js)
     with quiet_disconnect():
         await nc.close()
+
+
+@pytest.fixture
+def js(bus: Connected) -> JetStreamContext:
+    return bus.js
 
 
 @dataclass

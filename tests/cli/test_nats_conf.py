@@ -268,6 +268,7 @@ async def test_the_gateway_user_reads_a_passthrough_answer_back_but_makes_no_dur
     secured: int,
 ) -> None:
     from bus.publish import envelope_for, publish
+    from bus.service import Connected
     from gateway.auth import Principal
     from gateway.dispatch import Dispatch
     from gateway.passthrough import PassThroughTurn, command_id
@@ -279,7 +280,7 @@ async def test_the_gateway_user_reads_a_passthrough_answer_back_but_makes_no_dur
         model="m", provider="local", message=ChatMessage(role="assistant", content="earlier")
     )
     env = envelope_for(answer, tenant="acme", correlation_id="turn-1", causation_id="turn-1.slm")
-    await publish(slm.jetstream(), answer, env)
+    await publish(Connected(slm, slm.jetstream()), answer, env)
     nc = await connect(_url(secured, "gateway"), "gateway")
     try:
         principal = Principal(tenant="acme", user="u", roles=("member",), via="api_key")

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import json
 
-from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from bus.publish import envelope_for, publish
+from bus.service import Connected
 from schemas.catalogue import STREAMS
 from schemas.policy import PolicyEvaluate
 from tests.cli.conftest import Soma
 
 
-async def _lagging_policy_consumer(js: JetStreamContext) -> None:
+async def _lagging_policy_consumer(bus: Connected) -> None:
     """Five commands: the policy durable has taken two, acknowledged one."""
-    await js.add_consumer(
+    await bus.js.add_consumer(
         STREAMS["cmd"],
         ConsumerConfig(
             durable_name="policy",
@@ -26,16 +26,16 @@ async def _lagging_policy_consumer(js: JetStreamContext) -> None:
     )
     for i in range(5):
         cmd = PolicyEvaluate(stage="prompt", text=str(i))
-        await publish(js, cmd, envelope_for(cmd, tenant="acme"))
-    sub = await js.pull_subscribe_bind("policy", STREAMS["cmd"])
+        await publish(bus, cmd, envelope_for(cmd, tenant="acme"))
+    sub = await bus.js.pull_subscribe_bind("policy", STREAMS["cmd"])
     taken = await sub.fetch(2, timeout=2)
     await taken[0].ack_sync()
 
 
 async def test_json_shows_a_consumers_lag_and_in_flight_messages(
-    js: JetStreamContext, soma: Soma
+    bus: Connected, soma: Soma
 ) -> None:
-    await _lagging_policy_consumer(js)
+    await _lagging_policy_consumer(bus)
     result = await soma("streams", "--json")
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
@@ -50,8 +50,8 @@ async def test_json_shows_a_consumers_lag_and_in_flight_messages(
     assert report["stream_count"] == 5 and report["consumer_count"] == 1
 
 
-async def test_the_table_names_every_stream_and_consumer(js: JetStreamContext, soma: Soma) -> None:
-    await _lagging_policy_consumer(js)
+async def test_the_table_names_every_stream_and_consumer(bus: Connected, soma: Soma) -> None:
+    await _lagging_policy_consumer(bus)
     result = await soma("streams")
     assert result.exit_code == 0, result.stderr
     for name in (
@@ -66,9 +66,9 @@ async def test_the_table_names_every_stream_and_consumer(js: JetStreamContext, s
 
 
 async def test_streams_info_shows_one_streams_limits_state_and_consumers(
-    js: JetStreamContext, soma: Soma
+    bus: Connected, soma: Soma
 ) -> None:
-    await _lagging_policy_consumer(js)
+    await _lagging_policy_consumer(bus)
     result = await soma("streams", "info", STREAMS["cmd"], "-o", "json")
     assert result.exit_code == 0, result.stderr
     info = json.loads(result.stdout)
@@ -82,7 +82,7 @@ async def test_streams_info_shows_one_streams_limits_state_and_consumers(
 
 
 async def test_streams_info_of_a_stream_that_does_not_exist_says_where_to_look(
-    js: JetStreamContext, soma: Soma
+    bus: Connected, soma: Soma
 ) -> None:
     result = await soma("streams", "info", "NOPE")
     assert result.exit_code == 1
@@ -90,11 +90,11 @@ async def test_streams_info_of_a_stream_that_does_not_exist_says_where_to_look(
 
 
 async def test_msg_get_prints_one_stored_message_of_any_stream(
-    js: JetStreamContext, soma: Soma
+    bus: Connected, soma: Soma
 ) -> None:
     cmd = PolicyEvaluate(stage="prompt", text="read me back")
     env = envelope_for(cmd, tenant="acme")
-    ack = await publish(js, cmd, env)
+    ack = await publish(bus, cmd, env)
     result = await soma("msg", "get", STREAMS["cmd"], str(ack.seq), "-o", "json")
     assert result.exit_code == 0, result.stderr
     found = json.loads(result.stdout)
@@ -106,9 +106,9 @@ async def test_msg_get_prints_one_stored_message_of_any_stream(
 
 
 async def test_consumers_info_shows_one_consumers_lag_and_settings(
-    js: JetStreamContext, soma: Soma
+    bus: Connected, soma: Soma
 ) -> None:
-    await _lagging_policy_consumer(js)
+    await _lagging_policy_consumer(bus)
     result = await soma("consumers", "info", STREAMS["cmd"], "policy", "-o", "json")
     assert result.exit_code == 0, result.stderr
     info = json.loads(result.stdout)

@@ -7,9 +7,9 @@ import json
 from datetime import UTC, datetime
 
 import msgspec
-from nats.js import JetStreamContext
 
 from bus.publish import Published, envelope_for, publish
+from bus.service import Connected
 from schemas.catalogue import STREAMS
 from schemas.memory import MemoryRecalled
 from schemas.policy import PolicyEvaluate, PolicyEvaluated
@@ -18,10 +18,10 @@ from tests.cli.conftest import Soma, start_soma
 
 
 async def _event(
-    js: JetStreamContext, tenant: str, message: msgspec.Struct, correlation: str | None = None
+    bus: Connected, tenant: str, message: msgspec.Struct, correlation: str | None = None
 ) -> Published:
     return await publish(
-        js, message, envelope_for(message, tenant=tenant, correlation_id=correlation)
+        bus, message, envelope_for(message, tenant=tenant, correlation_id=correlation)
     )
 
 
@@ -34,14 +34,14 @@ def _json_lines(stdout: str) -> list[dict]:
 
 
 async def test_a_live_tail_prints_events_published_after_it_started(
-    js: JetStreamContext, env: dict[str, str]
+    bus: Connected, env: dict[str, str]
 ) -> None:
-    await _event(js, "acme", _allow("before"))
+    await _event(bus, "acme", _allow("before"))
     running = start_soma("tail", "--json", "--limit", "2", env=env)
     try:
         await asyncio.to_thread(running.out.wait_for, r"tailing soma\.evt\.> on SOMA_EVT")
-        first = await _event(js, "acme", _allow("one"))
-        second = await _event(js, "globex", _allow("two"))
+        first = await _event(bus, "acme", _allow("one"))
+        second = await _event(bus, "globex", _allow("two"))
         assert await asyncio.to_thread(running.finish) == 0
     finally:
         running.proc.kill()
@@ -58,45 +58,45 @@ async def test_a_live_tail_prints_events_published_after_it_started(
 
 
 async def test_since_a_time_replays_only_what_came_after_it(
-    js: JetStreamContext, soma: Soma
+    bus: Connected, soma: Soma
 ) -> None:
-    await _event(js, "acme", _allow("old"))
+    await _event(bus, "acme", _allow("old"))
     await asyncio.sleep(0.3)
     cut = datetime.now(UTC).isoformat()
     await asyncio.sleep(0.3)
-    newer = await _event(js, "acme", _allow("new"))
+    newer = await _event(bus, "acme", _allow("new"))
     result = await soma("tail", "--since", cut, "--json", "--until-idle", "0.5")
     assert result.exit_code == 0, result.stderr
     assert [r["envelope"]["message_id"] for r in _json_lines(result.stdout)] == [newer.message_id]
 
 
-async def test_since_a_duration_reaches_back_that_far(js: JetStreamContext, soma: Soma) -> None:
-    await _event(js, "acme", _allow("a"))
-    await _event(js, "acme", _allow("b"))
+async def test_since_a_duration_reaches_back_that_far(bus: Connected, soma: Soma) -> None:
+    await _event(bus, "acme", _allow("a"))
+    await _event(bus, "acme", _allow("b"))
     result = await soma("tail", "--since", "1h", "--json", "--until-idle", "0.5")
     assert [r["payload"]["decision_id"] for r in _json_lines(result.stdout)] == ["a", "b"]
 
 
-async def test_from_seq_starts_at_that_sequence(js: JetStreamContext, soma: Soma) -> None:
+async def test_from_seq_starts_at_that_sequence(bus: Connected, soma: Soma) -> None:
     for name in ("a", "b", "c"):
-        await _event(js, "acme", _allow(name))
+        await _event(bus, "acme", _allow(name))
     result = await soma("tail", "--from-seq", "2", "--json", "--until-idle", "0.5")
     assert [r["seq"] for r in _json_lines(result.stdout)] == [2, 3]
 
 
-async def test_tenant_filter_shows_only_that_tenant(js: JetStreamContext, soma: Soma) -> None:
-    await _event(js, "acme", _allow("a"))
-    await _event(js, "globex", _allow("g"))
-    await _event(js, "acme", _allow("a2"))
+async def test_tenant_filter_shows_only_that_tenant(bus: Connected, soma: Soma) -> None:
+    await _event(bus, "acme", _allow("a"))
+    await _event(bus, "globex", _allow("g"))
+    await _event(bus, "acme", _allow("a2"))
     result = await soma("tail", "--all", "--tenant", "acme", "--json", "--until-idle", "0.5")
     assert [r["payload"]["decision_id"] for r in _json_lines(result.stdout)] == ["a", "a2"]
 
 
 async def test_correlation_filter_matches_a_full_id_or_its_prefix(
-    js: JetStreamContext, soma: Soma
+    bus: Connected, soma: Soma
 ) -> None:
-    await _event(js, "acme", _allow("mine"), correlation="run-42-abcdef")
-    await _event(js, "acme", _allow("other"), correlation="run-77")
+    await _event(bus, "acme", _allow("mine"), correlation="run-42-abcdef")
+    await _event(bus, "acme", _allow("other"), correlation="run-77")
     full = await soma(
         "tail", "--all", "--correlation", "run-42-abcdef", "--json", "--until-idle", "0.5"
     )
@@ -105,9 +105,9 @@ async def test_correlation_filter_matches_a_full_id_or_its_prefix(
     assert [r["payload"]["decision_id"] for r in _json_lines(prefix.stdout)] == ["mine"]
 
 
-async def test_type_filter_takes_a_glob(js: JetStreamContext, soma: Soma) -> None:
-    await _event(js, "acme", _allow("p"))
-    await _event(js, "acme", MemoryRecalled(items=[]))
+async def test_type_filter_takes_a_glob(bus: Connected, soma: Soma) -> None:
+    await _event(bus, "acme", _allow("p"))
+    await _event(bus, "acme", MemoryRecalled(items=[]))
     exact = await soma(
         "tail", "--all", "--type", "memory.recalled", "--json", "--until-idle", "0.5"
     )
@@ -117,11 +117,11 @@ async def test_type_filter_takes_a_glob(js: JetStreamContext, soma: Soma) -> Non
 
 
 async def test_commands_can_be_tailed_while_a_handler_durable_exists(
-    js: JetStreamContext, soma: Soma
+    bus: Connected, soma: Soma
 ) -> None:
     from nats.js.api import AckPolicy, ConsumerConfig
 
-    await js.add_consumer(
+    await bus.js.add_consumer(
         STREAMS["cmd"],
         ConsumerConfig(
             durable_name="policy",
@@ -130,17 +130,17 @@ async def test_commands_can_be_tailed_while_a_handler_durable_exists(
         ),
     )
     cmd = PolicyEvaluate(stage="prompt", text="hi")
-    await publish(js, cmd, envelope_for(cmd, tenant="acme"))
+    await publish(bus, cmd, envelope_for(cmd, tenant="acme"))
     result = await soma("tail", "soma.cmd.>", "--all", "--json", "--until-idle", "0.5")
     assert [r["schema"] for r in _json_lines(result.stdout)] == ["policy.evaluate"]
-    durable = await js.consumer_info(STREAMS["cmd"], "policy")
+    durable = await bus.js.consumer_info(STREAMS["cmd"], "policy")
     assert durable.num_pending == 1, "tailing took nothing from the handler's consumer"
 
 
 async def test_readable_lines_show_time_type_tenant_ids_and_a_preview(
-    js: JetStreamContext, soma: Soma
+    bus: Connected, soma: Soma
 ) -> None:
-    sent = await _event(js, "acme", _allow("visible"), correlation="corr-12345678-rest")
+    sent = await _event(bus, "acme", _allow("visible"), correlation="corr-12345678-rest")
     result = await soma("tail", "--all", "--until-idle", "0.5")
     line = result.stdout.strip().splitlines()[-1]
     assert "policy.evaluated" in line and "acme" in line
@@ -148,9 +148,9 @@ async def test_readable_lines_show_time_type_tenant_ids_and_a_preview(
     assert '"decision_id":"visible"' in line
 
 
-async def test_limit_stops_after_that_many_messages(js: JetStreamContext, soma: Soma) -> None:
+async def test_limit_stops_after_that_many_messages(bus: Connected, soma: Soma) -> None:
     for name in ("a", "b", "c"):
-        await _event(js, "acme", _allow(name))
+        await _event(bus, "acme", _allow(name))
     result = await soma("tail", "--all", "--limit", "2", "--json")
     assert len(_json_lines(result.stdout)) == 2
 

@@ -7,9 +7,9 @@ import itertools
 import json
 
 import msgspec
-from nats.js import JetStreamContext
 
 from bus.publish import Published, envelope_for, publish
+from bus.service import Connected
 from schemas.catalogue import STREAMS
 from schemas.memory import MemoryRecall
 from schemas.policy import PolicyEvaluate, PolicyEvaluated
@@ -20,30 +20,30 @@ TURN = "turn0123456789abcdef"
 
 
 async def _send(
-    js: JetStreamContext,
+    bus: Connected,
     message: msgspec.Struct,
     correlation: str = TURN,
     message_id: str | None = None,
     tenant: str = "acme",
 ) -> Published:
     env = envelope_for(message, tenant=tenant, correlation_id=correlation, message_id=message_id)
-    return await publish(js, message, env)
+    return await publish(bus, message, env)
 
 
-async def _turn(js: JetStreamContext, pause: float = 0.05) -> list[Published]:
+async def _turn(bus: Connected, pause: float = 0.05) -> list[Published]:
     """A turn's beginning, as the gateway, the saga runner and policy would publish it, with
     another turn's messages in between."""
-    sent = [await _send(js, SagaStart(saga_type="chat_turn", input={}), message_id=f"{TURN}.s")]
-    await _send(js, PolicyEvaluate(stage="prompt", text="other"), correlation="another")
+    sent = [await _send(bus, SagaStart(saga_type="chat_turn", input={}), message_id=f"{TURN}.s")]
+    await _send(bus, PolicyEvaluate(stage="prompt", text="other"), correlation="another")
     await asyncio.sleep(pause)
     sent.append(
-        await _send(js, PolicyEvaluate(stage="prompt", text="hi"), message_id=f"{TURN}.1.2.0.1.g")
+        await _send(bus, PolicyEvaluate(stage="prompt", text="hi"), message_id=f"{TURN}.1.2.0.1.g")
     )
-    sent.append(await _send(js, MemoryRecall(query="hi"), message_id=f"{TURN}.1.2.1.1.g"))
+    sent.append(await _send(bus, MemoryRecall(query="hi"), message_id=f"{TURN}.1.2.1.1.g"))
     await asyncio.sleep(pause)
     sent.append(
         await _send(
-            js,
+            bus,
             PolicyEvaluated(decision_id="d", decision="allow", stage="prompt"),
             message_id=f"{TURN}.1.2.0.1.g.reply",
         )
@@ -56,9 +56,9 @@ def _lines(stdout: str) -> list[dict]:
 
 
 async def test_the_story_holds_every_command_and_event_of_the_id_in_stream_order(
-    js: JetStreamContext, soma: Soma
+    bus: Connected, soma: Soma
 ) -> None:
-    sent = await _turn(js)
+    sent = await _turn(bus)
     result = await soma("trace", TURN, "--json")
     assert result.exit_code == 0, result.stderr
     lines = _lines(result.stdout)
@@ -69,9 +69,9 @@ async def test_the_story_holds_every_command_and_event_of_the_id_in_stream_order
 
 
 async def test_each_message_is_timed_from_the_first_and_from_the_one_before(
-    js: JetStreamContext, soma: Soma
+    bus: Connected, soma: Soma
 ) -> None:
-    await _turn(js, pause=0.2)
+    await _turn(bus, pause=0.2)
     lines = _lines((await soma("trace", TURN, "--json")).stdout)
     assert lines[0]["since_first_ms"] == 0 and lines[0]["gap_ms"] == 0
     assert lines[1]["gap_ms"] >= 150  # the pause before the saga's commands
@@ -81,9 +81,9 @@ async def test_each_message_is_timed_from_the_first_and_from_the_one_before(
 
 
 async def test_the_publisher_is_the_caller_the_saga_runner_or_the_emitting_service(
-    js: JetStreamContext, soma: Soma
+    bus: Connected, soma: Soma
 ) -> None:
-    await _turn(js)
+    await _turn(bus)
     lines = _lines((await soma("trace", TURN, "--json")).stdout)
     assert [(line["publisher"], line["service"]) for line in lines] == [
         ("caller", "sagas"),
@@ -94,9 +94,9 @@ async def test_the_publisher_is_the_caller_the_saga_runner_or_the_emitting_servi
 
 
 async def test_the_readable_story_is_a_table_of_types_hops_and_gaps(
-    js: JetStreamContext, soma: Soma
+    bus: Connected, soma: Soma
 ) -> None:
-    await _turn(js)
+    await _turn(bus)
     result = await soma("trace", TURN)
     assert result.exit_code == 0, result.stderr
     assert f"correlation {TURN}: 4 messages over" in result.stdout
@@ -109,18 +109,18 @@ async def test_the_readable_story_is_a_table_of_types_hops_and_gaps(
 
 
 async def test_a_tenant_narrows_the_search_to_its_subjects(
-    js: JetStreamContext, soma: Soma
+    bus: Connected, soma: Soma
 ) -> None:
-    await _send(js, PolicyEvaluate(stage="prompt", text="a"), tenant="acme")
-    await _send(js, PolicyEvaluate(stage="prompt", text="g"), tenant="globex")
+    await _send(bus, PolicyEvaluate(stage="prompt", text="a"), tenant="acme")
+    await _send(bus, PolicyEvaluate(stage="prompt", text="g"), tenant="globex")
     lines = _lines((await soma("trace", TURN, "--json", "--tenant", "globex")).stdout)
     assert [line["payload"]["text"] for line in lines] == ["g"]
 
 
 async def test_an_unknown_id_says_where_it_looked_and_fails(
-    js: JetStreamContext, soma: Soma
+    bus: Connected, soma: Soma
 ) -> None:
-    await _turn(js)
+    await _turn(bus)
     result = await soma("trace", "no-such-turn")
     assert result.exit_code == 1
     assert "no command or event with correlation id 'no-such-turn'" in result.stderr
@@ -128,9 +128,9 @@ async def test_an_unknown_id_says_where_it_looked_and_fails(
     assert result.stdout == ""
 
 
-async def test_messages_older_than_since_are_left_out(js: JetStreamContext, soma: Soma) -> None:
-    await _send(js, PolicyEvaluate(stage="prompt", text="old"))
+async def test_messages_older_than_since_are_left_out(bus: Connected, soma: Soma) -> None:
+    await _send(bus, PolicyEvaluate(stage="prompt", text="old"))
     await asyncio.sleep(1.5)
-    await _send(js, PolicyEvaluate(stage="prompt", text="new"))
+    await _send(bus, PolicyEvaluate(stage="prompt", text="new"))
     lines = _lines((await soma("trace", TURN, "--json", "--since", "1s")).stdout)
     assert [line["payload"]["text"] for line in lines] == ["new"]

@@ -16,6 +16,7 @@ import pytest
 
 from bus.connection import connect
 from bus.publish import envelope_for, publish
+from bus.service import Connected
 from schemas.slm import ChatMessage, SlmComplete
 from tests.console.conftest import REPLY, System, chat, provider_on, screenshot
 from tests.slm.scripted import Script
@@ -161,7 +162,7 @@ async def test_a_poisoned_command_is_dead_lettered_and_replayed_once_fixed(
         model="gpt-4o-mini", messages=[ChatMessage(role="user", content="are you there?")]
     )
     env = envelope_for(command, tenant="default", actor="test")
-    await publish(nc.jetstream(), command, env)
+    await publish(Connected(nc, nc.jetstream()), command, env)
     await signed_in(page, system)
     await page.goto(f"{system.console}/console/#/dead-letters")
     letter = page.locator("#dlq-table tbody tr", has_text="soma.cmd.default.slm.complete")

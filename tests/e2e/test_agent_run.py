@@ -61,7 +61,7 @@ async def start_run(requester: Requester, run: dict[str, Any]) -> str:
     msgspec.convert(run, AgentRunInput)  # the definition is valid before it is sent
     cmd = SagaStart(saga_type="agent_run", saga_id=run_id, input=run)
     env = envelope_for(cmd, tenant="acme", actor="alice", correlation_id=run_id)
-    await publish(requester.js, cmd, env)
+    await publish(requester.bus, cmd, env)
     return run_id
 
 
@@ -150,7 +150,7 @@ async def test_a_rejected_gate_ends_the_run_and_undoes_the_finished_steps(
             name="gate",
             payload={"approved": False, "by": "bob", "comment": "the drafts miss the brief"},
         )
-        await publish(requester.js, signal, envelope_for(signal, tenant="acme"))
+        await publish(requester.bus, signal, envelope_for(signal, tenant="acme"))
         seen = await collect_until(events, ended(run_id), timeout=60)
     finished = seen[-1].payload
     assert finished.state == "compensated"
@@ -174,7 +174,7 @@ async def test_an_approved_gate_lets_the_run_go_on(requester: Requester) -> None
     await wait_until(requester, run_id, lambda s: "signal:gate" in s.waiting_for)
     async with requester.watching(run_id) as events:
         signal = SagaSignal(saga_id=run_id, name="gate", payload={"approved": True, "by": "bob"})
-        await publish(requester.js, signal, envelope_for(signal, tenant="acme"))
+        await publish(requester.bus, signal, envelope_for(signal, tenant="acme"))
         seen = await collect_until(events, ended(run_id), timeout=90)
     finished = seen[-1].payload
     assert finished.state == "completed", finished.error
@@ -216,7 +216,7 @@ async def test_cancelling_a_run_cancels_its_running_children_and_undoes_the_fini
     )
     async with requester.watching(run_id) as events:
         cancel = SagaCancel(saga_id=run_id, reason="not needed")
-        await publish(requester.js, cancel, envelope_for(cancel, tenant="acme"))
+        await publish(requester.bus, cancel, envelope_for(cancel, tenant="acme"))
         seen: list[Reply] = await collect_until(events, ended(run_id), timeout=60)
     assert seen[-1].payload.state == "compensated"
     await asyncio.sleep(1)

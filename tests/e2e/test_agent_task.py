@@ -17,7 +17,7 @@ from schemas.tasks import AgentTaskInput, AgentTaskResult
 async def start_task(requester: Requester, task: AgentTaskInput) -> str:
     saga_id = new_id()
     cmd = SagaStart(saga_type="agent_task", saga_id=saga_id, input=msgspec.to_builtins(task))
-    await publish(requester.js, cmd, envelope_for(cmd, tenant="acme", correlation_id=saga_id))
+    await publish(requester.bus, cmd, envelope_for(cmd, tenant="acme", correlation_id=saga_id))
     return saga_id
 
 
@@ -34,7 +34,7 @@ async def collect_until(
 
 
 async def send(requester: Requester, message: Any) -> None:
-    await publish(requester.js, message, envelope_for(message, tenant="acme"))
+    await publish(requester.bus, message, envelope_for(message, tenant="acme"))
 
 
 async def wait_for_approval_wait(requester: Requester, saga_id: str) -> None:
@@ -57,7 +57,7 @@ async def test_an_approval_signal_advances_a_waiting_agent_task_to_its_report(
     saga_id = new_id()
     async with requester.watching(saga_id) as events:
         cmd = SagaStart(saga_type="agent_task", saga_id=saga_id, input=msgspec.to_builtins(task))
-        await publish(requester.js, cmd, envelope_for(cmd, tenant="acme", correlation_id=saga_id))
+        await publish(requester.bus, cmd, envelope_for(cmd, tenant="acme", correlation_id=saga_id))
         await wait_for_approval_wait(requester, saga_id)
         await send(
             requester,
@@ -79,7 +79,7 @@ async def test_cancelling_an_agent_task_deletes_its_notes_in_reverse_order(
     saga_id = new_id()
     async with requester.watching(saga_id) as events:
         cmd = SagaStart(saga_type="agent_task", saga_id=saga_id, input=msgspec.to_builtins(task))
-        await publish(requester.js, cmd, envelope_for(cmd, tenant="acme", correlation_id=saga_id))
+        await publish(requester.bus, cmd, envelope_for(cmd, tenant="acme", correlation_id=saga_id))
         await wait_for_approval_wait(requester, saga_id)
         await send(requester, SagaCancel(saga_id=saga_id, reason="no longer needed"))
         seen = await collect_until(events, lambda e: e.schema == "sagas.finished")

@@ -36,7 +36,7 @@ async def start_with_id(requester: Requester, task: AgentTaskInput, saga_id: str
     from schemas.sagas import SagaStart
 
     cmd = SagaStart(saga_type="agent_task", saga_id=saga_id, input=msgspec.to_builtins(task))
-    await publish(requester.js, cmd, envelope_for(cmd, tenant="acme", correlation_id=saga_id))
+    await publish(requester.bus, cmd, envelope_for(cmd, tenant="acme", correlation_id=saga_id))
 
 
 async def test_a_task_whose_goal_breaks_a_rule_is_refused_before_any_model_call(

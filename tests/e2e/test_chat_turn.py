@@ -35,7 +35,7 @@ async def run_turn(
 
         # The turn acts for its user: memory reaches that user's own memories only.
         env = envelope_for(cmd, tenant="acme", correlation_id=saga_id, actor=turn.user or "system")
-        await publish(requester.js, cmd, env)
+        await publish(requester.bus, cmd, env)
         async with asyncio.timeout(timeout):
             while True:
                 event = await events.get()
@@ -92,7 +92,7 @@ async def test_the_model_call_of_a_full_turn_names_the_callers_key(
         cmd = SagaStart(saga_type="chat_turn", saga_id=saga_id, input=msgspec.to_builtins(turn))
         from bus.publish import envelope_for, publish
 
-        await publish(requester.js, cmd, envelope_for(cmd, tenant="acme", correlation_id=saga_id))
+        await publish(requester.bus, cmd, envelope_for(cmd, tenant="acme", correlation_id=saga_id))
         async with asyncio.timeout(60):
             while (event := await events.get()).schema != "slm.completed":
                 pass
@@ -176,7 +176,7 @@ async def test_a_streamed_turn_publishes_several_deltas(requester: Requester) ->
         cmd = SagaStart(saga_type="chat_turn", saga_id=saga_id, input=msgspec.to_builtins(turn))
         from bus.publish import envelope_for, publish
 
-        await publish(requester.js, cmd, envelope_for(cmd, tenant="acme", correlation_id=saga_id))
+        await publish(requester.bus, cmd, envelope_for(cmd, tenant="acme", correlation_id=saga_id))
         async with asyncio.timeout(60):
             while (await events.get()).schema != "sagas.finished":
                 pass

@@ -477,7 +477,7 @@ class Sagas:
 
     async def _finish(self, env: Envelope, finished: SagaFinished) -> None:
         reply = env.reply("sagas.finished", f"{env.message_id}.finished")
-        await publish(self.js, finished, reply)
+        await publish(Connected(self.nc, self.js), finished, reply)
 
     async def _chat(self, cmd: SagaStart, env: Envelope) -> None:
         assert self.nc is not None and cmd.saga_id is not None

@@ -165,7 +165,7 @@ async def ask(
     env = envelope_for(command, tenant=tenant, actor=actor, message_id=message_id)
     expected = REPLIES[type(command)]
     async with requester.watching(env.correlation_id) as replies:
-        await publish(requester.js, command, env)
+        await publish(requester.bus, command, env)
         async with asyncio.timeout(20):
             while True:
                 reply = await replies.get()

@@ -59,7 +59,6 @@ class Stack:
     settings: Settings
     effects: Effects
     requester: Requester
-    js: Any
     db: Any
 
     async def start(self, saga_type: str, input: dict[str, Any] | None = None, **kw: Any) -> str:
@@ -74,11 +73,11 @@ class Stack:
 
     async def signal(self, saga_id: str, name: str, payload: dict[str, Any] | None = None) -> None:
         cmd = SagaSignal(saga_id=saga_id, name=name, payload=payload or {})
-        await publish(self.js, cmd, envelope_for(cmd, tenant="acme"))
+        await publish(self.requester.bus, cmd, envelope_for(cmd, tenant="acme"))
 
     async def cancel(self, saga_id: str) -> None:
         cmd = SagaCancel(saga_id=saga_id, reason="test")
-        await publish(self.js, cmd, envelope_for(cmd, tenant="acme"))
+        await publish(self.requester.bus, cmd, envelope_for(cmd, tenant="acme"))
 
     async def finished(self, saga_id: str, timeout: float = 30) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -101,11 +100,10 @@ async def stack(
     tools = await runtime.start(effects.service(), settings)
     runner = await saga_runner.start(settings, ALL)
     nc = await connect(module_nats.url, "saga-tests")
-    js = nc.jetstream()
-    requester = Requester(nc, js)
+    requester = Requester(nc, nc.jetstream())
     await requester.start()
     db = make_engine(database_url)
-    yield Stack(settings, effects, requester, js, db)
+    yield Stack(settings, effects, requester, db)
     await requester.close()
     await nc.close()
     await runner.stop()

@@ -17,6 +17,7 @@ import pytest
 from bus import runtime
 from bus.connection import connect
 from bus.publish import envelope_for, publish
+from bus.service import Connected
 from kernel.db import make_engine, migrate
 from sagas import queries
 from schemas.envelope import new_id
@@ -73,17 +74,17 @@ async def setup(module_nats: NatsServer, database_url: str, tmp_path: Path) -> A
     nc = await connect(module_nats.url, "durability-tests")
     runners = Runners(module_nats.url, database_url)
     db = make_engine(database_url)
-    yield effects, nc.jetstream(), runners, db
+    yield effects, Connected(nc, nc.jetstream()), runners, db
     runners.stop_all()
     await nc.close()
     await tools.stop()
     await db.dispose()
 
 
-async def start_saga(js, saga_type: str, input: dict | None = None) -> str:  # type: ignore[no-untyped-def,type-arg]
+async def start_saga(bus, saga_type: str, input: dict | None = None) -> str:  # type: ignore[no-untyped-def,type-arg]
     saga_id = new_id()
     cmd = SagaStart(saga_type=saga_type, saga_id=saga_id, input=input or {})
-    await publish(js, cmd, envelope_for(cmd, tenant="acme", correlation_id=saga_id))
+    await publish(bus, cmd, envelope_for(cmd, tenant="acme", correlation_id=saga_id))
     return saga_id
 
 
@@ -102,10 +103,10 @@ async def all_finished(db, ids: list[str], timeout: float) -> list[dict]:  # typ
 async def test_kill_9_of_the_runner_at_random_points_leaves_every_saga_able_to_finish(
     setup,
 ) -> None:  # type: ignore[no-untyped-def]
-    effects, js, runners, db = setup
+    effects, bus, runners, db = setup
     rng = random.Random(7)
     runner = runners.start()
-    ids = [await start_saga(js, "three_steps") for _ in range(50)]
+    ids = [await start_saga(bus, "three_steps") for _ in range(50)]
     for _ in range(3):
         await asyncio.sleep(rng.uniform(0.05, 0.4))
         runners.kill(runner)
@@ -121,9 +122,9 @@ async def test_kill_9_of_the_runner_at_random_points_leaves_every_saga_able_to_f
 
 
 async def test_a_two_second_timer_fires_within_a_second_of_its_time_across_a_restart(setup) -> None:  # type: ignore[no-untyped-def]
-    effects, js, runners, db = setup
+    effects, bus, runners, db = setup
     runner = runners.start()
-    saga_id = await start_saga(js, "sleeper", {"seconds": 2.0})
+    saga_id = await start_saga(bus, "sleeper", {"seconds": 2.0})
     await asyncio.sleep(0.3)
     runners.kill(runner)
     runners.start()
@@ -143,27 +144,27 @@ async def test_a_two_second_timer_fires_within_a_second_of_its_time_across_a_res
 
 
 async def test_an_instance_finishes_on_the_definition_version_it_started_with(setup) -> None:  # type: ignore[no-untyped-def]
-    effects, js, runners, db = setup
+    effects, bus, runners, db = setup
     old = runners.start()
-    first = await start_saga(js, "versioned")
+    first = await start_saga(bus, "versioned")
     async with asyncio.timeout(30):  # started by the old runner, on version 1
         while await queries.get_instance(db, first) is None:
             await asyncio.sleep(0.05)
     runners.kill(old)
     runners.start("--with-v2")
-    second = await start_saga(js, "versioned")
+    second = await start_saga(bus, "versioned")
     for saga_id in (first, second):
         cmd = SagaSignal(saga_id=saga_id, name="go")
-        await publish(js, cmd, envelope_for(cmd, tenant="acme"))
+        await publish(bus, cmd, envelope_for(cmd, tenant="acme"))
     rows = await all_finished(db, [first, second], timeout=30)
     assert [r["result"]["version"] for r in rows] == [1, 2]
 
 
 async def test_two_runners_on_one_database_never_advance_the_same_instance_twice(setup) -> None:  # type: ignore[no-untyped-def]
-    effects, js, runners, db = setup
+    effects, bus, runners, db = setup
     runners.start()
     runners.start()
-    ids = [await start_saga(js, "three_steps") for _ in range(100)]
+    ids = [await start_saga(bus, "three_steps") for _ in range(100)]
     rows = await all_finished(db, ids, timeout=90)
     assert {r["state"] for r in rows} == {"completed"}
     for saga_id in ids:
@@ -177,10 +178,10 @@ async def test_two_runners_on_one_database_never_advance_the_same_instance_twice
 
 
 async def test_kill_9_of_a_group_mode_runner_loses_no_command_and_doubles_none(setup) -> None:  # type: ignore[no-untyped-def]
-    effects, js, runners, db = setup
+    effects, bus, runners, db = setup
     rng = random.Random(11)
     runner = runners.start()
-    ids = [await start_saga(js, "grouped") for _ in range(50)]
+    ids = [await start_saga(bus, "grouped") for _ in range(50)]
     for _ in range(3):
         await asyncio.sleep(rng.uniform(0.05, 0.4))
         runners.kill(runner)

@@ -179,7 +179,8 @@ async def test_a_reply_event_reaches_the_caller_before_the_saga_finishes(stack: 
     seen = []
     async with stack.requester.watching(saga_id) as events:
         cmd = SagaStart(saga_type="grouped", saga_id=saga_id)
-        await publish(stack.js, cmd, envelope_for(cmd, tenant="acme", correlation_id=saga_id))
+        env = envelope_for(cmd, tenant="acme", correlation_id=saga_id)
+        await publish(stack.requester.bus, cmd, env)
         async with asyncio.timeout(30):
             while not seen or seen[-1].schema != "sagas.finished":
                 seen.append(await events.get())
@@ -197,7 +198,8 @@ async def test_a_query_sent_after_a_group_mode_saga_finished_reports_it_ended(
     saga_id = new_id()
     async with stack.requester.watching(saga_id) as events:
         cmd = SagaStart(saga_type="grouped", saga_id=saga_id)
-        await publish(stack.js, cmd, envelope_for(cmd, tenant="acme", correlation_id=saga_id))
+        env = envelope_for(cmd, tenant="acme", correlation_id=saga_id)
+        await publish(stack.requester.bus, cmd, env)
         async with asyncio.timeout(30):
             while (await events.get()).schema != "sagas.finished":
                 pass
