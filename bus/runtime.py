@@ -18,6 +18,7 @@ import contextlib
 import functools
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,7 +42,7 @@ from bus.consume import RetryPolicy, make_batch_processor, make_processor
 from bus.errors import BusUnavailable
 from bus.metrics import consumer_state, on_scrape
 from bus.metrics import refresh as refresh_metrics
-from bus.service import Connected, Handler, Service
+from bus.service import Clock, Connected, Handler, Service
 from bus.streams import provision
 from schemas.catalogue import STREAMS, by_name, of_type
 
@@ -276,16 +277,24 @@ def command_routes(service: Service) -> dict[str, Handler]:
 
 
 async def start(
-    service: Service, settings: BusSettings, *, health_port: int | None = None
+    service: Service,
+    settings: BusSettings,
+    *,
+    health_port: int | None = None,
+    clock: Clock = time.time,
 ) -> Running:
-    """Start consuming for ``service``; returns once subscriptions are live."""
+    """Start consuming for ``service``; returns once subscriptions are live.
+
+    ``clock`` is the time the service's handlers read (``Connected.clock``): a test passes one
+    it moves on itself.
+    """
     url = settings.nats_url or DEFAULT_URL
     # Connect first (fail fast with a clear message), then check (or, with the right to,
     # provision) the streams, then subscribe.
     nc = await connect(url, f"soma-{service.name}", inbox_prefix=settings.nats_inbox_prefix)
     js = nc.jetstream()
     await provision(js, settings)
-    bus = Connected(nc, js)
+    bus = Connected(nc, js, clock)
     for hook in service.startup:
         await hook(bus)
 

@@ -6,6 +6,7 @@ runtime in ``bus.consume`` does everything else (subscribe, decode, dedup, ack, 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,12 +18,15 @@ from schemas.envelope import Envelope
 
 Handler = Callable[[Any, Envelope], Awaitable[Any]]
 Hook = Callable[[], Awaitable[None]]
+# Seconds since the epoch, as ``time.time`` gives them.
+Clock = Callable[[], float]
 
 
 @dataclass(frozen=True)
 class Connected:
     """What the runtime hands each startup hook: the connection it serves the service on, made
-    before the hooks run, so no handler opens a second one of its own.
+    before the hooks run, so no handler opens a second one of its own, and the clock it reads
+    the time from, so a test can move time on (an expiry, a budget window) without sleeping.
 
     It is also what ``bus.publish.publish`` sends on: the JetStream context to publish with
     and the connection whose server says how large a message may be.
@@ -30,6 +34,7 @@ class Connected:
 
     nc: Client
     js: JetStreamContext
+    clock: Clock = time.time
 
 
 Startup = Callable[[Connected], Awaitable[None]]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -77,13 +76,13 @@ def build(settings: Settings) -> Service:
     database_url = settings.resolved_database_url("analytics")
     engine = make_engine(database_url)  # connects on first use, after the migration
 
-    async def start(_: Connected) -> None:
+    async def start(bus: Connected) -> None:
         yield_the_cpu()
         await migrate(database_url, "analytics")
         if settings.events_max_age <= 0:
             return  # the stream keeps events for ever: so are their ids
         forgotten = await rollups.prune(
-            engine, time.time() - settings.events_max_age - KEEP_MARGIN
+            engine, bus.clock() - settings.events_max_age - KEEP_MARGIN
         )
         if forgotten:
             log.info("forgot %d counted event ids and sagas past the stream's retention", forgotten)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bus.service import Connected, Handler, Service
+from bus.service import Clock, Connected, Handler, Service
 from handlers.identity.board import RevocationBoard
 from handlers.identity.commands import IdentityCommands
 from handlers.identity.config import IdentitySettings
@@ -50,24 +51,27 @@ def maintenance_interval(config: IdentitySettings) -> float:
 
 
 async def maintain(
-    engine: AsyncEngine, config: IdentitySettings, board: RevocationBoard | None = None
+    engine: AsyncEngine,
+    config: IdentitySettings,
+    board: RevocationBoard | None = None,
+    clock: Clock = time.time,
 ) -> None:
     """One round: rotate when due, drop expired keys, revocations and refresh tokens, and
     publish a changed key set or a revocation some process recorded but did not publish."""
-    await ensure_signing_keys(engine, config)
-    await prune(engine)
+    await ensure_signing_keys(engine, config, clock())
+    await prune(engine, clock())
     if board is not None:
-        await board.publish_jwks((await jwks(engine))["keys"])
+        await board.publish_jwks((await jwks(engine, clock()))["keys"])
         await board.sync()
 
 
 async def _maintain_forever(
-    engine: AsyncEngine, config: IdentitySettings, board: RevocationBoard
+    engine: AsyncEngine, config: IdentitySettings, board: RevocationBoard, clock: Clock
 ) -> None:
     while True:
         await asyncio.sleep(maintenance_interval(config))
         try:
-            await maintain(engine, config, board)
+            await maintain(engine, config, board, clock)
         except Exception:
             # The database may be briefly unreachable; the next round tries again.
             log.exception("identity key maintenance failed")
@@ -105,16 +109,17 @@ def build(settings: Settings, config: IdentitySettings | None = None) -> Service
     async def start(bus: Connected) -> None:
         if config.key_passphrase is None:
             log.warning("SOMA_JWT_KEY_PASSPHRASE is unset: signing keys are stored unencrypted")
+        commands.clock = bus.clock
         await migrate(database_url, "identity")
-        kid = await ensure_signing_keys(engine, config)
+        kid = await ensure_signing_keys(engine, config, bus.clock())
         log.info("identity signing key %s active", kid)
         # Published before the commands are consumed: the gateways must have the key set before
         # the first token is issued.
-        board = await RevocationBoard.open(bus.js, engine)
-        await board.publish_jwks((await jwks(engine))["keys"])
+        board = await RevocationBoard.open(bus.js, engine, bus.clock)
+        await board.publish_jwks((await jwks(engine, bus.clock()))["keys"])
         await board.sync()
         commands.board = board
-        tasks.append(asyncio.create_task(_maintain_forever(engine, config, board)))
+        tasks.append(asyncio.create_task(_maintain_forever(engine, config, board, bus.clock)))
 
     async def stop() -> None:
         while tasks:

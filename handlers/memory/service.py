@@ -10,11 +10,12 @@ actor; a command naming a user its caller may not reach is refused as ``forbidde
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from bus.errors import Conflict, Forbidden, Invalid, NotFound
-from bus.service import Connected, Service
+from bus.service import Clock, Connected, Service
 from handlers.memory import store, turns, vectors
 from handlers.memory.config import MemoryConfig
 from handlers.memory.embeddings import open_embedder
@@ -47,6 +48,7 @@ class _Opened:
     """The index and embedder, which open (and may download or probe) at startup."""
 
     vectors: Vectors | None = None
+    clock: Clock = time.time  # the runtime's, once the startup hook has it
 
     def require(self) -> Vectors:
         if self.vectors is None:
@@ -69,7 +71,8 @@ def build(settings: Settings, config: MemoryConfig | None = None) -> Service:
         except OtherUser as exc:
             raise Forbidden(f"{exc}") from exc
 
-    async def start(_: Connected) -> None:
+    async def start(bus: Connected) -> None:
+        opened.clock = bus.clock
         await migrate(database_url, "memory")
         embedder = await open_embedder(config)
         try:
@@ -112,7 +115,7 @@ def build(settings: Settings, config: MemoryConfig | None = None) -> Service:
         into = opened.require()
         user = scoped(env, cmd.caller_role, cmd.user)
         # The command's own timestamp, so a redelivery writes the very same values.
-        at = datetime.fromtimestamp(env.timestamp, UTC) if env.timestamp else None
+        at = datetime.fromtimestamp(env.timestamp or opened.clock(), UTC)
         try:
             created = await store.store_turn(
                 into,
@@ -133,7 +136,7 @@ def build(settings: Settings, config: MemoryConfig | None = None) -> Service:
     async def add(cmd: MemoryAdd, env: Envelope) -> MemoryAdded:
         into = opened.require()
         user = scoped(env, cmd.caller_role, cmd.user)
-        at = datetime.fromtimestamp(env.timestamp, UTC) if env.timestamp else None
+        at = datetime.fromtimestamp(env.timestamp or opened.clock(), UTC)
         try:
             existing = await store.get(into, env.tenant, cmd.id)
             if existing is not None and existing.user != user:

@@ -22,6 +22,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -122,6 +123,7 @@ class Announcer:
 
     engine: AsyncEngine
     publish: Publish
+    clock: Callable[[], float] = time.time  # dates each change recorded
     _known: dict[str, str] = field(default_factory=dict)
     _refused: dict[str, str] = field(default_factory=dict)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
@@ -172,7 +174,7 @@ class Announcer:
             version=ruleset.version,
             generation=generation,
             outline=json.dumps(new_outline, sort_keys=True),
-            changed_at=datetime.now(UTC),
+            changed_at=datetime.fromtimestamp(self.clock(), UTC),
         )
         async with self.engine.begin() as conn:
             if row is None:

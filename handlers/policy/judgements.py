@@ -8,6 +8,8 @@ constitution has a new hash, so its verdicts never mix with the old one's.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -48,8 +50,9 @@ def _decode(text: str) -> Judgement:
 
 
 class SqlJudgements:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, clock: Callable[[], float] = time.time) -> None:
         self.engine = engine
+        self.clock = clock  # dates each verdict, so ``prune`` forgets it on time
 
     async def load(self, key: str) -> Judgement | None:
         async with self.engine.connect() as conn:
@@ -63,7 +66,11 @@ class SqlJudgements:
             dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
             await conn.execute(
                 dialect.insert(judgements)
-                .values(key=key, verdict=_encode(judgement), created_at=datetime.now(UTC))
+                .values(
+                    key=key,
+                    verdict=_encode(judgement),
+                    created_at=datetime.fromtimestamp(self.clock(), UTC),
+                )
                 .on_conflict_do_nothing(index_elements=["key"])
             )
 

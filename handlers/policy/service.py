@@ -28,7 +28,7 @@ from datetime import UTC, date, datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bus.errors import Invalid
-from bus.service import Connected, Service
+from bus.service import Clock, Connected, Service
 from handlers.policy import arguments, budget, judgements
 from handlers.policy.connection import PolicyConnection
 from handlers.policy.constitutions import Announcer
@@ -53,9 +53,10 @@ def decision_id(message_id: str) -> str:
     return uuid.uuid5(_DECISIONS, message_id).hex
 
 
-def command_day(env: Envelope) -> date:
-    """The UTC day the command was sent: a redelivery after midnight still counts for its day."""
-    return datetime.fromtimestamp(env.timestamp or time.time(), UTC).date()
+def command_day(env: Envelope, clock: Clock = time.time) -> date:
+    """The UTC day the command was sent: a redelivery after midnight still counts for its day.
+    (A command that carries no time counts for the day it is judged.)"""
+    return datetime.fromtimestamp(env.timestamp or clock(), UTC).date()
 
 
 async def judge(
@@ -66,6 +67,7 @@ async def judge(
     engine: AsyncEngine,
     announcer: Announcer | None = None,
     model_judge: ModelJudge | None = None,
+    clock: Clock = time.time,
 ) -> PolicyEvaluated:
     decided_as = decision_id(env.message_id)
     try:
@@ -96,7 +98,7 @@ async def judge(
             if judgement is not None:
                 judged = judgement.verdict
                 verdict = verdict.adding(*judgement.findings)
-        verdict = await _charge_tokens(verdict, cmd, env, ruleset, engine, decided_as)
+        verdict = await _charge_tokens(verdict, cmd, env, ruleset, engine, decided_as, clock)
     return decide(verdict, decided_as, ruleset.version, ruleset.constitution, judged)
 
 
@@ -129,6 +131,7 @@ async def _charge_tokens(
     ruleset: RuleSet,
     engine: AsyncEngine,
     decided_as: str,
+    clock: Clock,
 ) -> Verdict:
     """Count the request's tokens against the day's budgets, unless it is denied anyway."""
     if verdict.decision == "deny" or cmd.tokens_requested == 0:
@@ -141,7 +144,7 @@ async def _charge_tokens(
             decision_id=decided_as,
             tenant=env.tenant,
             key_id=cmd.key_id,
-            day=command_day(env),
+            day=command_day(env, clock),
             tokens=cmd.tokens_requested,
             tenant_limit=tenant_limit,
             key_limit=key_limit,
@@ -159,16 +162,20 @@ def build(settings: Settings) -> Service:
     engine = make_engine(database_url)  # connects on first use, after the migration
     connection = PolicyConnection()
     model_judge = ModelJudge(connection.ask)
-    model_judge.store = judgements.SqlJudgements(engine)
     announcer = Announcer(engine, connection.publish)
+    clock: Clock = time.time  # the runtime's, once the startup hook has it
 
     async def start(bus: Connected) -> None:
+        nonlocal clock
+        clock = announcer.clock = bus.clock
+        model_judge.store = judgements.SqlJudgements(engine, clock)
         await connection.open(bus)
         await migrate(database_url, "policy")
-        pruned = await budget.prune(engine, datetime.now(UTC).date() - CHARGES_KEPT)
+        now = datetime.fromtimestamp(clock(), UTC)
+        pruned = await budget.prune(engine, now.date() - CHARGES_KEPT)
         if pruned:
             log.info("forgot %d token charge records older than %s", pruned, CHARGES_KEPT)
-        pruned = await judgements.prune(engine, datetime.now(UTC) - judgements.KEPT)
+        pruned = await judgements.prune(engine, now - judgements.KEPT)
         if pruned:
             log.info("forgot %d judge verdicts older than %s", pruned, judgements.KEPT)
 
@@ -184,6 +191,7 @@ def build(settings: Settings) -> Service:
             engine=engine,
             announcer=announcer,
             model_judge=model_judge,
+            clock=clock,
         )
 
     return Service(

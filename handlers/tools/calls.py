@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
@@ -78,8 +79,9 @@ async def claim(
     name: str,
     lease: float,
     caller: str | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> Claimed | Finished | Running:
-    now = time.time()
+    now = clock()
     token = new_id()
     try:
         async with engine.begin() as conn:
@@ -125,7 +127,12 @@ async def claim(
         return Claimed(token) if taken.rowcount == 1 else Running(now + lease)
 
 
-async def finish(engine: AsyncEngine, tenant: str, result: ToolResult) -> ToolResult:
+async def finish(
+    engine: AsyncEngine,
+    tenant: str,
+    result: ToolResult,
+    clock: Callable[[], float] = time.time,
+) -> ToolResult:
     """Store the result unless one is stored already; returns the one stored, which callers send."""
     async with engine.begin() as conn:
         stored = await conn.execute(
@@ -135,7 +142,7 @@ async def finish(engine: AsyncEngine, tenant: str, result: ToolResult) -> ToolRe
                 calls.c.call_id == result.call_id,
                 calls.c.status == "running",
             )
-            .values(status="done", result=msgspec.to_builtins(result), finished_at=time.time())
+            .values(status="done", result=msgspec.to_builtins(result), finished_at=clock())
         )
         if stored.rowcount == 1:
             return result
@@ -156,20 +163,23 @@ async def invoke_once(
     command: ToolInvoke,
     wait: float = 30.0,
     poll: float = 0.05,
+    clock: Callable[[], float] = time.time,
 ) -> ToolResult:
-    """Run the call if no delivery has, else return (or wait up to ``wait`` s for) its result."""
+    """Run the call if no delivery has, else return (or wait up to ``wait`` s for) its result.
+
+    ``clock`` dates the claim and its lease; ``wait`` is real time, however the clock moves."""
     tool = registry.tools.get(command.name)
     lease = tool.timeout + LEASE_GRACE if tool else DEFAULT_LEASE
     deadline = time.monotonic() + wait
     while True:
         state = await claim(
-            engine, tenant, command.call_id, command.name, lease, caller=command.user
+            engine, tenant, command.call_id, command.name, lease, command.user, clock
         )
         if isinstance(state, Finished):
             return state.result
         if isinstance(state, Claimed):
             result = await invoke(registry, command.call_id, command.name, command.arguments)
-            return await finish(engine, tenant, result)
+            return await finish(engine, tenant, result, clock)
         if time.monotonic() >= deadline:
             raise CallInProgress(
                 f"call {command.call_id!r} is being run by another delivery "

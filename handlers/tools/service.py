@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 
 import httpx
@@ -23,7 +24,7 @@ from opentelemetry.trace import StatusCode
 
 from bus import tracing
 from bus.errors import Conflict, Invalid
-from bus.service import Connected, Service
+from bus.service import Clock, Connected, Service
 from handlers.tools import builtin, fetch, github, slack
 from handlers.tools.calls import CallIdTaken, invoke_once
 from handlers.tools.config import ToolsConfig
@@ -139,6 +140,7 @@ class _Opened:
     registry: Registry | None = None
     client: httpx.AsyncClient | None = None
     connections: list[Connection] = field(default_factory=list)
+    clock: Clock = time.time  # the runtime's, once the startup hook has it
 
     def require(self) -> Registry:
         if self.registry is None:
@@ -153,7 +155,8 @@ def build(settings: Settings, config: ToolsConfig | None = None) -> Service:
     database_url = settings.resolved_database_url("tools")
     engine = make_engine(database_url)  # connects on first use, after the migration
 
-    async def start(_: Connected) -> None:
+    async def start(bus: Connected) -> None:
+        opened.clock = bus.clock
         await migrate(database_url, "tools")
         opened.client = httpx.AsyncClient(headers={"User-Agent": "soma-agent-hub"})
         # Probing the sandbox starts short-lived processes; keep the loop free meanwhile.
@@ -182,7 +185,9 @@ def build(settings: Settings, config: ToolsConfig | None = None) -> Service:
         }
         with tracing.span(f"execute_tool {cmd.name}", attributes) as span:
             try:
-                result = await invoke_once(engine, registry, env.tenant, cmd, wait=config.call_wait)
+                result = await invoke_once(
+                    engine, registry, env.tenant, cmd, wait=config.call_wait, clock=opened.clock
+                )
             except CallIdTaken as exc:
                 raise Conflict(f"{exc}") from None
             if span is not None and not result.ok:

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from handlers.tools.calls import CallIdTaken, CallInProgress, calls, claim, invoke_once
 from handlers.tools.registry import Annotations, Registry, Tool
 from schemas.tools import ToolInvoke
+from tests.clock import Clock
 
 
 class Counter:
@@ -133,6 +134,21 @@ async def test_a_delivery_waiting_on_a_live_claim_gives_up_for_a_later_retry(
     with pytest.raises(CallInProgress, match="is being run by another delivery"):
         await invoke_once(engine, registry_with(counter), "acme", cmd, wait=0.2, poll=0.05)
     assert counter.runs == []
+
+
+async def test_a_claim_is_taken_over_once_the_clock_passes_its_lease(engine: AsyncEngine) -> None:
+    counter, clock = Counter(), Clock()
+    cmd = command()
+    await claim(engine, "acme", cmd.call_id, cmd.name, lease=60, clock=clock)  # its holder died
+    clock.advance(59)
+    with pytest.raises(CallInProgress):
+        await invoke_once(engine, registry_with(counter), "acme", cmd, wait=0, clock=clock)
+
+    clock.advance(2)
+    result = await invoke_once(engine, registry_with(counter), "acme", cmd, clock=clock)
+
+    assert result.ok
+    assert len(counter.runs) == 1
 
 
 async def test_a_claim_whose_lease_ran_out_is_taken_over(engine: AsyncEngine) -> None:
