@@ -8,20 +8,8 @@ from pathlib import Path
 import pytest
 
 from handlers.policy.rules import RuleSet, load_default
+from tests.clock import Clock
 from tests.servers import area_engines
-
-
-class Clock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +19,7 @@ def default_rules() -> RuleSet:
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(1000.0)
 
 
 @pytest.fixture

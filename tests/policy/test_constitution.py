@@ -26,7 +26,7 @@ from kernel.constitution import (
     verify,
 )
 from kernel.grants import GrantStore, default_source
-from tests.policy.conftest import Clock
+from tests.clock import Clock
 
 PRINCIPLES = b"""\
 version: 1

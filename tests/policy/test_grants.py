@@ -10,7 +10,7 @@ import pytest
 
 from handlers.policy.rules import RuleStore
 from kernel.grants import GrantStore, PolicyError, build_grants, default_source
-from tests.policy.conftest import Clock
+from tests.clock import Clock
 
 MEMBERS_CALCULATE = """
 version: 1

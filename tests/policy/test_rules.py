@@ -17,7 +17,7 @@ from handlers.policy.rules import (
     default_source,
 )
 from schemas.policy import PolicyEvaluate
-from tests.policy.conftest import Clock
+from tests.clock import Clock
 
 
 def tenant_rules(yaml_text: str) -> RuleSet:

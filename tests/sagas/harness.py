@@ -34,6 +34,7 @@ from schemas.catalogue import by_name, failed_event, of_type
 from schemas.common import CommandFailed, FailureCode
 from schemas.envelope import Envelope, new_id
 from schemas.sagas import SagaFinished, SagaRetried, SagaStart
+from tests.clock import Clock
 
 TENANT = "acme"
 # Any fixed moment will do; a round one keeps the figures in a failing assertion readable.
@@ -42,16 +43,6 @@ EPOCH = 1_800_000_000.0
 SETTLE = 10.0
 
 T = TypeVar("T")
-
-
-class Clock:
-    """The engine's time: it stands still until the test moves it."""
-
-    def __init__(self, now: float = EPOCH) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass(frozen=True)
@@ -115,7 +106,7 @@ class Harness:
         url = f"sqlite+aiosqlite:///{directory / 'sagas.db'}"
         await migrate(url, "sagas")
         db = make_engine(url)
-        return cls.on(db, definitions, clock=Clock(), replay_grace=replay_grace)
+        return cls.on(db, definitions, clock=Clock(EPOCH), replay_grace=replay_grace)
 
     @classmethod
     def on(
