@@ -394,7 +394,7 @@ async def test_a_handler_user_consumes_acks_emits_and_dead_letters_its_own(
             headers=_command(msg_id=f"own-{name}"),
         )
     async with as_user(port, name) as user:
-        assert user.nc._inbox_prefix.decode() == f"_INBOX.{name}"
+        assert user.nc.new_inbox().startswith(f"_INBOX.{name}.")
         config = runtime._consumer_config(name, [f"soma.cmd.*.{name}.>"], settings)
         bus = Connected(user.nc, user.js)
         consumer = runtime.Consumer(bus, STREAMS["cmd"], config, handle, 4)
