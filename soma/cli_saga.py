@@ -12,6 +12,7 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -512,6 +513,22 @@ def cancel(
     )
 
 
+def _operate(
+    saga_id: str, message: Callable[[str], Any], expect: str, done: str, timeout: float
+) -> tuple[str, Any]:
+    """Send the saga named by ``saga_id`` (or a prefix) ``message(its full id)`` and return
+    its full id and the runner's ``expect`` event; its refusal fails the command."""
+
+    async def go() -> tuple[str, Any]:
+        row = await _resolve(saga_id)
+        return row["id"], await _command(message(row["id"]), row, expect, timeout)
+
+    found, answer = terminal.run(go())
+    if answer.schema != expect:
+        terminal.fail(f"not {done}: {answer.payload.error}")
+    return found, answer
+
+
 async def _command(message: Any, row: dict[str, Any], expect: str, timeout: float) -> Any:
     """Send ``message`` about the saga ``row`` and return the runner's answer to it: the event
     ``expect`` (for this saga), or its refusal (``sagas.failed``)."""
@@ -575,16 +592,10 @@ def terminate(
     """
     from schemas.sagas import SagaTerminate
 
-    async def go() -> tuple[str, Any]:
-        row = await _resolve(saga_id)
-        answer = await _command(
-            SagaTerminate(saga_id=row["id"], reason=reason), row, "sagas.finished", timeout
-        )
-        return row["id"], answer
+    def message(found: str) -> Any:
+        return SagaTerminate(saga_id=found, reason=reason)
 
-    found, answer = terminal.run(go())
-    if answer.schema != "sagas.finished":
-        terminal.fail(f"not terminated: {answer.payload.error}")
+    found, _ = _operate(saga_id, message, "sagas.finished", "terminated", timeout)
     terminal.note(f"saga {found} terminated")
 
 
@@ -618,16 +629,10 @@ def retry(
     """
     from schemas.sagas import SagaRetry
 
-    async def go() -> tuple[str, Any]:
-        row = await _resolve(saga_id)
-        answer = await _command(
-            SagaRetry(saga_id=row["id"], reason=reason), row, "sagas.retried", timeout
-        )
-        return row["id"], answer
+    def message(found: str) -> Any:
+        return SagaRetry(saga_id=found, reason=reason)
 
-    found, answer = terminal.run(go())
-    if answer.schema != "sagas.retried":
-        terminal.fail(f"not retried: {answer.payload.error}")
+    found, answer = _operate(saga_id, message, "sagas.retried", "retried", timeout)
     terminal.note(
         f"saga {found} runs again from step {answer.payload.step or '-'} "
         f"(run {answer.payload.run}); `soma saga show {found}` follows it"
