@@ -128,6 +128,17 @@ def postgres_database() -> Iterator[str]:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+@contextmanager
+def database(kind: str, folder: Path, filename: str) -> Iterator[str]:
+    """A throwaway database for a test parametrized over both stores: ``kind`` "sqlite" is the
+    file ``filename`` in ``folder``; any other (postgres, postgresql) a fresh PostgreSQL one."""
+    if kind == "sqlite":
+        yield f"sqlite+aiosqlite:///{folder / filename}"
+    else:
+        with postgres_database() as url:
+            yield url
+
+
 def migrate_branch(url: str, branch: str) -> None:
     """Apply one area's migration branch only, so its tests depend on no other area's tables."""
     from alembic import command

@@ -40,7 +40,7 @@ from tests.analytics.test_on_the_bus import (
     _drained,
     _publish_turns,
 )
-from tests.servers import NatsServer, nats_server, postgres_database
+from tests.servers import NatsServer, database, nats_server
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,10 +59,7 @@ class Store:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'analytics.db'}"
-        return
-    with postgres_database() as url:
+    with database(request.param, tmp_path, "analytics.db") as url:
         yield url
 
 

@@ -23,18 +23,15 @@ from handlers.identity.signing_keys import ensure_signing_keys, jwks
 from handlers.identity.tables import ALL
 from handlers.identity.verify import Verifier
 from kernel.db import make_engine
-from tests.servers import migrate_branch, postgres_database
+from tests.servers import database, migrate_branch
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def database_url(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('identity') / 'identity.db'}"
-    else:
-        with postgres_database() as url:
-            yield url
+    with database(request.param, tmp_path_factory.mktemp("identity"), "identity.db") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

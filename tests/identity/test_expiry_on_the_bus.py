@@ -34,7 +34,7 @@ from tests.identity.test_bus_routes import (
     member_with_key,
     seed_operator,
 )
-from tests.servers import NatsServer, nats_server, postgres_database
+from tests.servers import NatsServer, database, nats_server
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +47,8 @@ def bus_server() -> Iterator[NatsServer]:
 def database_url(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('expiry') / 'identity.db'}"
-    else:
-        with postgres_database() as url:
-            yield url
+    with database(request.param, tmp_path_factory.mktemp("expiry"), "identity.db") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

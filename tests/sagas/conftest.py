@@ -23,18 +23,15 @@ from schemas.envelope import new_id
 from schemas.sagas import SagaCancel, SagaSignal, SagaStart
 from tests.sagas.definitions import ALL
 from tests.sagas.effects import Effects
-from tests.servers import NatsServer, nats_server, postgres_database
+from tests.servers import NatsServer, database, nats_server
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def database_url(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('sagas') / 'kernel.db'}"
-    else:
-        with postgres_database() as url:
-            yield url
+    with database(request.param, tmp_path_factory.mktemp("sagas"), "kernel.db") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
