@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sagas import tables
+from sagas.change import Instance
 from sagas.storage import Storage
 from schemas.sagas import ENDED
 
@@ -47,7 +48,7 @@ class LostTransition(RuntimeError):
 class Hot:
     """One instance in memory: its latest state, committed or not."""
 
-    row: dict[str, Any]
+    row: Instance
     # The rev of the last state handed to a commit; None while the instance is not inserted.
     flushed_rev: int | None
     start_id: str | None = None
@@ -58,7 +59,7 @@ class Pending:
     """What one instance's transitions since the last commit will write."""
 
     hot: Hot
-    row: dict[str, Any]
+    row: Instance
     base_rev: int | None  # the rev the stored row must have; None: insert it
     history: list[dict[str, Any]] = field(default_factory=list)
     inbox: list[dict[str, Any]] = field(default_factory=list)
@@ -150,7 +151,7 @@ class HotStore:
                 batch, self.pending = self.pending, {}
                 self.waiting = 0
                 for pending in batch.values():
-                    pending.hot.flushed_rev = pending.row["rev"]
+                    pending.hot.flushed_rev = pending.row.rev
                 await self._commit(batch)
 
     async def _commit(self, batch: dict[str, Pending]) -> None:
@@ -180,14 +181,14 @@ class HotStore:
             for waiter in pending.waiters:
                 if not waiter.done():
                     waiter.set_result(None)
-            if pending.row["state"] in ENDED and self.hot.get(saga_id) is pending.hot:
+            if pending.row.state in ENDED and self.hot.get(saga_id) is pending.hot:
                 self.forget(saga_id)
 
     async def _write_row(self, conn: AsyncConnection, saga_id: str, pending: Pending) -> None:
         if pending.base_rev is None:
-            await conn.execute(tables.instances.insert().values(**pending.row))
+            await conn.execute(tables.instances.insert().values(**pending.row.to_row()))
             return
-        values = {k: v for k, v in pending.row.items() if k != "id"}
+        values = {k: v for k, v in pending.row.to_row().items() if k != "id"}
         result = await conn.execute(
             update(tables.instances)
             .where(

@@ -1,8 +1,9 @@
 """What an operator's terminate and retry do to an instance, as plain functions of its stored row.
 
-The engine's entry points (``Engine.terminate``, ``Engine.retry``) load the row, ask these
-functions what to change, and save; nothing here does I/O, so each rule is read and tested on
-its own.
+The engine's entry points (``Engine.terminate``, ``Engine.retry``) load the instance and ask
+these functions whether it may; the transitions (``on_terminate``, ``on_retry`` in
+sagas/transitions.py) use the rest to decide what changes. Nothing here does I/O, so each rule
+is read and tested on its own.
 
 Retry needs to know where a failed saga failed, which its row no longer says once it has ended
 (an ended instance waits for nothing). So the transition that fails an instance keeps its
@@ -23,6 +24,7 @@ from typing import Any
 
 import msgspec
 
+from sagas.change import Instance
 from schemas.catalogue import UnknownMessage, by_name, of_type
 from schemas.common import CommandFailed
 from schemas.sagas import ENDED, Part, SagaState, Waiting
@@ -48,19 +50,19 @@ _NOT_RETRYABLE = {
 }
 
 
-def why_not_retryable(row: dict[str, Any], durability: str) -> str | None:
+def why_not_retryable(row: Instance, durability: str) -> str | None:
     """None when the instance ``row`` may be retried: it failed, where a retry can take it up
     again (its resume point), and it runs with step durability; otherwise why not."""
-    saga_id, state = row["id"], row["state"]
+    saga_id, state = row.id, row.state
     if state != SagaState.FAILED:
         reason = _NOT_RETRYABLE.get(SagaState(state), f"it is {state}")
         return f"saga {saga_id} is {state}, not failed: {reason}; only a failed saga can be retried"
     if durability == "group":
         return (
-            f"saga {saga_id} ({row['type']}) runs with group durability: it answers a request "
+            f"saga {saga_id} ({row.type}) runs with group durability: it answers a request "
             "whose caller has gone by now; start a new one instead"
         )
-    if RESUME not in row["data"]:
+    if RESUME not in row.data:
         return f"saga {saga_id} failed where a retry cannot take it up again"
     return None
 
