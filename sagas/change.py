@@ -50,10 +50,13 @@ class Instance(msgspec.Struct, frozen=True, kw_only=True):
     @classmethod
     def of(cls, row: Mapping[str, Any]) -> Instance:
         """The instance of a stored row."""
-        return cls(**{**row, "state": SagaState(row["state"])})
+        return cls(**{**row, "state": _STATES[row["state"]]})
 
     def to_row(self) -> dict[str, Any]:
         return msgspec.structs.asdict(self)
+
+
+_STATES = {str(state): state for state in SagaState}
 
 
 class Entry(msgspec.Struct, frozen=True):

@@ -86,6 +86,7 @@ class Engine:
         # Group mode: how long a lost transition's event may take to come back (twice the ack wait).
         self.replay_grace = replay_grace
         self.store = HotStore(self.storage, _numbered)
+        self._rules_of_definition: dict[Definition[Any], Rules] = {}
         # Group mode publishes commands itself, before the commit (the runner sets it).
         self.publish: Publish | None = None
         # A group mode instance's timers wait until events left unacknowledged by a runner that
@@ -436,7 +437,11 @@ class Engine:
         return self.registry.get(row.type, row.version)
 
     def _rules(self, definition: Definition[Any]) -> Rules:
-        return Rules(definition, self.registry.latest, self.replay_grace)
+        rules = self._rules_of_definition.get(definition)
+        if rules is None or rules.replay_grace != self.replay_grace:
+            rules = Rules(definition, self.registry.latest, self.replay_grace)
+            self._rules_of_definition[definition] = rules
+        return rules
 
     def _rules_of(self, row: Instance) -> Rules:
         return self._rules(self._definition(row))
