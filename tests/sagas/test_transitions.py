@@ -21,15 +21,17 @@ from sagas.transitions import (
     new_instance,
     on_cancel,
     on_reply,
+    on_retry,
     on_signal,
     on_start,
+    on_terminate,
     on_timer,
     waits_on,
 )
 from schemas.catalogue import by_name, failed_event, of_type
 from schemas.common import CommandFailed, FailureCode
 from schemas.envelope import Envelope
-from schemas.sagas import SagaFinished, SagaState, Waiting
+from schemas.sagas import SagaFinished, SagaState, SagaTerminate, Waiting
 from schemas.tools import ToolInvoke, ToolResult
 from tests.sagas.definitions import ALL, approval, retrying, three_steps, tool
 
@@ -209,6 +211,33 @@ def test_a_cancel_with_nothing_to_undo_ends_the_saga_cancelled() -> None:
     assert change.row.error == "cancelled"
     [finished] = events(change)
     assert finished.state == SagaState.CANCELLED
+
+
+def test_a_terminate_ends_the_saga_at_once_undoing_nothing_and_terminates_its_children() -> None:
+    row = started(approval)  # its call in flight has an undo, which a terminate does not run
+
+    change = on_terminate(rules(approval), row, "stuck", ["s1.child2"], "terminate-1", NOW + 1)
+
+    assert change.row.state == SagaState.TERMINATED
+    assert change.row.error == "terminated: stuck"
+    assert commands(change) == [SagaTerminate(saga_id="s1.child2", reason="stuck")]
+    [finished] = events(change)
+    assert finished.state == SagaState.TERMINATED
+
+
+def test_a_retry_sends_the_call_that_failed_for_good_again_as_a_first_attempt() -> None:
+    refusal = CommandFailed(command="tools.invoke", error="no", retryable=False)
+    failed = stored(answer(started(retrying), refusal, NOW))
+    assert failed.state == SagaState.FAILED
+
+    retried = on_retry(rules(retrying), failed, "fixed", "retry-1", NOW + 60)
+    resent = on_timer(rules(retrying), stored(retried), NOW + 60)
+
+    assert (retried.row.state, retried.row.run) == (SagaState.RUNNING, 2)
+    assert retried.wake_now == ["s1"]  # due at once
+    assert resent is not None
+    [command] = resent.outbox
+    assert command.id.startswith("s1.2.") and command.id.endswith(".1")  # run 2, attempt 1
 
 
 def test_a_signal_nobody_waits_for_yet_is_kept_for_later() -> None:
