@@ -62,6 +62,9 @@ from schemas.sagas import (
 log = logging.getLogger("soma.sagas")
 
 _COMPENSATED = "__compensated__"
+# Set in ``waiting`` when a cancel found a call with an undo in flight: its answer runs the
+# compensations instead of the next step.
+CANCELLED_IN_FLIGHT = "cancelled_in_flight"
 # A child that ended so left its effects in place: its ``compensate`` is then the parent's to run.
 _LEFT_EFFECTS = frozenset({SagaState.COMPLETED, SagaState.FAILED, SagaState.TERMINATED})
 # A Continue is carried on by the process that committed it at once; the timer pass takes it
@@ -183,9 +186,19 @@ def on_cancel(rules: Rules, row: Instance, reason: str, cause: str, now: float) 
         undo = [c["compensate"] for c in running if c.get("compensate")]
         if undo:
             _compensate_later(change, *undo)
-    elif waiting.get("kind") in (Waiting.CALL, Waiting.RETRY) and waiting.get("compensate"):
-        # The call in flight may still take effect (its command is out): its undo runs
-        # first, as an undo of what never happened must be harmless anyway.
+    elif waiting.get("kind") == Waiting.CALL and waiting.get("compensate"):
+        # The call is out and may still take effect. Its undo sent now could reach the
+        # handler first and undo nothing, so the instance waits for the call's answer (or
+        # its deadline) and then undoes it first; see ``_cancelled_call_answered``.
+        change.set(
+            state=SagaState.CANCELLING,
+            error=f"cancelled: {reason}" if reason else "cancelled",
+            waiting={**waiting, CANCELLED_IN_FLIGHT: True},
+        )
+        return change
+    elif waiting.get("kind") == Waiting.RETRY and waiting.get("compensate"):
+        # An attempt that failed may still have taken effect: its undo runs first, as an
+        # undo of what never happened must be harmless anyway.
         _compensate_later(change, waiting["compensate"])
     change.set(state=SagaState.CANCELLING, error=f"cancelled: {reason}" if reason else "cancelled")
     _next_compensation(rules, change, cause, now)
@@ -268,7 +281,9 @@ def on_timer(rules: Rules, row: Instance, now: float, *, continuing: bool = Fals
         return None
     change = Change(row)
     cause = f"timer-{row.id}-{row.seq}"
-    if kind == Waiting.CALL:
+    if kind == Waiting.CALL and waiting.get(CANCELLED_IN_FLIGHT):
+        _cancelled_call_answered(rules, change, waiting, _timed_out(waiting), cause, now)
+    elif kind == Waiting.CALL:
         _history(change, row.step, "timed_out", {"attempt": waiting["attempt"]}, now)
         _call_failed(rules, change, waiting, _timed_out(waiting), cause, now)
     elif kind == Waiting.RETRY:
@@ -314,6 +329,9 @@ def _on_reply(rules: Rules, row: Instance, event: Any, env: Envelope, now: float
     change = Change(row)
     waiting = row.waiting
     assert waiting is not None
+    if waiting.get(CANCELLED_IN_FLIGHT):
+        _cancelled_call_answered(rules, change, waiting, event, env.message_id, now)
+        return change
     if isinstance(event, CommandFailed):
         detail = {"error": event.error, "attempt": waiting["attempt"]}
         _history(change, row.step, "call_failed", detail, now)
@@ -329,6 +347,25 @@ def _on_reply(rules: Rules, row: Instance, event: Any, env: Envelope, now: float
     else:
         _run_step(rules, change, waiting["then"], event, env.message_id, now)
     return change
+
+
+def _cancelled_call_answered(
+    rules: Rules,
+    change: Change,
+    waiting: dict[str, Any],
+    answer: Any,
+    cause: str,
+    now: float,
+) -> None:
+    """The call in flight when the instance was cancelled has answered (or reached its
+    deadline): its undo runs first, then the other compensations. It runs whatever the answer:
+    a failure may be a timeout of a call that still took effect, and an undo of what never
+    happened is harmless. The call is not tried again."""
+    failed = isinstance(answer, CommandFailed)
+    detail = {"error": answer.error} if failed else {"attempt": waiting["attempt"]}
+    _history(change, change.row.step, "call_failed" if failed else "reply", detail, now)
+    _compensate_later(change, waiting["compensate"])
+    _next_compensation(rules, change, cause, now)
 
 
 def _call_failed(

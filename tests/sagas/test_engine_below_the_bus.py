@@ -216,11 +216,18 @@ async def test_cancel_runs_the_compensations_in_reverse_order(h: Harness) -> Non
     assert [e.state for e in h.events(SagaFinished)] == ["compensated"]
 
 
-async def test_a_cancel_while_a_call_is_in_flight_undoes_that_call_too(h: Harness) -> None:
-    """Its command is out and may still take effect, so its undo runs, and runs first."""
+async def test_a_cancel_while_a_call_is_in_flight_undoes_that_call_first_once_it_answers(
+    h: Harness,
+) -> None:
+    """Its command is out and may still take effect: its undo waits for its answer, so that
+    it cannot reach the handler first and undo nothing, then runs first."""
     saga_id = await h.start("approval")
     await h.answer(h.command(), done(h.command(), "drafted"))
-    await h.cancel(saga_id)  # the review call is in flight
+    review = h.command()
+    await h.cancel(saga_id)
+    assert h.command() is review, "no undo before the call in flight has answered"
+
+    await h.answer(review, done(review, "reviewed"))
     for _ in range(2):
         undo = h.command()
         await h.answer(undo, done(undo))
@@ -230,10 +237,28 @@ async def test_a_cancel_while_a_call_is_in_flight_undoes_that_call_too(h: Harnes
     assert (await h.instance(saga_id))["state"] == "compensated"
 
 
+async def test_a_call_in_flight_at_a_cancel_that_never_answers_is_undone_at_its_deadline(
+    h: Harness,
+) -> None:
+    saga_id = await h.start("approval")
+    await h.answer(h.command(), done(h.command(), "drafted"))
+    review = h.command()
+    await h.cancel(saga_id)
+
+    await h.advance(60)  # past the review call's start-to-close timeout
+    undo = h.command()
+    assert undo is not review and undo.message.arguments == {"label": "review"}
+    await h.answer(undo, done(undo))
+    await h.answer(h.command(), done(h.command()))
+    assert (await h.instance(saga_id))["state"] == "compensated"
+
+
 async def test_a_compensation_that_keeps_failing_ends_in_compensation_failed(h: Harness) -> None:
     saga_id = await h.start("approval")
     await h.answer(h.command(), done(h.command(), "drafted"))
-    await h.cancel(saga_id)  # waits on the review call, whose undo comes first
+    review = h.command()
+    await h.cancel(saga_id)  # waits for the review call in flight, whose undo comes first
+    await h.answer(review, done(review))
     for _ in range(5):  # the engine's compensation retry: five attempts
         await h.fail(h.command(), FailureCode.UNAVAILABLE, retryable=True)
         await h.advance(60)

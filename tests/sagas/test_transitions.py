@@ -188,18 +188,44 @@ def test_a_refusal_fails_the_saga_with_its_code_at_once() -> None:
     assert change.row.error_code == FailureCode.FORBIDDEN
 
 
-def test_a_cancel_while_a_call_with_an_undo_is_in_flight_sends_that_undo_first() -> None:
+def test_a_cancel_while_a_call_with_an_undo_is_in_flight_waits_for_its_answer() -> None:
     row = started(approval)  # its first call, the draft, has an undo
 
     change = on_cancel(rules(approval), row, "changed my mind", "cancel-1", NOW + 1)
 
     assert change.row.state == SagaState.CANCELLING
     assert change.row.error == "cancelled: changed my mind"
+    assert commands(change) == []  # an undo sent now could overtake the call at its handler
+    assert change.row.waiting == {**(row.waiting or {}), "cancelled_in_flight": True}
+    assert change.row.wake_at == row.wake_at  # the call's own deadline still holds
+    assert events(change) == []
+
+
+def test_the_answer_of_a_call_in_flight_at_a_cancel_sends_its_undo_first() -> None:
+    cancelling = stored(on_cancel(rules(approval), started(approval), "", "cancel-1", NOW + 1))
+
+    change = answer(cancelling, ToolResult(call_id="x", name="draft", ok=True), NOW + 2)
+
     [undo] = commands(change)
     assert isinstance(undo, ToolInvoke)
     assert (undo.name, undo.arguments) == ("undo", {"label": "draft"})
+    assert change.row.state == SagaState.CANCELLING
+    assert change.row.step == cancelling.step  # the next step does not run
     assert change.row.data["_compensations"] == []  # the one registered is under way
-    assert events(change) == []  # it ends once the undo has answered
+
+
+@pytest.mark.parametrize("retryable", [True, False])
+def test_a_call_in_flight_at_a_cancel_that_fails_is_undone_all_the_same_and_not_retried(
+    retryable: bool,
+) -> None:
+    cancelling = stored(on_cancel(rules(approval), started(approval), "", "cancel-1", NOW + 1))
+    failure = CommandFailed(command="tools.invoke", error="slow", retryable=retryable)
+
+    change = answer(cancelling, failure, NOW + 2)
+
+    [undo] = commands(change)  # a failure may be a timeout of a call that took effect
+    assert (undo.name, undo.arguments) == ("undo", {"label": "draft"})
+    assert change.row.state == SagaState.CANCELLING
 
 
 def test_a_cancel_with_nothing_to_undo_ends_the_saga_cancelled() -> None:
