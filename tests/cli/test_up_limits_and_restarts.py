@@ -226,8 +226,8 @@ def test_the_gateway_answers_again_after_a_request_too_large_for_the_bus(
 def _refused(url: str) -> bool:
     try:
         httpx.get(f"{url}/healthz", timeout=2)
-    except httpx.ConnectError:
-        return True
+    except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError):
+        return True  # not listening, or closing the connection it had just accepted
     return False
 
 

@@ -134,15 +134,23 @@ def _wait_ready(system: System) -> None:
             else:
                 raise AssertionError(f"{url} never became ready:\n{system.running.out.text}")
         # The first turn waits for every process to have its consumers; on a busy machine that
-        # can take longer than one request's patience.
+        # can take longer than one request's patience, or the gateway's (a 503).
+        warm = {"model": "soma-local-dev", "messages": [{"role": "user", "content": "warm up"}]}
         for attempt in range(3):
             try:
-                turn = chat(client, system, "warm up")
-                break
+                answer = client.post(
+                    f"{system.gateway}/v1/chat/completions",
+                    headers={"Authorization": f"Bearer {system.admin_key}"},
+                    json=warm,
+                )
             except httpx.TimeoutException:
                 if attempt == 2:
                     raise
-        assert turn["choices"][0]["message"]["content"], turn
+                continue
+            if answer.status_code != 503 or attempt == 2:
+                break
+        assert answer.status_code == 200, f"{answer.text}\n{system.running.out.text[-4000:]}"
+        assert answer.json()["choices"][0]["message"]["content"], answer.text
 
 
 def chat(client: httpx.Client, system: System, text: str) -> Any:
