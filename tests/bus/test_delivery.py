@@ -66,10 +66,14 @@ async def test_a_handler_failing_twice_then_succeeding_is_handled_and_acked_once
             return await stream_count(js, STREAMS["evt"], "soma.evt.acme.policy.evaluated") == 1
 
         await eventually(replied)
+
+        async def acked() -> bool:  # the reply is published before the command is acked
+            consumer = await js.consumer_info(STREAMS["cmd"], "policy")
+            return consumer.num_ack_pending == 0 and consumer.num_pending == 0
+
+        await eventually(acked)
         consumer = await js.consumer_info(STREAMS["cmd"], "policy")
         assert attempts[env.message_id] == 3
-        assert consumer.num_ack_pending == 0
-        assert consumer.num_pending == 0
         assert consumer.delivered.stream_seq == consumer.ack_floor.stream_seq
         assert await stream_count(js, STREAMS["dlq"]) == 0
     finally:
