@@ -179,12 +179,9 @@ class Engine:
         self, saga_id: str, name: str, payload: dict[str, Any], message_id: str
     ) -> None:
         async def body(conn: AsyncConnection, now: float) -> Change | None:
-            if not await self.storage.record_inbox(conn, saga_id, message_id, now):
-                return None
-            row = await self._load(conn, saga_id)
+            row = await self._first_delivery(conn, saga_id, message_id, now)
             if row is None:
-                # Its start may be in flight on another delivery: retried, then dead-lettered.
-                raise SagaNotFound(f"no saga {saga_id} (yet)")
+                return None
             if row.state in ENDED:
                 raise errors.Conflict(
                     f"saga {saga_id} has ended ({row.state}); signal {name} dropped"
@@ -193,6 +190,19 @@ class Engine:
             return transitions.on_signal(rules, row, name, payload, message_id, now)
 
         await self._transact(body, saga_id=saga_id)
+
+    async def _first_delivery(
+        self, conn: AsyncConnection, saga_id: str, message_id: str, now: float
+    ) -> Instance | None:
+        """The instance ``message_id`` is about, held for ``conn``'s transaction; None when
+        that message reached it before. A missing instance raises ``SagaNotFound``: its start
+        may be in flight on another delivery, so the message is retried, then dead-lettered."""
+        if not await self.storage.record_inbox(conn, saga_id, message_id, now):
+            return None
+        row = await self._load(conn, saga_id)
+        if row is None:
+            raise SagaNotFound(f"no saga {saga_id} (yet)")
+        return row
 
     async def stored(self, saga_id: str) -> None:
         """Return once what this runner holds of ``saga_id`` is committed.
@@ -207,11 +217,9 @@ class Engine:
         await self.store.settle(saga_id)
 
         async def body(conn: AsyncConnection, now: float) -> Change | None:
-            if not await self.storage.record_inbox(conn, saga_id, message_id, now):
-                return None
-            row = await self._load(conn, saga_id)
+            row = await self._first_delivery(conn, saga_id, message_id, now)
             if row is None:
-                raise SagaNotFound(f"no saga {saga_id} (yet)")
+                return None
             if row.state in ENDED or row.state == SagaState.CANCELLING:
                 return None
             return transitions.on_cancel(self._rules_of(row), row, reason, message_id, now)
@@ -225,11 +233,9 @@ class Engine:
         await self.store.settle(saga_id)
 
         async def body(conn: AsyncConnection, now: float) -> Change | None:
-            if not await self.storage.record_inbox(conn, saga_id, message_id, now):
-                return None
-            row = await self._load(conn, saga_id)
+            row = await self._first_delivery(conn, saga_id, message_id, now)
             if row is None:
-                raise SagaNotFound(f"no saga {saga_id} (yet)")
+                return None
             refused = operations.why_not_terminable(saga_id, row.state)
             if refused:
                 raise errors.Conflict(refused)
