@@ -15,10 +15,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, update
+from sqlalchemy import Connection, and_, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
+from kernel.db import in_transaction
 from sagas import tables
 from sagas.change import Instance
 from sagas.storage import Storage
@@ -163,10 +163,7 @@ class HotStore:
                 if task.cancelled() or task.exception() is not None:
                     unpublished.setdefault(saga_id, []).extend(rows)
         try:
-            async with self.db.begin() as conn:
-                for saga_id, pending in batch.items():
-                    await self._write_row(conn, saga_id, pending)
-                await self._write_rest(conn, list(batch.items()), unpublished)
+            await in_transaction(self.db, lambda conn: self._write(conn, batch, unpublished))
         except Exception as exc:
             if len(batch) == 1:
                 for saga_id, pending in batch.items():
@@ -184,12 +181,33 @@ class HotStore:
             if pending.row.state in ENDED and self.hot.get(saga_id) is pending.hot:
                 self.forget(saga_id)
 
-    async def _write_row(self, conn: AsyncConnection, saga_id: str, pending: Pending) -> None:
+    def _write(
+        self,
+        conn: Connection,
+        batch: dict[str, Pending],
+        unpublished: dict[str, list[dict[str, Any]]],
+    ) -> None:
+        """The whole group commit, in one synchronous transaction (``in_transaction``): on
+        SQLite one worker thread runs it, rather than a thread hand-off per statement."""
+        for saga_id, pending in batch.items():
+            self._write_row(conn, saga_id, pending)
+        history = [h for p in batch.values() for h in p.history]
+        if history:
+            conn.execute(tables.history.insert(), self.numbered(history))
+        inbox = [i for p in batch.values() for i in p.inbox]
+        if inbox:
+            conn.execute(self.storage.insert_new(tables.inbox), inbox)
+        outbox = [r for rows in unpublished.values() for r in rows]
+        if outbox:
+            # Not published (NATS was away): the relay's sweep sends them from the outbox.
+            conn.execute(tables.outbox.insert(), outbox)
+
+    def _write_row(self, conn: Connection, saga_id: str, pending: Pending) -> None:
         if pending.base_rev is None:
-            await conn.execute(tables.instances.insert().values(**pending.row.to_row()))
+            conn.execute(tables.instances.insert().values(**pending.row.to_row()))
             return
         values = {k: v for k, v in pending.row.to_row().items() if k != "id"}
-        result = await conn.execute(
+        result = conn.execute(
             update(tables.instances)
             .where(
                 and_(tables.instances.c.id == saga_id, tables.instances.c.rev == pending.base_rev)
@@ -198,23 +216,6 @@ class HotStore:
         )
         if result.rowcount != 1:
             raise IntegrityError("rev check", None, Exception(f"saga {saga_id} advanced elsewhere"))
-
-    async def _write_rest(
-        self,
-        conn: AsyncConnection,
-        batch: list[tuple[str, Pending]],
-        unpublished: dict[str, list[dict[str, Any]]],
-    ) -> None:
-        history = [h for _, p in batch for h in p.history]
-        if history:
-            await conn.execute(tables.history.insert(), self.numbered(history))
-        inbox = [i for _, p in batch for i in p.inbox]
-        if inbox:
-            await self.storage.record_inbox_rows(conn, inbox)
-        outbox = [r for rows in unpublished.values() for r in rows]
-        if outbox:
-            # Not published (NATS was away): the relay's sweep sends them from the outbox.
-            await conn.execute(tables.outbox.insert(), outbox)
 
     def _lose(self, saga_id: str, pending: Pending, why: str) -> None:
         if self.hot.get(saga_id) is pending.hot:

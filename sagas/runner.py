@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bus import errors, metrics, runtime
 from bus.connection import connect
 from bus.service import Service
-from kernel.db import make_engine, migrate, reader
+from kernel.db import dispose, make_engine, migrate, reader
 from kernel.settings import Settings
 from sagas import list_query, queries, tables
 from sagas.definition import Definition
@@ -206,7 +206,7 @@ class Runner:
                 await self.relay.mark_sent()
         if self.db is not None:
             self.engine.storage.close()
-            await self.db.dispose()
+            await dispose(self.db)
 
 
 def saga_info(row: dict[str, Any], history: list[dict[str, Any]]) -> SagaInfo:

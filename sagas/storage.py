@@ -44,9 +44,6 @@ class Storage:
         stmt = self.insert_new(tables.inbox).values(saga_id=saga_id, message_id=message_id, at=now)
         return bool((await conn.execute(stmt)).rowcount)
 
-    async def record_inbox_rows(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-        await conn.execute(self.insert_new(tables.inbox), rows)
-
     async def load(self, conn: AsyncConnection, saga_id: str) -> dict[str, Any] | None:
         """The instance, held until ``conn``'s transaction ends."""
         stmt = self.holding(select(tables.instances).where(tables.instances.c.id == saga_id))
