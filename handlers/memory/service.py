@@ -23,7 +23,7 @@ from handlers.memory.errors import InvalidMemory
 from handlers.memory.scope import OtherUser, grants_of, whose
 from handlers.memory.vectors import Vectors
 from kernel.constitution import load_trust, trust_file
-from kernel.db import make_engine, migrate
+from kernel.db import dispose, make_engine, migrate
 from kernel.grants import GrantStore, InvalidTenant, policy_dir
 from kernel.settings import Settings
 from schemas.envelope import Envelope
@@ -93,7 +93,7 @@ def build(settings: Settings, config: MemoryConfig | None = None) -> Service:
             await opened.vectors.index.close()
             await opened.vectors.embedder.close()
             opened.vectors = None
-        await engine.dispose()
+        await dispose(engine)
 
     async def recall(cmd: MemoryRecall, env: Envelope) -> MemoryRecalled:
         memories = opened.require()

@@ -27,7 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from handlers.memory.errors import InvalidMemory
-from kernel.db import metadata
+from kernel.db import in_transaction, metadata
 
 MAX_LIMIT = 1000
 
@@ -91,9 +91,9 @@ async def record(engine: AsyncEngine, turn: Turn) -> bool:
         .values(**values)
         .on_conflict_do_nothing(index_elements=["tenant", "turn_id"])
     )
-    async with engine.begin() as conn:
-        result = await conn.execute(statement)
-    return result.rowcount == 1
+    # Every chat turn's memory write lands here: one synchronous transaction (on SQLite in a
+    # worker thread) rather than a thread hand-off per call of the statement.
+    return await in_transaction(engine, lambda conn: conn.execute(statement).rowcount == 1)
 
 
 async def of_session(
