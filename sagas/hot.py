@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, and_, update
+from sqlalchemy import Connection, bindparam
 from sqlalchemy.exc import IntegrityError
 
 from kernel.db import in_transaction
@@ -37,6 +37,14 @@ WINDOW = 0.03
 EARLY = 24
 # Instances kept in memory at most; the oldest settled ones are let go first.
 CAPACITY = 20_000
+
+
+# The group commit's statements, built once: SQLAlchemy then compiles each once, where a
+# statement built per instance costs a cache key every time.
+_INSERT = tables.instances.insert()
+_UPDATE = tables.instances.update().where(
+    tables.instances.c.id == bindparam("_id"), tables.instances.c.rev == bindparam("_base_rev")
+)
 
 
 class LostTransition(RuntimeError):
@@ -196,24 +204,19 @@ class HotStore:
             conn.execute(tables.history.insert(), self.numbered(history))
         inbox = [i for p in batch.values() for i in p.inbox]
         if inbox:
-            conn.execute(self.storage.insert_new(tables.inbox), inbox)
+            conn.execute(self.storage.insert_new_inbox, inbox)
         outbox = [r for rows in unpublished.values() for r in rows]
         if outbox:
             # Not published (NATS was away): the relay's sweep sends them from the outbox.
             conn.execute(tables.outbox.insert(), outbox)
 
     def _write_row(self, conn: Connection, saga_id: str, pending: Pending) -> None:
+        row = pending.row.to_row()
         if pending.base_rev is None:
-            conn.execute(tables.instances.insert().values(**pending.row.to_row()))
+            conn.execute(_INSERT, row)
             return
-        values = {k: v for k, v in pending.row.to_row().items() if k != "id"}
-        result = conn.execute(
-            update(tables.instances)
-            .where(
-                and_(tables.instances.c.id == saga_id, tables.instances.c.rev == pending.base_rev)
-            )
-            .values(**values)
-        )
+        values = {k: v for k, v in row.items() if k != "id"}
+        result = conn.execute(_UPDATE, {**values, "_id": saga_id, "_base_rev": pending.base_rev})
         if result.rowcount != 1:
             raise IntegrityError("rev check", None, Exception(f"saga {saga_id} advanced elsewhere"))
 

@@ -25,6 +25,7 @@ class Storage:
         # Reads that decide nothing alone (a hot instance's load, the timer pass, queries) take
         # no write lock, so they never queue behind a group commit.
         self.reads = reader(db)
+        self.insert_new_inbox = self.insert_new(tables.inbox)
 
     def close(self) -> None:
         """Let go of what the storage holds beside ``db`` (whose owner disposes it)."""
