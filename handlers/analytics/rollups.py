@@ -20,14 +20,14 @@ off after midnight still counts for the day the work was done.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import Row, Table, case, delete, exists, select, update
+from sqlalchemy import Connection, Row, Table, case, delete, exists, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from handlers.analytics.tables import (
     MODEL,
@@ -38,6 +38,7 @@ from handlers.analytics.tables import (
     unattributed,
     usage_daily,
 )
+from kernel.db import in_transaction
 from schemas.common import CommandFailed
 from schemas.envelope import Envelope
 from schemas.sagas import FAILED, SagaFinished, SagaStarted
@@ -77,18 +78,18 @@ def day_of(epoch: float) -> date:
     return datetime.fromtimestamp(epoch, UTC).date()
 
 
-def _insert(conn: AsyncConnection, table: Table) -> postgresql.Insert | sqlite.Insert:
+def _insert(conn: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
     """The dialect's INSERT, for its ON CONFLICT clause (both databases spell it alike)."""
     if conn.dialect.name == "postgresql":
         return postgresql.insert(table)
     return sqlite.insert(table)
 
 
-async def _increment(conn: AsyncConnection, table: Table, values: dict[str, Any]) -> None:
+def _increment(conn: Connection, table: Table, values: dict[str, Any]) -> None:
     """Add the sums in ``values`` to the row its key names, creating the row if needed."""
     stmt = _insert(conn, table).values(**values)
     excluded = stmt.excluded
-    await conn.execute(
+    conn.execute(
         stmt.on_conflict_do_update(
             index_elements=[c.name for c in table.primary_key.columns],
             set_={name: table.c[name] + excluded[name] for name in SUMS},
@@ -96,12 +97,12 @@ async def _increment(conn: AsyncConnection, table: Table, values: dict[str, Any]
     )
 
 
-async def add(conn: AsyncConnection, fact: Fact) -> None:
-    await _increment(conn, usage_daily, asdict(fact))
+def add(conn: Connection, fact: Fact) -> None:
+    _increment(conn, usage_daily, asdict(fact))
 
 
-async def _first_time(conn: AsyncConnection, env: Envelope) -> bool:
-    recorded = await conn.execute(
+def _first_time(conn: Connection, env: Envelope) -> bool:
+    recorded = conn.execute(
         _insert(conn, processed)
         .values(message_id=env.message_id, seen_at=time.time())
         .on_conflict_do_nothing(index_elements=["message_id"])
@@ -109,13 +110,13 @@ async def _first_time(conn: AsyncConnection, env: Envelope) -> bool:
     return bool(recorded.rowcount == 1)
 
 
-async def _count_model_call(conn: AsyncConnection, fact: Fact, env: Envelope) -> None:
+def _count_model_call(conn: Connection, fact: Fact, env: Envelope) -> None:
     """Count under the correlation's saga type, or wait unattributed until it is known."""
     stmt = _insert(conn, correlations).values(
         tenant=env.tenant, correlation_id=env.correlation_id, saga_type="", seen_at=time.time()
     )
     saga_type = (
-        await conn.execute(
+        conn.execute(
             stmt.on_conflict_do_update(
                 index_elements=["tenant", "correlation_id"],
                 set_={"seen_at": stmt.excluded.seen_at},
@@ -123,13 +124,13 @@ async def _count_model_call(conn: AsyncConnection, fact: Fact, env: Envelope) ->
         )
     ).scalar_one()
     if saga_type:
-        await add(conn, replace(fact, saga_type=saga_type))
+        add(conn, replace(fact, saga_type=saga_type))
         return
     waiting = {k: v for k, v in asdict(fact).items() if k not in ("kind", "saga_type")}
-    await _increment(conn, unattributed, {**waiting, "correlation_id": env.correlation_id})
+    _increment(conn, unattributed, {**waiting, "correlation_id": env.correlation_id})
 
 
-async def _attribute(conn: AsyncConnection, saga_type: str, env: Envelope) -> None:
+def _attribute(conn: Connection, saga_type: str, env: Envelope) -> None:
     """Name the correlation's saga type (the first saga seen keeps it) and move its waiting
     model calls into the rollups under that type."""
     stmt = _insert(conn, correlations).values(
@@ -138,7 +139,7 @@ async def _attribute(conn: AsyncConnection, saga_type: str, env: Envelope) -> No
     )
     current = correlations.c.saga_type
     named = (
-        await conn.execute(
+        conn.execute(
             stmt.on_conflict_do_update(
                 index_elements=["tenant", "correlation_id"],
                 set_={
@@ -148,7 +149,7 @@ async def _attribute(conn: AsyncConnection, saga_type: str, env: Envelope) -> No
             ).returning(current)
         )
     ).scalar_one()
-    await _release(
+    _release(
         conn,
         (unattributed.c.tenant == env.tenant)
         & (unattributed.c.correlation_id == env.correlation_id),
@@ -156,17 +157,17 @@ async def _attribute(conn: AsyncConnection, saga_type: str, env: Envelope) -> No
     )
 
 
-async def _release(conn: AsyncConnection, where: Any, saga_type: str) -> None:
-    moved = await conn.execute(delete(unattributed).where(where).returning(*unattributed.c))
+def _release(conn: Connection, where: Any, saga_type: str) -> None:
+    moved = conn.execute(delete(unattributed).where(where).returning(*unattributed.c))
     # In key order, so that concurrent transactions lock shared rollup rows in the same order.
     for row in sorted(moved.all(), key=lambda r: (r.tenant, r.day, r.model, r.actor, r.key_id)):
         values = {k: v for k, v in row._mapping.items() if k != "correlation_id"}
-        await add(conn, Fact(kind=MODEL, saga_type=saga_type, **values))
+        add(conn, Fact(kind=MODEL, saga_type=saga_type, **values))
 
 
-async def _model_completed(conn: AsyncConnection, event: SlmCompleted, env: Envelope) -> bool:
+def _model_completed(conn: Connection, event: SlmCompleted, env: Envelope) -> bool:
     """Count one completion; False when this event was already counted."""
-    if not await _first_time(conn, env):
+    if not _first_time(conn, env):
         return False
     fact = Fact(
         tenant=env.tenant,
@@ -181,42 +182,42 @@ async def _model_completed(conn: AsyncConnection, event: SlmCompleted, env: Enve
         latency_ms_sum=event.latency_ms,
         latency_count=1,
     )
-    await _count_model_call(conn, fact, env)
+    _count_model_call(conn, fact, env)
     return True
 
 
-async def _model_failed(conn: AsyncConnection, event: CommandFailed, env: Envelope) -> bool:
+def _model_failed(conn: Connection, event: CommandFailed, env: Envelope) -> bool:
     """Count a failed model call; the failure does not name its model, so it counts under ""."""
-    if not await _first_time(conn, env):
+    if not _first_time(conn, env):
         return False
     fact = Fact(
         tenant=env.tenant, day=day_of(event_time(env)), kind=MODEL, actor=env.actor, errors=1
     )
-    await _count_model_call(conn, fact, env)
+    _count_model_call(conn, fact, env)
     return True
 
 
-async def _lock_saga(
-    conn: AsyncConnection, saga_id: str, saga_type: str, env: Envelope
+def _lock_saga(
+    conn: Connection, saga_id: str, saga_type: str, env: Envelope
 ) -> Row[Any]:
     """The saga's row, created empty if new, and locked until commit."""
     stmt = _insert(conn, sagas).values(
         saga_id=saga_id, tenant=env.tenant, saga_type=saga_type, actor=env.actor,
         started_at=None, finished_at=None, seen_at=time.time(),
     )
-    await conn.execute(
+    conn.execute(
         stmt.on_conflict_do_update(
             index_elements=["saga_id"], set_={"seen_at": stmt.excluded.seen_at}
         )
     )
-    return (await conn.execute(select(sagas).where(sagas.c.saga_id == saga_id))).one()
+    return (conn.execute(select(sagas).where(sagas.c.saga_id == saga_id))).one()
 
 
 def _duration(started: float, finished: float) -> float:
     return max(finished - started, 0.0) * 1000
 
 
-async def _saga_started(conn: AsyncConnection, event: SagaStarted, env: Envelope) -> bool:
+def _saga_started(conn: Connection, event: SagaStarted, env: Envelope) -> bool:
     """Name the correlation's saga type and remember when the run started.
 
     A start after its run's end (seen first) adds the run's duration to the end's row. A saga
@@ -224,14 +225,14 @@ async def _saga_started(conn: AsyncConnection, event: SagaStarted, env: Envelope
     with ``use_existing``) changes nothing.
     """
     started = event_time(env)
-    if not await _first_time(conn, env):
+    if not _first_time(conn, env):
         return False
-    await _attribute(conn, event.saga_type, env)
-    run = await _lock_saga(conn, event.saga_id, event.saga_type, env)
+    _attribute(conn, event.saga_type, env)
+    run = _lock_saga(conn, event.saga_id, event.saga_type, env)
     if run.started_at is not None and run.finished_at is None:
         return True
     if run.started_at is None and run.finished_at is not None:
-        await add(
+        add(
             conn,
             Fact(
                 tenant=run.tenant,
@@ -244,11 +245,11 @@ async def _saga_started(conn: AsyncConnection, event: SagaStarted, env: Envelope
                 latency_count=1,
             ),
         )
-        await conn.execute(
+        conn.execute(
             update(sagas).where(sagas.c.saga_id == event.saga_id).values(started_at=started)
         )
         return True
-    await conn.execute(
+    conn.execute(
         update(sagas)
         .where(sagas.c.saga_id == event.saga_id)
         .values(started_at=started, finished_at=None, saga_type=event.saga_type,
@@ -257,15 +258,15 @@ async def _saga_started(conn: AsyncConnection, event: SagaStarted, env: Envelope
     return True
 
 
-async def _saga_finished(conn: AsyncConnection, event: SagaFinished, env: Envelope) -> bool:
+def _saga_finished(conn: Connection, event: SagaFinished, env: Envelope) -> bool:
     """Count one saga run, with its duration when its start was seen (or when it is)."""
     ended = event_time(env)
-    if not await _first_time(conn, env):
+    if not _first_time(conn, env):
         return False
-    run = await _lock_saga(conn, event.saga_id, event.saga_type, env)
+    run = _lock_saga(conn, event.saga_id, event.saga_type, env)
     timed = run.started_at is not None and run.finished_at is None
     latency = _duration(run.started_at, ended) if timed else 0.0
-    await add(
+    add(
         conn,
         Fact(
             tenant=env.tenant,
@@ -278,7 +279,7 @@ async def _saga_finished(conn: AsyncConnection, event: SagaFinished, env: Envelo
             latency_count=int(timed),
         ),
     )
-    await conn.execute(
+    conn.execute(
         update(sagas)
         .where(sagas.c.saga_id == event.saga_id)
         .values(
@@ -291,11 +292,11 @@ async def _saga_finished(conn: AsyncConnection, event: SagaFinished, env: Envelo
     return True
 
 
-async def _saga_refused(conn: AsyncConnection, event: CommandFailed, env: Envelope) -> bool:
+def _saga_refused(conn: Connection, event: CommandFailed, env: Envelope) -> bool:
     """Count a saga start the runner refused: a run that failed before it began."""
-    if not await _first_time(conn, env):
+    if not _first_time(conn, env):
         return False
-    await add(
+    add(
         conn,
         Fact(tenant=env.tenant, day=day_of(event_time(env)), kind=SAGA, actor=env.actor,
              errors=1),
@@ -306,19 +307,19 @@ async def _saga_refused(conn: AsyncConnection, event: CommandFailed, env: Envelo
 FOLLOWED = ("slm.completed", "slm.failed", "sagas.started", "sagas.finished", "sagas.failed")
 
 
-async def count(conn: AsyncConnection, name: str, event: Any, env: Envelope) -> bool:
+def count(conn: Connection, name: str, event: Any, env: Envelope) -> bool:
     """Count one event named ``name`` (one of ``FOLLOWED``) in the caller's transaction;
     False when it was already counted or does not count (a failure of another command)."""
     if name == "slm.completed":
-        return await _model_completed(conn, event, env)
+        return _model_completed(conn, event, env)
     if name == "slm.failed":
-        return event.command == "slm.complete" and await _model_failed(conn, event, env)
+        return event.command == "slm.complete" and _model_failed(conn, event, env)
     if name == "sagas.started":
-        return await _saga_started(conn, event, env)
+        return _saga_started(conn, event, env)
     if name == "sagas.finished":
-        return await _saga_finished(conn, event, env)
+        return _saga_finished(conn, event, env)
     if name == "sagas.failed":
-        return event.command == "sagas.start" and await _saga_refused(conn, event, env)
+        return event.command == "sagas.start" and _saga_refused(conn, event, env)
     raise ValueError(f"analytics does not count {name}")
 
 
@@ -330,21 +331,21 @@ async def count_batch(engine: AsyncEngine, events: Iterable[tuple[str, Any, Enve
     committed is skipped by id, what did not is counted now. An event repeated within the batch
     finds its id already recorded by the transaction itself.
     """
-    async with engine.begin() as conn:
-        counted = 0
-        for name, event, env in events:
-            counted += await count(conn, name, event, env)
-    return counted
+    batch = list(events)
+
+    def work(conn: Connection) -> int:
+        return sum(count(conn, name, event, env) for name, event, env in batch)
+
+    return await in_transaction(engine, work)
 
 
 async def _alone(
     engine: AsyncEngine,
-    counter: Callable[[AsyncConnection, Any, Envelope], Awaitable[bool]],
+    counter: Callable[[Connection, Any, Envelope], bool],
     event: Any,
     env: Envelope,
 ) -> bool:
-    async with engine.begin() as conn:
-        return await counter(conn, event, env)
+    return await in_transaction(engine, lambda conn: counter(conn, event, env))
 
 
 async def model_completed(engine: AsyncEngine, event: SlmCompleted, env: Envelope) -> bool:
@@ -378,12 +379,15 @@ async def prune(engine: AsyncEngine, before: float) -> int:
     for a saga start of such a correlation are counted as outside any saga. Rollups stay.
     """
     c, u = correlations.c, unattributed.c
-    async with engine.begin() as conn:
-        ids = await conn.execute(delete(processed).where(processed.c.seen_at < before))
-        runs = await conn.execute(delete(sagas).where(sagas.c.seen_at < before))
+
+    def work(conn: Connection) -> int:
+        ids = conn.execute(delete(processed).where(processed.c.seen_at < before))
+        runs = conn.execute(delete(sagas).where(sagas.c.seen_at < before))
         stale = exists().where(
             c.tenant == u.tenant, c.correlation_id == u.correlation_id, c.seen_at < before
         )
-        await _release(conn, stale, "")
-        ties = await conn.execute(delete(correlations).where(c.seen_at < before))
+        _release(conn, stale, "")
+        ties = conn.execute(delete(correlations).where(c.seen_at < before))
         return int(ids.rowcount) + int(runs.rowcount) + int(ties.rowcount)
+
+    return await in_transaction(engine, work)
