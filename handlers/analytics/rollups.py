@@ -4,8 +4,10 @@ Delivery is at-least-once, and an operator may replay the events stream into a f
 every count runs in one transaction with the insert of the event's message id: an id already
 there means the event was counted, and nothing changes. A batch of events shares one
 transaction (``count_batch``): the ids and counts of all of them commit together or not at all.
-Totals are added by an upsert that increments in SQL, so any number of analytics replicas can
-count into the same row at once.
+The batch's ids are recorded first, by one statement in id order, so what was counted before is
+known before anything is counted. Totals are added by an upsert that increments in SQL, so any
+number of analytics replicas can count into the same row at once; a transaction sums its events'
+totals per row first (``Totals``) and adds them at its end, one upsert per row in key order.
 
 Order is not guaranteed either: a batch holds whatever arrived, and replicas run side by side.
 So a model call may be counted before its saga's start (it waits, unattributed, until the start
@@ -97,20 +99,59 @@ def _increment(conn: Connection, table: Table, values: dict[str, Any]) -> None:
     )
 
 
-def add(conn: Connection, fact: Fact) -> None:
-    _increment(conn, usage_daily, asdict(fact))
+ROLLUP_KEY = tuple(c.name for c in usage_daily.primary_key.columns)
+
+# Message ids recorded per statement: well under either database's limit of bound parameters.
+IDS_PER_STATEMENT = 500
 
 
-def _first_time(conn: Connection, env: Envelope) -> bool:
-    recorded = conn.execute(
-        _insert(conn, processed)
-        .values(message_id=env.message_id, seen_at=time.time())
-        .on_conflict_do_nothing(index_elements=["message_id"])
-    )
-    return bool(recorded.rowcount == 1)
+class Totals:
+    """The rollup sums of one transaction, summed per row as its events are counted and added to
+    the rows at its end (``write``): one upsert per row rather than per event. Nothing in the
+    transaction reads the rollups, so adding later changes nothing but when."""
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+    def add(self, fact: Fact) -> None:
+        values = asdict(fact)
+        key = tuple(values[name] for name in ROLLUP_KEY)
+        row = self._rows.get(key)
+        if row is None:
+            self._rows[key] = values
+            return
+        for name in SUMS:
+            row[name] += values[name]
+
+    def write(self, conn: Connection) -> None:
+        # In key order, so that concurrent transactions lock shared rollup rows in the same order.
+        for key in sorted(self._rows):
+            _increment(conn, usage_daily, self._rows[key])
+        self._rows.clear()
 
 
-def _count_model_call(conn: Connection, fact: Fact, env: Envelope) -> None:
+def _first_times(conn: Connection, envs: Iterable[Envelope]) -> set[str]:
+    """Record the message ids of ``envs``; those not recorded before, that is the events to count.
+
+    In id order, so that concurrent transactions holding some of the same ids (a batch delivered
+    again to another replica) take them in the same order; and before any other row, so that a
+    transaction waiting on another's id holds nothing the other may need.
+    """
+    ids = sorted({env.message_id for env in envs})
+    now = time.time()
+    fresh: set[str] = set()
+    for i in range(0, len(ids), IDS_PER_STATEMENT):
+        recorded = conn.execute(
+            _insert(conn, processed)
+            .values([{"message_id": m, "seen_at": now} for m in ids[i : i + IDS_PER_STATEMENT]])
+            .on_conflict_do_nothing(index_elements=["message_id"])
+            .returning(processed.c.message_id)
+        )
+        fresh.update(recorded.scalars())
+    return fresh
+
+
+def _count_model_call(conn: Connection, totals: Totals, fact: Fact, env: Envelope) -> None:
     """Count under the correlation's saga type, or wait unattributed until it is known."""
     stmt = _insert(conn, correlations).values(
         tenant=env.tenant, correlation_id=env.correlation_id, saga_type="", seen_at=time.time()
@@ -124,13 +165,13 @@ def _count_model_call(conn: Connection, fact: Fact, env: Envelope) -> None:
         )
     ).scalar_one()
     if saga_type:
-        add(conn, replace(fact, saga_type=saga_type))
+        totals.add(replace(fact, saga_type=saga_type))
         return
     waiting = {k: v for k, v in asdict(fact).items() if k not in ("kind", "saga_type")}
     _increment(conn, unattributed, {**waiting, "correlation_id": env.correlation_id})
 
 
-def _attribute(conn: Connection, saga_type: str, env: Envelope) -> None:
+def _attribute(conn: Connection, totals: Totals, saga_type: str, env: Envelope) -> None:
     """Name the correlation's saga type (the first saga seen keeps it) and move its waiting
     model calls into the rollups under that type."""
     stmt = _insert(conn, correlations).values(
@@ -151,24 +192,24 @@ def _attribute(conn: Connection, saga_type: str, env: Envelope) -> None:
     ).scalar_one()
     _release(
         conn,
+        totals,
         (unattributed.c.tenant == env.tenant)
         & (unattributed.c.correlation_id == env.correlation_id),
         named,
     )
 
 
-def _release(conn: Connection, where: Any, saga_type: str) -> None:
+def _release(conn: Connection, totals: Totals, where: Any, saga_type: str) -> None:
     moved = conn.execute(delete(unattributed).where(where).returning(*unattributed.c))
-    # In key order, so that concurrent transactions lock shared rollup rows in the same order.
-    for row in sorted(moved.all(), key=lambda r: (r.tenant, r.day, r.model, r.actor, r.key_id)):
+    for row in moved:
         values = {k: v for k, v in row._mapping.items() if k != "correlation_id"}
-        add(conn, Fact(kind=MODEL, saga_type=saga_type, **values))
+        totals.add(Fact(kind=MODEL, saga_type=saga_type, **values))
 
 
-def _model_completed(conn: Connection, event: SlmCompleted, env: Envelope) -> bool:
-    """Count one completion; False when this event was already counted."""
-    if not _first_time(conn, env):
-        return False
+def _model_completed(
+    conn: Connection, totals: Totals, event: SlmCompleted, env: Envelope
+) -> None:
+    """Count one completion."""
     fact = Fact(
         tenant=env.tenant,
         day=day_of(event_time(env)),
@@ -182,19 +223,15 @@ def _model_completed(conn: Connection, event: SlmCompleted, env: Envelope) -> bo
         latency_ms_sum=event.latency_ms,
         latency_count=1,
     )
-    _count_model_call(conn, fact, env)
-    return True
+    _count_model_call(conn, totals, fact, env)
 
 
-def _model_failed(conn: Connection, event: CommandFailed, env: Envelope) -> bool:
+def _model_failed(conn: Connection, totals: Totals, event: CommandFailed, env: Envelope) -> None:
     """Count a failed model call; the failure does not name its model, so it counts under ""."""
-    if not _first_time(conn, env):
-        return False
     fact = Fact(
         tenant=env.tenant, day=day_of(event_time(env)), kind=MODEL, actor=env.actor, errors=1
     )
-    _count_model_call(conn, fact, env)
-    return True
+    _count_model_call(conn, totals, fact, env)
 
 
 def _lock_saga(
@@ -217,7 +254,7 @@ def _duration(started: float, finished: float) -> float:
     return max(finished - started, 0.0) * 1000
 
 
-def _saga_started(conn: Connection, event: SagaStarted, env: Envelope) -> bool:
+def _saga_started(conn: Connection, totals: Totals, event: SagaStarted, env: Envelope) -> None:
     """Name the correlation's saga type and remember when the run started.
 
     A start after its run's end (seen first) adds the run's duration to the end's row. A saga
@@ -225,15 +262,12 @@ def _saga_started(conn: Connection, event: SagaStarted, env: Envelope) -> bool:
     with ``use_existing``) changes nothing.
     """
     started = event_time(env)
-    if not _first_time(conn, env):
-        return False
-    _attribute(conn, event.saga_type, env)
+    _attribute(conn, totals, event.saga_type, env)
     run = _lock_saga(conn, event.saga_id, event.saga_type, env)
     if run.started_at is not None and run.finished_at is None:
-        return True
+        return
     if run.started_at is None and run.finished_at is not None:
-        add(
-            conn,
+        totals.add(
             Fact(
                 tenant=run.tenant,
                 day=day_of(run.finished_at),
@@ -248,26 +282,24 @@ def _saga_started(conn: Connection, event: SagaStarted, env: Envelope) -> bool:
         conn.execute(
             update(sagas).where(sagas.c.saga_id == event.saga_id).values(started_at=started)
         )
-        return True
+        return
     conn.execute(
         update(sagas)
         .where(sagas.c.saga_id == event.saga_id)
         .values(started_at=started, finished_at=None, saga_type=event.saga_type,
                 actor=env.actor)
     )
-    return True
 
 
-def _saga_finished(conn: Connection, event: SagaFinished, env: Envelope) -> bool:
+def _saga_finished(
+    conn: Connection, totals: Totals, event: SagaFinished, env: Envelope
+) -> None:
     """Count one saga run, with its duration when its start was seen (or when it is)."""
     ended = event_time(env)
-    if not _first_time(conn, env):
-        return False
     run = _lock_saga(conn, event.saga_id, event.saga_type, env)
     timed = run.started_at is not None and run.finished_at is None
     latency = _duration(run.started_at, ended) if timed else 0.0
-    add(
-        conn,
+    totals.add(
         Fact(
             tenant=env.tenant,
             day=day_of(ended),
@@ -289,38 +321,62 @@ def _saga_finished(conn: Connection, event: SagaFinished, env: Envelope) -> bool
             actor=env.actor,
         )
     )
-    return True
 
 
-def _saga_refused(conn: Connection, event: CommandFailed, env: Envelope) -> bool:
+def _saga_refused(conn: Connection, totals: Totals, event: CommandFailed, env: Envelope) -> None:
     """Count a saga start the runner refused: a run that failed before it began."""
-    if not _first_time(conn, env):
-        return False
-    add(
-        conn,
+    totals.add(
         Fact(tenant=env.tenant, day=day_of(event_time(env)), kind=SAGA, actor=env.actor,
              errors=1),
     )
-    return True
 
 
 FOLLOWED = ("slm.completed", "slm.failed", "sagas.started", "sagas.finished", "sagas.failed")
 
+Counter = Callable[[Connection, Totals, Any, Envelope], None]
 
-def count(conn: Connection, name: str, event: Any, env: Envelope) -> bool:
-    """Count one event named ``name`` (one of ``FOLLOWED``) in the caller's transaction;
-    False when it was already counted or does not count (a failure of another command)."""
+
+def _counter(name: str, event: Any) -> Counter | None:
+    """How an event named ``name`` (one of ``FOLLOWED``) is counted; None when it does not count
+    (a failure of another command)."""
     if name == "slm.completed":
-        return _model_completed(conn, event, env)
+        return _model_completed
     if name == "slm.failed":
-        return event.command == "slm.complete" and _model_failed(conn, event, env)
+        return _model_failed if event.command == "slm.complete" else None
     if name == "sagas.started":
-        return _saga_started(conn, event, env)
+        return _saga_started
     if name == "sagas.finished":
-        return _saga_finished(conn, event, env)
+        return _saga_finished
     if name == "sagas.failed":
-        return event.command == "sagas.start" and _saga_refused(conn, event, env)
+        return _saga_refused if event.command == "sagas.start" else None
     raise ValueError(f"analytics does not count {name}")
+
+
+def _count(conn: Connection, events: list[tuple[Counter, Any, Envelope]]) -> int:
+    """Count ``events`` in the caller's transaction, in their order, each the first time its
+    message id comes; how many were counted."""
+    fresh = _first_times(conn, (env for _, _, env in events))
+    totals = Totals()
+    counted = 0
+    for counter, event, env in events:
+        if env.message_id in fresh:
+            fresh.discard(env.message_id)
+            counter(conn, totals, event, env)
+            counted += 1
+    totals.write(conn)
+    return counted
+
+
+def count(conn: Connection, events: Iterable[tuple[str, Any, Envelope]]) -> int:
+    """Count events named by their schema names (each one of ``FOLLOWED``) in the caller's
+    transaction; how many were counted, leaving out those counted before and those that do not
+    count (a failure of another command)."""
+    todo = []
+    for name, event, env in events:
+        counter = _counter(name, event)
+        if counter is not None:
+            todo.append((counter, event, env))
+    return _count(conn, todo)
 
 
 async def count_batch(engine: AsyncEngine, events: Iterable[tuple[str, Any, Envelope]]) -> int:
@@ -329,23 +385,14 @@ async def count_batch(engine: AsyncEngine, events: Iterable[tuple[str, Any, Enve
     Each event's id is recorded in the same transaction as its counts, so a batch delivered
     again after a crash (before its ack, after or before its commit) adds nothing twice: what
     committed is skipped by id, what did not is counted now. An event repeated within the batch
-    finds its id already recorded by the transaction itself.
+    is counted where it first comes.
     """
     batch = list(events)
-
-    def work(conn: Connection) -> int:
-        return sum(count(conn, name, event, env) for name, event, env in batch)
-
-    return await in_transaction(engine, work)
+    return await in_transaction(engine, lambda conn: count(conn, batch))
 
 
-async def _alone(
-    engine: AsyncEngine,
-    counter: Callable[[Connection, Any, Envelope], bool],
-    event: Any,
-    env: Envelope,
-) -> bool:
-    return await in_transaction(engine, lambda conn: counter(conn, event, env))
+async def _alone(engine: AsyncEngine, counter: Counter, event: Any, env: Envelope) -> bool:
+    return await in_transaction(engine, lambda conn: _count(conn, [(counter, event, env)]) == 1)
 
 
 async def model_completed(engine: AsyncEngine, event: SlmCompleted, env: Envelope) -> bool:
@@ -386,7 +433,9 @@ async def prune(engine: AsyncEngine, before: float) -> int:
         stale = exists().where(
             c.tenant == u.tenant, c.correlation_id == u.correlation_id, c.seen_at < before
         )
-        _release(conn, stale, "")
+        totals = Totals()
+        _release(conn, totals, stale, "")
+        totals.write(conn)
         ties = conn.execute(delete(correlations).where(c.seen_at < before))
         return int(ids.rowcount) + int(runs.rowcount) + int(ties.rowcount)
 
