@@ -4,8 +4,10 @@ Delivery is at-least-once, and an operator may replay the events stream into a f
 every count runs in one transaction with the insert of the event's message id: an id already
 there means the event was counted, and nothing changes. A batch of events shares one
 transaction (``count_batch``): the ids and counts of all of them commit together or not at all.
-Totals are added by an upsert that increments in SQL, so any number of analytics replicas can
-count into the same row at once.
+The batch's ids are recorded first, by one statement in id order, so what was counted before is
+known before anything is counted. Totals are added by an upsert that increments in SQL, so any
+number of analytics replicas can count into the same row at once; a transaction sums its events'
+totals per row first (``Totals``) and adds them at its end, one upsert per row in key order.
 
 Order is not guaranteed either: a batch holds whatever arrived, and replicas run side by side.
 So a model call may be counted before its saga's start (it waits, unattributed, until the start
@@ -20,14 +22,14 @@ off after midnight still counts for the day the work was done.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import Row, Table, case, delete, exists, select, update
+from sqlalchemy import Connection, Row, Table, case, delete, exists, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from handlers.analytics.tables import (
     MODEL,
@@ -38,6 +40,7 @@ from handlers.analytics.tables import (
     unattributed,
     usage_daily,
 )
+from kernel.db import in_transaction
 from schemas.common import CommandFailed
 from schemas.envelope import Envelope
 from schemas.sagas import FAILED, SagaFinished, SagaStarted
@@ -77,18 +80,18 @@ def day_of(epoch: float) -> date:
     return datetime.fromtimestamp(epoch, UTC).date()
 
 
-def _insert(conn: AsyncConnection, table: Table) -> postgresql.Insert | sqlite.Insert:
+def _insert(conn: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
     """The dialect's INSERT, for its ON CONFLICT clause (both databases spell it alike)."""
     if conn.dialect.name == "postgresql":
         return postgresql.insert(table)
     return sqlite.insert(table)
 
 
-async def _increment(conn: AsyncConnection, table: Table, values: dict[str, Any]) -> None:
+def _increment(conn: Connection, table: Table, values: dict[str, Any]) -> None:
     """Add the sums in ``values`` to the row its key names, creating the row if needed."""
     stmt = _insert(conn, table).values(**values)
     excluded = stmt.excluded
-    await conn.execute(
+    conn.execute(
         stmt.on_conflict_do_update(
             index_elements=[c.name for c in table.primary_key.columns],
             set_={name: table.c[name] + excluded[name] for name in SUMS},
@@ -96,26 +99,65 @@ async def _increment(conn: AsyncConnection, table: Table, values: dict[str, Any]
     )
 
 
-async def add(conn: AsyncConnection, fact: Fact) -> None:
-    await _increment(conn, usage_daily, asdict(fact))
+ROLLUP_KEY = tuple(c.name for c in usage_daily.primary_key.columns)
+
+# Message ids recorded per statement: well under either database's limit of bound parameters.
+IDS_PER_STATEMENT = 500
 
 
-async def _first_time(conn: AsyncConnection, env: Envelope) -> bool:
-    recorded = await conn.execute(
-        _insert(conn, processed)
-        .values(message_id=env.message_id, seen_at=time.time())
-        .on_conflict_do_nothing(index_elements=["message_id"])
-    )
-    return bool(recorded.rowcount == 1)
+class Totals:
+    """The rollup sums of one transaction, summed per row as its events are counted and added to
+    the rows at its end (``write``): one upsert per row rather than per event. Nothing in the
+    transaction reads the rollups, so adding later changes nothing but when."""
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+    def add(self, fact: Fact) -> None:
+        values = asdict(fact)
+        key = tuple(values[name] for name in ROLLUP_KEY)
+        row = self._rows.get(key)
+        if row is None:
+            self._rows[key] = values
+            return
+        for name in SUMS:
+            row[name] += values[name]
+
+    def write(self, conn: Connection) -> None:
+        # In key order, so that concurrent transactions lock shared rollup rows in the same order.
+        for key in sorted(self._rows):
+            _increment(conn, usage_daily, self._rows[key])
+        self._rows.clear()
 
 
-async def _count_model_call(conn: AsyncConnection, fact: Fact, env: Envelope) -> None:
+def _first_times(conn: Connection, envs: Iterable[Envelope]) -> set[str]:
+    """Record the message ids of ``envs``; those not recorded before, that is the events to count.
+
+    In id order, so that concurrent transactions holding some of the same ids (a batch delivered
+    again to another replica) take them in the same order; and before any other row, so that a
+    transaction waiting on another's id holds nothing the other may need.
+    """
+    ids = sorted({env.message_id for env in envs})
+    now = time.time()
+    fresh: set[str] = set()
+    for i in range(0, len(ids), IDS_PER_STATEMENT):
+        recorded = conn.execute(
+            _insert(conn, processed)
+            .values([{"message_id": m, "seen_at": now} for m in ids[i : i + IDS_PER_STATEMENT]])
+            .on_conflict_do_nothing(index_elements=["message_id"])
+            .returning(processed.c.message_id)
+        )
+        fresh.update(recorded.scalars())
+    return fresh
+
+
+def _count_model_call(conn: Connection, totals: Totals, fact: Fact, env: Envelope) -> None:
     """Count under the correlation's saga type, or wait unattributed until it is known."""
     stmt = _insert(conn, correlations).values(
         tenant=env.tenant, correlation_id=env.correlation_id, saga_type="", seen_at=time.time()
     )
     saga_type = (
-        await conn.execute(
+        conn.execute(
             stmt.on_conflict_do_update(
                 index_elements=["tenant", "correlation_id"],
                 set_={"seen_at": stmt.excluded.seen_at},
@@ -123,13 +165,13 @@ async def _count_model_call(conn: AsyncConnection, fact: Fact, env: Envelope) ->
         )
     ).scalar_one()
     if saga_type:
-        await add(conn, replace(fact, saga_type=saga_type))
+        totals.add(replace(fact, saga_type=saga_type))
         return
     waiting = {k: v for k, v in asdict(fact).items() if k not in ("kind", "saga_type")}
-    await _increment(conn, unattributed, {**waiting, "correlation_id": env.correlation_id})
+    _increment(conn, unattributed, {**waiting, "correlation_id": env.correlation_id})
 
 
-async def _attribute(conn: AsyncConnection, saga_type: str, env: Envelope) -> None:
+def _attribute(conn: Connection, totals: Totals, saga_type: str, env: Envelope) -> None:
     """Name the correlation's saga type (the first saga seen keeps it) and move its waiting
     model calls into the rollups under that type."""
     stmt = _insert(conn, correlations).values(
@@ -138,7 +180,7 @@ async def _attribute(conn: AsyncConnection, saga_type: str, env: Envelope) -> No
     )
     current = correlations.c.saga_type
     named = (
-        await conn.execute(
+        conn.execute(
             stmt.on_conflict_do_update(
                 index_elements=["tenant", "correlation_id"],
                 set_={
@@ -148,26 +190,26 @@ async def _attribute(conn: AsyncConnection, saga_type: str, env: Envelope) -> No
             ).returning(current)
         )
     ).scalar_one()
-    await _release(
+    _release(
         conn,
+        totals,
         (unattributed.c.tenant == env.tenant)
         & (unattributed.c.correlation_id == env.correlation_id),
         named,
     )
 
 
-async def _release(conn: AsyncConnection, where: Any, saga_type: str) -> None:
-    moved = await conn.execute(delete(unattributed).where(where).returning(*unattributed.c))
-    # In key order, so that concurrent transactions lock shared rollup rows in the same order.
-    for row in sorted(moved.all(), key=lambda r: (r.tenant, r.day, r.model, r.actor, r.key_id)):
+def _release(conn: Connection, totals: Totals, where: Any, saga_type: str) -> None:
+    moved = conn.execute(delete(unattributed).where(where).returning(*unattributed.c))
+    for row in moved:
         values = {k: v for k, v in row._mapping.items() if k != "correlation_id"}
-        await add(conn, Fact(kind=MODEL, saga_type=saga_type, **values))
+        totals.add(Fact(kind=MODEL, saga_type=saga_type, **values))
 
 
-async def _model_completed(conn: AsyncConnection, event: SlmCompleted, env: Envelope) -> bool:
-    """Count one completion; False when this event was already counted."""
-    if not await _first_time(conn, env):
-        return False
+def _model_completed(
+    conn: Connection, totals: Totals, event: SlmCompleted, env: Envelope
+) -> None:
+    """Count one completion."""
     fact = Fact(
         tenant=env.tenant,
         day=day_of(event_time(env)),
@@ -181,42 +223,38 @@ async def _model_completed(conn: AsyncConnection, event: SlmCompleted, env: Enve
         latency_ms_sum=event.latency_ms,
         latency_count=1,
     )
-    await _count_model_call(conn, fact, env)
-    return True
+    _count_model_call(conn, totals, fact, env)
 
 
-async def _model_failed(conn: AsyncConnection, event: CommandFailed, env: Envelope) -> bool:
+def _model_failed(conn: Connection, totals: Totals, event: CommandFailed, env: Envelope) -> None:
     """Count a failed model call; the failure does not name its model, so it counts under ""."""
-    if not await _first_time(conn, env):
-        return False
     fact = Fact(
         tenant=env.tenant, day=day_of(event_time(env)), kind=MODEL, actor=env.actor, errors=1
     )
-    await _count_model_call(conn, fact, env)
-    return True
+    _count_model_call(conn, totals, fact, env)
 
 
-async def _lock_saga(
-    conn: AsyncConnection, saga_id: str, saga_type: str, env: Envelope
+def _lock_saga(
+    conn: Connection, saga_id: str, saga_type: str, env: Envelope
 ) -> Row[Any]:
     """The saga's row, created empty if new, and locked until commit."""
     stmt = _insert(conn, sagas).values(
         saga_id=saga_id, tenant=env.tenant, saga_type=saga_type, actor=env.actor,
         started_at=None, finished_at=None, seen_at=time.time(),
     )
-    await conn.execute(
+    conn.execute(
         stmt.on_conflict_do_update(
             index_elements=["saga_id"], set_={"seen_at": stmt.excluded.seen_at}
         )
     )
-    return (await conn.execute(select(sagas).where(sagas.c.saga_id == saga_id))).one()
+    return (conn.execute(select(sagas).where(sagas.c.saga_id == saga_id))).one()
 
 
 def _duration(started: float, finished: float) -> float:
     return max(finished - started, 0.0) * 1000
 
 
-async def _saga_started(conn: AsyncConnection, event: SagaStarted, env: Envelope) -> bool:
+def _saga_started(conn: Connection, totals: Totals, event: SagaStarted, env: Envelope) -> None:
     """Name the correlation's saga type and remember when the run started.
 
     A start after its run's end (seen first) adds the run's duration to the end's row. A saga
@@ -224,15 +262,12 @@ async def _saga_started(conn: AsyncConnection, event: SagaStarted, env: Envelope
     with ``use_existing``) changes nothing.
     """
     started = event_time(env)
-    if not await _first_time(conn, env):
-        return False
-    await _attribute(conn, event.saga_type, env)
-    run = await _lock_saga(conn, event.saga_id, event.saga_type, env)
+    _attribute(conn, totals, event.saga_type, env)
+    run = _lock_saga(conn, event.saga_id, event.saga_type, env)
     if run.started_at is not None and run.finished_at is None:
-        return True
+        return
     if run.started_at is None and run.finished_at is not None:
-        await add(
-            conn,
+        totals.add(
             Fact(
                 tenant=run.tenant,
                 day=day_of(run.finished_at),
@@ -244,29 +279,27 @@ async def _saga_started(conn: AsyncConnection, event: SagaStarted, env: Envelope
                 latency_count=1,
             ),
         )
-        await conn.execute(
+        conn.execute(
             update(sagas).where(sagas.c.saga_id == event.saga_id).values(started_at=started)
         )
-        return True
-    await conn.execute(
+        return
+    conn.execute(
         update(sagas)
         .where(sagas.c.saga_id == event.saga_id)
         .values(started_at=started, finished_at=None, saga_type=event.saga_type,
                 actor=env.actor)
     )
-    return True
 
 
-async def _saga_finished(conn: AsyncConnection, event: SagaFinished, env: Envelope) -> bool:
+def _saga_finished(
+    conn: Connection, totals: Totals, event: SagaFinished, env: Envelope
+) -> None:
     """Count one saga run, with its duration when its start was seen (or when it is)."""
     ended = event_time(env)
-    if not await _first_time(conn, env):
-        return False
-    run = await _lock_saga(conn, event.saga_id, event.saga_type, env)
+    run = _lock_saga(conn, event.saga_id, event.saga_type, env)
     timed = run.started_at is not None and run.finished_at is None
     latency = _duration(run.started_at, ended) if timed else 0.0
-    await add(
-        conn,
+    totals.add(
         Fact(
             tenant=env.tenant,
             day=day_of(ended),
@@ -278,7 +311,7 @@ async def _saga_finished(conn: AsyncConnection, event: SagaFinished, env: Envelo
             latency_count=int(timed),
         ),
     )
-    await conn.execute(
+    conn.execute(
         update(sagas)
         .where(sagas.c.saga_id == event.saga_id)
         .values(
@@ -288,38 +321,62 @@ async def _saga_finished(conn: AsyncConnection, event: SagaFinished, env: Envelo
             actor=env.actor,
         )
     )
-    return True
 
 
-async def _saga_refused(conn: AsyncConnection, event: CommandFailed, env: Envelope) -> bool:
+def _saga_refused(conn: Connection, totals: Totals, event: CommandFailed, env: Envelope) -> None:
     """Count a saga start the runner refused: a run that failed before it began."""
-    if not await _first_time(conn, env):
-        return False
-    await add(
-        conn,
+    totals.add(
         Fact(tenant=env.tenant, day=day_of(event_time(env)), kind=SAGA, actor=env.actor,
              errors=1),
     )
-    return True
 
 
 FOLLOWED = ("slm.completed", "slm.failed", "sagas.started", "sagas.finished", "sagas.failed")
 
+Counter = Callable[[Connection, Totals, Any, Envelope], None]
 
-async def count(conn: AsyncConnection, name: str, event: Any, env: Envelope) -> bool:
-    """Count one event named ``name`` (one of ``FOLLOWED``) in the caller's transaction;
-    False when it was already counted or does not count (a failure of another command)."""
+
+def _counter(name: str, event: Any) -> Counter | None:
+    """How an event named ``name`` (one of ``FOLLOWED``) is counted; None when it does not count
+    (a failure of another command)."""
     if name == "slm.completed":
-        return await _model_completed(conn, event, env)
+        return _model_completed
     if name == "slm.failed":
-        return event.command == "slm.complete" and await _model_failed(conn, event, env)
+        return _model_failed if event.command == "slm.complete" else None
     if name == "sagas.started":
-        return await _saga_started(conn, event, env)
+        return _saga_started
     if name == "sagas.finished":
-        return await _saga_finished(conn, event, env)
+        return _saga_finished
     if name == "sagas.failed":
-        return event.command == "sagas.start" and await _saga_refused(conn, event, env)
+        return _saga_refused if event.command == "sagas.start" else None
     raise ValueError(f"analytics does not count {name}")
+
+
+def _count(conn: Connection, events: list[tuple[Counter, Any, Envelope]]) -> int:
+    """Count ``events`` in the caller's transaction, in their order, each the first time its
+    message id comes; how many were counted."""
+    fresh = _first_times(conn, (env for _, _, env in events))
+    totals = Totals()
+    counted = 0
+    for counter, event, env in events:
+        if env.message_id in fresh:
+            fresh.discard(env.message_id)
+            counter(conn, totals, event, env)
+            counted += 1
+    totals.write(conn)
+    return counted
+
+
+def count(conn: Connection, events: Iterable[tuple[str, Any, Envelope]]) -> int:
+    """Count events named by their schema names (each one of ``FOLLOWED``) in the caller's
+    transaction; how many were counted, leaving out those counted before and those that do not
+    count (a failure of another command)."""
+    todo = []
+    for name, event, env in events:
+        counter = _counter(name, event)
+        if counter is not None:
+            todo.append((counter, event, env))
+    return _count(conn, todo)
 
 
 async def count_batch(engine: AsyncEngine, events: Iterable[tuple[str, Any, Envelope]]) -> int:
@@ -328,23 +385,14 @@ async def count_batch(engine: AsyncEngine, events: Iterable[tuple[str, Any, Enve
     Each event's id is recorded in the same transaction as its counts, so a batch delivered
     again after a crash (before its ack, after or before its commit) adds nothing twice: what
     committed is skipped by id, what did not is counted now. An event repeated within the batch
-    finds its id already recorded by the transaction itself.
+    is counted where it first comes.
     """
-    async with engine.begin() as conn:
-        counted = 0
-        for name, event, env in events:
-            counted += await count(conn, name, event, env)
-    return counted
+    batch = list(events)
+    return await in_transaction(engine, lambda conn: count(conn, batch))
 
 
-async def _alone(
-    engine: AsyncEngine,
-    counter: Callable[[AsyncConnection, Any, Envelope], Awaitable[bool]],
-    event: Any,
-    env: Envelope,
-) -> bool:
-    async with engine.begin() as conn:
-        return await counter(conn, event, env)
+async def _alone(engine: AsyncEngine, counter: Counter, event: Any, env: Envelope) -> bool:
+    return await in_transaction(engine, lambda conn: _count(conn, [(counter, event, env)]) == 1)
 
 
 async def model_completed(engine: AsyncEngine, event: SlmCompleted, env: Envelope) -> bool:
@@ -378,12 +426,17 @@ async def prune(engine: AsyncEngine, before: float) -> int:
     for a saga start of such a correlation are counted as outside any saga. Rollups stay.
     """
     c, u = correlations.c, unattributed.c
-    async with engine.begin() as conn:
-        ids = await conn.execute(delete(processed).where(processed.c.seen_at < before))
-        runs = await conn.execute(delete(sagas).where(sagas.c.seen_at < before))
+
+    def work(conn: Connection) -> int:
+        ids = conn.execute(delete(processed).where(processed.c.seen_at < before))
+        runs = conn.execute(delete(sagas).where(sagas.c.seen_at < before))
         stale = exists().where(
             c.tenant == u.tenant, c.correlation_id == u.correlation_id, c.seen_at < before
         )
-        await _release(conn, stale, "")
-        ties = await conn.execute(delete(correlations).where(c.seen_at < before))
+        totals = Totals()
+        _release(conn, totals, stale, "")
+        totals.write(conn)
+        ties = conn.execute(delete(correlations).where(c.seen_at < before))
         return int(ids.rowcount) + int(runs.rowcount) + int(ties.rowcount)
+
+    return await in_transaction(engine, work)

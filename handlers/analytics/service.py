@@ -20,7 +20,7 @@ from bus.errors import Invalid
 from bus.service import Connected, Delivery, EventBatches, Service
 from handlers.analytics import rollups
 from handlers.analytics.report import InvalidWindow, bounds, report, window
-from kernel.db import make_engine, migrate
+from kernel.db import dispose, make_engine, migrate
 from kernel.settings import Settings
 from schemas.analytics import AnalyticsReport, AnalyticsReported
 from schemas.envelope import Envelope
@@ -88,7 +88,7 @@ def build(settings: Settings) -> Service:
             log.info("forgot %d counted event ids and sagas past the stream's retention", forgotten)
 
     async def stop() -> None:
-        await engine.dispose()
+        await dispose(engine)
 
     async def on_report(cmd: AnalyticsReport, env: Envelope) -> AnalyticsReported:
         return await answer(engine, cmd, env)

@@ -336,3 +336,59 @@ async def _seen_at(engine: AsyncEngine, message_id: str) -> float | None:
             select(func.max(processed.c.seen_at)).where(processed.c.message_id == message_id)
         )
     return None if found is None else float(found)
+
+
+async def test_an_event_twice_in_one_batch_is_counted_once(
+    engine: AsyncEngine, tenant: str
+) -> None:
+    counted = ("slm.completed", completion(prompt=40), envelope("slm.completed", tenant=tenant))
+
+    assert await rollups.count_batch(engine, [counted, counted]) == 1
+    [row] = await report(engine, tenant, None, None, ["model"])
+    assert (row.requests, row.prompt_tokens) == (1, 40)
+
+
+async def test_a_batch_whose_events_were_partly_counted_before_counts_the_rest(
+    engine: AsyncEngine, tenant: str
+) -> None:
+    batch = [
+        ("slm.completed", completion(prompt=p), envelope("slm.completed", tenant=tenant))
+        for p in (10, 20, 30)
+    ]
+    assert await rollups.count_batch(engine, batch[1:2]) == 1
+
+    assert await rollups.count_batch(engine, batch) == 2
+    [row] = await report(engine, tenant, None, None, ["model"])
+    assert (row.requests, row.prompt_tokens) == (3, 60)
+
+
+async def test_a_model_call_before_its_saga_start_in_one_batch_counts_under_the_saga_type(
+    engine: AsyncEngine, tenant: str
+) -> None:
+    saga_id = new_id()
+    call = envelope("slm.completed", tenant=tenant, correlation_id=saga_id)
+    start = envelope("sagas.started", tenant=tenant, correlation_id=saga_id)
+    batch = [
+        ("slm.completed", completion(prompt=70), call),
+        ("sagas.started", SagaStarted(saga_id=saga_id, saga_type="chat_turn", version=1), start),
+    ]
+
+    assert await rollups.count_batch(engine, batch) == 2
+    [row] = await report(engine, tenant, None, None, ["model", "saga_type"])
+    assert (row.group["saga_type"], row.requests, row.prompt_tokens) == ("chat_turn", 1, 70)
+
+
+async def test_a_saga_end_before_its_start_in_one_batch_is_timed(
+    engine: AsyncEngine, tenant: str
+) -> None:
+    saga_id = new_id()
+    end = envelope("sagas.finished", tenant=tenant, correlation_id=saga_id, at=NOON + 2.5)
+    start = envelope("sagas.started", tenant=tenant, correlation_id=saga_id, at=NOON)
+    finished = SagaFinished(saga_id=saga_id, saga_type="chat_turn", state="completed")
+    started = SagaStarted(saga_id=saga_id, saga_type="chat_turn", version=1)
+
+    assert await rollups.count_batch(
+        engine, [("sagas.finished", finished, end), ("sagas.started", started, start)]
+    ) == 2
+    [row] = await report(engine, tenant, None, None, ["saga_type"])
+    assert (row.requests, row.latency_ms_avg) == (1, pytest.approx(2500))
