@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Table, and_, select, update
+from sqlalchemy import Table, and_, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.expression import Select
@@ -70,6 +70,10 @@ class Storage:
         return result.rowcount == 1
 
 
+# Built once, so SQLAlchemy compiles it once: the point read runs on every chat turn's start.
+_BY_ID = select(tables.instances).where(tables.instances.c.id == bindparam("saga_id"))
+
+
 class SqliteStorage(Storage):
     def __init__(self, db: AsyncEngine) -> None:
         super().__init__(db)
@@ -81,8 +85,7 @@ class SqliteStorage(Storage):
         if self.points is None:
             return await super().read(saga_id)
         with self.points.connect() as conn:
-            stmt = select(tables.instances).where(tables.instances.c.id == saga_id)
-            row = conn.execute(stmt).mappings().first()
+            row = conn.execute(_BY_ID, {"saga_id": saga_id}).mappings().first()
         return dict(row) if row is not None else None
 
     def close(self) -> None:
