@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, Table, case, delete, exists, select, update
+from sqlalchemy import Connection, Row, Table, bindparam, case, delete, exists, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -80,23 +80,106 @@ def day_of(epoch: float) -> date:
     return datetime.fromtimestamp(epoch, UTC).date()
 
 
-def _insert(conn: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
-    """The dialect's INSERT, for its ON CONFLICT clause (both databases spell it alike)."""
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(table)
-    return sqlite.insert(table)
+# The dialect's INSERT, for its ON CONFLICT clause (both databases spell it alike).
+Upsert = postgresql.Insert | sqlite.Insert
+InsertOf = Callable[[Table], Upsert]
 
 
-def _increment(conn: Connection, table: Table, values: dict[str, Any]) -> None:
-    """Add the sums in ``values`` to the row its key names, creating the row if needed."""
-    stmt = _insert(conn, table).values(**values)
-    excluded = stmt.excluded
-    conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[c.name for c in table.primary_key.columns],
-            set_={name: table.c[name] + excluded[name] for name in SUMS},
-        )
+def _upsert(
+    insert: InsertOf, table: Table, keys: list[str], set_: Callable[[Any], dict[str, Any]]
+) -> Upsert:
+    """``table``'s INSERT of a whole row from parameters named as its columns, updating the row
+    ``keys`` name by ``set_(excluded)`` instead when it exists."""
+    stmt = insert(table).values({c.name: bindparam(c.name) for c in table.c})
+    return stmt.on_conflict_do_update(index_elements=keys, set_=set_(stmt.excluded))
+
+
+def _increment(insert: InsertOf, table: Table) -> Upsert:
+    """Add a row's sums to the row its key names, creating the row if needed."""
+    return _upsert(
+        insert,
+        table,
+        [c.name for c in table.primary_key.columns],
+        lambda excluded: {name: table.c[name] + excluded[name] for name in SUMS},
     )
+
+
+class Statements:
+    """The counting statements of one dialect, built once: SQLAlchemy then compiles each once,
+    where a statement built per event costs a cache key (and an upsert its ``excluded``
+    columns) every time. Each runs with parameters named as the columns it writes."""
+
+    def __init__(self, insert: InsertOf) -> None:
+        self.record = (
+            insert(processed)
+            .values(message_id=bindparam("message_id"), seen_at=bindparam("seen_at"))
+            .on_conflict_do_nothing(index_elements=["message_id"])
+            .returning(processed.c.message_id)
+        )
+        ties = ["tenant", "correlation_id"]
+        # A model call: the correlation's saga type, "" while no saga start has named it.
+        self.seen = _upsert(
+            insert, correlations, ties, lambda excluded: {"seen_at": excluded.seen_at}
+        ).returning(correlations.c.saga_type)
+        # A saga start: the first saga seen keeps the type.
+        current = correlations.c.saga_type
+        self.name = _upsert(
+            insert,
+            correlations,
+            ties,
+            lambda excluded: {
+                "saga_type": case((current == "", excluded.saga_type), else_=current),
+                "seen_at": excluded.seen_at,
+            },
+        ).returning(current)
+        self.wait = _increment(insert, unattributed)
+        self.add = _increment(insert, usage_daily)
+        self.lock_saga = _upsert(
+            insert, sagas, ["saga_id"], lambda excluded: {"seen_at": excluded.seen_at}
+        ).returning(*sagas.c)
+
+
+# By dialect name: the two databases Soma runs on.
+_STATEMENTS = {"postgresql": Statements(postgresql.insert), "sqlite": Statements(sqlite.insert)}
+
+
+def _statements(conn: Connection) -> Statements:
+    return _STATEMENTS[conn.dialect.name]
+
+
+# The model calls of one correlation waiting for its saga start, taken out to be counted.
+_RELEASE = (
+    delete(unattributed)
+    .where(
+        (unattributed.c.tenant == bindparam("_tenant"))
+        & (unattributed.c.correlation_id == bindparam("_correlation_id"))
+    )
+    .returning(*unattributed.c)
+)
+_SAGA = sagas.c.saga_id == bindparam("_saga_id")
+# A start after its run's end: the run's start.
+_STARTED_LATE = update(sagas).where(_SAGA).values(started_at=bindparam("started_at"))
+# A new run.
+_RESTARTED = (
+    update(sagas)
+    .where(_SAGA)
+    .values(
+        started_at=bindparam("started_at"),
+        finished_at=None,
+        saga_type=bindparam("saga_type"),
+        actor=bindparam("actor"),
+    )
+)
+_FINISHED = (
+    update(sagas)
+    .where(_SAGA)
+    .values(
+        finished_at=bindparam("finished_at"),
+        started_at=bindparam("started_at"),
+        saga_type=bindparam("saga_type"),
+        actor=bindparam("actor"),
+    )
+)
 
 
 ROLLUP_KEY = tuple(c.name for c in usage_daily.primary_key.columns)
@@ -125,8 +208,8 @@ class Totals:
 
     def write(self, conn: Connection) -> None:
         # In key order, so that concurrent transactions lock shared rollup rows in the same order.
-        for key in sorted(self._rows):
-            _increment(conn, usage_daily, self._rows[key])
+        if self._rows:
+            conn.execute(_statements(conn).add, [self._rows[key] for key in sorted(self._rows)])
         self._rows.clear()
 
 
@@ -139,68 +222,48 @@ def _first_times(conn: Connection, envs: Iterable[Envelope]) -> set[str]:
     """
     ids = sorted({env.message_id for env in envs})
     now = time.time()
+    record = _statements(conn).record
     fresh: set[str] = set()
     for i in range(0, len(ids), IDS_PER_STATEMENT):
-        recorded = conn.execute(
-            _insert(conn, processed)
-            .values([{"message_id": m, "seen_at": now} for m in ids[i : i + IDS_PER_STATEMENT]])
-            .on_conflict_do_nothing(index_elements=["message_id"])
-            .returning(processed.c.message_id)
-        )
-        fresh.update(recorded.scalars())
+        rows = [{"message_id": m, "seen_at": now} for m in ids[i : i + IDS_PER_STATEMENT]]
+        fresh.update(conn.execute(record, rows).scalars())
     return fresh
 
 
 def _count_model_call(conn: Connection, totals: Totals, fact: Fact, env: Envelope) -> None:
     """Count under the correlation's saga type, or wait unattributed until it is known."""
-    stmt = _insert(conn, correlations).values(
-        tenant=env.tenant, correlation_id=env.correlation_id, saga_type="", seen_at=time.time()
-    )
-    saga_type = (
-        conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["tenant", "correlation_id"],
-                set_={"seen_at": stmt.excluded.seen_at},
-            ).returning(correlations.c.saga_type)
-        )
+    statements = _statements(conn)
+    tie = {"tenant": env.tenant, "correlation_id": env.correlation_id}
+    saga_type = conn.execute(
+        statements.seen, {**tie, "saga_type": "", "seen_at": time.time()}
     ).scalar_one()
     if saga_type:
         totals.add(replace(fact, saga_type=saga_type))
         return
     waiting = {k: v for k, v in asdict(fact).items() if k not in ("kind", "saga_type")}
-    _increment(conn, unattributed, {**waiting, "correlation_id": env.correlation_id})
+    conn.execute(statements.wait, {**waiting, "correlation_id": env.correlation_id})
 
 
 def _attribute(conn: Connection, totals: Totals, saga_type: str, env: Envelope) -> None:
     """Name the correlation's saga type (the first saga seen keeps it) and move its waiting
     model calls into the rollups under that type."""
-    stmt = _insert(conn, correlations).values(
-        tenant=env.tenant, correlation_id=env.correlation_id, saga_type=saga_type,
-        seen_at=time.time(),
-    )
-    current = correlations.c.saga_type
-    named = (
-        conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["tenant", "correlation_id"],
-                set_={
-                    "saga_type": case((current == "", stmt.excluded.saga_type), else_=current),
-                    "seen_at": stmt.excluded.seen_at,
-                },
-            ).returning(current)
-        )
+    named = conn.execute(
+        _statements(conn).name,
+        {
+            "tenant": env.tenant,
+            "correlation_id": env.correlation_id,
+            "saga_type": saga_type,
+            "seen_at": time.time(),
+        },
     ).scalar_one()
-    _release(
-        conn,
-        totals,
-        (unattributed.c.tenant == env.tenant)
-        & (unattributed.c.correlation_id == env.correlation_id),
-        named,
+    moved = conn.execute(
+        _RELEASE, {"_tenant": env.tenant, "_correlation_id": env.correlation_id}
     )
+    _release(totals, moved, named)
 
 
-def _release(conn: Connection, totals: Totals, where: Any, saga_type: str) -> None:
-    moved = conn.execute(delete(unattributed).where(where).returning(*unattributed.c))
+def _release(totals: Totals, moved: Iterable[Row[Any]], saga_type: str) -> None:
+    """Count model calls taken out of waiting (``moved``) under ``saga_type``."""
     for row in moved:
         values = {k: v for k, v in row._mapping.items() if k != "correlation_id"}
         totals.add(Fact(kind=MODEL, saga_type=saga_type, **values))
@@ -237,17 +300,20 @@ def _model_failed(conn: Connection, totals: Totals, event: CommandFailed, env: E
 def _lock_saga(
     conn: Connection, saga_id: str, saga_type: str, env: Envelope
 ) -> Row[Any]:
-    """The saga's row, created empty if new, and locked until commit."""
-    stmt = _insert(conn, sagas).values(
-        saga_id=saga_id, tenant=env.tenant, saga_type=saga_type, actor=env.actor,
-        started_at=None, finished_at=None, seen_at=time.time(),
-    )
-    conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["saga_id"], set_={"seen_at": stmt.excluded.seen_at}
-        )
-    )
-    return (conn.execute(select(sagas).where(sagas.c.saga_id == saga_id))).one()
+    """The saga's row, created empty if new, and locked until commit (by the upsert itself,
+    which returns the row as it stands after it)."""
+    return conn.execute(
+        _statements(conn).lock_saga,
+        {
+            "saga_id": saga_id,
+            "tenant": env.tenant,
+            "saga_type": saga_type,
+            "actor": env.actor,
+            "started_at": None,
+            "finished_at": None,
+            "seen_at": time.time(),
+        },
+    ).one()
 
 
 def _duration(started: float, finished: float) -> float:
@@ -279,15 +345,16 @@ def _saga_started(conn: Connection, totals: Totals, event: SagaStarted, env: Env
                 latency_count=1,
             ),
         )
-        conn.execute(
-            update(sagas).where(sagas.c.saga_id == event.saga_id).values(started_at=started)
-        )
+        conn.execute(_STARTED_LATE, {"_saga_id": event.saga_id, "started_at": started})
         return
     conn.execute(
-        update(sagas)
-        .where(sagas.c.saga_id == event.saga_id)
-        .values(started_at=started, finished_at=None, saga_type=event.saga_type,
-                actor=env.actor)
+        _RESTARTED,
+        {
+            "_saga_id": event.saga_id,
+            "started_at": started,
+            "saga_type": event.saga_type,
+            "actor": env.actor,
+        },
     )
 
 
@@ -312,14 +379,14 @@ def _saga_finished(
         ),
     )
     conn.execute(
-        update(sagas)
-        .where(sagas.c.saga_id == event.saga_id)
-        .values(
-            finished_at=ended,
-            started_at=run.started_at if timed else None,
-            saga_type=event.saga_type,
-            actor=env.actor,
-        )
+        _FINISHED,
+        {
+            "_saga_id": event.saga_id,
+            "finished_at": ended,
+            "started_at": run.started_at if timed else None,
+            "saga_type": event.saga_type,
+            "actor": env.actor,
+        },
     )
 
 
@@ -434,7 +501,8 @@ async def prune(engine: AsyncEngine, before: float) -> int:
             c.tenant == u.tenant, c.correlation_id == u.correlation_id, c.seen_at < before
         )
         totals = Totals()
-        _release(conn, totals, stale, "")
+        moved = conn.execute(delete(unattributed).where(stale).returning(*unattributed.c))
+        _release(totals, moved, "")
         totals.write(conn)
         ties = conn.execute(delete(correlations).where(c.seen_at < before))
         return int(ids.rowcount) + int(runs.rowcount) + int(ties.rowcount)
