@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from . import routers
 from .fake_anthropic import anthropic_app
 from .fake_openai import openai_app
 from .scripted import Script, serving
@@ -40,3 +41,12 @@ def openai_server(openai_running: FakeServer) -> FakeServer:
 def anthropic_server(anthropic_running: FakeServer) -> FakeServer:
     anthropic_running.script.reset()
     return anthropic_running
+
+
+@pytest.fixture(autouse=True)
+async def close_routers() -> AsyncIterator[None]:
+    """Close the HTTP clients of the routers a test made, as the slm process does on stopping."""
+    yield
+    while routers.MADE:
+        for provider in routers.MADE.pop().providers.values():
+            await provider.aclose()

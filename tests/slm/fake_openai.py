@@ -22,6 +22,8 @@ def openai_app(script: Script) -> Starlette:
     async def chat_completions(request: Request) -> Response:
         body = await request.json()
         body["_authorization"] = request.headers.get("authorization")
+        # The client's end of the connection: one port for two requests means one kept-alive one.
+        body["_client_port"] = request.client.port if request.client else None
         step = script.next(body)
         if isinstance(step, Failure):
             error = {

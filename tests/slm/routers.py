@@ -19,6 +19,10 @@ routing:
 """
 
 
+# Routers made for the running test; the conftest closes their providers' clients after it.
+MADE: list[Router] = []
+
+
 class RecordedSleeps(list[float]):
     """Sleeps for real (milliseconds here) and remembers each wait for the test to check."""
 
@@ -30,4 +34,6 @@ class RecordedSleeps(list[float]):
 def router(models_yaml: str, env: Mapping[str, str] | None = None) -> tuple[Router, RecordedSleeps]:
     sleeps = RecordedSleeps()
     models = parse_models(FAST_ROUTING + models_yaml, env or {})
-    return Router(models, providers(), sleep=sleeps, jitter=lambda: 1.0), sleeps
+    made = Router(models, providers(), sleep=sleeps, jitter=lambda: 1.0)
+    MADE.append(made)
+    return made, sleeps

@@ -72,6 +72,21 @@ async def test_the_request_carries_the_deployment_model_key_and_parameters(opena
     assert sent["max_tokens"] == 50
 
 
+async def test_calls_to_one_deployment_share_one_kept_alive_connection(openai, openai_server):
+    openai_server.script.then(Reply("one"), Reply("two"), Reply("three"))
+
+    async def ignore(delta: SlmDelta) -> None:
+        pass
+
+    await openai.complete(ask("Hi"))
+    await openai.complete(ask("Hi"), ignore)
+    await openai.complete(ask("Hi"))
+
+    # One client per deployment, made once and kept: a client per call would dial each time.
+    ports = {sent["_client_port"] for sent in openai_server.script.requests}
+    assert len(ports) == 1
+
+
 async def test_cost_is_computed_from_the_model_list_prices(openai_server):
     routed, _ = router(
         openai_models(openai_server.base_url, price_in=2.5, price_out=10.0),

@@ -55,3 +55,11 @@ class Provider(Protocol):
 
 def is_retryable_status(status: int) -> bool:
     return status in RETRYABLE_STATUS or status >= 500
+
+
+def transport_detail(exc: BaseException) -> str:
+    """What the HTTP transport said under an SDK's connection error, for people: the SDK's own
+    words can mislead (with the aiohttp transport a refused connection reads "Request timed
+    out.")."""
+    cause = exc.__cause__
+    return f" ({cause})" if cause is not None and str(cause) else ""

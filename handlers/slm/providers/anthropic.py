@@ -11,12 +11,17 @@ import json
 from typing import Any, cast
 
 import anthropic
-from anthropic import AsyncAnthropic
+from anthropic import AsyncAnthropic, DefaultAioHttpClient
 from anthropic.types import Message
 
 from handlers.slm.deltas import DeltaSink
 from handlers.slm.models import Deployment
-from handlers.slm.providers import Completion, ProviderError, is_retryable_status
+from handlers.slm.providers import (
+    Completion,
+    ProviderError,
+    is_retryable_status,
+    transport_detail,
+)
 from handlers.slm.providers.retry_after import retry_after
 from schemas.base import Usage
 from schemas.slm import ChatMessage, SlmComplete, ToolCall
@@ -60,7 +65,9 @@ class AnthropicProvider:
             ) from exc
         except anthropic.APIError as exc:
             # Connection failures, timeouts and error events inside a stream.
-            raise ProviderError(f"{deployment.label}: {exc.message}", retryable=True) from exc
+            raise ProviderError(
+                f"{deployment.label}: {exc.message}{transport_detail(exc)}", retryable=True
+            ) from exc
 
     async def aclose(self) -> None:
         clients, self._clients = list(self._clients.values()), {}
@@ -76,6 +83,8 @@ class AnthropicProvider:
                 base_url=deployment.base_url,
                 timeout=deployment.timeout,
                 max_retries=0,
+                # The SDK's aiohttp transport costs less CPU per call than its default one.
+                http_client=DefaultAioHttpClient(timeout=deployment.timeout),
             )
             self._clients[key] = client
         return client

@@ -3,6 +3,14 @@
 
 The SDK's own retries are off (``max_retries=0``): routing owns the retry policy, so a 429 is
 waited out once, by our rules, and not again inside the client.
+
+One client per deployment, made on its first call and kept warm until the process stops; it
+speaks HTTP through the SDK's aiohttp transport, which costs less CPU per call than the default.
+The call goes through the client's own ``post`` (the SDK's way of making any request) with the
+body as built here: ``chat.completions.create`` would first walk every message of it against the
+parameter types, which for these plain dicts of strings changes nothing and costs about as much
+as the HTTP exchange itself. Authentication, the response's parsing into ``ChatCompletion`` and
+chunks, and the SDK's exceptions stay the SDK's.
 """
 
 from __future__ import annotations
@@ -11,19 +19,26 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import openai
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, AsyncStream, DefaultAioHttpClient
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from handlers.slm import tokens
 from handlers.slm.deltas import DeltaSink
 from handlers.slm.models import Deployment
-from handlers.slm.providers import Completion, ProviderError, is_retryable_status
+from handlers.slm.providers import (
+    Completion,
+    ProviderError,
+    is_retryable_status,
+    transport_detail,
+)
 from handlers.slm.providers.retry_after import retry_after
 from schemas.base import Usage
 from schemas.slm import ChatMessage, SlmComplete, ToolCall
 
 # Self-hosted servers often take no key, but the SDK refuses to start without one.
 NO_KEY = "no-key"
+
+CHAT_COMPLETIONS = "/chat/completions"
 
 
 class OpenAIProvider:
@@ -37,11 +52,17 @@ class OpenAIProvider:
         params = request_params(request, deployment)
         try:
             if sink is None:
-                response = await client.chat.completions.create(**params)
-                return completion_from_response(cast(ChatCompletion, response))
+                response = await client.post(CHAT_COMPLETIONS, body=params, cast_to=ChatCompletion)
+                return completion_from_response(response)
             params["stream"] = True
             params["stream_options"] = {"include_usage": True}
-            stream = await client.chat.completions.create(**params)
+            stream = await client.post(
+                CHAT_COMPLETIONS,
+                body=params,
+                cast_to=ChatCompletion,
+                stream=True,
+                stream_cls=AsyncStream[ChatCompletionChunk],
+            )
             async with stream:
                 return await read_stream(stream, request, sink)
         except openai.APIStatusError as exc:
@@ -53,7 +74,9 @@ class OpenAIProvider:
             ) from exc
         except openai.APIError as exc:
             # Connection failures, timeouts and error events inside a stream.
-            raise ProviderError(f"{deployment.label}: {exc.message}", retryable=True) from exc
+            raise ProviderError(
+                f"{deployment.label}: {exc.message}{transport_detail(exc)}", retryable=True
+            ) from exc
 
     async def aclose(self) -> None:
         clients, self._clients = list(self._clients.values()), {}
@@ -69,6 +92,7 @@ class OpenAIProvider:
                 base_url=deployment.base_url,
                 timeout=deployment.timeout,
                 max_retries=0,
+                http_client=DefaultAioHttpClient(timeout=deployment.timeout),
             )
             self._clients[key] = client
         return client
