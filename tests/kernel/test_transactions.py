@@ -1,0 +1,83 @@
+"""``kernel.db.in_transaction``: a synchronous function's statements as one transaction, on a
+SQLite file (in a worker thread) and on PostgreSQL (through ``run_sync``) alike."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Connection, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from kernel.db import dispose, in_transaction, make_engine
+from tests.servers import database
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    with database(request.param, tmp_path, "kernel.db") as url:
+        yield url
+
+
+@pytest.fixture
+async def engine(url: str) -> AsyncIterator[AsyncEngine]:
+    db = make_engine(url)
+    async with db.begin() as conn:
+        await conn.execute(text("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)"))
+    yield db
+    await dispose(db)
+
+
+async def _bodies(engine: AsyncEngine) -> list[str]:
+    async with engine.connect() as conn:
+        return [r[0] for r in await conn.execute(text("SELECT body FROM notes ORDER BY id"))]
+
+
+async def test_every_statement_of_the_function_commits_together(engine: AsyncEngine) -> None:
+    def write(conn: Connection) -> int:
+        conn.execute(text("INSERT INTO notes VALUES (1, 'a')"))
+        conn.execute(text("INSERT INTO notes VALUES (2, 'b')"))
+        return 2
+
+    assert await in_transaction(engine, write) == 2
+    assert await _bodies(engine) == ["a", "b"]
+
+
+async def test_a_function_that_raises_leaves_nothing_of_its_statements(
+    engine: AsyncEngine,
+) -> None:
+    def half(conn: Connection) -> None:
+        conn.execute(text("INSERT INTO notes VALUES (1, 'a')"))
+        raise RuntimeError("stopped half-way")
+
+    with pytest.raises(RuntimeError, match="half-way"):
+        await in_transaction(engine, half)
+    assert await _bodies(engine) == []
+
+
+async def test_its_writes_are_seen_by_the_async_engine_and_the_reverse(
+    engine: AsyncEngine,
+) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(text("INSERT INTO notes VALUES (1, 'from async')"))
+
+    def read_then_write(conn: Connection) -> list[str]:
+        seen = [r[0] for r in conn.execute(text("SELECT body FROM notes"))]
+        conn.execute(text("INSERT INTO notes VALUES (2, 'from sync')"))
+        return seen
+
+    assert await in_transaction(engine, read_then_write) == ["from async"]
+    assert await _bodies(engine) == ["from async", "from sync"]
+
+
+async def test_on_a_sqlite_file_the_transaction_runs_off_the_event_loops_thread(
+    tmp_path: Path,
+) -> None:
+    db = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'one.db'}")
+    try:
+        ran_on = await in_transaction(db, lambda conn: threading.get_ident())
+        assert ran_on != threading.get_ident()
+    finally:
+        await dispose(db)
