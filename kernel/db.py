@@ -28,7 +28,7 @@ from typing import TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, MetaData, create_engine, event
+from sqlalchemy import URL, Connection, Engine, MetaData, create_engine, event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 log = logging.getLogger(__name__)
@@ -98,14 +98,21 @@ def _sqlite_writer_events(engine: Engine) -> None:
 _writers: weakref.WeakKeyDictionary[AsyncEngine, Engine] = weakref.WeakKeyDictionary()
 
 
-def _sync_writer(engine: AsyncEngine) -> Engine | None:
+def _sqlite_file(engine: AsyncEngine) -> URL | None:
+    """The synchronous driver's URL of ``engine``'s SQLite file; None for any other database
+    (or an in-memory one, which a second engine would not share)."""
     if engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
+        return None
+    return engine.url.set(drivername="sqlite+pysqlite")
+
+
+def _sync_writer(engine: AsyncEngine) -> Engine | None:
+    url = _sqlite_file(engine)
+    if url is None:
         return None
     sync = _writers.get(engine)
     if sync is None:
-        sync = create_engine(
-            engine.url.set(drivername="sqlite+pysqlite"), connect_args={"timeout": 30}
-        )
+        sync = create_engine(url, connect_args={"timeout": 30})
         _sqlite_writer_events(sync)
         _writers[engine] = sync
     return sync
@@ -158,9 +165,10 @@ def point_reader(engine: AsyncEngine) -> Engine | None:
     thread. In WAL mode such a read takes a snapshot beside the writer and never waits for it,
     so it may run on the event loop. Only short reads by primary key belong here.
     """
-    if engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
+    url = _sqlite_file(engine)
+    if url is None:
         return None
-    sync = create_engine(engine.url.set(drivername="sqlite+pysqlite"))
+    sync = create_engine(url)
 
     @event.listens_for(sync, "connect")
     def _read_only(dbapi_conn, _record):  # type: ignore[no-untyped-def]

@@ -15,13 +15,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, bindparam
+from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from kernel.db import in_transaction
 from sagas import tables
 from sagas.change import Instance
-from sagas.storage import Storage
+from sagas.storage import AT_REV, Storage
 from schemas.sagas import ENDED
 
 log = logging.getLogger("soma.sagas.hot")
@@ -39,12 +39,9 @@ EARLY = 24
 CAPACITY = 20_000
 
 
-# The group commit's statements, built once: SQLAlchemy then compiles each once, where a
-# statement built per instance costs a cache key every time.
+# Built once, as ``storage.AT_REV`` is: SQLAlchemy then compiles it once, where a statement
+# built per instance costs a cache key every time.
 _INSERT = tables.instances.insert()
-_UPDATE = tables.instances.update().where(
-    tables.instances.c.id == bindparam("_id"), tables.instances.c.rev == bindparam("_base_rev")
-)
 
 
 class LostTransition(RuntimeError):
@@ -216,7 +213,7 @@ class HotStore:
             conn.execute(_INSERT, row)
             return
         values = {k: v for k, v in row.items() if k != "id"}
-        result = conn.execute(_UPDATE, {**values, "_id": saga_id, "_base_rev": pending.base_rev})
+        result = conn.execute(AT_REV, {**values, "_id": saga_id, "_rev": pending.base_rev})
         if result.rowcount != 1:
             raise IntegrityError("rev check", None, Exception(f"saga {saga_id} advanced elsewhere"))
 

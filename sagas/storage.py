@@ -10,13 +10,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, select, update
+from sqlalchemy import Table, and_, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.expression import Select
 
 from kernel.db import point_reader, reader
 from sagas import tables
+
+# Statements built once, so SQLAlchemy compiles each once: they run on every transition.
+BY_ID = select(tables.instances).where(tables.instances.c.id == bindparam("saga_id"))
+# Write the columns the parameters name if the instance is still at ``_rev``.
+AT_REV = tables.instances.update().where(
+    and_(tables.instances.c.id == bindparam("_id"), tables.instances.c.rev == bindparam("_rev"))
+)
 
 
 class Storage:
@@ -26,6 +33,7 @@ class Storage:
         # no write lock, so they never queue behind a group commit.
         self.reads = reader(db)
         self.insert_new_inbox = self.insert_new(tables.inbox)
+        self.load_holding = self.holding(BY_ID)
 
     def close(self) -> None:
         """Let go of what the storage holds beside ``db`` (whose owner disposes it)."""
@@ -42,36 +50,26 @@ class Storage:
         self, conn: AsyncConnection, saga_id: str, message_id: str, now: float
     ) -> bool:
         """Record that ``message_id`` reached ``saga_id``; False if it had already."""
-        stmt = self.insert_new(tables.inbox).values(saga_id=saga_id, message_id=message_id, at=now)
-        return bool((await conn.execute(stmt)).rowcount)
+        row = {"saga_id": saga_id, "message_id": message_id, "at": now}
+        return bool((await conn.execute(self.insert_new_inbox, row)).rowcount)
 
     async def load(self, conn: AsyncConnection, saga_id: str) -> dict[str, Any] | None:
         """The instance, held until ``conn``'s transaction ends."""
-        stmt = self.holding(select(tables.instances).where(tables.instances.c.id == saga_id))
-        row = (await conn.execute(stmt)).mappings().first()
+        row = (await conn.execute(self.load_holding, {"saga_id": saga_id})).mappings().first()
         return dict(row) if row is not None else None
 
     async def read(self, saga_id: str) -> dict[str, Any] | None:
         """The stored instance, without holding it."""
         async with self.reads.connect() as conn:
-            stmt = select(tables.instances).where(tables.instances.c.id == saga_id)
-            row = (await conn.execute(stmt)).mappings().first()
+            row = (await conn.execute(BY_ID, {"saga_id": saga_id})).mappings().first()
         return dict(row) if row is not None else None
 
     async def save(
-        self, conn: AsyncConnection, saga_id: str, rev: int | None, values: dict[str, Any]
+        self, conn: AsyncConnection, saga_id: str, rev: int, values: dict[str, Any]
     ) -> bool:
         """Write ``values`` if the instance is still at ``rev``; False if it moved on."""
-        result = await conn.execute(
-            update(tables.instances)
-            .where(and_(tables.instances.c.id == saga_id, tables.instances.c.rev == rev))
-            .values(**values)
-        )
+        result = await conn.execute(AT_REV, {**values, "_id": saga_id, "_rev": rev})
         return result.rowcount == 1
-
-
-# Built once, so SQLAlchemy compiles it once: the point read runs on every chat turn's start.
-_BY_ID = select(tables.instances).where(tables.instances.c.id == bindparam("saga_id"))
 
 
 class SqliteStorage(Storage):
@@ -85,7 +83,7 @@ class SqliteStorage(Storage):
         if self.points is None:
             return await super().read(saga_id)
         with self.points.connect() as conn:
-            row = conn.execute(_BY_ID, {"saga_id": saga_id}).mappings().first()
+            row = conn.execute(BY_ID, {"saga_id": saga_id}).mappings().first()
         return dict(row) if row is not None else None
 
     def close(self) -> None:
