@@ -9,8 +9,10 @@ speaks HTTP through the SDK's aiohttp transport, which costs less CPU per call t
 The call goes through the client's own ``post`` (the SDK's way of making any request) with the
 body as built here: ``chat.completions.create`` would first walk every message of it against the
 parameter types, which for these plain dicts of strings changes nothing and costs about as much
-as the HTTP exchange itself. Authentication, the response's parsing into ``ChatCompletion`` and
-chunks, and the SDK's exceptions stay the SDK's.
+as the HTTP exchange itself. A whole answer comes back as the raw response and is decoded here
+with msgspec into the few fields a completion reads: building the SDK's ``ChatCompletion`` models
+cost about a third of the call's CPU (0.5 ms of 1.5). Authentication, status errors, streamed
+chunks and the SDK's exceptions stay the SDK's.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, cast
 
+import httpx
+import msgspec
 import openai
 from openai import AsyncOpenAI, AsyncStream, DefaultAioHttpClient
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.chat.chat_completion import ChoiceLogprobs
 
 from handlers.slm import tokens
 from handlers.slm.deltas import DeltaSink
@@ -52,8 +57,8 @@ class OpenAIProvider:
         params = request_params(request, deployment)
         try:
             if sink is None:
-                response = await client.post(CHAT_COMPLETIONS, body=params, cast_to=ChatCompletion)
-                return completion_from_response(response)
+                raw = await client.post(CHAT_COMPLETIONS, body=params, cast_to=httpx.Response)
+                return completion_from_body(raw.content, deployment.label)
             params["stream"] = True
             params["stream_options"] = {"include_usage": True}
             stream = await client.post(
@@ -168,7 +173,50 @@ def _message_param(message: ChatMessage) -> dict[str, Any]:
     return param
 
 
-def completion_from_response(response: ChatCompletion) -> Completion:
+class _Function(msgspec.Struct):
+    name: str = ""
+    arguments: str | None = None
+
+
+class _ToolCall(msgspec.Struct):
+    id: str = ""
+    type: str = "function"
+    function: _Function = msgspec.field(default_factory=_Function)
+
+
+class _Message(msgspec.Struct):
+    content: str | None = None
+    tool_calls: list[_ToolCall] | None = None
+
+
+class _Choice(msgspec.Struct):
+    message: _Message = msgspec.field(default_factory=_Message)
+    finish_reason: str | None = None
+    logprobs: dict[str, Any] | None = None
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class _Body(msgspec.Struct):
+    """What a completion reads of a chat completion; every other field is skipped unread."""
+
+    choices: list[_Choice] | None = None
+    usage: _Usage | None = None
+
+
+_BODY = msgspec.json.Decoder(_Body)
+
+
+def completion_from_body(body: bytes, label: str) -> Completion:
+    try:
+        response = _BODY.decode(body)
+    except msgspec.DecodeError as exc:  # ValidationError included
+        raise ProviderError(
+            f"{label} answered a malformed completion: {exc}", retryable=True
+        ) from exc
     if not response.choices:
         raise ProviderError("response has no choices", retryable=True)
     choice = response.choices[0]
@@ -180,11 +228,14 @@ def completion_from_response(response: ChatCompletion) -> Completion:
     message = ChatMessage(
         role="assistant", content=choice.message.content, tool_calls=calls or None
     )
+    used = response.usage or _Usage()
     usage = Usage(
-        prompt_tokens=response.usage.prompt_tokens if response.usage else 0,
-        completion_tokens=response.usage.completion_tokens if response.usage else 0,
+        prompt_tokens=used.prompt_tokens or 0, completion_tokens=used.completion_tokens or 0
     )
-    logprobs = choice.logprobs.model_dump() if choice.logprobs else None
+    logprobs = None
+    if choice.logprobs:
+        # In the shape the SDK's own model gives it (its absent fields as None).
+        logprobs = ChoiceLogprobs.model_validate(choice.logprobs).model_dump()
     return Completion(message, choice.finish_reason or "stop", usage, logprobs=logprobs)
 
 
