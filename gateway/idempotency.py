@@ -23,6 +23,9 @@ body, which chat turns and tasks use as their saga id (a second start attaches t
 Streamed responses, 5xx, and refusals that did no work (401, 403, 409, 429) are not stored, so
 such a request can be retried as is; a streamed retry still finds the same saga and never starts a
 second turn.
+
+The outcome is settled (stored, or the key freed) before the last part of the answer is sent: a
+caller that has its answer finds the record complete, never the reservation still pending.
 """
 
 from __future__ import annotations
@@ -249,6 +252,7 @@ class _Lease:
         self.length = length
         self.takeover = takeover
         self.lost = False
+        self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -256,7 +260,11 @@ class _Lease:
 
     async def _renew(self) -> None:
         while True:
-            await asyncio.sleep(self.length / 3)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.length / 3):
+                    await self._stopping.wait()
+            if self._stopping.is_set():
+                return
             renewed = replace(self.record, lease_until=time.time() + self.length)
             try:
                 token = await self.store.replace(self.key, self.token, renewed)
@@ -270,10 +278,11 @@ class _Lease:
             self.record, self.token = renewed, token
 
     async def stop(self) -> None:
+        """No more renewals. One already sent is waited for, not cancelled: the store may have
+        applied it, and the token must name the version it wrote."""
+        self._stopping.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task
 
     async def complete(self, record: Record) -> None:
         if self.lost:
@@ -366,16 +375,36 @@ class IdempotencyMiddleware:
         status: int | None = None
         content_type = ""
         chunks: list[bytes] = []
+        settled = False
+
+        async def settle() -> None:
+            """Store the outcome, or free the key, once: before the caller has the answer."""
+            nonlocal settled
+            settled = True
+            await lease.stop()
+            streamed = content_type.startswith("text/event-stream")
+            storable = status is not None and status < 500 and status not in _NOT_STORED
+            try:
+                if storable and not streamed:
+                    answer = b"".join(chunks)
+                    await lease.complete(
+                        Record(fingerprint, status, answer, content_type or "application/json")
+                    )
+                else:
+                    await lease.release()
+            except Exception as exc:  # a retry finds the lease lapsed and runs the request again
+                log.warning("storing idempotency record %s failed: %s", key, exc)
 
         async def capture(message: Message) -> None:
             nonlocal status, content_type
             if message["type"] == "http.response.start":
                 status = message["status"]
                 content_type = Headers(raw=message.get("headers", [])).get("content-type", "")
-            elif message["type"] == "http.response.body" and not content_type.startswith(
-                "text/event-stream"
-            ):
-                chunks.append(message.get("body", b""))
+            elif message["type"] == "http.response.body":
+                if not content_type.startswith("text/event-stream"):
+                    chunks.append(message.get("body", b""))
+                if not message.get("more_body", False) and not settled:
+                    await settle()  # the last part of the answer: the record first
             await send(message)
 
         lease.start()
@@ -383,30 +412,16 @@ class IdempotencyMiddleware:
             with request_ids(attempt.request_id):
                 await self.app(scope, replay_receive, capture)
         except BaseException:
-            await lease.stop()
-            with contextlib.suppress(Exception):
-                await lease.release()
+            if not settled:
+                settled = True
+                await lease.stop()
+                with contextlib.suppress(Exception):
+                    await lease.release()
             raise
         finally:
             watcher.cancel()
-        await lease.stop()
-        storable = (
-            status is not None
-            and status < 500
-            and status not in _NOT_STORED
-            and not content_type.startswith("text/event-stream")
-        )
-        try:
-            if storable:
-                await lease.complete(
-                    Record(
-                        fingerprint, status, b"".join(chunks), content_type or "application/json"
-                    )
-                )
-            else:
-                await lease.release()
-        except Exception as exc:  # answered already; a retry finds the lease lapsed and resumes
-            log.warning("storing idempotency record %s failed: %s", key, exc)
+        if not settled:  # the app ended without finishing an answer
+            await settle()
 
 
 async def _reserve(

@@ -6,12 +6,15 @@ import asyncio
 import hashlib
 import json
 import time
+from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
+from starlette.types import Message, Receive, Scope, Send
 
 from bus.connection import connect
-from gateway.idempotency import Record, open_bucket
+from gateway.idempotency import IdempotencyMiddleware, Record, _Lease, open_bucket
 from kernel.settings import Settings
 from tests.gateway.conftest import REDIS_URL
 from tests.gateway.serving import auth, gateway_config, served
@@ -214,3 +217,120 @@ async def test_a_memory_added_again_by_a_takeover_is_the_same_memory(
         await nc.close()
     assert answers[0]["id"] == answers[1]["id"]
     assert [a["created"] for a in answers] == [True, False]
+
+
+class MemoryStore:
+    """The store's contract in a dict: a token is the key's revision."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, tuple[Record, int]] = {}
+        self._revision = 0
+
+    def _put(self, key: str, record: Record) -> int:
+        self._revision += 1
+        self.records[key] = (record, self._revision)
+        return self._revision
+
+    async def create(self, key: str, record: Record) -> int | None:
+        return None if key in self.records else self._put(key, record)
+
+    async def read(self, key: str) -> tuple[Record, int] | None:
+        return self.records.get(key)
+
+    async def replace(self, key: str, token: Any, record: Record) -> int | None:
+        found = self.records.get(key)
+        return self._put(key, record) if found and found[1] == token else None
+
+    async def remove(self, key: str, token: Any) -> None:
+        found = self.records.get(key)
+        if found and found[1] == token:
+            del self.records[key]
+
+
+async def _post_through_middleware(store: MemoryStore, status: int) -> list[Any]:
+    """One POST with an Idempotency-Key to an app answering ``status`` in two parts; for each
+    message the caller is sent, what the store holds at that moment."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b'{"id":', "more_body": True})
+        await send({"type": "http.response.body", "body": b'"t-1"}', "more_body": False})
+
+    async def authenticate(credential: str | None) -> Any:
+        return SimpleNamespace(tenant="acme")
+
+    gateway = SimpleNamespace(
+        authenticator=SimpleNamespace(authenticate=authenticate),
+        config=SimpleNamespace(idempotency_lease=15, idempotency_wait=1),
+        idempotency=store,
+    )
+    middleware = IdempotencyMiddleware(app, SimpleNamespace(gateway=gateway))
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/tasks",
+        "headers": [(b"authorization", b"Bearer k"), (b"idempotency-key", b"k")],
+    }
+    messages = iter([{"type": "http.request", "body": b"{}", "more_body": False}])
+    hung_up = asyncio.Event()
+
+    async def receive() -> Message:
+        for message in messages:
+            return message
+        await hung_up.wait()
+        return {"type": "http.disconnect"}
+
+    seen: list[Any] = []
+
+    async def send(message: Message) -> None:
+        seen.append([found for found, _ in store.records.values()])
+
+    await middleware(scope, receive, send)
+    return seen
+
+
+async def test_the_record_is_stored_before_the_caller_has_the_whole_answer() -> None:
+    store = MemoryStore()
+    seen = await _post_through_middleware(store, 201)
+    assert [len(records) for records in seen] == [1, 1, 1]
+    assert [records[0].pending for records in seen] == [True, True, False]
+    done = seen[-1][0]
+    assert (done.status, done.body) == (201, b'{"id":"t-1"}')
+
+
+async def test_an_answer_not_stored_frees_the_key_before_the_caller_has_it() -> None:
+    store = MemoryStore()
+    seen = await _post_through_middleware(store, 500)
+    assert [len(records) for records in seen] == [1, 1, 0]
+
+
+class SlowToAnswerStore(MemoryStore):
+    """Applies a replace at once but answers it only when ``answer`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.applied = asyncio.Event()
+        self.answer = asyncio.Event()
+
+    async def replace(self, key: str, token: Any, record: Record) -> int | None:
+        done = await super().replace(key, token, record)
+        self.applied.set()
+        await self.answer.wait()
+        return done
+
+
+async def test_stopping_a_lease_lets_a_renewal_under_way_finish() -> None:
+    store = SlowToAnswerStore()
+    pending = Record("f", owner="me", lease_until=time.time() + 0.03)
+    token = await store.create("k", pending)
+    lease = _Lease(store, "k", pending, token, 0.03, takeover=False)
+    lease.start()
+    await store.applied.wait()  # a renewal is written, its answer not yet back
+    stopping = asyncio.create_task(lease.stop())
+    await asyncio.sleep(0)
+    store.answer.set()
+    await stopping
+    await lease.complete(Record("f", status=202))
+    assert store.records["k"][0].status == 202
