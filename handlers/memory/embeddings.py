@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import itertools
 import math
@@ -82,12 +83,20 @@ class HashedNgrams:
     def vector(self, text: str) -> list[float]:
         out = [0.0] * self._dimension
         for feature, weight in _features(text):
-            digest = hashlib.blake2b(feature.encode("utf-8"), digest_size=8).digest()
-            value = int.from_bytes(digest, "little")
-            sign = 1.0 if value & 1 else -1.0
-            out[(value >> 1) % self._dimension] += sign * weight
+            index, sign = _slot(feature, self._dimension)
+            out[index] += sign * weight
         norm = math.sqrt(sum(x * x for x in out))
         return [x / norm for x in out] if norm else out
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _slot(feature: str, dimension: int) -> tuple[int, float]:
+    """Where a feature lands and with which sign. Words and their pieces repeat from one text to
+    the next, and hashing each anew was most of an embedding's cost; the cache keeps the
+    vectors exactly as they were."""
+    digest = hashlib.blake2b(feature.encode("utf-8"), digest_size=8).digest()
+    value = int.from_bytes(digest, "little")
+    return (value >> 1) % dimension, 1.0 if value & 1 else -1.0
 
 
 def _features(text: str) -> list[tuple[str, float]]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import math
+import struct
 
 import pytest
 
@@ -26,6 +28,16 @@ async def test_hashed_ngrams_gives_the_same_vector_in_every_instance() -> None:
     first = await HashedNgrams().embed([text])
     second = await HashedNgrams().embed([text])
     assert first == second
+
+
+async def test_hashed_ngrams_gives_the_vectors_earlier_releases_stored() -> None:
+    """Stored memories keep the vectors they were written with: a change of the hashing would
+    make every stored memory unreachable to new queries."""
+    (vector,) = await HashedNgrams().embed(["The office moved to the third floor."])
+    packed = struct.pack(f"{len(vector)}d", *vector)
+    assert hashlib.sha256(packed).hexdigest() == (
+        "0a4b02afbeadada6e2ef01293417eb774b43a2a90ae6c615f9b8ad2ed7eeced9"
+    )
 
 
 async def test_hashed_ngrams_vectors_are_unit_length_with_the_configured_dimension() -> None:

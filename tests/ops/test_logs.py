@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from bus.tracing import bind
+from kernel import logs
 from kernel.logs import JsonFormatter, _Context, redact
 from tests.ops.system import Running, running
 from tests.servers import free_port, nats_server_binary, postgres_database, wait_port
@@ -62,6 +63,28 @@ def test_a_credential_in_a_message_is_redacted(secret: str, context: str) -> Non
     text = redact(context.format(secret))
     assert secret not in text
     assert "***" in text
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "API_KEY=abc123",
+        "Access-Key: abc123",
+        "PASSWORD = hunter2",
+        "BASIC dXNlcjpwYXNzd29yZA==",
+        "\u017fecret=hunter2",  # a long s, which a case-blind match takes for an s
+        "api\u212aey=abc123",  # a Kelvin sign, likewise a k
+        "REDIS://user:pw@cache:6379",
+    ],
+)
+def test_a_line_is_redacted_as_every_pattern_would_redact_it_in_any_letter_case(
+    line: str,
+) -> None:
+    every_pattern = line
+    for pattern, replacement in logs._SECRETS:
+        every_pattern = pattern.sub(replacement, every_pattern)
+    assert every_pattern != line
+    assert redact(line) == every_pattern
 
 
 def test_a_message_without_credentials_is_left_as_it_is() -> None:
