@@ -34,7 +34,7 @@ async def test_hashed_ngrams_gives_the_vectors_earlier_releases_stored() -> None
     """Stored memories keep the vectors they were written with: a change of the hashing would
     make every stored memory unreachable to new queries."""
     (vector,) = await HashedNgrams().embed(["The office moved to the third floor."])
-    packed = struct.pack(f"{len(vector)}d", *vector)
+    packed = struct.pack(f"<{len(vector)}d", *vector)
     assert hashlib.sha256(packed).hexdigest() == (
         "0a4b02afbeadada6e2ef01293417eb774b43a2a90ae6c615f9b8ad2ed7eeced9"
     )
