@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .scripted import Failure, Reply, Script, fragments, pieces
+from .scripted import Cut, Failure, Reply, Script, cut_body, fragments, pieces
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -23,7 +23,7 @@ ERROR_TYPES = {
 
 
 def anthropic_app(script: Script) -> Starlette:
-    async def messages(request: Request) -> Response:
+    async def messages(request: Request) -> Response | Cut:
         body = await request.json()
         # The key arrives as x-api-key or, from newer SDKs, as a bearer token.
         bearer = request.headers.get("authorization", "").removeprefix("Bearer ")
@@ -37,8 +37,14 @@ def anthropic_app(script: Script) -> Starlette:
         if step.delay:
             await asyncio.sleep(step.delay)
         if body.get("stream"):
-            return StreamingResponse(_events(step, body["model"]), media_type="text/event-stream")
-        return JSONResponse(_message(step, body["model"]))
+            events = _events(step, body["model"])
+            if step.cut_after is not None:
+                return Cut(events, "text/event-stream")
+            return StreamingResponse(events, media_type="text/event-stream")
+        message = _message(step, body["model"])
+        if step.cut_after is not None:
+            return cut_body(message, step.cut_after)
+        return JSONResponse(message)
 
     return Starlette(routes=[Route("/v1/messages", messages, methods=["POST"])])
 
@@ -83,6 +89,8 @@ async def _events(reply: Reply, model: str) -> AsyncIterator[str]:
             if reply.error_after is not None and number >= reply.error_after:
                 error = {"type": "overloaded_error", "message": "Overloaded"}
                 yield _event("error", {"error": error})
+                return
+            if reply.cut_after is not None and number >= reply.cut_after:
                 return
             delta = {"type": "text_delta", "text": piece}
             yield _event("content_block_delta", {"index": 0, "delta": delta})

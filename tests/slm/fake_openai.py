@@ -13,13 +13,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .scripted import Failure, Reply, Script, fragments, pieces
+from .scripted import Cut, Failure, Reply, Script, cut_body, fragments, pieces
 
 ERROR_TYPES = {429: "rate_limit_exceeded", 400: "invalid_request_error", 401: "invalid_api_key"}
 
 
 def openai_app(script: Script) -> Starlette:
-    async def chat_completions(request: Request) -> Response:
+    async def chat_completions(request: Request) -> Response | Cut:
         body = await request.json()
         body["_authorization"] = request.headers.get("authorization")
         # The client's end of the connection: one port for two requests means one kept-alive one.
@@ -38,8 +38,13 @@ def openai_app(script: Script) -> Starlette:
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             events = _chunks(step, body["model"], include_usage, bool(body.get("logprobs")))
+            if step.cut_after is not None:
+                return Cut(events, "text/event-stream")
             return StreamingResponse(events, media_type="text/event-stream")
-        return JSONResponse(_completion(step, body["model"], bool(body.get("logprobs"))))
+        completion = _completion(step, body["model"], bool(body.get("logprobs")))
+        if step.cut_after is not None:
+            return cut_body(completion, step.cut_after)
+        return JSONResponse(completion)
 
     return Starlette(routes=[Route("/v1/chat/completions", chat_completions, methods=["POST"])])
 
@@ -104,6 +109,8 @@ async def _chunks(
     for number, piece in enumerate(pieces(reply.text)):
         if reply.error_after is not None and number >= reply.error_after:
             yield _data({"error": {"message": "upstream went away", "type": "server_error"}})
+            return
+        if reply.cut_after is not None and number >= reply.cut_after:
             return
         yield chunk({"content": piece})
     for index, (id_, name, args) in enumerate(reply.tool_calls):

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 
-from handlers.slm.models import parse_models
+from handlers.slm.deltas import DeltaSink, OnDelta
+from handlers.slm.models import Deployment, parse_models
+from handlers.slm.providers import Completion
 from handlers.slm.routing import Router
 from handlers.slm.service import providers
+from schemas.slm import SlmComplete
 
 FAST_ROUTING = """
 routing:
@@ -37,3 +40,12 @@ def router(models_yaml: str, env: Mapping[str, str] | None = None) -> tuple[Rout
     made = Router(models, providers(), sleep=sleeps, jitter=lambda: 1.0)
     MADE.append(made)
     return made, sleeps
+
+
+async def call_provider(
+    routed: Router, deployment: Deployment, request: SlmComplete, on_delta: OnDelta | None = None
+) -> Completion:
+    """The request straight to the deployment's provider, without routing: what the provider
+    itself makes of the answer, errors included; streamed when ``on_delta`` is given."""
+    sink = DeltaSink(on_delta) if on_delta is not None else None
+    return await routed.providers[deployment.provider].complete(request, deployment, sink)

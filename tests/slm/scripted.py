@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import socket
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.types import Receive, Scope, Send
 
 
 @dataclass
@@ -29,6 +31,9 @@ class Reply:
     delay: float = 0.0
     # Stream this many content pieces, then an error event instead of the rest.
     error_after: int | None = None
+    # Send this many content pieces (streamed) or this many bytes of the body (not streamed),
+    # then drop the connection: the answer is cut off midway.
+    cut_after: int | None = None
 
 
 @dataclass
@@ -56,6 +61,38 @@ class Script:
     def reset(self) -> None:
         self.queue.clear()
         self.requests.clear()
+
+
+class Cut:
+    """An answer whose connection drops midway: the status, the headers and the parts given
+    go out, then the server closes the socket with the body unfinished (uvicorn closes the
+    connection of a response its app leaves incomplete). ``length`` declares the whole body's
+    Content-Length; without it the body is sent chunked, as a stream is."""
+
+    def __init__(
+        self, parts: AsyncIterable[str | bytes], media_type: str, length: int | None = None
+    ) -> None:
+        self.parts = parts
+        self.headers = [(b"content-type", media_type.encode())]
+        if length is not None:
+            self.headers.append((b"content-length", str(length).encode()))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+        async for part in self.parts:
+            body = part.encode() if isinstance(part, str) else part
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+        # Returning without the last body message: uvicorn closes the connection here.
+
+
+def cut_body(payload: dict[str, Any], sent: int) -> Cut:
+    """A JSON answer of which only the first ``sent`` bytes arrive."""
+    body = json.dumps(payload).encode()
+
+    async def part() -> AsyncIterator[bytes]:
+        yield body[:sent]
+
+    return Cut(part(), "application/json", length=len(body))
 
 
 def pieces(text: str) -> list[str]:

@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
+from handlers.slm.providers import ProviderError
 from schemas.slm import ChatMessage, SlmComplete, SlmDelta, ToolCall, ToolSpec
 
 from .conftest import FakeServer
-from .routers import router
+from .routers import call_provider, router
 from .scripted import Reply
 
 LOOKUP = ToolSpec(
@@ -198,3 +199,40 @@ async def test_streamed_input_json_deltas_are_assembled_into_tool_calls(claude, 
     assert done.message.content == "Checking."
     assert done.finish_reason == "tool_calls"
     assert done.usage.completion_tokens == 40
+
+
+async def test_a_streamed_answer_cut_off_midway_is_a_retryable_provider_error(
+    claude, anthropic_server
+):
+    # Two text deltas arrive, then the server drops the connection in the middle of the body.
+    anthropic_server.script.then(Reply("Un deux trois quatre.", cut_after=2))
+    deployment = claude.models.deployments_for("claude-haiku-4-5")[0]
+    deltas: list[SlmDelta] = []
+
+    async def collect(delta: SlmDelta) -> None:
+        deltas.append(delta)
+
+    with pytest.raises(ProviderError) as cut:
+        await call_provider(
+            claude, deployment, ask(ChatMessage(role="user", content="Count")), collect
+        )
+
+    assert [d.content for d in deltas] == ["Un ", "deux "]
+    assert cut.value.retryable
+    assert deployment.label in str(cut.value)
+    assert "payload is not completed" in str(cut.value)  # what the transport said
+
+
+async def test_a_whole_answer_cut_off_midway_is_a_retryable_provider_error(
+    claude, anthropic_server
+):
+    # The headers promise the whole body; 40 bytes of it arrive before the connection drops.
+    anthropic_server.script.then(Reply("Bonjour.", cut_after=40))
+    deployment = claude.models.deployments_for("claude-haiku-4-5")[0]
+
+    with pytest.raises(ProviderError) as cut:
+        await call_provider(claude, deployment, ask(ChatMessage(role="user", content="Hi")))
+
+    assert cut.value.retryable
+    assert deployment.label in str(cut.value)
+    assert "payload is not completed" in str(cut.value)

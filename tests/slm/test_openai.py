@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
+from handlers.slm.providers import ProviderError
 from schemas.slm import ChatMessage, SlmComplete, SlmDelta, ToolCall, ToolSpec
 
 from .conftest import FakeServer
-from .routers import router
+from .routers import call_provider, router
 from .scripted import Reply
 
 WEATHER = ToolSpec(
@@ -199,3 +200,36 @@ models:
 
     assert done.message.content == "from the local server"
     assert openai_server.script.requests[0]["model"] == "llama3.2"
+
+
+async def test_a_streamed_answer_cut_off_midway_is_a_retryable_provider_error(
+    openai, openai_server
+):
+    # Two pieces of text arrive, then the server drops the connection in the middle of the body.
+    openai_server.script.then(Reply("One two three four.", cut_after=2))
+    deployment = openai.models.deployments_for("gpt-4o-mini")[0]
+    deltas: list[SlmDelta] = []
+
+    async def collect(delta: SlmDelta) -> None:
+        deltas.append(delta)
+
+    with pytest.raises(ProviderError) as cut:
+        await call_provider(openai, deployment, ask("Count"), collect)
+
+    assert [d.content for d in deltas] == ["One ", "two "]
+    assert cut.value.retryable
+    assert deployment.label in str(cut.value)
+    assert "payload is not completed" in str(cut.value)  # what the transport said
+
+
+async def test_a_whole_answer_cut_off_midway_is_a_retryable_provider_error(openai, openai_server):
+    # The headers promise the whole body; 40 bytes of it arrive before the connection drops.
+    openai_server.script.then(Reply("Hello there.", cut_after=40))
+    deployment = openai.models.deployments_for("gpt-4o-mini")[0]
+
+    with pytest.raises(ProviderError) as cut:
+        await call_provider(openai, deployment, ask("Hi"))
+
+    assert cut.value.retryable
+    assert deployment.label in str(cut.value)
+    assert "payload is not completed" in str(cut.value)

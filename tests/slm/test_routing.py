@@ -153,6 +153,55 @@ models:
     assert len(server.script.requests) == 1
 
 
+def only(provider: str, openai: FakeServer, anthropic: FakeServer) -> tuple[str, FakeServer]:
+    """A model list of one deployment on ``provider``'s fake server, and that server."""
+    server = openai if provider == "openai" else anthropic
+    key_env = "OPENAI_API_KEY" if provider == "openai" else "ANTHROPIC_API_KEY"
+    models = f"""
+models:
+  - name: chat
+    deployments:
+      - {{provider: {provider}, model: m, api_key_env: {key_env}, base_url: "{server.base_url}"}}
+"""
+    return models, server
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_a_stream_cut_off_after_output_fails_the_stream_once_and_is_not_retried(
+    provider, openai_server, anthropic_server
+):
+    models, server = only(provider, openai_server, anthropic_server)
+    routed, _ = router(models, KEYS)
+    # The connection drops after two pieces of text; a second call would stream them again.
+    server.script.then(Reply("one two three four", cut_after=2), Reply("one two again"))
+    deltas: list[SlmDelta] = []
+
+    async def collect(delta: SlmDelta) -> None:
+        deltas.append(delta)
+
+    with pytest.raises(Rejected, match="stream interrupted"):
+        await routed.complete(ask(), collect)
+
+    assert [d.content for d in deltas if d.content] == ["one ", "two "]
+    ends = [d for d in deltas if d.done]
+    assert len(ends) == 1 and ends[0] is deltas[-1]
+    assert ends[0].error and routed.models.deployments_for("chat")[0].label in ends[0].error
+    assert len(server.script.requests) == 1
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_a_whole_answer_cut_off_midway_is_retried(provider, openai_server, anthropic_server):
+    models, server = only(provider, openai_server, anthropic_server)
+    routed, sleeps = router(models, KEYS)
+    server.script.then(Reply("cut short", cut_after=40), Reply("whole this time"))
+
+    done = await routed.complete(ask())
+
+    assert done.message.content == "whole this time"
+    assert len(server.script.requests) == 2
+    assert sleeps == [0.001]  # the policy's first backoff
+
+
 async def test_an_unknown_model_is_rejected():
     routed, _ = router("models: []")
 

@@ -31,10 +31,12 @@ from handlers.slm import tokens
 from handlers.slm.deltas import DeltaSink
 from handlers.slm.models import Deployment
 from handlers.slm.providers import (
+    TRANSPORT_ERRORS,
     Completion,
     ProviderError,
     is_retryable_status,
     transport_detail,
+    transport_failure,
 )
 from handlers.slm.providers.retry_after import retry_after
 from schemas.base import Usage
@@ -82,6 +84,9 @@ class OpenAIProvider:
             raise ProviderError(
                 f"{deployment.label}: {exc.message}{transport_detail(exc)}", retryable=True
             ) from exc
+        except TRANSPORT_ERRORS as exc:
+            # The transport's own error, let through by the SDK while the answer was read.
+            raise transport_failure(exc, deployment) from exc
 
     async def aclose(self) -> None:
         clients, self._clients = list(self._clients.values()), {}
