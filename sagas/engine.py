@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
-from sqlalchemy import and_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bus import errors
@@ -80,7 +80,6 @@ class Engine:
         # can move time instead of sleeping through retries and timeouts.
         self.clock = clock
         self.storage = storage_for(db)
-        self.reads = self.storage.reads
         self.registry = registry
         self.on_commit = on_commit
         # Group mode: how long a lost transition's event may take to come back (twice the ack wait).
@@ -302,16 +301,7 @@ class Engine:
         await self._transact(body, saga_id=parent_id)
 
     async def due(self, now: float, limit: int = 500) -> list[str]:
-        async with self.reads.connect() as conn:
-            rows = await conn.execute(
-                select(tables.instances.c.id)
-                .where(
-                    and_(tables.instances.c.wake_at.is_not(None), tables.instances.c.wake_at <= now)
-                )
-                .order_by(tables.instances.c.wake_at)
-                .limit(limit)
-            )
-            return [r[0] for r in rows]
+        return await self.storage.due(now, limit)
 
     async def wake(self, saga_id: str, *, continuing: bool = False) -> None:
         """Fire whatever timer of ``saga_id`` is due: a sleep, a timeout, a retry, a continue.

@@ -20,6 +20,17 @@ from sagas import tables
 
 # Statements built once, so SQLAlchemy compiles each once: they run on every transition.
 BY_ID = select(tables.instances).where(tables.instances.c.id == bindparam("saga_id"))
+# The instances whose timer is due at ``now``, soonest first, ``limit`` at most.
+DUE = (
+    select(tables.instances.c.id)
+    .where(
+        and_(
+            tables.instances.c.wake_at.is_not(None), tables.instances.c.wake_at <= bindparam("now")
+        )
+    )
+    .order_by(tables.instances.c.wake_at)
+    .limit(bindparam("limit"))
+)
 # Write the columns the parameters name if the instance is still at ``_rev``.
 AT_REV = tables.instances.update().where(
     and_(tables.instances.c.id == bindparam("_id"), tables.instances.c.rev == bindparam("_rev"))
@@ -64,6 +75,11 @@ class Storage:
             row = (await conn.execute(BY_ID, {"saga_id": saga_id})).mappings().first()
         return dict(row) if row is not None else None
 
+    async def due(self, now: float, limit: int) -> list[str]:
+        """The ids of instances whose timer is due at ``now`` (the timer pass, 5 times a second)."""
+        async with self.reads.connect() as conn:
+            return list((await conn.execute(DUE, {"now": now, "limit": limit})).scalars())
+
     async def save(
         self, conn: AsyncConnection, saga_id: str, rev: int, values: dict[str, Any]
     ) -> bool:
@@ -85,6 +101,14 @@ class SqliteStorage(Storage):
         with self.points.connect() as conn:
             row = conn.execute(BY_ID, {"saga_id": saga_id}).mappings().first()
         return dict(row) if row is not None else None
+
+    async def due(self, now: float, limit: int) -> list[str]:
+        # An indexed read of a few ids: on the loop it takes microseconds, through aiosqlite
+        # it cost the runner 1.6 ms of CPU five times a second.
+        if self.points is None:
+            return await super().due(now, limit)
+        with self.points.connect() as conn:
+            return list(conn.execute(DUE, {"now": now, "limit": limit}).scalars())
 
     def close(self) -> None:
         if self.points is not None:
