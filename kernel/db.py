@@ -163,7 +163,8 @@ def point_reader(engine: AsyncEngine) -> Engine | None:
     own thread and hands every result back through the event loop: a one-row read costs about
     1.5 ms that way, most of it thread hand-offs, against tens of microseconds in the calling
     thread. In WAL mode such a read takes a snapshot beside the writer and never waits for it,
-    so it may run on the event loop. Only short reads by primary key belong here.
+    so it may run on the event loop. Only short reads by an index belong here (a row by its
+    key, the few ids a timer pass finds due).
     """
     url = _sqlite_file(engine)
     if url is None:
