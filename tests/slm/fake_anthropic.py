@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .scripted import Cut, Failure, Reply, Script, cut_body, fragments, pieces
+from .scripted import Cut, Failure, Reply, Script, cut_body, ended_after, fragments, pieces
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -38,6 +38,8 @@ def anthropic_app(script: Script) -> Starlette:
             await asyncio.sleep(step.delay)
         if body.get("stream"):
             events = _events(step, body["model"])
+            if step.end_after is not None:
+                events = ended_after(events, step.end_after)
             if step.cut_after is not None:
                 return Cut(events, "text/event-stream")
             return StreamingResponse(events, media_type="text/event-stream")

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .scripted import Cut, Failure, Reply, Script, cut_body, fragments, pieces
+from .scripted import Cut, Failure, Reply, Script, cut_body, ended_after, fragments, pieces
 
 ERROR_TYPES = {429: "rate_limit_exceeded", 400: "invalid_request_error", 401: "invalid_api_key"}
 
@@ -38,6 +38,8 @@ def openai_app(script: Script) -> Starlette:
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             events = _chunks(step, body["model"], include_usage, bool(body.get("logprobs")))
+            if step.end_after is not None:
+                events = ended_after(events, step.end_after)
             if step.cut_after is not None:
                 return Cut(events, "text/event-stream")
             return StreamingResponse(events, media_type="text/event-stream")

@@ -34,6 +34,10 @@ class Reply:
     # Send this many content pieces (streamed) or this many bytes of the body (not streamed),
     # then drop the connection: the answer is cut off midway.
     cut_after: int | None = None
+    # Stream only this many SSE events (all but the last ``-end_after`` when negative), then
+    # end the body cleanly, as a server ending its body by closing the connection or a proxy
+    # closing between events does: no final chunk and ``[DONE]``, no ``message_stop``.
+    end_after: int | None = None
 
 
 @dataclass
@@ -83,6 +87,14 @@ class Cut:
             body = part.encode() if isinstance(part, str) else part
             await send({"type": "http.response.body", "body": body, "more_body": True})
         # Returning without the last body message: uvicorn closes the connection here.
+
+
+async def ended_after(events: AsyncIterable[str], count: int) -> AsyncIterator[str]:
+    """The first ``count`` events of a stream (all but the last ``-count`` when negative); the
+    response then ends as any whole one does."""
+    every = [event async for event in events]
+    for event in every[:count]:
+        yield event
 
 
 def cut_body(payload: dict[str, Any], sent: int) -> Cut:

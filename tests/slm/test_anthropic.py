@@ -236,3 +236,32 @@ async def test_a_whole_answer_cut_off_midway_is_a_retryable_provider_error(
     assert cut.value.retryable
     assert deployment.label in str(cut.value)
     assert "payload is not completed" in str(cut.value)
+
+
+@pytest.mark.parametrize(
+    "end_after",
+    [
+        5,  # message_start, ping, the text block's start and two text deltas
+        -1,  # everything but message_stop: the message_delta with the stop reason arrived
+    ],
+    ids=["after-two-deltas", "after-message-delta"],
+)
+async def test_a_stream_that_ends_cleanly_before_message_stop_is_a_retryable_provider_error(
+    claude, anthropic_server, end_after
+):
+    anthropic_server.script.then(Reply("Un deux trois quatre.", end_after=end_after))
+    deployment = claude.models.deployments_for("claude-haiku-4-5")[0]
+    deltas: list[SlmDelta] = []
+
+    async def collect(delta: SlmDelta) -> None:
+        deltas.append(delta)
+
+    with pytest.raises(ProviderError) as ended:
+        await call_provider(
+            claude, deployment, ask(ChatMessage(role="user", content="Count")), collect
+        )
+
+    assert "".join(d.content or "" for d in deltas).startswith("Un deux ")
+    assert ended.value.retryable
+    assert deployment.label in str(ended.value)
+    assert "the stream ended before the answer did" in str(ended.value)

@@ -233,3 +233,69 @@ async def test_a_whole_answer_cut_off_midway_is_a_retryable_provider_error(opena
     assert cut.value.retryable
     assert deployment.label in str(cut.value)
     assert "payload is not completed" in str(cut.value)
+
+
+async def test_a_stream_that_ends_cleanly_before_its_finish_reason_is_a_retryable_provider_error(
+    openai, openai_server
+):
+    # The role chunk and two pieces of text, then the body ends as a whole one does: no chunk
+    # with a finish_reason, no [DONE].
+    openai_server.script.then(Reply("One two three four.", end_after=3))
+    deployment = openai.models.deployments_for("gpt-4o-mini")[0]
+    deltas: list[SlmDelta] = []
+
+    async def collect(delta: SlmDelta) -> None:
+        deltas.append(delta)
+
+    with pytest.raises(ProviderError) as ended:
+        await call_provider(openai, deployment, ask("Count"), collect)
+
+    assert [d.content for d in deltas] == ["One ", "two "]
+    assert ended.value.retryable
+    assert deployment.label in str(ended.value)
+    assert "the stream ended before the answer did" in str(ended.value)
+
+
+async def test_a_tool_call_whose_stream_ends_early_is_not_sent(openai, openai_server):
+    # The role chunk, the call's opening and the first fragment of its arguments, then a clean end.
+    call = ("call_1", "get_weather", {"city": "Oslo"})
+    openai_server.script.then(Reply(tool_calls=[call], end_after=3))
+    deployment = openai.models.deployments_for("gpt-4o-mini")[0]
+    deltas: list[SlmDelta] = []
+
+    async def collect(delta: SlmDelta) -> None:
+        deltas.append(delta)
+
+    with pytest.raises(ProviderError, match="the stream ended before the answer did"):
+        await call_provider(openai, deployment, ask("Oslo?", tools=[WEATHER]), collect)
+
+    assert deltas == []
+
+
+@pytest.mark.parametrize(
+    ("end_after", "usage"),
+    [
+        (-1, (12, 3)),  # no [DONE]: the usage chunk after the finishing one arrived
+        (-2, None),  # no usage chunk either: the usage is estimated
+    ],
+    ids=["without-done", "without-usage-or-done"],
+)
+async def test_a_stream_that_ends_after_its_finish_reason_is_whole(
+    openai, openai_server, end_after, usage
+):
+    openai_server.script.then(
+        Reply("One two three.", prompt_tokens=12, completion_tokens=3, end_after=end_after)
+    )
+    deltas: list[SlmDelta] = []
+
+    async def collect(delta: SlmDelta) -> None:
+        deltas.append(delta)
+
+    done = await openai.complete(ask("Count"), collect)
+
+    assert done.message.content == "One two three."
+    assert done.finish_reason == "stop"
+    if usage is not None:
+        assert (done.usage.prompt_tokens, done.usage.completion_tokens) == usage
+    assert done.usage.completion_tokens > 0
+    assert deltas[-1].done and deltas[-1].error is None

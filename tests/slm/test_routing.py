@@ -189,6 +189,58 @@ async def test_a_stream_cut_off_after_output_fails_the_stream_once_and_is_not_re
     assert len(server.script.requests) == 1
 
 
+# How many SSE events carry each provider's stream up to two pieces of text: OpenAI's role
+# chunk; Anthropic's message_start, ping and text block start.
+TWO_PIECES = {"openai": 3, "anthropic": 5}
+NO_TEXT = {"openai": 1, "anthropic": 3}
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_a_stream_that_ends_cleanly_after_output_fails_the_stream_once_and_is_not_retried(
+    provider, openai_server, anthropic_server
+):
+    models, server = only(provider, openai_server, anthropic_server)
+    routed, _ = router(models, KEYS)
+    # The body ends, cleanly, after two pieces of text, without the stream's end marker.
+    ended = Reply("one two three four", end_after=TWO_PIECES[provider])
+    server.script.then(ended, Reply("one two again"))
+    deltas: list[SlmDelta] = []
+
+    async def collect(delta: SlmDelta) -> None:
+        deltas.append(delta)
+
+    with pytest.raises(Rejected, match="stream interrupted"):
+        await routed.complete(ask(), collect)
+
+    assert [d.content for d in deltas if d.content] == ["one ", "two "]
+    ends = [d for d in deltas if d.done]
+    assert len(ends) == 1 and ends[0] is deltas[-1]
+    assert ends[0].error and routed.models.deployments_for("chat")[0].label in ends[0].error
+    assert "the stream ended before the answer did" in ends[0].error
+    assert len(server.script.requests) == 1
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_a_stream_that_ends_cleanly_before_any_output_is_retried(
+    provider, openai_server, anthropic_server
+):
+    models, server = only(provider, openai_server, anthropic_server)
+    routed, sleeps = router(models, KEYS)
+    server.script.then(Reply("lost", end_after=NO_TEXT[provider]), Reply("whole this time"))
+    deltas: list[SlmDelta] = []
+
+    async def collect(delta: SlmDelta) -> None:
+        deltas.append(delta)
+
+    done = await routed.complete(ask(), collect)
+
+    assert done.message.content == "whole this time"
+    assert "".join(d.content or "" for d in deltas) == "whole this time"
+    assert [d.finish_reason for d in deltas if d.done] == ["stop"]
+    assert len(server.script.requests) == 2
+    assert sleeps == [0.001]  # the policy's first backoff
+
+
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
 async def test_a_whole_answer_cut_off_midway_is_retried(provider, openai_server, anthropic_server):
     models, server = only(provider, openai_server, anthropic_server)

@@ -95,6 +95,15 @@ def transport_failure(exc: BaseException, deployment: Deployment) -> ProviderErr
     return ProviderError(f"{deployment.label}: the connection broke off ({said})", retryable=True)
 
 
+def stream_ended_early(label: str, missing: str) -> ProviderError:
+    """A stream whose body ended without the event its protocol ends a stream with: a server
+    whose body ends only when it closes the connection, or a proxy closing cleanly between
+    events, makes a cut answer look like a whole one. Another attempt may well succeed."""
+    return ProviderError(
+        f"{label}: the stream ended before the answer did (no {missing} arrived)", retryable=True
+    )
+
+
 def _first_words(exc: BaseException | None) -> str:
     """The first thing said down an exception's chain of causes: a transport may raise an
     empty ReadError over the ConnectionResetError that tells what happened."""

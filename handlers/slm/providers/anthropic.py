@@ -21,6 +21,7 @@ from handlers.slm.providers import (
     Completion,
     ProviderError,
     is_retryable_status,
+    stream_ended_early,
     transport_detail,
     transport_failure,
 )
@@ -57,7 +58,7 @@ class AnthropicProvider:
             params["stream"] = True
             stream = await client.messages.create(**params)
             async with stream:
-                return await read_stream(stream, sink)
+                return await read_stream(stream, sink, deployment.label)
         except anthropic.APIStatusError as exc:
             raise ProviderError(
                 f"{deployment.label} answered {exc.status_code}: {exc.message}",
@@ -225,7 +226,14 @@ def _usage(input_tokens: int | None, cache: Any, output_tokens: int) -> Usage:
     return Usage(prompt_tokens=prompt, completion_tokens=output_tokens)
 
 
-async def read_stream(stream: Any, sink: DeltaSink) -> Completion:
+async def read_stream(stream: Any, sink: DeltaSink, label: str) -> Completion:
+    """The streamed answer, whole: a stream is complete only once its ``message_stop`` event
+    arrived, the event Anthropic's streaming protocol ends every stream with; the one or more
+    ``message_delta`` events before it (the stop reason, the final usage) do not say no more
+    follow. The SDK's iteration ends with the body whatever its last event, so a body that ends
+    cleanly midway (a server ending its body by closing the connection, a proxy closing between
+    events) would otherwise pass for a whole answer; ``label`` names the deployment in the
+    error."""
     text: list[str] = []
     calls: list[ToolCall] = []
     open_calls: dict[int, dict[str, str]] = {}
@@ -233,6 +241,7 @@ async def read_stream(stream: Any, sink: DeltaSink) -> Completion:
     output_tokens = 0
     stop_reason = "end_turn"
     stop_sequence: str | None = None
+    stopped = False
     async for event in stream:
         if event.type == "message_start":
             start_usage = event.message.usage
@@ -257,6 +266,10 @@ async def read_stream(stream: Any, sink: DeltaSink) -> Completion:
             output_tokens = event.usage.output_tokens
             if event.usage.input_tokens is not None:
                 start_usage = event.usage
+        elif event.type == "message_stop":
+            stopped = True
+    if not stopped:
+        raise stream_ended_early(label, "message_stop event")
     message = ChatMessage(role="assistant", content="".join(text) or None, tool_calls=calls or None)
     input_tokens = getattr(start_usage, "input_tokens", None)
     usage = _usage(input_tokens, start_usage, output_tokens)

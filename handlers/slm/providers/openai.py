@@ -35,6 +35,7 @@ from handlers.slm.providers import (
     Completion,
     ProviderError,
     is_retryable_status,
+    stream_ended_early,
     transport_detail,
     transport_failure,
 )
@@ -71,7 +72,7 @@ class OpenAIProvider:
                 stream_cls=AsyncStream[ChatCompletionChunk],
             )
             async with stream:
-                return await read_stream(stream, request, sink)
+                return await read_stream(stream, request, sink, deployment.label)
         except openai.APIStatusError as exc:
             raise ProviderError(
                 f"{deployment.label} answered {exc.status_code}: {exc.message}",
@@ -257,10 +258,15 @@ class _PartialCall:
         return ToolCall(id=self.id, name=self.name, arguments=self.arguments or "{}")
 
 
-async def read_stream(stream: Any, request: SlmComplete, sink: DeltaSink) -> Completion:
+async def read_stream(stream: Any, request: SlmComplete, sink: DeltaSink, label: str) -> Completion:
+    """The streamed answer, whole: a stream is complete only once a chunk gave the choice its
+    ``finish_reason``. The SDK stops at ``data: [DONE]`` without saying whether it saw it, and a
+    body that ends cleanly midway (a server ending its body by closing the connection, a proxy
+    closing between events) ends the iteration just the same; ``label`` names the deployment in
+    the error. A usage chunk may follow the finishing one."""
     text: list[str] = []
     calls: dict[int, _PartialCall] = {}
-    finish_reason = "stop"
+    finish_reason: str | None = None
     usage: Usage | None = None
     scored: list[dict[str, Any]] | None = None
     async for chunk in stream:
@@ -290,6 +296,9 @@ async def read_stream(stream: Any, request: SlmComplete, sink: DeltaSink) -> Com
                     partial.arguments += fragment.function.arguments or ""
             if choice.finish_reason:
                 finish_reason = choice.finish_reason
+    if finish_reason is None:
+        # Tool calls not yet sent may lack the rest of their arguments: none goes out.
+        raise stream_ended_early(label, "finish_reason")
     await _send_complete(calls, sink)
     content = "".join(text)
     tool_calls = [calls[index].complete() for index in sorted(calls)]
