@@ -100,7 +100,10 @@ class CallAll:
     ``then`` gets the replies as a list, in the order of ``calls``; a call that failed for good
     and names an ``on_failure`` contributes its ``CommandFailed`` there instead (a call without
     one fails the saga, as a lone ``Call`` does). Each call keeps its own timeout and retries;
-    the ``then`` of each call is ignored, and compensations are not supported here.
+    the ``then`` of each call is ignored. Each call's ``compensate`` joins the saga's
+    compensations as that call succeeds, as a lone ``Call``'s does; a cancel meanwhile waits for
+    the calls with an undo still in flight (to their answers or their deadlines) before it runs
+    the compensations.
     """
 
     calls: list[Call]
@@ -150,7 +153,8 @@ class StartChild:
     ``compensate`` is a command that undoes what the child did: it joins the parent's
     compensations when the child ends with its effects in place (completed, or failed without
     compensating), so cancelling the parent later undoes that child too, in reverse order with
-    everything else.
+    everything else. Cancelling the parent while the child runs cancels the child and, when it
+    has a ``compensate``, waits for its end: a child may complete before its cancel reaches it.
     """
 
     saga_type: str
@@ -167,7 +171,8 @@ class StartChildren:
     ``then`` gets their ``SagaFinished`` outcomes as a list, in the order of ``children`` (a
     failed child is an outcome too: the step decides). The ``then`` of each child is ignored;
     each child's ``compensate`` joins the parent's compensations as it ends. Cancelling the
-    parent meanwhile cancels every child still running.
+    parent meanwhile cancels every child still running, and waits for the end of those with a
+    ``compensate`` before it runs the compensations.
     """
 
     children: list[StartChild]

@@ -62,8 +62,9 @@ from schemas.sagas import (
 log = logging.getLogger("soma.sagas")
 
 _COMPENSATED = "__compensated__"
-# Set in ``waiting`` when a cancel found a call with an undo in flight: its answer runs the
-# compensations instead of the next step.
+# Set in ``waiting`` when a cancel found work with an undo under way (a call in flight, calls of a
+# fan-out, running children): its answer or end (the last of them) runs the compensations
+# instead of the next step.
 CANCELLED_IN_FLIGHT = "cancelled_in_flight"
 # A child that ended so left its effects in place: its ``compensate`` is then the parent's to run.
 _LEFT_EFFECTS = frozenset({SagaState.COMPLETED, SagaState.FAILED, SagaState.TERMINATED})
@@ -174,33 +175,50 @@ def on_cancel(rules: Rules, row: Instance, reason: str, cause: str, now: float) 
     newest first (the undo of a call still in flight among them), before it ends."""
     change = Change(row)
     _history(change, row.step, "cancel_requested", {"reason": reason}, now)
+    error = f"cancelled: {reason}" if reason else "cancelled"
     waiting = row.waiting or {}
     if waiting.get("kind") == Waiting.CHILD:
         _send(rules, change, SagaCancel(saga_id=waiting["child_id"], reason=reason), cause, now)
+        if waiting.get("compensate"):
+            # The child may go on (and complete) before its cancel reaches it, so its undo sent
+            # now could come before what it undoes: the instance waits for the child's end, and
+            # undoes it first if it ended with its effects in place.
+            change.set(
+                state=SagaState.CANCELLING,
+                error=error,
+                waiting={**waiting, CANCELLED_IN_FLIGHT: True},
+            )
+            return change
     elif waiting.get("kind") == Waiting.CHILDREN:
         running = [c for c in waiting["children"] if c.get("outcome") is None]
         for child in running:
             _send(rules, change, SagaCancel(saga_id=child["child_id"], reason=reason), cause, now)
-        # A child may complete before its cancel reaches it: its undo is then the
-        # parent's to run (a no-op for a child that compensated itself).
-        undo = [c["compensate"] for c in running if c.get("compensate")]
-        if undo:
-            _compensate_later(change, *undo)
+        if _awaited(waiting["children"]):
+            # As for one child: those with an undo are waited for; see ``_awaited``.
+            change.set(
+                state=SagaState.CANCELLING,
+                error=error,
+                waiting={**waiting, CANCELLED_IN_FLIGHT: True},
+            )
+            return change
     elif waiting.get("kind") == Waiting.CALL and waiting.get("compensate"):
         # The call is out and may still take effect. Its undo sent now could reach the
         # handler first and undo nothing, so the instance waits for the call's answer (or
         # its deadline) and then undoes it first; see ``_cancelled_call_answered``.
         change.set(
-            state=SagaState.CANCELLING,
-            error=f"cancelled: {reason}" if reason else "cancelled",
-            waiting={**waiting, CANCELLED_IN_FLIGHT: True},
+            state=SagaState.CANCELLING, error=error, waiting={**waiting, CANCELLED_IN_FLIGHT: True}
         )
         return change
     elif waiting.get("kind") == Waiting.RETRY and waiting.get("compensate"):
         # An attempt that failed may still have taken effect: its undo runs first, as an
         # undo of what never happened must be harmless anyway.
         _compensate_later(change, waiting["compensate"])
-    change.set(state=SagaState.CANCELLING, error=f"cancelled: {reason}" if reason else "cancelled")
+    elif waiting.get("kind") == Waiting.ALL and _cancel_all(rules, change, waiting):
+        # Calls of the fan-out with an undo are out: as for a lone call, the instance waits
+        # for each one's answer (or deadline); see ``_cancelled_part_answered``.
+        change.set(state=SagaState.CANCELLING, error=error)
+        return change
+    change.set(state=SagaState.CANCELLING, error=error)
     _next_compensation(rules, change, cause, now)
     return change
 
@@ -264,6 +282,11 @@ def on_child_finished(
     change = Change(row)
     if event.state in _LEFT_EFFECTS and waiting.get("compensate"):
         _compensate_later(change, waiting["compensate"])
+    if waiting.get(CANCELLED_IN_FLIGHT):
+        detail = {"child_id": event.saga_id, "state": event.state}
+        _history(change, row.step, "child_finished", detail, now)
+        _next_compensation(rules, change, cause, now)
+        return change
     _run_step(rules, change, waiting["then"], event, cause, now)
     return change
 
@@ -441,6 +464,10 @@ def _on_reply_all(
     assert waiting is not None
     calls = [dict(c) for c in waiting["calls"]]
     call = calls[index]
+    if waiting.get(CANCELLED_IN_FLIGHT):
+        _cancelled_part_answered(change, calls, index, event, now)
+        _cancelled_all_next(rules, change, waiting, calls, env.message_id, now)
+        return change
     if isinstance(event, CommandFailed):
         detail = {"error": event.error, "attempt": call["attempt"]}
         _history(change, row.step, "call_failed", detail, now)
@@ -449,6 +476,8 @@ def _on_reply_all(
     else:
         detail = {"schema": env.schema, "attempt": call["attempt"]}
         _history(change, row.step, "reply", detail, now, (now - call["sent_at"]) * 1000)
+        if call.get("compensate"):
+            _compensate_later(change, call["compensate"])
         calls[index] = {
             **call,
             "kind": Part.DONE,
@@ -511,6 +540,12 @@ def _on_timer_all(
     rules: Rules, change: Change, waiting: dict[str, Any], cause: str, now: float
 ) -> None:
     calls = [dict(c) for c in waiting["calls"]]
+    if waiting.get(CANCELLED_IN_FLIGHT):
+        for i, call in enumerate(calls):
+            if call["kind"] == Part.CALL and call["sent_at"] + call["timeout"] + rules.grace <= now:
+                _cancelled_part_answered(change, calls, i, _timed_out(call), now)
+        _cancelled_all_next(rules, change, waiting, calls, cause, now)
+        return
     for i, call in enumerate(calls):
         if call["kind"] == Part.CALL and call["sent_at"] + call["timeout"] + rules.grace <= now:
             _history(change, change.row.step, "timed_out", {"attempt": call["attempt"]}, now)
@@ -528,6 +563,66 @@ def _on_timer_all(
                 "sent_at": now,
             }
     _all_next(rules, change, waiting, calls, cause, now)
+
+
+def _cancel_all(rules: Rules, change: Change, waiting: dict[str, Any]) -> bool:
+    """A cancel of an instance waiting on a fan-out: True when calls with an undo are in flight,
+    which it then waits for (``waiting`` marked ``CANCELLED_IN_FLIGHT``); False when there are
+    none and the compensations may run at once.
+
+    The calls that succeeded already registered their undo. A call waiting to be tried again
+    is not: its failed attempt may still have taken effect, so its undo is registered now, as
+    for a lone call. The calls without an undo are not waited for: they are marked done, so
+    that their replies are dropped as late."""
+    calls = []
+    undo = []
+    for call in waiting["calls"]:
+        if call["kind"] == Part.CALL and call.get("compensate"):
+            calls.append(dict(call))
+            continue
+        if call["kind"] == Part.RETRY and call.get("compensate"):
+            undo.append(call["compensate"])
+        calls.append({**call, "kind": Part.DONE})
+    if undo:
+        _compensate_later(change, *undo)
+    if all(c["kind"] == Part.DONE for c in calls):
+        return False
+    change.set(
+        waiting={**waiting, "calls": calls, CANCELLED_IN_FLIGHT: True},
+        wake_at=_all_wake(rules, calls),
+    )
+    return True
+
+
+def _cancelled_part_answered(
+    change: Change, calls: list[dict[str, Any]], index: int, answer: Any, now: float
+) -> None:
+    """A call of a fan-out in flight when the instance was cancelled has answered (or reached
+    its deadline): its undo joins the compensations whatever the answer, as for a lone call
+    (``_cancelled_call_answered``), and it is done: not tried again, and a second delivery of
+    its answer no longer matches it (``waits_on``)."""
+    call = calls[index]
+    failed = isinstance(answer, CommandFailed)
+    detail = {"error": answer.error} if failed else {"attempt": call["attempt"]}
+    _history(change, change.row.step, "call_failed" if failed else "reply", detail, now)
+    _compensate_later(change, call["compensate"])
+    calls[index] = {**call, "kind": Part.DONE}
+
+
+def _cancelled_all_next(
+    rules: Rules,
+    change: Change,
+    waiting: dict[str, Any],
+    calls: list[dict[str, Any]],
+    cause: str,
+    now: float,
+) -> None:
+    """Once every call in flight at the cancel has answered, run the compensations, newest
+    first; until then, wait for the rest."""
+    if all(c["kind"] == Part.DONE for c in calls):
+        _next_compensation(rules, change, cause, now)
+        return
+    change.set(waiting={**waiting, "calls": calls}, wake_at=_all_wake(rules, calls))
 
 
 # ── steps and their actions ──────────────────────────────────────────────────────────────
@@ -867,12 +962,25 @@ def _child_of_many_finished(
         _compensate_later(change, child["compensate"])
     detail = {"child_id": event.saga_id, "state": event.state}
     _history(change, row.step, "child_finished", detail, now)
+    if waiting.get(CANCELLED_IN_FLIGHT):
+        if _awaited(children):
+            change.set(waiting={**waiting, "children": children})
+        else:
+            _next_compensation(rules, change, cause, now)
+        return change
     if all(c.get("outcome") is not None for c in children):
         outcomes = [msgspec.convert(c["outcome"], SagaFinished) for c in children]
         _run_step(rules, change, waiting["then"], outcomes, cause, now)
     else:
         change.set(waiting={**waiting, "children": children})
     return change
+
+
+def _awaited(children: list[dict[str, Any]]) -> bool:
+    """Whether a cancelled instance still waits for one of its ``children``: a running child
+    with an undo (it may complete, effects in place, before its cancel reaches it). A running
+    child without one is not waited for."""
+    return any(c.get("compensate") and c.get("outcome") is None for c in children)
 
 
 def _finish(

@@ -13,8 +13,9 @@ each of them has (the join). A step's task is given the outputs (reports) of its
 
 Each child is started with a compensation that deletes its notes, registered as the child ends
 with them in place; cancelling the run (or a failure that compensates) cancels the children
-still running and deletes the finished ones' notes in reverse order, the report last stored
-first.
+still running, waits for them to end (one may complete before its cancel reaches it), and
+deletes the notes of those that ended with notes in place in reverse order, the report last
+stored first.
 
 The run's budget is shared out: each step of a wave may spend what is left divided by the
 wave's size, so the run never spends past it by more than one model call per step. A step

@@ -284,6 +284,63 @@ def fo_decided(run: Run[Data], payload: dict[str, Any]) -> Complete | Fail:
     return Complete({"states": run.data["states"]})
 
 
+# One "approval" child, undone by the parent if it ends with its effects in place.
+guarded: Definition[Data] = Definition("guarded", version=1, input_type=dict)
+
+
+@guarded.start
+def gd_spawn(run: Run[Data]) -> StartChild:
+    return StartChild(
+        "approval",
+        {},
+        then=gd_done,
+        child_id=f"{run.saga_id}.child",
+        compensate=tool(run, 90, name="undo", label="child"),
+    )
+
+
+@guarded.step
+def gd_done(run: Run[Data], outcome: SagaFinished) -> Complete:
+    return Complete({"child_state": outcome.state})
+
+
+# A fan-out of two calls with an undo each, and one without: a cancel while they are in flight
+# waits for the two with an undo, then undoes what they did.
+undone_fan_out: Definition[Data] = Definition("undone_fan_out", version=1, input_type=dict)
+
+
+@undone_fan_out.start
+def ufo_all(run: Run[Data]) -> CallAll:
+    return CallAll(
+        [
+            Call(
+                tool(run, 1, label="left"),
+                then=ufo_joined,
+                timeout=30,
+                compensate=tool(run, 91, name="undo", label="left"),
+            ),
+            Call(
+                tool(run, 2, label="right"),
+                then=ufo_joined,
+                timeout=30,
+                compensate=tool(run, 92, name="undo", label="right"),
+            ),
+            Call(tool(run, 3, name="lookup"), then=ufo_joined, timeout=30),
+        ],
+        then=ufo_joined,
+    )
+
+
+@undone_fan_out.step
+def ufo_joined(run: Run[Data], results: list[ToolResult]) -> WaitSignal:
+    return WaitSignal("approve", then=ufo_approved)
+
+
+@undone_fan_out.step
+def ufo_approved(run: Run[Data], payload: dict[str, Any]) -> Complete:
+    return Complete({"approved_by": payload.get("by")})
+
+
 ALL = [
     three_steps,
     retrying,
@@ -296,4 +353,6 @@ ALL = [
     joined_failure,
     typed,
     fan_out,
+    guarded,
+    undone_fan_out,
 ]

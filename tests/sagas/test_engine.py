@@ -96,6 +96,24 @@ async def test_cancel_runs_compensations_in_reverse_order(stack: Stack) -> None:
     assert stack.effects.order[before:] == ["undo:review", "undo:draft"]
 
 
+async def test_a_cancel_during_a_fan_out_undoes_its_calls_only_after_they_took_effect(
+    stack: Stack,
+) -> None:
+    before = len(stack.effects.order)
+    stack.effects.delay = 0.5  # the calls are still in flight when the cancel comes
+    try:
+        saga_id = await stack.start("undone_fan_out")
+        await _waiting(stack, saga_id, "all")
+        await stack.cancel(saga_id)
+        row = await stack.finished(saga_id)
+    finally:
+        stack.effects.delay = 0.0
+    assert row["state"] == "compensated"
+    undoable = [e for e in stack.effects.order[before:] if not e.startswith("lookup")]
+    assert sorted(undoable[:2]) == ["effect:left", "effect:right"]
+    assert sorted(undoable[2:]) == ["undo:left", "undo:right"]
+
+
 async def test_a_parent_awaits_its_child_saga(stack: Stack) -> None:
     saga_id = await stack.start("parent")
     row = await stack.finished(saga_id)

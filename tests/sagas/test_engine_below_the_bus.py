@@ -253,6 +253,156 @@ async def test_a_call_in_flight_at_a_cancel_that_never_answers_is_undone_at_its_
     assert (await h.instance(saga_id))["state"] == "compensated"
 
 
+def undone(h: Harness) -> list[str]:
+    """The labels of the undo commands sent so far, in the order they were sent."""
+    undos = [c for c in h.commands(ToolInvoke) if c.message.name == "undo"]
+    return [c.message.arguments["label"] for c in undos]
+
+
+async def answer_the_undos(h: Harness, count: int) -> None:
+    for _ in range(count):
+        undo = h.command(ToolInvoke)
+        await h.answer(undo, done(undo))
+
+
+async def test_the_calls_of_a_fan_out_that_succeeded_are_undone_by_a_later_cancel(
+    h: Harness,
+) -> None:
+    saga_id = await h.start("undone_fan_out")
+    left, right, lookup = h.commands()
+    await h.answer(right, done(right))
+    await h.answer(left, done(left))
+    await h.answer(lookup, done(lookup))
+
+    await h.cancel(saga_id)
+    await answer_the_undos(h, 2)
+
+    assert undone(h) == ["left", "right"], "newest first: left succeeded last"
+    assert (await h.instance(saga_id))["state"] == "compensated"
+
+
+async def test_a_cancel_while_two_calls_of_a_fan_out_are_in_flight_undoes_both_once_they_answer(
+    h: Harness,
+) -> None:
+    """As for a lone call: an undo sent before its call has answered could reach the handler
+    first and undo nothing. The lookup, which has no undo, is not waited for."""
+    saga_id = await h.start("undone_fan_out")
+    left, right, _ = h.commands()
+    await h.cancel(saga_id)
+    assert len(h.commands()) == 3, "no undo before the calls in flight have answered"
+
+    await h.answer(left, done(left))
+    assert len(h.commands()) == 3, "nor before the last of them has"
+    assert (await h.instance(saga_id))["state"] == "cancelling"
+    await h.answer(right, done(right))
+    await answer_the_undos(h, 2)
+
+    assert undone(h) == ["right", "left"]
+    assert (await h.instance(saga_id))["state"] == "compensated"
+
+
+async def test_a_fan_out_call_that_fails_after_a_cancel_is_undone_all_the_same_and_not_retried(
+    h: Harness,
+) -> None:
+    """As for a lone call: a failure may come after the effect took place (a timeout, a lost
+    reply), and an undo of what never happened is harmless."""
+    saga_id = await h.start("undone_fan_out")
+    left, right, _ = h.commands()
+    await h.cancel(saga_id)
+
+    await h.fail(left, FailureCode.UNAVAILABLE, retryable=True)
+    await h.answer(right, done(right))
+    await h.advance(5)  # past the left call's backoff: it is not sent again
+    await answer_the_undos(h, 2)
+
+    assert [c.attempt for c in h.commands() if c.message.call_id == left.message.call_id] == [1]
+    assert undone(h) == ["right", "left"]
+    assert (await h.instance(saga_id))["state"] == "compensated"
+
+
+async def test_a_reply_delivered_twice_after_a_cancel_is_undone_once(h: Harness) -> None:
+    saga_id = await h.start("undone_fan_out")
+    left, right, _ = h.commands()
+    await h.cancel(saga_id)
+
+    reply = done(left)
+    env = await h.answer(left, reply)
+    await h.deliver(reply, env)  # while the cancel still waits for the right call
+    await h.answer(right, done(right))
+    await h.deliver(reply, env)  # and once the compensations run
+    await answer_the_undos(h, 2)
+
+    assert undone(h) == ["right", "left"]
+    assert (await h.instance(saga_id))["state"] == "compensated"
+
+
+async def test_a_fan_out_call_in_flight_at_a_cancel_that_never_answers_is_undone_at_its_deadline(
+    h: Harness,
+) -> None:
+    saga_id = await h.start("undone_fan_out")
+    left, right, _ = h.commands()
+    await h.cancel(saga_id)
+    await h.answer(right, done(right))
+
+    await h.advance(30)  # past the left call's start-to-close timeout
+    await answer_the_undos(h, 2)
+
+    assert undone(h) == ["left", "right"]
+    assert (await h.instance(saga_id))["state"] == "compensated"
+
+
+def of(h: Harness, saga_id: str) -> list[Sent]:
+    """The calls ``saga_id`` sent (their call ids are its own)."""
+    return [c for c in h.commands(ToolInvoke) if c.message.call_id.startswith(f"{saga_id}:")]
+
+
+async def draft_and_review(h: Harness, child_id: str) -> None:
+    """The ``approval`` child ``child_id`` does its two calls; it then waits for approval."""
+    for label in ("draft", "review"):
+        call = next(c for c in of(h, child_id) if c.message.arguments.get("label") == label)
+        await h.answer(call, done(call))
+
+
+async def test_a_cancelled_parent_undoes_a_child_completing_before_its_cancel_only_once_it_ended(
+    h: Harness,
+) -> None:
+    """The child goes on until its cancel reaches it: an undo sent at the parent's cancel could
+    come before the child's effects and undo nothing."""
+    parent_id = await h.start("guarded")
+    child_id = f"{parent_id}.child"
+    await h.cancel(parent_id)  # its cancel to the child is sent, and not yet delivered
+    await draft_and_review(h, child_id)
+    assert undone(h) == [], "no undo while the child still runs"
+
+    await h.signal(child_id, "approve")
+    assert (await h.instance(child_id))["state"] == "completed"
+    await answer_the_undos(h, 1)
+
+    assert undone(h) == ["child"]
+    assert (await h.instance(parent_id))["state"] == "compensated"
+
+
+async def test_a_cancelled_parent_undoes_each_running_child_with_an_undo_once_it_has_ended(
+    h: Harness,
+) -> None:
+    parent_id = await h.start("fan_out")
+    left, right = f"{parent_id}.left", f"{parent_id}.right"
+    await h.cancel(parent_id)
+    await draft_and_review(h, left)
+    await h.signal(left, "approve")  # the left child completes before its cancel reaches it
+    assert undone(h) == [], "no undo while a child still runs"
+
+    await h.cancel(right)  # the right child's cancel reaches it while its draft is out
+    draft = of(h, right)[0]
+    await h.answer(draft, done(draft))
+    await answer_the_undos(h, 1)  # the right child undoes its own draft and ends
+    assert (await h.instance(right))["state"] == "compensated"
+    await answer_the_undos(h, 1)
+
+    assert undone(h) == ["draft", "left"], "the right child undid itself: left is the parent's"
+    assert (await h.instance(parent_id))["state"] == "compensated"
+
+
 async def test_a_compensation_that_keeps_failing_ends_in_compensation_failed(h: Harness) -> None:
     saga_id = await h.start("approval")
     await h.answer(h.command(), done(h.command(), "drafted"))

@@ -31,9 +31,9 @@ from sagas.transitions import (
 from schemas.catalogue import by_name, failed_event, of_type
 from schemas.common import CommandFailed, FailureCode
 from schemas.envelope import Envelope
-from schemas.sagas import SagaFinished, SagaState, SagaTerminate, Waiting
+from schemas.sagas import Part, SagaFinished, SagaState, SagaTerminate, Waiting
 from schemas.tools import ToolInvoke, ToolResult
-from tests.sagas.definitions import ALL, approval, retrying, three_steps, tool
+from tests.sagas.definitions import ALL, approval, retrying, three_steps, tool, undone_fan_out
 
 NOW = 1_800_000_000.0
 Data = dict[str, Any]
@@ -199,6 +199,21 @@ def test_a_cancel_while_a_call_with_an_undo_is_in_flight_waits_for_its_answer() 
     assert change.row.waiting == {**(row.waiting or {}), "cancelled_in_flight": True}
     assert change.row.wake_at == row.wake_at  # the call's own deadline still holds
     assert events(change) == []
+
+
+def test_a_cancel_during_a_fan_out_waits_for_its_calls_with_an_undo_and_not_the_others() -> None:
+    row = started(undone_fan_out)  # left and right have an undo, the lookup has none
+
+    change = on_cancel(rules(undone_fan_out), row, "", "cancel-1", NOW + 1)
+
+    assert change.row.state == SagaState.CANCELLING
+    assert commands(change) == []
+    assert change.row.waiting is not None and change.row.waiting["cancelled_in_flight"]
+    kinds = [c["kind"] for c in change.row.waiting["calls"]]
+    assert kinds == [Part.CALL, Part.CALL, Part.DONE]
+    assert change.row.wake_at == row.wake_at  # the calls' own deadlines still hold
+    lookup = change.row.waiting["calls"][2]["message_id"]
+    assert waits_on(change.row.waiting, lookup) is None  # its reply will be dropped as late
 
 
 def test_the_answer_of_a_call_in_flight_at_a_cancel_sends_its_undo_first() -> None:
