@@ -130,14 +130,7 @@ async def test_a_request_slower_than_its_timeout_is_retried(openai_server, anthr
 async def test_a_stream_that_breaks_after_output_is_not_retried(
     provider, openai_server, anthropic_server
 ):
-    server = openai_server if provider == "openai" else anthropic_server
-    key_env = "OPENAI_API_KEY" if provider == "openai" else "ANTHROPIC_API_KEY"
-    models = f"""
-models:
-  - name: chat
-    deployments:
-      - {{provider: {provider}, model: m, api_key_env: {key_env}, base_url: "{server.base_url}"}}
-"""
+    models, server = only(provider, openai_server, anthropic_server)
     routed, _ = router(models, KEYS)
     server.script.then(Reply("one two three four", error_after=2), Reply("never sent"))
     deltas: list[SlmDelta] = []
