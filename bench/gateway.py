@@ -14,8 +14,8 @@ policy, memory, slm, tools, analytics, the saga runner) and two gateways on the 
 - full: a completion is a ``chat_turn`` saga — policy check of the prompt, memory recall, the
   model call through the slm service, policy check of the answer, memory store — every step a
   committed transaction and a bus round trip;
-- pass-through: ``SOMA_CHAT_PIPELINE=passthrough`` — the turn skips policy and memory and goes
-  straight to the model, still a saga, still metered.
+- pass-through: ``SOMA_CHAT_PIPELINE=passthrough`` — the turn skips policy and memory: one
+  ``slm.complete`` command straight to the slm process, no saga, still metered.
 Rate limits are off (``SOMA_RATE_*=0``) so nothing is throttled. ``--backends`` runs the system
 once per backend: ``embedded`` (a SQLite file per area, in-process limits) and ``services``
 (a throwaway database on the PostgreSQL server of ``DATABASE_URL``, else the local one, and Redis
@@ -30,10 +30,13 @@ Each cell is 1, 10 or 50 concurrent clients, each a loop of sequential non-strea
 completions for ``--seconds`` after a warm-up at the same load; raw httpx for every system.
 Then one client streams for ``--seconds``: the time to first token is from sending the request
 to the first chunk with content, and "added" is a layer's p50 minus the upstream's own.
-A table per backend; the last line printed is the JSON summary: latencies there are added over
-the upstream with one client, requests/s are at 10 clients (``full_rps_50`` at 50), times to
-first token (``ttft_*``) are added over the upstream's. The first backend's figures are its
-top-level keys, each other backend's a nested object under its name.
+With one client, the CPU time each process spends per request is read from ``/proc`` around
+the cell (Linux) and printed by process: where a turn's milliseconds go. A table per backend;
+the last line printed is the JSON summary: latencies there are added over the upstream with
+one client, requests/s are at 10 clients (``full_rps_50`` at 50), times to first token
+(``ttft_*``) are added over the upstream's, and ``cpu_ms_per_turn`` holds the CPU table. The
+first backend's figures are its top-level keys, each other backend's a nested object under its
+name.
 """
 
 from __future__ import annotations
@@ -123,8 +126,14 @@ def upstream_app() -> Any:
             yield (
                 b"data: "
                 + json.dumps(
-                    {"id": "up", "object": "chat.completion.chunk", "created": int(time.time()),
-                     "model": MODEL, "choices": [], "usage": usage}
+                    {
+                        "id": "up",
+                        "object": "chat.completion.chunk",
+                        "created": int(time.time()),
+                        "model": MODEL,
+                        "choices": [],
+                        "usage": usage,
+                    }
                 ).encode()
                 + b"\n\n"
             )
@@ -289,10 +298,11 @@ def soma_system(
     work: Path,
     modes: tuple[str, ...] = ("full", "passthrough"),
     backend: str = "embedded",
-) -> Iterator[tuple[dict[str, str], str]]:
-    """The whole system with a gateway per mode (full, pass-through); yields their URLs and a
-    key. ``embedded``: SQLite files and in-process limits under the bench's folder;
-    ``services``: PostgreSQL and Redis (``DATABASE_URL``/``REDIS_URL``, else the local ones)."""
+) -> Iterator[tuple[dict[str, str], str, dict[str, int]]]:
+    """The whole system with a gateway per mode (full, pass-through); yields their URLs, a key
+    and each process's pid by name. ``embedded``: SQLite files and in-process limits under the
+    bench's folder; ``services``: PostgreSQL and Redis (``DATABASE_URL``/``REDIS_URL``, else the
+    local ones)."""
     from soma import embedded
 
     models = work / "models.yaml"
@@ -325,6 +335,7 @@ def soma_system(
     soma = [sys.executable, "-m", "soma.cli"]
     log = work / "soma.log"
     procs: list[subprocess.Popen[bytes]] = []
+    pids: dict[str, int] = {"load generator": os.getpid()}
     with contextlib.ExitStack() as stack:
         nats_args = ["-a", "127.0.0.1", "-p", str(nats_port), "-js", "-sd", str(work / "nats")]
         nats = subprocess.Popen(
@@ -333,6 +344,7 @@ def soma_system(
             stderr=subprocess.DEVNULL,
         )
         stack.callback(stop, [nats])
+        pids["nats-server"] = nats.pid
         stack.enter_context(isolated_services(env))
         stack.callback(stop, procs)  # runs first: nothing uses the bus or the store after
         out = stack.enter_context(log.open("wb"))
@@ -351,29 +363,30 @@ def soma_system(
             text=True,
         ).stdout.strip()
 
-        def run(name: str, extra: dict[str, str]) -> None:
-            procs.append(
-                subprocess.Popen(
-                    [*soma, "run", name],
-                    env={**env, **extra},
-                    cwd=ROOT,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
+        def run(name: str, extra: dict[str, str], label: str) -> None:
+            proc = subprocess.Popen(
+                [*soma, "run", name],
+                env={**env, **extra},
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
+            procs.append(proc)
+            pids[label] = proc.pid
 
         for name in HANDLERS:
-            run(name, {})
+            run(name, {}, name)
         urls = {}
         for mode in modes:
             port = free_port()
-            run("gateway", {"SOMA_HTTP_PORT": str(port), "SOMA_CHAT_PIPELINE": mode})
+            extra = {"SOMA_HTTP_PORT": str(port), "SOMA_CHAT_PIPELINE": mode}
+            run("gateway", extra, f"gateway ({mode})")
             urls[mode] = f"http://127.0.0.1:{port}"
         headers = {"Authorization": f"Bearer {key}"}
         for url in urls.values():
             wait_http(f"{url}/readyz")
             first_completion(url, headers, log)
-        yield urls, key
+        yield urls, key, pids
 
 
 @contextlib.contextmanager
@@ -414,6 +427,21 @@ def litellm_proxy(upstream_url: str, work: Path) -> Iterator[str]:
 # ── figures ─────────────────────────────────────────────────────────────────────────────
 
 
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """User plus system CPU time of each process so far, from ``/proc`` (Linux); a process
+    that is gone, or a system without ``/proc``, is left out."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    spent = {}
+    for name, pid in pids.items():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rpartition(")")[2].split()  # after the command name, which may hold spaces
+        spent[name] = (int(fields[11]) + int(fields[12])) / tick
+    return spent
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -427,6 +455,9 @@ class Cell:
     seconds: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
     failed: int = 0
+    warmed: int = 0  # requests of the warm-up, not measured
+    # CPU time each process of the system spent per completed request (one client only).
+    cpu_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def rps(self) -> float:
@@ -467,6 +498,7 @@ async def load(url: str, key: str, clients: int, seconds: float, warmup: float) 
                 response = await client.post(url, json=body)
                 elapsed = (time.perf_counter() - started) * 1000
                 if not record:
+                    cell.warmed += 1
                     continue
                 if response.status_code == 200:
                     cell.latencies_ms.append(elapsed)
@@ -530,11 +562,26 @@ def measure_ttft(name: str, url: str, key: str, seconds: float, warmup: float) -
 
 
 def measure(
-    name: str, url: str, key: str, clients: list[int], seconds: float, warmup: float
+    name: str,
+    url: str,
+    key: str,
+    clients: list[int],
+    seconds: float,
+    warmup: float,
+    pids: dict[str, int] | None = None,
 ) -> dict[int, Cell]:
+    """Each number of clients in turn; with ``pids``, the one-client cell also records the CPU
+    each process spent per request, over the warm-up's requests and the measured ones."""
     cells = {}
     for n in clients:
+        before = cpu_seconds(pids) if pids and n == 1 else {}
         cell = asyncio.run(load(url, key, n, seconds, warmup))
+        if before and pids and cell.latencies_ms:
+            after = cpu_seconds(pids)
+            requests = len(cell.latencies_ms) + cell.failed + cell.warmed
+            cell.cpu_ms = {
+                p: round((after[p] - before[p]) * 1000 / requests, 2) for p in before if p in after
+            }
         cells[n] = cell
         print(
             f"  {LABELS[name]:<18} {n:>3} clients: {cell.rps:8.1f} req/s  "
@@ -616,8 +663,7 @@ def report(
     print("(+p50/+p99: over the upstream alone with one client, its own latency)")
     print()
     print(
-        f"{'streamed, 1 client':<18} {'ttft p50':>9} {'ttft p99':>9} {'+ttft ms':>9} "
-        f"{'failed':>6}"
+        f"{'streamed, 1 client':<18} {'ttft p50':>9} {'ttft p99':>9} {'+ttft ms':>9} {'failed':>6}"
     )
     for name in SYSTEMS:
         if name not in ttft:
@@ -679,6 +725,15 @@ def report(
             f"{_fmt(rps('litellm', n), 8, 1)} req/s   "
             f"{_fmt(_ratio(rps('full', n), rps('litellm', n)), 6)}x"
         )
+    cpu = {name: results[name][1].cpu_ms for name in ("full", "passthrough") if name in results}
+    if any(cpu.values()):
+        print()
+        print("CPU per request, 1 client, ms by process (the warm-up's requests included):")
+        names = sorted({p for c in cpu.values() for p in c}, key=lambda p: -cpu["full"].get(p, 0))
+        print(f"  {'process':<22}" + "".join(f"{LABELS[n]:>20}" for n in cpu))
+        for p in [*names, "total"]:
+            row = [sum(c.values()) if p == "total" else c.get(p) for c in cpu.values()]
+            print(f"  {p:<22}" + "".join(_fmt(v, 20) for v in row))
     print()
     print("goals:")
     verdicts = {
@@ -725,6 +780,11 @@ def report(
         "litellm_ttft_ms": _num(ttft_added("litellm")),
         "upstream_ttft_ms": _num(ttft["upstream"].p50) if "upstream" in ttft else None,
         "goals_met": verdicts,
+        "cpu_ms_per_turn": {
+            name: results[name][1].cpu_ms
+            for name in ("full", "passthrough")
+            if name in results and results[name][1].cpu_ms
+        },
         **extra,
         "cells": {name: per_clients(name) for name in SYSTEMS},
     }
@@ -768,11 +828,11 @@ def main(args: argparse.Namespace) -> None:
                 if not modes:
                     raise RuntimeError("not selected (--systems)")
                 print(f"soma ({backend}): starting", flush=True)
-                with soma_system(up, work, modes, backend) as (urls, key):
+                with soma_system(up, work, modes, backend) as (urls, key, pids):
                     for mode in modes:
                         url = f"{urls[mode]}/v1/chat/completions"
                         ours[backend][mode] = measure(
-                            mode, url, key, clients, args.seconds, warmup
+                            mode, url, key, clients, args.seconds, warmup, pids
                         )
                         ours_ttft[backend][mode] = measure_ttft(
                             mode, url, key, args.seconds, warmup
