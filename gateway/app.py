@@ -96,7 +96,9 @@ async def _build(
     nc = await connect(settings.nats_url, "soma-gateway")
     js = nc.jetstream()
     await provision(js, settings)
-    requester = Requester(nc, js)
+    # Only the events its requests await: following every event would cost this gateway the
+    # whole bus's traffic, whoever it is for (bus/request.py).
+    requester = Requester(nc, js, subject=None)
     await requester.start()
     dispatch = Dispatch(nc, js, requester, config.bus_timeout)
 

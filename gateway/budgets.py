@@ -84,7 +84,10 @@ class BudgetGuard:
         return BudgetState(budget.max_budget, spent, window, budget.budget_duration)
 
     def admit(
-        self, tenant: str, key_id: str | None, key_budget: Budget | None,
+        self,
+        tenant: str,
+        key_id: str | None,
+        key_budget: Budget | None,
         tenant_budget: Budget | None,
     ) -> None:
         """Raise ``budget_exceeded`` when the key's or the tenant's budget is spent."""

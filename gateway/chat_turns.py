@@ -346,11 +346,21 @@ def policy_denial(result: ChatTurnResult) -> ApiError | None:
     )
 
 
+# What a gateway follows of a chat turn: its answer, its end (or its start's refusal), and its
+# policy decisions, which name the constitution the answer went out under.
+EVENTS = (
+    of_type(SagaReplied).name,
+    of_type(SagaFinished).name,
+    "sagas.failed",
+    of_type(PolicyEvaluated).name,
+)
+
+
 async def run(
     dispatch: Dispatch, principal: Principal, turn: ChatTurnInput, saga_id: str, timeout: float
 ) -> ChatTurnResult:
     seen: str | None = None
-    async with dispatch.requester.watching(saga_id) as events:
+    async with dispatch.requester.watching(saga_id, EVENTS) as events:
         await start(dispatch, principal, turn, saga_id, events)
         try:
             async with asyncio.timeout(timeout):

@@ -44,6 +44,8 @@ from schemas.slm import SlmComplete, SlmCompleted
 log = logging.getLogger("soma.gateway.passthrough")
 
 COMPLETED = of_type(SlmCompleted).name
+# What a gateway follows of a pass-through turn: the answer, or the command's refusal.
+EVENTS = (COMPLETED, "slm.failed")
 # How long reading the earlier answer back may take before the turn is left to the watcher.
 LOOKUP_TIMEOUT = 10.0
 
@@ -94,6 +96,7 @@ class PassThroughTurn:
     principal: Principal
     turn: ChatTurnInput
     id: str
+    events: tuple[str, ...] = EVENTS
     _command_id: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -191,7 +194,7 @@ async def run(
     dispatch: Dispatch, principal: Principal, turn: ChatTurnInput, turn_id: str, timeout: float
 ) -> ChatTurnResult:
     passthrough = PassThroughTurn(dispatch, principal, turn, turn_id)
-    async with dispatch.requester.watching(turn_id) as events:
+    async with dispatch.requester.watching(turn_id, EVENTS) as events:
         await passthrough.start(events)
         try:
             async with asyncio.timeout(timeout):

@@ -85,8 +85,9 @@ class SpendLedger:
         self._tenants: dict[str, _Account] = {}
         self._counted: dict[str, float] = {}
 
-    def record(self, message_id: str, tenant: str, key_id: str | None, at: float,
-               usd: float) -> bool:
+    def record(
+        self, message_id: str, tenant: str, key_id: str | None, at: float, usd: float
+    ) -> bool:
         """Count one completion; False when this message was counted already."""
         if message_id in self._counted:
             return False
@@ -135,9 +136,7 @@ class SpendFollower:
         except (EnvelopeError, msgspec.DecodeError, msgspec.ValidationError) as exc:
             log.warning("spend: ignoring an unreadable completion: %s", exc)
             return
-        self.ledger.record(
-            env.message_id, env.tenant, event.key_id, env.timestamp, event.cost_usd
-        )
+        self.ledger.record(env.message_id, env.tenant, event.key_id, env.timestamp, event.cost_usd)
 
     async def _follow(self) -> None:
         # Real time here, not the injected clock: the stream's timestamps are the servers'.

@@ -189,7 +189,7 @@ class ChatStream:
             self._sub = await self._dispatch.nc.subscribe(subject, cb=self._on_delta)
         except Exception as exc:
             raise unavailable("The message bus is not reachable.") from exc
-        self._watch = self._dispatch.requester.watching(self._run.id)
+        self._watch = self._dispatch.requester.watching(self._run.id, self._run.events)
         self._events = await self._watch.__aenter__()
         try:
             await self._run.start(self._events)

@@ -26,6 +26,11 @@ class Turn(Protocol):
     @property
     def id(self) -> str: ...
 
+    @property
+    def events(self) -> tuple[str, ...]:
+        """The event types the turn's caller follows (``Requester.watching``)."""
+        ...
+
     async def start(self, events: asyncio.Queue[Reply]) -> None:
         """Send the turn on its way; ``events`` already receives its events."""
         ...
@@ -47,6 +52,7 @@ class SagaTurn:
     principal: Principal
     turn: ChatTurnInput
     id: str
+    events: tuple[str, ...] = chat_turns.EVENTS
 
     async def start(self, events: asyncio.Queue[Reply]) -> None:
         await chat_turns.start(self.dispatch, self.principal, self.turn, self.id, events)

@@ -73,9 +73,7 @@ def _duration(value: str | None) -> str | None:
     return value
 
 
-_BUDGET_DURATION = (
-    f"How often the budget resets: {FORMS}. Without it the budget never resets."
-)
+_BUDGET_DURATION = f"How often the budget resets: {FORMS}. Without it the budget never resets."
 
 
 class TenantBudget(BaseModel):
@@ -116,7 +114,8 @@ class UserCreate(BaseModel):
     )
     name: str = Field(min_length=1, max_length=200, description="Unique in the tenant.")
     tenant: str | None = Field(
-        default=None, pattern=_TENANT,
+        default=None,
+        pattern=_TENANT,
         description="The user's tenant (operators; default: the caller's own).",
     )
     roles: list[Annotated[str, Field(pattern=_ROLE)]] = Field(
@@ -159,7 +158,8 @@ class KeyCreate(BaseModel):
     )
     user_id: str = Field(min_length=1, max_length=64, description="Whose key (a user's id).")
     tenant: str | None = Field(
-        default=None, pattern=_TENANT,
+        default=None,
+        pattern=_TENANT,
         description="The key's tenant (operators; default: the caller's own).",
     )
     name: str = Field(default="", max_length=200, description="For people: what it is for.")
@@ -187,8 +187,9 @@ class KeyUpdate(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"max_budget": 25.0, "budget_duration": "7d",
-                                         "rpm_limit": None}]},
+        json_schema_extra={
+            "examples": [{"max_budget": 25.0, "budget_duration": "7d", "rpm_limit": None}]
+        },
     )
     name: str | None = Field(default=None, max_length=200, description="For people.")
     models: list[Annotated[str, Field(min_length=1)]] | None = Field(

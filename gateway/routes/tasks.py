@@ -48,6 +48,8 @@ from schemas.tasks import AGENT_TASK_SIGNALS, AgentTaskInput
 router = APIRouter(tags=["tasks"])
 
 SAGA_TYPE = "agent_task"
+# What starting a task awaits: the saga's start, or the refusal of its start command.
+STARTED = ("sagas.started", "sagas.failed")
 _ID = r"^[A-Za-z0-9_-]{1,64}$"
 
 
@@ -111,9 +113,7 @@ class Signal(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "examples": [
-                {"name": "approve", "payload": {"approved": True, "comment": "Ship it"}}
-            ]
+            "examples": [{"name": "approve", "payload": {"approved": True, "comment": "Ship it"}}]
         },
     )
     name: str = Field(
@@ -257,7 +257,7 @@ async def _start_once(
         correlation_id=task_id,
         message_id=f"{request_id}.start",
     )
-    async with dispatch.requester.watching(task_id) as events:
+    async with dispatch.requester.watching(task_id, STARTED) as events:
         try:
             published = await publish(dispatch.bus, command, env)
         except Exception as exc:

@@ -25,9 +25,14 @@ TIME_HELP = (
 def dimensions(given: list[str] | None) -> list[GroupBy]:
     """``group_by`` repeated (``?group_by=model&group_by=day``), comma-separated
     (``?group_by=model,day``) or both; an unknown name is a 400 naming the allowed ones."""
-    names = list(dict.fromkeys(
-        name.strip() for value in given or ["model"] for name in value.split(",") if name.strip()
-    ))
+    names = list(
+        dict.fromkeys(
+            name.strip()
+            for value in given or ["model"]
+            for name in value.split(",")
+            if name.strip()
+        )
+    )
     unknown = [n for n in names if n not in DIMENSIONS]
     if unknown:
         raise ApiError(
@@ -49,6 +54,7 @@ def when(name: str, value: str | None, now: float) -> float | None:
     if at < 0:
         raise ApiError(400, f"{name} is before 1970.", code="invalid_value", param=name)
     return at
+
 
 router = APIRouter(tags=["usage"])
 
