@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 
 import msgspec
+import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -62,41 +63,34 @@ async def _answering(settings: Settings, answer: Callable[[Envelope], msgspec.St
     return nc
 
 
-async def test_a_requester_following_only_what_it_awaits_gets_an_answer_sent_at_once(
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (
+            lambda env: SagaStarted(saga_id=env.correlation_id, saga_type="t", version=1),
+            SagaStarted,
+        ),
+        (
+            lambda env: CommandFailed(command="sagas.start", error="no such saga type"),
+            CommandFailed,
+        ),
+    ],
+    ids=["its-answer", "its-refusal"],
+)
+async def test_a_requester_following_only_what_it_awaits_gets_what_is_sent_at_once(
     js,  # type: ignore[no-untyped-def]
     settings: Settings,
+    answer: Callable[[Envelope], msgspec.Struct],
+    expected: type[msgspec.Struct],
 ) -> None:
-    handler = await _answering(
-        settings,
-        lambda env: SagaStarted(saga_id=env.correlation_id, saga_type="agent_task", version=1),
-    )
+    handler = await _answering(settings, answer)
     nc = await connect(settings.nats_url or "", "requests-test")
     requester = Requester(nc, nc.jetstream(), subject=None)
     try:
         _, reply = await requester.request(
-            SagaStart(saga_type="agent_task"), tenant="acme", expect={"sagas.started"}, timeout=10
+            SagaStart(saga_type="t"), tenant="acme", expect={"sagas.started"}, timeout=10
         )
-        assert isinstance(reply.payload, SagaStarted)
-    finally:
-        await requester.close()
-        await nc.close()
-        await handler.close()
-
-
-async def test_a_requester_following_only_what_it_awaits_gets_the_commands_refusal(
-    js,  # type: ignore[no-untyped-def]
-    settings: Settings,
-) -> None:
-    handler = await _answering(
-        settings, lambda env: CommandFailed(command="sagas.start", error="no such saga type")
-    )
-    nc = await connect(settings.nats_url or "", "requests-test")
-    requester = Requester(nc, nc.jetstream(), subject=None)
-    try:
-        _, reply = await requester.request(
-            SagaStart(saga_type="nothing"), tenant="acme", expect={"sagas.started"}, timeout=10
-        )
-        assert isinstance(reply.payload, CommandFailed)
+        assert isinstance(reply.payload, expected)
     finally:
         await requester.close()
         await nc.close()
