@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import shutil
@@ -472,6 +473,17 @@ class Cell:
         return percentile(self.latencies_ms, 0.99) if self.latencies_ms else float("nan")
 
 
+def freeze_heap() -> None:
+    """Keep what the load generator holds now out of its later garbage collections.
+
+    Its full collections walk every object it ever imported (about 60 ms on two cores) and
+    would land in whichever system's tail was being measured; the processes measured do the
+    same at startup (``kernel.processes.freeze_imports``).
+    """
+    gc.collect()
+    gc.freeze()
+
+
 async def load(url: str, key: str, clients: int, seconds: float, warmup: float) -> Cell:
     """``clients`` loops of sequential completions: a warm-up, then ``seconds`` measured.
 
@@ -507,6 +519,7 @@ async def load(url: str, key: str, clients: int, seconds: float, warmup: float) 
 
         until = time.perf_counter() + warmup
         await asyncio.gather(*(caller(c, until, False) for c in pool))
+        freeze_heap()
         started = time.perf_counter()
         until = started + seconds
         await asyncio.gather(*(caller(c, until, True) for c in pool))
@@ -539,6 +552,7 @@ async def stream_load(url: str, key: str, seconds: float, warmup: float) -> Cell
         until = time.perf_counter() + warmup
         while time.perf_counter() < until:
             await first_token()
+        freeze_heap()
         started = time.perf_counter()
         until = started + seconds
         while time.perf_counter() < until:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib
 import inspect
 import os
@@ -234,6 +235,19 @@ def run_blocking(process: Process, settings: Settings) -> None:
         telemetry.shutdown()
 
 
+def freeze_imports() -> None:
+    """Collect once, then keep everything alive now out of every later garbage collection.
+
+    A process's imports leave some 150,000 objects (modules, classes, functions) that live as
+    long as it does. CPython's full collection walks all of them each time, 60 to 100 ms in which
+    the event loop stands still, and under load that came every few seconds: a turn in flight
+    then waited for it. Frozen (``gc.freeze``), they are never walked again; a full collection
+    walks only what the process made since.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 async def run(process: Process, settings: Settings) -> None:
     """Run one process until SIGINT/SIGTERM."""
     from schemas import extensions
@@ -241,6 +255,7 @@ async def run(process: Process, settings: Settings) -> None:
     # Service authors' installed messages, before anything looks a message up.
     extensions.discover()
     entry = load(process)
+    freeze_imports()
     result = entry(settings)
     if inspect.isawaitable(result):
         result = await until_stopped(result)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from typing import Any
 
@@ -87,6 +88,29 @@ def test_soma_event_loop_asyncio_keeps_asyncios_own_loop(monkeypatch: pytest.Mon
     monkeypatch.setenv("SOMA_EVENT_LOOP", "asyncio")
     processes.run_blocking(Process("probe", "tests.cli.test_processes:loop_probe"), Settings())
     assert LOOPS[-1].startswith("asyncio")
+
+
+FROZEN: list[int] = []
+
+
+def freeze_probe(settings: Settings) -> Any:
+    """An entry point that notes how many objects the collector has set aside when it runs."""
+
+    async def note() -> None:
+        FROZEN.append(gc.get_freeze_count())
+
+    return note()
+
+
+def test_a_process_runs_with_its_imports_kept_out_of_garbage_collection() -> None:
+    gc.unfreeze()
+    try:
+        probe = Process("probe", "tests.cli.test_processes:freeze_probe")
+        processes.run_blocking(probe, Settings())
+    finally:
+        gc.unfreeze()
+    # Everything the imports made, well over what a few modules alone would leave.
+    assert FROZEN[-1] > 50_000
 
 
 async def test_run_of_an_unknown_process_exits_2(soma: Soma) -> None:
