@@ -1,8 +1,10 @@
 """What the policy process sends on its own initiative, on the connection the runtime serves it
 on: constitution announcements, and the judge model's ``slm.complete`` requests.
 
-The judge's answer is awaited with ``bus.request.Requester`` on one core subscription to the
-slm process's events only (``soma.evt.*.slm.>``), made when the process starts.
+The judge's answer is awaited with ``bus.request.Requester`` following only the events a judge
+request awaits (``slm.completed``, ``slm.failed``), subscribed to when the judge is first asked:
+a policy process whose tenants have no judge never receives a model's answer, where following
+``soma.evt.*.slm.>`` from the start made it read and parse every turn's.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ class PolicyConnection:
         self._requester: Requester | None = None
 
     async def open(self, bus: Connected) -> None:
-        requester = Requester(bus.nc, bus.js, subject="soma.evt.*.slm.>")
+        requester = Requester(bus.nc, bus.js, subject=None)
         await requester.start()
         self._requester = requester
 

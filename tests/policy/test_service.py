@@ -15,17 +15,20 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bus import runtime
 from bus.connection import connect
 from bus.errors import Rejected
+from bus.publish import envelope_for, publish
 from bus.request import Requester
 from bus.service import Connected, Service
 from bus.streams import provision
 from handlers.policy import budget
+from handlers.policy.connection import PolicyConnection
 from handlers.policy.rules import RuleSet, RuleStore
 from handlers.policy.service import build, command_day, decision_id, judge, policy_dir
 from kernel.db import make_engine
 from kernel.settings import Settings
 from schemas.envelope import Envelope, new_id
 from schemas.policy import PolicyEvaluate, PolicyEvaluated
-from tests.servers import nats_server
+from schemas.slm import ChatMessage, SlmCompleted
+from tests.servers import NatsServer, nats_server
 
 
 def envelope(
@@ -247,3 +250,25 @@ async def test_a_decision_travels_the_bus_as_an_event(
             await requester.close()
             await nc.close()
             await running.stop()
+
+
+async def test_a_policy_process_reads_no_model_answer_before_its_judge_asks_for_one(
+    nats: NatsServer, connected: Connected, tmp_path: Path
+) -> None:
+    await provision(connected.js, Settings(SOMA_DATA_DIR=tmp_path))
+    nc = await connect(nats.url, "policy-judge-test")
+    judge_connection = PolicyConnection()
+    await judge_connection.open(Connected(nc, nc.jetstream()))
+    try:
+        await nc.flush()
+        before = nc.stats["in_msgs"]
+        answer = SlmCompleted(
+            model="m", provider="openai", message=ChatMessage(role="assistant", content="hi")
+        )
+        await publish(connected, answer, envelope_for(answer, tenant="acme"))
+        await connected.nc.flush()
+        await nc.flush()  # a round trip: anything the server sent this connection is in
+        assert nc.stats["in_msgs"] == before
+    finally:
+        await judge_connection.close()
+        await nc.close()
