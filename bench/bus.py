@@ -4,7 +4,7 @@
     python bench/bus.py --messages 5000
     NATS_URL=nats://127.0.0.1:4222 python bench/bus.py   # a server with no Soma system on it
 
-Three figures on the same server:
+Four throughput figures on the same server:
 - raw: a nats-py pull consumer fetching batches of 64 and acking each message;
 - ours: ``bus.runtime`` consuming the same number of policy commands with a handler that returns
   None (decode envelope + payload, route, trace span, metrics, ack) — the like-for-like figure;
@@ -12,7 +12,12 @@ Three figures on the same server:
   for JetStream to acknowledge before acking the command (at-least-once needs that order);
 - FastStream: the same handler (returning the event) written as a FastStream subscriber through
   ``bus.faststream`` — the cost of writing a handler for convenience rather than for speed;
-plus the latency of ``bus.publish.publish`` (publish + JetStream ack), sequential.
+plus two latencies, sequential:
+- ``bus.publish.publish`` (publish + JetStream ack);
+- the round trip through a handler in another process (this file, ``--serve-handler``, on the
+  event loop ``soma run`` uses): from publishing a policy command, as the system's own callers
+  do, to its event arriving on a core subscription — the floor of one hop of a chain, before
+  any work is done.
 Throughput runs from the first message in hand to the last one handled. The last line is JSON.
 """
 
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -35,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nats.aio.client import Client  # noqa: E402
+from nats.aio.msg import Msg  # noqa: E402
 from nats.js import JetStreamContext  # noqa: E402
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig  # noqa: E402
 from nats.js.errors import NotFoundError  # noqa: E402
@@ -46,7 +53,7 @@ from bus.service import Connected, Service  # noqa: E402
 from bus.streams import provision  # noqa: E402
 from kernel.settings import Settings  # noqa: E402
 from schemas.catalogue import STREAMS  # noqa: E402
-from schemas.envelope import Envelope  # noqa: E402
+from schemas.envelope import CORRELATION_ID, Envelope  # noqa: E402
 from schemas.policy import PolicyEvaluate, PolicyEvaluated  # noqa: E402
 from soma import embedded  # noqa: E402
 from soma.terminal import quiet_disconnect  # noqa: E402
@@ -54,6 +61,7 @@ from soma.terminal import quiet_disconnect  # noqa: E402
 TENANT = "bench"
 RAW_STREAM = "BENCH_RAW"
 BATCH = 64
+ROUND_TRIP_WARMUP = 200
 
 
 def start_server(store: Path) -> subprocess.Popen[bytes]:
@@ -180,6 +188,88 @@ async def publish_latency(bus: Connected, count: int) -> list[float]:
     return times
 
 
+async def evaluate_at_once(cmd: PolicyEvaluate, env: Envelope) -> PolicyEvaluated:
+    return PolicyEvaluated(decision_id=env.message_id, decision="allow", stage=cmd.stage)
+
+
+def serve_handler() -> None:
+    """The handler side of the round trip: a process of its own, on the event loop and with the
+    imports frozen as ``soma run`` has them, so the figure holds both hops between processes."""
+    from kernel.processes import freeze_imports, loop_factory, until_stopped
+
+    async def serve() -> None:
+        service = Service("policy", {PolicyEvaluate: evaluate_at_once})
+        running = await runtime.start(service, Settings())
+        print("ready", flush=True)  # its consumer is pulling: the bench may publish
+        try:
+            await asyncio.Event().wait()  # until SIGTERM cancels it
+        finally:
+            with quiet_disconnect():
+                await running.stop()
+
+    freeze_imports()
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(until_stopped(serve()))
+
+
+async def start_handler() -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--serve-handler", cwd=ROOT, stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), timeout=60)
+    except TimeoutError:
+        line = b""
+    if line.strip() != b"ready":
+        await stop_handler(proc)
+        raise RuntimeError(f"the handler process did not start (exit code {proc.returncode})")
+    return proc
+
+
+async def stop_handler(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), timeout=15)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+
+
+async def round_trip(bus: Connected, count: int) -> list[float]:
+    """From a command's publish (JetStream ack included) to its event's arrival here, handled in
+    the other process. An event ends a round trip only with its command's correlation id."""
+    arrivals: asyncio.Queue[tuple[float, str | None]] = asyncio.Queue()
+
+    async def arrived(msg: Msg) -> None:
+        arrivals.put_nowait((time.perf_counter(), (msg.headers or {}).get(CORRELATION_ID)))
+
+    sub = await bus.nc.subscribe(f"soma.evt.{TENANT}.policy.>", cb=arrived)
+    await bus.nc.flush()
+    proc = await start_handler()
+    times: list[float] = []
+    try:
+        for i in range(ROUND_TRIP_WARMUP + count):
+            cmd = PolicyEvaluate(stage="prompt", text=f"round trip {i}")
+            env = envelope_for(cmd, tenant=TENANT)
+            started = time.perf_counter()
+            await publish(bus, cmd, env)
+            async with asyncio.timeout(10):
+                while True:
+                    at, correlation = await arrivals.get()
+                    if correlation == env.correlation_id:
+                        break
+            if i >= ROUND_TRIP_WARMUP:
+                times.append((at - started) * 1000)
+    finally:
+        await stop_handler(proc)
+        await sub.unsubscribe()
+        with contextlib.suppress(NotFoundError):
+            await bus.js.delete_consumer(STREAMS["cmd"], "policy")
+    return times
+
+
 async def guard_shared_server(js: JetStreamContext) -> None:
     try:
         consumers = await js.consumers_info(STREAMS["cmd"])
@@ -199,7 +289,7 @@ async def clean_shared_server(js: JetStreamContext) -> None:
         await js.purge_stream(stream, subject=subject)
 
 
-async def main(count: int, latency_count: int) -> dict[str, Any]:
+async def main(count: int, latency_count: int, round_trips: int) -> dict[str, Any]:
     settings = Settings()
     nc = await connect(settings.nats_url or embedded.DEFAULT_URL, "bench")
     js = nc.jetstream()
@@ -230,6 +320,22 @@ async def main(count: int, latency_count: int) -> dict[str, Any]:
         cuts = statistics.quantiles(times, n=100)
         p50, p99 = statistics.median(times), cuts[98]
         print(f"  p50 {p50:.3f} ms, p99 {p99:.3f} ms", flush=True)
+
+        # Last, on an emptied stream: the handler's new durable reads it from the start.
+        await clean_shared_server(js)
+        print(f"round trip through a handler, sequential, {round_trips} commands …", flush=True)
+        trips = await round_trip(Connected(nc, js), round_trips)
+        trip_p50, trip_p99 = statistics.median(trips), statistics.quantiles(trips, n=100)[98]
+        print(
+            f"  round trip through a handler in another process, sequential: "
+            f"p50 {trip_p50:.2f} ms, p99 {trip_p99:.2f} ms",
+            flush=True,
+        )
+        print(
+            "  (the floor of one hop: every arrow of a chain, command to handler or event back, "
+            "costs about half of it before any work is done)",
+            flush=True,
+        )
     finally:
         await clean_shared_server(js)
         with quiet_disconnect():
@@ -242,6 +348,8 @@ async def main(count: int, latency_count: int) -> dict[str, Any]:
         "publish_p99_ms": round(p99, 3),
         "ours_with_reply_msgs_per_s": round(reply_rate),
         "faststream_with_reply_msgs_per_s": round(fs_rate),
+        "round_trip_p50_ms": round(trip_p50, 3),
+        "round_trip_p99_ms": round(trip_p99, 3),
     }
 
 
@@ -249,14 +357,19 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--latency-messages", type=int, default=2_000)
+    parser.add_argument("--round-trips", type=int, default=2_000)
+    parser.add_argument("--serve-handler", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_handler:
+        serve_handler()
+        sys.exit()
     server = None
     with tempfile.TemporaryDirectory(prefix="soma-bench-") as store:
         if not os.environ.get("NATS_URL"):
             server = start_server(Path(store))
             print(f"nats-server from the wheel on {os.environ['NATS_URL']}", flush=True)
         try:
-            result = asyncio.run(main(args.messages, args.latency_messages))
+            result = asyncio.run(main(args.messages, args.latency_messages, args.round_trips))
         finally:
             if server is not None:
                 server.terminate()
