@@ -31,7 +31,6 @@ from gateway.openai_bodies import ChatCompletionRequest
 from schemas.catalogue import of_type
 from schemas.chat import ChatTurnInput, ChatTurnResult
 from schemas.common import CommandFailed, FailureCode
-from schemas.policy import PolicyEvaluated
 from schemas.sagas import (
     ENDED,
     IdConflict,
@@ -311,19 +310,9 @@ def outcome(reply: Reply, model: str) -> ChatTurnResult:
 CONSTITUTION_HEADER = "Soma-Constitution"
 
 
-def judged_under(reply: Reply, seen: str | None) -> str | None:
-    """The constitution hash a policy decision of the turn names, else what was seen before:
-    a turn is judged under one constitution per check, and the last check's is the one its
-    answer went out under."""
-    payload = reply.payload
-    if isinstance(payload, PolicyEvaluated) and payload.constitution:
-        return payload.constitution
-    return seen
-
-
-def with_constitution(result: ChatTurnResult, seen: str | None) -> ChatTurnResult:
-    """The result naming its constitution: the saga's own word, else the decisions' events."""
-    constitution = result.constitution or (result.policy and result.policy.constitution) or seen
+def named(result: ChatTurnResult) -> ChatTurnResult:
+    """The result naming its constitution: the saga's word, or its last policy verdict's."""
+    constitution = result.constitution or (result.policy and result.policy.constitution)
     if not constitution or constitution == result.constitution:
         return result
     return msgspec.structs.replace(result, constitution=constitution)
@@ -346,20 +335,19 @@ def policy_denial(result: ChatTurnResult) -> ApiError | None:
     )
 
 
-# What a gateway follows of a chat turn: its answer, its end (or its start's refusal), and its
-# policy decisions, which name the constitution the answer went out under.
+# What a gateway follows of a chat turn: its answer and its end (or its start's refusal). Not
+# its policy decisions: the saga's result names the constitution its checks were judged under,
+# and each decision a gateway followed cost it a read and a decode in the middle of the turn.
 EVENTS = (
     of_type(SagaReplied).name,
     of_type(SagaFinished).name,
     "sagas.failed",
-    of_type(PolicyEvaluated).name,
 )
 
 
 async def run(
     dispatch: Dispatch, principal: Principal, turn: ChatTurnInput, saga_id: str, timeout: float
 ) -> ChatTurnResult:
-    seen: str | None = None
     async with dispatch.requester.watching(saga_id, EVENTS) as events:
         await start(dispatch, principal, turn, saga_id, events)
         try:
@@ -368,10 +356,9 @@ async def run(
                     reply = await events.get()
                     if is_end(reply, saga_id):
                         break
-                    seen = judged_under(reply, seen)
         except TimeoutError:
             await cancel(dispatch, principal, saga_id, "the caller's request timed out")
             raise ApiError(
                 504, "The chat turn did not finish in time.", type="server_error", code="timeout"
             ) from None
-    return with_constitution(outcome(reply, turn.model), seen)
+    return named(outcome(reply, turn.model))

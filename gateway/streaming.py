@@ -223,7 +223,6 @@ class ChatStream:
         deadline = loop.time() + self._timeout
         delta_task: asyncio.Task[SlmDelta] = asyncio.ensure_future(self._deltas.get())
         event_task: asyncio.Task[Reply] = asyncio.ensure_future(events.get())
-        seen: str | None = None
         try:
             while True:
                 left = deadline - loop.time()
@@ -255,7 +254,6 @@ class ChatStream:
                 reply = event_task.result()
                 event_task = asyncio.ensure_future(events.get())
                 if not self._run.is_end(reply):
-                    seen = chat_turns.judged_under(reply, seen)
                     continue
                 # Deltas already here come first: the one a pending get holds, then the queue.
                 await asyncio.sleep(0)
@@ -266,7 +264,7 @@ class ChatStream:
                     for piece in self._preview.take(self._deltas.get_nowait()):
                         yield piece
                 try:
-                    result = chat_turns.with_constitution(self._run.outcome(reply), seen)
+                    result = chat_turns.named(self._run.outcome(reply))
                 except ApiError as error:
                     yield self._out.error(error)
                     return
