@@ -107,14 +107,15 @@ def _sqlite_file(engine: AsyncEngine) -> URL | None:
 
 
 def _sync_writer(engine: AsyncEngine) -> Engine | None:
+    sync = _writers.get(engine)  # first: every hot-path transaction asks
+    if sync is not None:
+        return sync
     url = _sqlite_file(engine)
     if url is None:
         return None
-    sync = _writers.get(engine)
-    if sync is None:
-        sync = create_engine(url, connect_args={"timeout": 30})
-        _sqlite_writer_events(sync)
-        _writers[engine] = sync
+    sync = create_engine(url, connect_args={"timeout": 30})
+    _sqlite_writer_events(sync)
+    _writers[engine] = sync
     return sync
 
 

@@ -73,6 +73,18 @@ def check(turn: Turn) -> None:
             raise InvalidMemory(f"turn {name} is longer than {width} characters")
 
 
+# Built once per dialect, the values passed at execution: a statement built with its values on
+# every call cost more in SQLAlchemy's construction and cache key than SQLite's insert itself.
+_RECORD = {
+    "postgresql": postgresql.insert(memory_turns).on_conflict_do_nothing(
+        index_elements=["tenant", "turn_id"]
+    ),
+    "sqlite": sqlite.insert(memory_turns).on_conflict_do_nothing(
+        index_elements=["tenant", "turn_id"]
+    ),
+}
+
+
 async def record(engine: AsyncEngine, turn: Turn) -> bool:
     """Append a turn; False when this tenant already has a turn with that id."""
     check(turn)
@@ -85,15 +97,10 @@ async def record(engine: AsyncEngine, turn: Turn) -> bool:
         "text": turn.text,
         "created_at": turn.created_at or datetime.now(UTC),
     }
-    insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
-    statement = (
-        insert(memory_turns)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=["tenant", "turn_id"])
-    )
+    statement = _RECORD[engine.dialect.name]
     # Every chat turn's memory write lands here: one synchronous transaction (on SQLite in a
     # worker thread) rather than a thread hand-off per call of the statement.
-    return await in_transaction(engine, lambda conn: conn.execute(statement).rowcount == 1)
+    return await in_transaction(engine, lambda conn: conn.execute(statement, values).rowcount == 1)
 
 
 async def of_session(
