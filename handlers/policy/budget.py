@@ -17,20 +17,22 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Connection,
     Date,
     DateTime,
     Index,
     String,
     Table,
+    bindparam,
     delete,
     select,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from handlers.policy.evaluate import Finding
-from kernel.db import metadata
+from kernel.db import in_transaction, metadata
 
 # The key_id under which a tenant's own total is kept (API key ids never look like this).
 TENANT_WIDE = "*"
@@ -74,9 +76,52 @@ class Charge:
     replayed: bool = False
 
 
-def _insert(conn: AsyncConnection, table: Table):  # type: ignore[no-untyped-def]
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table)
+# Built once, their values bound at execution: a charge is on the path of every chat turn that
+# names max_tokens, and statements built per call cost more in SQLAlchemy's construction and
+# cache keys than SQLite's work. Parameters are named apart from the columns they set.
+_CHARGED = token_charges.c
+_TOTAL = token_usage.c
+_RECORD = {
+    name: dialect.insert(token_charges).on_conflict_do_nothing(index_elements=["decision_id"])
+    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
+}
+_OPEN_DAY = {
+    name: dialect.insert(token_usage).on_conflict_do_nothing(
+        index_elements=["tenant", "key_id", "day"]
+    )
+    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
+}
+_THE_TOTAL = (
+    _TOTAL.tenant == bindparam("p_tenant"),
+    _TOTAL.key_id == bindparam("p_key"),
+    _TOTAL.day == bindparam("p_day"),
+)
+_ADD = (
+    update(token_usage)
+    .where(*_THE_TOTAL)
+    .values(tokens=_TOTAL.tokens + bindparam("p_tokens", type_=BigInteger))
+    .returning(_TOTAL.tokens)
+)
+_ADD_WITHIN = (
+    update(token_usage)
+    .where(
+        *_THE_TOTAL, _TOTAL.tokens + bindparam("p_tokens", type_=BigInteger) <= bindparam("p_limit")
+    )
+    .values(tokens=_TOTAL.tokens + bindparam("p_tokens", type_=BigInteger))
+    .returning(_TOTAL.tokens)
+)
+_USED = select(_TOTAL.tokens).where(*_THE_TOTAL)
+_SETTLE = (
+    update(token_charges)
+    .where(_CHARGED.decision_id == bindparam("p_decision"))
+    .values(
+        accepted=bindparam("p_accepted"),
+        exceeded=bindparam("p_exceeded"),
+        tenant_used=bindparam("p_tenant_used"),
+        key_used=bindparam("p_key_used"),
+    )
+)
+_REPLAY = select(token_charges).where(_CHARGED.decision_id == bindparam("p_decision"))
 
 
 async def charge(
@@ -96,45 +141,49 @@ async def charge(
     if key_id == TENANT_WIDE:
         raise ValueError(f"{TENANT_WIDE!r} is not a valid key id")
     key_id = key_id or None
-    async with engine.begin() as conn:
-        recorded = await conn.execute(
-            _insert(conn, token_charges)
-            .values(
-                decision_id=decision_id,
-                tenant=tenant,
-                key_id=key_id,
-                day=day,
-                tokens=tokens,
-                accepted=False,
-                tenant_used=0,
-                created_at=datetime.now(UTC),
-            )
-            .on_conflict_do_nothing(index_elements=["decision_id"])
+    dialect = engine.dialect.name
+
+    def work(conn: Connection) -> Charge:
+        recorded = conn.execute(
+            _RECORD[dialect],
+            {
+                "decision_id": decision_id,
+                "tenant": tenant,
+                "key_id": key_id,
+                "day": day,
+                "tokens": tokens,
+                "accepted": False,
+                "tenant_used": 0,
+                "created_at": datetime.now(UTC),
+            },
         )
         if recorded.rowcount == 0:
-            return await _replay(conn, decision_id)
+            row = conn.execute(_REPLAY, {"p_decision": decision_id}).one()
+            return Charge(row.accepted, row.exceeded, row.tenant_used, row.key_used, replayed=True)
         subjects = [TENANT_WIDE] if key_id is None else [TENANT_WIDE, key_id]
-        await conn.execute(
-            _insert(conn, token_usage)
-            .values([dict(tenant=tenant, key_id=s, day=day, tokens=0) for s in subjects])
-            .on_conflict_do_nothing(index_elements=["tenant", "key_id", "day"])
+        conn.execute(
+            _OPEN_DAY[dialect],
+            [{"tenant": tenant, "key_id": s, "day": day, "tokens": 0} for s in subjects],
         )
-        result = await _apply(conn, tenant, key_id, day, tokens, tenant_limit, key_limit)
-        await conn.execute(
-            update(token_charges)
-            .where(token_charges.c.decision_id == decision_id)
-            .values(
-                accepted=result.accepted,
-                exceeded=result.exceeded,
-                tenant_used=result.tenant_used,
-                key_used=result.key_used,
-            )
+        result = _apply(conn, tenant, key_id, day, tokens, tenant_limit, key_limit)
+        conn.execute(
+            _SETTLE,
+            {
+                "p_decision": decision_id,
+                "p_accepted": result.accepted,
+                "p_exceeded": result.exceeded,
+                "p_tenant_used": result.tenant_used,
+                "p_key_used": result.key_used,
+            },
         )
         return result
 
+    # One transaction, on SQLite in one worker thread rather than a hand-off per statement.
+    return await in_transaction(engine, work)
 
-async def _apply(
-    conn: AsyncConnection,
+
+def _apply(
+    conn: Connection,
     tenant: str,
     key_id: str | None,
     day: date,
@@ -142,58 +191,47 @@ async def _apply(
     tenant_limit: int | None,
     key_limit: int | None,
 ) -> Charge:
-    tenant_used = await _add(conn, tenant, TENANT_WIDE, day, tokens, tenant_limit)
+    tenant_used = _add(conn, tenant, TENANT_WIDE, day, tokens, tenant_limit)
     if tenant_used is None:
         return Charge(
             False,
             "tenant",
-            await _used(conn, tenant, TENANT_WIDE, day),
-            await _used(conn, tenant, key_id, day) if key_id else None,
+            _used(conn, tenant, TENANT_WIDE, day),
+            _used(conn, tenant, key_id, day) if key_id else None,
         )
     if key_id is None:
         return Charge(True, None, tenant_used, None)
-    key_used = await _add(conn, tenant, key_id, day, tokens, key_limit)
+    key_used = _add(conn, tenant, key_id, day, tokens, key_limit)
     if key_used is None:
-        tenant_used = await _add(conn, tenant, TENANT_WIDE, day, -tokens, None)
+        tenant_used = _add(conn, tenant, TENANT_WIDE, day, -tokens, None)
         assert tenant_used is not None
-        return Charge(False, "key", tenant_used, await _used(conn, tenant, key_id, day))
+        return Charge(False, "key", tenant_used, _used(conn, tenant, key_id, day))
     return Charge(True, None, tenant_used, key_used)
 
 
-async def _add(
-    conn: AsyncConnection, tenant: str, key_id: str, day: date, tokens: int, limit: int | None
+def _add(
+    conn: Connection, tenant: str, key_id: str, day: date, tokens: int, limit: int | None
 ) -> int | None:
     """The new total, or None when adding would pass ``limit`` (nothing is then changed)."""
-    row = token_usage.c
-    where = [row.tenant == tenant, row.key_id == key_id, row.day == day]
-    if limit is not None:
-        where.append(row.tokens + tokens <= limit)
-    result = await conn.execute(
-        update(token_usage).where(*where).values(tokens=row.tokens + tokens).returning(row.tokens)
-    )
-    total = result.scalar_one_or_none()
+    params = {"p_tenant": tenant, "p_key": key_id, "p_day": day, "p_tokens": tokens}
+    if limit is None:
+        total = conn.execute(_ADD, params).scalar_one_or_none()
+    else:
+        total = conn.execute(_ADD_WITHIN, {**params, "p_limit": limit}).scalar_one_or_none()
     return None if total is None else int(total)
 
 
-async def _used(conn: AsyncConnection, tenant: str, key_id: str, day: date) -> int:
-    row = token_usage.c
-    total = await conn.scalar(
-        select(row.tokens).where(row.tenant == tenant, row.key_id == key_id, row.day == day)
-    )
+def _used(conn: Connection, tenant: str, key_id: str, day: date) -> int:
+    total = conn.execute(_USED, {"p_tenant": tenant, "p_key": key_id, "p_day": day}).scalar()
     return int(total or 0)
-
-
-async def _replay(conn: AsyncConnection, decision_id: str) -> Charge:
-    row = (
-        await conn.execute(select(token_charges).where(token_charges.c.decision_id == decision_id))
-    ).one()
-    return Charge(row.accepted, row.exceeded, row.tenant_used, row.key_used, replayed=True)
 
 
 async def used(engine: AsyncEngine, tenant: str, day: date, key_id: str | None = None) -> int:
     """Tokens charged on ``day`` to the tenant (or to one of its keys)."""
+    params = {"p_tenant": tenant, "p_key": key_id or TENANT_WIDE, "p_day": day}
     async with engine.connect() as conn:
-        return await _used(conn, tenant, key_id or TENANT_WIDE, day)
+        total = await conn.scalar(_USED, params)
+    return int(total or 0)
 
 
 async def prune(engine: AsyncEngine, before: date) -> int:
