@@ -28,6 +28,8 @@ stopped, so neither competes with the other for the two cores.
 
 Each cell is 1, 10 or 50 concurrent clients, each a loop of sequential non-streamed
 completions for ``--seconds`` after a warm-up at the same load; raw httpx for every system.
+Every request names ``max_tokens``, as most clients' do, so a full turn's prompt check charges
+the token budget (until this bench sent it, that cost went unmeasured).
 Then one client streams for ``--seconds``: the time to first token is from sending the request
 to the first chunk with content, and "added" is a layer's p50 minus the upstream's own.
 With one client, the CPU time each process spends per request is read from ``/proc`` around
@@ -69,6 +71,9 @@ UPSTREAM_KEY = "sk-bench-upstream"
 LITELLM_KEY = "sk-bench-litellm"
 HANDLERS = ["identity", "policy", "memory", "slm", "tools", "analytics", "sagas"]
 PROMPT = [{"role": "user", "content": "Say something short."}]
+# Sent with every request, as most clients do: a full turn that names it is charged against
+# the tenant's daily token budget on its prompt check, a SQL transaction on the turn's path.
+MAX_TOKENS = 64
 SYSTEMS = ["upstream", "full", "passthrough", "litellm"]
 LABELS = {
     "upstream": "upstream alone",
@@ -490,7 +495,7 @@ async def load(url: str, key: str, clients: int, seconds: float, warmup: float) 
     Each client has its own connection: one shared httpx pool serialises its callers and
     becomes the bottleneck from about 20 of them (encode/httpx#3215), whatever the server.
     """
-    body = {"model": MODEL, "messages": PROMPT}
+    body = {"model": MODEL, "messages": PROMPT, "max_tokens": MAX_TOKENS}
     cell = Cell(clients)
     async with contextlib.AsyncExitStack() as stack:
         pool = [
@@ -530,7 +535,7 @@ async def load(url: str, key: str, clients: int, seconds: float, warmup: float) 
 async def stream_load(url: str, key: str, seconds: float, warmup: float) -> Cell:
     """One client's sequential streamed completions; each latency is the time from sending the
     request to the first chunk carrying content (the stream is read to its end)."""
-    body = {"model": MODEL, "messages": PROMPT, "stream": True}
+    body = {"model": MODEL, "messages": PROMPT, "max_tokens": MAX_TOKENS, "stream": True}
     cell = Cell(1)
     async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
 
