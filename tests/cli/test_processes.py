@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -66,6 +67,13 @@ async def test_a_factory_that_returns_neither_a_service_nor_a_coroutine_is_refus
         await processes.run(Process("x", "builtins:repr"), Settings())
 
 
+@pytest.fixture(autouse=True)
+def unfrozen() -> Iterator[None]:
+    """A process run here freezes what this test process holds; later tests get it back."""
+    yield
+    gc.unfreeze()
+
+
 LOOPS: list[str] = []
 
 
@@ -104,11 +112,7 @@ def freeze_probe(settings: Settings) -> Any:
 
 def test_a_process_runs_with_its_imports_kept_out_of_garbage_collection() -> None:
     gc.unfreeze()
-    try:
-        probe = Process("probe", "tests.cli.test_processes:freeze_probe")
-        processes.run_blocking(probe, Settings())
-    finally:
-        gc.unfreeze()
+    processes.run_blocking(Process("probe", "tests.cli.test_processes:freeze_probe"), Settings())
     # Everything the imports made, well over what a few modules alone would leave.
     assert FROZEN[-1] > 50_000
 
