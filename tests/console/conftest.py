@@ -143,9 +143,11 @@ def _wait_ready(system: System) -> None:
                     headers={"Authorization": f"Bearer {system.admin_key}"},
                     json=warm,
                 )
-            except httpx.TimeoutException:
+            except httpx.TimeoutException as exc:
                 if attempt == 2:
-                    raise
+                    # What the processes said is the only clue to a turn that never answered.
+                    out = system.running.out.text[-6000:]
+                    raise AssertionError(f"the warm-up turn timed out 3 times:\n{out}") from exc
                 continue
             if answer.status_code != 503 or attempt == 2:
                 break
