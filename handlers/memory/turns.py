@@ -76,12 +76,8 @@ def check(turn: Turn) -> None:
 # Built once per dialect, the values passed at execution: a statement built with its values on
 # every call cost more in SQLAlchemy's construction and cache key than SQLite's insert itself.
 _RECORD = {
-    "postgresql": postgresql.insert(memory_turns).on_conflict_do_nothing(
-        index_elements=["tenant", "turn_id"]
-    ),
-    "sqlite": sqlite.insert(memory_turns).on_conflict_do_nothing(
-        index_elements=["tenant", "turn_id"]
-    ),
+    name: dialect.insert(memory_turns).on_conflict_do_nothing(index_elements=["tenant", "turn_id"])
+    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
 }
 
 

@@ -96,20 +96,9 @@ _THE_TOTAL = (
     _TOTAL.key_id == bindparam("p_key"),
     _TOTAL.day == bindparam("p_day"),
 )
-_ADD = (
-    update(token_usage)
-    .where(*_THE_TOTAL)
-    .values(tokens=_TOTAL.tokens + bindparam("p_tokens", type_=BigInteger))
-    .returning(_TOTAL.tokens)
-)
-_ADD_WITHIN = (
-    update(token_usage)
-    .where(
-        *_THE_TOTAL, _TOTAL.tokens + bindparam("p_tokens", type_=BigInteger) <= bindparam("p_limit")
-    )
-    .values(tokens=_TOTAL.tokens + bindparam("p_tokens", type_=BigInteger))
-    .returning(_TOTAL.tokens)
-)
+_ADDED = _TOTAL.tokens + bindparam("p_tokens", type_=BigInteger)
+_ADD = update(token_usage).where(*_THE_TOTAL).values(tokens=_ADDED).returning(_TOTAL.tokens)
+_ADD_WITHIN = _ADD.where(_ADDED <= bindparam("p_limit"))
 _USED = select(_TOTAL.tokens).where(*_THE_TOTAL)
 _SETTLE = (
     update(token_charges)
