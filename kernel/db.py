@@ -18,14 +18,16 @@ power loss without losing a commit runs PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import sqlite3
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import msgspec
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import URL, Connection, Engine, MetaData, create_engine, event
@@ -62,16 +64,34 @@ READ_ONLY = "soma_read_only"
 # The single SQLite file every area shared before each had its own.
 LEGACY_FILE = "kernel.db"
 
+_json_encoder = msgspec.json.Encoder()
+
+
+def _json_text(value: object) -> str:
+    return _json_encoder.encode(value).decode()
+
+
+def _json_value(text: str | bytes) -> Any:
+    try:
+        return msgspec.json.decode(text)
+    except msgspec.DecodeError:  # NaN or Infinity, which json.dumps wrote in older releases
+        return json.loads(text)
+
+
+# JSON columns through msgspec on every engine: the saga runner writes an instance's input and
+# data at each commit, and the standard library's encoder took ten times as long.
+JSON_CODEC: dict[str, Any] = {"json_serializer": _json_text, "json_deserializer": _json_value}
+
 
 def make_engine(url: str) -> AsyncEngine:
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(url, connect_args={"timeout": 30}, **JSON_CODEC)
         _sqlite_writer_events(engine.sync_engine)
         return engine
     # A fixed pool: under load, tasks wait for a connection instead of opening (and closing)
     # overflow connections, which costs more than the statements themselves.
     pool = int(os.environ.get("SOMA_DB_POOL", "20"))
-    return create_async_engine(url, pool_size=pool, max_overflow=0, pool_recycle=1800)
+    return create_async_engine(url, pool_size=pool, max_overflow=0, pool_recycle=1800, **JSON_CODEC)
 
 
 def _sqlite_writer_events(engine: Engine) -> None:
@@ -113,7 +133,7 @@ def _sync_writer(engine: AsyncEngine) -> Engine | None:
     url = _sqlite_file(engine)
     if url is None:
         return None
-    sync = create_engine(url, connect_args={"timeout": 30})
+    sync = create_engine(url, connect_args={"timeout": 30}, **JSON_CODEC)
     _sqlite_writer_events(sync)
     _writers[engine] = sync
     return sync
@@ -170,7 +190,7 @@ def point_reader(engine: AsyncEngine) -> Engine | None:
     url = _sqlite_file(engine)
     if url is None:
         return None
-    sync = create_engine(url)
+    sync = create_engine(url, **JSON_CODEC)
 
     @event.listens_for(sync, "connect")
     def _read_only(dbapi_conn, _record):  # type: ignore[no-untyped-def]

@@ -159,8 +159,7 @@ def load(process: Process) -> Entrypoint:
         module = importlib.import_module(process.module)
     except Exception as exc:
         raise ProcessUnavailable(
-            f"process {process.name!r} is not available in this build: "
-            f"{type(exc).__name__}: {exc}"
+            f"process {process.name!r} is not available in this build: {type(exc).__name__}: {exc}"
         ) from exc
     entry = getattr(module, process.attribute, None)
     if not callable(entry):

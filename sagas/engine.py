@@ -425,7 +425,7 @@ class Engine:
             rows = [o.to_row() for o in change.outbox]
             publishing = (asyncio.ensure_future(self.publish(rows)), rows)
         history = [h.to_row() for h in change.history]
-        await self.store.add(saga_id, hot, history, inbox, publishing)
+        await self.store.add(saga_id, hot, change.written, history, inbox, publishing)
 
     # ── persistence ────────────────────────────────────────────────────────────────────
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,8 @@ CAPACITY = 20_000
 # Built once, as ``storage.AT_REV`` is: SQLAlchemy then compiles it once, where a statement
 # built per instance costs a cache key every time.
 _INSERT = tables.instances.insert()
+# What every transition of a hot instance changes besides the columns it sets.
+_NUMBERING = ("seq", "rev", "updated_at")
 
 
 class LostTransition(RuntimeError):
@@ -66,6 +68,9 @@ class Pending:
     hot: Hot
     row: Instance
     base_rev: int | None  # the rev the stored row must have; None: insert it
+    # The columns its transitions set: an update writes those (with the numbering columns),
+    # not the input and the rest that no transition changes, re-encoded at every commit.
+    written: set[str] = field(default_factory=set)
     history: list[dict[str, Any]] = field(default_factory=list)
     inbox: list[dict[str, Any]] = field(default_factory=list)
     publishing: list[tuple[asyncio.Future[Any], list[dict[str, Any]]]] = field(default_factory=list)
@@ -91,6 +96,7 @@ class HotStore:
         self,
         saga_id: str,
         hot: Hot,
+        written: Collection[str],
         history: list[dict[str, Any]],
         inbox: list[dict[str, Any]],
         publishing: tuple[asyncio.Future[Any], list[dict[str, Any]]] | None,
@@ -103,6 +109,7 @@ class HotStore:
                 self._fail(pending, "the instance was reloaded")
             pending = self.pending[saga_id] = Pending(hot, hot.row, hot.flushed_rev)
         pending.row = hot.row
+        pending.written.update(written)
         pending.history.extend(history)
         pending.inbox.extend(inbox)
         if publishing is not None:
@@ -208,11 +215,11 @@ class HotStore:
             conn.execute(tables.outbox.insert(), outbox)
 
     def _write_row(self, conn: Connection, saga_id: str, pending: Pending) -> None:
-        row = pending.row.to_row()
+        row = pending.row
         if pending.base_rev is None:
-            conn.execute(_INSERT, row)
+            conn.execute(_INSERT, row.to_row())
             return
-        values = {k: v for k, v in row.items() if k != "id"}
+        values = {name: getattr(row, name) for name in (*pending.written, *_NUMBERING)}
         result = conn.execute(AT_REV, {**values, "_id": saga_id, "_rev": pending.base_rev})
         if result.rowcount != 1:
             raise IntegrityError("rev check", None, Exception(f"saga {saga_id} advanced elsewhere"))

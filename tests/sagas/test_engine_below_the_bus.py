@@ -12,6 +12,8 @@ from typing import Any
 
 import msgspec
 import pytest
+from sqlalchemy import event
+from sqlalchemy.engine import Engine as SyncEngine
 
 from sagas import definitions as shipped
 from sagas.definition import Complete, Definition, Run, WaitSignal
@@ -440,6 +442,26 @@ async def test_a_redelivered_reply_to_a_group_mode_saga_is_applied_once(h: Harne
     await h.deliver(reply, env)
     assert len(h.commands()) == 3, "the two calls after the first are sent once"
     assert (await h.instance(saga_id))["data"]["outputs"] == ["one"]
+
+
+async def test_a_group_commit_updates_only_the_columns_its_transitions_set(h: Harness) -> None:
+    updates: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if statement.startswith("UPDATE saga_instances"):
+            updates.append(statement)
+
+    event.listen(SyncEngine, "before_cursor_execute", record)
+    try:
+        saga_id = await h.start("grouped", {"note": "x" * 10_000})
+        await h.answer(h.command(), done(h.command(), 1))
+    finally:
+        event.remove(SyncEngine, "before_cursor_execute", record)
+
+    assert updates, "the reply was committed as an update of the stored instance"
+    assert all(" input=" not in u and " type=" not in u for u in updates), updates
+    row = await h.instance(saga_id)
+    assert row["input"] == {"note": "x" * 10_000} and row["data"]["outputs"] == [1]
 
 
 async def test_a_group_mode_saga_replies_before_it_finishes(h: Harness) -> None:

@@ -39,8 +39,14 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     with op.batch_alter_table("identity_api_keys") as batch:
-        for name in ("key_metadata", "tpm_limit", "rpm_limit", "budget_start",
-                     "budget_duration", "max_budget"):
+        for name in (
+            "key_metadata",
+            "tpm_limit",
+            "rpm_limit",
+            "budget_start",
+            "budget_duration",
+            "max_budget",
+        ):
             batch.drop_column(name)
     with op.batch_alter_table("identity_tenants") as batch:
         for name in ("budget_start", "budget_duration", "max_budget"):
