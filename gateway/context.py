@@ -49,9 +49,10 @@ def gateway_of(request: Request) -> Gateway:
 SPENDING = frozenset({"chat", "embeddings", "tasks"})
 
 
-def caller(area: str) -> Callable[..., Awaitable[Principal]]:
+def caller(area: str, *, tokens: bool = False) -> Callable[..., Awaitable[Principal]]:
     """Dependency: authenticate, check the role for ``area``, the budgets of the key and the
-    tenant when the area spends, and count the request."""
+    tenant when the area spends, and count the request; with ``tokens`` (a route that spends
+    them) also check the minute's token limits, in the same round trip."""
 
     async def resolve(
         request: Request,
@@ -65,7 +66,7 @@ def caller(area: str) -> Callable[..., Awaitable[Principal]]:
             gateway.budgets.admit(
                 principal.tenant, principal.key_id, principal.budget, principal.tenant_budget
             )
-        await gateway.limiter.admit_request(principal)
+        await gateway.limiter.admit(principal, tokens=tokens)
         return principal
 
     return resolve

@@ -55,11 +55,10 @@ _STREAM_DOC = {
 async def create_chat_completion(
     body: ChatCompletionRequest,
     request: Request,
-    principal: Annotated[Principal, Depends(caller("chat"))],
+    principal: Annotated[Principal, Depends(caller("chat", tokens=True))],
 ) -> Response:
     check_user(principal, body.user)
     gateway = gateway_of(request)
-    await gateway.limiter.admit_tokens(principal)
     model = await gateway.models.require(body.model, principal)
     passthrough = gateway.config.chat_pipeline == "passthrough"
     turn = chat_turns.turn_input(body, principal, passthrough=passthrough)

@@ -58,13 +58,12 @@ def _encode(vector: list[float], encoding: str) -> list[float] | str:
 async def create_embeddings(
     body: EmbeddingRequest,
     request: Request,
-    principal: Annotated[Principal, Depends(caller("embeddings"))],
+    principal: Annotated[Principal, Depends(caller("embeddings", tokens=True))],
 ) -> EmbeddingList:
     gateway = gateway_of(request)
     texts = _texts(body)
     if not principal.may_use_model(body.model):
         raise model_not_found(body.model)
-    await gateway.limiter.admit_tokens(principal)
     try:
         embedded = await gateway.dispatch.ask(
             MemoryEmbed(texts=texts, model=body.model),

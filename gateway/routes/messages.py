@@ -50,11 +50,10 @@ _STREAM_DOC = {
 async def create_message(
     body: MessagesRequest,
     request: Request,
-    principal: Annotated[Principal, Depends(caller("chat"))],
+    principal: Annotated[Principal, Depends(caller("chat", tokens=True))],
 ) -> Response:
     check_user(principal, body.metadata.user_id if body.metadata else None, "metadata.user_id")
     gateway = gateway_of(request)
-    await gateway.limiter.admit_tokens(principal)
     model = await gateway.models.require(body.model, principal)
     passthrough = gateway.config.chat_pipeline == "passthrough"
     turn = anthropic_turns.turn_input(body, principal, passthrough=passthrough)

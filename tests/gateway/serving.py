@@ -41,9 +41,7 @@ async def served(
     are judged by (default: the time)."""
     port = free_port()
     app = create_app(settings, config) if clock is None else create_app(settings, config, clock)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-    )
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     task = asyncio.create_task(server.serve())
     try:

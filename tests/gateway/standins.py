@@ -704,7 +704,10 @@ async def _invoke_tool(cmd: ToolInvoke, env: Envelope) -> ToolResult:
     if cmd.name != "add":
         listed = cmd.name in {ADD_TOOL.name, SHELL_TOOL.name}
         return ToolResult(
-            call_id=cmd.call_id, name=cmd.name, ok=False, error=f"no tool named {cmd.name!r}",
+            call_id=cmd.call_id,
+            name=cmd.name,
+            ok=False,
+            error=f"no tool named {cmd.name!r}",
             code=None if listed else "unknown_tool",
         )
     a, b = cmd.arguments.get("a"), cmd.arguments.get("b")

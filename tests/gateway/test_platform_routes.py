@@ -36,7 +36,10 @@ async def test_a_task_starts_waits_for_approval_and_completes_on_the_signal(
     key_id = member["Authorization"].split("-")[2]
     # The gateway adds the caller's role and key: the task's model calls count against the key.
     assert fetched["input"] == {
-        "goal": "a report", "require_approval": True, "role": "member", "key_id": key_id
+        "goal": "a report",
+        "require_approval": True,
+        "role": "member",
+        "key_id": key_id,
     }
 
     signalled = await http.post(
