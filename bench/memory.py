@@ -19,7 +19,8 @@ Local mode is given at most ``--peer-seconds`` of queries per size (at least 5 q
 table says how many it ran.
 
 The edge engine is also timed recalling tenant-wide (no user: a role granted tenant-wide memory),
-a scope of 1,000 points.
+a scope of 1,000 points; and, apart, as one user's own memories grow to 1k, 5k and 20k (a chat
+turn stores one): a scope's recall grows with what the scope holds.
 
 Prints progress while loading, a table of p50 and p99 per size, then one JSON line:
 {"recall_p50_ms_1k": ..., "recall_p50_ms_10k": ..., "recall_p50_ms_100k": ...} for the edge
@@ -56,6 +57,7 @@ from handlers.memory.server_index import ServerIndex
 from handlers.memory.vectors import Vectors, point_id
 
 SIZES = (1_000, 10_000, 100_000)
+ONE_USER_SIZES = (1_000, 5_000, 20_000)
 TENANT_SIZE = 1_000
 USERS = 10
 BATCH = 1_000
@@ -143,6 +145,46 @@ async def measure(
     return timings
 
 
+async def one_user(data_dir: Path, embedder: HashedNgrams, queries: int) -> dict[str, float]:
+    """Recall p50 as one user's own memories grow (every chat turn stores one): the payload
+    indexes bound a scan to the scope, and with no HNSW graph built while serving (see
+    handlers/memory/edge_index.py) a scope's recall grows with what it holds."""
+    index = await EdgeIndex.open(data_dir, "one-user", embedder)
+    figures: dict[str, float] = {}
+    try:
+        rng, vrng = random.Random(7), np.random.default_rng(7)
+        loaded = 0
+        for size in ONE_USER_SIZES:
+            vectors = unit_vectors(size - loaded, embedder.dimension, vrng)
+            points = []
+            for n in range(loaded, size):
+                p = {**payload(n, rng), "tenant": "solo", "user": "owner"}
+                points.append(
+                    edge.Point(point_id("solo", p["ref"]), vectors[n - loaded].tolist(), p)
+                )
+            for first in range(0, len(points), BATCH):
+                index.shard.update(
+                    edge.UpdateOperation.upsert_points(points[first : first + BATCH])
+                )
+            loaded = size
+            memory = Vectors(index, embedder)
+            timings: list[float] = []
+            for _ in range(min(queries, 300)):
+                query = " ".join(rng.choice(WORDS) for _ in range(6))
+                started = time.perf_counter_ns()
+                await store.search(memory, "solo", query, top_k=5, user="owner")
+                timings.append((time.perf_counter_ns() - started) / 1e6)
+            figures[f"one_user_recall_p50_ms_{label(size)}"] = round(percentile(timings, 0.5), 3)
+            print(
+                f"  one user holding {size:>6,} memories: recall p50 "
+                f"{percentile(timings, 0.5):7.3f} ms",
+                flush=True,
+            )
+    finally:
+        await index.close()
+    return figures
+
+
 def percentile(timings: list[float], fraction: float) -> float:
     ordered = sorted(timings)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
@@ -191,6 +233,7 @@ async def run(queries: int, peer_seconds: float, peer: bool) -> dict[str, float]
             await edge_index.close()
             if local_index is not None:
                 await local_index.close()
+        figures.update(await one_user(data_dir, embedder, queries))
     load_average = os.getloadavg()[0]
     print(
         f"recall, tenant + user scope of 100 points, top 5, hashed-ngrams-384 "
