@@ -5,6 +5,10 @@ row and gets the very same answer, charging nothing twice. The tokens are then a
 tenant's and the key's totals for the (UTC) day, each by one conditional UPDATE
 (``tokens + n <= limit``), so any number of concurrent handler replicas can never overshoot a
 limit between reading a total and writing it.
+
+On SQLite that transaction runs in this module. On PostgreSQL the same steps are one
+call of ``policy_charge_tokens`` (migration ``policy_0003``), one round trip where the driver
+made seven; ``tests/policy/test_budget.py`` holds both to the same behaviour.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from sqlalchemy import (
     bindparam,
     delete,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -111,6 +116,14 @@ _SETTLE = (
     )
 )
 _REPLAY = select(token_charges).where(_CHARGED.decision_id == bindparam("p_decision"))
+_CHARGE_CALL = text(
+    "SELECT * FROM policy_charge_tokens(:p_decision, :p_tenant, :p_key, :p_day, :p_tokens,"
+    " :p_tenant_limit, :p_key_limit, :p_now)"
+).bindparams(
+    bindparam("p_tokens", type_=BigInteger),
+    bindparam("p_tenant_limit", type_=BigInteger),
+    bindparam("p_key_limit", type_=BigInteger),
+)
 
 
 async def charge(
@@ -131,6 +144,21 @@ async def charge(
         raise ValueError(f"{TENANT_WIDE!r} is not a valid key id")
     key_id = key_id or None
     dialect = engine.dialect.name
+    if dialect == "postgresql":
+        args = {
+            "p_decision": decision_id,
+            "p_tenant": tenant,
+            "p_key": key_id,
+            "p_day": day,
+            "p_tokens": tokens,
+            "p_tenant_limit": tenant_limit,
+            "p_key_limit": key_limit,
+            "p_now": datetime.now(UTC),
+        }
+        # One statement, so its own transaction: autocommit spares a BEGIN and a COMMIT.
+        async with engine.execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
+            row = (await conn.execute(_CHARGE_CALL, args)).one()
+        return Charge(row.accepted, row.exceeded, row.tenant_used, row.key_used, row.replayed)
 
     def work(conn: Connection) -> Charge:
         recorded = conn.execute(
