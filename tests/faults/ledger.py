@@ -9,12 +9,15 @@ dead letters from SOMA_DLQ, consumer backlogs from the server.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from sqlalchemy import func, select
@@ -26,6 +29,8 @@ from sagas import tables as saga_tables
 from schemas.catalogue import STREAMS
 from schemas.envelope import CORRELATION_ID, SCHEMA
 from tests.faults.load import Load
+
+T = TypeVar("T")
 
 SETTLE_TIMEOUT = 90.0
 
@@ -71,15 +76,30 @@ async def events_after(js: JetStreamContext, seq: int) -> list[Event]:
         await sub.unsubscribe()
 
 
+async def answered(ask: Callable[[], Awaitable[T]], timeout: float = 30.0) -> T:
+    """What a JetStream API request answers, asked again while it times out: after a cluster
+    member's kill the members elect their leaders again, and until they have, a request can
+    go unanswered. Past ``timeout`` the last timeout is raised."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await ask()
+        except NatsTimeoutError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
 async def dead_letters(js: JetStreamContext) -> int:
-    return int((await js.stream_info(STREAMS["dlq"])).state.messages)
+    info = await answered(lambda: js.stream_info(STREAMS["dlq"]))
+    return int(info.state.messages)
 
 
 async def backlog(js: JetStreamContext) -> dict[str, int]:
     """Messages each durable consumer has yet to see or to acknowledge."""
     out: dict[str, int] = {}
     for stream in (STREAMS["cmd"], STREAMS["evt"]):
-        for info in await js.consumers_info(stream):
+        for info in await answered(functools.partial(js.consumers_info, stream)):
             if not info.config.durable_name:
                 continue
             left = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
