@@ -3,7 +3,6 @@ engine and the synchronous writer alike, and rows written by older releases stil
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,19 +19,12 @@ notes = Table(
 DOC = {"text": "naïve café ✓", "n": 2**70, "ratio": 0.1, "nested": [{"a": None}, [1, 2]]}
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    with database(request.param, tmp_path, "json.db") as url:
-        yield url
-
-
 @pytest.fixture
-async def engine(url: str) -> AsyncIterator[AsyncEngine]:
-    db = make_engine(url)
-    async with db.begin() as conn:
+async def noted(engine: AsyncEngine) -> AsyncEngine:
+    """``engine`` with the table of documents."""
+    async with engine.begin() as conn:
         await conn.run_sync(notes.metadata.create_all)
-    yield db
-    await dispose(db)
+    return engine
 
 
 async def _doc(engine: AsyncEngine, id: int) -> object:
@@ -40,20 +32,20 @@ async def _doc(engine: AsyncEngine, id: int) -> object:
         return (await conn.execute(select(notes.c.doc).where(notes.c.id == id))).scalar_one()
 
 
-async def test_a_document_written_by_the_async_engine_reads_back_equal(engine: AsyncEngine) -> None:
-    async with engine.begin() as conn:
+async def test_a_document_written_by_the_async_engine_reads_back_equal(noted: AsyncEngine) -> None:
+    async with noted.begin() as conn:
         await conn.execute(notes.insert(), {"id": 1, "doc": DOC})
-    assert await _doc(engine, 1) == DOC
+    assert await _doc(noted, 1) == DOC
 
 
 async def test_a_document_written_in_a_transaction_function_reads_back_equal(
-    engine: AsyncEngine,
+    noted: AsyncEngine,
 ) -> None:
     def write(conn: Connection) -> None:
         conn.execute(notes.insert(), {"id": 2, "doc": DOC})
 
-    await in_transaction(engine, write)
-    assert await _doc(engine, 2) == DOC
+    await in_transaction(noted, write)
+    assert await _doc(noted, 2) == DOC
 
 
 async def test_a_sqlite_document_with_nan_from_an_older_release_still_reads(

@@ -4,7 +4,6 @@ SQLite file (in a worker thread) and on PostgreSQL (through ``run_sync``) alike.
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,22 +11,14 @@ from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kernel.db import dispose, in_transaction, make_engine
-from tests.servers import database
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    with database(request.param, tmp_path, "kernel.db") as url:
-        yield url
 
 
 @pytest.fixture
-async def engine(url: str) -> AsyncIterator[AsyncEngine]:
-    db = make_engine(url)
-    async with db.begin() as conn:
+async def engine(engine: AsyncEngine) -> AsyncEngine:
+    """The conftest's engine, with a table of notes."""
+    async with engine.begin() as conn:
         await conn.execute(text("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)"))
-    yield db
-    await dispose(db)
+    return engine
 
 
 async def _bodies(engine: AsyncEngine) -> list[str]:
