@@ -170,15 +170,22 @@ async def dispose(engine: AsyncEngine) -> None:
     await engine.dispose()
 
 
+def autocommit(engine: AsyncEngine) -> AsyncEngine:
+    """``engine`` for single statements, each its own transaction: on PostgreSQL one round
+    trip instead of three (BEGIN, the statement, COMMIT or ROLLBACK). SQLite's engine is
+    returned as it is: its transactions are already begun by ``kernel.db``'s own events."""
+    if engine.dialect.name == "postgresql":
+        return engine.execution_options(isolation_level="AUTOCOMMIT")
+    return engine
+
+
 def reader(engine: AsyncEngine) -> AsyncEngine:
     """``engine`` for connections that only read: on SQLite their transactions begin deferred,
     so they neither wait for nor hold up the writer. On PostgreSQL each statement runs in its
     own implicit transaction (autocommit): a read is one round trip instead of three (BEGIN,
     the statement, ROLLBACK), and it reads what it would have read in a transaction, since
     READ COMMITTED takes a new snapshot for every statement anyway."""
-    if engine.dialect.name == "postgresql":
-        return engine.execution_options(isolation_level="AUTOCOMMIT", **{READ_ONLY: True})
-    return engine.execution_options(**{READ_ONLY: True})
+    return autocommit(engine).execution_options(**{READ_ONLY: True})
 
 
 def point_reader(engine: AsyncEngine) -> Engine | None:

@@ -37,7 +37,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from handlers.policy.evaluate import Finding
-from kernel.db import in_transaction, metadata
+from kernel.db import autocommit, in_transaction, metadata
 
 # The key_id under which a tenant's own total is kept (API key ids never look like this).
 TENANT_WIDE = "*"
@@ -155,8 +155,7 @@ async def charge(
             "p_key_limit": key_limit,
             "p_now": datetime.now(UTC),
         }
-        # One statement, so its own transaction: autocommit spares a BEGIN and a COMMIT.
-        async with engine.execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
+        async with autocommit(engine).connect() as conn:  # one statement, one round trip
             row = (await conn.execute(_CHARGE_CALL, args)).one()
         return Charge(row.accepted, row.exceeded, row.tenant_used, row.key_used, row.replayed)
 

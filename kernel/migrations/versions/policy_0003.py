@@ -32,6 +32,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     t_used bigint;
     k_used bigint;
+    refused text;
 BEGIN
     INSERT INTO policy_token_charges
         (decision_id, tenant, key_id, day, tokens, accepted, tenant_used, created_at)
@@ -49,47 +50,38 @@ BEGIN
         VALUES (p_tenant, p_key, p_day, 0) ON CONFLICT DO NOTHING;
     END IF;
 
+    -- Each total grows only if it stays within its limit; the key's refusal gives the
+    -- tenant's tokens back. Every outcome is settled on the decision row once, below.
     UPDATE policy_token_usage u SET tokens = u.tokens + p_tokens
     WHERE u.tenant = p_tenant AND u.key_id = '*' AND u.day = p_day
       AND (p_tenant_limit IS NULL OR u.tokens + p_tokens <= p_tenant_limit)
     RETURNING u.tokens INTO t_used;
     IF NOT FOUND THEN
+        refused := 'tenant';
+    ELSIF p_key IS NOT NULL THEN
+        UPDATE policy_token_usage u SET tokens = u.tokens + p_tokens
+        WHERE u.tenant = p_tenant AND u.key_id = p_key AND u.day = p_day
+          AND (p_key_limit IS NULL OR u.tokens + p_tokens <= p_key_limit)
+        RETURNING u.tokens INTO k_used;
+        IF NOT FOUND THEN
+            refused := 'key';
+            UPDATE policy_token_usage u SET tokens = u.tokens - p_tokens
+            WHERE u.tenant = p_tenant AND u.key_id = '*' AND u.day = p_day;
+        END IF;
+    END IF;
+    IF refused IS NOT NULL THEN  -- the totals as they stand
         SELECT u.tokens INTO t_used FROM policy_token_usage u
         WHERE u.tenant = p_tenant AND u.key_id = '*' AND u.day = p_day;
         IF p_key IS NOT NULL THEN
             SELECT u.tokens INTO k_used FROM policy_token_usage u
             WHERE u.tenant = p_tenant AND u.key_id = p_key AND u.day = p_day;
         END IF;
-        UPDATE policy_token_charges c
-        SET accepted = false, exceeded = 'tenant', tenant_used = t_used, key_used = k_used
-        WHERE c.decision_id = p_decision;
-        RETURN QUERY SELECT false, 'tenant'::text, t_used, k_used, false;
-        RETURN;
-    END IF;
-
-    IF p_key IS NOT NULL THEN
-        UPDATE policy_token_usage u SET tokens = u.tokens + p_tokens
-        WHERE u.tenant = p_tenant AND u.key_id = p_key AND u.day = p_day
-          AND (p_key_limit IS NULL OR u.tokens + p_tokens <= p_key_limit)
-        RETURNING u.tokens INTO k_used;
-        IF NOT FOUND THEN
-            UPDATE policy_token_usage u SET tokens = u.tokens - p_tokens
-            WHERE u.tenant = p_tenant AND u.key_id = '*' AND u.day = p_day
-            RETURNING u.tokens INTO t_used;
-            SELECT u.tokens INTO k_used FROM policy_token_usage u
-            WHERE u.tenant = p_tenant AND u.key_id = p_key AND u.day = p_day;
-            UPDATE policy_token_charges c
-            SET accepted = false, exceeded = 'key', tenant_used = t_used, key_used = k_used
-            WHERE c.decision_id = p_decision;
-            RETURN QUERY SELECT false, 'key'::text, t_used, k_used, false;
-            RETURN;
-        END IF;
     END IF;
 
     UPDATE policy_token_charges c
-    SET accepted = true, exceeded = NULL, tenant_used = t_used, key_used = k_used
+    SET accepted = refused IS NULL, exceeded = refused, tenant_used = t_used, key_used = k_used
     WHERE c.decision_id = p_decision;
-    RETURN QUERY SELECT true, NULL::text, t_used, k_used, false;
+    RETURN QUERY SELECT refused IS NULL, refused, t_used, k_used, false;
 END;
 $$
 """
