@@ -72,6 +72,8 @@ async def test_a_chat_turn_appears_live_within_a_second(page: Any, system: Syste
     row = page.locator(f'#live-rows tr[data-correlation="{correlation}"]')
     await row.first.wait_for(timeout=1000)
     assert time.monotonic() - answered < 1.0
+    # The rest of the turn's commands and events arrive over the same socket just after.
+    await row.nth(3).wait_for(timeout=1000)
     assert await row.count() >= 4, "the turn's commands and events, not one message"
     await row.filter(has_text="slm.completed").first.locator("button").click()
     detail = page.locator("#detail")
