@@ -33,12 +33,15 @@ the token budget (until this bench sent it, that cost went unmeasured).
 Then one client streams for ``--seconds``: the time to first token is from sending the request
 to the first chunk with content, and "added" is a layer's p50 minus the upstream's own.
 With one client, the CPU time each process spends per request is read from ``/proc`` around
-the cell (Linux) and printed by process: where a turn's milliseconds go. A table per backend;
+the cell (Linux) and printed by process: where a turn's milliseconds go. The same cell's chat
+turns are then read back from the commands and events streams, and each message's stored time
+is set against its cause's (its causation id), by JetStream's own clock: the time each hop of
+a turn took, process by process, with no observer on the path. A table per backend;
 the last line printed is the JSON summary: latencies there are added over the upstream with
 one client, requests/s are at 10 clients (``full_rps_50`` at 50), times to first token
-(``ttft_*``) are added over the upstream's, and ``cpu_ms_per_turn`` holds the CPU table. The
-first backend's figures are its top-level keys, each other backend's a nested object under its
-name.
+(``ttft_*``) are added over the upstream's, ``cpu_ms_per_turn`` holds the CPU table and
+``turn_hops_ms`` the hops. The first backend's figures are its top-level keys, each other
+backend's a nested object under its name.
 """
 
 from __future__ import annotations
@@ -46,7 +49,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import gc
+import itertools
 import json
 import os
 import shutil
@@ -304,11 +309,11 @@ def soma_system(
     work: Path,
     modes: tuple[str, ...] = ("full", "passthrough"),
     backend: str = "embedded",
-) -> Iterator[tuple[dict[str, str], str, dict[str, int]]]:
-    """The whole system with a gateway per mode (full, pass-through); yields their URLs, a key
-    and each process's pid by name. ``embedded``: SQLite files and in-process limits under the
-    bench's folder; ``services``: PostgreSQL and Redis (``DATABASE_URL``/``REDIS_URL``, else the
-    local ones)."""
+) -> Iterator[tuple[dict[str, str], str, dict[str, int], str]]:
+    """The whole system with a gateway per mode (full, pass-through); yields their URLs, a key,
+    each process's pid by name and the bus's URL. ``embedded``: SQLite files and in-process
+    limits under the bench's folder; ``services``: PostgreSQL and Redis (``DATABASE_URL``/
+    ``REDIS_URL``, else the local ones)."""
     from soma import embedded
 
     models = work / "models.yaml"
@@ -392,7 +397,7 @@ def soma_system(
         for url in urls.values():
             wait_http(f"{url}/readyz")
             first_completion(url, headers, log)
-        yield urls, key, pids
+        yield urls, key, pids, env["NATS_URL"]
 
 
 @contextlib.contextmanager
@@ -448,6 +453,87 @@ def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     return spent
 
 
+@dataclass
+class Hop:
+    """One kind of message of a chat turn: how long after its cause the server stored it."""
+
+    cause: str
+    message: str
+    by: str  # the process that published it
+    after_cause_ms: list[float] = field(default_factory=list)
+    after_start_ms: list[float] = field(default_factory=list)
+
+
+async def hops(bus: str, since: datetime.datetime) -> list[Hop]:
+    """Every message stored in the commands and events streams since ``since``, grouped by chat
+    turn (correlation id): for each, the time from its cause's stored time (causation id) to
+    its own, by JetStream's own clock, so no observer sits on the path being measured. Plus,
+    between turns, from one turn's ``sagas.replied`` to the next one's ``sagas.start``: the
+    gateway's answer out, the client, and its next request in."""
+    import nats
+    from nats.js.api import ConsumerConfig, DeliverPolicy
+
+    Stored = tuple[float, str, bool, dict[str, str]]  # time, kind, an event?, headers
+    stored: list[Stored] = []
+    nc = await nats.connect(bus)
+    try:
+        js = nc.jetstream()
+        for stream, subjects in (("SOMA_CMD", "soma.cmd.>"), ("SOMA_EVT", "soma.evt.>")):
+            last = (await js.stream_info(stream)).state.last_seq
+            from_since = ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=since
+            )
+            sub = await js.subscribe(
+                subjects, stream=stream, ordered_consumer=True, config=from_since
+            )
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=2)
+                except nats.errors.TimeoutError:
+                    break
+                # soma.<cmd|evt>.<tenant>.<service>.<name>: what it is, without the tenant
+                kind = msg.subject.split(".", 3)[-1]
+                at = msg.metadata.timestamp.timestamp()
+                stored.append((at, kind, stream == "SOMA_EVT", dict(msg.headers or {})))
+                if msg.metadata.sequence.stream >= last:
+                    break
+            await sub.unsubscribe()
+    finally:
+        await nc.close()
+    by_id = {headers.get("Nats-Msg-Id"): (at, kind) for at, kind, _, headers in stored}
+    turns: dict[str, list[Stored]] = {}
+    for entry in sorted(stored, key=lambda e: e[0]):
+        turns.setdefault(entry[3].get("Soma-Correlation-Id", ""), []).append(entry)
+    table: dict[tuple[str, str], Hop] = {}
+    answered: list[tuple[float, float]] = []  # each turn's start and its reply
+    for messages in turns.values():
+        begun = [at for at, kind, _, _ in messages if kind == "sagas.start"]
+        if not begun:
+            continue
+        seen: dict[str, int] = {}
+        for at, kind, event, headers in messages:
+            seen[kind] = seen.get(kind, 0) + 1
+            cause = by_id.get(headers.get("Soma-Causation-Id"))
+            if cause is None or kind == "sagas.started":
+                continue  # the turn's own start; the runner's acknowledgement of it
+            # An event comes from the service that names it; a command from the saga runner.
+            by = kind.partition(".")[0] if event else "sagas"
+            # The answer's check is the turn's second policy.evaluate: told apart by its place.
+            name = kind if seen[kind] == 1 else f"{kind} #{seen[kind]}"
+            hop = table.setdefault((cause[1], name), Hop(cause[1], name, by))
+            hop.after_cause_ms.append((at - cause[0]) * 1000)
+            hop.after_start_ms.append((at - begun[0]) * 1000)
+        replies = [at for at, kind, _, _ in messages if kind == "sagas.replied"]
+        if replies:
+            answered.append((begun[0], replies[0]))
+    answered.sort()
+    between = Hop("sagas.replied", "sagas.start of the next turn", "gateway, client")
+    for (_, reply), (following, _) in itertools.pairwise(answered):
+        between.after_cause_ms.append((following - reply) * 1000)
+    rows = sorted(table.values(), key=lambda h: statistics.median(h.after_start_ms))
+    return [*rows, between] if between.after_cause_ms else rows
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -464,6 +550,8 @@ class Cell:
     warmed: int = 0  # requests of the warm-up, not measured
     # CPU time each process of the system spent per completed request (one client only).
     cpu_ms: dict[str, float] = field(default_factory=dict)
+    # Where a full turn's time went, hop by hop (one client only): see ``hops``.
+    hops: list[Hop] = field(default_factory=list)
 
     @property
     def rps(self) -> float:
@@ -588,13 +676,18 @@ def measure(
     seconds: float,
     warmup: float,
     pids: dict[str, int] | None = None,
+    bus: str | None = None,
 ) -> dict[int, Cell]:
     """Each number of clients in turn; with ``pids``, the one-client cell also records the CPU
-    each process spent per request, over the warm-up's requests and the measured ones."""
+    each process spent per request, over the warm-up's requests and the measured ones; with
+    ``bus``, where the time of its chat turns went (``hops``)."""
     cells = {}
     for n in clients:
         before = cpu_seconds(pids) if pids and n == 1 else {}
+        since = datetime.datetime.now(datetime.UTC)
         cell = asyncio.run(load(url, key, n, seconds, warmup))
+        if bus and n == 1 and name == "full":
+            cell.hops = asyncio.run(hops(bus, since))
         if before and pids and cell.latencies_ms:
             after = cpu_seconds(pids)
             requests = len(cell.latencies_ms) + cell.failed + cell.warmed
@@ -753,6 +846,20 @@ def report(
         for p in [*names, "total"]:
             row = [sum(c.values()) if p == "total" else c.get(p) for c in cpu.values()]
             print(f"  {p:<22}" + "".join(_fmt(v, 20) for v in row))
+    turn_hops = results["full"][1].hops if 1 in results.get("full", {}) else []
+    if turn_hops:
+        print()
+        print("where a full turn's time goes, 1 client: each message stored after its cause, ms")
+        print("(JetStream's stored times; 'after start' counts from the turn's sagas.start)")
+        print(f"  {'cause':<18} {'message':<30} {'by':<16}   p50    p99  after start   turns")
+        for h in turn_hops:
+            at = statistics.median(h.after_start_ms) if h.after_start_ms else None
+            print(
+                f"  {h.cause:<18} {h.message:<30} {h.by:<16}"
+                f"{_fmt(statistics.median(h.after_cause_ms), 6)} "
+                f"{_fmt(percentile(h.after_cause_ms, 0.99), 6)} {_fmt(at, 12)} "
+                f"{len(h.after_cause_ms):>7}"
+            )
     print()
     print("goals:")
     verdicts = {
@@ -804,6 +911,17 @@ def report(
             for name in ("full", "passthrough")
             if name in results and results[name][1].cpu_ms
         },
+        "turn_hops_ms": [
+            {
+                "cause": h.cause,
+                "message": h.message,
+                "by": h.by,
+                "p50": _num(statistics.median(h.after_cause_ms)),
+                "p99": _num(percentile(h.after_cause_ms, 0.99)),
+                "turns": len(h.after_cause_ms),
+            }
+            for h in turn_hops
+        ],
         **extra,
         "cells": {name: per_clients(name) for name in SYSTEMS},
     }
@@ -847,11 +965,11 @@ def main(args: argparse.Namespace) -> None:
                 if not modes:
                     raise RuntimeError("not selected (--systems)")
                 print(f"soma ({backend}): starting", flush=True)
-                with soma_system(up, work, modes, backend) as (urls, key, pids):
+                with soma_system(up, work, modes, backend) as (urls, key, pids, bus):
                     for mode in modes:
                         url = f"{urls[mode]}/v1/chat/completions"
                         ours[backend][mode] = measure(
-                            mode, url, key, clients, args.seconds, warmup, pids
+                            mode, url, key, clients, args.seconds, warmup, pids, bus
                         )
                         ours_ttft[backend][mode] = measure_ttft(
                             mode, url, key, args.seconds, warmup
