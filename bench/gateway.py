@@ -686,14 +686,14 @@ def measure(
         before = cpu_seconds(pids) if pids and n == 1 else {}
         since = datetime.datetime.now(datetime.UTC)
         cell = asyncio.run(load(url, key, n, seconds, warmup))
-        if bus and n == 1 and name == "full":
-            cell.hops = asyncio.run(hops(bus, since))
         if before and pids and cell.latencies_ms:
             after = cpu_seconds(pids)
             requests = len(cell.latencies_ms) + cell.failed + cell.warmed
             cell.cpu_ms = {
                 p: round((after[p] - before[p]) * 1000 / requests, 2) for p in before if p in after
             }
+        if bus and n == 1 and name == "full":  # after the CPU reading: this reads the streams
+            cell.hops = asyncio.run(hops(bus, since))
         cells[n] = cell
         print(
             f"  {LABELS[name]:<18} {n:>3} clients: {cell.rps:8.1f} req/s  "
