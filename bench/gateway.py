@@ -75,15 +75,18 @@ MODEL = "bench-model"
 UPSTREAM_KEY = "sk-bench-upstream"
 LITELLM_KEY = "sk-bench-litellm"
 HANDLERS = ["identity", "policy", "memory", "slm", "tools", "analytics", "sagas"]
+# What the shape's floor replaces with bench/standins.py: the handlers a full turn waits for.
+STANDINS = ("policy", "memory", "slm")
 PROMPT = [{"role": "user", "content": "Say something short."}]
 # Sent with every request, as most clients do: a full turn that names it is charged against
 # the tenant's daily token budget on its prompt check, a SQL transaction on the turn's path.
 MAX_TOKENS = 64
-SYSTEMS = ["upstream", "full", "passthrough", "litellm"]
+SYSTEMS = ["upstream", "full", "passthrough", "floor", "litellm"]
 LABELS = {
     "upstream": "upstream alone",
     "full": "soma full turn",
     "passthrough": "soma pass-through",
+    "floor": "soma shape floor",
     "litellm": "litellm proxy",
 }
 GOAL_FULL_P50_MS = 5.0
@@ -309,11 +312,13 @@ def soma_system(
     work: Path,
     modes: tuple[str, ...] = ("full", "passthrough"),
     backend: str = "embedded",
+    standins: bool = False,
 ) -> Iterator[tuple[dict[str, str], str, dict[str, int], str]]:
     """The whole system with a gateway per mode (full, pass-through); yields their URLs, a key,
     each process's pid by name and the bus's URL. ``embedded``: SQLite files and in-process
     limits under the bench's folder; ``services``: PostgreSQL and Redis (``DATABASE_URL``/
-    ``REDIS_URL``, else the local ones)."""
+    ``REDIS_URL``, else the local ones). With ``standins``, policy, memory and slm are
+    ``bench/standins.py``'s, which answer at once."""
     from soma import embedded
 
     models = work / "models.yaml"
@@ -386,7 +391,7 @@ def soma_system(
             pids[label] = proc.pid
 
         for name in HANDLERS:
-            run(name, {}, name)
+            run(f"bench.standins:{name}" if standins and name in STANDINS else name, {}, name)
         urls = {}
         for mode in modes:
             port = free_port()
@@ -778,6 +783,8 @@ def report(
         f"{'streamed, 1 client':<18} {'ttft p50':>9} {'ttft p99':>9} {'+ttft ms':>9} {'failed':>6}"
     )
     for name in SYSTEMS:
+        if name == "floor":
+            continue  # the stand-in model does not stream
         if name not in ttft:
             print(f"{LABELS[name]:<18}  skipped")
             continue
@@ -837,11 +844,16 @@ def report(
             f"{_fmt(rps('litellm', n), 8, 1)} req/s   "
             f"{_fmt(_ratio(rps('full', n), rps('litellm', n)), 6)}x"
         )
-    cpu = {name: results[name][1].cpu_ms for name in ("full", "passthrough") if name in results}
+    cpu = {
+        name: results[name][1].cpu_ms
+        for name in ("full", "passthrough", "floor")
+        if name in results and 1 in results[name]
+    }
     if any(cpu.values()):
         print()
         print("CPU per request, 1 client, ms by process (the warm-up's requests included):")
-        names = sorted({p for c in cpu.values() for p in c}, key=lambda p: -cpu["full"].get(p, 0))
+        first = next(iter(cpu.values()))
+        names = sorted({p for c in cpu.values() for p in c}, key=lambda p: -first.get(p, 0))
         print(f"  {'process':<22}" + "".join(f"{LABELS[n]:>20}" for n in cpu))
         for p in [*names, "total"]:
             row = [sum(c.values()) if p == "total" else c.get(p) for c in cpu.values()]
@@ -868,6 +880,13 @@ def report(
     for name, (value, _, _, text) in goals.items():
         word = {True: "MET ", False: "MISS", None: "n/a "}[verdicts[name]]
         print(f"  {word} {text:<50} {_fmt(value, 8)}")
+    floor_p50, floor_p99 = added("floor", 1, "p50"), added("floor", 1, "p99")
+    if floor_p50 is not None:
+        print()
+        print(
+            f"the shape's floor: a full turn whose policy, memory and model answer at once adds "
+            f"+p50 {_fmt(floor_p50, 0)} ms, +p99 {_fmt(floor_p99, 0)} ms with one client"
+        )
     print()
 
     def per_clients(name: str) -> dict[str, Any]:
@@ -900,6 +919,9 @@ def report(
         "upstream_p99_ms": _num(up[1].p99) if 1 in up else None,
         "full_rps_10": _num(rps("full", 10), 1),
         "full_rps_50": _num(rps("full", 50), 1),
+        "floor_p50_ms": _num(floor_p50),
+        "floor_p99_ms": _num(floor_p99),
+        "floor_rps": _num(rps("floor", 10), 1),
         "litellm_rps_50": _num(rps("litellm", 50), 1),
         "ttft_full_ms": _num(ttft_added("full")),
         "ttft_passthrough_ms": _num(ttft_added("passthrough")),
@@ -940,6 +962,7 @@ def main(args: argparse.Namespace) -> None:
     if not backends or (unknown := set(backends) - set(BACKENDS)):
         raise SystemExit(f"--backends: unknown {', '.join(sorted(unknown))}; known: {BACKENDS}")
     modes = tuple(m for m in ("full", "passthrough") if m in chosen)
+    floor = "floor" in chosen
     common: dict[str, dict[int, Cell]] = {}
     common_ttft: dict[str, Cell] = {}
     ours: dict[str, dict[str, dict[int, Cell]]] = {b: {} for b in backends}
@@ -977,6 +1000,20 @@ def main(args: argparse.Namespace) -> None:
             except (RuntimeError, subprocess.CalledProcessError) as exc:
                 print(f"soma ({backend}): skipped: {exc}", flush=True)
                 extra[backend]["soma_skipped"] = str(exc)
+            if not floor:
+                continue
+            work = Path(tmp) / f"floor-{backend}"
+            work.mkdir()
+            try:
+                print(f"soma ({backend}), its shape's floor: starting", flush=True)
+                system = soma_system(up, work, ("full",), backend, standins=True)
+                with system as (urls, key, pids, _):
+                    url = f"{urls['full']}/v1/chat/completions"
+                    ours[backend]["floor"] = measure(
+                        "floor", url, key, clients, args.seconds, warmup, pids
+                    )
+            except (RuntimeError, subprocess.CalledProcessError) as exc:
+                print(f"soma ({backend}), its shape's floor: skipped: {exc}", flush=True)
         work = Path(tmp) / "litellm"
         work.mkdir()
         try:
