@@ -22,6 +22,13 @@ once per backend: ``embedded`` (a SQLite file per area, in-process limits) and `
 at ``REDIS_URL``, else the local one, under a unique key prefix); with ``QDRANT_URL`` the memory
 collection gets a unique name. Everything is deleted at the end.
 
+The shapes' floors (``--systems`` ``floor``): the same gateway, runner and bus with
+``bench/standins.py`` in place of policy, memory and slm, which answer at once without doing
+anything (the "model" calls no upstream). A full turn through them costs what the chain itself
+costs, every arrow and every runner transition, and nothing of the work; pass-through through
+them costs the gateway and one hop. What a design may take off a turn is what lies between a
+shape's floor and its measured figure; below the floor, only a different shape goes.
+
 LiteLLM: ``litellm --config`` (``litellm[proxy]``, a bench-only extra) with the same model on the
 same upstream, master-key auth, no database — its lightest set-up. It runs after Soma is
 stopped, so neither competes with the other for the two cores.
@@ -81,12 +88,13 @@ PROMPT = [{"role": "user", "content": "Say something short."}]
 # Sent with every request, as most clients do: a full turn that names it is charged against
 # the tenant's daily token budget on its prompt check, a SQL transaction on the turn's path.
 MAX_TOKENS = 64
-SYSTEMS = ["upstream", "full", "passthrough", "floor", "litellm"]
+SYSTEMS = ["upstream", "full", "passthrough", "floor", "floor_passthrough", "litellm"]
 LABELS = {
     "upstream": "upstream alone",
     "full": "soma full turn",
     "passthrough": "soma pass-through",
-    "floor": "soma shape floor",
+    "floor": "floor: full turn",
+    "floor_passthrough": "floor: pass-thru",
     "litellm": "litellm proxy",
 }
 GOAL_FULL_P50_MS = 5.0
@@ -783,7 +791,7 @@ def report(
         f"{'streamed, 1 client':<18} {'ttft p50':>9} {'ttft p99':>9} {'+ttft ms':>9} {'failed':>6}"
     )
     for name in SYSTEMS:
-        if name == "floor":
+        if name.startswith("floor"):
             continue  # the stand-in model does not stream
         if name not in ttft:
             print(f"{LABELS[name]:<18}  skipped")
@@ -846,7 +854,7 @@ def report(
         )
     cpu = {
         name: results[name][1].cpu_ms
-        for name in ("full", "passthrough", "floor")
+        for name in ("full", "passthrough", "floor", "floor_passthrough")
         if name in results and 1 in results[name]
     }
     if any(cpu.values()):
@@ -881,12 +889,12 @@ def report(
         word = {True: "MET ", False: "MISS", None: "n/a "}[verdicts[name]]
         print(f"  {word} {text:<50} {_fmt(value, 8)}")
     floor_p50, floor_p99 = added("floor", 1, "p50"), added("floor", 1, "p99")
-    if floor_p50 is not None:
+    bare_p50, bare_p99 = added("floor_passthrough", 1, "p50"), added("floor_passthrough", 1, "p99")
+    if floor_p50 is not None or bare_p50 is not None:
         print()
-        print(
-            f"the shape's floor: a full turn whose policy, memory and model answer at once adds "
-            f"+p50 {_fmt(floor_p50, 0)} ms, +p99 {_fmt(floor_p99, 0)} ms with one client"
-        )
+        print("the shapes' floors, with policy, memory and the model answering at once, 1 client:")
+        print(f"  full turn    +p50 {_fmt(floor_p50, 6)} ms  +p99 {_fmt(floor_p99, 6)} ms")
+        print(f"  pass-through +p50 {_fmt(bare_p50, 6)} ms  +p99 {_fmt(bare_p99, 6)} ms")
     print()
 
     def per_clients(name: str) -> dict[str, Any]:
@@ -922,6 +930,8 @@ def report(
         "floor_p50_ms": _num(floor_p50),
         "floor_p99_ms": _num(floor_p99),
         "floor_rps": _num(rps("floor", 10), 1),
+        "floor_passthrough_p50_ms": _num(bare_p50),
+        "floor_passthrough_p99_ms": _num(bare_p99),
         "litellm_rps_50": _num(rps("litellm", 50), 1),
         "ttft_full_ms": _num(ttft_added("full")),
         "ttft_passthrough_ms": _num(ttft_added("passthrough")),
@@ -1005,15 +1015,17 @@ def main(args: argparse.Namespace) -> None:
             work = Path(tmp) / f"floor-{backend}"
             work.mkdir()
             try:
-                print(f"soma ({backend}), its shape's floor: starting", flush=True)
-                system = soma_system(up, work, ("full",), backend, standins=True)
+                print(f"soma ({backend}), its shapes' floors: starting", flush=True)
+                system = soma_system(up, work, modes or ("full",), backend, standins=True)
                 with system as (urls, key, pids, _):
-                    url = f"{urls['full']}/v1/chat/completions"
-                    ours[backend]["floor"] = measure(
-                        "floor", url, key, clients, args.seconds, warmup, pids
-                    )
+                    for mode in urls:
+                        url = f"{urls[mode]}/v1/chat/completions"
+                        name = "floor" if mode == "full" else "floor_passthrough"
+                        ours[backend][name] = measure(
+                            name, url, key, clients, args.seconds, warmup, pids
+                        )
             except (RuntimeError, subprocess.CalledProcessError) as exc:
-                print(f"soma ({backend}), its shape's floor: skipped: {exc}", flush=True)
+                print(f"soma ({backend}), its shapes' floors: skipped: {exc}", flush=True)
         work = Path(tmp) / "litellm"
         work.mkdir()
         try:
