@@ -705,7 +705,7 @@ def measure(
             cell.cpu_ms = {
                 p: round((after[p] - before[p]) * 1000 / requests, 2) for p in before if p in after
             }
-        if bus and n == 1 and name == "full":  # after the CPU reading: this reads the streams
+        if bus and n == 1 and name in ("full", "floor"):  # after the CPU reading: it reads
             cell.hops = asyncio.run(hops(bus, since))
         cells[n] = cell
         print(
@@ -866,13 +866,17 @@ def report(
         for p in [*names, "total"]:
             row = [sum(c.values()) if p == "total" else c.get(p) for c in cpu.values()]
             print(f"  {p:<22}" + "".join(_fmt(v, 20) for v in row))
-    turn_hops = results["full"][1].hops if 1 in results.get("full", {}) else []
-    if turn_hops:
+    turn_hops = {
+        name: results[name][1].hops
+        for name in ("full", "floor")
+        if 1 in results.get(name, {}) and results[name][1].hops
+    }
+    for name, table in turn_hops.items():
         print()
-        print("where a full turn's time goes, 1 client: each message stored after its cause, ms")
-        print("(JetStream's stored times; 'after start' counts from the turn's sagas.start)")
+        print(f"where a turn's time goes, {LABELS[name]}, 1 client: each message stored after")
+        print("its cause, ms (JetStream's stored times; 'after start' from the turn's sagas.start)")
         print(f"  {'cause':<18} {'message':<30} {'by':<16}   p50    p99  after start   turns")
-        for h in turn_hops:
+        for h in table:
             at = statistics.median(h.after_start_ms) if h.after_start_ms else None
             print(
                 f"  {h.cause:<18} {h.message:<30} {h.by:<16}"
@@ -943,17 +947,20 @@ def report(
             for name in ("full", "passthrough")
             if name in results and results[name][1].cpu_ms
         },
-        "turn_hops_ms": [
-            {
-                "cause": h.cause,
-                "message": h.message,
-                "by": h.by,
-                "p50": _num(statistics.median(h.after_cause_ms)),
-                "p99": _num(percentile(h.after_cause_ms, 0.99)),
-                "turns": len(h.after_cause_ms),
-            }
-            for h in turn_hops
-        ],
+        "turn_hops_ms": {
+            name: [
+                {
+                    "cause": h.cause,
+                    "message": h.message,
+                    "by": h.by,
+                    "p50": _num(statistics.median(h.after_cause_ms)),
+                    "p99": _num(percentile(h.after_cause_ms, 0.99)),
+                    "turns": len(h.after_cause_ms),
+                }
+                for h in table
+            ]
+            for name, table in turn_hops.items()
+        },
         **extra,
         "cells": {name: per_clients(name) for name in SYSTEMS},
     }
@@ -1017,12 +1024,12 @@ def main(args: argparse.Namespace) -> None:
             try:
                 print(f"soma ({backend}), its shapes' floors: starting", flush=True)
                 system = soma_system(up, work, modes or ("full",), backend, standins=True)
-                with system as (urls, key, pids, _):
+                with system as (urls, key, pids, bus):
                     for mode in urls:
                         url = f"{urls[mode]}/v1/chat/completions"
                         name = "floor" if mode == "full" else "floor_passthrough"
                         ours[backend][name] = measure(
-                            name, url, key, clients, args.seconds, warmup, pids
+                            name, url, key, clients, args.seconds, warmup, pids, bus
                         )
             except (RuntimeError, subprocess.CalledProcessError) as exc:
                 print(f"soma ({backend}), its shapes' floors: skipped: {exc}", flush=True)
