@@ -82,19 +82,22 @@ MODEL = "bench-model"
 UPSTREAM_KEY = "sk-bench-upstream"
 LITELLM_KEY = "sk-bench-litellm"
 HANDLERS = ["identity", "policy", "memory", "slm", "tools", "analytics", "sagas"]
-# What the shape's floor replaces with bench/standins.py: the handlers a full turn waits for.
-STANDINS = ("policy", "memory", "slm")
+# The shapes' floors: bench/standins.py in place of the handlers a full turn waits for.
+STANDINS: dict[str, str | None] = {h: f"bench.standins:{h}" for h in ("policy", "memory", "slm")}
+# The candidate shape: bench/fused.py, policy, memory and slm in one process, in slm's place.
+FUSED: dict[str, str | None] = {"policy": None, "memory": None, "slm": "bench.fused:build"}
 PROMPT = [{"role": "user", "content": "Say something short."}]
 # Sent with every request, as most clients do: a full turn that names it is charged against
 # the tenant's daily token budget on its prompt check, a SQL transaction on the turn's path.
 MAX_TOKENS = 64
-SYSTEMS = ["upstream", "full", "passthrough", "floor", "floor_passthrough", "litellm"]
+SYSTEMS = ["upstream", "full", "passthrough", "floor", "floor_passthrough", "fused", "litellm"]
 LABELS = {
     "upstream": "upstream alone",
     "full": "soma full turn",
     "passthrough": "soma pass-through",
     "floor": "floor: full turn",
     "floor_passthrough": "floor: pass-thru",
+    "fused": "candidate: fused",
     "litellm": "litellm proxy",
 }
 GOAL_FULL_P50_MS = 5.0
@@ -320,13 +323,13 @@ def soma_system(
     work: Path,
     modes: tuple[str, ...] = ("full", "passthrough"),
     backend: str = "embedded",
-    standins: bool = False,
+    replaced: dict[str, str | None] | None = None,
 ) -> Iterator[tuple[dict[str, str], str, dict[str, int], str]]:
     """The whole system with a gateway per mode (full, pass-through); yields their URLs, a key,
     each process's pid by name and the bus's URL. ``embedded``: SQLite files and in-process
     limits under the bench's folder; ``services``: PostgreSQL and Redis (``DATABASE_URL``/
-    ``REDIS_URL``, else the local ones). With ``standins``, policy, memory and slm are
-    ``bench/standins.py``'s, which answer at once."""
+    ``REDIS_URL``, else the local ones). ``replaced`` names the processes run in place of
+    handlers (``soma run`` targets; None: not run at all): ``STANDINS``, ``FUSED``."""
     from soma import embedded
 
     models = work / "models.yaml"
@@ -399,7 +402,9 @@ def soma_system(
             pids[label] = proc.pid
 
         for name in HANDLERS:
-            run(f"bench.standins:{name}" if standins and name in STANDINS else name, {}, name)
+            target = (replaced or {}).get(name, name)
+            if target is not None:
+                run(target, {}, name)
         urls = {}
         for mode in modes:
             port = free_port()
@@ -854,7 +859,7 @@ def report(
         )
     cpu = {
         name: results[name][1].cpu_ms
-        for name in ("full", "passthrough", "floor", "floor_passthrough")
+        for name in ("full", "passthrough", "fused", "floor", "floor_passthrough")
         if name in results and 1 in results[name]
     }
     if any(cpu.values()):
@@ -899,6 +904,14 @@ def report(
         print("the shapes' floors, with policy, memory and the model answering at once, 1 client:")
         print(f"  full turn    +p50 {_fmt(floor_p50, 6)} ms  +p99 {_fmt(floor_p99, 6)} ms")
         print(f"  pass-through +p50 {_fmt(bare_p50, 6)} ms  +p99 {_fmt(bare_p99, 6)} ms")
+    if "fused" in results and 1 in results["fused"]:
+        print()
+        print(
+            "the candidate shape (bench/fused.py: the same checks, recall, model call and memory "
+            "write in one process): "
+            f"+p50 {_fmt(added('fused', 1, 'p50'), 0)} ms, +p99 {_fmt(added('fused', 1, 'p99'), 0)}"
+            " ms, 1 client"
+        )
     print()
 
     def per_clients(name: str) -> dict[str, Any]:
@@ -934,6 +947,10 @@ def report(
         "floor_p50_ms": _num(floor_p50),
         "floor_p99_ms": _num(floor_p99),
         "floor_rps": _num(rps("floor", 10), 1),
+        "fused_p50_ms": _num(added("fused", 1, "p50")),
+        "fused_p99_ms": _num(added("fused", 1, "p99")),
+        "fused_rps": _num(rps("fused", 10), 1),
+        "ttft_fused_ms": _num(ttft_added("fused")),
         "floor_passthrough_p50_ms": _num(bare_p50),
         "floor_passthrough_p99_ms": _num(bare_p99),
         "litellm_rps_50": _num(rps("litellm", 50), 1),
@@ -980,6 +997,7 @@ def main(args: argparse.Namespace) -> None:
         raise SystemExit(f"--backends: unknown {', '.join(sorted(unknown))}; known: {BACKENDS}")
     modes = tuple(m for m in ("full", "passthrough") if m in chosen)
     floor = "floor" in chosen
+    fused = "fused" in chosen
     common: dict[str, dict[int, Cell]] = {}
     common_ttft: dict[str, Cell] = {}
     ours: dict[str, dict[str, dict[int, Cell]]] = {b: {} for b in backends}
@@ -1017,13 +1035,29 @@ def main(args: argparse.Namespace) -> None:
             except (RuntimeError, subprocess.CalledProcessError) as exc:
                 print(f"soma ({backend}): skipped: {exc}", flush=True)
                 extra[backend]["soma_skipped"] = str(exc)
+            if fused:
+                work = Path(tmp) / f"fused-{backend}"
+                work.mkdir()
+                try:
+                    print(f"soma ({backend}), one process for the turn: starting", flush=True)
+                    system = soma_system(up, work, ("passthrough",), backend, FUSED)
+                    with system as (urls, key, pids, _):
+                        url = f"{urls['passthrough']}/v1/chat/completions"
+                        ours[backend]["fused"] = measure(
+                            "fused", url, key, clients, args.seconds, warmup, pids
+                        )
+                        ours_ttft[backend]["fused"] = measure_ttft(
+                            "fused", url, key, args.seconds, warmup
+                        )
+                except (RuntimeError, subprocess.CalledProcessError) as exc:
+                    print(f"soma ({backend}), one process for the turn: skipped: {exc}", flush=True)
             if not floor:
                 continue
             work = Path(tmp) / f"floor-{backend}"
             work.mkdir()
             try:
                 print(f"soma ({backend}), its shapes' floors: starting", flush=True)
-                system = soma_system(up, work, modes or ("full",), backend, standins=True)
+                system = soma_system(up, work, modes or ("full",), backend, STANDINS)
                 with system as (urls, key, pids, bus):
                     for mode in urls:
                         url = f"{urls[mode]}/v1/chat/completions"
