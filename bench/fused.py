@@ -37,13 +37,12 @@ from handlers.memory import service as memory_service
 from handlers.policy import service as policy_service
 from handlers.slm import service as slm_service
 from kernel.settings import Settings
+from sagas.definitions.chat_turn import memory_context
 from schemas.catalogue import of_type
 from schemas.envelope import Envelope
 from schemas.memory import MemoryRecall, MemoryRecalled, MemoryStore
 from schemas.policy import PolicyEvaluate, PolicyEvaluated
 from schemas.slm import ChatMessage, SlmComplete, SlmCompleted
-
-MEMORY_BUDGET_CHARS = 2000  # as sagas/definitions/chat_turn.py
 
 
 def build(settings: Settings) -> Service:
@@ -135,16 +134,12 @@ def build(settings: Settings) -> Service:
 
 
 def with_memories(cmd: SlmComplete, recalled: MemoryRecalled) -> SlmComplete:
-    lines, used = [], 0
-    for item in recalled.items:
-        if used + len(item.text) > MEMORY_BUDGET_CHARS:
-            break
-        lines.append(f"- {item.text}")
-        used += len(item.text)
-    if not lines:
+    """The model's request with the recalled memories before the conversation, as the saga's."""
+    context = memory_context(recalled)
+    if context is None:
         return cmd
-    context = ChatMessage(role="system", content="Relevant memories:\n" + "\n".join(lines))
-    return msgspec.structs.replace(cmd, messages=[context, *cmd.messages])
+    told = ChatMessage(role="system", content=context)
+    return msgspec.structs.replace(cmd, messages=[told, *cmd.messages])
 
 
 def refusal(cmd: SlmComplete, verdict: PolicyEvaluated) -> SlmCompleted:

@@ -222,17 +222,24 @@ def recall(run: Turn) -> Action:
     )
 
 
+def memory_context(recalled: MemoryRecalled) -> str | None:
+    """What the model is told of the recalled memories, best first, within
+    ``MEMORY_BUDGET_CHARS``: a system message before the conversation. None: nothing to tell."""
+    lines, used = [], 0
+    for item in recalled.items:
+        if used + len(item.text) > MEMORY_BUDGET_CHARS:
+            break
+        lines.append(f"- {item.text}")
+        used += len(item.text)
+    return "Relevant memories:\n" + "\n".join(lines) if lines else None
+
+
 @chat_turn.step
 def ask_model(run: Turn, recalled: MemoryRecalled | CommandFailed | None = None) -> Action:
-    if isinstance(recalled, MemoryRecalled) and recalled.items:
-        lines, used = [], 0
-        for item in recalled.items:
-            if used + len(item.text) > MEMORY_BUDGET_CHARS:
-                break
-            lines.append(f"- {item.text}")
-            used += len(item.text)
-        if lines:
-            run.data["memory_context"] = "Relevant memories:\n" + "\n".join(lines)
+    if isinstance(recalled, MemoryRecalled):
+        context = memory_context(recalled)
+        if context:
+            run.data["memory_context"] = context
     messages = _messages(run)
     if run.data.get("memory_context"):
         messages = [ChatMessage(role="system", content=run.data["memory_context"]), *messages]
