@@ -31,6 +31,7 @@ import msgspec
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import URL, Connection, Engine, MetaData, create_engine, event
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 log = logging.getLogger(__name__)
@@ -94,13 +95,13 @@ def make_engine(url: str) -> AsyncEngine:
     return create_async_engine(url, pool_size=pool, max_overflow=0, pool_recycle=1800, **JSON_CODEC)
 
 
-def _sqlite_writer_events(engine: Engine) -> None:
+def _sqlite_writer_events(engine: Engine, busy_ms: int = 30_000) -> None:
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA busy_timeout={busy_ms}")
         cur.close()
         # Let BEGIN below take the write lock up front: concurrent writers then queue on
         # busy_timeout instead of failing when a read transaction tries to upgrade.
@@ -116,6 +117,9 @@ def _sqlite_writer_events(engine: Engine) -> None:
 
 # The synchronous engine on each SQLite file engine, made on first use (``in_transaction``).
 _writers: weakref.WeakKeyDictionary[AsyncEngine, Engine] = weakref.WeakKeyDictionary()
+# And the one for transactions run on the event loop (``on_loop``), which never waits for the
+# file's write lock: SQLite's busy handler would sleep with the loop stopped.
+_loop_writers: weakref.WeakKeyDictionary[AsyncEngine, Engine] = weakref.WeakKeyDictionary()
 
 
 def _sqlite_file(engine: AsyncEngine) -> URL | None:
@@ -126,17 +130,26 @@ def _sqlite_file(engine: AsyncEngine) -> URL | None:
     return engine.url.set(drivername="sqlite+pysqlite")
 
 
-def _sync_writer(engine: AsyncEngine) -> Engine | None:
-    sync = _writers.get(engine)  # first: every hot-path transaction asks
+def _sync_writer(
+    engine: AsyncEngine,
+    made: weakref.WeakKeyDictionary[AsyncEngine, Engine] = _writers,
+    busy_ms: int = 30_000,
+) -> Engine | None:
+    sync = made.get(engine)  # first: every hot-path transaction asks
     if sync is not None:
         return sync
     url = _sqlite_file(engine)
     if url is None:
         return None
-    sync = create_engine(url, connect_args={"timeout": 30}, **JSON_CODEC)
-    _sqlite_writer_events(sync)
-    _writers[engine] = sync
+    sync = create_engine(url, connect_args={"timeout": busy_ms / 1000}, **JSON_CODEC)
+    _sqlite_writer_events(sync, busy_ms)
+    made[engine] = sync
     return sync
+
+
+def _locked(exc: OperationalError) -> bool:
+    """SQLite's answer when another connection holds the write lock: busy, or locked."""
+    return isinstance(exc.orig, sqlite3.OperationalError) and "locked" in str(exc.orig)
 
 
 def _run_in_transaction(sync: Engine, work: Callable[[Connection], T]) -> T:
@@ -144,7 +157,9 @@ def _run_in_transaction(sync: Engine, work: Callable[[Connection], T]) -> T:
         return work(conn)
 
 
-async def in_transaction(engine: AsyncEngine, work: Callable[[Connection], T]) -> T:
+async def in_transaction(
+    engine: AsyncEngine, work: Callable[[Connection], T], *, on_loop: bool = False
+) -> T:
     """Run ``work`` on a synchronous connection in one transaction of ``engine``'s database;
     its result. For handlers that write several statements per transaction on a hot path.
 
@@ -154,7 +169,21 @@ async def in_transaction(engine: AsyncEngine, work: Callable[[Connection], T]) -
     event loop. A batch of fifteen statements cost about 12 ms of the process's CPU that way
     and costs a fraction of it this way (bench/gateway.py, analytics and the saga runner). On
     PostgreSQL ``work`` runs through ``AsyncConnection.run_sync`` on the async engine.
+
+    ``on_loop`` is for a transaction of a few indexed statements that a reply waits for (the
+    token charge): on a SQLite file it runs on the event loop's own thread, as a point read
+    does, and only when another connection holds the file's write lock does it go to the
+    worker thread to wait there. Two hand-offs between threads, each a wake-up the scheduler
+    of a busy machine may delay, cost such a transaction more than its statements do.
     """
+    if on_loop:
+        quick = _sync_writer(engine, _loop_writers, busy_ms=0)
+        if quick is not None:
+            try:
+                return _run_in_transaction(quick, work)
+            except OperationalError as exc:
+                if not _locked(exc):
+                    raise
     sync = _sync_writer(engine)
     if sync is None:
         async with engine.begin() as conn:
@@ -164,9 +193,10 @@ async def in_transaction(engine: AsyncEngine, work: Callable[[Connection], T]) -
 
 async def dispose(engine: AsyncEngine) -> None:
     """Close ``engine``'s connections, and those of its synchronous writer if it has one."""
-    sync = _writers.pop(engine, None)
-    if sync is not None:
-        sync.dispose()
+    for made in (_writers, _loop_writers):
+        sync = made.pop(engine, None)
+        if sync is not None:
+            sync.dispose()
     await engine.dispose()
 
 

@@ -194,8 +194,9 @@ async def charge(
         )
         return result
 
-    # One transaction, on SQLite in one worker thread rather than a hand-off per statement.
-    return await in_transaction(engine, work)
+    # One transaction of a few indexed statements, which the prompt check's reply waits for:
+    # on SQLite it runs on the event loop unless another writer holds the file.
+    return await in_transaction(engine, work, on_loop=True)
 
 
 def _apply(

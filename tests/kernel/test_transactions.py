@@ -3,6 +3,8 @@ SQLite file (in a worker thread) and on PostgreSQL (through ``run_sync``) alike.
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -72,3 +74,68 @@ async def test_on_a_sqlite_file_the_transaction_runs_off_the_event_loops_thread(
         assert ran_on != threading.get_ident()
     finally:
         await dispose(db)
+
+
+async def test_on_a_sqlite_file_a_transaction_on_the_loop_runs_in_the_loops_thread(
+    tmp_path: Path,
+) -> None:
+    db = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'one.db'}")
+    try:
+        ran_on = await in_transaction(db, lambda conn: threading.get_ident(), on_loop=True)
+        assert ran_on == threading.get_ident()
+    finally:
+        await dispose(db)
+
+
+async def test_a_transaction_on_the_loop_waits_off_it_while_another_writer_holds_the_file(
+    tmp_path: Path,
+) -> None:
+    """SQLite's busy handler would sleep with the loop stopped: the transaction goes to the
+    worker thread and waits there, and the loop goes on meanwhile."""
+    path = tmp_path / "one.db"
+    db = make_engine(f"sqlite+aiosqlite:///{path}")
+    async with db.begin() as conn:
+        await conn.execute(text("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)"))
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another writer, holding the write lock
+
+    def write(conn: Connection) -> int:
+        conn.execute(text("INSERT INTO notes (body) VALUES ('after the other writer')"))
+        return threading.get_ident()
+
+    try:
+        writing = asyncio.create_task(in_transaction(db, write, on_loop=True))
+        ticks = 0
+        for _ in range(20):  # the loop keeps running while the transaction waits
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not writing.done() and ticks == 20
+        holder.execute("COMMIT")
+        ran_on = await asyncio.wait_for(writing, 10)
+        assert ran_on != threading.get_ident()
+        assert await _bodies(db) == ["after the other writer"]
+    finally:
+        holder.close()
+        await dispose(db)
+
+
+async def test_a_transaction_on_the_loop_commits_its_statements_together(
+    engine: AsyncEngine,
+) -> None:
+    def write(conn: Connection) -> int:
+        conn.execute(text("INSERT INTO notes (id, body) VALUES (1, 'one')"))
+        conn.execute(text("INSERT INTO notes (id, body) VALUES (2, 'two')"))
+        return 2
+
+    assert await in_transaction(engine, write, on_loop=True) == 2
+    assert await _bodies(engine) == ["one", "two"]
+
+
+async def test_a_transaction_on_the_loop_that_raises_leaves_nothing(engine: AsyncEngine) -> None:
+    def write(conn: Connection) -> None:
+        conn.execute(text("INSERT INTO notes (id, body) VALUES (1, 'half')"))
+        raise RuntimeError("midway")
+
+    with pytest.raises(RuntimeError, match="midway"):
+        await in_transaction(engine, write, on_loop=True)
+    assert await _bodies(engine) == []
