@@ -961,8 +961,8 @@ def report(
         "goals_met": verdicts,
         "cpu_ms_per_turn": {
             name: results[name][1].cpu_ms
-            for name in ("full", "passthrough")
-            if name in results and results[name][1].cpu_ms
+            for name in ("full", "passthrough", "fused", "floor", "floor_passthrough")
+            if 1 in results.get(name, {}) and results[name][1].cpu_ms
         },
         "turn_hops_ms": {
             name: [
