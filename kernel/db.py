@@ -192,7 +192,7 @@ async def in_transaction(
 
 
 async def dispose(engine: AsyncEngine) -> None:
-    """Close ``engine``'s connections, and those of its synchronous writer if it has one."""
+    """Close ``engine``'s connections, and those of its synchronous writers if it has any."""
     for made in (_writers, _loop_writers):
         sync = made.pop(engine, None)
         if sync is not None:
