@@ -86,6 +86,8 @@ HANDLERS = ["identity", "policy", "memory", "slm", "tools", "analytics", "sagas"
 STANDINS: dict[str, str | None] = {h: f"bench.standins:{h}" for h in ("policy", "memory", "slm")}
 # The candidate shape: bench/fused.py, policy, memory and slm in one process, in slm's place.
 FUSED: dict[str, str | None] = {"policy": None, "memory": None, "slm": "bench.fused:build"}
+# The name each gateway mode's floor is measured under.
+FLOORS = {"full": "floor", "passthrough": "floor_passthrough"}
 PROMPT = [{"role": "user", "content": "Say something short."}]
 # Sent with every request, as most clients do: a full turn that names it is charged against
 # the tenant's daily token budget on its prompt check, a SQL transaction on the turn's path.
@@ -721,6 +723,38 @@ def measure(
     return cells
 
 
+def measure_system(
+    up: str,
+    tmp: Path,
+    backend: str,
+    replaced: dict[str, str | None] | None,
+    names: dict[str, str],
+    clients: list[int],
+    seconds: float,
+    warmup: float,
+    label: str = "",
+) -> tuple[dict[str, dict[int, Cell]], dict[str, Cell], str]:
+    """One system on ``backend`` (``replaced``: see ``soma_system``): each gateway mode in
+    ``names`` measured under its name, and streamed too unless it is a floor (the stand-ins do
+    not stream). Its cells, its streamed cells, and why it was skipped ("" if it was not)."""
+    cells: dict[str, dict[int, Cell]] = {}
+    ttft: dict[str, Cell] = {}
+    print(f"soma ({backend}){label}: starting", flush=True)
+    work = tmp / f"{next(iter(names.values()))}-{backend}"
+    work.mkdir()
+    try:
+        with soma_system(up, work, tuple(names), backend, replaced) as (urls, key, pids, bus):
+            for mode, name in names.items():
+                url = f"{urls[mode]}/v1/chat/completions"
+                cells[name] = measure(name, url, key, clients, seconds, warmup, pids, bus)
+                if not name.startswith("floor"):
+                    ttft[name] = measure_ttft(name, url, key, seconds, warmup)
+    except (RuntimeError, subprocess.CalledProcessError) as exc:
+        print(f"soma ({backend}){label}: skipped: {exc}", flush=True)
+        return cells, ttft, str(exc)
+    return cells, ttft, ""
+
+
 # ── report ──────────────────────────────────────────────────────────────────────────────
 
 
@@ -996,8 +1030,6 @@ def main(args: argparse.Namespace) -> None:
     if not backends or (unknown := set(backends) - set(BACKENDS)):
         raise SystemExit(f"--backends: unknown {', '.join(sorted(unknown))}; known: {BACKENDS}")
     modes = tuple(m for m in ("full", "passthrough") if m in chosen)
-    floor = "floor" in chosen
-    fused = "fused" in chosen
     common: dict[str, dict[int, Cell]] = {}
     common_ttft: dict[str, Cell] = {}
     ours: dict[str, dict[str, dict[int, Cell]]] = {b: {} for b in backends}
@@ -1017,56 +1049,26 @@ def main(args: argparse.Namespace) -> None:
         common["upstream"] = measure("upstream", url, UPSTREAM_KEY, clients, args.seconds, warmup)
         common_ttft["upstream"] = measure_ttft("upstream", url, UPSTREAM_KEY, args.seconds, warmup)
         for backend in backends:
-            work = Path(tmp) / f"soma-{backend}"
-            work.mkdir()
-            try:
-                if not modes:
-                    raise RuntimeError("not selected (--systems)")
-                print(f"soma ({backend}): starting", flush=True)
-                with soma_system(up, work, modes, backend) as (urls, key, pids, bus):
-                    for mode in modes:
-                        url = f"{urls[mode]}/v1/chat/completions"
-                        ours[backend][mode] = measure(
-                            mode, url, key, clients, args.seconds, warmup, pids, bus
-                        )
-                        ours_ttft[backend][mode] = measure_ttft(
-                            mode, url, key, args.seconds, warmup
-                        )
-            except (RuntimeError, subprocess.CalledProcessError) as exc:
-                print(f"soma ({backend}): skipped: {exc}", flush=True)
-                extra[backend]["soma_skipped"] = str(exc)
-            if fused:
-                work = Path(tmp) / f"fused-{backend}"
-                work.mkdir()
-                try:
-                    print(f"soma ({backend}), one process for the turn: starting", flush=True)
-                    system = soma_system(up, work, ("passthrough",), backend, FUSED)
-                    with system as (urls, key, pids, _):
-                        url = f"{urls['passthrough']}/v1/chat/completions"
-                        ours[backend]["fused"] = measure(
-                            "fused", url, key, clients, args.seconds, warmup, pids
-                        )
-                        ours_ttft[backend]["fused"] = measure_ttft(
-                            "fused", url, key, args.seconds, warmup
-                        )
-                except (RuntimeError, subprocess.CalledProcessError) as exc:
-                    print(f"soma ({backend}), one process for the turn: skipped: {exc}", flush=True)
-            if not floor:
-                continue
-            work = Path(tmp) / f"floor-{backend}"
-            work.mkdir()
-            try:
-                print(f"soma ({backend}), its shapes' floors: starting", flush=True)
-                system = soma_system(up, work, modes or ("full",), backend, STANDINS)
-                with system as (urls, key, pids, bus):
-                    for mode in urls:
-                        url = f"{urls[mode]}/v1/chat/completions"
-                        name = "floor" if mode == "full" else "floor_passthrough"
-                        ours[backend][name] = measure(
-                            name, url, key, clients, args.seconds, warmup, pids, bus
-                        )
-            except (RuntimeError, subprocess.CalledProcessError) as exc:
-                print(f"soma ({backend}), its shapes' floors: skipped: {exc}", flush=True)
+            # The system itself, the one-process shape, the shapes' floors: (label, the
+            # processes in place of handlers, each gateway mode measured under which name).
+            systems: list[tuple[str, dict[str, str | None] | None, dict[str, str]]] = []
+            if modes:
+                systems.append(("", None, {m: m for m in modes}))
+            else:
+                extra[backend]["soma_skipped"] = "not selected (--systems)"
+            if "fused" in chosen:
+                systems.append((", one process for the turn", FUSED, {"passthrough": "fused"}))
+            if "floor" in chosen:
+                floors = {m: FLOORS[m] for m in modes or ("full",)}
+                systems.append((", its shapes' floors", STANDINS, floors))
+            for label, replaced, names in systems:
+                cells, ttft, skipped = measure_system(
+                    up, Path(tmp), backend, replaced, names, clients, args.seconds, warmup, label
+                )
+                ours[backend].update(cells)
+                ours_ttft[backend].update(ttft)
+                if skipped and not label:
+                    extra[backend]["soma_skipped"] = skipped
         work = Path(tmp) / "litellm"
         work.mkdir()
         try:

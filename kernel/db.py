@@ -130,17 +130,15 @@ def _sqlite_file(engine: AsyncEngine) -> URL | None:
     return engine.url.set(drivername="sqlite+pysqlite")
 
 
-def _sync_writer(
-    engine: AsyncEngine,
-    made: weakref.WeakKeyDictionary[AsyncEngine, Engine] = _writers,
-    busy_ms: int = 30_000,
-) -> Engine | None:
+def _sync_writer(engine: AsyncEngine, *, on_loop: bool = False) -> Engine | None:
+    made = _loop_writers if on_loop else _writers
     sync = made.get(engine)  # first: every hot-path transaction asks
     if sync is not None:
         return sync
     url = _sqlite_file(engine)
     if url is None:
         return None
+    busy_ms = 0 if on_loop else 30_000
     sync = create_engine(url, connect_args={"timeout": busy_ms / 1000}, **JSON_CODEC)
     _sqlite_writer_events(sync, busy_ms)
     made[engine] = sync
@@ -177,7 +175,7 @@ async def in_transaction(
     of a busy machine may delay, cost such a transaction more than its statements do.
     """
     if on_loop:
-        quick = _sync_writer(engine, _loop_writers, busy_ms=0)
+        quick = _sync_writer(engine, on_loop=True)
         if quick is not None:
             try:
                 return _run_in_transaction(quick, work)
