@@ -37,8 +37,8 @@ from handlers.memory import service as memory_service
 from handlers.policy import service as policy_service
 from handlers.slm import service as slm_service
 from kernel.settings import Settings
-from sagas.definitions.chat_turn import memory_context
 from schemas.catalogue import of_type
+from schemas.chat import memory_context
 from schemas.envelope import Envelope
 from schemas.memory import MemoryRecall, MemoryRecalled, MemoryStore
 from schemas.policy import PolicyEvaluate, PolicyEvaluated

@@ -92,10 +92,20 @@ PROMPT = [{"role": "user", "content": "Say something short."}]
 # Sent with every request, as most clients do: a full turn that names it is charged against
 # the tenant's daily token budget on its prompt check, a SQL transaction on the turn's path.
 MAX_TOKENS = 64
-SYSTEMS = ["upstream", "full", "passthrough", "floor", "floor_passthrough", "fused", "litellm"]
+SYSTEMS = [
+    "upstream",
+    "full",
+    "direct",
+    "passthrough",
+    "floor",
+    "floor_passthrough",
+    "fused",
+    "litellm",
+]
 LABELS = {
     "upstream": "upstream alone",
     "full": "soma full turn",
+    "direct": "soma direct turn",
     "passthrough": "soma pass-through",
     "floor": "floor: full turn",
     "floor_passthrough": "floor: pass-thru",
@@ -712,7 +722,8 @@ def measure(
             cell.cpu_ms = {
                 p: round((after[p] - before[p]) * 1000 / requests, 2) for p in before if p in after
             }
-        if bus and n == 1 and name in ("full", "floor"):  # after the CPU reading: it reads
+        # After the CPU reading: reading the hops back costs CPU too.
+        if bus and n == 1 and name in ("full", "direct", "floor"):
             cell.hops = asyncio.run(hops(bus, since))
         cells[n] = cell
         print(
@@ -1029,7 +1040,7 @@ def main(args: argparse.Namespace) -> None:
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     if not backends or (unknown := set(backends) - set(BACKENDS)):
         raise SystemExit(f"--backends: unknown {', '.join(sorted(unknown))}; known: {BACKENDS}")
-    modes = tuple(m for m in ("full", "passthrough") if m in chosen)
+    modes = tuple(m for m in ("full", "direct", "passthrough") if m in chosen)
     common: dict[str, dict[int, Cell]] = {}
     common_ttft: dict[str, Cell] = {}
     ours: dict[str, dict[str, dict[int, Cell]]] = {b: {} for b in backends}

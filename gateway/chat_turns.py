@@ -343,22 +343,3 @@ EVENTS = (
     of_type(SagaFinished).name,
     "sagas.failed",
 )
-
-
-async def run(
-    dispatch: Dispatch, principal: Principal, turn: ChatTurnInput, saga_id: str, timeout: float
-) -> ChatTurnResult:
-    async with dispatch.requester.watching(saga_id, EVENTS) as events:
-        await start(dispatch, principal, turn, saga_id, events)
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    reply = await events.get()
-                    if is_end(reply, saga_id):
-                        break
-        except TimeoutError:
-            await cancel(dispatch, principal, saga_id, "the caller's request timed out")
-            raise ApiError(
-                504, "The chat turn did not finish in time.", type="server_error", code="timeout"
-            ) from None
-    return named(outcome(reply, turn.model))

@@ -34,7 +34,7 @@ from bus.request import Reply, decode_reply
 from gateway import chat_turns
 from gateway.auth import Principal
 from gateway.dispatch import Dispatch
-from gateway.errors import ApiError, unavailable
+from gateway.errors import unavailable
 from schemas.catalogue import STREAMS, of_type
 from schemas.chat import ChatTurnInput, ChatTurnResult
 from schemas.common import CommandFailed
@@ -188,21 +188,3 @@ class PassThroughTurn:
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-
-
-async def run(
-    dispatch: Dispatch, principal: Principal, turn: ChatTurnInput, turn_id: str, timeout: float
-) -> ChatTurnResult:
-    passthrough = PassThroughTurn(dispatch, principal, turn, turn_id)
-    async with dispatch.requester.watching(turn_id, EVENTS) as events:
-        await passthrough.start(events)
-        try:
-            async with asyncio.timeout(timeout):
-                while not passthrough.is_end(reply := await events.get()):
-                    pass
-        except TimeoutError:
-            await passthrough.cancel("the caller's request timed out")
-            raise ApiError(
-                504, "The chat turn did not finish in time.", type="server_error", code="timeout"
-            ) from None
-    return passthrough.outcome(reply)

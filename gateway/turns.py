@@ -1,5 +1,6 @@
 """What a chat completion needs of a turn, whichever pipeline runs it: the ``chat_turn`` saga
-(``gateway.chat_turns``) or one command to the slm process (``gateway.passthrough``).
+(``gateway.chat_turns``), the same commands sent by the gateway itself (``gateway.direct``) or
+one command to the slm process (``gateway.passthrough``).
 
 Both answer with a ``ChatTurnResult``, so the response a caller gets — the completion body, the
 SSE chunks, ``finish_reason``, tool calls and usage — is built by the same code for both.
@@ -14,9 +15,10 @@ from typing import Protocol
 from bus.request import Reply
 from gateway import chat_turns
 from gateway.auth import Principal
+from gateway.direct import DirectTurn
 from gateway.dispatch import Dispatch
+from gateway.errors import ApiError
 from gateway.passthrough import PassThroughTurn
-from gateway.passthrough import run as passthrough_run
 from schemas.chat import ChatTurnInput, ChatTurnResult
 
 
@@ -68,11 +70,15 @@ class SagaTurn:
 
 
 def turn_for(
-    dispatch: Dispatch, principal: Principal, turn: ChatTurnInput, turn_id: str, passthrough: bool
+    dispatch: Dispatch, principal: Principal, turn: ChatTurnInput, turn_id: str, pipeline: str
 ) -> Turn:
-    """The turn as the configured pipeline runs it (``SOMA_CHAT_PIPELINE``)."""
-    if passthrough:
+    """The turn as the configured pipeline runs it (``SOMA_CHAT_PIPELINE``). A request with an
+    ``Idempotency-Key`` asks for a turn a retry can find on any gateway: under ``direct`` it is
+    the saga, which outlives the gateway that started it."""
+    if pipeline == "passthrough":
         return PassThroughTurn(dispatch, principal, turn, turn_id)
+    if pipeline == "direct" and not chat_turns.resumable(turn_id):
+        return DirectTurn(dispatch, principal, turn, turn_id)
     return SagaTurn(dispatch, principal, turn, turn_id)
 
 
@@ -82,9 +88,19 @@ async def complete(
     turn: ChatTurnInput,
     turn_id: str,
     timeout: float,
-    passthrough: bool,
+    pipeline: str,
 ) -> ChatTurnResult:
     """Run the turn to its end and answer its result, or the ``ApiError`` its end stands for."""
-    if passthrough:
-        return await passthrough_run(dispatch, principal, turn, turn_id, timeout)
-    return await chat_turns.run(dispatch, principal, turn, turn_id, timeout)
+    run = turn_for(dispatch, principal, turn, turn_id, pipeline)
+    async with dispatch.requester.watching(run.id, run.events) as events:
+        await run.start(events)
+        try:
+            async with asyncio.timeout(timeout):
+                while not run.is_end(reply := await events.get()):
+                    pass
+        except TimeoutError:
+            await run.cancel("the caller's request timed out")
+            raise ApiError(
+                504, "The chat turn did not finish in time.", type="server_error", code="timeout"
+            ) from None
+    return chat_turns.named(run.outcome(reply))

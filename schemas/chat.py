@@ -5,7 +5,12 @@ from typing import Any
 import msgspec
 
 from schemas.base import Extensible, Message, Usage
+from schemas.memory import MemoryRecalled
+from schemas.policy import PolicyEvaluated
 from schemas.slm import ChatMessage, ToolSpec
+
+# How much of the recalled memories a turn tells the model, in characters.
+MEMORY_BUDGET_CHARS = 2000
 
 
 class ChatTurnInput(Message):
@@ -64,3 +69,64 @@ class ChatTurnResult(Extensible):
     stop_sequence: str | None = None
     # The answer's token log probabilities (OpenAI's ``logprobs`` object), when asked for.
     logprobs: dict[str, Any] | None = None
+
+
+# What a turn makes of its messages and its checks' answers, whichever runs it: the
+# ``chat_turn`` saga or a gateway's direct turn. One definition, so both tell the model and the
+# caller the same.
+
+
+def last_user_text(messages: list[ChatMessage]) -> str:
+    """What the caller said last: the text a turn checks, recalls on and stores."""
+    for m in reversed(messages):
+        if m.role == "user" and m.content:
+            return m.content
+    return ""
+
+
+def with_last_user_text(messages: list[ChatMessage], text: str) -> list[ChatMessage]:
+    """``messages`` with what the caller said last replaced by ``text`` (its redaction)."""
+    out = list(messages)
+    for i in range(len(out) - 1, -1, -1):
+        if out[i].role == "user" and out[i].content:
+            out[i] = msgspec.structs.replace(out[i], content=text)
+            break
+    return out
+
+
+def memory_context(recalled: MemoryRecalled) -> str | None:
+    """What the model is told of the recalled memories, best first, within
+    ``MEMORY_BUDGET_CHARS``: a system message before the conversation. None: nothing to tell."""
+    lines, used = [], 0
+    for item in recalled.items:
+        if used + len(item.text) > MEMORY_BUDGET_CHARS:
+            break
+        lines.append(f"- {item.text}")
+        used += len(item.text)
+    return "Relevant memories:\n" + "\n".join(lines) if lines else None
+
+
+def verdict_of(v: PolicyEvaluated) -> PolicyVerdict:
+    return PolicyVerdict(
+        decision=v.decision,
+        reasons=v.reasons,
+        rule_ids=v.rule_ids,
+        stage=v.stage,
+        constitution=v.constitution,
+    )
+
+
+def refusal(
+    model: str, v: PolicyEvaluated, usage: Usage, cost_usd: float, constitution: str | None
+) -> ChatTurnResult:
+    """The turn's end when a check denies: ``content_filter``, with the policy's reasons."""
+    text = "This request was refused by policy: " + ("; ".join(v.reasons) or v.decision)
+    return ChatTurnResult(
+        message=ChatMessage(role="assistant", content=text),
+        finish_reason="content_filter",
+        model=model,
+        usage=usage,
+        cost_usd=cost_usd,
+        policy=verdict_of(v),
+        constitution=v.constitution or constitution,
+    )

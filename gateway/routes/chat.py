@@ -74,7 +74,7 @@ async def create_chat_completion(
             gateway.limiter,
             principal,
             turn,
-            turn_for(dispatch, principal, turn, turn_id, passthrough),
+            turn_for(dispatch, principal, turn, turn_id, config.chat_pipeline),
             out=OpenAIChunks(
                 turn_id,
                 body.model,
@@ -85,7 +85,9 @@ async def create_chat_completion(
         )
         await stream.open()
         return SseResponse(stream)
-    result = await complete(dispatch, principal, turn, turn_id, config.chat_timeout, passthrough)
+    result = await complete(
+        dispatch, principal, turn, turn_id, config.chat_timeout, config.chat_pipeline
+    )
     await gateway.limiter.record_tokens(
         principal, result.usage.prompt_tokens + result.usage.completion_tokens
     )

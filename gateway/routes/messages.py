@@ -69,14 +69,16 @@ async def create_message(
             gateway.limiter,
             principal,
             turn,
-            turn_for(dispatch, principal, turn, turn_id, passthrough),
+            turn_for(dispatch, principal, turn, turn_id, config.chat_pipeline),
             out=AnthropicEvents(turn_id, body.model),
             timeout=config.chat_timeout,
             keepalive=config.stream_keepalive,
         )
         await stream.open()
         return SseResponse(stream)
-    result = await complete(dispatch, principal, turn, turn_id, config.chat_timeout, passthrough)
+    result = await complete(
+        dispatch, principal, turn, turn_id, config.chat_timeout, config.chat_pipeline
+    )
     await gateway.limiter.record_tokens(
         principal, result.usage.prompt_tokens + result.usage.completion_tokens
     )

@@ -44,7 +44,15 @@ from sagas.definition import (
     Run,
 )
 from schemas.base import Usage
-from schemas.chat import ChatTurnInput, ChatTurnResult, PolicyVerdict
+from schemas.chat import (
+    ChatTurnInput,
+    ChatTurnResult,
+    last_user_text,
+    memory_context,
+    refusal,
+    verdict_of,
+    with_last_user_text,
+)
 from schemas.common import CommandFailed
 from schemas.memory import MemoryRecall, MemoryRecalled, MemoryStore
 from schemas.policy import PolicyEvaluate, PolicyEvaluated
@@ -57,7 +65,6 @@ chat_turn: Definition[ChatTurnInput] = Definition(
 
 Turn = Run[ChatTurnInput]
 
-MEMORY_BUDGET_CHARS = 2000
 QUICK = Retry(initial=0.2, max_attempts=3)
 
 
@@ -72,23 +79,6 @@ def _save_messages(run: Turn, messages: list[ChatMessage]) -> None:
     run.data["messages"] = msgspec.to_builtins(messages)
 
 
-def _last_user_text(messages: list[ChatMessage]) -> str:
-    for m in reversed(messages):
-        if m.role == "user" and m.content:
-            return m.content
-    return ""
-
-
-def _verdict(v: PolicyEvaluated) -> PolicyVerdict:
-    return PolicyVerdict(
-        decision=v.decision,
-        reasons=v.reasons,
-        rule_ids=v.rule_ids,
-        stage=v.stage,
-        constitution=v.constitution,
-    )
-
-
 def _judged(run: Turn, v: PolicyEvaluated) -> None:
     """Remember the constitution a check of this turn was judged under: the result names it."""
     if v.constitution:
@@ -96,16 +86,13 @@ def _judged(run: Turn, v: PolicyEvaluated) -> None:
 
 
 def _refusal(run: Turn, v: PolicyEvaluated) -> Complete:
-    text = "This request was refused by policy: " + ("; ".join(v.reasons) or v.decision)
     return Complete(
-        ChatTurnResult(
-            message=ChatMessage(role="assistant", content=text),
-            finish_reason="content_filter",
-            model=run.input.model,
-            usage=_usage(run),
-            cost_usd=run.data.get("cost_usd", 0.0),
-            policy=_verdict(v),
-            constitution=v.constitution or run.data.get("constitution"),
+        refusal(
+            run.input.model,
+            v,
+            _usage(run),
+            run.data.get("cost_usd", 0.0),
+            run.data.get("constitution"),
         )
     )
 
@@ -136,7 +123,7 @@ def _stream_subject(run: Turn) -> str | None:
 def check_prompt(run: Turn) -> Action:
     messages = _messages(run)
     _save_messages(run, messages)
-    text = _last_user_text(messages)
+    text = last_user_text(messages)
     calls = []
     if run.input.use_policy:
         calls.append(
@@ -189,22 +176,17 @@ def prepared(run: Turn, replies: list[Any]) -> Action:
 @chat_turn.step
 def prompt_checked(run: Turn, verdict: PolicyEvaluated) -> Action:
     _judged(run, verdict)
-    run.data["policy"] = msgspec.to_builtins(_verdict(verdict))
+    run.data["policy"] = msgspec.to_builtins(verdict_of(verdict))
     if verdict.decision == "deny":
         return _refusal(run, verdict)
     if verdict.decision == "redact" and verdict.redacted_text is not None:
-        messages = _messages(run)
-        for m in reversed(messages):
-            if m.role == "user" and m.content:
-                m.content = verdict.redacted_text
-                break
-        _save_messages(run, messages)
+        _save_messages(run, with_last_user_text(_messages(run), verdict.redacted_text))
     return Continue(then=recall)
 
 
 @chat_turn.step
 def recall(run: Turn) -> Action:
-    query = _last_user_text(_messages(run))
+    query = last_user_text(_messages(run))
     if not run.input.use_memory or not query:
         return Continue(then=ask_model)
     return Call(
@@ -220,18 +202,6 @@ def recall(run: Turn) -> Action:
         retry=QUICK,
         on_failure=ask_model,  # a memory outage degrades the answer, it does not fail it
     )
-
-
-def memory_context(recalled: MemoryRecalled) -> str | None:
-    """What the model is told of the recalled memories, best first, within
-    ``MEMORY_BUDGET_CHARS``: a system message before the conversation. None: nothing to tell."""
-    lines, used = [], 0
-    for item in recalled.items:
-        if used + len(item.text) > MEMORY_BUDGET_CHARS:
-            break
-        lines.append(f"- {item.text}")
-        used += len(item.text)
-    return "Relevant memories:\n" + "\n".join(lines) if lines else None
 
 
 @chat_turn.step
@@ -398,7 +368,7 @@ def store_turn(run: Turn) -> Action:
     answer = msgspec.convert(run.data["answer"], ChatMessage)
     if not run.input.use_memory:
         return Continue(then=reply)
-    text = f"user: {_last_user_text(_messages(run))}\nassistant: {answer.content or ''}"
+    text = f"user: {last_user_text(_messages(run))}\nassistant: {answer.content or ''}"
     return Call(
         MemoryStore(
             turn_id=run.saga_id,

@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
@@ -22,18 +21,15 @@ import httpx
 import msgspec
 import openai
 import pytest
-from nats.aio.msg import Msg
-from nats.js.api import DeliverPolicy
 from openai.types.chat import (
     ChatCompletionMessageFunctionToolCall,
-    ChatCompletionMessageParam,
     ChatCompletionToolParam,
 )
 
 from bus.connection import connect
-from schemas.catalogue import STREAMS
 from schemas.slm import SlmCompleted
 from tests.e2e.conftest import ROOT, wait_for_consumers
+from tests.e2e.trail import ask, events_of, settled_usage, streamed_content, turn_of, usage
 from tests.servers import NatsServer, free_port, nats_server, stop_processes
 from tests.slm.fake_openai import openai_app
 from tests.slm.scripted import Reply, Script, serving
@@ -147,40 +143,6 @@ def passthrough(ready: Passthrough) -> Passthrough:
     return ready
 
 
-async def events_of(server: NatsServer, correlation_id: str) -> list[tuple[str, Msg]]:
-    """The events the bus kept for one correlation id: (type, message)."""
-    nc = await connect(server.url, "passthrough-events")
-    found: list[tuple[str, Msg]] = []
-    try:
-        js = nc.jetstream()
-        sub = await js.subscribe(
-            f"soma.evt.{TENANT}.>",
-            stream=STREAMS["evt"],
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.ALL,
-        )
-        last = (await js.stream_info(STREAMS["evt"])).state.last_seq
-        with contextlib.suppress(TimeoutError):
-            while True:
-                msg = await sub.next_msg(timeout=2)
-                if (msg.headers or {}).get("Soma-Correlation-Id") == correlation_id:
-                    found.append((".".join(msg.subject.split(".")[3:]), msg))
-                if msg.metadata.sequence.stream >= last:
-                    break
-        await sub.unsubscribe()
-    finally:
-        await nc.close()
-    return found
-
-
-def turn_of(completion_id: str) -> str:
-    return completion_id.removeprefix("chatcmpl-")
-
-
-def ask(prompt: str) -> list[ChatCompletionMessageParam]:
-    return [{"role": "user", "content": prompt}]
-
-
 async def test_a_passthrough_turn_is_one_model_call_in_the_event_trail_and_no_saga(
     passthrough: Passthrough,
 ) -> None:
@@ -192,7 +154,7 @@ async def test_a_passthrough_turn_is_one_model_call_in_the_event_trail_and_no_sa
     assert reply.choices[0].finish_reason == "stop"
     assert reply.usage is not None and reply.usage.prompt_tokens == 9
     assert len(passthrough.script.requests) == 1
-    [(kind, event)] = await events_of(passthrough.nats, turn_of(reply.id))
+    [(kind, event)] = await events_of(passthrough.nats, TENANT, turn_of(reply.id))
     assert kind == "slm.completed"
     completed = msgspec.json.decode(event.data, type=SlmCompleted)
     assert (completed.model, completed.usage.prompt_tokens) == (MODEL, 9)
@@ -270,7 +232,7 @@ async def test_usage_of_passthrough_turns_is_metered_once_per_turn(
     passthrough: Passthrough,
 ) -> None:
     model = MODEL
-    before = await _settled_usage(passthrough, model)
+    before = await settled_usage(passthrough.url, passthrough.headers(), model)
     passthrough.script.then(
         Reply(text="one", prompt_tokens=100, completion_tokens=10),
         Reply(text="two", prompt_tokens=200, completion_tokens=20),
@@ -279,10 +241,12 @@ async def test_usage_of_passthrough_turns_is_metered_once_per_turn(
     for prompt in ("first", "second"):
         await client.chat.completions.create(model=model, messages=ask(prompt))
     async with asyncio.timeout(60):
-        while (after := await _usage(passthrough, model))["requests"] < before["requests"] + 2:
+        while (after := await usage(passthrough.url, passthrough.headers(), model))[
+            "requests"
+        ] < before["requests"] + 2:
             await asyncio.sleep(0.2)
     await asyncio.sleep(1)  # a double count would land by now
-    after = await _usage(passthrough, model)
+    after = await usage(passthrough.url, passthrough.headers(), model)
     assert after["requests"] - before["requests"] == 2
     assert after["prompt_tokens"] - before["prompt_tokens"] == 300
     assert after["completion_tokens"] - before["completion_tokens"] == 30
@@ -304,34 +268,6 @@ async def test_usage_of_passthrough_turns_is_reported_under_the_callers_key(
                     break
                 await asyncio.sleep(0.2)
     assert len(keys - {""}) == 1
-
-
-async def _settled_usage(passthrough: Passthrough, model: str) -> dict[str, int]:
-    """The usage once analytics has counted what earlier tests sent (it batches for a moment)."""
-    last = await _usage(passthrough, model)
-    async with asyncio.timeout(60):
-        while True:
-            await asyncio.sleep(1)
-            now = await _usage(passthrough, model)
-            if now == last:
-                return now
-            last = now
-
-
-async def _usage(passthrough: Passthrough, model: str) -> dict[str, int]:
-    async with httpx.AsyncClient(base_url=passthrough.url, timeout=30) as client:
-        answer = await client.get(
-            "/v1/usage", params={"group_by": "model"}, headers=passthrough.headers()
-        )
-    assert answer.status_code == 200, answer.text
-    rows = [r for r in answer.json()["data"] if r["group"].get("model") == model]
-    names = ("requests", "prompt_tokens", "completion_tokens")
-    totals = Counter[str]()
-    for row in rows:
-        for name in names:
-            totals[name] += row[name]
-    # Zero before analytics has counted anything for the model.
-    return {name: totals[name] for name in names}
 
 
 async def test_a_streamed_retry_of_an_answered_turn_gets_its_answer_without_a_second_call(
@@ -376,12 +312,3 @@ async def test_a_retry_while_the_model_works_gets_the_same_answer_from_one_call(
     assert answered.status_code == retry.status_code == 200, retry.text
     assert retry.json() == answered.json()
     assert len(passthrough.script.requests) == 1
-
-
-def streamed_content(text: str) -> str:
-    chunks = [
-        json.loads(line.removeprefix("data: "))
-        for line in text.splitlines()
-        if line.startswith("data: {")
-    ]
-    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])

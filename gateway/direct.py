@@ -1,0 +1,285 @@
+"""Direct chat turns (``SOMA_CHAT_PIPELINE=direct``): the full turn's commands sent by the gateway
+that holds the request, with no saga between them.
+
+    check the prompt (policy) and recall memories, at once ─deny→ answer with content_filter
+      → ask the model ─tool calls→ answer with them (they are the caller's)
+      → check the answer (policy) → store the turn (memory) → answer
+
+The same checks, recall, model call and memory write as the ``chat_turn`` saga, by the same
+commands to the same processes, and the same trail in SOMA_EVT under the turn's id: each
+process publishes its own decision there. What is left out is the saga runner, which stood
+between every two of them: four transitions of a turn's chain, each a delivery to the runner,
+a step and a publish (``bench/gateway.py``'s hop table).
+
+Recovery. Each command's message id is derived from the turn id (``<turn>.prompt``,
+``.recall``, ``.slm``, ``.answer``, ``.store``), and every handler acts once per message id, so
+a command delivered again after a handler is killed has its effect once: the token charge, the
+model call's usage, the memory write. A stored command is delivered until it is answered,
+whichever handler process is killed. The turn's progress itself is held only by the gateway
+that holds the caller's connection: if that gateway is killed, the caller's connection goes
+with it, the commands already stored still run to their effects, and no memory write is sent
+for an answer the caller never had (the write is stored before the answer is sent). A request
+with an ``Idempotency-Key`` asks for a turn that outlives its gateway, so it runs as the
+``chat_turn`` saga, which a retry on any gateway attaches to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from bus.publish import envelope_for, publish
+from bus.request import Reply
+from gateway import chat_turns, passthrough
+from gateway.auth import Principal
+from gateway.dispatch import Dispatch
+from gateway.errors import ApiError, unavailable
+from schemas.base import Usage
+from schemas.catalogue import of_type
+from schemas.chat import (
+    ChatTurnInput,
+    ChatTurnResult,
+    last_user_text,
+    memory_context,
+    refusal,
+    with_last_user_text,
+)
+from schemas.common import CommandFailed
+from schemas.envelope import Envelope
+from schemas.memory import MemoryRecall, MemoryRecalled, MemoryStore
+from schemas.policy import PolicyEvaluate, PolicyEvaluated
+from schemas.slm import ChatMessage, SlmComplete, SlmCompleted
+
+log = logging.getLogger("soma.gateway.direct")
+
+# The events a direct turn awaits: each command's answer, or its refusal.
+CHAIN = (
+    of_type(PolicyEvaluated).name,
+    of_type(MemoryRecalled).name,
+    of_type(SlmCompleted).name,
+    "policy.failed",
+    "memory.failed",
+    "slm.failed",
+)
+# The end a direct turn puts in its caller's queue: not a bus event, the gateway's own word.
+END = "gateway.turn_ended"
+
+
+class Failed(Exception):
+    """A command of the turn was refused (its ``<service>.failed`` event)."""
+
+    def __init__(self, failure: CommandFailed) -> None:
+        super().__init__(failure.error)
+        self.failure = failure
+
+
+@dataclass
+class DirectTurn:
+    """One direct turn, as ``gateway.streaming`` and ``turns.complete`` drive a turn."""
+
+    dispatch: Dispatch
+    principal: Principal
+    turn: ChatTurnInput
+    id: str
+    # The caller's queue is given only the end; the chain follows its own events.
+    events: tuple[str, ...] = ()
+    _asked: dict[str, asyncio.Future[Any]] = field(default_factory=dict, init=False)
+    _task: asyncio.Task[None] | None = field(default=None, init=False)
+
+    async def start(self, events: asyncio.Queue[Reply]) -> None:
+        """Send the first commands; a bus that cannot take them is the caller's 503 now."""
+        watch = self.dispatch.requester.watching(self.id, CHAIN)
+        answers = await watch.__aenter__()
+        try:
+            first = await asyncio.gather(
+                *(_nothing() if c is None else self._send(c, s) for c, s in self._first_commands())
+            )
+        except BaseException:
+            await watch.__aexit__(None, None, None)
+            raise
+        self._task = asyncio.ensure_future(self._run(watch, answers, first, events))
+
+    def is_end(self, reply: Reply) -> bool:
+        return reply.schema == END
+
+    def outcome(self, reply: Reply) -> ChatTurnResult:
+        if isinstance(reply.payload, ApiError):
+            raise reply.payload
+        result: ChatTurnResult = reply.payload
+        return result
+
+    async def cancel(self, reason: str) -> None:
+        """Stop waiting: commands already sent still run to their effects."""
+        log.info("direct turn %s abandoned: %s", self.id, reason)
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _send(
+        self, command: msgspec.Struct, step: str, awaited: bool = True
+    ) -> asyncio.Future[Any] | None:
+        """Publish ``command`` as this turn's ``step``; with ``awaited``, the future of its
+        answer (which may come before the publish's own acknowledgement)."""
+        message_id = f"{self.id}.{step}"
+        answer = None
+        if awaited:
+            answer = self._asked[message_id] = asyncio.get_running_loop().create_future()
+        env = envelope_for(
+            command,
+            tenant=self.principal.tenant,
+            actor=self.principal.user,
+            correlation_id=self.id,
+            message_id=message_id,
+        )
+        try:
+            await publish(self.dispatch.bus, command, env)
+        except Exception as exc:
+            log.warning("publishing %s of turn %s failed: %s", env.schema, self.id, exc)
+            raise unavailable("The message bus is not reachable.") from exc
+        return answer
+
+    async def _ask(self, command: msgspec.Struct, step: str) -> Any:
+        """``command``'s answer, or ``Failed`` for its refusal."""
+        answer = await self._send(command, step)
+        assert answer is not None
+        return await self._answer(answer)
+
+    def _first_commands(self) -> list[tuple[msgspec.Struct | None, str]]:
+        """The prompt check and the recall, each None when the turn does without it."""
+        turn = self.turn
+        text = last_user_text(turn.messages)
+        check = recall = None
+        if turn.use_policy:
+            check = PolicyEvaluate(
+                stage="prompt",
+                text=text,
+                role=turn.role,
+                key_id=turn.key_id,
+                tokens_requested=turn.max_tokens or 0,
+            )
+        if turn.use_memory and text:
+            recall = MemoryRecall(
+                query=text, user=turn.user, session=turn.session, top_k=5, caller_role=turn.role
+            )
+        return [(check, "prompt"), (recall, "recall")]
+
+    async def _run(
+        self,
+        watch: contextlib.AbstractAsyncContextManager[asyncio.Queue[Reply]],
+        answers: asyncio.Queue[Reply],
+        first: list[asyncio.Future[Any] | None],
+        events: asyncio.Queue[Reply],
+    ) -> None:
+        reader = asyncio.ensure_future(self._read(answers))
+        payload: ChatTurnResult | ApiError
+        try:
+            payload = await self._chain(first)
+        except ApiError as error:
+            payload = error
+        except Failed as failed:
+            log.warning("direct turn %s failed: %s", self.id, failed.failure.error)
+            payload = chat_turns.failure_error(
+                failed.failure.code, failed.failure.error, self.turn.model
+            )
+        except Exception:  # the caller still gets an end, not a wait until its timeout
+            log.exception("direct turn %s broke off", self.id)
+            payload = ApiError(500, "The chat turn failed.", type="server_error")
+        finally:
+            reader.cancel()
+            await watch.__aexit__(None, None, None)
+        env = Envelope(
+            message_id=f"{self.id}.end",
+            correlation_id=self.id,
+            tenant=self.principal.tenant,
+            actor=self.principal.user,
+            schema=END,
+        )
+        events.put_nowait(Reply(env, END, payload))
+
+    async def _read(self, answers: asyncio.Queue[Reply]) -> None:
+        while True:
+            reply = await answers.get()
+            asked = self._asked.pop(reply.envelope.causation_id or "", None)
+            if asked is not None and not asked.done():
+                asked.set_result(reply.payload)
+
+    async def _answer(self, asked: asyncio.Future[Any]) -> Any:
+        answer = await asked
+        if isinstance(answer, CommandFailed):
+            raise Failed(answer)
+        return answer
+
+    async def _chain(self, first: list[asyncio.Future[Any] | None]) -> ChatTurnResult:
+        turn = self.turn
+        check, recall = first
+        messages = list(turn.messages)
+        constitution: str | None = None
+        if check is not None:
+            prompt: PolicyEvaluated = await self._answer(check)
+            constitution = prompt.constitution or None
+            if prompt.decision == "deny":
+                return refusal(turn.model, prompt, Usage(), 0.0, constitution)
+            if prompt.decision == "redact" and prompt.redacted_text is not None:
+                messages = with_last_user_text(messages, prompt.redacted_text)
+        recalled: MemoryRecalled | None = None
+        if recall is not None:
+            try:
+                recalled = await self._answer(recall)
+            except Failed as failed:  # a memory outage degrades the answer, it does not fail it
+                log.warning("recall of turn %s failed: %s", self.id, failed.failure.error)
+        context = memory_context(recalled) if recalled is not None else None
+        if context:
+            messages = [ChatMessage(role="system", content=context), *messages]
+        ask: SlmComplete = msgspec.structs.replace(
+            passthrough.command(turn, self.id), messages=messages
+        )
+        done: SlmCompleted = await self._ask(ask, "slm")
+        if done.message.tool_calls:
+            # The caller's tools run at the caller: hand the calls back, as OpenAI does.
+            return _result(done, done.message, "tool_calls", constitution)
+        answer = done.message
+        if turn.use_policy:
+            checked: PolicyEvaluated = await self._ask(
+                PolicyEvaluate(stage="answer", text=answer.content or "", role=turn.role),
+                "answer",
+            )
+            constitution = checked.constitution or constitution
+            if checked.decision == "deny":
+                return refusal(turn.model, checked, done.usage, done.cost_usd, constitution)
+            if checked.decision == "redact" and checked.redacted_text is not None:
+                answer = msgspec.structs.replace(answer, content=checked.redacted_text)
+        if turn.use_memory:
+            store = MemoryStore(
+                turn_id=self.id,
+                text=f"user: {last_user_text(messages)}\nassistant: {answer.content or ''}",
+                user=turn.user or self.principal.user,
+                session=turn.session,
+                metadata={"model": turn.model},
+                caller_role=turn.role,
+            )
+            # Stored before the caller has the answer; its own answer is not awaited.
+            await self._send(store, "store", awaited=False)
+        return _result(done, answer, done.finish_reason, constitution)
+
+
+async def _nothing() -> None:
+    return None
+
+
+def _result(
+    done: SlmCompleted, message: ChatMessage, finish_reason: str, constitution: str | None
+) -> ChatTurnResult:
+    return ChatTurnResult(
+        message=message,
+        finish_reason=finish_reason,
+        model=done.model,
+        usage=done.usage,
+        cost_usd=done.cost_usd,
+        constitution=constitution,
+        stop_sequence=done.stop_sequence,
+        logprobs=done.logprobs,
+    )

@@ -1,0 +1,88 @@
+"""What the end-to-end chat tests read back: a turn's events in SOMA_EVT, the usage analytics
+counted, the text of a streamed answer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import Counter
+
+import httpx
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
+from openai.types.chat import ChatCompletionMessageParam
+
+from bus.connection import connect
+from schemas.catalogue import STREAMS
+from tests.servers import NatsServer
+
+
+async def events_of(server: NatsServer, tenant: str, correlation_id: str) -> list[tuple[str, Msg]]:
+    """The events the bus kept for one correlation id, in the order stored: (type, message)."""
+    nc = await connect(server.url, "trail-events")
+    found: list[tuple[str, Msg]] = []
+    try:
+        js = nc.jetstream()
+        sub = await js.subscribe(
+            f"soma.evt.{tenant}.>",
+            stream=STREAMS["evt"],
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
+        )
+        last = (await js.stream_info(STREAMS["evt"])).state.last_seq
+        with contextlib.suppress(TimeoutError):
+            while True:
+                msg = await sub.next_msg(timeout=2)
+                if (msg.headers or {}).get("Soma-Correlation-Id") == correlation_id:
+                    found.append((".".join(msg.subject.split(".")[3:]), msg))
+                if msg.metadata.sequence.stream >= last:
+                    break
+        await sub.unsubscribe()
+    finally:
+        await nc.close()
+    return found
+
+
+def turn_of(completion_id: str) -> str:
+    return completion_id.removeprefix("chatcmpl-")
+
+
+def ask(prompt: str) -> list[ChatCompletionMessageParam]:
+    return [{"role": "user", "content": prompt}]
+
+
+async def settled_usage(url: str, headers: dict[str, str], model: str) -> dict[str, int]:
+    """The usage once analytics has counted what earlier tests sent (it batches for a moment)."""
+    last = await usage(url, headers, model)
+    async with asyncio.timeout(60):
+        while True:
+            await asyncio.sleep(1)
+            now = await usage(url, headers, model)
+            if now == last:
+                return now
+            last = now
+
+
+async def usage(url: str, headers: dict[str, str], model: str) -> dict[str, int]:
+    """Requests and tokens analytics counted for ``model``: zero before it counted any."""
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        answer = await client.get("/v1/usage", params={"group_by": "model"}, headers=headers)
+    assert answer.status_code == 200, answer.text
+    rows = [r for r in answer.json()["data"] if r["group"].get("model") == model]
+    names = ("requests", "prompt_tokens", "completion_tokens")
+    totals = Counter[str]()
+    for row in rows:
+        for name in names:
+            totals[name] += row[name]
+    return {name: totals[name] for name in names}
+
+
+def streamed_content(text: str) -> str:
+    """The answer's text in a chat completion's SSE body."""
+    chunks = [
+        json.loads(line.removeprefix("data: "))
+        for line in text.splitlines()
+        if line.startswith("data: {")
+    ]
+    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
