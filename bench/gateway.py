@@ -10,10 +10,13 @@ once, in its own process; asked to stream, it sends OpenAI's SSE chunks, its tok
 client; at 10 and 50 clients the added figure includes the queueing those clients cause.
 
 Soma: the whole system as ``soma run`` processes on a nats-server from the wheel (identity,
-policy, memory, slm, tools, analytics, the saga runner) and two gateways on the same bus:
-- full: a completion is a ``chat_turn`` saga — policy check of the prompt, memory recall, the
-  model call through the slm service, policy check of the answer, memory store — every step a
-  committed transaction and a bus round trip;
+policy, memory, slm, tools, analytics, the saga runner) and a gateway per pipeline on the same
+bus:
+- full: a completion is a ``chat_turn`` saga — policy check of the prompt and memory recall at
+  once, the model call through the slm service, policy check of the answer, memory store — each
+  command sent by the saga runner as the last answer comes in;
+- direct: ``SOMA_CHAT_PIPELINE=direct`` — the same commands to the same processes, sent by the
+  gateway itself, no saga between them (``gateway/direct.py``);
 - pass-through: ``SOMA_CHAT_PIPELINE=passthrough`` — the turn skips policy and memory: one
   ``slm.complete`` command straight to the slm process, no saga, still metered.
 Rate limits are off (``SOMA_RATE_*=0``) so nothing is throttled. ``--backends`` runs the system
@@ -45,7 +48,8 @@ turns are then read back from the commands and events streams, and each message'
 is set against its cause's (its causation id), by JetStream's own clock: the time each hop of
 a turn took, process by process, with no observer on the path. A table per backend;
 the last line printed is the JSON summary: latencies there are added over the upstream with
-one client, requests/s are at 10 clients (``full_rps_50`` at 50), times to first token
+one client, requests/s are at 10 clients (``full_rps_50`` and ``direct_rps_50`` at 50),
+``direct_*`` are the direct turn's figures, times to first token
 (``ttft_*``) are added over the upstream's, ``cpu_ms_per_turn`` holds the CPU table and
 ``turn_hops_ms`` the hops. The first backend's figures are its top-level keys, each other
 backend's a nested object under its name.
@@ -498,8 +502,9 @@ async def hops(bus: str, since: datetime.datetime) -> list[Hop]:
     """Every message stored in the commands and events streams since ``since``, grouped by chat
     turn (correlation id): for each, the time from its cause's stored time (causation id) to
     its own, by JetStream's own clock, so no observer sits on the path being measured. Plus,
-    between turns, from one turn's ``sagas.replied`` to the next one's ``sagas.start``: the
-    gateway's answer out, the client, and its next request in."""
+    between turns, from one turn's answer (a saga's ``sagas.replied``, a direct turn's last
+    command) to the next one's first message: the gateway's answer out, the client, and its
+    next request in."""
     import nats
     from nats.js.api import ConsumerConfig, DeliverPolicy
 
@@ -535,29 +540,38 @@ async def hops(bus: str, since: datetime.datetime) -> list[Hop]:
     for entry in sorted(stored, key=lambda e: e[0]):
         turns.setdefault(entry[3].get("Soma-Correlation-Id", ""), []).append(entry)
     table: dict[tuple[str, str], Hop] = {}
-    answered: list[tuple[float, float]] = []  # each turn's start and its reply
+    answered: list[tuple[float, float]] = []  # each turn's start and its answer
     for messages in turns.values():
-        begun = [at for at, kind, _, _ in messages if kind == "sagas.start"]
-        if not begun:
+        # A saga's turn begins with its sagas.start and is answered by its sagas.replied; a
+        # direct turn begins with the gateway's first command, and is answered once the
+        # gateway has sent its last (its memory write, else the answer's check).
+        saga = any(kind == "sagas.start" for _, kind, _, _ in messages)
+        commands = [(at, kind) for at, kind, event, _ in messages if not event]
+        if not commands or not (saga or commands[0][1] in ("policy.evaluate", "memory.recall")):
             continue
+        begun = commands[0][0]
         seen: dict[str, int] = {}
         for at, kind, event, headers in messages:
             seen[kind] = seen.get(kind, 0) + 1
             cause = by_id.get(headers.get("Soma-Causation-Id"))
             if cause is None or kind == "sagas.started":
                 continue  # the turn's own start; the runner's acknowledgement of it
-            # An event comes from the service that names it; a command from the saga runner.
-            by = kind.partition(".")[0] if event else "sagas"
+            # An event comes from the service that names it; a command from the saga runner,
+            # or in a direct turn from the gateway.
+            by = kind.partition(".")[0] if event else "sagas" if saga else "gateway"
             # The answer's check is the turn's second policy.evaluate: told apart by its place.
             name = kind if seen[kind] == 1 else f"{kind} #{seen[kind]}"
             hop = table.setdefault((cause[1], name), Hop(cause[1], name, by))
             hop.after_cause_ms.append((at - cause[0]) * 1000)
-            hop.after_start_ms.append((at - begun[0]) * 1000)
-        replies = [at for at, kind, _, _ in messages if kind == "sagas.replied"]
+            hop.after_start_ms.append((at - begun) * 1000)
+        if saga:
+            replies = [at for at, kind, _, _ in messages if kind == "sagas.replied"]
+        else:
+            replies = [commands[-1][0]] if len(commands) > 1 else []
         if replies:
-            answered.append((begun[0], replies[0]))
+            answered.append((begun, replies[0]))
     answered.sort()
-    between = Hop("sagas.replied", "sagas.start of the next turn", "gateway, client")
+    between = Hop("answered", "the next turn's start", "gateway, client")
     for (_, reply), (following, _) in itertools.pairwise(answered):
         between.after_cause_ms.append((following - reply) * 1000)
     rows = sorted(table.values(), key=lambda h: statistics.median(h.after_start_ms))
@@ -852,6 +866,7 @@ def report(
     print("(+ttft: time to first token over the upstream's own, p50)")
 
     full_p50, full_p99 = added("full", 1, "p50"), added("full", 1, "p99")
+    direct_p50, direct_p99 = added("direct", 1, "p50"), added("direct", 1, "p99")
     pass_p50, lite_p50 = added("passthrough", 1, "p50"), added("litellm", 1, "p50")
     rps_ratio = _ratio(rps("passthrough", 10), rps("litellm", 10))
     latency_ratio = _ratio(pass_p50, lite_p50)
@@ -882,10 +897,32 @@ def report(
             False,
             "full turn adds <= litellm's 1st-token time",
         ),
+        "full_below_litellm": (
+            _ratio(full_p50, lite_p50),
+            1.0,
+            False,
+            "full turn adds less than litellm's p50, 1 client",
+        ),
+        # The same goals for the full turn as the gateway runs it itself (SOMA_CHAT_PIPELINE=
+        # direct): the same checks, recall, model call and memory write, no saga.
+        "direct_p50": (direct_p50, GOAL_FULL_P50_MS, False, "direct turn adds p50 <= 5 ms"),
+        "direct_p99": (direct_p99, GOAL_FULL_P99_MS, False, "direct turn adds p99 <= 20 ms"),
+        "direct_below_litellm": (
+            _ratio(direct_p50, lite_p50),
+            1.0,
+            False,
+            "direct turn adds less than litellm's p50",
+        ),
+        "direct_ttft": (
+            _ratio(ttft_added("direct"), ttft_added("litellm")),
+            GOAL_TTFT_FULL_RATIO,
+            False,
+            "direct turn adds <= litellm's 1st-token time",
+        ),
     }
     print()
     print("ratios vs litellm:")
-    for name in ("full", "passthrough"):
+    for name in ("full", "direct", "passthrough"):
         for n in clients:
             print(
                 f"  {LABELS[name]:<18} {n:>3} clients: req/s "
@@ -896,15 +933,16 @@ def report(
             )
     print()
     print("full turn req/s:")
-    for n in (10, 50):
-        print(
-            f"  {n:>3} clients: {_fmt(rps('full', n), 8, 1)} req/s   litellm "
-            f"{_fmt(rps('litellm', n), 8, 1)} req/s   "
-            f"{_fmt(_ratio(rps('full', n), rps('litellm', n)), 6)}x"
-        )
+    for name in ("full", "direct"):
+        for n in (10, 50):
+            print(
+                f"  {LABELS[name]:<18} {n:>3} clients: {_fmt(rps(name, n), 8, 1)} req/s   litellm "
+                f"{_fmt(rps('litellm', n), 8, 1)} req/s   "
+                f"{_fmt(_ratio(rps(name, n), rps('litellm', n)), 6)}x"
+            )
     cpu = {
         name: results[name][1].cpu_ms
-        for name in ("full", "passthrough", "fused", "floor", "floor_passthrough")
+        for name in ("full", "direct", "passthrough", "fused", "floor", "floor_passthrough")
         if name in results and 1 in results[name]
     }
     if any(cpu.values()):
@@ -918,13 +956,14 @@ def report(
             print(f"  {p:<22}" + "".join(_fmt(v, 20) for v in row))
     turn_hops = {
         name: results[name][1].hops
-        for name in ("full", "floor")
+        for name in ("full", "direct", "floor")
         if 1 in results.get(name, {}) and results[name][1].hops
     }
     for name, table in turn_hops.items():
         print()
         print(f"where a turn's time goes, {LABELS[name]}, 1 client: each message stored after")
-        print("its cause, ms (JetStream's stored times; 'after start' from the turn's sagas.start)")
+        print("its cause, ms (JetStream's stored times; 'after start': after the turn's first")
+        print("command)")
         print(f"  {'cause':<18} {'message':<30} {'by':<16}   p50    p99  after start   turns")
         for h in table:
             at = statistics.median(h.after_start_ms) if h.after_start_ms else None
@@ -992,6 +1031,11 @@ def report(
         "floor_p50_ms": _num(floor_p50),
         "floor_p99_ms": _num(floor_p99),
         "floor_rps": _num(rps("floor", 10), 1),
+        "direct_p50_ms": _num(direct_p50),
+        "direct_p99_ms": _num(direct_p99),
+        "direct_rps_10": _num(rps("direct", 10), 1),
+        "direct_rps_50": _num(rps("direct", 50), 1),
+        "ttft_direct_ms": _num(ttft_added("direct")),
         "fused_p50_ms": _num(added("fused", 1, "p50")),
         "fused_p99_ms": _num(added("fused", 1, "p99")),
         "fused_rps": _num(rps("fused", 10), 1),
@@ -1006,7 +1050,7 @@ def report(
         "goals_met": verdicts,
         "cpu_ms_per_turn": {
             name: results[name][1].cpu_ms
-            for name in ("full", "passthrough", "fused", "floor", "floor_passthrough")
+            for name in ("full", "direct", "passthrough", "fused", "floor", "floor_passthrough")
             if 1 in results.get(name, {}) and results[name][1].cpu_ms
         },
         "turn_hops_ms": {

@@ -89,6 +89,8 @@ class DirectTurn:
     # The caller's queue is given only the end; the chain follows its own events.
     events: tuple[str, ...] = ()
     _asked: dict[str, asyncio.Future[Any]] = field(default_factory=dict, init=False)
+    # The answer that came last: the cause of the next command (its causation id).
+    _latest: str | None = field(default=None, init=False)
     _task: asyncio.Task[None] | None = field(default=None, init=False)
 
     async def start(self, events: asyncio.Queue[Reply]) -> None:
@@ -133,6 +135,7 @@ class DirectTurn:
             tenant=self.principal.tenant,
             actor=self.principal.user,
             correlation_id=self.id,
+            causation_id=self._latest,
             message_id=message_id,
         )
         try:
@@ -205,6 +208,7 @@ class DirectTurn:
             reply = await answers.get()
             asked = self._asked.pop(reply.envelope.causation_id or "", None)
             if asked is not None and not asked.done():
+                self._latest = reply.envelope.message_id
                 asked.set_result(reply.payload)
 
     async def _answer(self, asked: asyncio.Future[Any]) -> Any:
