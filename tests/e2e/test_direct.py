@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
+import anthropic
 import httpx
 import msgspec
 import openai
@@ -321,3 +322,23 @@ def streamed_turn(text: str) -> str:
     """The turn id a streamed completion's chunks are named by."""
     first = next(line for line in text.splitlines() if line.startswith("data: {"))
     return turn_of(json.loads(first.removeprefix("data: "))["id"])
+
+
+async def test_a_direct_turn_answers_the_anthropic_sdk(direct: Direct) -> None:
+    direct.script.then(Reply(text="Messages API, checked.", prompt_tokens=8, completion_tokens=5))
+    client = anthropic.AsyncAnthropic(
+        base_url=direct.url, api_key=direct.key, max_retries=0, timeout=60
+    )
+    message = await client.messages.create(model=MODEL, max_tokens=32, messages=ask("Hi"))
+    assert [(b.type, getattr(b, "text", None)) for b in message.content] == [
+        ("text", "Messages API, checked.")
+    ]
+    assert (message.usage.input_tokens, message.usage.output_tokens) == (8, 5)
+
+
+async def test_a_model_that_fails_is_a_server_error_that_leaks_nothing(direct: Direct) -> None:
+    direct.script.then(*[Reply(text="never whole", cut_after=3)] * 6)
+    with pytest.raises(openai.APIStatusError) as caught:
+        await direct.client().chat.completions.create(model=MODEL, messages=ask("Fail."))
+    assert caught.value.status_code == 502
+    assert "never whole" not in caught.value.message
