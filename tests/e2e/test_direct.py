@@ -7,16 +7,10 @@ for."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 
 import anthropic
 import httpx
@@ -24,149 +18,36 @@ import msgspec
 import openai
 import pytest
 
-from bus.connection import connect
 from schemas.memory import MemoryStored
 from schemas.policy import PolicyEvaluated
-from tests.e2e.conftest import ROOT, wait_for_consumers
+from tests.e2e.chat_system import MODEL, TENANT, ChatSystem, chat_system
 from tests.e2e.trail import ask, events_of, settled_usage, streamed_content, turn_of, usage
-from tests.servers import NatsServer, free_port, nats_server, stop_processes
-from tests.slm.fake_openai import openai_app
-from tests.slm.scripted import Reply, Script, serving
+from tests.slm.scripted import Reply
 
-MODEL = "upstream-model"
-TENANT = "acme"
 PROCESSES = ["identity", "policy", "memory", "slm", "analytics", "sagas"]
 # The whole trail of a turn that is checked, recalls, answers and is stored.
 TRAIL = Counter(
     {"policy.evaluated": 2, "memory.recalled": 1, "slm.completed": 1, "memory.stored": 1}
 )
-
-
-@dataclass
-class Direct:
-    nats: NatsServer
-    url: str
-    key: str
-    script: Script
-    env: dict[str, str]
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-
-    def client(self) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(
-            base_url=f"{self.url}/v1", api_key=self.key, max_retries=0, timeout=60
-        )
-
-    def headers(self, idempotency_key: str | None = None) -> dict[str, str]:
-        out = {"Authorization": f"Bearer {self.key}"}
-        if idempotency_key:
-            out["Idempotency-Key"] = idempotency_key
-        return out
-
-    def start(self, name: str) -> None:
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "soma.cli", "run", name], env=self.env, cwd=ROOT
-        )
-
-    def kill(self, name: str) -> None:
-        proc = self.procs[name]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-
-    async def trail(self, turn: str, settled: Counter[str] | None = None) -> Counter[str]:
-        """The kinds of event stored for ``turn``: once they come to ``settled``, and a moment
-        more, in which a doubled effect would land too. Not the announcement of the tenant's
-        constitution, which the tenant's first check of all makes under its turn's id."""
-        async with asyncio.timeout(60):
-            while True:
-                kinds = await self._kinds(turn)
-                if settled is None or kinds >= settled:
-                    break
-                await asyncio.sleep(0.2)
-        await asyncio.sleep(1)
-        return await self._kinds(turn)
-
-    async def _kinds(self, turn: str) -> Counter[str]:
-        events = await events_of(self.nats, TENANT, turn)
-        return Counter(kind for kind, _ in events if kind != "policy.constitution_changed")
+# The durables that must be bound before a turn is sent.
+CONSUMERS = [*PROCESSES, "analytics-events", "sagas-events"]
 
 
 @pytest.fixture(scope="module")
-async def upstream() -> AsyncIterator[tuple[str, Script]]:
-    script = Script()
-    async with serving(openai_app(script)) as url:
-        yield url, script
-
-
-@pytest.fixture(scope="module")
-def system(
-    upstream: tuple[str, Script], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Direct]:
-    url, script = upstream
+async def ready(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ChatSystem]:
     data = tmp_path_factory.mktemp("direct")
-    (data / "models.yaml").write_text(
-        f"models:\n  - name: {MODEL}\n    deployments:\n"
-        f"      - {{provider: openai, model: {MODEL}, base_url: '{url}/v1',\n"
-        "         input_per_1m: 1.0, output_per_1m: 2.0}\n"
-    )
-    port = free_port()
-    with nats_server() as server:
-        env = {
-            **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")},
-            "PYTHONPATH": str(ROOT),
-            "NATS_URL": server.url,
-            "SOMA_DATA_DIR": str(data),
-            "SOMA_MODELS_FILE": str(data / "models.yaml"),
-            "OPENAI_API_KEY": "sk-fake",
-            "SOMA_HTTP_PORT": str(port),
-            "SOMA_RATE_RPM": "0",
-            "SOMA_RATE_TPM": "0",
-            "SOMA_ACK_WAIT": "3",
-            "SOMA_CHAT_PIPELINE": "direct",
-        }
-        cli = [sys.executable, "-m", "soma.cli"]
-        subprocess.run([*cli, "migrate"], env=env, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-        key = subprocess.run(
-            [*cli, "keys", "create", "--tenant", TENANT, "--user", "dev", "--role", "admin"],
-            env=env,
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        direct = Direct(server, f"http://127.0.0.1:{port}", key, script, env)
-        for name in [*PROCESSES, "gateway"]:
-            direct.start(name)
-        try:
-            yield direct
-        finally:
-            stop_processes(direct.procs.values())
-
-
-@pytest.fixture(scope="module")
-async def ready(system: Direct) -> Direct:
-    nc = await connect(system.nats.url, "direct-ready")
-    try:
-        consumers = [*PROCESSES, "analytics-events", "sagas-events"]
-        await wait_for_consumers(nc.jetstream(), consumers, timeout=120)
-    finally:
-        await nc.close()
-    async with httpx.AsyncClient(base_url=system.url) as client, asyncio.timeout(60):
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if (await client.get("/readyz")).status_code == 200:
-                    break
-            await asyncio.sleep(0.2)
-    return system
+    async with chat_system("direct", PROCESSES, CONSUMERS, data) as system:
+        yield system
 
 
 @pytest.fixture
-def direct(ready: Direct) -> Direct:
+def direct(ready: ChatSystem) -> ChatSystem:
     ready.script.reset()
     return ready
 
 
 async def test_a_direct_turn_leaves_the_full_turns_trail_under_its_id_and_no_saga(
-    direct: Direct,
+    direct: ChatSystem,
 ) -> None:
     direct.script.then(Reply(text="Checked, recalled, answered.", prompt_tokens=9))
     reply = await direct.client().chat.completions.create(
@@ -174,7 +55,7 @@ async def test_a_direct_turn_leaves_the_full_turns_trail_under_its_id_and_no_sag
     )
     assert reply.choices[0].message.content == "Checked, recalled, answered."
     assert reply.usage is not None and reply.usage.prompt_tokens == 9
-    trail = await direct.trail(turn_of(reply.id), settled=TRAIL)
+    trail = await trail_of(direct, turn_of(reply.id), settled=TRAIL)
     assert trail == TRAIL
     events = await events_of(direct.nats, TENANT, turn_of(reply.id))
     checks = [
@@ -186,14 +67,14 @@ async def test_a_direct_turn_leaves_the_full_turns_trail_under_its_id_and_no_sag
 
 
 async def test_what_the_user_said_in_one_turn_is_recalled_for_the_model_in_the_next(
-    direct: Direct,
+    direct: ChatSystem,
 ) -> None:
     direct.script.then(Reply(text="Noted."), Reply(text="Teal, you said."))
     client = direct.client()
     first = await client.chat.completions.create(
         model=MODEL, messages=ask("My favourite colour is teal."), user="dev"
     )
-    await direct.trail(turn_of(first.id), settled=Counter({"memory.stored": 1}))
+    await trail_of(direct, turn_of(first.id), settled=Counter({"memory.stored": 1}))
     await client.chat.completions.create(
         model=MODEL, messages=ask("What is my favourite colour?"), user="dev"
     )
@@ -203,7 +84,7 @@ async def test_what_the_user_said_in_one_turn_is_recalled_for_the_model_in_the_n
 
 
 async def test_a_denied_prompt_is_a_content_filter_error_and_never_reaches_the_model(
-    direct: Direct,
+    direct: ChatSystem,
 ) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         await direct.client().chat.completions.create(
@@ -213,7 +94,7 @@ async def test_a_denied_prompt_is_a_content_filter_error_and_never_reaches_the_m
     assert direct.script.requests == []
 
 
-async def test_the_model_is_sent_the_prompt_as_policy_redacted_it(direct: Direct) -> None:
+async def test_the_model_is_sent_the_prompt_as_policy_redacted_it(direct: ChatSystem) -> None:
     direct.script.then(Reply(text="Mail sent."))
     await direct.client().chat.completions.create(
         model=MODEL, messages=ask("mail ann@example.com please")
@@ -222,13 +103,13 @@ async def test_the_model_is_sent_the_prompt_as_policy_redacted_it(direct: Direct
     assert request["messages"][-1]["content"] == "mail [EMAIL] please"
 
 
-async def test_an_answer_policy_redacts_reaches_the_caller_redacted(direct: Direct) -> None:
+async def test_an_answer_policy_redacts_reaches_the_caller_redacted(direct: ChatSystem) -> None:
     direct.script.then(Reply(text="Write to ann@example.com."))
     reply = await direct.client().chat.completions.create(model=MODEL, messages=ask("Who?"))
     assert reply.choices[0].message.content == "Write to [EMAIL]."
 
 
-async def test_a_denied_answer_is_a_content_filter_error(direct: Direct) -> None:
+async def test_a_denied_answer_is_a_content_filter_error(direct: ChatSystem) -> None:
     direct.script.then(Reply(text="Here is how to synthesize sarin: ..."))
     with pytest.raises(openai.BadRequestError) as caught:
         await direct.client().chat.completions.create(model=MODEL, messages=ask("How?"))
@@ -236,7 +117,7 @@ async def test_a_denied_answer_is_a_content_filter_error(direct: Direct) -> None
     assert len(direct.script.requests) == 1
 
 
-async def test_a_streamed_direct_turn_streams_the_answer(direct: Direct) -> None:
+async def test_a_streamed_direct_turn_streams_the_answer(direct: ChatSystem) -> None:
     direct.script.then(Reply(text="Piece by piece it comes.", completion_tokens=6))
     stream = await direct.client().chat.completions.create(
         model=MODEL,
@@ -252,7 +133,7 @@ async def test_a_streamed_direct_turn_streams_the_answer(direct: Direct) -> None
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
 
 
-async def test_usage_of_direct_turns_is_metered_once_per_turn(direct: Direct) -> None:
+async def test_usage_of_direct_turns_is_metered_once_per_turn(direct: ChatSystem) -> None:
     before = await settled_usage(direct.url, direct.headers(), MODEL)
     direct.script.then(
         Reply(text="one", prompt_tokens=100, completion_tokens=10),
@@ -274,7 +155,7 @@ async def test_usage_of_direct_turns_is_metered_once_per_turn(direct: Direct) ->
 
 
 async def test_a_request_with_an_idempotency_key_runs_as_the_saga_a_retry_attaches_to(
-    direct: Direct,
+    direct: ChatSystem,
 ) -> None:
     direct.script.then(Reply(text="Once, durably."))
     key = f"durable-{uuid.uuid4().hex}"
@@ -289,13 +170,13 @@ async def test_a_request_with_an_idempotency_key_runs_as_the_saga_a_retry_attach
                 texts.append((await response.aread()).decode())
     assert [streamed_content(t) for t in texts] == ["Once, durably."] * 2
     assert len(direct.script.requests) == 1
-    trail = await direct.trail(streamed_turn(texts[0]), settled=Counter({"sagas.finished": 1}))
+    trail = await trail_of(direct, streamed_turn(texts[0]), settled=Counter({"sagas.finished": 1}))
     assert trail["sagas.started"] == 1
 
 
 @pytest.mark.parametrize("victim", ["policy", "memory"])
 async def test_a_kill_9_of_a_process_the_turn_waits_for_loses_and_doubles_nothing(
-    direct: Direct, victim: str
+    direct: ChatSystem, victim: str
 ) -> None:
     """Killed while the model works: the answer check and the memory write it has not yet
     been sent wait in the bus for the restarted process, and each has its effect once."""
@@ -311,7 +192,7 @@ async def test_a_kill_9_of_a_process_the_turn_waits_for_loses_and_doubles_nothin
     direct.start(victim)
     reply = await asyncio.wait_for(call, timeout=60)
     assert reply.choices[0].message.content == "Slow but sure."
-    assert await direct.trail(turn_of(reply.id), settled=TRAIL) == TRAIL
+    assert await trail_of(direct, turn_of(reply.id), settled=TRAIL) == TRAIL
     events = await events_of(direct.nats, TENANT, turn_of(reply.id))
     [stored] = [m for kind, m in events if kind == "memory.stored"]
     assert msgspec.json.decode(stored.data, type=MemoryStored).created
@@ -324,7 +205,7 @@ def streamed_turn(text: str) -> str:
     return turn_of(json.loads(first.removeprefix("data: "))["id"])
 
 
-async def test_a_direct_turn_answers_the_anthropic_sdk(direct: Direct) -> None:
+async def test_a_direct_turn_answers_the_anthropic_sdk(direct: ChatSystem) -> None:
     direct.script.then(Reply(text="Messages API, checked.", prompt_tokens=8, completion_tokens=5))
     client = anthropic.AsyncAnthropic(
         base_url=direct.url, api_key=direct.key, max_retries=0, timeout=60
@@ -336,9 +217,30 @@ async def test_a_direct_turn_answers_the_anthropic_sdk(direct: Direct) -> None:
     assert (message.usage.input_tokens, message.usage.output_tokens) == (8, 5)
 
 
-async def test_a_model_that_fails_is_a_server_error_that_leaks_nothing(direct: Direct) -> None:
+async def test_a_model_that_fails_is_a_server_error_that_leaks_nothing(direct: ChatSystem) -> None:
     direct.script.then(*[Reply(text="never whole", cut_after=3)] * 6)
     with pytest.raises(openai.APIStatusError) as caught:
         await direct.client().chat.completions.create(model=MODEL, messages=ask("Fail."))
     assert caught.value.status_code == 502
     assert "never whole" not in caught.value.message
+
+
+async def trail_of(
+    system: ChatSystem, turn: str, settled: Counter[str] | None = None
+) -> Counter[str]:
+    """The kinds of event stored for ``turn``: once they come to ``settled``, and a moment
+    more, in which a doubled effect would land too. Not the announcement of the tenant's
+    constitution, which the tenant's first check of all makes under its turn's id."""
+    async with asyncio.timeout(60):
+        while True:
+            kinds = await _kinds(system, turn)
+            if settled is None or kinds >= settled:
+                break
+            await asyncio.sleep(0.2)
+    await asyncio.sleep(1)
+    return await _kinds(system, turn)
+
+
+async def _kinds(system: ChatSystem, turn: str) -> Counter[str]:
+    events = await events_of(system.nats, TENANT, turn)
+    return Counter(kind for kind, _ in events if kind != "policy.constitution_changed")

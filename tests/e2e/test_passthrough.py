@@ -7,14 +7,9 @@ reply in the event trail, usage metered once, and an idempotent retry never a se
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import subprocess
-import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 
 import anthropic
 import httpx
@@ -26,16 +21,11 @@ from openai.types.chat import (
     ChatCompletionToolParam,
 )
 
-from bus.connection import connect
 from schemas.slm import SlmCompleted
-from tests.e2e.conftest import ROOT, wait_for_consumers
+from tests.e2e.chat_system import MODEL, TENANT, ChatSystem, chat_system
 from tests.e2e.trail import ask, events_of, settled_usage, streamed_content, turn_of, usage
-from tests.servers import NatsServer, free_port, nats_server, stop_processes
-from tests.slm.fake_openai import openai_app
-from tests.slm.scripted import Reply, Script, serving
+from tests.slm.scripted import Reply
 
-MODEL = "upstream-model"
-TENANT = "acme"
 PROCESSES = ["identity", "slm", "analytics"]
 CALCULATOR: ChatCompletionToolParam = {
     "type": "function",
@@ -47,104 +37,25 @@ CALCULATOR: ChatCompletionToolParam = {
 }
 
 
-@dataclass
-class Passthrough:
-    nats: NatsServer
-    url: str
-    key: str
-    script: Script
-
-    def client(self) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(
-            base_url=f"{self.url}/v1", api_key=self.key, max_retries=0, timeout=60
-        )
-
-    def headers(self, idempotency_key: str | None = None) -> dict[str, str]:
-        out = {"Authorization": f"Bearer {self.key}"}
-        if idempotency_key:
-            out["Idempotency-Key"] = idempotency_key
-        return out
+# The durables that must be bound before a turn is sent.
+CONSUMERS = [*PROCESSES, "analytics-events"]
 
 
 @pytest.fixture(scope="module")
-async def upstream() -> AsyncIterator[tuple[str, Script]]:
-    script = Script()
-    async with serving(openai_app(script)) as url:
-        yield url, script
-
-
-@pytest.fixture(scope="module")
-def processes(
-    upstream: tuple[str, Script], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[NatsServer, str, str]]:
-    url, _ = upstream
+async def ready(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ChatSystem]:
     data = tmp_path_factory.mktemp("passthrough")
-    (data / "models.yaml").write_text(
-        f"models:\n  - name: {MODEL}\n    deployments:\n"
-        f"      - {{provider: openai, model: {MODEL}, base_url: '{url}/v1',\n"
-        "         input_per_1m: 1.0, output_per_1m: 2.0}\n"
-    )
-    port = free_port()
-    with nats_server() as server:
-        env = {
-            **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")},
-            "PYTHONPATH": str(ROOT),
-            "NATS_URL": server.url,
-            "SOMA_DATA_DIR": str(data),
-            "SOMA_MODELS_FILE": str(data / "models.yaml"),
-            "OPENAI_API_KEY": "sk-fake",
-            "SOMA_HTTP_PORT": str(port),
-            "SOMA_RATE_RPM": "0",
-            "SOMA_RATE_TPM": "0",
-            "SOMA_CHAT_PIPELINE": "passthrough",
-        }
-        cli = [sys.executable, "-m", "soma.cli"]
-        subprocess.run([*cli, "migrate"], env=env, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-        key = subprocess.run(
-            [*cli, "keys", "create", "--tenant", TENANT, "--user", "dev", "--role", "admin"],
-            env=env,
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        procs = [
-            subprocess.Popen([*cli, "run", name], env=env, cwd=ROOT)
-            for name in [*PROCESSES, "gateway"]
-        ]
-        try:
-            yield server, f"http://127.0.0.1:{port}", key
-        finally:
-            stop_processes(procs)
-
-
-@pytest.fixture(scope="module")
-async def ready(
-    processes: tuple[NatsServer, str, str], upstream: tuple[str, Script]
-) -> Passthrough:
-    server, url, key = processes
-    nc = await connect(server.url, "passthrough-ready")
-    try:
-        await wait_for_consumers(nc.jetstream(), [*PROCESSES, "analytics-events"], timeout=120)
-    finally:
-        await nc.close()
-    async with httpx.AsyncClient(base_url=url) as client, asyncio.timeout(60):
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if (await client.get("/readyz")).status_code == 200:
-                    break
-            await asyncio.sleep(0.2)
-    return Passthrough(server, url, key, upstream[1])
+    async with chat_system("passthrough", PROCESSES, CONSUMERS, data) as system:
+        yield system
 
 
 @pytest.fixture
-def passthrough(ready: Passthrough) -> Passthrough:
+def passthrough(ready: ChatSystem) -> ChatSystem:
     ready.script.reset()
     return ready
 
 
 async def test_a_passthrough_turn_is_one_model_call_in_the_event_trail_and_no_saga(
-    passthrough: Passthrough,
+    passthrough: ChatSystem,
 ) -> None:
     passthrough.script.then(Reply(text="Straight from the model.", prompt_tokens=9))
     reply = await passthrough.client().chat.completions.create(
@@ -165,7 +76,7 @@ async def test_a_passthrough_turn_is_one_model_call_in_the_event_trail_and_no_sa
 
 
 async def test_a_streamed_passthrough_turn_streams_the_answer_and_ends_with_usage(
-    passthrough: Passthrough,
+    passthrough: ChatSystem,
 ) -> None:
     passthrough.script.then(Reply(text="Piece by piece it comes.", completion_tokens=6))
     stream = await passthrough.client().chat.completions.create(
@@ -185,7 +96,7 @@ async def test_a_streamed_passthrough_turn_streams_the_answer_and_ends_with_usag
 
 
 async def test_a_callers_tool_call_is_handed_back_with_finish_reason_tool_calls(
-    passthrough: Passthrough,
+    passthrough: ChatSystem,
 ) -> None:
     passthrough.script.then(Reply(tool_calls=[("call_1", "calculator", {"expression": "6*7"})]))
     reply = await passthrough.client().chat.completions.create(
@@ -199,14 +110,14 @@ async def test_a_callers_tool_call_is_handed_back_with_finish_reason_tool_calls(
     assert passthrough.script.requests[0]["tools"][0]["function"]["name"] == "calculator"
 
 
-async def test_an_unknown_model_is_the_sdks_not_found_error(passthrough: Passthrough) -> None:
+async def test_an_unknown_model_is_the_sdks_not_found_error(passthrough: ChatSystem) -> None:
     with pytest.raises(openai.NotFoundError):
         await passthrough.client().chat.completions.create(model="no-such-model", messages=ask("x"))
     assert passthrough.script.requests == []
 
 
 async def test_a_passthrough_turn_answers_the_anthropic_sdk_streamed_and_not(
-    passthrough: Passthrough,
+    passthrough: ChatSystem,
 ) -> None:
     passthrough.script.then(
         Reply(text="Messages API, one hop.", prompt_tokens=8, completion_tokens=5),
@@ -229,7 +140,7 @@ async def test_a_passthrough_turn_answers_the_anthropic_sdk_streamed_and_not(
 
 
 async def test_usage_of_passthrough_turns_is_metered_once_per_turn(
-    passthrough: Passthrough,
+    passthrough: ChatSystem,
 ) -> None:
     model = MODEL
     before = await settled_usage(passthrough.url, passthrough.headers(), model)
@@ -253,7 +164,7 @@ async def test_usage_of_passthrough_turns_is_metered_once_per_turn(
 
 
 async def test_usage_of_passthrough_turns_is_reported_under_the_callers_key(
-    passthrough: Passthrough,
+    passthrough: ChatSystem,
 ) -> None:
     passthrough.script.then(Reply(text="keyed", prompt_tokens=3))
     await passthrough.client().chat.completions.create(model=MODEL, messages=ask("Whose key?"))
@@ -271,7 +182,7 @@ async def test_usage_of_passthrough_turns_is_reported_under_the_callers_key(
 
 
 async def test_a_streamed_retry_of_an_answered_turn_gets_its_answer_without_a_second_call(
-    passthrough: Passthrough,
+    passthrough: ChatSystem,
 ) -> None:
     """Streamed answers are not kept by the idempotency record: the retry runs the route again,
     its command is dropped by the bus as a duplicate, and the answer is read back from the trail."""
@@ -293,7 +204,7 @@ async def test_a_streamed_retry_of_an_answered_turn_gets_its_answer_without_a_se
 
 
 async def test_a_retry_while_the_model_works_gets_the_same_answer_from_one_call(
-    passthrough: Passthrough,
+    passthrough: ChatSystem,
 ) -> None:
     passthrough.script.then(Reply(text="Worth the wait.", delay=2.0))
     key = f"waiting-{uuid.uuid4().hex}"
