@@ -68,6 +68,9 @@ CHAIN = (
 )
 # The end a direct turn puts in its caller's queue: not a bus event, the gateway's own word.
 END = "gateway.turn_ended"
+# How long after it was sent a recall is awaited (the saga's own bound): past it, the turn
+# goes on without memories, as after a failed recall.
+RECALL_TIMEOUT = 10.0
 
 
 class Failed(Exception):
@@ -86,17 +89,21 @@ class DirectTurn:
     principal: Principal
     turn: ChatTurnInput
     id: str
+    # The longest the turn's chain runs: a caller that went away does not leave it waiting on.
+    timeout: float = 300.0
     # The caller's queue is given only the end; the chain follows its own events.
     events: tuple[str, ...] = ()
     _asked: dict[str, asyncio.Future[Any]] = field(default_factory=dict, init=False)
     # The answer that came last: the cause of the next command (its causation id).
     _latest: str | None = field(default=None, init=False)
+    _sent: float = field(default=0.0, init=False)  # when the first commands went out
     _task: asyncio.Task[None] | None = field(default=None, init=False)
 
     async def start(self, events: asyncio.Queue[Reply]) -> None:
         """Send the first commands; a bus that cannot take them is the caller's 503 now."""
         watch = self.dispatch.requester.watching(self.id, CHAIN)
         answers = await watch.__aenter__()
+        self._sent = asyncio.get_running_loop().time()
         try:
             first = await asyncio.gather(
                 *(_nothing() if c is None else self._send(c, s) for c, s in self._first_commands())
@@ -180,7 +187,12 @@ class DirectTurn:
         reader = asyncio.ensure_future(self._read(answers))
         payload: ChatTurnResult | ApiError
         try:
-            payload = await self._chain(first)
+            async with asyncio.timeout(self.timeout):
+                payload = await self._chain(first)
+        except TimeoutError:
+            payload = ApiError(
+                504, "The chat turn did not finish in time.", type="server_error", code="timeout"
+            )
         except ApiError as error:
             payload = error
         except Failed as failed:
@@ -231,10 +243,14 @@ class DirectTurn:
                 messages = with_last_user_text(messages, prompt.redacted_text)
         recalled: MemoryRecalled | None = None
         if recall is not None:
+            # A memory outage degrades the answer, it does not fail it.
             try:
-                recalled = await self._answer(recall)
-            except Failed as failed:  # a memory outage degrades the answer, it does not fail it
+                async with asyncio.timeout_at(self._sent + RECALL_TIMEOUT):
+                    recalled = await self._answer(recall)
+            except Failed as failed:
                 log.warning("recall of turn %s failed: %s", self.id, failed.failure.error)
+            except TimeoutError:
+                log.warning("recall of turn %s not answered: answering without memories", self.id)
         context = memory_context(recalled) if recalled is not None else None
         if context:
             messages = [ChatMessage(role="system", content=context), *messages]

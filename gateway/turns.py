@@ -70,7 +70,12 @@ class SagaTurn:
 
 
 def turn_for(
-    dispatch: Dispatch, principal: Principal, turn: ChatTurnInput, turn_id: str, pipeline: str
+    dispatch: Dispatch,
+    principal: Principal,
+    turn: ChatTurnInput,
+    turn_id: str,
+    pipeline: str,
+    timeout: float,
 ) -> Turn:
     """The turn as the configured pipeline runs it (``SOMA_CHAT_PIPELINE``). A request with an
     ``Idempotency-Key`` asks for a turn a retry can find on any gateway: under ``direct`` it is
@@ -78,7 +83,7 @@ def turn_for(
     if pipeline == "passthrough":
         return PassThroughTurn(dispatch, principal, turn, turn_id)
     if pipeline == "direct" and not chat_turns.resumable(turn_id):
-        return DirectTurn(dispatch, principal, turn, turn_id)
+        return DirectTurn(dispatch, principal, turn, turn_id, timeout)
     return SagaTurn(dispatch, principal, turn, turn_id)
 
 
@@ -91,7 +96,7 @@ async def complete(
     pipeline: str,
 ) -> ChatTurnResult:
     """Run the turn to its end and answer its result, or the ``ApiError`` its end stands for."""
-    run = turn_for(dispatch, principal, turn, turn_id, pipeline)
+    run = turn_for(dispatch, principal, turn, turn_id, pipeline, timeout)
     async with dispatch.requester.watching(run.id, run.events) as events:
         await run.start(events)
         try:

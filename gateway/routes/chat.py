@@ -74,7 +74,7 @@ async def create_chat_completion(
             gateway.limiter,
             principal,
             turn,
-            turn_for(dispatch, principal, turn, turn_id, config.chat_pipeline),
+            turn_for(dispatch, principal, turn, turn_id, config.chat_pipeline, config.chat_timeout),
             out=OpenAIChunks(
                 turn_id,
                 body.model,

@@ -69,7 +69,7 @@ async def create_message(
             gateway.limiter,
             principal,
             turn,
-            turn_for(dispatch, principal, turn, turn_id, config.chat_pipeline),
+            turn_for(dispatch, principal, turn, turn_id, config.chat_pipeline, config.chat_timeout),
             out=AnthropicEvents(turn_id, body.model),
             timeout=config.chat_timeout,
             keepalive=config.stream_keepalive,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ import msgspec
 import openai
 import pytest
 
+from gateway.direct import RECALL_TIMEOUT
 from schemas.memory import MemoryStored
 from schemas.policy import PolicyEvaluated
 from tests.e2e.chat_system import MODEL, TENANT, ChatSystem, chat_system
@@ -172,6 +174,24 @@ async def test_a_request_with_an_idempotency_key_runs_as_the_saga_a_retry_attach
     assert len(direct.script.requests) == 1
     trail = await trail_of(direct, streamed_turn(texts[0]), settled=Counter({"sagas.finished": 1}))
     assert trail["sagas.started"] == 1
+
+
+async def test_a_turn_whose_recall_goes_unanswered_is_answered_without_memories(
+    direct: ChatSystem,
+) -> None:
+    direct.script.then(Reply(text="No memories needed."))
+    direct.kill("memory")
+    try:
+        started = time.monotonic()
+        reply = await direct.client().chat.completions.create(
+            model=MODEL, messages=ask("Anything to recall?")
+        )
+        took = time.monotonic() - started
+    finally:
+        direct.start("memory")
+    assert reply.choices[0].message.content == "No memories needed."
+    assert [m["role"] for m in direct.script.requests[0]["messages"]] == ["user"]
+    assert took >= RECALL_TIMEOUT - 0.5
 
 
 @pytest.mark.parametrize("victim", ["policy", "memory"])
