@@ -71,6 +71,9 @@ END = "gateway.turn_ended"
 # How long after it was sent a recall is awaited (the saga's own bound): past it, the turn
 # goes on without memories, as after a failed recall.
 RECALL_TIMEOUT = 10.0
+# The chains under way: the event loop keeps only weak references to tasks, and a chain goes on
+# after a caller that went away has dropped its turn.
+_chains: set[asyncio.Task[None]] = set()
 
 
 class Failed(Exception):
@@ -112,6 +115,8 @@ class DirectTurn:
             await watch.__aexit__(None, None, None)
             raise
         self._task = asyncio.ensure_future(self._run(watch, answers, first, events))
+        _chains.add(self._task)
+        self._task.add_done_callback(_chains.discard)
 
     def is_end(self, reply: Reply) -> bool:
         return reply.schema == END
