@@ -91,7 +91,7 @@ STANDINS: dict[str, str | None] = {h: f"bench.standins:{h}" for h in ("policy", 
 # The candidate shape: bench/fused.py, policy, memory and slm in one process, in slm's place.
 FUSED: dict[str, str | None] = {"policy": None, "memory": None, "slm": "bench.fused:build"}
 # The name each gateway mode's floor is measured under.
-FLOORS = {"full": "floor", "passthrough": "floor_passthrough"}
+FLOORS = {"full": "floor", "direct": "floor_direct", "passthrough": "floor_passthrough"}
 PROMPT = [{"role": "user", "content": "Say something short."}]
 # Sent with every request, as most clients do: a full turn that names it is charged against
 # the tenant's daily token budget on its prompt check, a SQL transaction on the turn's path.
@@ -102,6 +102,7 @@ SYSTEMS = [
     "direct",
     "passthrough",
     "floor",
+    "floor_direct",
     "floor_passthrough",
     "fused",
     "litellm",
@@ -112,6 +113,7 @@ LABELS = {
     "direct": "soma direct turn",
     "passthrough": "soma pass-through",
     "floor": "floor: full turn",
+    "floor_direct": "floor: direct",
     "floor_passthrough": "floor: pass-thru",
     "fused": "candidate: fused",
     "litellm": "litellm proxy",
@@ -737,7 +739,7 @@ def measure(
                 p: round((after[p] - before[p]) * 1000 / requests, 2) for p in before if p in after
             }
         # After the CPU reading: reading the hops back costs CPU too.
-        if bus and n == 1 and name in ("full", "direct", "floor"):
+        if bus and n == 1 and name in ("full", "direct", "floor", "floor_direct"):
             cell.hops = asyncio.run(hops(bus, since))
         cells[n] = cell
         print(
@@ -942,7 +944,7 @@ def report(
             )
     cpu = {
         name: results[name][1].cpu_ms
-        for name in ("full", "direct", "passthrough", "fused", "floor", "floor_passthrough")
+        for name in ("full", "direct", "passthrough", "fused", *FLOORS.values())
         if name in results and 1 in results[name]
     }
     if any(cpu.values()):
@@ -956,7 +958,7 @@ def report(
             print(f"  {p:<22}" + "".join(_fmt(v, 20) for v in row))
     turn_hops = {
         name: results[name][1].hops
-        for name in ("full", "direct", "floor")
+        for name in ("full", "direct", "floor", "floor_direct")
         if 1 in results.get(name, {}) and results[name][1].hops
     }
     for name, table in turn_hops.items():
@@ -983,10 +985,14 @@ def report(
         print(f"  {word} {text:<50} {_fmt(value, 8)}")
     floor_p50, floor_p99 = added("floor", 1, "p50"), added("floor", 1, "p99")
     bare_p50, bare_p99 = added("floor_passthrough", 1, "p50"), added("floor_passthrough", 1, "p99")
-    if floor_p50 is not None or bare_p50 is not None:
+    direct_floor_p50 = added("floor_direct", 1, "p50")
+    direct_floor_p99 = added("floor_direct", 1, "p99")
+    if floor_p50 is not None or bare_p50 is not None or direct_floor_p50 is not None:
         print()
         print("the shapes' floors, with policy, memory and the model answering at once, 1 client:")
         print(f"  full turn    +p50 {_fmt(floor_p50, 6)} ms  +p99 {_fmt(floor_p99, 6)} ms")
+        direct_floor = f"+p50 {_fmt(direct_floor_p50, 6)} ms  +p99 {_fmt(direct_floor_p99, 6)} ms"
+        print(f"  direct turn  {direct_floor}")
         print(f"  pass-through +p50 {_fmt(bare_p50, 6)} ms  +p99 {_fmt(bare_p99, 6)} ms")
     if "fused" in results and 1 in results["fused"]:
         print()
@@ -1040,6 +1046,8 @@ def report(
         "fused_p99_ms": _num(added("fused", 1, "p99")),
         "fused_rps": _num(rps("fused", 10), 1),
         "ttft_fused_ms": _num(ttft_added("fused")),
+        "floor_direct_p50_ms": _num(direct_floor_p50),
+        "floor_direct_p99_ms": _num(direct_floor_p99),
         "floor_passthrough_p50_ms": _num(bare_p50),
         "floor_passthrough_p99_ms": _num(bare_p99),
         "litellm_rps_50": _num(rps("litellm", 50), 1),
@@ -1050,7 +1058,7 @@ def report(
         "goals_met": verdicts,
         "cpu_ms_per_turn": {
             name: results[name][1].cpu_ms
-            for name in ("full", "direct", "passthrough", "fused", "floor", "floor_passthrough")
+            for name in ("full", "direct", "passthrough", "fused", *FLOORS.values())
             if 1 in results.get(name, {}) and results[name][1].cpu_ms
         },
         "turn_hops_ms": {
