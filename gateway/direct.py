@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+from msgspec.structs import replace
 
 from bus.publish import envelope_for, publish
 from bus.request import Reply
@@ -259,13 +260,11 @@ class DirectTurn:
         context = memory_context(recalled) if recalled is not None else None
         if context:
             messages = [ChatMessage(role="system", content=context), *messages]
-        ask: SlmComplete = msgspec.structs.replace(
-            passthrough.command(turn, self.id), messages=messages
-        )
+        ask: SlmComplete = replace(passthrough.command(turn, self.id), messages=messages)
         done: SlmCompleted = await self._ask(ask, "slm")
         if done.message.tool_calls:
             # The caller's tools run at the caller: hand the calls back, as OpenAI does.
-            return _result(done, done.message, "tool_calls", constitution)
+            return replace(passthrough.result_of(done), constitution=constitution)
         answer = done.message
         if turn.use_policy:
             checked: PolicyEvaluated = await self._ask(
@@ -276,7 +275,7 @@ class DirectTurn:
             if checked.decision == "deny":
                 return refusal(turn.model, checked, done.usage, done.cost_usd, constitution)
             if checked.decision == "redact" and checked.redacted_text is not None:
-                answer = msgspec.structs.replace(answer, content=checked.redacted_text)
+                answer = replace(answer, content=checked.redacted_text)
         if turn.use_memory:
             store = MemoryStore(
                 turn_id=self.id,
@@ -288,23 +287,8 @@ class DirectTurn:
             )
             # Stored before the caller has the answer; its own answer is not awaited.
             await self._send(store, "store", awaited=False)
-        return _result(done, answer, done.finish_reason, constitution)
+        return replace(passthrough.result_of(done), message=answer, constitution=constitution)
 
 
 async def _nothing() -> None:
     return None
-
-
-def _result(
-    done: SlmCompleted, message: ChatMessage, finish_reason: str, constitution: str | None
-) -> ChatTurnResult:
-    return ChatTurnResult(
-        message=message,
-        finish_reason=finish_reason,
-        model=done.model,
-        usage=done.usage,
-        cost_usd=done.cost_usd,
-        constitution=constitution,
-        stop_sequence=done.stop_sequence,
-        logprobs=done.logprobs,
-    )

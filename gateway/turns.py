@@ -92,8 +92,8 @@ async def complete(
     principal: Principal,
     turn: ChatTurnInput,
     turn_id: str,
-    timeout: float,
     pipeline: str,
+    timeout: float,
 ) -> ChatTurnResult:
     """Run the turn to its end and answer its result, or the ``ApiError`` its end stands for."""
     run = turn_for(dispatch, principal, turn, turn_id, pipeline, timeout)

@@ -86,7 +86,7 @@ async def create_chat_completion(
         await stream.open()
         return SseResponse(stream)
     result = await complete(
-        dispatch, principal, turn, turn_id, config.chat_timeout, config.chat_pipeline
+        dispatch, principal, turn, turn_id, config.chat_pipeline, config.chat_timeout
     )
     await gateway.limiter.record_tokens(
         principal, result.usage.prompt_tokens + result.usage.completion_tokens
