@@ -292,6 +292,24 @@ async def start(
     # Connect first (fail fast with a clear message), then check (or, with the right to,
     # provision) the streams, then subscribe.
     nc = await connect(url, f"soma-{service.name}", inbox_prefix=settings.nats_inbox_prefix)
+    try:
+        return await _consume(service, settings, nc, clock, health_port, url)
+    except BaseException:
+        # A start refused (streams not provisioned, a startup hook failing) must not leave a
+        # client behind that reconnects for as long as the process lives.
+        with contextlib.suppress(Exception):
+            await nc.close()
+        raise
+
+
+async def _consume(
+    service: Service,
+    settings: BusSettings,
+    nc: Client,
+    clock: Clock,
+    health_port: int | None,
+    url: str,
+) -> Running:
     js = nc.jetstream()
     await provision(js, settings)
     bus = Connected(nc, js, clock)

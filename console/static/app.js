@@ -243,27 +243,40 @@ function renderLive() {
     h("button", { type: "button", id: "pause", onclick: () => togglePause() }, "Pause"),
     h("button", { type: "button", onclick: () => { rows.replaceChildren(); } }, "Clear"),
     status);
-  main.replaceChildren(h("h1", {}, "Live events"), form, errors,
-    h("div", { class: "split" },
-      h("div", { class: "scroll" }, h("table", {},
-        h("thead", {}, h("tr", {}, ["time", "kind", "type", "tenant", "correlation", "body"].map((c) => h("th", {}, c)))),
-        rows)),
-      detail));
+  // While the pointer is over the list, new messages are held, as with Pause, so the row the
+  // operator is about to click does not slide away under the pointer.
+  const list = h("div", { class: "scroll", id: "live-list",
+    onmouseenter: () => { pointing = true; },
+    onmouseleave: () => { pointing = false; release(); } },
+  h("table", {},
+    h("thead", {}, h("tr", {}, ["time", "kind", "type", "tenant", "correlation", "body"].map((c) => h("th", {}, c)))),
+    rows));
+  main.replaceChildren(h("h1", {}, "Live events"), form, errors, h("div", { class: "split" }, list, detail));
 
   let controller = null;
   let paused = false;
+  let pointing = false;
   const held = [];
   const open = (m) => { detail.replaceChildren(messageDetail(m)); };
   const show = (m) => {
     rows.prepend(messageRow(m, open));
     while (rows.children.length > 500) rows.lastChild.remove();
   };
+  const live = () => {
+    status.dataset.state = paused ? "paused" : "live";
+    if (paused) status.textContent = `paused (${held.length} held)`;
+    else status.textContent = held.length ? `live (${held.length} held while the pointer is on the list)` : "live";
+  };
+  function release() {
+    if (paused || pointing) return;
+    held.splice(0).forEach(show);
+    live();
+  }
   function togglePause() {
     paused = !paused;
     document.getElementById("pause").textContent = paused ? "Resume" : "Pause";
-    status.dataset.state = paused ? "paused" : "live";
-    status.textContent = paused ? `paused (${held.length} held)` : "live";
-    if (!paused) { held.splice(0).forEach(show); }
+    live();
+    release();
   }
   async function connect() {
     if (controller) controller.abort();
@@ -281,11 +294,16 @@ function renderLive() {
     status.textContent = "connecting…";
     errors.replaceChildren();
     rows.replaceChildren();
+    held.splice(0);
     try {
       for await (const { event, data } of sse(`/console/api/events${query(params)}`, controller.signal)) {
-        if (event === "ready") { status.dataset.state = paused ? "paused" : "live"; status.textContent = paused ? "paused" : "live"; }
+        if (event === "ready") live();
         else if (event === "message") {
-          if (paused) { held.push(data); status.textContent = `paused (${held.length} held)`; }
+          if (paused || pointing) {
+            held.push(data);
+            if (held.length > 500) held.shift(); // the list shows no more than that either
+            live();
+          }
           else show(data);
         } else if (event === "dropped") errors.replaceChildren(message("note", `${data.count} messages skipped: the view fell behind`));
       }

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 
 from bus import runtime
@@ -249,8 +250,18 @@ async def test_a_handler_user_finding_no_streams_says_who_provisions_them(tmp_pa
     with nats_conf_server(tmp_path) as port:
         with pytest.raises(StreamsNotProvisioned) as refused:
             await _policy_handler(port)
-    assert "stream SOMA_CMD does not exist" in str(refused.value)
-    assert "`soma migrate` / the admin user" in str(refused.value)
+        assert "stream SOMA_CMD does not exist" in str(refused.value)
+        assert "`soma migrate` / the admin user" in str(refused.value)
+        http_port = (tmp_path / "http.port").read_text()
+        async with httpx.AsyncClient() as monitor:
+            for _ in range(
+                50
+            ):  # the server sees a closed socket a moment after the client shuts it
+                connz = (await monitor.get(f"http://127.0.0.1:{http_port}/connz")).json()
+                if connz["num_connections"] == 0:
+                    break
+                await asyncio.sleep(0.1)
+        assert connz["num_connections"] == 0, "a refused start leaves no client reconnecting"
 
 
 async def test_soma_migrate_as_admin_creates_the_streams(tmp_path: Path) -> None:
@@ -440,8 +451,11 @@ async def test_the_gateway_user_follows_the_usage_events_its_budgets_are_summed_
             message_id=new_id(), correlation_id=new_id(), tenant="acme", schema="slm.completed"
         )
         event = SlmCompleted(
-            model="m", provider="local", message=ChatMessage(role="assistant", content="hi"),
-            cost_usd=usd, key_id="k1",
+            model="m",
+            provider="local",
+            message=ChatMessage(role="assistant", content="hi"),
+            cost_usd=usd,
+            key_id="k1",
         )
         await slm.jetstream().publish(
             "soma.evt.acme.slm.completed", msgspec.json.encode(event), headers=env.to_headers()

@@ -75,6 +75,7 @@ async def test_a_chat_turn_appears_live_within_a_second(page: Any, system: Syste
     # The rest of the turn's commands and events arrive over the same socket just after.
     await row.nth(3).wait_for(timeout=1000)
     assert await row.count() >= 4, "the turn's commands and events, not one message"
+    await page.locator("#live-list").hover()
     await row.filter(has_text="slm.completed").first.locator("button").click()
     detail = page.locator("#detail")
     await detail.wait_for()
@@ -83,6 +84,24 @@ async def test_a_chat_turn_appears_live_within_a_second(page: Any, system: Syste
     await page.get_by_role("link", name="Open this request's story").click()
     await page.locator("#story-steps li:not(.note)").nth(3).wait_for()
     assert correlation in page.url
+
+
+async def test_messages_are_held_while_the_pointer_is_on_the_list(
+    page: Any, system: System
+) -> None:
+    await signed_in(page, system)
+    status = page.locator("#live-status[data-state=live]")
+    await status.wait_for()
+    await page.locator("#live-list").hover()
+    with httpx.Client(timeout=30) as client:
+        turn = chat(client, system, "held while pointed at")
+    correlation = turn["id"].removeprefix("chatcmpl-")
+    row = page.locator(f'#live-rows tr[data-correlation="{correlation}"]')
+    await page.locator("#live-status", has_text="held while the pointer is on the list").wait_for()
+    assert await row.count() == 0, "no row moves while the operator points at the list"
+    await page.locator("h1").hover()
+    await row.nth(3).wait_for(timeout=2000)
+    assert await status.inner_text() == "live"
 
 
 async def test_a_turns_story_is_a_timeline_of_its_hops(page: Any, system: System) -> None:
@@ -101,9 +120,7 @@ async def test_a_turns_story_is_a_timeline_of_its_hops(page: Any, system: System
     await screenshot(page, "story")
 
 
-async def test_sagas_are_listed_and_one_opens_with_its_history(
-    page: Any, system: System
-) -> None:
+async def test_sagas_are_listed_and_one_opens_with_its_history(page: Any, system: System) -> None:
     await signed_in(page, system)
     await page.goto(f"{system.console}/console/#/sagas")
     first = page.locator("#saga-list tbody tr a").first
@@ -123,8 +140,9 @@ async def _task_waiting_for_approval(system: System) -> str:
         made = await client.post(
             f"{system.gateway}/v1/tasks",
             headers=auth,
-            json={"input": {"goal": "Compare saga engines", "max_steps": 1,
-                            "require_approval": True}},
+            json={
+                "input": {"goal": "Compare saga engines", "max_steps": 1, "require_approval": True}
+            },
         )
         assert made.status_code == 202, made.text
         task_id: str = made.json()["id"]
@@ -193,9 +211,7 @@ async def test_a_poisoned_command_is_dead_lettered_and_replayed_once_fixed(
     await nc.close()
 
 
-async def test_streams_and_their_consumers_show_for_an_operator(
-    page: Any, system: System
-) -> None:
+async def test_streams_and_their_consumers_show_for_an_operator(page: Any, system: System) -> None:
     await signed_in(page, system, system.operator_key)
     await page.goto(f"{system.console}/console/#/streams")
     await page.locator("#streams h2", has_text="SOMA_CMD").wait_for()
@@ -218,8 +234,10 @@ async def test_usage_is_charted_by_model(page: Any, system: System) -> None:
     await page.locator("#usage .chart").first.wait_for()
     assert "soma-local-dev" in await page.locator("#usage").inner_text()
     bars = page.locator("#usage .bar-fill")
-    widths = [(await bars.nth(i).bounding_box() or {"width": 0})["width"]
-              for i in range(await bars.count())]
+    widths = [
+        (await bars.nth(i).bounding_box() or {"width": 0})["width"]
+        for i in range(await bars.count())
+    ]
     assert max(widths) > 100, f"the longest bar spans the chart: {widths}"
     await screenshot(page, "usage")
 
