@@ -7,7 +7,9 @@ that holds the request, with no saga between them.
 
 The same checks, recall, model call and memory write as the ``chat_turn`` saga, by the same
 commands to the same processes, and the same trail in SOMA_EVT under the turn's id: each
-process publishes its own decision there. What is left out is the saga runner, which stood
+process publishes its own decision there, and the gateway the turn's end
+(``gateway.turn_finished``, where a saga's turn has ``sagas.finished``), by which analytics counts
+it as a ``chat_turn`` run. What is left out is the saga runner, which stood
 between every two of them: four transitions of a turn's chain, each a delivery to the runner,
 a step and a publish (``bench/gateway.py``'s hop table).
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +46,7 @@ from gateway.errors import ApiError, unavailable
 from schemas.base import Usage
 from schemas.catalogue import of_type
 from schemas.chat import (
+    ChatTurnFinished,
     ChatTurnInput,
     ChatTurnResult,
     last_user_text,
@@ -50,7 +54,7 @@ from schemas.chat import (
     refusal,
     with_last_user_text,
 )
-from schemas.common import CommandFailed
+from schemas.common import CommandFailed, FailureCode
 from schemas.envelope import Envelope
 from schemas.memory import MemoryRecall, MemoryRecalled, MemoryStore
 from schemas.policy import PolicyEvaluate, PolicyEvaluated
@@ -101,6 +105,8 @@ class DirectTurn:
     # The answer that came last: the cause of the next command (its causation id).
     _latest: str | None = field(default=None, init=False)
     _sent: float = field(default=0.0, init=False)  # when the first commands went out
+    _started: float = field(default=0.0, init=False)  # the same, as wall-clock time
+    _failure: FailureCode | None = field(default=None, init=False)
     _task: asyncio.Task[None] | None = field(default=None, init=False)
 
     async def start(self, events: asyncio.Queue[Reply]) -> None:
@@ -108,6 +114,7 @@ class DirectTurn:
         watch = self.dispatch.requester.watching(self.id, CHAIN)
         answers = await watch.__aenter__()
         self._sent = asyncio.get_running_loop().time()
+        self._started = time.time()
         try:
             first = await asyncio.gather(
                 *(_nothing() if c is None else self._send(c, s) for c, s in self._first_commands())
@@ -203,6 +210,7 @@ class DirectTurn:
             payload = error
         except Failed as failed:
             log.warning("direct turn %s failed: %s", self.id, failed.failure.error)
+            self._failure = failed.failure.code
             payload = chat_turns.failure_error(
                 failed.failure.code, failed.failure.error, self.turn.model
             )
@@ -220,6 +228,31 @@ class DirectTurn:
             schema=END,
         )
         events.put_nowait(Reply(env, END, payload))
+        await self._finish(payload)
+
+    async def _finish(self, payload: ChatTurnResult | ApiError) -> None:
+        """Put the turn's end in its trail (``gateway.turn_finished``), where a saga's turn has
+        ``sagas.finished``: analytics counts the run from it. After the caller has its answer,
+        which does not wait on it; an end the bus did not take is logged, not the caller's error
+        (the turn's commands have had their effects), and the run goes uncounted."""
+        end = ChatTurnFinished(
+            state="failed" if isinstance(payload, ApiError) else "completed",
+            started_at=self._started,
+            error=payload.message if isinstance(payload, ApiError) else None,
+            error_code=self._failure,
+        )
+        env = envelope_for(
+            end,
+            tenant=self.principal.tenant,
+            actor=self.principal.user,
+            correlation_id=self.id,
+            causation_id=self._latest,
+            message_id=f"{self.id}.finished",
+        )
+        try:
+            await publish(self.dispatch.bus, end, env)
+        except Exception as exc:
+            log.warning("publishing the end of turn %s failed: %s", self.id, exc)
 
     async def _read(self, answers: asyncio.Queue[Reply]) -> None:
         while True:

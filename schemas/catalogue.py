@@ -17,6 +17,7 @@ from typing import Any, Literal
 import msgspec
 
 from schemas.analytics import AnalyticsReport, AnalyticsReported
+from schemas.chat import ChatTurnFinished
 from schemas.common import CommandFailed
 from schemas.identity import (
     IdentityCreateKey,
@@ -138,6 +139,9 @@ def _entry(kind: Kind, service: str, token: str, type_: type[msgspec.Struct]) ->
 
 
 SERVICES = ("policy", "memory", "slm", "tools", "sagas", "identity", "analytics")
+# Names no service author may declare messages under: Soma's services, and the gateway, which
+# publishes events of its own but takes no commands (so it has no ``failed`` event).
+RESERVED = (*SERVICES, "gateway")
 
 _ENTRIES = [
     _entry("cmd", "policy", "evaluate", PolicyEvaluate),
@@ -162,6 +166,7 @@ _ENTRIES = [
     _entry("evt", "sagas", "started", SagaStarted),
     _entry("evt", "sagas", "finished", SagaFinished),
     _entry("evt", "sagas", "replied", SagaReplied),
+    _entry("evt", "gateway", "turn_finished", ChatTurnFinished),
     *(_entry("evt", service, "failed", CommandFailed) for service in SERVICES),
     # The gateway's request/reply pairs (gateway/CONTRACTS.md).
     _entry("cmd", "slm", "list_models", SlmListModels),
@@ -238,7 +243,7 @@ def add(entries: list[MessageType]) -> None:
     can never quietly redefine what a subject carries.
     """
     for entry in entries:
-        if entry.service in SERVICES:
+        if entry.service in RESERVED:
             raise CatalogueConflict(
                 f"{entry.name}: the service {entry.service!r} is one of Soma's own; "
                 "declare your messages under your own service name"

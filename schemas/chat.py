@@ -1,10 +1,11 @@
 """The chat turn: what the gateway asks of the ``chat_turn`` saga, and what it answers."""
 
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
 from schemas.base import Extensible, Message, Usage
+from schemas.common import FailureCode
 from schemas.memory import MemoryRecalled
 from schemas.policy import PolicyEvaluated
 from schemas.slm import ChatMessage, ToolSpec
@@ -44,6 +45,23 @@ class ChatTurnInput(Message):
     # Registry tools the tenant enabled for this caller: offered to the model, run in the turn.
     platform_tools: list[ToolSpec] = []
     max_tool_rounds: int = 4
+
+
+class ChatTurnFinished(Message):
+    """A chat turn that ran without a saga (a direct turn) ended: the end its trail would
+    otherwise have from ``sagas.finished``, so analytics counts it as a ``chat_turn`` run.
+
+    ``failed`` is a turn whose caller had an error; a policy refusal is an answer
+    (``content_filter``) and counts as ``completed``. ``started_at`` is when its first commands
+    were sent (epoch seconds); the envelope's timestamp is its end.
+    """
+
+    state: Literal["completed", "failed"]
+    started_at: float
+    turn_type: str = "chat_turn"
+    error: str | None = None
+    # Why it failed, when a command's refusal failed it (its ``CommandFailed.code``).
+    error_code: FailureCode | None = None
 
 
 class PolicyVerdict(Extensible):

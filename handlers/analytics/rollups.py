@@ -41,6 +41,7 @@ from handlers.analytics.tables import (
     usage_daily,
 )
 from kernel.db import in_transaction
+from schemas.chat import ChatTurnFinished
 from schemas.common import CommandFailed
 from schemas.envelope import Envelope
 from schemas.sagas import FAILED, SagaFinished, SagaStarted
@@ -48,8 +49,15 @@ from schemas.slm import SlmCompleted
 
 # Saga end states that count as errors; a cancelled (or cancelled-and-compensated) saga is not one.
 
-SUMS = ("requests", "errors", "prompt_tokens", "completion_tokens", "cost_usd",
-        "latency_ms_sum", "latency_count")
+SUMS = (
+    "requests",
+    "errors",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "latency_ms_sum",
+    "latency_count",
+)
 
 
 @dataclass(frozen=True)
@@ -256,9 +264,7 @@ def _attribute(conn: Connection, totals: Totals, saga_type: str, env: Envelope) 
             "seen_at": time.time(),
         },
     ).scalar_one()
-    moved = conn.execute(
-        _RELEASE, {"_tenant": env.tenant, "_correlation_id": env.correlation_id}
-    )
+    moved = conn.execute(_RELEASE, {"_tenant": env.tenant, "_correlation_id": env.correlation_id})
     _release(totals, moved, named)
 
 
@@ -269,9 +275,7 @@ def _release(totals: Totals, moved: Iterable[Row[Any]], saga_type: str) -> None:
         totals.add(Fact(kind=MODEL, saga_type=saga_type, **values))
 
 
-def _model_completed(
-    conn: Connection, totals: Totals, event: SlmCompleted, env: Envelope
-) -> None:
+def _model_completed(conn: Connection, totals: Totals, event: SlmCompleted, env: Envelope) -> None:
     """Count one completion."""
     fact = Fact(
         tenant=env.tenant,
@@ -297,9 +301,7 @@ def _model_failed(conn: Connection, totals: Totals, event: CommandFailed, env: E
     _count_model_call(conn, totals, fact, env)
 
 
-def _lock_saga(
-    conn: Connection, saga_id: str, saga_type: str, env: Envelope
-) -> Row[Any]:
+def _lock_saga(conn: Connection, saga_id: str, saga_type: str, env: Envelope) -> Row[Any]:
     """The saga's row, created empty if new, and locked until commit (by the upsert itself,
     which returns the row as it stands after it)."""
     return conn.execute(
@@ -358,9 +360,7 @@ def _saga_started(conn: Connection, totals: Totals, event: SagaStarted, env: Env
     )
 
 
-def _saga_finished(
-    conn: Connection, totals: Totals, event: SagaFinished, env: Envelope
-) -> None:
+def _saga_finished(conn: Connection, totals: Totals, event: SagaFinished, env: Envelope) -> None:
     """Count one saga run, with its duration when its start was seen (or when it is)."""
     ended = event_time(env)
     run = _lock_saga(conn, event.saga_id, event.saga_type, env)
@@ -393,12 +393,40 @@ def _saga_finished(
 def _saga_refused(conn: Connection, totals: Totals, event: CommandFailed, env: Envelope) -> None:
     """Count a saga start the runner refused: a run that failed before it began."""
     totals.add(
-        Fact(tenant=env.tenant, day=day_of(event_time(env)), kind=SAGA, actor=env.actor,
-             errors=1),
+        Fact(tenant=env.tenant, day=day_of(event_time(env)), kind=SAGA, actor=env.actor, errors=1),
     )
 
 
-FOLLOWED = ("slm.completed", "slm.failed", "sagas.started", "sagas.finished", "sagas.failed")
+def _turn_finished(
+    conn: Connection, totals: Totals, event: ChatTurnFinished, env: Envelope
+) -> None:
+    """Count one direct turn as a run of its turn type, from its end alone: the end carries its
+    start, so there is no pair to wait for. Its model calls, counted before as waiting, move
+    under the turn type; those that come after are counted under it at once."""
+    ended = event_time(env)
+    _attribute(conn, totals, event.turn_type, env)
+    totals.add(
+        Fact(
+            tenant=env.tenant,
+            day=day_of(ended),
+            kind=SAGA,
+            saga_type=event.turn_type,
+            actor=env.actor,
+            errors=int(event.state == "failed"),
+            latency_ms_sum=_duration(event.started_at, ended),
+            latency_count=1,
+        ),
+    )
+
+
+FOLLOWED = (
+    "slm.completed",
+    "slm.failed",
+    "sagas.started",
+    "sagas.finished",
+    "sagas.failed",
+    "gateway.turn_finished",
+)
 
 Counter = Callable[[Connection, Totals, Any, Envelope], None]
 
@@ -416,6 +444,8 @@ def _counter(name: str, event: Any) -> Counter | None:
         return _saga_finished
     if name == "sagas.failed":
         return _saga_refused if event.command == "sagas.start" else None
+    if name == "gateway.turn_finished":
+        return _turn_finished
     raise ValueError(f"analytics does not count {name}")
 
 

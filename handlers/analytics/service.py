@@ -1,9 +1,10 @@
 """The analytics process: follows the events stream into daily rollups and answers usage reports.
 
 Composition root. Its own durable consumer (``analytics-events``) reads model completions and
-failures and saga starts and ends, a batch at a time: each batch is counted in one transaction
-and acked after its commit. The rollups live in the analytics database (its own SQLite file by
-default, so counting never holds the write lock of the stores a chat turn writes).
+failures, saga starts and ends, and the ends of direct chat turns, a batch at a time: each batch
+is counted in one transaction and acked after its commit. The rollups live in the analytics
+database (its own SQLite file by default, so counting never holds the write lock of the stores a
+chat turn writes).
 
 Counting is idempotent by event message id (see ``rollups``), so redeliveries, several replicas
 and a replay of the stream all leave the totals as the events say.

@@ -6,7 +6,8 @@ completions there were, and the event stream itself keeps the raw history for re
 
 A rollup row is one of two kinds of fact. ``model`` rows count model calls (``slm.completed`` and
 ``slm.failed``): their tokens, cost and latency. ``saga`` rows count saga runs (``sagas.finished``,
-and starts the saga runner refused): how many, how many failed, and how long they ran. Unknown
+starts the saga runner refused, and the ends of turns run without a saga, ``gateway.turn_finished``
+under their turn type): how many, how many failed, and how long they ran. Unknown
 dimension values (a model call outside any saga, a failure that names no model) are stored as "".
 
 Events arrive in any order — a consumer handles a fetched batch concurrently, and replicas run

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Literal
 
 import pytest
 from sqlalchemy import func, select
@@ -11,8 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from handlers.analytics import rollups
 from handlers.analytics.report import report
 from handlers.analytics.tables import processed, unattributed
+from schemas.chat import ChatTurnFinished
 from schemas.common import CommandFailed
-from schemas.envelope import new_id
+from schemas.envelope import Envelope, new_id
 from schemas.sagas import SagaFinished, SagaStarted
 from tests.analytics.conftest import DAY, NOON, completion, envelope
 
@@ -387,8 +389,85 @@ async def test_a_saga_end_before_its_start_in_one_batch_is_timed(
     finished = SagaFinished(saga_id=saga_id, saga_type="chat_turn", state="completed")
     started = SagaStarted(saga_id=saga_id, saga_type="chat_turn", version=1)
 
-    assert await rollups.count_batch(
-        engine, [("sagas.finished", finished, end), ("sagas.started", started, start)]
-    ) == 2
+    assert (
+        await rollups.count_batch(
+            engine, [("sagas.finished", finished, end), ("sagas.started", started, start)]
+        )
+        == 2
+    )
     [row] = await report(engine, tenant, None, None, ["saga_type"])
     assert (row.requests, row.latency_ms_avg) == (1, pytest.approx(2500))
+
+
+def _turn_end(
+    tenant: str,
+    turn_id: str,
+    started: float,
+    ended: float,
+    state: Literal["completed", "failed"] = "completed",
+) -> tuple[str, ChatTurnFinished, Envelope]:
+    """A direct turn's end, as its gateway publishes it."""
+    end = ChatTurnFinished(state=state, started_at=started)
+    env = envelope(
+        "gateway.turn_finished",
+        tenant=tenant,
+        correlation_id=turn_id,
+        at=ended,
+        message_id=f"{turn_id}.finished",
+    )
+    return ("gateway.turn_finished", end, env)
+
+
+async def test_a_direct_turn_counts_as_a_chat_turn_run_timed_by_its_own_start(
+    engine: AsyncEngine, tenant: str
+) -> None:
+    await rollups.count_batch(engine, [_turn_end(tenant, new_id(), NOON, NOON + 0.25)])
+    await rollups.count_batch(
+        engine, [_turn_end(tenant, new_id(), NOON, NOON + 0.75, state="failed")]
+    )
+
+    [row] = await report(engine, tenant, None, None, ["saga_type"])
+    assert (row.group, row.requests, row.errors) == ({"saga_type": "chat_turn"}, 2, 1)
+    assert row.latency_ms_avg == pytest.approx((250 + 750) / 2)
+
+
+async def test_a_direct_turns_model_call_counts_under_chat_turn_whichever_comes_first(
+    engine: AsyncEngine, tenant: str
+) -> None:
+    before, after = new_id(), new_id()
+    await rollups.count_batch(
+        engine,
+        [
+            (
+                "slm.completed",
+                completion(prompt=10),
+                envelope("slm.completed", tenant=tenant, correlation_id=before),
+            )
+        ],
+    )
+    await rollups.count_batch(engine, [_turn_end(tenant, before, NOON, NOON + 1)])
+    await rollups.count_batch(engine, [_turn_end(tenant, after, NOON, NOON + 1)])
+    await rollups.count_batch(
+        engine,
+        [
+            (
+                "slm.completed",
+                completion(prompt=30),
+                envelope("slm.completed", tenant=tenant, correlation_id=after),
+            )
+        ],
+    )
+
+    [row] = await report(engine, tenant, None, None, ["model", "saga_type"])
+    assert (row.group["saga_type"], row.requests, row.prompt_tokens) == ("chat_turn", 2, 40)
+
+
+async def test_a_redelivered_direct_turn_end_is_counted_once(
+    engine: AsyncEngine, tenant: str
+) -> None:
+    end = _turn_end(tenant, new_id(), NOON, NOON + 1)
+
+    assert await rollups.count_batch(engine, [end]) == 1
+    assert await rollups.count_batch(engine, [end]) == 0
+    [row] = await report(engine, tenant, None, None, ["saga_type"])
+    assert row.requests == 1

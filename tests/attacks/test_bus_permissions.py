@@ -373,7 +373,9 @@ def _event_subjects(name: str) -> list[str] | None:
     if name == "sagas":
         return ["soma.evt.>"]
     if name == "analytics":
-        return [by_name(n).pattern for n in ("slm.completed", "sagas.started")]
+        return [
+            by_name(n).pattern for n in ("slm.completed", "sagas.started", "gateway.turn_finished")
+        ]
     return None
 
 
@@ -421,6 +423,22 @@ async def test_a_handler_user_consumes_acks_emits_and_dead_letters_its_own(
         assert (await deadletter.get(js, last.seq or 0)).suspicions() == []
         emitted = await js.get_last_msg(STREAMS["evt"], f"soma.evt.acme.{name}.done")
         assert (emitted.headers or {})["Nats-Msg-Id"] == f"done-{name}"
+
+
+async def test_the_gateway_emits_its_own_events_and_not_another_services(port: int) -> None:
+    """A direct turn's end is the gateway's to publish; a model call's usage is the slm
+    process's, so a gateway cannot meter a turn that never reached the model."""
+    async with as_user(port, "gateway") as gateway:
+        await gateway.js.publish(
+            "soma.evt.acme.gateway.turn_finished", b"{}", headers=_command(msg_id="gw-end")
+        )
+        forged = "soma.evt.acme.slm.completed"
+        await gateway.refused(
+            forged, gateway.js.publish(forged, b"{}", headers=_command(msg_id="gw-usage"))
+        )
+    async with admin(port) as js:
+        emitted = await js.get_last_msg(STREAMS["evt"], "soma.evt.acme.gateway.turn_finished")
+        assert (emitted.headers or {})["Nats-Msg-Id"] == "gw-end"
 
 
 async def _next_with_seq(got: asyncio.Queue[Msg], seq: int) -> Msg:

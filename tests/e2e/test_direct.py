@@ -23,13 +23,28 @@ from gateway.direct import RECALL_TIMEOUT
 from schemas.memory import MemoryStored
 from schemas.policy import PolicyEvaluated
 from tests.e2e.chat_system import MODEL, TENANT, ChatSystem, chat_system
-from tests.e2e.trail import ask, events_of, settled_usage, streamed_content, turn_of, usage
+from tests.e2e.trail import (
+    ask,
+    chat_turn_runs,
+    events_of,
+    settled,
+    settled_usage,
+    streamed_content,
+    turn_of,
+    usage,
+)
 from tests.slm.scripted import Reply
 
 PROCESSES = ["identity", "policy", "memory", "slm", "analytics", "sagas"]
 # The whole trail of a turn that is checked, recalls, answers and is stored.
 TRAIL = Counter(
-    {"policy.evaluated": 2, "memory.recalled": 1, "slm.completed": 1, "memory.stored": 1}
+    {
+        "policy.evaluated": 2,
+        "memory.recalled": 1,
+        "slm.completed": 1,
+        "memory.stored": 1,
+        "gateway.turn_finished": 1,
+    }
 )
 # The durables that must be bound before a turn is sent.
 CONSUMERS = [*PROCESSES, "analytics-events", "sagas-events"]
@@ -154,6 +169,26 @@ async def test_usage_of_direct_turns_is_metered_once_per_turn(direct: ChatSystem
     assert after["requests"] - before["requests"] == 2
     assert after["prompt_tokens"] - before["prompt_tokens"] == 300
     assert after["completion_tokens"] - before["completion_tokens"] == 30
+
+
+async def test_direct_turns_count_as_chat_turn_runs_in_the_usage_report(
+    direct: ChatSystem,
+) -> None:
+    async def runs() -> dict[str, float]:
+        return await chat_turn_runs(direct.url, direct.headers())
+
+    before = await settled(runs)
+    direct.script.then(Reply(text="counted"), Reply(text="counted too"))
+    client = direct.client()
+    for prompt in ("first", "second"):
+        await client.chat.completions.create(model=MODEL, messages=ask(prompt))
+    async with asyncio.timeout(60):
+        while (await runs())["requests"] < before["requests"] + 2:
+            await asyncio.sleep(0.2)
+    after = await settled(runs)
+    assert after["requests"] - before["requests"] == 2
+    assert after["errors"] == before["errors"]
+    assert after["latency_ms_avg"] > 0
 
 
 async def test_a_request_with_an_idempotency_key_runs_as_the_saga_a_retry_attaches_to(

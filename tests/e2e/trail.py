@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import json
 from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import httpx
 from nats.aio.msg import Msg
@@ -16,6 +18,8 @@ from openai.types.chat import ChatCompletionMessageParam
 from bus.connection import connect
 from schemas.catalogue import STREAMS
 from tests.servers import NatsServer
+
+T = TypeVar("T")
 
 
 async def events_of(server: NatsServer, tenant: str, correlation_id: str) -> list[tuple[str, Msg]]:
@@ -52,16 +56,32 @@ def ask(prompt: str) -> list[ChatCompletionMessageParam]:
     return [{"role": "user", "content": prompt}]
 
 
-async def settled_usage(url: str, headers: dict[str, str], model: str) -> dict[str, int]:
-    """The usage once analytics has counted what earlier tests sent (it batches for a moment)."""
-    last = await usage(url, headers, model)
+async def settled(read: Callable[[], Awaitable[T]]) -> T:
+    """What ``read`` reads of the usage once analytics has counted what earlier tests sent (it
+    batches for a moment): the same twice a second apart."""
+    last = await read()
     async with asyncio.timeout(60):
         while True:
             await asyncio.sleep(1)
-            now = await usage(url, headers, model)
+            now = await read()
             if now == last:
                 return now
             last = now
+
+
+async def settled_usage(url: str, headers: dict[str, str], model: str) -> dict[str, int]:
+    return await settled(lambda: usage(url, headers, model))
+
+
+async def chat_turn_runs(url: str, headers: dict[str, str]) -> dict[str, float]:
+    """The ``chat_turn`` runs analytics counted for the tenant: zero before it counted any."""
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        answer = await client.get("/v1/usage", params={"group_by": "saga_type"}, headers=headers)
+    assert answer.status_code == 200, answer.text
+    for row in answer.json()["data"]:
+        if row["group"].get("saga_type") == "chat_turn":
+            return {k: row[k] for k in ("requests", "errors", "latency_ms_avg")}
+    return {"requests": 0, "errors": 0, "latency_ms_avg": 0.0}
 
 
 async def usage(url: str, headers: dict[str, str], model: str) -> dict[str, int]:
