@@ -69,5 +69,5 @@ class GatewayConfig(BaseSettings):
     # model, one command to the slm process with no saga (still in the event trail, still
     # metered) — for deployments that front a model with their own controls.
     chat_pipeline: Literal["full", "direct", "passthrough"] = Field(
-        default="full", alias="SOMA_CHAT_PIPELINE"
+        default="direct", alias="SOMA_CHAT_PIPELINE"
     )

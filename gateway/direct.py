@@ -37,6 +37,7 @@ from typing import Any
 import msgspec
 from msgspec.structs import replace
 
+from bus import tracing
 from bus.publish import envelope_for, publish
 from bus.request import Reply
 from gateway import chat_turns, passthrough
@@ -111,6 +112,9 @@ class DirectTurn:
 
     async def start(self, events: asyncio.Queue[Reply]) -> None:
         """Send the first commands; a bus that cannot take them is the caller's 503 now."""
+        # The request's log lines name the turn, as a saga turn's do (its publish binds it in
+        # the request's own task; these publishes run in tasks of their own).
+        tracing.bind(self.id, self.principal.tenant)
         watch = self.dispatch.requester.watching(self.id, CHAIN)
         answers = await watch.__aenter__()
         self._sent = asyncio.get_running_loop().time()

@@ -79,10 +79,11 @@ def turn_for(
 ) -> Turn:
     """The turn as the configured pipeline runs it (``SOMA_CHAT_PIPELINE``). A request with an
     ``Idempotency-Key`` asks for a turn a retry can find on any gateway: under ``direct`` it is
-    the saga, which outlives the gateway that started it."""
+    the saga, which outlives the gateway that started it. So is a turn with platform tools,
+    which only the saga runs."""
     if pipeline == "passthrough":
         return PassThroughTurn(dispatch, principal, turn, turn_id)
-    if pipeline == "direct" and not chat_turns.resumable(turn_id):
+    if pipeline == "direct" and not chat_turns.resumable(turn_id) and not turn.platform_tools:
         return DirectTurn(dispatch, principal, turn, turn_id, timeout)
     return SagaTurn(dispatch, principal, turn, turn_id)
 

@@ -89,6 +89,8 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
         SOMA_MODELS_FILE=str(models),
         OPENAI_API_KEY="sk-test-console",
         OPENAI_BASE_URL=f"http://127.0.0.1:{provider_port}/v1",
+        # Chat turns as sagas, so the saga list and a turn's story show the runner's part.
+        SOMA_CHAT_PIPELINE="full",
     )
     running = start_soma("up", env=env)
     try:

@@ -19,8 +19,11 @@ T = TypeVar("T")
 
 
 def gateway_config(**overrides: Any) -> GatewayConfig:
-    """Generous limits, short caches and timeouts, a Redis prefix of its own."""
+    """Generous limits, short caches and timeouts, a Redis prefix of its own, and chat turns
+    run as the ``chat_turn`` saga, whose contract the stand-ins answer (direct turns send the
+    handlers' own commands: tests/e2e/test_direct.py runs them against the real handlers)."""
     values: dict[str, Any] = {
+        "SOMA_CHAT_PIPELINE": "full",
         "SOMA_RATE_RPM": 10_000,
         "SOMA_RATE_TENANT_RPM": 100_000,
         "SOMA_API_KEY_CACHE_SECONDS": 0.5,

@@ -114,6 +114,8 @@ def system(receiver: Receiver, tmp_path_factory: pytest.TempPathFactory) -> Iter
             "SOMA_DATA_DIR": str(tmp_path_factory.mktemp("trace-data")),
             "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
             "OTEL_BSP_SCHEDULE_DELAY": "200",
+            # The turn as the saga, so the trace holds the runner's steps between the hops.
+            "SOMA_CHAT_PIPELINE": "full",
         }
         for name in (
             "DATABASE_URL",
