@@ -62,10 +62,10 @@ class GatewayConfig(BaseSettings):
     idempotency_lease: float = Field(default=15, gt=0, alias="SOMA_IDEMPOTENCY_LEASE_SECONDS")
     # How long a retry waits for the first request still running before answering 409.
     idempotency_wait: float = Field(default=300, ge=0, alias="SOMA_IDEMPOTENCY_WAIT_SECONDS")
-    # "full": every chat turn is checked by policy and uses memory, as a chat_turn saga.
-    # "direct": the same checks, recall and memory write, their commands sent by the gateway
-    # itself (gateway/direct.py): no saga runner on the turn's path; a request with an
-    # Idempotency-Key still runs as the saga. "passthrough": the turn goes straight to the
+    # "direct" (the default): every chat turn is checked by policy and uses memory, its
+    # commands sent by the gateway itself (gateway/direct.py): no saga runner on the turn's
+    # path; a request with an Idempotency-Key runs as the saga. "full": the same turn as a
+    # chat_turn saga, listed by `soma sagas`. "passthrough": the turn goes straight to the
     # model, one command to the slm process with no saga (still in the event trail, still
     # metered) — for deployments that front a model with their own controls.
     chat_pipeline: Literal["full", "direct", "passthrough"] = Field(
