@@ -12,11 +12,11 @@ client; at 10 and 50 clients the added figure includes the queueing those client
 Soma: the whole system as ``soma run`` processes on a nats-server from the wheel (identity,
 policy, memory, slm, tools, analytics, the saga runner) and a gateway per pipeline on the same
 bus:
-- full: a completion is a ``chat_turn`` saga — policy check of the prompt and memory recall at
-  once, the model call through the slm service, policy check of the answer, memory store — each
-  command sent by the saga runner as the last answer comes in;
-- direct: ``SOMA_CHAT_PIPELINE=direct`` — the same commands to the same processes, sent by the
-  gateway itself, no saga between them (``gateway/direct.py``);
+- full: ``SOMA_CHAT_PIPELINE=full`` — a completion is a ``chat_turn`` saga: policy check of the
+  prompt and memory recall at once, the model call through the slm service, policy check of the
+  answer, memory store — each command sent by the saga runner as the last answer comes in;
+- direct: ``SOMA_CHAT_PIPELINE=direct``, the default — the same commands to the same processes,
+  sent by the gateway itself, no saga between them (``gateway/direct.py``);
 - pass-through: ``SOMA_CHAT_PIPELINE=passthrough`` — the turn skips policy and memory: one
   ``slm.complete`` command straight to the slm process, no saga, still metered.
 Rate limits are off (``SOMA_RATE_*=0``) so nothing is throttled. ``--backends`` runs the system

@@ -94,8 +94,15 @@ def _value(value: Any) -> Any:
     return getattr(value, kind) if kind else None
 
 
+@pytest.fixture(scope="module", params=["direct", "full"])
+def pipeline(request: pytest.FixtureRequest) -> str:
+    """How the gateway runs the turn (``SOMA_CHAT_PIPELINE``): its commands sent by the gateway
+    itself, or by the saga runner's steps."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
+def receiver(pipeline: str) -> Iterator[Receiver]:
     found = Receiver()
     found.thread.start()
     try:
@@ -105,7 +112,9 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
-def system(receiver: Receiver, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+def system(
+    receiver: Receiver, pipeline: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Running]:
     logs = tmp_path_factory.mktemp("trace-logs")
     with nats_server() as server:
         env = {
@@ -114,8 +123,7 @@ def system(receiver: Receiver, tmp_path_factory: pytest.TempPathFactory) -> Iter
             "SOMA_DATA_DIR": str(tmp_path_factory.mktemp("trace-data")),
             "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
             "OTEL_BSP_SCHEDULE_DELAY": "200",
-            # The turn as the saga, so the trace holds the runner's steps between the hops.
-            "SOMA_CHAT_PIPELINE": "full",
+            "SOMA_CHAT_PIPELINE": pipeline,
         }
         for name in (
             "DATABASE_URL",
@@ -129,35 +137,44 @@ def system(receiver: Receiver, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 # Every hop of a chat turn, by the process that records it.
-EXPECTED = {
+HANDLED = {
     ("soma-gateway", "POST /v1/chat/completions"),
-    ("soma-gateway", "publish sagas.start"),
-    ("soma-sagas", "sagas sagas.start"),
     ("soma-policy", "policy policy.evaluate"),
     ("soma-memory", "memory memory.recall"),
     ("soma-slm", "slm slm.complete"),
     ("soma-slm", "chat soma-local-dev"),
     ("soma-memory", "memory memory.store"),
 }
+EXPECTED = {
+    "direct": HANDLED
+    | {
+        ("soma-gateway", "publish policy.evaluate"),
+        ("soma-gateway", "publish slm.complete"),
+        ("soma-gateway", "publish gateway.turn_finished"),
+    },
+    "full": HANDLED
+    | {("soma-gateway", "publish sagas.start"), ("soma-sagas", "sagas sagas.start")},
+}
 
 
-def _turn_trace(receiver: Receiver, seconds: float = 60) -> list[Span]:
+def _turn_trace(receiver: Receiver, pipeline: str, seconds: float = 60) -> list[Span]:
     """The trace of the one chat completion request, once every expected hop is in it."""
+    expected = EXPECTED[pipeline]
     deadline = time.monotonic() + seconds
     spans: list[Span] = []
     while time.monotonic() < deadline:
         roots = receiver.find("POST /v1/chat/completions")
         if roots:
             spans = receiver.trace(roots[0].trace_id)
-            if EXPECTED <= {(s.service, s.name) for s in spans}:
+            if expected <= {(s.service, s.name) for s in spans}:
                 return spans
         time.sleep(0.3)
     seen = sorted({(s.service, s.name) for s in spans})
-    raise AssertionError(f"missing {sorted(EXPECTED - set(seen))}; the trace has {seen}")
+    raise AssertionError(f"missing {sorted(expected - set(seen))}; the trace has {seen}")
 
 
 def test_a_streamed_chat_turn_is_one_trace_across_every_process(
-    system: Running, receiver: Receiver
+    system: Running, receiver: Receiver, pipeline: str
 ) -> None:
     with httpx.stream(
         "POST",
@@ -174,7 +191,7 @@ def test_a_streamed_chat_turn_is_one_trace_across_every_process(
         text = "".join(answer.iter_text())
     assert "[DONE]" in text
 
-    spans = _turn_trace(receiver)
+    spans = _turn_trace(receiver, pipeline)
 
     # FastAPI records a span of its own under ours, by the same name: one request, one trace.
     assert len({s.trace_id for s in receiver.find("POST /v1/chat/completions")}) == 1
@@ -186,9 +203,9 @@ def test_a_streamed_chat_turn_is_one_trace_across_every_process(
 
 
 def test_the_model_call_span_carries_the_genai_attributes(
-    system: Running, receiver: Receiver
+    system: Running, receiver: Receiver, pipeline: str
 ) -> None:
-    spans = _turn_trace(receiver)
+    spans = _turn_trace(receiver, pipeline)
     (call,) = [s for s in spans if s.name == "chat soma-local-dev"]
     assert call.attributes["gen_ai.request.model"] == "soma-local-dev"
     assert call.attributes["gen_ai.system"] == "local"
@@ -196,15 +213,23 @@ def test_the_model_call_span_carries_the_genai_attributes(
     assert call.attributes["gen_ai.usage.output_tokens"] > 0
 
 
-def test_each_command_a_saga_sends_is_handled_under_the_step_that_sent_it(
-    system: Running, receiver: Receiver
+def test_each_command_is_handled_under_the_span_that_sent_it(
+    system: Running, receiver: Receiver, pipeline: str
 ) -> None:
-    spans = _turn_trace(receiver)
+    """A saga's commands under the runner's step that sent them; a direct turn's under the
+    gateway's publish of each."""
+    spans = _turn_trace(receiver, pipeline)
     by_id = {s.span_id: s for s in spans}
     handled = [s for s in spans if s.service in ("soma-policy", "soma-memory", "soma-slm")]
     handled = [s for s in handled if s.attributes.get("messaging.operation.type") == "process"]
     assert handled
     parents = {(by_id[s.parent_id].service, by_id[s.parent_id].name) for s in handled}
-    assert all(
-        service == "soma-sagas" and name.startswith("step chat_turn.") for service, name in parents
-    ), parents
+    sender, prefix = (
+        ("soma-sagas", "step chat_turn.")
+        if pipeline == "full"
+        else (
+            "soma-gateway",
+            "publish ",
+        )
+    )
+    assert all(service == sender and name.startswith(prefix) for service, name in parents), parents
