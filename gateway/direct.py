@@ -232,6 +232,9 @@ class DirectTurn:
             schema=END,
         )
         events.put_nowait(Reply(env, END, payload))
+        # The caller's task writes its answer first: the end's encoding and publish are not
+        # on the turn's path.
+        await asyncio.sleep(0)
         await self._finish(payload)
 
     async def _finish(self, payload: ChatTurnResult | ApiError) -> None:
