@@ -107,7 +107,6 @@ class DirectTurn:
     _latest: str | None = field(default=None, init=False)
     _sent: float = field(default=0.0, init=False)  # when the first commands went out
     _started: float = field(default=0.0, init=False)  # the same, as wall-clock time
-    _failure: FailureCode | None = field(default=None, init=False)
     _task: asyncio.Task[None] | None = field(default=None, init=False)
 
     async def start(self, events: asyncio.Queue[Reply]) -> None:
@@ -154,8 +153,16 @@ class DirectTurn:
         answer = None
         if awaited:
             answer = self._asked[message_id] = asyncio.get_running_loop().create_future()
+        try:
+            await self._publish(command, message_id)
+        except Exception as exc:
+            raise unavailable("The message bus is not reachable.") from exc
+        return answer
+
+    async def _publish(self, message: msgspec.Struct, message_id: str) -> None:
+        """Publish ``message`` of this turn, caused by the answer that came last."""
         env = envelope_for(
-            command,
+            message,
             tenant=self.principal.tenant,
             actor=self.principal.user,
             correlation_id=self.id,
@@ -163,11 +170,10 @@ class DirectTurn:
             message_id=message_id,
         )
         try:
-            await publish(self.dispatch.bus, command, env)
+            await publish(self.dispatch.bus, message, env)
         except Exception as exc:
             log.warning("publishing %s of turn %s failed: %s", env.schema, self.id, exc)
-            raise unavailable("The message bus is not reachable.") from exc
-        return answer
+            raise
 
     async def _ask(self, command: msgspec.Struct, step: str) -> Any:
         """``command``'s answer, or ``Failed`` for its refusal."""
@@ -203,6 +209,7 @@ class DirectTurn:
     ) -> None:
         reader = asyncio.ensure_future(self._read(answers))
         payload: ChatTurnResult | ApiError
+        code: FailureCode | None = None  # what failed the turn, when a refusal did
         try:
             async with asyncio.timeout(self.timeout):
                 payload = await self._chain(first)
@@ -214,7 +221,7 @@ class DirectTurn:
             payload = error
         except Failed as failed:
             log.warning("direct turn %s failed: %s", self.id, failed.failure.error)
-            self._failure = failed.failure.code
+            code = failed.failure.code
             payload = chat_turns.failure_error(
                 failed.failure.code, failed.failure.error, self.turn.model
             )
@@ -235,9 +242,9 @@ class DirectTurn:
         # The caller's task writes its answer first: the end's encoding and publish are not
         # on the turn's path.
         await asyncio.sleep(0)
-        await self._finish(payload)
+        await self._finish(payload, code)
 
-    async def _finish(self, payload: ChatTurnResult | ApiError) -> None:
+    async def _finish(self, payload: ChatTurnResult | ApiError, code: FailureCode | None) -> None:
         """Put the turn's end in its trail (``gateway.turn_finished``), where a saga's turn has
         ``sagas.finished``: analytics counts the run from it. After the caller has its answer,
         which does not wait on it; an end the bus did not take is logged, not the caller's error
@@ -246,20 +253,10 @@ class DirectTurn:
             state="failed" if isinstance(payload, ApiError) else "completed",
             started_at=self._started,
             error=payload.message if isinstance(payload, ApiError) else None,
-            error_code=self._failure,
+            error_code=code,
         )
-        env = envelope_for(
-            end,
-            tenant=self.principal.tenant,
-            actor=self.principal.user,
-            correlation_id=self.id,
-            causation_id=self._latest,
-            message_id=f"{self.id}.finished",
-        )
-        try:
-            await publish(self.dispatch.bus, end, env)
-        except Exception as exc:
-            log.warning("publishing the end of turn %s failed: %s", self.id, exc)
+        with contextlib.suppress(Exception):  # logged by _publish
+            await self._publish(end, f"{self.id}.finished")
 
     async def _read(self, answers: asyncio.Queue[Reply]) -> None:
         while True:

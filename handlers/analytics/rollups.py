@@ -360,30 +360,35 @@ def _saga_started(conn: Connection, totals: Totals, event: SagaStarted, env: Env
     )
 
 
+def _run(
+    env: Envelope, saga_type: str, started: float | None, ended: float, *, failed: bool
+) -> Fact:
+    """One run ended at ``ended``, timed when its start is known."""
+    return Fact(
+        tenant=env.tenant,
+        day=day_of(ended),
+        kind=SAGA,
+        saga_type=saga_type,
+        actor=env.actor,
+        errors=int(failed),
+        latency_ms_sum=0.0 if started is None else _duration(started, ended),
+        latency_count=int(started is not None),
+    )
+
+
 def _saga_finished(conn: Connection, totals: Totals, event: SagaFinished, env: Envelope) -> None:
     """Count one saga run, with its duration when its start was seen (or when it is)."""
     ended = event_time(env)
     run = _lock_saga(conn, event.saga_id, event.saga_type, env)
     timed = run.started_at is not None and run.finished_at is None
-    latency = _duration(run.started_at, ended) if timed else 0.0
-    totals.add(
-        Fact(
-            tenant=env.tenant,
-            day=day_of(ended),
-            kind=SAGA,
-            saga_type=event.saga_type,
-            actor=env.actor,
-            errors=int(event.state in FAILED),
-            latency_ms_sum=latency,
-            latency_count=int(timed),
-        ),
-    )
+    started = run.started_at if timed else None
+    totals.add(_run(env, event.saga_type, started, ended, failed=event.state in FAILED))
     conn.execute(
         _FINISHED,
         {
             "_saga_id": event.saga_id,
             "finished_at": ended,
-            "started_at": run.started_at if timed else None,
+            "started_at": started,
             "saga_type": event.saga_type,
             "actor": env.actor,
         },
@@ -403,20 +408,9 @@ def _turn_finished(
     """Count one direct turn as a run of its turn type, from its end alone: the end carries its
     start, so there is no pair to wait for. Its model calls, counted before as waiting, move
     under the turn type; those that come after are counted under it at once."""
-    ended = event_time(env)
     _attribute(conn, totals, event.turn_type, env)
-    totals.add(
-        Fact(
-            tenant=env.tenant,
-            day=day_of(ended),
-            kind=SAGA,
-            saga_type=event.turn_type,
-            actor=env.actor,
-            errors=int(event.state == "failed"),
-            latency_ms_sum=_duration(event.started_at, ended),
-            latency_count=1,
-        ),
-    )
+    failed = event.state == "failed"
+    totals.add(_run(env, event.turn_type, event.started_at, event_time(env), failed=failed))
 
 
 FOLLOWED = (
