@@ -3,13 +3,13 @@
 Both streams are read from a start point through ordered ephemeral consumers (no acks) and only the
 messages of the correlation id are kept; ordered by the time the server stored them, the gap
 before each message is the time the hop that produced it took. Who published a command is told
-by its id: the saga engine names its commands ``<saga>.<run>.<seq>.<n>.<attempt>``.
+by its id (``schemas.envelope.sender_of``): the saga runner's, the gateway's for the steps of a
+chat turn it runs itself, or the caller's.
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
 from datetime import datetime
 from typing import Any
 
@@ -18,9 +18,8 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from console.messages import KINDS, from_msg, subject_for
-from schemas.envelope import CORRELATION_ID
+from schemas.envelope import CORRELATION_ID, sender_of
 
-_SAGA_COMMAND = re.compile(r"\.\d+\.\d+\.\d+\.\d+(\.g)?$")
 IDLE = 1.0  # seconds without a message that end a read: the stream holds nothing newer
 
 
@@ -57,8 +56,8 @@ async def _scan(
 def publisher(message: dict[str, Any]) -> str:
     if message["kind"] == "evt":
         return str(message["service"])
-    message_id = message["envelope"].get("message_id") or ""
-    return "sagas" if _SAGA_COMMAND.search(message_id) else "caller"
+    envelope = message["envelope"]
+    return sender_of(envelope.get("message_id") or "", envelope.get("correlation_id"))
 
 
 def ordered(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -72,7 +71,8 @@ def ordered(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         step["gap_ms"] = round((step["ts"] - previous) * 1000, 3)
         step["publisher"] = publisher(step)
         step["hop"] = (
-            f"{step['publisher']} → {step['service']}" if step["kind"] == "cmd"
+            f"{step['publisher']} → {step['service']}"
+            if step["kind"] == "cmd"
             else step["publisher"]
         )
         previous = step["ts"]

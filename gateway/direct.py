@@ -56,7 +56,7 @@ from schemas.chat import (
     with_last_user_text,
 )
 from schemas.common import CommandFailed, FailureCode
-from schemas.envelope import Envelope
+from schemas.envelope import Envelope, turn_step_id
 from schemas.memory import MemoryRecall, MemoryRecalled, MemoryStore
 from schemas.policy import PolicyEvaluate, PolicyEvaluated
 from schemas.slm import ChatMessage, SlmComplete, SlmCompleted
@@ -149,7 +149,7 @@ class DirectTurn:
     ) -> asyncio.Future[Any] | None:
         """Publish ``command`` as this turn's ``step``; with ``awaited``, the future of its
         answer (which may come before the publish's own acknowledgement)."""
-        message_id = f"{self.id}.{step}"
+        message_id = turn_step_id(self.id, step)
         answer = None
         if awaited:
             answer = self._asked[message_id] = asyncio.get_running_loop().create_future()

@@ -38,7 +38,7 @@ from gateway.errors import unavailable
 from schemas.catalogue import STREAMS, of_type
 from schemas.chat import ChatTurnInput, ChatTurnResult
 from schemas.common import CommandFailed
-from schemas.envelope import CORRELATION_ID
+from schemas.envelope import CORRELATION_ID, turn_step_id
 from schemas.slm import SlmComplete, SlmCompleted
 
 log = logging.getLogger("soma.gateway.passthrough")
@@ -51,7 +51,7 @@ LOOKUP_TIMEOUT = 10.0
 
 
 def command_id(turn_id: str) -> str:
-    return f"{turn_id}.slm"
+    return turn_step_id(turn_id, "slm")
 
 
 def command(turn: ChatTurnInput, turn_id: str) -> SlmComplete:

@@ -6,9 +6,11 @@ payloads, and lets the JetStream server deduplicate on ``Nats-Msg-Id``.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Mapping
+from typing import Literal
 
 import msgspec
 
@@ -21,6 +23,34 @@ SCHEMA = "Soma-Schema"
 SCHEMA_VERSION = "Soma-Schema-Version"
 TIMESTAMP = "Soma-Timestamp"
 TRACEPARENT = "traceparent"
+
+
+# A command's id says who sent it, so a turn's story can name each hop's sender without asking.
+# The saga engine names its commands ``<saga>.<run>.<seq>.<n>.<attempt>`` (``.g`` in group mode).
+_SAGA_COMMAND = re.compile(r"\.\d+\.\d+\.\d+\.\d+(\.g)?$")
+# A chat turn the gateway runs itself (direct and pass-through turns) names each command by the
+# turn's id and its step: a resent command is the same message, which the server drops.
+TURN_STEPS = frozenset({"prompt", "recall", "slm", "answer", "store"})
+Sender = Literal["sagas", "gateway", "caller"]
+
+
+def turn_step_id(turn_id: str, step: str) -> str:
+    """The id of the command the gateway sends as ``step`` of the chat turn ``turn_id``."""
+    if step not in TURN_STEPS:
+        raise ValueError(f"{step!r} is not a step of a chat turn: one of {sorted(TURN_STEPS)}")
+    return f"{turn_id}.{step}"
+
+
+def sender_of(message_id: str, correlation_id: str | None) -> Sender:
+    """Who sent a command, read from its id: the saga runner, the gateway running a chat turn's
+    steps itself, or else the caller that started the work (through the gateway, or
+    ``soma publish``)."""
+    if _SAGA_COMMAND.search(message_id):
+        return "sagas"
+    turn, _, step = message_id.rpartition(".")
+    if step in TURN_STEPS and turn and turn == correlation_id:
+        return "gateway"
+    return "caller"
 
 
 def new_id() -> str:

@@ -10,14 +10,14 @@ took: the bus, the process that handled the message before it, and any queue in 
 Who published a message is read from the message itself: an event's subject names the service
 that emitted it (``soma.evt.<tenant>.<service>.<event>``); a command whose id has the shape the
 saga engine gives its commands (``<saga>.<run>.<seq>.<n>.<attempt>``) was sent by the saga
-runner; any other command came from the caller that started the work (the gateway, or
-``soma publish``).
+runner; one named by its turn and a step (``<turn>.prompt``, ``.recall``, ``.slm``, ``.answer``,
+``.store``) by the gateway running a chat turn itself; any other command came from the caller
+that started the work (through the gateway, or ``soma publish``): ``schemas.envelope.sender_of``.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,11 +30,9 @@ from nats.js.errors import NotFoundError
 from rich.table import Table
 
 from schemas.catalogue import STREAMS
+from schemas.envelope import sender_of
 from soma.tail import Record, Start, TailError
 
-# A command the saga engine sent: ``<saga>.<run>.<seq>.<n>.<attempt>``, ``.g`` in group mode.
-_SAGA_COMMAND = re.compile(r"\.\d+\.\d+\.\d+\.\d+(\.g)?$")
-CALLER = "caller"
 FETCH = 512
 
 
@@ -65,7 +63,7 @@ class Step:
     def publisher(self) -> str:
         if self.kind == "evt":
             return self.service
-        return "sagas" if _SAGA_COMMAND.search(self.record.message_id) else CALLER
+        return sender_of(self.record.message_id, self.record.correlation_id)
 
     @property
     def hop(self) -> str:

@@ -11,6 +11,7 @@ import msgspec
 from bus.publish import Published, envelope_for, publish
 from bus.service import Connected
 from schemas.catalogue import STREAMS
+from schemas.envelope import sender_of, turn_step_id
 from schemas.memory import MemoryRecall
 from schemas.policy import PolicyEvaluate, PolicyEvaluated
 from schemas.sagas import SagaStart
@@ -93,6 +94,31 @@ async def test_the_publisher_is_the_caller_the_saga_runner_or_the_emitting_servi
     ]
 
 
+async def test_the_steps_of_a_turn_the_gateway_runs_itself_are_the_gateways_commands(
+    bus: Connected, soma: Soma
+) -> None:
+    direct = "direct0123456789abcdef"
+    await _send(
+        bus, PolicyEvaluate(stage="prompt", text="hi"), direct, turn_step_id(direct, "prompt")
+    )
+    await _send(bus, MemoryRecall(query="hi"), direct, turn_step_id(direct, "recall"))
+    await _send(bus, PolicyEvaluate(stage="answer", text="hello"), direct, f"{direct}.answer")
+    lines = _lines((await soma("trace", direct, "--json")).stdout)
+    assert [(line["publisher"], line["service"]) for line in lines] == [
+        ("gateway", "policy"),
+        ("gateway", "memory"),
+        ("gateway", "policy"),
+    ]
+
+
+def test_only_a_turns_own_steps_are_told_apart_as_the_gateways() -> None:
+    assert sender_of("t1.prompt", "t1") == "gateway"
+    assert sender_of("t1.prompt", "t2") == "caller"  # named like another turn's step
+    assert sender_of("t1.start", "t1") == "caller"  # not a step the gateway runs
+    assert sender_of("t1.1.2.0.1.g", "t1") == "sagas"
+    assert sender_of("0123abcd", "0123abcd") == "caller"
+
+
 async def test_the_readable_story_is_a_table_of_types_hops_and_gaps(
     bus: Connected, soma: Soma
 ) -> None:
@@ -108,18 +134,14 @@ async def test_the_readable_story_is_a_table_of_types_hops_and_gaps(
     assert "policy.evaluated" in rows[3]
 
 
-async def test_a_tenant_narrows_the_search_to_its_subjects(
-    bus: Connected, soma: Soma
-) -> None:
+async def test_a_tenant_narrows_the_search_to_its_subjects(bus: Connected, soma: Soma) -> None:
     await _send(bus, PolicyEvaluate(stage="prompt", text="a"), tenant="acme")
     await _send(bus, PolicyEvaluate(stage="prompt", text="g"), tenant="globex")
     lines = _lines((await soma("trace", TURN, "--json", "--tenant", "globex")).stdout)
     assert [line["payload"]["text"] for line in lines] == ["g"]
 
 
-async def test_an_unknown_id_says_where_it_looked_and_fails(
-    bus: Connected, soma: Soma
-) -> None:
+async def test_an_unknown_id_says_where_it_looked_and_fails(bus: Connected, soma: Soma) -> None:
     await _turn(bus)
     result = await soma("trace", "no-such-turn")
     assert result.exit_code == 1
