@@ -342,8 +342,10 @@ def soma_system(
     modes: tuple[str, ...] = ("full", "passthrough"),
     backend: str = "embedded",
     replaced: dict[str, str | None] | None = None,
-) -> Iterator[tuple[dict[str, str], str, dict[str, int], str]]:
-    """The whole system with a gateway per mode (full, pass-through); yields their URLs, a key,
+) -> Iterator[tuple[dict[str, str], dict[str, str], dict[str, int], str]]:
+    """The whole system with a gateway per mode (full, pass-through); yields their URLs, an API
+    key for each (each its own user: a turn stores a memory, and a user's recall scans their
+    own memories, so no mode is measured recalling from those another mode stored before it),
     each process's pid by name and the bus's URL. ``embedded``: SQLite files and in-process
     limits under the bench's folder; ``services``: PostgreSQL and Redis (``DATABASE_URL``/
     ``REDIS_URL``, else the local ones). ``replaced`` names the processes run in place of
@@ -398,15 +400,18 @@ def soma_system(
                 break
             time.sleep(0.05)
         subprocess.run([*soma, "migrate"], env=env, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-        key_args = ["--tenant", "bench", "--user", "bench", "--role", "member"]
-        key = subprocess.run(
-            [sys.executable, "-c", "from soma.cli_keys import app; app()", "create", *key_args],
-            env=env,
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
+        create_key = [sys.executable, "-c", "from soma.cli_keys import app; app()", "create"]
+        keys = {
+            mode: subprocess.run(
+                [*create_key, "--tenant", "bench", "--user", f"bench-{mode}", "--role", "member"],
+                env=env,
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+            for mode in modes
+        }
 
         def run(name: str, extra: dict[str, str], label: str) -> None:
             proc = subprocess.Popen(
@@ -429,11 +434,10 @@ def soma_system(
             extra = {"SOMA_HTTP_PORT": str(port), "SOMA_CHAT_PIPELINE": mode}
             run("gateway", extra, f"gateway ({mode})")
             urls[mode] = f"http://127.0.0.1:{port}"
-        headers = {"Authorization": f"Bearer {key}"}
-        for url in urls.values():
+        for mode, url in urls.items():
             wait_http(f"{url}/readyz")
-            first_completion(url, headers, log)
-        yield urls, key, pids, env["NATS_URL"]
+            first_completion(url, {"Authorization": f"Bearer {keys[mode]}"}, log)
+        yield urls, keys, pids, env["NATS_URL"]
 
 
 @contextlib.contextmanager
@@ -770,9 +774,9 @@ def measure_system(
     work = tmp / f"{next(iter(names.values()))}-{backend}"
     work.mkdir()
     try:
-        with soma_system(up, work, tuple(names), backend, replaced) as (urls, key, pids, bus):
+        with soma_system(up, work, tuple(names), backend, replaced) as (urls, keys, pids, bus):
             for mode, name in names.items():
-                url = f"{urls[mode]}/v1/chat/completions"
+                url, key = f"{urls[mode]}/v1/chat/completions", keys[mode]
                 cells[name] = measure(name, url, key, clients, seconds, warmup, pids, bus)
                 if not name.startswith("floor"):
                     ttft[name] = measure_ttft(name, url, key, seconds, warmup)
