@@ -486,8 +486,10 @@ def trace(
     them. Each line shows the time since the first message (+ms), the gap from the one
     before (the hop that produced it: the bus, the process that handled the message before,
     and any queue in between; the three largest in bold), whether it is a command or an
-    event, its type, who published it (for a command, publisher → consumer) and its
-    message id. The readable table's title gives the count and the whole span.
+    event, its type, who published it (for a command, publisher → consumer: "sagas" for the
+    saga runner, "gateway" for the steps of a chat turn the gateway runs itself, "caller"
+    for whoever started the work) and its message id. The readable table's title gives the
+    count and the whole span.
 
     --json prints one object per message instead: index, since_first_ms, gap_ms, kind,
     schema, publisher, service, time, publish_ms (from the envelope's creation to the server
