@@ -7,7 +7,11 @@ Upstream: a minimal OpenAI-compatible server (this file, ``--upstream PORT``) th
 once, in its own process; asked to stream, it sends OpenAI's SSE chunks, its tokens
 ``TOKEN_GAP_S`` apart. It is measured alone first, straight from the load generator, and
 "added latency" is a layer's p50 (p99) minus the upstream's own p50 (p99), alone with one
-client; at 10 and 50 clients the added figure includes the queueing those clients cause.
+client; at 10 and 50 clients the added figure includes the queueing those clients cause. Its
+one-client cell is measured again after each system, with nothing else running, and the
+figure every added one is taken over pools them all: on a shared machine a slow moment during
+one short cell would otherwise move every added figure of the run (it once put the upstream's
+p50 at 3.5 ms where it is about 1).
 
 Soma: the whole system as ``soma run`` processes on a nats-server from the wheel (identity,
 policy, memory, slm, tools, analytics, the saga runner) and a gateway per pipeline on the same
@@ -607,6 +611,13 @@ class Cell:
     def rps(self) -> float:
         return len(self.latencies_ms) / self.seconds if self.seconds else 0.0
 
+    def pool(self, other: Cell) -> None:
+        """Take ``other``'s requests in, as one cell measured for both their times."""
+        self.seconds += other.seconds
+        self.latencies_ms += other.latencies_ms
+        self.failed += other.failed
+        self.warmed += other.warmed
+
     @property
     def p50(self) -> float:
         return statistics.median(self.latencies_ms) if self.latencies_ms else float("nan")
@@ -1112,9 +1123,18 @@ def main(args: argparse.Namespace) -> None:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="soma-bench-gw-") as tmp, upstream() as up:
         print("upstream alone", flush=True)
-        url = f"{up}/chat/completions"
-        common["upstream"] = measure("upstream", url, UPSTREAM_KEY, clients, args.seconds, warmup)
-        common_ttft["upstream"] = measure_ttft("upstream", url, UPSTREAM_KEY, args.seconds, warmup)
+        alone = f"{up}/chat/completions"
+        common["upstream"] = measure("upstream", alone, UPSTREAM_KEY, clients, args.seconds, warmup)
+        common_ttft["upstream"] = measure_ttft(
+            "upstream", alone, UPSTREAM_KEY, args.seconds, warmup
+        )
+
+        def upstream_again() -> None:
+            """The upstream's one-client cell once more, pooled into the first (see above)."""
+            print("upstream alone, again", flush=True)
+            again = measure("upstream", alone, UPSTREAM_KEY, [1], args.seconds, warmup)
+            common["upstream"][1].pool(again[1])
+
         for backend in backends:
             # The system itself, the one-process shape, the shapes' floors: (label, the
             # processes in place of handlers, each gateway mode measured under which name).
@@ -1136,6 +1156,7 @@ def main(args: argparse.Namespace) -> None:
                 ours_ttft[backend].update(ttft)
                 if skipped and not label:
                     extra[backend]["soma_skipped"] = skipped
+                upstream_again()
         work = Path(tmp) / "litellm"
         work.mkdir()
         try:
