@@ -32,8 +32,8 @@ from sagas.definition import Definition
 from sagas.hot import Hot, HotStore, Publish
 from sagas.registry import Registry
 from sagas.storage import storage_for
-from sagas.transitions import GROUP_MARK, Rules, waits_on
-from schemas.envelope import Envelope
+from sagas.transitions import Rules, waits_on
+from schemas.envelope import GROUP_MARK, Envelope, saga_of_command
 from schemas.sagas import (
     ENDED,
     UNSUCCESSFUL,
@@ -499,19 +499,6 @@ def _ahead(message_id: str, row: Instance) -> bool:
     """True when ``message_id`` names a command of a transition after ``row``'s last one."""
     parts = message_id.removesuffix(GROUP_MARK).rsplit(".", 4)
     return (int(parts[1]), int(parts[2])) > (row.run, row.seq)
-
-
-def saga_of_command(message_id: str | None) -> str | None:
-    """The saga that sent a command, read from the id the engine gave it:
-    ``<saga id>.<run>.<seq>.<n>.<attempt>`` (``.g`` after it in group mode); None for anything
-    else."""
-    if not message_id:
-        return None
-    message_id = message_id.removesuffix(GROUP_MARK)
-    parts = message_id.rsplit(".", 4)
-    if len(parts) != 5 or not all(p.isdigit() for p in parts[1:]):
-        return None
-    return parts[0]
 
 
 def _numbered(history: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -48,7 +48,7 @@ from sagas.definition import (
 )
 from schemas.catalogue import by_name, of_type
 from schemas.common import CommandFailed, FailureCode
-from schemas.envelope import Envelope
+from schemas.envelope import GROUP_MARK, Envelope
 from schemas.sagas import (
     Part,
     SagaCancel,
@@ -75,8 +75,6 @@ _COMPENSATION_RETRY = Retry(initial=1.0, max_attempts=5)
 # Steps a group mode transition runs one after another before it checkpoints (a loop of
 # Continues still yields to the timer pass now and then).
 MAX_INLINE = 32
-# Group mode commands' ids end so: their replies are routed to the hot path.
-GROUP_MARK = ".g"
 
 
 @dataclass(frozen=True)

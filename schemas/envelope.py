@@ -6,7 +6,6 @@ payloads, and lets the JetStream server deduplicate on ``Nats-Msg-Id``.
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from collections.abc import Mapping
@@ -25,9 +24,10 @@ TIMESTAMP = "Soma-Timestamp"
 TRACEPARENT = "traceparent"
 
 
-# A command's id says who sent it, so a turn's story can name each hop's sender without asking.
-# The saga engine names its commands ``<saga>.<run>.<seq>.<n>.<attempt>`` (``.g`` in group mode).
-_SAGA_COMMAND = re.compile(r"\.\d+\.\d+\.\d+\.\d+(\.g)?$")
+# A command's id says who sent it, so a turn's story can name each hop's sender without asking
+# and the saga engine can route a reply to the saga that asked. The engine names its commands
+# ``<saga>.<run>.<seq>.<n>.<attempt>``, with this mark after a group mode command's id.
+GROUP_MARK = ".g"
 # A chat turn the gateway runs itself (direct and pass-through turns) names each command by the
 # turn's id and its step: a resent command is the same message, which the server drops.
 TURN_STEPS = frozenset({"prompt", "recall", "slm", "answer", "store"})
@@ -41,11 +41,22 @@ def turn_step_id(turn_id: str, step: str) -> str:
     return f"{turn_id}.{step}"
 
 
+def saga_of_command(message_id: str | None) -> str | None:
+    """The saga that sent a command, read from the id the engine gave it; None for anything
+    else."""
+    if not message_id:
+        return None
+    parts = message_id.removesuffix(GROUP_MARK).rsplit(".", 4)
+    if len(parts) != 5 or not all(p.isdigit() for p in parts[1:]):
+        return None
+    return parts[0]
+
+
 def sender_of(message_id: str, correlation_id: str | None) -> Sender:
     """Who sent a command, read from its id: the saga runner, the gateway running a chat turn's
     steps itself, or else the caller that started the work (through the gateway, or
     ``soma publish``)."""
-    if _SAGA_COMMAND.search(message_id):
+    if saga_of_command(message_id) is not None:
         return "sagas"
     turn, _, step = message_id.rpartition(".")
     if step in TURN_STEPS and turn and turn == correlation_id:
