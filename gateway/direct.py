@@ -20,7 +20,9 @@ model call's usage, the memory write. A stored command is delivered until it is 
 whichever handler process is killed. The turn's progress itself is held only by the gateway
 that holds the caller's connection: if that gateway is killed, the caller's connection goes
 with it, the commands already stored still run to their effects, and no memory write is sent
-for an answer the caller never had (the write is stored before the answer is sent). A request
+for an answer the caller never had (the write is stored before the answer is sent); the turn's
+end, which this gateway would have published, comes from the saga runner once the turn's
+deadline passes (sagas/turns.py). A request
 with an ``Idempotency-Key`` asks for a turn that outlives its gateway, so it runs as the
 ``chat_turn`` saga, which a retry on any gateway attaches to.
 """
@@ -56,7 +58,7 @@ from schemas.chat import (
     with_last_user_text,
 )
 from schemas.common import CommandFailed, FailureCode
-from schemas.envelope import Envelope, turn_step_id
+from schemas.envelope import Envelope, turn_end_id, turn_step_id
 from schemas.memory import MemoryRecall, MemoryRecalled, MemoryStore
 from schemas.policy import PolicyEvaluate, PolicyEvaluated
 from schemas.slm import ChatMessage, SlmComplete, SlmCompleted
@@ -256,7 +258,7 @@ class DirectTurn:
             error_code=code,
         )
         with contextlib.suppress(Exception):  # logged by _publish
-            await self._publish(end, f"{self.id}.finished")
+            await self._publish(end, turn_end_id(self.id))
 
     async def _read(self, answers: asyncio.Queue[Reply]) -> None:
         while True:

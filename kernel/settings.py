@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     retry_initial: float = Field(default=1.0, alias="SOMA_RETRY_INITIAL")
     retry_maximum: float = Field(default=60.0, alias="SOMA_RETRY_MAXIMUM")
     ack_wait: float = Field(default=30.0, alias="SOMA_ACK_WAIT")
+    # After a direct turn's first answer, how long the saga runner waits for its end before it
+    # publishes one for the gateway that ran it (sagas/turns.py); above SOMA_CHAT_TIMEOUT.
+    turn_deadline: float = Field(default=360.0, gt=0, alias="SOMA_TURN_DEADLINE")
     max_ack_pending: int = Field(default=1000, alias="SOMA_MAX_ACK_PENDING")
     fetch_batch: int = Field(default=64, alias="SOMA_FETCH_BATCH")
     health_port: int | None = Field(default=None, alias="SOMA_HEALTH_PORT")

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bus import errors, metrics, runtime
 from bus.connection import connect
-from bus.service import Service
+from bus.service import Connected, Service
 from kernel.db import dispose, make_engine, migrate, reader
 from kernel.settings import Settings
 from sagas import list_query, queries, tables
@@ -29,6 +29,7 @@ from sagas.definition import Definition
 from sagas.engine import Engine
 from sagas.registry import Registry, installed_definitions
 from sagas.relay import Relay
+from sagas.turns import TurnWatch
 from schemas.envelope import Envelope
 from schemas.sagas import (
     Part,
@@ -53,6 +54,8 @@ log = logging.getLogger("soma.sagas.runner")
 
 TIMER_INTERVAL = 0.2
 SWEEP_INTERVAL = 0.5
+TURNS_INTERVAL = 1.0  # seconds between looks for direct turns past their deadline
+FORGET_EVERY = 60  # of those looks, one in this many drops the rows of long-ended turns
 
 
 def default_definitions() -> list[Definition[Any]]:
@@ -71,6 +74,8 @@ class Runner:
     running: runtime.Running | None = None
     db: AsyncEngine | None = None
     committer: asyncio.Task[Any] | None = None
+    turns: TurnWatch | None = None
+    bus: Connected | None = None  # the runtime's connection, once it has started
 
     async def on_commit(self, outbox: list[dict[str, Any]], wake_now: list[str]) -> None:
         if self.relay is not None and outbox:
@@ -122,7 +127,11 @@ class Runner:
             if isinstance(event, SagaFinished):
                 await self.engine.child_finished(event, env)
             elif not isinstance(event, SagaStarted):
-                await self.engine.reply(event, env)
+                if not await self.engine.reply(event, env) and self.turns is not None:
+                    await self.turns.saw(event, env)
+
+        async def connected(bus: Connected) -> None:
+            self.bus = bus
 
         async def query(cmd: SagaQuery, env: Envelope) -> SagaQueried:
             await self.engine.stored(cmd.saga_id)
@@ -168,6 +177,7 @@ class Runner:
                 SagaList: list_,
             },
             event_routes={"*": on_event},
+            startup=[connected],
         )
 
     async def timers(self) -> None:
@@ -179,6 +189,20 @@ class Runner:
             except Exception as exc:
                 log.warning("timer pass failed: %s", exc)
             await asyncio.sleep(TIMER_INTERVAL)
+
+    async def turn_ends(self) -> None:
+        """End the direct turns whose gateways stopped before their ends (sagas/turns.py)."""
+        looks = 0
+        while True:
+            try:
+                if self.turns is not None and self.bus is not None:
+                    await self.turns.overdue(self.bus)
+                    looks += 1
+                    if looks % FORGET_EVERY == 0:
+                        await self.turns.forget()
+            except Exception as exc:
+                log.warning("ending overdue turns failed: %s", exc)
+            await asyncio.sleep(TURNS_INTERVAL)
 
     async def sweeper(self) -> None:
         while True:
@@ -279,6 +303,7 @@ async def start(
     )
     engine = Engine(db, registry, replay_grace=2 * settings.ack_wait)
     runner = Runner(engine=engine, db=db)
+    runner.turns = TurnWatch(db, settings.turn_deadline, engine.clock)
     engine.on_commit = runner.on_commit
     nc = await connect(settings.nats_url, "soma-sagas-relay")
     runner.relay = Relay(db, nc.jetstream())
@@ -290,6 +315,7 @@ async def start(
     metrics.on_scrape(functools.partial(_count_unfinished, db))
     runner._spawn(runner.timers())
     runner._spawn(runner.sweeper())
+    runner._spawn(runner.turn_ends())
     return runner
 
 

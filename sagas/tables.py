@@ -81,3 +81,20 @@ history = Table(
     Column("duration_ms", Float, nullable=True),
     UniqueConstraint("saga_id", "run", "seq", "event", name="uq_saga_history_step"),
 )
+
+# The turns gateways run without a saga (direct turns), from their first answer until their end:
+# ``deadline`` is when the runner ends a turn whose gateway has not (sagas/turns.py); an ended
+# turn keeps its row, without a deadline, so a late redelivery of its first answer does not
+# watch it again.
+turn_watch = Table(
+    "saga_turn_watch",
+    metadata,
+    Column("correlation_id", String(128), primary_key=True),
+    Column("tenant", String(128), nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("deadline", Float, nullable=True),
+    Column("ended_at", Float, nullable=True),
+    Index("ix_saga_turn_watch_deadline", "deadline"),
+    Index("ix_saga_turn_watch_ended_at", "ended_at"),
+)

@@ -41,6 +41,13 @@ def turn_step_id(turn_id: str, step: str) -> str:
     return f"{turn_id}.{step}"
 
 
+def turn_end_id(turn_id: str) -> str:
+    """The id of a gateway-run chat turn's end (``gateway.turn_finished``): whoever publishes
+    it, the gateway that ran the turn or the saga runner ending a turn whose gateway died, the
+    server keeps one."""
+    return f"{turn_id}.finished"
+
+
 def saga_of_command(message_id: str | None) -> str | None:
     """The saga that sent a command, read from the id the engine gave it; None for anything
     else."""

@@ -441,6 +441,22 @@ async def test_the_gateway_emits_its_own_events_and_not_another_services(port: i
         assert (emitted.headers or {})["Nats-Msg-Id"] == "gw-end"
 
 
+async def test_the_runner_may_end_a_gateways_turn_and_no_other_gateway_event(port: int) -> None:
+    """The saga runner ends a direct turn whose gateway died (sagas/turns.py): that end is the
+    one gateway event it may publish, and a model call's usage stays the slm process's."""
+    async with as_user(port, "sagas") as sagas:
+        await sagas.js.publish(
+            "soma.evt.acme.gateway.turn_finished", b"{}", headers=_command(msg_id="runner-end")
+        )
+        for forged in ("soma.evt.acme.gateway.turn_started", "soma.evt.acme.slm.completed"):
+            await sagas.refused(
+                forged, sagas.js.publish(forged, b"{}", headers=_command(msg_id=f"by-{forged}"))
+            )
+    async with admin(port) as js:
+        emitted = await js.get_last_msg(STREAMS["evt"], "soma.evt.acme.gateway.turn_finished")
+        assert (emitted.headers or {})["Nats-Msg-Id"] == "runner-end"
+
+
 async def _next_with_seq(got: asyncio.Queue[Msg], seq: int) -> Msg:
     while True:
         msg = await got.get()

@@ -61,21 +61,31 @@ class ChatSystem:
 
 @contextlib.asynccontextmanager
 async def chat_system(
-    pipeline: str, processes: list[str], consumers: list[str], data: Path
+    pipeline: str,
+    processes: list[str],
+    consumers: list[str],
+    data: Path,
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[ChatSystem]:
     """``processes`` and a gateway on ``pipeline`` in front of a scripted model server that
     serves ``MODEL``, once every durable in ``consumers`` is bound and the gateway is ready; an
-    admin key of tenant ``TENANT``. Embedded stores in ``data``; rate limits off."""
+    admin key of tenant ``TENANT``. Embedded stores in ``data``; rate limits off; ``env`` on top
+    of the environment every process has."""
     script = Script()
     async with serving(openai_app(script)) as upstream:
-        with _processes(pipeline, processes, upstream, script, data) as system:
+        with _processes(pipeline, processes, upstream, script, data, env or {}) as system:
             await _until_ready(system, consumers)
             yield system
 
 
 @contextlib.contextmanager
 def _processes(
-    pipeline: str, processes: list[str], upstream: str, script: Script, data: Path
+    pipeline: str,
+    processes: list[str],
+    upstream: str,
+    script: Script,
+    data: Path,
+    extra: dict[str, str],
 ) -> Iterator[ChatSystem]:
     (data / "models.yaml").write_text(
         f"models:\n  - name: {MODEL}\n    deployments:\n"
@@ -97,6 +107,7 @@ def _processes(
             # A delivery lost with a killed process comes again within seconds.
             "SOMA_ACK_WAIT": "3",
             "SOMA_CHAT_PIPELINE": pipeline,
+            **extra,
         }
         cli = [sys.executable, "-m", "soma.cli"]
         subprocess.run([*cli, "migrate"], env=env, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)

@@ -30,9 +30,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class Runners:
-    def __init__(self, nats_url: str, database_url: str) -> None:
+    def __init__(self, nats_url: str, database_url: str, env: dict[str, str] | None = None) -> None:
         self.nats_url = nats_url
         self.database_url = database_url
+        self.env = env or {}
         self.procs: list[subprocess.Popen[str]] = []
 
     def start(self, *extra: str) -> subprocess.Popen[str]:
@@ -46,7 +47,7 @@ class Runners:
                 *extra,
             ],
             cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env={**os.environ, "PYTHONPATH": str(ROOT), **self.env},
             stdout=subprocess.PIPE,
             text=True,
         )
