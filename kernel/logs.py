@@ -130,6 +130,11 @@ def configure(process: str) -> None:
         handler.setFormatter(formatter)
         if not any(isinstance(f, _Context) for f in handler.filters):
             handler.addFilter(_Context(process))
+    # The HTTP clients under the model SDKs log every request at INFO: a line per model call
+    # that the call's own event (slm.completed) and metrics already record, written on the
+    # call's path before its answer is published.
+    for name in ("httpx", "httpx2"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
         logger.handlers.clear()

@@ -87,6 +87,21 @@ def test_a_line_is_redacted_as_every_pattern_would_redact_it_in_any_letter_case(
     assert redact(line) == every_pattern
 
 
+def test_a_model_call_writes_no_line_of_the_http_client_under_the_sdk() -> None:
+    """The model SDKs' HTTP clients log every request at INFO; the call's own event and
+    metrics record it, and a line per call is written on the call's path."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.INFO)  # as ``soma run`` sets it
+    try:
+        logs.configure("slm")
+        for name in ("httpx", "httpx2"):
+            assert not logging.getLogger(name).isEnabledFor(logging.INFO)
+            assert logging.getLogger(name).isEnabledFor(logging.WARNING)
+    finally:
+        root.setLevel(level)
+
+
 def test_a_message_without_credentials_is_left_as_it_is() -> None:
     text = "slm: chat soma-local-dev max_tokens=256 input_tokens=12 at nats://nats:4222"
     assert redact(text) == text
