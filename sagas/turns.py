@@ -58,8 +58,10 @@ FIRST_STEPS = frozenset({"prompt", "recall"})
 REMEMBERED = 4096
 ABANDONED = "The gateway running this turn stopped before its end."
 # How long the watch's writes gather before one transaction: only the acks of the events that
-# caused them wait for it, never a turn.
-WINDOW = 0.05
+# caused them wait for it, never a turn. Sooner once EARLY wait, so the events whose acks wait
+# never fill the runner's hand (its consumer's concurrency), which saga replies share.
+WINDOW = 0.1
+EARLY = 16
 
 _W = turn_watch.c
 
@@ -96,6 +98,8 @@ class TurnWatch:
     _watched: dict[str, None] = field(default_factory=dict, init=False)
     _pending: list[tuple[Any, dict[str, Any]]] = field(default_factory=list, init=False)
     _batch: asyncio.Future[None] | None = field(default=None, init=False)
+    _timer: asyncio.TimerHandle | None = field(default=None, init=False)
+    _commits: set[asyncio.Task[None]] = field(default_factory=set, init=False)
 
     async def saw(self, event: Any, env: Envelope) -> None:
         """Follow one event that is no saga's: a turn's first answer or its end."""
@@ -137,14 +141,23 @@ class TurnWatch:
         writes, each a commit of their own, cost the runner more CPU than the rest of its work
         on the turn's events (bench/gateway.py's CPU table)."""
         self._pending.append((statement, row))
-        if self._batch is None:
+        batch = self._batch
+        if batch is None:
             loop = asyncio.get_running_loop()
-            self._batch = loop.create_future()
-            loop.call_later(WINDOW, lambda: asyncio.ensure_future(self._commit()))
-        await asyncio.shield(self._batch)
+            batch = self._batch = loop.create_future()
+            self._timer = loop.call_later(WINDOW, self._commit_now)
+        elif len(self._pending) >= EARLY and self._timer is not None:
+            self._timer.cancel()
+            self._commit_now()
+        await asyncio.shield(batch)
+
+    def _commit_now(self) -> None:
+        task = asyncio.ensure_future(self._commit())
+        self._commits.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(self._commits.discard)
 
     async def _commit(self) -> None:
-        batch, self._batch = self._batch, None
+        batch, self._batch, self._timer = self._batch, None, None
         writes, self._pending = self._pending, []
 
         def work(conn: Connection) -> None:
@@ -186,7 +199,9 @@ class TurnWatch:
             log.warning(
                 "turn %s had no end %.0f s on: its gateway stopped; ended it", turn, self.deadline
             )
-            await self._ended(turn)
+        # Taken off once their ends are stored, in one commit; ends published again by a
+        # runner killed before it are dropped by the server as the same messages.
+        await asyncio.gather(*(self._ended(row["correlation_id"]) for row in rows))
         return len(rows)
 
     async def forget(self) -> int:

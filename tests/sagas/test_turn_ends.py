@@ -164,3 +164,15 @@ async def test_a_runner_killed_while_it_watches_leaves_the_turn_to_the_next(
     runners.start()
     ends = await ends_of(module_nats, turn, 3)
     assert [end.state for _, end in ends] == ["failed"]
+
+
+async def test_turns_that_start_together_are_each_watched_and_ended_once(
+    runners: Runners, bus: Connected, module_nats: NatsServer
+) -> None:
+    """Their watches are written in group commits; more than one group's worth at once."""
+    runners.start()
+    turns = [new_id() for _ in range(40)]
+    await asyncio.gather(*(answer(bus, turn, "prompt", ALLOWED) for turn in turns))
+    await asyncio.sleep(DEADLINE + 3)
+    ends = [await ends_of(module_nats, turn, 0) for turn in turns]
+    assert [[end.state for _, end in found] for found in ends] == [["failed"]] * len(turns)
