@@ -62,6 +62,7 @@ ABANDONED = "The gateway running this turn stopped before its end."
 # never fill the runner's hand (its consumer's concurrency), which saga replies share.
 WINDOW = 0.1
 EARLY = 16
+FORGET_AT_ONCE = 2000  # rows of long-ended turns deleted in one transaction
 
 _W = turn_watch.c
 
@@ -206,10 +207,18 @@ class TurnWatch:
 
     async def forget(self) -> int:
         """Drop the rows of turns ended longer ago than a deadline: past any redelivery of
-        their first answers."""
+        their first answers. A few thousand a transaction: a minute of a busy system's turns
+        deleted at once would hold the saga store's write lock (on SQLite) from the runner's
+        own commits."""
         before = self.clock() - self.deadline
+        some = select(_W.correlation_id).where(_W.ended_at < before).limit(FORGET_AT_ONCE)
 
         def work(conn: Connection) -> int:
-            return conn.execute(delete(turn_watch).where(_W.ended_at < before)).rowcount
+            return conn.execute(delete(turn_watch).where(_W.correlation_id.in_(some))).rowcount
 
-        return await in_transaction(self.db, work)
+        forgotten = 0
+        while True:
+            done = await in_transaction(self.db, work)
+            forgotten += done
+            if done < FORGET_AT_ONCE:
+                return forgotten

@@ -11,13 +11,16 @@ from collections.abc import AsyncIterator, Iterator
 
 import msgspec
 import pytest
+from sqlalchemy import select
 
 from bus.connection import connect
 from bus.consume import reply_id
 from bus.publish import envelope_for, publish
 from bus.service import Connected
-from kernel.db import make_engine
+from kernel.db import make_engine, migrate
+from sagas import turns
 from sagas.tables import turn_watch
+from sagas.turns import TurnWatch
 from schemas.chat import ChatTurnFinished
 from schemas.common import FailureCode
 from schemas.envelope import Envelope, new_id, turn_end_id, turn_step_id
@@ -176,3 +179,50 @@ async def test_turns_that_start_together_are_each_watched_and_ended_once(
     await asyncio.sleep(DEADLINE + 3)
     ends = [await ends_of(module_nats, turn, 0) for turn in turns]
     assert [[end.state for _, end in found] for found in ends] == [["failed"]] * len(turns)
+
+
+async def test_rows_of_turns_ended_longer_ago_than_a_deadline_are_forgotten(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past any redelivery of their first answers; a few at a time. A turn still watched, and
+    one ended lately, are kept."""
+    monkeypatch.setattr(turns, "FORGET_AT_ONCE", 2)
+    await migrate(database_url, "sagas")
+    db = make_engine(database_url)
+    now = 1_000.0
+    watch = TurnWatch(db, 10.0, lambda: now)
+
+    def first_answer(turn: str) -> Envelope:
+        asked = turn_step_id(turn, "prompt")
+        return Envelope(
+            message_id=reply_id(asked),
+            correlation_id=turn,
+            causation_id=asked,
+            tenant="acme",
+            schema="policy.evaluated",
+        )
+
+    def end(turn: str) -> Envelope:
+        return Envelope(
+            message_id=turn_end_id(turn),
+            correlation_id=turn,
+            tenant="acme",
+            schema="gateway.turn_finished",
+        )
+
+    try:
+        old, lately, watched = [new_id() for _ in range(3)], new_id(), new_id()
+        for turn in [*old, lately, watched]:
+            await watch.saw(ALLOWED, first_answer(turn))
+        for turn in old:
+            await watch.saw(ChatTurnFinished(state="completed", started_at=now), end(turn))
+        now += 5
+        await watch.saw(ChatTurnFinished(state="completed", started_at=now), end(lately))
+        now += 7  # the old ones ended 12 s ago, the late one 7 s ago
+        assert await watch.forget() == 3
+        async with db.connect() as conn:
+            rows = await conn.execute(select(turn_watch.c.correlation_id))
+            assert set(rows.scalars()) >= {lately, watched}
+            assert not set(old) & set(rows.scalars())
+    finally:
+        await db.dispose()
