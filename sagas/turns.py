@@ -119,10 +119,17 @@ class TurnWatch:
             "deadline": self.clock() + self.deadline,
             "ended_at": None,
         }
-        await self._write(insert, row)
+        # Remembered before the write commits, so the turn's other first answer, which comes
+        # at about the same moment, writes nothing: if this write fails, its event is
+        # delivered again and is not skipped.
         self._watched[env.correlation_id] = None
         if len(self._watched) > REMEMBERED:
             del self._watched[next(iter(self._watched))]
+        try:
+            await self._write(insert, row)
+        except BaseException:
+            self._watched.pop(env.correlation_id, None)
+            raise
 
     async def _ended(self, turn: str) -> None:
         now = self.clock()
