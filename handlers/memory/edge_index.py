@@ -13,9 +13,10 @@ Three choices follow from measurements of the binding (figures in ``bench/memory
   scoped query took 0.15 ms inline, 0.37 ms through a thread).
 * ``optimize()`` (HNSW build, vacuum) is never called while serving: it holds the GIL for its
   whole run, 20 s for 20k points on a shared 2-core machine, which would stall every message of
-  the process. Filtered recall does not need the graph: the payload indexes bound the scan.
-  The scan still grows with its scope: one user holding 20k memories (a chat turn stores one)
-  recalls in about 5 ms, against 0.5 ms at 1k (``bench/memory.py``, ``one_user_*``).
+  the process. A child process builds the graph instead, into an indexed *generation* that
+  queries read beside the shard (``generations.py``): a scope's recall scans only what was
+  written since the last build (one user holding 20k memories recalled in about 5 ms by
+  scanning them all, against 0.5 ms at 1k; ``bench/memory.py``, ``one_user_*``).
 * ``flush()`` runs every ``FLUSH_EVERY`` writes and at close (about 10 ms), which bounds the
   log that a restart replays; durability itself comes from the log.
 
@@ -38,13 +39,13 @@ from typing import IO, Any
 import qdrant_edge as edge
 
 from handlers.memory.embeddings import Embedder
+from handlers.memory.generations import REINDEX_AT, WRITTEN, Generations, create_indexes
 from handlers.memory.index import Equals, Hit, Scope
 from handlers.memory.local_migration import migrate
 
 log = logging.getLogger(__name__)
 
 FOLDER = "vectors"  # under SOMA_DATA_DIR; one shard folder per collection name
-INDEXED_FIELDS = ("user", "agent", "session", "ref")
 FLUSH_EVERY = 1000
 LOCK_FILE = "soma.lock"
 # Written last when a shard is created: a folder without it holds an unfinished creation.
@@ -61,16 +62,22 @@ _open: dict[Path, EdgeIndex] = {}
 
 
 class EdgeIndex:
-    def __init__(self, folder: Path, shard: edge.EdgeShard, lock: IO[str]) -> None:
+    def __init__(
+        self, folder: Path, shard: edge.EdgeShard, lock: IO[str], generations: Generations
+    ) -> None:
         self.folder = folder
         self.shard = shard
+        self.generations = generations
         self._lock = lock
         self._users = 1
         self._unflushed = 0
 
     @classmethod
-    async def open(cls, data_dir: Path, collection: str, embedder: Embedder) -> EdgeIndex:
-        """The shard of ``collection`` under ``data_dir``, created (or migrated) on first use."""
+    async def open(
+        cls, data_dir: Path, collection: str, embedder: Embedder, reindex_at: int = REINDEX_AT
+    ) -> EdgeIndex:
+        """The shard of ``collection`` under ``data_dir``, created (or migrated) on first use;
+        a build of its indexed generation starts once ``reindex_at`` points wait for one."""
         folder = shard_folder(data_dir, collection)
         shared = _open.get(folder)
         if shared is not None:
@@ -80,36 +87,37 @@ class EdgeIndex:
         lock = _lock(folder)
         try:
             shard = _load_or_create(folder, data_dir, collection, embedder)
+            try:
+                generations = Generations.open(
+                    folder.parent, collection, shard, embedder.dimension, reindex_at
+                )
+            except BaseException:
+                shard.close()
+                raise
         except BaseException:
             lock.close()
             raise
-        index = cls(folder, shard, lock)
+        index = cls(folder, shard, lock, generations)
         _open[folder] = index
         return index
 
     async def upsert(self, id: str, vector: list[float], payload: dict[str, Any]) -> None:
-        self.shard.update(edge.UpdateOperation.upsert_points([edge.Point(id, vector, payload)]))
+        stamped = {**payload, WRITTEN: self.generations.stamp()}
+        self.shard.update(edge.UpdateOperation.upsert_points([edge.Point(id, vector, stamped)]))
         self._wrote()
+        self.generations.wrote()
 
     async def query(
         self, vector: list[float], where: Scope, limit: int, min_score: float | None = None
     ) -> list[Hit]:
-        found = self.shard.query(
-            edge.QueryRequest(
-                limit=limit,
-                query=edge.Query.Nearest(vector),
-                filter=edge_filter(where),
-                with_payload=True,
-                score_threshold=min_score,
-            )
-        )
-        return [Hit(point.payload or {}, point.score) for point in found]
+        found = self.generations.query(vector, edge_filter(where), limit, min_score)
+        return [Hit(_unstamped(point.payload), point.score) for point in found]
 
     async def payloads(self, where: Scope, limit: int) -> list[dict[str, Any]]:
         records, _ = self.shard.scroll(
             edge.ScrollRequest(limit=limit, filter=edge_filter(where), with_payload=True)
         )
-        return [record.payload or {} for record in records]
+        return [_unstamped(record.payload) for record in records]
 
     async def count(self, where: Scope) -> int:
         return self.shard.count(edge.CountRequest(exact=True, filter=edge_filter(where)))
@@ -117,6 +125,12 @@ class EdgeIndex:
     async def delete(self, where: Scope) -> None:
         self.shard.update(edge.UpdateOperation.delete_points_by_filter(edge_filter(where)))
         self._wrote()
+        self.generations.deleted(
+            [
+                ["eq", c.key, c.value] if isinstance(c, Equals) else ["ids", list(c.ids)]
+                for c in where.must
+            ]
+        )
 
     async def close(self) -> None:
         self._users -= 1
@@ -124,6 +138,7 @@ class EdgeIndex:
             return
         del _open[self.folder]
         try:
+            await self.generations.close()
             self.shard.flush()
             self.shard.close()
         finally:
@@ -134,6 +149,14 @@ class EdgeIndex:
         if self._unflushed >= FLUSH_EVERY:
             self.shard.flush()
             self._unflushed = 0
+
+
+def _unstamped(payload: dict[str, Any] | None) -> dict[str, Any]:
+    """The payload as its writer gave it: the write's stamp is the index's own."""
+    if not payload:
+        return {}
+    payload.pop(WRITTEN, None)
+    return payload
 
 
 def shard_folder(data_dir: Path, collection: str) -> Path:
@@ -191,15 +214,7 @@ def _load_or_create(
         ),
     )
     try:
-        shard.update(
-            edge.UpdateOperation.create_field_index(
-                "tenant", edge.KeywordIndexParams(is_tenant=True)
-            )
-        )
-        for field in INDEXED_FIELDS:
-            shard.update(
-                edge.UpdateOperation.create_field_index(field, edge.PayloadSchemaType.Keyword)
-            )
+        create_indexes(shard)
         moved = migrate(data_dir / "qdrant", collection, embedder, shard)
         if moved:
             log.info("memory: moved %d points of %s into %s", moved, data_dir / "qdrant", folder)
