@@ -39,7 +39,7 @@ from typing import IO, Any
 import qdrant_edge as edge
 
 from handlers.memory.embeddings import Embedder
-from handlers.memory.generations import REINDEX_AT, WRITTEN, Generations, create_indexes
+from handlers.memory.generations import WRITTEN, Generations, Indexing, create_indexes
 from handlers.memory.index import Equals, Hit, Scope
 from handlers.memory.local_migration import migrate
 
@@ -74,10 +74,10 @@ class EdgeIndex:
 
     @classmethod
     async def open(
-        cls, data_dir: Path, collection: str, embedder: Embedder, reindex_at: int = REINDEX_AT
+        cls, data_dir: Path, collection: str, embedder: Embedder, indexing: Indexing | None = None
     ) -> EdgeIndex:
-        """The shard of ``collection`` under ``data_dir``, created (or migrated) on first use;
-        a build of its indexed generation starts once ``reindex_at`` points wait for one."""
+        """The shard of ``collection`` under ``data_dir``, created (or migrated) on first use,
+        with its indexed generations (``generations.Indexing``: when they are built and read)."""
         folder = shard_folder(data_dir, collection)
         shared = _open.get(folder)
         if shared is not None:
@@ -89,7 +89,7 @@ class EdgeIndex:
             shard = _load_or_create(folder, data_dir, collection, embedder)
             try:
                 generations = Generations.open(
-                    folder.parent, collection, shard, embedder.dimension, reindex_at
+                    folder.parent, collection, shard, embedder.dimension, indexing or Indexing()
                 )
             except BaseException:
                 shard.close()

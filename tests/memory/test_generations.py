@@ -15,13 +15,15 @@ import pytest
 
 from handlers.memory.edge_index import EdgeIndex
 from handlers.memory.embeddings import HashedNgrams
-from handlers.memory.generations import BUILDING, CHILD_PID, ROOT
+from handlers.memory.generations import BUILDING, CHILD_PID, ROOT, Indexing
 from handlers.memory.vectors import point_id, scope
 
 REPO = Path(__file__).resolve().parents[2]
 DIMENSION = 16
 EMBEDDER = HashedNgrams(DIMENSION)  # only its name and size matter: the tests give vectors
 REINDEX_AT = 40
+# Builds after 40 writes, and every scope reads the generation, however small.
+INDEXING = Indexing(reindex_at=REINDEX_AT, scan_up_to=0)
 
 
 def vector(rng: random.Random) -> list[float]:
@@ -30,7 +32,7 @@ def vector(rng: random.Random) -> list[float]:
 
 @pytest.fixture
 async def index(tmp_path: Path) -> AsyncIterator[EdgeIndex]:
-    opened = await EdgeIndex.open(tmp_path, "c", EMBEDDER, reindex_at=REINDEX_AT)
+    opened = await EdgeIndex.open(tmp_path, "c", EMBEDDER, indexing=INDEXING)
     yield opened
     await opened.close()
 
@@ -152,14 +154,14 @@ async def test_a_point_rewritten_after_a_build_is_recalled_once_as_rewritten(
 async def test_the_generation_is_read_again_after_the_store_is_reopened(tmp_path: Path) -> None:
     rng = random.Random(7)
     points = {f"r{n}": vector(rng) for n in range(REINDEX_AT + 5)}
-    first = await EdgeIndex.open(tmp_path, "c", EMBEDDER, reindex_at=REINDEX_AT)
+    first = await EdgeIndex.open(tmp_path, "c", EMBEDDER, indexing=INDEXING)
     for ref, v in points.items():
         await put(first, ref, v)
     await first.generations.wait()
     assert first.generations.current is not None
     built = first.generations.current.name
     await first.close()
-    again = await EdgeIndex.open(tmp_path, "c", EMBEDDER, reindex_at=REINDEX_AT)
+    again = await EdgeIndex.open(tmp_path, "c", EMBEDDER, indexing=INDEXING)
     try:
         assert again.generations.current is not None
         assert again.generations.current.name == built
@@ -175,12 +177,14 @@ import asyncio, random, sys
 from pathlib import Path
 from handlers.memory.edge_index import EdgeIndex
 from handlers.memory.embeddings import HashedNgrams
-from handlers.memory.generations import BUILDING, CHILD_PID, ROOT
+from handlers.memory.generations import BUILDING, CHILD_PID, ROOT, Indexing
 from handlers.memory.vectors import point_id
 
 async def main() -> None:
     data_dir = Path(sys.argv[1])
-    index = await EdgeIndex.open(data_dir, "c", HashedNgrams({DIMENSION}), reindex_at=20000)
+    index = await EdgeIndex.open(
+        data_dir, "c", HashedNgrams({DIMENSION}), Indexing(reindex_at=20000, scan_up_to=0)
+    )
     rng = random.Random(8)
     for n in range(20000):
         v = [rng.random() - 0.5 for _ in range({DIMENSION})]
@@ -211,7 +215,7 @@ async def test_a_build_cut_short_by_kill_9_leaves_no_child_and_no_point_lost(
     child = int(line)
     owner.send_signal(signal.SIGKILL)
     await owner.wait()
-    reopened = await EdgeIndex.open(tmp_path, "c", EMBEDDER, reindex_at=10**9)
+    reopened = await EdgeIndex.open(tmp_path, "c", EMBEDDER, Indexing(reindex_at=10**9))
     try:
         async with asyncio.timeout(10):  # the orphaned child is stopped
             while not _gone(child):
