@@ -111,7 +111,7 @@ class EdgeIndex:
         self, vector: list[float], where: Scope, limit: int, min_score: float | None = None
     ) -> list[Hit]:
         found = self.generations.query(vector, edge_filter(where), limit, min_score)
-        return [Hit(_unstamped(point.payload), point.score) for point in found]
+        return [Hit(_unstamped(payload), score) for payload, score in found]
 
     async def payloads(self, where: Scope, limit: int) -> list[dict[str, Any]]:
         records, _ = self.shard.scroll(

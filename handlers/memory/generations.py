@@ -73,6 +73,9 @@ SCAN_UP_TO = 2000
 INDEXED_FIELDS = ("user", "agent", "session", "ref")  # keyword indexes, beside the tenant's
 
 
+Found = tuple[dict[str, Any], float]  # a hit's payload and score
+
+
 @dataclass(frozen=True)
 class Indexing:
     """When a build starts and which scopes read a generation (tests make both small)."""
@@ -158,21 +161,30 @@ class Generations:
 
     def query(
         self, vector: list[float], where: edge.Filter, limit: int, min_score: float | None
-    ) -> list[edge.ScoredPoint]:
+    ) -> list[Found]:
+        """The ``limit`` nearest points in ``where``, best first, as (payload, score)."""
         current = self.current
         if current is None or self._estimate(where) <= self.indexing.scan_up_to:
-            return self._query(self.live, vector, where, limit, min_score)
-        recent = self._query(
+            return self._found(self.live, vector, where, limit, min_score)
+        recent = self._found(
             self.live, vector, _and(where, self._after_horizon()), limit, min_score
         )
         ask = limit + 4  # a few spare, for hits deleted or rewritten since the horizon
         while True:
-            older = self._query(current.shard, vector, where, ask, min_score)
+            older = current.shard.query(
+                edge.QueryRequest(
+                    limit=ask,
+                    query=edge.Query.Nearest(vector),
+                    filter=where,
+                    with_payload=False,
+                    score_threshold=min_score,
+                )
+            )
             vouched = self._vouched(older, current.horizon)
             if len(vouched) >= limit or len(older) < ask:
                 break
             ask *= 4  # many of the generation's best were deleted or rewritten since
-        merged = sorted([*recent, *vouched], key=lambda p: p.score, reverse=True)
+        merged = sorted([*recent, *vouched], key=lambda found: found[1], reverse=True)
         return merged[:limit]
 
     async def build(self) -> None:
@@ -216,32 +228,35 @@ class Generations:
         )
 
     @staticmethod
-    def _query(
+    def _found(
         shard: edge.EdgeShard, vector: list[float], where: edge.Filter, limit: int,
         min_score: float | None,
-    ) -> list[edge.ScoredPoint]:  # fmt: skip
-        return list(
-            shard.query(
-                edge.QueryRequest(
-                    limit=limit,
-                    query=edge.Query.Nearest(vector),
-                    filter=where,
-                    with_payload=True,
-                    score_threshold=min_score,
-                )
+    ) -> list[Found]:  # fmt: skip
+        hits = shard.query(
+            edge.QueryRequest(
+                limit=limit,
+                query=edge.Query.Nearest(vector),
+                filter=where,
+                with_payload=True,
+                score_threshold=min_score,
             )
         )
+        return [(hit.payload or {}, hit.score) for hit in hits]
 
-    def _vouched(self, hits: list[edge.ScoredPoint], horizon: int) -> list[edge.ScoredPoint]:
-        """The hits the live shard still holds as the generation has them."""
+    def _vouched(self, hits: list[edge.ScoredPoint], horizon: int) -> list[Found]:
+        """The hits the live shard still holds as the generation has them, with the live
+        shard's payloads (read in the same call, so the generation's search reads none)."""
         if not hits:
             return []
-        ids = [hit.id for hit in hits]
-        now = self.live.retrieve(ids, [WRITTEN], False)
-        stamps = {record.id: (record.payload or {}).get(WRITTEN, 0) for record in now}
-        return [
-            hit for hit, id in zip(hits, ids, strict=True) if stamps.get(id, horizon + 1) <= horizon
-        ]
+        records = {
+            r.id: r.payload or {} for r in self.live.retrieve([h.id for h in hits], True, False)
+        }
+        found = []
+        for hit in hits:
+            payload = records.get(hit.id)
+            if payload is not None and payload.get(WRITTEN, 0) <= horizon:
+                found.append((payload, hit.score))
+        return found
 
     async def _rebuild(self) -> None:
         building = self.folder / BUILDING
