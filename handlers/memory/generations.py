@@ -67,9 +67,10 @@ REINDEX_AT = 4096
 # 80 us, all of it holding the GIL, so a page of 32 holds up the process's messages ~3 ms.
 EXPORT_PAGE = 32
 # A scope of up to this many points is scanned in the live shard, one query: the graph's
-# search, the scan of what came after the horizon and the check against the live shard cost
-# about 0.5 ms together, which a scan of 2,000 points of 384 dimensions also takes.
-SCAN_UP_TO = 2000
+# search (over the two segments a generation keeps), the scan of what came after the horizon
+# and the check against the live shard cost about 1.3 ms together at 5,000 points of 384
+# dimensions, as much as scanning them (``bench/memory.py``, ``one_user_*``).
+SCAN_UP_TO = 5000
 INDEXED_FIELDS = ("user", "agent", "session", "ref")  # keyword indexes, beside the tenant's
 
 
