@@ -85,11 +85,15 @@ app.command("token")(cli_keys.token)
 @app.callback()
 def system(
     nats_url: str = typer.Option(
-        "", "--nats-url", help="The NATS server(s) of the system to work on; as NATS_URL.",
+        "",
+        "--nats-url",
+        help="The NATS server(s) of the system to work on; as NATS_URL.",
         show_default=False,
     ),
     data_dir: Path | None = typer.Option(
-        None, "--data-dir", help="The data folder of the system to work on; as SOMA_DATA_DIR.",
+        None,
+        "--data-dir",
+        help="The data folder of the system to work on; as SOMA_DATA_DIR.",
         show_default=False,
     ),
 ) -> None:
@@ -251,6 +255,12 @@ def run(
         run_blocking(target, config)
     except ProcessUnavailable as exc:
         terminal.fail(str(exc), EXIT_UNAVAILABLE)
+    except SystemExit as exc:
+        # uvicorn exits 3 when its server cannot start (its port taken, say; it has logged
+        # why): a failure to restart from, not a process missing from the build.
+        if exc.code == EXIT_UNAVAILABLE:
+            raise SystemExit(1) from exc
+        raise
     except BusUnavailable as exc:
         terminal.fail(str(exc))
     except KeyboardInterrupt:
@@ -270,15 +280,23 @@ def publish(
         ..., help="The JSON payload; @file reads a file, - reads stdin.", show_default=False
     ),
     correlation_id: str = typer.Option(
-        "", "--correlation-id", "-c", help="Correlation id (default: the message id).",
+        "",
+        "--correlation-id",
+        "-c",
+        help="Correlation id (default: the message id).",
         show_default=False,
     ),
     message_id: str = typer.Option(
-        "", "--message-id", "-m", help="Message id, also Nats-Msg-Id (default: a new one).",
+        "",
+        "--message-id",
+        "-m",
+        help="Message id, also Nats-Msg-Id (default: a new one).",
         show_default=False,
     ),
     causation_id: str = typer.Option(
-        "", "--causation-id", help="The id of the message that caused this one.",
+        "",
+        "--causation-id",
+        help="The id of the message that caused this one.",
         show_default=False,
     ),
     actor: str = typer.Option("operator", "--actor", help="Who sends it (Soma-Actor header)."),
@@ -371,8 +389,12 @@ def tail(
         "soma.evt.>", help="soma.evt.>, soma.cmd.>, soma.dlq.> or narrower (soma.evt.acme.>)."
     ),
     since: str = typer.Option(
-        "", "--since", "-s", help="Start this long ago (30s, 10m, 2h, 1d) or at a time "
-        "(2026-11-25T10:00:00, local; or with Z / +01:00).", show_default=False,
+        "",
+        "--since",
+        "-s",
+        help="Start this long ago (30s, 10m, 2h, 1d) or at a time "
+        "(2026-11-25T10:00:00, local; or with Z / +01:00).",
+        show_default=False,
     ),
     from_seq: int = typer.Option(
         0, "--from-seq", help="Start at this stream sequence.", show_default=False
@@ -380,18 +402,26 @@ def tail(
     everything: bool = typer.Option(False, "--all", "-a", help="Start at the first message kept."),
     tenant: str = typer.Option("", "--tenant", "-t", help="Only this tenant.", show_default=False),
     correlation: str = typer.Option(
-        "", "--correlation", "-c", help="Only this correlation id (or its first characters).",
+        "",
+        "--correlation",
+        "-c",
+        help="Only this correlation id (or its first characters).",
         show_default=False,
     ),
     type_: str = typer.Option(
-        "", "--type", help="Only this message type; globs work: policy.*, *.failed.",
+        "",
+        "--type",
+        help="Only this message type; globs work: policy.*, *.failed.",
         show_default=False,
     ),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
-    limit: int = typer.Option(0, "--limit", "-n", help="Stop after this many messages.",
-                              show_default=False),
+    limit: int = typer.Option(
+        0, "--limit", "-n", help="Stop after this many messages.", show_default=False
+    ),
     until_idle: float = typer.Option(
-        0, "--until-idle", help="Stop after this many seconds without a message.",
+        0,
+        "--until-idle",
+        help="Stop after this many seconds without a message.",
         show_default=False,
     ),
 ) -> None:
@@ -447,9 +477,7 @@ def tail(
                     sys.stdout.write(tailing.json_line(record) + "\n")
                     sys.stdout.flush()
                 else:
-                    terminal.out.print(
-                        tailing.readable(record, terminal.out.width), soft_wrap=True
-                    )
+                    terminal.out.print(tailing.readable(record, terminal.out.width), soft_wrap=True)
                 shown += 1
                 if limit and shown >= limit:
                     break
@@ -463,18 +491,26 @@ def tail(
 @app.command()
 def trace(
     correlation: str = typer.Argument(
-        ..., help="The correlation id: a chat completion's id without 'chatcmpl-', a saga's id, "
-        "or the c: column of `soma tail`, in full.", show_default=False,
+        ...,
+        help="The correlation id: a chat completion's id without 'chatcmpl-', a saga's id, "
+        "or the c: column of `soma tail`, in full.",
+        show_default=False,
     ),
     since: str = typer.Option(
-        "1h", "--since", "-s", help="Look this far back (30s, 10m, 2h, 1d) or from a time "
+        "1h",
+        "--since",
+        "-s",
+        help="Look this far back (30s, 10m, 2h, 1d) or from a time "
         "(2026-11-25T10:00:00, local; or with Z / +01:00).",
     ),
     everything: bool = typer.Option(
         False, "--all", "-a", help="Look through everything the streams keep (slow on big ones)."
     ),
     tenant: str = typer.Option(
-        "", "--tenant", "-t", help="Only this tenant's subjects: the server skips the rest.",
+        "",
+        "--tenant",
+        "-t",
+        help="Only this tenant's subjects: the server skips the rest.",
         show_default=False,
     ),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per message."),
@@ -580,8 +616,8 @@ def streams(
     consumers = sum(len(s["consumers"]) for s in found)
     if as_json:
         sys.stdout.write(
-            json.dumps({"streams": found, "stream_count": len(found),
-                        "consumer_count": consumers}) + "\n"
+            json.dumps({"streams": found, "stream_count": len(found), "consumer_count": consumers})
+            + "\n"
         )
         return
     _print_streams(found, consumers)
@@ -626,7 +662,8 @@ def stream_info(
 
 
 consumers_app = typer.Typer(
-    rich_markup_mode="markdown", no_args_is_help=True,
+    rich_markup_mode="markdown",
+    no_args_is_help=True,
     help="Consumers of the streams: `soma consumers info STREAM NAME`.",
 )
 app.add_typer(consumers_app, name="consumers")
@@ -678,22 +715,31 @@ def _print_streams(found: list[dict], consumers: int) -> None:
         table.add_column(column, justify="left" if column == "stream" else "right")
     for s in found:
         table.add_row(
-            s["name"], str(s["messages"]), human_bytes(s["bytes"]), str(s["first_seq"]),
-            str(s["last_seq"]), str(s["num_subjects"]),
+            s["name"],
+            str(s["messages"]),
+            human_bytes(s["bytes"]),
+            str(s["first_seq"]),
+            str(s["last_seq"]),
+            str(s["num_subjects"]),
         )
     terminal.out.print(table)
     table = Table(title=f"{consumers} consumers", title_justify="left")
     for column in ("stream", "consumer", "filter", "pending", "ack pending", "redelivered"):
-        table.add_column(column, justify="right" if column in (
-            "pending", "ack pending", "redelivered") else "left")
+        table.add_column(
+            column,
+            justify="right" if column in ("pending", "ack pending", "redelivered") else "left",
+        )
     for s in found:
         for c in s["consumers"]:
             name = c["name"] if c["durable"] else f"{c['name'][:8]}… (ephemeral)"
             style = "yellow" if c["pending"] else ""
             table.add_row(
-                s["name"], name, ", ".join(c["filter"]) or "(all)",
+                s["name"],
+                name,
+                ", ".join(c["filter"]) or "(all)",
                 f"[{style}]{c['pending']}[/]" if style else str(c["pending"]),
-                str(c["ack_pending"]), str(c["redelivered"]),
+                str(c["ack_pending"]),
+                str(c["redelivered"]),
             )
     terminal.out.print(table)
 

@@ -387,7 +387,8 @@ class Supervisor:
             data_dir=str(self.settings.data_dir.resolve()),
             database_url=self.settings.database_url,
             gateway_url=f"http://{host}:{ports['gateway']}" if "gateway" in ports else None,
-            console_url=f"http://{host}:{ports['console']}/console/" if "console" in ports
+            console_url=f"http://{host}:{ports['console']}/console/"
+            if "console" in ports
             else None,
             pid=os.getpid(),
             started_at=system.now(),
@@ -417,6 +418,7 @@ class Supervisor:
                 continue
             if child.proc is None:
                 if child.restart_at is not None and now >= child.restart_at:
+                    self._move_if_taken(child, host)
                     self._spawn(child)
                 continue
             code = child.proc.poll()
@@ -426,6 +428,16 @@ class Supervisor:
                     self.say(f"{child.name} ready ({now - child.started:.1f}s)", style="green")
                 continue
             self._crashed(child, code, now)
+
+    def _move_if_taken(self, child: Child, host: str) -> None:
+        """Give a restarting child another port if its own was taken meanwhile (by an outgoing
+        connection's ephemeral port, say); the gateway keeps ``SOMA_HTTP_PORT``."""
+        if child.name == "gateway" or embedded.port_free(child.port, host):
+            return
+        taken, child.port = child.port, embedded.free_port(host)
+        self.say(f"{child.name}: port {taken} is taken; it listens on {child.port} now")
+        if child.name == "console" and self._recorded:
+            self._record(host)  # the recorded console URL names the port
 
     def _crashed(self, child: Child, code: int, now: float) -> None:
         ran = now - child.started

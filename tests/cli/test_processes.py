@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -130,6 +131,24 @@ async def test_run_of_a_process_missing_from_the_build_exits_3_and_says_why(
     result = await soma("run", "ghost")
     assert result.exit_code == 3
     assert "not available in this build" in result.stderr
+
+
+def test_a_process_whose_health_port_is_taken_exits_1_to_be_restarted(
+    env: dict[str, str],
+) -> None:
+    """uvicorn exits 3 when it cannot bind, the code that means 'not in this build', after
+    which `soma up` would never restart the process."""
+    env["SOMA_PROCESSES"] = "policy=tests.cli.permissive_policy:build"
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        env["SOMA_HEALTH_PORT"] = str(holder.getsockname()[1])
+        running = start_soma("run", "policy", env=env)
+        try:
+            assert running.finish(60) == 1
+            assert "address already in use" in running.out.text
+        finally:
+            running.proc.kill()
 
 
 def test_sigterm_stops_a_running_process_with_exit_code_0(env: dict[str, str]) -> None:

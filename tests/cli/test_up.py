@@ -143,6 +143,29 @@ async def test_a_crashed_process_is_restarted_and_handles_commands_again(
     assert await _round_trip(system.url, "after the crash") == "policy.evaluated"
 
 
+async def test_a_process_whose_port_was_taken_while_it_was_down_comes_back_on_another(
+    system: System,
+) -> None:
+    out = system.running.out
+    port = int(out.wait_for(r"policy\s+│\s+\d+\s+│\s+http://[^:]+:(\d+)/healthz").group(1))
+    pid = max(int(p) for p in re.findall(r"(?:started|restarted) policy \(pid (\d+)\)", out.text))
+    mark = len(out.lines)
+    with socket.socket() as holder:
+        os.kill(pid, signal.SIGKILL)
+        await asyncio.to_thread(out.wait_for, r"policy was killed by SIGKILL", 10, mark)
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.1", port))  # taken before the restart
+        holder.listen()
+        moved = await asyncio.to_thread(
+            out.wait_for, rf"policy: port {port} is taken; it listens on (\d+) now", 30, mark
+        )
+        await asyncio.to_thread(out.wait_for, r"policy ready", 30, mark)
+        async with httpx.AsyncClient() as client:
+            response = await client.get(f"http://127.0.0.1:{moved.group(1)}/healthz", timeout=5)
+        assert response.status_code == 200
+    assert await _round_trip(system.url, "on its new port") == "policy.evaluated"
+
+
 async def test_a_crashed_embedded_nats_server_is_restarted_on_the_same_port(
     system: System,
 ) -> None:
