@@ -149,6 +149,17 @@ async def measure(
     return timings
 
 
+async def owner_recalls(memory: Vectors, rng: random.Random, queries: int) -> list[float]:
+    """The times, in ms, of ``queries`` recalls of the one user's memories."""
+    timings: list[float] = []
+    for _ in range(queries):
+        query = " ".join(rng.choice(WORDS) for _ in range(6))
+        started = time.perf_counter_ns()
+        await store.search(memory, "solo", query, top_k=5, user="owner")
+        timings.append((time.perf_counter_ns() - started) / 1e6)
+    return timings
+
+
 async def one_user(data_dir: Path, embedder: HashedNgrams, queries: int) -> dict[str, float]:
     """Recall p50 as one user's own memories grow (every chat turn stores one): scanning them
     all, as the payload indexes bound a scan to the scope and no HNSW graph is built in the
@@ -178,23 +189,13 @@ async def one_user(data_dir: Path, embedder: HashedNgrams, queries: int) -> dict
             memory = Vectors(index, embedder)
             # First without the generation: the scan of every point it took before there were.
             generation, index.generations.current = index.generations.current, None
-            timings: list[float] = []
-            for _ in range(min(queries, 300)):
-                query = " ".join(rng.choice(WORDS) for _ in range(6))
-                started = time.perf_counter_ns()
-                await store.search(memory, "solo", query, top_k=5, user="owner")
-                timings.append((time.perf_counter_ns() - started) / 1e6)
+            timings = await owner_recalls(memory, rng, min(queries, 300))
             figures[f"one_user_recall_p50_ms_{label(size)}"] = round(percentile(timings, 0.5), 3)
             index.generations.current = generation
             building = time.perf_counter()
             await index.generations.build()
             built = time.perf_counter() - building
-            indexed: list[float] = []
-            for _ in range(min(queries, 300)):
-                query = " ".join(rng.choice(WORDS) for _ in range(6))
-                started_ns = time.perf_counter_ns()
-                await store.search(memory, "solo", query, top_k=5, user="owner")
-                indexed.append((time.perf_counter_ns() - started_ns) / 1e6)
+            indexed = await owner_recalls(memory, rng, min(queries, 300))
             key = f"one_user_indexed_recall_p50_ms_{label(size)}"
             figures[key] = round(percentile(indexed, 0.5), 3)
             print(

@@ -172,15 +172,7 @@ class Generations:
         )
         ask = limit + 4  # a few spare, for hits deleted or rewritten since the horizon
         while True:
-            older = current.shard.query(
-                edge.QueryRequest(
-                    limit=ask,
-                    query=edge.Query.Nearest(vector),
-                    filter=where,
-                    with_payload=False,
-                    score_threshold=min_score,
-                )
-            )
+            older = _nearest(current.shard, vector, where, ask, min_score, with_payload=False)
             vouched = self._vouched(older, current.horizon)
             if len(vouched) >= limit or len(older) < ask:
                 break
@@ -233,15 +225,7 @@ class Generations:
         shard: edge.EdgeShard, vector: list[float], where: edge.Filter, limit: int,
         min_score: float | None,
     ) -> list[Found]:  # fmt: skip
-        hits = shard.query(
-            edge.QueryRequest(
-                limit=limit,
-                query=edge.Query.Nearest(vector),
-                filter=where,
-                with_payload=True,
-                score_threshold=min_score,
-            )
-        )
+        hits = _nearest(shard, vector, where, limit, min_score, with_payload=True)
         return [(hit.payload or {}, hit.score) for hit in hits]
 
     def _vouched(self, hits: list[edge.ScoredPoint], horizon: int) -> list[Found]:
@@ -382,6 +366,23 @@ def _ensure_stamp_index(shard: edge.EdgeShard) -> None:
                 WRITTEN, edge.IntegerIndexParams(lookup=False, range=True)
             )
         )
+
+
+def _nearest(
+    shard: edge.EdgeShard, vector: list[float], where: edge.Filter, limit: int,
+    min_score: float | None, *, with_payload: bool,
+) -> list[edge.ScoredPoint]:  # fmt: skip
+    return list(
+        shard.query(
+            edge.QueryRequest(
+                limit=limit,
+                query=edge.Query.Nearest(vector),
+                filter=where,
+                with_payload=with_payload,
+                score_threshold=min_score,
+            )
+        )
+    )
 
 
 def _and(where: edge.Filter, more: edge.Filter) -> edge.Filter:
