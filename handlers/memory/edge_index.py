@@ -125,12 +125,7 @@ class EdgeIndex:
     async def delete(self, where: Scope) -> None:
         self.shard.update(edge.UpdateOperation.delete_points_by_filter(edge_filter(where)))
         self._wrote()
-        self.generations.deleted(
-            [
-                ["eq", c.key, c.value] if isinstance(c, Equals) else ["ids", list(c.ids)]
-                for c in where.must
-            ]
-        )
+        self.generations.deleted(where)
 
     async def close(self) -> None:
         self._users -= 1

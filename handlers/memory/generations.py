@@ -49,6 +49,8 @@ from typing import Any
 import msgspec
 import qdrant_edge as edge
 
+from handlers.memory.index import Equals, HasIds, Scope
+
 log = logging.getLogger(__name__)
 
 WRITTEN = "_written"  # the stamp's payload key
@@ -152,10 +154,14 @@ class Generations:
         if self._build is None and self.unindexed >= max(self._due(), self._retry_at):
             self._build = asyncio.get_running_loop().create_task(self._rebuild())
 
-    def deleted(self, conditions: list[list[Any]]) -> None:
+    def deleted(self, where: Scope) -> None:
         """Log a delete the live shard has had, for the next build to apply to the points
         stamped up to now (until then, the generation's hits are checked against the live
-        shard). ``conditions`` in the form ``filter_of`` reads."""
+        shard)."""
+        conditions = [
+            ["eq", c.key, c.value] if isinstance(c, Equals) else ["ids", list(c.ids)]
+            for c in where.must
+        ]
         line = json.dumps({"must": conditions, "before": self._last})
         with (self.folder / DELETES).open("a") as log_file:
             log_file.write(line + "\n")
@@ -247,18 +253,14 @@ class Generations:
         building = self.folder / BUILDING
         try:
             await self._build_once(building)
-        except asyncio.CancelledError:
-            _stop_orphan(building)
-            _remove(building)
-            raise
         except Exception as exc:
             log.warning("memory: building an indexed generation failed, will retry: %s", exc)
             self.failed = str(exc)
+            self._retry_at = self.unindexed + self._due()
+        finally:  # a finished build has left nothing; a failed or cancelled one, its child
+            self._build = None
             _stop_orphan(building)
             _remove(building)
-            self._retry_at = self.unindexed + self._due()
-        finally:
-            self._build = None
 
     async def _build_once(self, building: Path) -> None:
         started = time.monotonic()
@@ -282,6 +284,7 @@ class Generations:
         )  # fmt: skip
         (building / CHILD_PID).write_text(str(child.pid))
         out, err = await child.communicate()
+        (building / CHILD_PID).unlink()  # it has exited: nothing for a stop to kill
         if child.returncode != 0:
             raise RuntimeError(f"the indexer exited {child.returncode}: {err.decode()[-400:]}")
         points = int(json.loads(out)["points"])
@@ -297,7 +300,6 @@ class Generations:
         if previous is not None:
             await asyncio.to_thread(previous.shard.close)
             await asyncio.to_thread(_remove, self.folder / previous.name)
-        await asyncio.to_thread(_remove, building)
         log.info(
             "memory: indexed generation %s holds %d points (%d new) in %.1f s",
             name, points, exported, time.monotonic() - started,
@@ -348,15 +350,11 @@ def create_indexes(shard: edge.EdgeShard) -> None:
     _ensure_stamp_index(shard)
 
 
-def filter_of(conditions: Sequence[Any]) -> edge.Filter:
-    """A filter from its logged form: ``["eq", key, value]`` and ``["ids", [id, ...]]``."""
-    must: list[Any] = [
-        edge.FieldCondition(key=c[1], match=edge.MatchValue(c[2]))
-        if c[0] == "eq"
-        else edge.HasIdCondition(set(c[1]))
-        for c in conditions
-    ]
-    return edge.Filter(must=must)
+def logged_scope(conditions: Sequence[Any]) -> Scope:
+    """A delete's scope from its logged form (``Generations.deleted``)."""
+    return Scope(
+        tuple(Equals(c[1], c[2]) if c[0] == "eq" else HasIds(tuple(c[1])) for c in conditions)
+    )
 
 
 def _ensure_stamp_index(shard: edge.EdgeShard) -> None:

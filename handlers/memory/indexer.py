@@ -21,7 +21,8 @@ from typing import Any
 import msgspec
 import qdrant_edge as edge
 
-from handlers.memory.generations import NICE, WRITTEN, create_indexes, filter_of
+from handlers.memory.edge_index import edge_filter
+from handlers.memory.generations import NICE, WRITTEN, create_indexes, logged_scope
 
 UPSERT_BATCH = 512
 
@@ -81,7 +82,7 @@ def _points(export: Path) -> Iterator[tuple[str, list[float], dict[str, Any]]]:
 def _apply_delete(shard: edge.EdgeShard, delete: dict[str, Any]) -> None:
     """The delete, on the points stamped before it was made (a later write of the same scope
     stays), and on points written before stamps were."""
-    scope = filter_of(delete["must"])
+    scope = edge_filter(logged_scope(delete["must"]))
     stamped = edge.FieldCondition(key=WRITTEN, range=edge.RangeFloat(lte=delete["before"]))
     for bound in (stamped, edge.IsEmptyCondition(WRITTEN)):
         shard.update(
