@@ -157,7 +157,7 @@ def area_engines(branch: str) -> tuple[Any, Any, Any, Any]:
     """
     import asyncio
 
-    from kernel.db import make_engine
+    from kernel.db import dispose, make_engine
 
     @pytest.fixture(scope="session")
     async def sqlite_engine(tmp_path_factory: pytest.TempPathFactory) -> Any:
@@ -165,7 +165,7 @@ def area_engines(branch: str) -> tuple[Any, Any, Any, Any]:
         await asyncio.to_thread(migrate_branch, url, branch)
         engine = make_engine(url)
         yield engine
-        await engine.dispose()
+        await dispose(engine)
 
     @pytest.fixture(scope="session")
     def postgresql_url() -> Iterator[str]:
@@ -177,7 +177,7 @@ def area_engines(branch: str) -> tuple[Any, Any, Any, Any]:
         await asyncio.to_thread(migrate_branch, postgresql_url, branch)
         engine = make_engine(postgresql_url)
         yield engine
-        await engine.dispose()
+        await dispose(engine)
 
     @pytest.fixture(params=["sqlite", "postgresql"])
     def engine(request: pytest.FixtureRequest) -> Any:

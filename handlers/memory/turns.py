@@ -23,11 +23,11 @@ from sqlalchemy import (
     delete,
     select,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from handlers.memory.errors import InvalidMemory
-from kernel.db import in_transaction, metadata
+from kernel.db import driver, in_transaction, metadata
 
 MAX_LIMIT = 1000
 
@@ -75,10 +75,12 @@ def check(turn: Turn) -> None:
 
 # Built once per dialect, the values passed at execution: a statement built with its values on
 # every call cost more in SQLAlchemy's construction and cache key than SQLite's insert itself.
-_RECORD = {
-    name: dialect.insert(memory_turns).on_conflict_do_nothing(index_elements=["tenant", "turn_id"])
-    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
-}
+_RECORD = sqlite.insert(memory_turns).on_conflict_do_nothing(index_elements=["tenant", "turn_id"])
+_RECORD_ORDER = ("tenant", "session", "user", "turn_id", "role", "text", "created_at")
+_RECORD_SQL = (
+    'INSERT INTO memory_turns (tenant, session, "user", turn_id, role, text, created_at)'
+    " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant, turn_id) DO NOTHING"
+)
 
 
 async def record(engine: AsyncEngine, turn: Turn) -> bool:
@@ -93,10 +95,15 @@ async def record(engine: AsyncEngine, turn: Turn) -> bool:
         "text": turn.text,
         "created_at": turn.created_at or datetime.now(UTC),
     }
-    statement = _RECORD[engine.dialect.name]
-    # Every chat turn's memory write lands here: one synchronous transaction (on SQLite in a
-    # worker thread) rather than a thread hand-off per call of the statement.
-    return await in_transaction(engine, lambda conn: conn.execute(statement, values).rowcount == 1)
+    # Every chat turn's memory write lands here. On PostgreSQL: one statement through asyncpg's
+    # own pool, its own transaction, one round trip (BEGIN, INSERT, COMMIT were three).
+    pool = await driver(engine)
+    if pool is not None:
+        status = await pool.execute(_RECORD_SQL, *(values[c] for c in _RECORD_ORDER))
+        return bool(status == "INSERT 0 1")
+    # Elsewhere one synchronous transaction (on SQLite in a worker thread) rather than a thread
+    # hand-off per call of the statement.
+    return await in_transaction(engine, lambda conn: conn.execute(_RECORD, values).rowcount == 1)
 
 
 async def of_session(

@@ -30,14 +30,13 @@ from sqlalchemy import (
     bindparam,
     delete,
     select,
-    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from handlers.policy.evaluate import Finding
-from kernel.db import autocommit, in_transaction, metadata
+from kernel.db import driver, in_transaction, metadata
 
 # The key_id under which a tenant's own total is kept (API key ids never look like this).
 TENANT_WIDE = "*"
@@ -116,14 +115,8 @@ _SETTLE = (
     )
 )
 _REPLAY = select(token_charges).where(_CHARGED.decision_id == bindparam("p_decision"))
-_CHARGE_CALL = text(
-    "SELECT * FROM policy_charge_tokens(:p_decision, :p_tenant, :p_key, :p_day, :p_tokens,"
-    " :p_tenant_limit, :p_key_limit, :p_now)"
-).bindparams(
-    bindparam("p_tokens", type_=BigInteger),
-    bindparam("p_tenant_limit", type_=BigInteger),
-    bindparam("p_key_limit", type_=BigInteger),
-)
+# Through asyncpg's own pool (``kernel.db.driver``): the call a prompt check's reply waits for.
+_CHARGE_CALL = "SELECT * FROM policy_charge_tokens($1, $2, $3, $4, $5, $6, $7, $8)"
 
 
 async def charge(
@@ -143,21 +136,25 @@ async def charge(
     if key_id == TENANT_WIDE:
         raise ValueError(f"{TENANT_WIDE!r} is not a valid key id")
     key_id = key_id or None
+    pool = await driver(engine)
+    if pool is not None:  # PostgreSQL: one call, one round trip
+        row = await pool.fetchrow(
+            _CHARGE_CALL,
+            decision_id,
+            tenant,
+            key_id,
+            day,
+            tokens,
+            tenant_limit,
+            key_limit,
+            datetime.now(UTC),
+        )
+        assert row is not None  # the function returns one row, whatever it decides
+        return Charge(
+            row["accepted"], row["exceeded"], row["tenant_used"], row["key_used"], row["replayed"]
+        )
+
     dialect = engine.dialect.name
-    if dialect == "postgresql":
-        args = {
-            "p_decision": decision_id,
-            "p_tenant": tenant,
-            "p_key": key_id,
-            "p_day": day,
-            "p_tokens": tokens,
-            "p_tenant_limit": tenant_limit,
-            "p_key_limit": key_limit,
-            "p_now": datetime.now(UTC),
-        }
-        async with autocommit(engine).connect() as conn:  # one statement, one round trip
-            row = (await conn.execute(_CHARGE_CALL, args)).one()
-        return Charge(row.accepted, row.exceeded, row.tenant_used, row.key_used, row.replayed)
 
     def work(conn: Connection) -> Charge:
         recorded = conn.execute(

@@ -36,7 +36,7 @@ from handlers.policy.evaluate import InvalidRequest, Verdict, decide, evaluate, 
 from handlers.policy.judge import ModelJudge
 from handlers.policy.rules import InvalidTenant, RuleSet, RuleStore
 from kernel.constitution import load_trust, trust_file
-from kernel.db import make_engine, migrate
+from kernel.db import dispose, make_engine, migrate
 from kernel.grants import policy_dir
 from kernel.settings import Settings
 from schemas.envelope import Envelope
@@ -181,7 +181,7 @@ def build(settings: Settings) -> Service:
 
     async def stop() -> None:
         await connection.close()
-        await engine.dispose()
+        await dispose(engine)
 
     async def on_evaluate(cmd: PolicyEvaluate, env: Envelope) -> PolicyEvaluated:
         return await judge(
