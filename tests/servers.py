@@ -101,6 +101,23 @@ def require_service(name: str, host: str, port: int) -> None:
     pytest.skip(message)
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def create_key(env: dict[str, str], tenant: str, user: str = "dev", role: str = "member") -> str:
+    """A new API key from ``soma keys create`` in the system ``env`` names, as an operator
+    makes one."""
+    command = ["keys", "create", "--tenant", tenant, "--user", user, "--role", role]
+    return subprocess.run(
+        [sys.executable, "-m", "soma.cli", *command],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 

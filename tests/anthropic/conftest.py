@@ -19,7 +19,7 @@ import pytest
 
 from bus.connection import connect
 from tests.e2e.conftest import ROOT, wait_for_consumers
-from tests.servers import free_port, nats_server, stop_processes
+from tests.servers import create_key, free_port, nats_server, stop_processes
 from tests.slm.fake_anthropic import anthropic_app
 from tests.slm.fake_openai import openai_app
 from tests.slm.scripted import Script, serving
@@ -103,14 +103,7 @@ def processes(
         }
         cli = [sys.executable, "-m", "soma.cli"]
         subprocess.run([*cli, "migrate"], env=env, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-        key = subprocess.run(
-            [*cli, "keys", "create", "--tenant", TENANT, "--user", "dev", "--role", "member"],
-            env=env,
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
+        key = create_key(env, TENANT)
         procs = [
             subprocess.Popen([*cli, "run", name], env=env, cwd=ROOT)
             for name in [*PROCESSES, "gateway"]

@@ -19,7 +19,7 @@ import openai
 
 from bus.connection import connect
 from tests.e2e.conftest import ROOT, wait_for_consumers
-from tests.servers import NatsServer, free_port, nats_server, stop_processes
+from tests.servers import NatsServer, create_key, free_port, nats_server, stop_processes
 from tests.slm.fake_openai import openai_app
 from tests.slm.scripted import Script, serving
 
@@ -111,14 +111,7 @@ def _processes(
         }
         cli = [sys.executable, "-m", "soma.cli"]
         subprocess.run([*cli, "migrate"], env=env, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-        key = subprocess.run(
-            [*cli, "keys", "create", "--tenant", TENANT, "--user", "dev", "--role", "admin"],
-            env=env,
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
+        key = create_key(env, TENANT, role="admin")
         system = ChatSystem(server, f"http://127.0.0.1:{port}", key, script, env)
         try:
             for name in [*processes, "gateway"]:

@@ -7,15 +7,13 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from bus.connection import connect
 from bus.request import Requester
-from tests.servers import NatsServer, nats_server, postgres_database, stop_processes
+from tests.servers import ROOT, NatsServer, nats_server, postgres_database, stop_processes
 
-ROOT = Path(__file__).resolve().parents[2]
 PROCESSES = ["policy", "memory", "slm", "tools", "sagas"]
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from tests.e2e.conftest import ROOT, System
 from tests.e2e.test_gateway import gateway  # noqa: F401  (the gateway and identity processes)
+from tests.servers import create_key
 
 OWN_SPEC = {
     "name": "lookup_order",
@@ -35,11 +36,7 @@ def http(gateway: tuple[str, str]) -> Iterator[httpx.Client]:  # noqa: F811
 def registry(system: System, gateway: tuple[str, str]) -> dict[str, dict[str, Any]]:  # noqa: F811
     """Every registered tool, as ``GET /v1/tools`` lists them to an admin (a member's role may
     call none of them by the default policy, but may name them: policy judges each call)."""
-    admin = subprocess.run(
-        [sys.executable, "-m", "soma.cli", "keys", "create", "--tenant", "acme", "--user",
-         "tools-admin", "--role", "admin"],
-        env=system.env, cwd=ROOT, check=True, capture_output=True, text=True,
-    ).stdout.strip()
+    admin = create_key(system.env, "acme", "tools-admin", "admin")
     listed = httpx.get(f"{gateway[0]}/v1/tools", headers={"Authorization": f"Bearer {admin}"})
     assert listed.status_code == 200, listed.text
     return {t["name"]: t for t in listed.json()["data"]}

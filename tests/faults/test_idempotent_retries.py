@@ -25,7 +25,14 @@ from nats.js.api import DeliverPolicy
 from bus.connection import connect
 from schemas.catalogue import STREAMS
 from tests.e2e.conftest import wait_for_consumers
-from tests.servers import NatsServer, free_port, nats_server, require_service, stop_processes
+from tests.servers import (
+    NatsServer,
+    create_key,
+    free_port,
+    nats_server,
+    require_service,
+    stop_processes,
+)
 from tests.slm.fake_openai import openai_app
 from tests.slm.scripted import Reply, Script, serving
 
@@ -80,14 +87,7 @@ def system(data_dir: Path, upstream: tuple[str, Script]) -> Iterator[System]:
         env.pop("REDIS_URL", None)
         cli = [sys.executable, "-m", "soma.cli"]
         subprocess.run([*cli, "migrate"], env=env, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-        key = subprocess.run(
-            [*cli, "keys", "create", "--tenant", "acme", "--user", "dev", "--role", "member"],
-            env=env,
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
+        key = create_key(env, "acme")
         procs = [subprocess.Popen([*cli, "run", name], env=env, cwd=ROOT) for name in PROCESSES]
         try:
             yield System(server, env, script, key)

@@ -28,7 +28,7 @@ from kernel.grants import default_source
 from schemas.catalogue import STREAMS
 from schemas.policy import PolicyEvaluate, PolicyEvaluated
 from tests.e2e.conftest import wait_for_consumers
-from tests.servers import NatsServer, free_port, nats_server, stop_processes
+from tests.servers import NatsServer, create_key, free_port, nats_server, stop_processes
 from tests.slm.fake_openai import openai_app
 from tests.slm.scripted import Reply, Script, serving
 
@@ -104,17 +104,7 @@ def processes(
         env.pop("SOMA_POLICY_TRUST_FILE", None)
         cli = [sys.executable, "-m", "soma.cli"]
         subprocess.run([*cli, "migrate"], env=env, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-        keys = {
-            tenant: subprocess.run(
-                [*cli, "keys", "create", "--tenant", tenant, "--user", "dev", "--role", "member"],
-                env=env,
-                cwd=ROOT,
-                check=True,
-                capture_output=True,
-                text=True,
-            ).stdout.strip()
-            for tenant in KEYED_TENANTS
-        }
+        keys = {tenant: create_key(env, tenant) for tenant in KEYED_TENANTS}
         procs = [
             subprocess.Popen([*cli, "run", name], env=env, cwd=ROOT)
             for name in [*PROCESSES, "gateway"]
