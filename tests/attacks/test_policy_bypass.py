@@ -33,7 +33,14 @@ from schemas.sagas import SagaStart
 from schemas.slm import ChatMessage, ToolSpec
 from schemas.tools import ToolInvoke, ToolResult
 from tests.e2e.conftest import wait_for_consumers
-from tests.servers import NatsServer, free_port, nats_server, postgres_database, stop_processes
+from tests.servers import (
+    NatsServer,
+    create_key,
+    free_port,
+    nats_server,
+    postgres_database,
+    stop_processes,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 PROCESSES = ["policy", "memory", "slm", "tools", "sagas", "identity", "gateway"]
@@ -59,25 +66,6 @@ class System:
     database_url: str
     base: str
     keys: dict[str, str]
-
-
-def _key(env: dict[str, str], user: str, role: str) -> str:
-    return subprocess.run(
-        [
-            sys.executable,
-            *"-m soma.cli keys create --tenant".split(),
-            TENANT,
-            "--user",
-            user,
-            "--role",
-            role,
-        ],
-        env=env,
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
 
 
 def _wait_for_gateway(base: str, key: str) -> None:
@@ -118,9 +106,9 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
             stdout=subprocess.DEVNULL,
         )
         keys = {
-            "alice": _key(env, "alice", "member"),
-            "bob": _key(env, "bob", "member"),
-            "root": _key(env, "root", "admin"),
+            "alice": create_key(env, TENANT, "alice"),
+            "bob": create_key(env, TENANT, "bob"),
+            "root": create_key(env, TENANT, "root", "admin"),
         }
         procs = [
             subprocess.Popen([sys.executable, "-m", "soma.cli", "run", name], env=env, cwd=ROOT)

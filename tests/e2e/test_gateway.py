@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from tests.e2e.conftest import ROOT, System
-from tests.servers import free_port, stop_processes
+from tests.servers import create_key, free_port, stop_processes
 
 
 @pytest.fixture(scope="module")
@@ -21,26 +21,7 @@ def gateway(system: System) -> Iterator[tuple[str, str]]:
     """The gateway and identity processes beside the others; yields (base URL, API key)."""
     port = free_port()
     env = {**system.env, "SOMA_HTTP_PORT": str(port), "SOMA_RATE_RPM": "0", "SOMA_RATE_TPM": "0"}
-    key = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "soma.cli",
-            "keys",
-            "create",
-            "--tenant",
-            "acme",
-            "--user",
-            "dev",
-            "--role",
-            "member",
-        ],
-        env=env,
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    key = create_key(env, "acme")
     procs = [
         subprocess.Popen([sys.executable, "-m", "soma.cli", "run", name], env=env, cwd=ROOT)
         for name in ("identity", "gateway")
