@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from sqlalchemy import (
     BigInteger,
     Column,
+    Connection,
     DateTime,
     Index,
     Integer,
@@ -23,7 +24,6 @@ from sqlalchemy import (
     delete,
     select,
 )
-from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from handlers.memory.errors import InvalidMemory
@@ -73,37 +73,36 @@ def check(turn: Turn) -> None:
             raise InvalidMemory(f"turn {name} is longer than {width} characters")
 
 
-# Built once per dialect, the values passed at execution: a statement built with its values on
-# every call cost more in SQLAlchemy's construction and cache key than SQLite's insert itself.
-_RECORD = sqlite.insert(memory_turns).on_conflict_do_nothing(index_elements=["tenant", "turn_id"])
-_RECORD_ORDER = ("tenant", "session", "user", "turn_id", "role", "text", "created_at")
-_RECORD_SQL = (
+# A chat turn's row, written through the driver on either database: SQLAlchemy's execution of
+# the one statement (its context, bind processing, result) cost several times the insert itself.
+_RECORD = (
     'INSERT INTO memory_turns (tenant, session, "user", turn_id, role, text, created_at)'
-    " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant, turn_id) DO NOTHING"
+    " VALUES ({}) ON CONFLICT (tenant, turn_id) DO NOTHING"
 )
+_RECORD_PG = _RECORD.format("$1, $2, $3, $4, $5, $6, $7")
+_RECORD_SQLITE = _RECORD.format("?, ?, ?, ?, ?, ?, ?")
+# How SQLAlchemy's SQLite DateTime writes a timestamp (in UTC here), so its reads see the same.
+_STAMP = "%Y-%m-%d %H:%M:%S.%f"
 
 
 async def record(engine: AsyncEngine, turn: Turn) -> bool:
     """Append a turn; False when this tenant already has a turn with that id."""
     check(turn)
-    values = {
-        "tenant": turn.tenant,
-        "session": turn.session,
-        "user": turn.user,
-        "turn_id": turn.turn_id,
-        "role": turn.role,
-        "text": turn.text,
-        "created_at": turn.created_at or datetime.now(UTC),
-    }
+    at = turn.created_at or datetime.now(UTC)
+    row = (turn.tenant, turn.session, turn.user, turn.turn_id, turn.role, turn.text)
     # Every chat turn's memory write lands here. On PostgreSQL: one statement through asyncpg's
     # own pool, its own transaction, one round trip (BEGIN, INSERT, COMMIT were three).
     pool = await driver(engine)
     if pool is not None:
-        status = await pool.execute(_RECORD_SQL, *(values[c] for c in _RECORD_ORDER))
-        return bool(status == "INSERT 0 1")
-    # Elsewhere one synchronous transaction (on SQLite in a worker thread) rather than a thread
-    # hand-off per call of the statement.
-    return await in_transaction(engine, lambda conn: conn.execute(_RECORD, values).rowcount == 1)
+        return bool(await pool.execute(_RECORD_PG, *row, at) == "INSERT 0 1")
+    # On SQLite one synchronous transaction (in a worker thread) on the driver's own cursor.
+    stamp = (at.astimezone(UTC) if at.tzinfo else at).strftime(_STAMP)
+
+    def write(conn: Connection) -> bool:
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        return bool(cursor.execute(_RECORD_SQLITE, (*row, stamp)).rowcount == 1)
+
+    return await in_transaction(engine, write)
 
 
 async def of_session(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -56,6 +56,15 @@ async def test_history_keeps_what_was_stored(engine) -> None:
         "Hello, Ann — ça va?",
         at,
     )
+
+
+async def test_a_turn_stored_with_another_zone_reads_back_as_the_same_instant(engine) -> None:
+    tenant, session = new("t"), new("s")
+    at = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=timezone(timedelta(hours=-5)))
+    await turns.record(engine, turn(tenant, session, "x", "hi", created_at=at))
+    (only,) = await store.history(engine, tenant, session)
+    assert only.created_at == at
+    assert only.created_at.utcoffset() == timedelta(0)
 
 
 async def test_history_holds_only_the_asked_tenant_and_session(engine) -> None:
