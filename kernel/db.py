@@ -230,7 +230,7 @@ async def driver(engine: AsyncEngine) -> asyncpg.Pool | None:
         return None
     opening = _drivers.get(engine)
     if opening is None:
-        opening = _drivers[engine] = asyncio.create_task(_open_driver(engine.url))
+        opening = _drivers[engine] = asyncio.create_task(_open_driver(engine))
     try:
         return await asyncio.shield(opening)
     except Exception:
@@ -251,14 +251,17 @@ class _StatementConnection(asyncpg.Connection):  # type: ignore[misc]
         return ""
 
 
-async def _open_driver(url: URL) -> asyncpg.Pool:
-    dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+async def _open_driver(engine: AsyncEngine) -> asyncpg.Pool:
+    """A pool that connects as ``engine`` does: SQLAlchemy's asyncpg dialect turns the URL (host,
+    credentials, its query: ``ssl``, a statement cache size …) into asyncpg's connect arguments."""
+    _, params = engine.dialect.create_connect_args(engine.url)
+    params.pop("prepared_statement_name_func", None)  # the dialect's own, not asyncpg's
+    cache = params.pop("prepared_statement_cache_size", None)
+    if cache is not None:
+        params["statement_cache_size"] = int(cache)
+    params.setdefault("timeout", 30)
     return await asyncpg.create_pool(
-        dsn,
-        min_size=1,
-        max_size=DRIVER_POOL,
-        timeout=30,
-        connection_class=_StatementConnection,
+        min_size=1, max_size=DRIVER_POOL, connection_class=_StatementConnection, **params
     )
 
 

@@ -80,3 +80,15 @@ async def test_a_pool_that_could_not_open_is_opened_by_the_next_caller() -> None
         await dispose(engine)
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+async def test_the_pool_connects_as_the_engine_does_with_its_url_query(postgres_url: str) -> None:
+    """SQLAlchemy's spelling of asyncpg's options (``ssl``, ``prepared_statement_cache_size``)
+    is not a libpq DSN's: the pool takes them as the engine's dialect reads them."""
+    engine = make_engine(f"{postgres_url}?ssl=disable&prepared_statement_cache_size=0")
+    try:
+        pool = await driver(engine)
+        assert pool is not None
+        assert await pool.fetchval("SELECT 1") == 1
+    finally:
+        await dispose(engine)
