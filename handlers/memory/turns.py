@@ -27,7 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from handlers.memory.errors import InvalidMemory
-from kernel.db import driver, in_transaction, metadata
+from kernel.db import driver, in_transaction, metadata, sqlite_cursor, sqlite_time
 
 MAX_LIMIT = 1000
 
@@ -81,8 +81,6 @@ _RECORD = (
 )
 _RECORD_PG = _RECORD.format("$1, $2, $3, $4, $5, $6, $7")
 _RECORD_SQLITE = _RECORD.format("?, ?, ?, ?, ?, ?, ?")
-# How SQLAlchemy's SQLite DateTime writes a timestamp (in UTC here), so its reads see the same.
-_STAMP = "%Y-%m-%d %H:%M:%S.%f"
 
 
 async def record(engine: AsyncEngine, turn: Turn) -> bool:
@@ -96,11 +94,10 @@ async def record(engine: AsyncEngine, turn: Turn) -> bool:
     if pool is not None:
         return bool(await pool.execute(_RECORD_PG, *row, at) == "INSERT 0 1")
     # On SQLite one synchronous transaction (in a worker thread) on the driver's own cursor.
-    stamp = (at.astimezone(UTC) if at.tzinfo else at).strftime(_STAMP)
+    stamp = sqlite_time(at)
 
     def write(conn: Connection) -> bool:
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        return bool(cursor.execute(_RECORD_SQLITE, (*row, stamp)).rowcount == 1)
+        return bool(sqlite_cursor(conn).execute(_RECORD_SQLITE, (*row, stamp)).rowcount == 1)
 
     return await in_transaction(engine, write)
 

@@ -35,7 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from handlers.policy.evaluate import Finding
-from kernel.db import driver, in_transaction, metadata
+from kernel.db import driver, in_transaction, metadata, sqlite_cursor, sqlite_time
 
 # The key_id under which a tenant's own total is kept (API key ids never look like this).
 TENANT_WIDE = "*"
@@ -86,12 +86,8 @@ _USED = select(_TOTAL.tokens).where(
     _TOTAL.day == bindparam("p_day"),
 )
 # A charge is on the path of every chat turn that names max_tokens. On SQLite its statements go
-# to the driver's own cursor, in the transaction ``in_transaction`` opens: through SQLAlchemy's
-# execution (a context, bind processing and a result per statement) the charge cost 0.65 ms of
-# CPU, of which sqlite3's own work was 0.1. Values are written as SQLAlchemy's SQLite types
-# write them (dates as ISO text, timestamps as ``_STAMP``, booleans as 0 and 1), so its reads
-# of these tables (``used``, ``prune``, reports) see what they always saw.
-_STAMP = "%Y-%m-%d %H:%M:%S.%f"
+# to sqlite3's own cursor (``kernel.db.sqlite_cursor``): through SQLAlchemy's execution the
+# charge cost 0.65 ms of CPU, of which sqlite3's own work was 0.1.
 _SQL_RECORD = (
     "INSERT INTO policy_token_charges"
     " (decision_id, tenant, key_id, day, tokens, accepted, tenant_used, created_at)"
@@ -155,11 +151,11 @@ async def charge(
         )
 
     def work(conn: Connection) -> Charge:
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        cursor = sqlite_cursor(conn)
         the_day = day.isoformat()
         cursor.execute(
             _SQL_RECORD,
-            (decision_id, tenant, key_id, the_day, tokens, datetime.now(UTC).strftime(_STAMP)),
+            (decision_id, tenant, key_id, the_day, tokens, sqlite_time(datetime.now(UTC))),
         )
         if cursor.rowcount == 0:
             accepted, exceeded, tenant_used, key_used = cursor.execute(
