@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/gateway.py
     .venv/bin/python bench/gateway.py --seconds 4 --clients 1,10 --backends embedded
+    .venv/bin/python bench/gateway.py --rounds 3 --systems direct,passthrough,litellm
 
 Upstream: a minimal OpenAI-compatible server (this file, ``--upstream PORT``) that answers at
 once, in its own process; asked to stream, it sends OpenAI's SSE chunks, its tokens
@@ -39,6 +40,13 @@ shape's floor and its measured figure; below the floor, only a different shape g
 LiteLLM: ``litellm --config`` (``litellm[proxy]``, a bench-only extra) with the same model on the
 same upstream, master-key auth, no database — its lightest set-up. It runs after Soma is
 stopped, so neither competes with the other for the two cores.
+
+``--rounds N`` runs that whole sequence (the upstream, each system, LiteLLM) N times, and each
+cell pools its rounds' requests (CPU per request averaged over them, hops pooled). On a shared
+machine whose speed drifts over minutes, one pass measures each system in a different stretch
+of time, which moves the comparison as much as any design does; N passes measure every system
+across the same stretch, and a p99 rests on N times as many requests (at one client an 8-second
+cell's p99 is its slowest five or six).
 
 Each cell is 1, 10 or 50 concurrent clients, each a loop of sequential non-streamed
 completions for ``--seconds`` after a warm-up at the same load; raw httpx for every system.
@@ -611,8 +619,33 @@ class Cell:
     def rps(self) -> float:
         return len(self.latencies_ms) / self.seconds if self.seconds else 0.0
 
+    @property
+    def requests(self) -> int:
+        return len(self.latencies_ms) + self.failed + self.warmed
+
     def pool(self, other: Cell) -> None:
-        """Take ``other``'s requests in, as one cell measured for both their times."""
+        """Take ``other``'s requests in, as one cell measured for both their times: its CPU per
+        request averaged over both cells' requests, its hops added to the same hops'."""
+        mine, theirs = self.requests, other.requests
+        if other.cpu_ms and not self.cpu_ms:
+            self.cpu_ms = dict(other.cpu_ms)
+        elif other.cpu_ms:
+            self.cpu_ms = {
+                p: round((self.cpu_ms.get(p, 0.0) * mine + ms * theirs) / (mine + theirs), 2)
+                for p, ms in other.cpu_ms.items()
+            }
+        by_name = {(h.cause, h.message): h for h in self.hops}
+        for hop in other.hops:
+            same = by_name.get((hop.cause, hop.message))
+            if same is None:
+                self.hops.append(hop)
+            else:
+                same.after_cause_ms += hop.after_cause_ms
+                same.after_start_ms += hop.after_start_ms
+        # In a turn's order, the time between turns last, as ``hops`` gives them.
+        self.hops.sort(
+            key=lambda h: (0, statistics.median(h.after_start_ms)) if h.after_start_ms else (1, 0)
+        )
         self.seconds += other.seconds
         self.latencies_ms += other.latencies_ms
         self.failed += other.failed
@@ -1096,10 +1129,109 @@ def report(
     return summary
 
 
+@dataclass
+class Round:
+    """Every cell of one pass over the chosen systems, and why any was skipped."""
+
+    common: dict[str, dict[int, Cell]] = field(default_factory=dict)  # upstream, litellm
+    common_ttft: dict[str, Cell] = field(default_factory=dict)
+    ours: dict[str, dict[str, dict[int, Cell]]] = field(default_factory=dict)  # by backend
+    ours_ttft: dict[str, dict[str, Cell]] = field(default_factory=dict)
+    skipped: dict[str, dict[str, str]] = field(default_factory=dict)  # by backend
+
+
+def one_round(
+    up: str,
+    tmp: Path,
+    chosen: set[str],
+    modes: tuple[str, ...],
+    backends: list[str],
+    clients: list[int],
+    seconds: float,
+    warmup: float,
+) -> Round:
+    """The upstream alone, each backend's systems, then LiteLLM, each measured in turn."""
+    measured = Round(
+        ours={b: {} for b in backends},
+        ours_ttft={b: {} for b in backends},
+        skipped={b: {} for b in backends},
+    )
+    common, common_ttft = measured.common, measured.common_ttft
+    print("upstream alone", flush=True)
+    alone = f"{up}/chat/completions"
+    common["upstream"] = measure("upstream", alone, UPSTREAM_KEY, clients, seconds, warmup)
+    common_ttft["upstream"] = measure_ttft("upstream", alone, UPSTREAM_KEY, seconds, warmup)
+
+    def upstream_again() -> None:
+        """The upstream's one-client cell once more, pooled into the first (see above)."""
+        print("upstream alone, again", flush=True)
+        again = measure("upstream", alone, UPSTREAM_KEY, [1], seconds, warmup)
+        common["upstream"][1].pool(again[1])
+
+    for backend in backends:
+        # The system itself, the one-process shape, the shapes' floors: (label, the
+        # processes in place of handlers, each gateway mode measured under which name).
+        systems: list[tuple[str, dict[str, str | None] | None, dict[str, str]]] = []
+        if modes:
+            systems.append(("", None, {m: m for m in modes}))
+        else:
+            measured.skipped[backend]["soma_skipped"] = "not selected (--systems)"
+        if "fused" in chosen:
+            systems.append((", one process for the turn", FUSED, {"passthrough": "fused"}))
+        if "floor" in chosen:
+            floors = {m: FLOORS[m] for m in modes or ("full",)}
+            systems.append((", its shapes' floors", STANDINS, floors))
+        for label, replaced, names in systems:
+            cells, ttft, skipped = measure_system(
+                up, tmp, backend, replaced, names, clients, seconds, warmup, label
+            )
+            measured.ours[backend].update(cells)
+            measured.ours_ttft[backend].update(ttft)
+            if skipped and not label:
+                measured.skipped[backend]["soma_skipped"] = skipped
+            upstream_again()
+    work = tmp / "litellm"
+    work.mkdir()
+    try:
+        if "litellm" not in chosen:
+            raise RuntimeError("not selected (--systems)")
+        print("litellm: starting", flush=True)
+        with litellm_proxy(up, work) as url:
+            url = f"{url}/v1/chat/completions"
+            common["litellm"] = measure("litellm", url, LITELLM_KEY, clients, seconds, warmup)
+            common_ttft["litellm"] = measure_ttft("litellm", url, LITELLM_KEY, seconds, warmup)
+    except RuntimeError as exc:
+        print(f"litellm: skipped: {exc}", flush=True)
+        for backend in backends:
+            measured.skipped[backend]["litellm_skipped"] = str(exc)
+    return measured
+
+
+def pool_cells(into: dict[str, dict[int, Cell]], more: dict[str, dict[int, Cell]]) -> None:
+    """Each system's cells of another round pooled into this one's, clients by clients."""
+    for name, cells in more.items():
+        mine = into.setdefault(name, {})
+        for clients, cell in cells.items():
+            if clients in mine:
+                mine[clients].pool(cell)
+            else:
+                mine[clients] = cell
+
+
+def pool_ttft(into: dict[str, Cell], more: dict[str, Cell]) -> None:
+    for name, cell in more.items():
+        if name in into:
+            into[name].pool(cell)
+        else:
+            into[name] = cell
+
+
 def main(args: argparse.Namespace) -> None:
     clients = sorted({int(c) for c in args.clients.split(",")})
     if 1 not in clients or 10 not in clients:
         raise SystemExit("--clients must include 1 and 10: the summary is read there")
+    if args.rounds < 1:
+        raise SystemExit("--rounds must be 1 or more")
     warmup = min(2.0, args.seconds / 4)
     chosen = {s.strip() for s in args.systems.split(",") if s.strip()}
     if unknown := chosen - set(SYSTEMS):
@@ -1115,6 +1247,7 @@ def main(args: argparse.Namespace) -> None:
     extra: dict[str, dict[str, Any]] = {
         b: {
             "seconds_per_cell": args.seconds,
+            "rounds": args.rounds,
             "database": "postgresql" if b == "services" else "sqlite",
             "backend": b,
         }
@@ -1122,59 +1255,18 @@ def main(args: argparse.Namespace) -> None:
     }
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="soma-bench-gw-") as tmp, upstream() as up:
-        print("upstream alone", flush=True)
-        alone = f"{up}/chat/completions"
-        common["upstream"] = measure("upstream", alone, UPSTREAM_KEY, clients, args.seconds, warmup)
-        common_ttft["upstream"] = measure_ttft(
-            "upstream", alone, UPSTREAM_KEY, args.seconds, warmup
-        )
-
-        def upstream_again() -> None:
-            """The upstream's one-client cell once more, pooled into the first (see above)."""
-            print("upstream alone, again", flush=True)
-            again = measure("upstream", alone, UPSTREAM_KEY, [1], args.seconds, warmup)
-            common["upstream"][1].pool(again[1])
-
-        for backend in backends:
-            # The system itself, the one-process shape, the shapes' floors: (label, the
-            # processes in place of handlers, each gateway mode measured under which name).
-            systems: list[tuple[str, dict[str, str | None] | None, dict[str, str]]] = []
-            if modes:
-                systems.append(("", None, {m: m for m in modes}))
-            else:
-                extra[backend]["soma_skipped"] = "not selected (--systems)"
-            if "fused" in chosen:
-                systems.append((", one process for the turn", FUSED, {"passthrough": "fused"}))
-            if "floor" in chosen:
-                floors = {m: FLOORS[m] for m in modes or ("full",)}
-                systems.append((", its shapes' floors", STANDINS, floors))
-            for label, replaced, names in systems:
-                cells, ttft, skipped = measure_system(
-                    up, Path(tmp), backend, replaced, names, clients, args.seconds, warmup, label
-                )
-                ours[backend].update(cells)
-                ours_ttft[backend].update(ttft)
-                if skipped and not label:
-                    extra[backend]["soma_skipped"] = skipped
-                upstream_again()
-        work = Path(tmp) / "litellm"
-        work.mkdir()
-        try:
-            if "litellm" not in chosen:
-                raise RuntimeError("not selected (--systems)")
-            print("litellm: starting", flush=True)
-            with litellm_proxy(up, work) as url:
-                url = f"{url}/v1/chat/completions"
-                common["litellm"] = measure(
-                    "litellm", url, LITELLM_KEY, clients, args.seconds, warmup
-                )
-                common_ttft["litellm"] = measure_ttft(
-                    "litellm", url, LITELLM_KEY, args.seconds, warmup
-                )
-        except RuntimeError as exc:
-            print(f"litellm: skipped: {exc}", flush=True)
+        for number in range(1, args.rounds + 1):
+            if args.rounds > 1:
+                print(f"round {number} of {args.rounds}", flush=True)
+            work = Path(tmp) / f"round-{number}"
+            work.mkdir()
+            measured = one_round(up, work, chosen, modes, backends, clients, args.seconds, warmup)
+            pool_cells(common, measured.common)
+            pool_ttft(common_ttft, measured.common_ttft)
             for backend in backends:
-                extra[backend]["litellm_skipped"] = str(exc)
+                pool_cells(ours[backend], measured.ours[backend])
+                pool_ttft(ours_ttft[backend], measured.ours_ttft[backend])
+                extra[backend].update(measured.skipped[backend])
     total = round(time.monotonic() - started, 1)
     titles = {
         "embedded": "embedded: SQLite file per area, in-process limits",
@@ -1200,6 +1292,13 @@ if __name__ == "__main__":
     parser.add_argument("--upstream", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--clients", default="1,10,50", help="concurrent clients per cell")
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per cell")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="times the whole sequence runs; each cell pools its rounds, so on a machine whose "
+        "speed drifts every system is measured across the same stretch of time",
+    )
     parser.add_argument(
         "--systems",
         default=",".join(SYSTEMS),
