@@ -37,6 +37,10 @@ costs, every arrow and every runner transition, and nothing of the work; pass-th
 them costs the gateway and one hop. What a design may take off a turn is what lies between a
 shape's floor and its measured figure; below the floor, only a different shape goes.
 
+The candidate shapes, measured and not shipped (``--systems fused,nohop``): ``bench/fused.py``
+runs a whole turn in one handler process behind a pass-through gateway (one hop before the
+answer); ``bench/nohop.py`` runs that same turn in the gateway's own process (none).
+
 LiteLLM: ``litellm --config`` (``litellm[proxy]``, a bench-only extra) with the same model on the
 same upstream, master-key auth, no database — its lightest set-up. It runs after Soma is
 stopped, so neither competes with the other for the two cores.
@@ -102,6 +106,13 @@ HANDLERS = ["identity", "policy", "memory", "slm", "tools", "analytics", "sagas"
 STANDINS: dict[str, str | None] = {h: f"bench.standins:{h}" for h in ("policy", "memory", "slm")}
 # The candidate shape: bench/fused.py, policy, memory and slm in one process, in slm's place.
 FUSED: dict[str, str | None] = {"policy": None, "memory": None, "slm": "bench.fused:build"}
+# The shape with no hop before the answer: bench/nohop.py, that turn in the gateway's process.
+NOHOP: dict[str, str | None] = {
+    "policy": None,
+    "memory": None,
+    "slm": None,
+    "gateway": "bench.nohop:serve",
+}
 # The name each gateway mode's floor is measured under.
 FLOORS = {"full": "floor", "direct": "floor_direct", "passthrough": "floor_passthrough"}
 PROMPT = [{"role": "user", "content": "Say something short."}]
@@ -117,6 +128,7 @@ SYSTEMS = [
     "floor_direct",
     "floor_passthrough",
     "fused",
+    "nohop",
     "litellm",
 ]
 LABELS = {
@@ -128,6 +140,7 @@ LABELS = {
     "floor_direct": "floor: direct",
     "floor_passthrough": "floor: pass-thru",
     "fused": "candidate: fused",
+    "nohop": "candidate: no hop",
     "litellm": "litellm proxy",
 }
 GOAL_FULL_P50_MS = 5.0
@@ -444,7 +457,7 @@ def soma_system(
         for mode in modes:
             port = free_port()
             extra = {"SOMA_HTTP_PORT": str(port), "SOMA_CHAT_PIPELINE": mode}
-            run("gateway", extra, f"gateway ({mode})")
+            run((replaced or {}).get("gateway") or "gateway", extra, f"gateway ({mode})")
             urls[mode] = f"http://127.0.0.1:{port}"
         for mode, url in urls.items():
             wait_http(f"{url}/readyz")
@@ -810,8 +823,9 @@ def measure_system(
     label: str = "",
 ) -> tuple[dict[str, dict[int, Cell]], dict[str, Cell], str]:
     """One system on ``backend`` (``replaced``: see ``soma_system``): each gateway mode in
-    ``names`` measured under its name, and streamed too unless it is a floor (the stand-ins do
-    not stream). Its cells, its streamed cells, and why it was skipped ("" if it was not)."""
+    ``names`` measured under its name, and streamed too unless it is a floor or the no-hop
+    prototype (neither streams). Its cells, its streamed cells, and why it was skipped ("" if
+    it was not)."""
     cells: dict[str, dict[int, Cell]] = {}
     ttft: dict[str, Cell] = {}
     print(f"soma ({backend}){label}: starting", flush=True)
@@ -822,7 +836,8 @@ def measure_system(
             for mode, name in names.items():
                 url, key = f"{urls[mode]}/v1/chat/completions", keys[mode]
                 cells[name] = measure(name, url, key, clients, seconds, warmup, pids, bus)
-                if not name.startswith("floor"):
+                # The stand-ins do not stream, and the no-hop prototype is not built to.
+                if not name.startswith("floor") and name != "nohop":
                     ttft[name] = measure_ttft(name, url, key, seconds, warmup)
     except (RuntimeError, subprocess.CalledProcessError) as exc:
         print(f"soma ({backend}){label}: skipped: {exc}", flush=True)
@@ -992,7 +1007,7 @@ def report(
             )
     cpu = {
         name: results[name][1].cpu_ms
-        for name in ("full", "direct", "passthrough", "fused", *FLOORS.values())
+        for name in ("full", "direct", "passthrough", "fused", "nohop", *FLOORS.values())
         if name in results and 1 in results[name]
     }
     if any(cpu.values()):
@@ -1050,6 +1065,13 @@ def report(
             f"+p50 {_fmt(added('fused', 1, 'p50'), 0)} ms, +p99 {_fmt(added('fused', 1, 'p99'), 0)}"
             " ms, 1 client"
         )
+    if "nohop" in results and 1 in results["nohop"]:
+        print()
+        print(
+            "the shape with no hop before the answer (bench/nohop.py: the same turn in the "
+            f"gateway's process): +p50 {_fmt(added('nohop', 1, 'p50'), 0)} ms, "
+            f"+p99 {_fmt(added('nohop', 1, 'p99'), 0)} ms, 1 client"
+        )
     print()
 
     def per_clients(name: str) -> dict[str, Any]:
@@ -1094,6 +1116,10 @@ def report(
         "fused_p99_ms": _num(added("fused", 1, "p99")),
         "fused_rps": _num(rps("fused", 10), 1),
         "ttft_fused_ms": _num(ttft_added("fused")),
+        "nohop_p50_ms": _num(added("nohop", 1, "p50")),
+        "nohop_p99_ms": _num(added("nohop", 1, "p99")),
+        "nohop_rps": _num(rps("nohop", 10), 1),
+        "ttft_nohop_ms": _num(ttft_added("nohop")),
         "floor_direct_p50_ms": _num(direct_floor_p50),
         "floor_direct_p99_ms": _num(direct_floor_p99),
         "floor_passthrough_p50_ms": _num(bare_p50),
@@ -1106,7 +1132,7 @@ def report(
         "goals_met": verdicts,
         "cpu_ms_per_turn": {
             name: results[name][1].cpu_ms
-            for name in ("full", "direct", "passthrough", "fused", *FLOORS.values())
+            for name in ("full", "direct", "passthrough", "fused", "nohop", *FLOORS.values())
             if 1 in results.get(name, {}) and results[name][1].cpu_ms
         },
         "turn_hops_ms": {
@@ -1178,6 +1204,8 @@ def one_round(
             measured.skipped[backend]["soma_skipped"] = "not selected (--systems)"
         if "fused" in chosen:
             systems.append((", one process for the turn", FUSED, {"passthrough": "fused"}))
+        if "nohop" in chosen:
+            systems.append((", no hop before the answer", NOHOP, {"passthrough": "nohop"}))
         if "floor" in chosen:
             floors = {m: FLOORS[m] for m in modes or ("full",)}
             systems.append((", its shapes' floors", STANDINS, floors))
