@@ -45,7 +45,11 @@ from schemas.policy import PolicyEvaluate, PolicyEvaluated
 from schemas.slm import ChatMessage, SlmComplete, SlmCompleted
 
 
-def build(settings: Settings) -> Service:
+def build(settings: Settings, *, publish_answer: bool = False) -> Service:
+    """The turn as the slm service's ``slm.complete``. ``publish_answer``: the turn publishes
+    the model's answer (``slm.completed``, the reply id the command's own reply would have) as
+    soon as it has it and waits for it with the decisions, for a caller that runs the turn
+    without the bus runtime publishing its reply (``bench/nohop.py``)."""
     parts = [
         policy_service.build(settings),
         memory_service.build(settings),
@@ -102,6 +106,9 @@ def build(settings: Settings) -> Service:
             await asyncio.gather(*told)
             return refusal(cmd, verdict)
         answer = await model(with_memories(cmd, recalled), env)
+        if publish_answer:
+            reply = env.reply(of_type(SlmCompleted).name, reply_id(env.message_id))
+            told.append(asyncio.ensure_future(publish(serving[0], answer, reply)))
         checked, told_check = await step(
             PolicyEvaluate(stage="answer", text=answer.message.content or ""), "answer", check, env
         )

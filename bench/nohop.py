@@ -12,10 +12,11 @@ recalls, asks the model and checks the answer itself, and publishes each decisio
 This is the gateway (``gateway.app.serve``, unchanged) and, in the same process, the one-process
 turn of ``bench/fused.py`` serving as the slm process does (its model list, its commands). A
 pass-through turn's ``start`` calls that turn's function in process instead of publishing
-``slm.complete``: the answer is the reply the gateway awaits, and ``slm.completed`` is published
-after it, with the id the slm process's reply would have, so analytics meters it as before.
-The prompt check's, the recall's and the answer check's events are published by the fused turn
-as it goes; the memory write after the answer.
+``slm.complete``, and its answer is the reply the gateway awaits. The turn publishes its
+decisions (the prompt check, the recall, the answer check) and the model's answer
+(``slm.completed``, with the id the slm process's reply would have, so analytics meters it as
+before) as it goes, and answers once all of them are stored: an answered turn has its trail
+and its usage on the bus, as a direct turn does. The memory write follows the answer.
 
 In the product it would make the gateway hold the handlers' code, which the layering rules out
 (DESIGN.md, "Layers"); it is here so the figure of the shape that decision is about is measured,
@@ -27,29 +28,20 @@ with it, as it does for a direct turn).
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from bench import fused
 from bus.consume import reply_id
-from bus.publish import envelope_for, publish
+from bus.publish import envelope_for
 from bus.request import Reply
 from bus.runtime import serve as serve_service
-from bus.service import Connected
 from gateway import app, passthrough
 from kernel.settings import Settings
 from schemas.slm import SlmComplete
 
 
 async def serve(settings: Settings) -> None:
-    service = fused.build(settings)
+    service = fused.build(settings, publish_answer=True)
     turn = service.routes[SlmComplete]
-    serving: list[Connected] = []
-    told: set[asyncio.Task[Any]] = set()
-
-    async def connected(bus: Connected) -> None:
-        serving.append(bus)
-
-    service.startup.append(connected)
 
     async def start(self: passthrough.PassThroughTurn, events: asyncio.Queue[Reply]) -> None:
         message = passthrough.command(self.turn, self.id)
@@ -63,9 +55,6 @@ async def serve(settings: Settings) -> None:
         answer = await turn(message, env)
         reply = env.reply(passthrough.COMPLETED, reply_id(env.message_id))
         events.put_nowait(Reply(reply, passthrough.COMPLETED, answer))
-        task = asyncio.ensure_future(publish(serving[0], answer, reply))
-        told.add(task)
-        task.add_done_callback(told.discard)
 
     passthrough.PassThroughTurn.start = start  # type: ignore[method-assign]
     await asyncio.gather(serve_service(service, settings, None), app.serve(settings))
