@@ -92,7 +92,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -1155,6 +1155,9 @@ def report(
     return summary
 
 
+K = TypeVar("K")
+
+
 @dataclass
 class Round:
     """Every cell of one pass over the chosen systems, and why any was skipped."""
@@ -1235,23 +1238,19 @@ def one_round(
     return measured
 
 
+def pool_each(into: dict[K, Cell], more: dict[K, Cell]) -> None:
+    """Another round's cells pooled into the same systems' (or clients') cells of this one."""
+    for key, cell in more.items():
+        if key in into:
+            into[key].pool(cell)
+        else:
+            into[key] = cell
+
+
 def pool_cells(into: dict[str, dict[int, Cell]], more: dict[str, dict[int, Cell]]) -> None:
     """Each system's cells of another round pooled into this one's, clients by clients."""
     for name, cells in more.items():
-        mine = into.setdefault(name, {})
-        for clients, cell in cells.items():
-            if clients in mine:
-                mine[clients].pool(cell)
-            else:
-                mine[clients] = cell
-
-
-def pool_ttft(into: dict[str, Cell], more: dict[str, Cell]) -> None:
-    for name, cell in more.items():
-        if name in into:
-            into[name].pool(cell)
-        else:
-            into[name] = cell
+        pool_each(into.setdefault(name, {}), cells)
 
 
 def main(args: argparse.Namespace) -> None:
@@ -1290,10 +1289,10 @@ def main(args: argparse.Namespace) -> None:
             work.mkdir()
             measured = one_round(up, work, chosen, modes, backends, clients, args.seconds, warmup)
             pool_cells(common, measured.common)
-            pool_ttft(common_ttft, measured.common_ttft)
+            pool_each(common_ttft, measured.common_ttft)
             for backend in backends:
                 pool_cells(ours[backend], measured.ours[backend])
-                pool_ttft(ours_ttft[backend], measured.ours_ttft[backend])
+                pool_each(ours_ttft[backend], measured.ours_ttft[backend])
                 extra[backend].update(measured.skipped[backend])
     total = round(time.monotonic() - started, 1)
     titles = {
