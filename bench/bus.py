@@ -12,7 +12,9 @@ Four throughput figures on the same server:
   for JetStream to acknowledge before acking the command (at-least-once needs that order);
 - FastStream: the same handler (returning the event) written as a FastStream subscriber through
   ``bus.faststream`` — the cost of writing a handler for convenience rather than for speed;
-plus two latencies, sequential:
+plus three latencies, sequential:
+- the machine's own: one byte to another process over loopback TCP and back (two wake-ups,
+  no broker, no Python beyond the calls), below which no hop through nats-server can go;
 - ``bus.publish.publish`` (publish + JetStream ack);
 - the round trip through a handler in another process (this file, ``--serve-handler``, on the
   event loop ``soma run`` uses): from publishing a policy command, as the system's own callers
@@ -27,7 +29,9 @@ import argparse
 import asyncio
 import contextlib
 import json
+import multiprocessing
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -177,6 +181,34 @@ async def faststream(js: JetStreamContext, settings: Settings, count: int) -> fl
     return count / (marks[1] - marks[0])
 
 
+def _echo(listener: socket.socket) -> None:
+    peer, _ = listener.accept()
+    peer.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    while data := peer.recv(16):
+        peer.sendall(data)
+
+
+def loopback(count: int) -> list[float]:
+    """Round trips of one byte to an echoing process over loopback TCP, in µs."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    echo = multiprocessing.get_context("fork").Process(target=_echo, args=(listener,))
+    echo.start()
+    times = []
+    try:
+        with socket.create_connection(listener.getsockname()) as conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for i in range(count + ROUND_TRIP_WARMUP):
+                started = time.perf_counter()
+                conn.sendall(b"x")
+                conn.recv(16)
+                if i >= ROUND_TRIP_WARMUP:
+                    times.append((time.perf_counter() - started) * 1e6)
+    finally:
+        listener.close()
+        echo.join(10)
+    return times
+
+
 async def publish_latency(bus: Connected, count: int) -> list[float]:
     times = []
     for i in range(count):
@@ -315,6 +347,15 @@ async def main(count: int, latency_count: int, round_trips: int) -> dict[str, An
         fs_rate = await faststream(js, settings, count)
         print(f"  {fs_rate:,.0f} msgs/s ({fs_rate / reply_rate:.0%} of the runtime's)", flush=True)
 
+        print(f"loopback TCP between two processes, {latency_count} round trips …", flush=True)
+        echoes = loopback(latency_count)
+        echo_p50, echo_p99 = statistics.median(echoes), statistics.quantiles(echoes, n=100)[98]
+        print(
+            f"  p50 {echo_p50:.0f} µs, p99 {echo_p99:.0f} µs (the machine's floor for two "
+            "wake-ups; a hop through nats-server takes at least four)",
+            flush=True,
+        )
+
         print(f"bus.publish.publish, sequential, {latency_count} messages …", flush=True)
         times = await publish_latency(Connected(nc, js), latency_count)
         cuts = statistics.quantiles(times, n=100)
@@ -344,6 +385,8 @@ async def main(count: int, latency_count: int, round_trips: int) -> dict[str, An
         "raw_msgs_per_s": round(raw_rate),
         "ours_msgs_per_s": round(ours_rate),
         "ratio": round(ours_rate / raw_rate, 3),
+        "loopback_p50_us": round(echo_p50),
+        "loopback_p99_us": round(echo_p99),
         "publish_p50_ms": round(p50, 3),
         "publish_p99_ms": round(p99, 3),
         "ours_with_reply_msgs_per_s": round(reply_rate),
