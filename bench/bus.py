@@ -13,7 +13,7 @@ Four throughput figures on the same server:
 - FastStream: the same handler (returning the event) written as a FastStream subscriber through
   ``bus.faststream`` — the cost of writing a handler for convenience rather than for speed;
 plus three latencies, sequential:
-- the machine's own: one byte to another process over loopback TCP and back (two wake-ups,
+- first, the machine's own: one byte to another process over loopback TCP and back (two wake-ups,
   no broker, no Python beyond the calls), below which no hop through nats-server can go;
 - ``bus.publish.publish`` (publish + JetStream ack);
 - the round trip through a handler in another process (this file, ``--serve-handler``, on the
@@ -181,6 +181,10 @@ async def faststream(js: JetStreamContext, settings: Settings, count: int) -> fl
     return count / (marks[1] - marks[0])
 
 
+def p50_p99(values: list[float]) -> tuple[float, float]:
+    return statistics.median(values), statistics.quantiles(values, n=100)[98]
+
+
 def _echo(listener: socket.socket) -> None:
     peer, _ = listener.accept()
     peer.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -322,6 +326,14 @@ async def clean_shared_server(js: JetStreamContext) -> None:
 
 
 async def main(count: int, latency_count: int, round_trips: int) -> dict[str, Any]:
+    # First, before this process holds a client: the echo is a fork of it.
+    print(f"loopback TCP between two processes, {latency_count} round trips …", flush=True)
+    echo_p50, echo_p99 = p50_p99(loopback(latency_count))
+    print(
+        f"  p50 {echo_p50:.0f} µs, p99 {echo_p99:.0f} µs (the machine's floor for two "
+        "wake-ups; a hop through nats-server takes at least four)",
+        flush=True,
+    )
     settings = Settings()
     nc = await connect(settings.nats_url or embedded.DEFAULT_URL, "bench")
     js = nc.jetstream()
@@ -347,26 +359,16 @@ async def main(count: int, latency_count: int, round_trips: int) -> dict[str, An
         fs_rate = await faststream(js, settings, count)
         print(f"  {fs_rate:,.0f} msgs/s ({fs_rate / reply_rate:.0%} of the runtime's)", flush=True)
 
-        print(f"loopback TCP between two processes, {latency_count} round trips …", flush=True)
-        echoes = loopback(latency_count)
-        echo_p50, echo_p99 = statistics.median(echoes), statistics.quantiles(echoes, n=100)[98]
-        print(
-            f"  p50 {echo_p50:.0f} µs, p99 {echo_p99:.0f} µs (the machine's floor for two "
-            "wake-ups; a hop through nats-server takes at least four)",
-            flush=True,
-        )
-
         print(f"bus.publish.publish, sequential, {latency_count} messages …", flush=True)
         times = await publish_latency(Connected(nc, js), latency_count)
-        cuts = statistics.quantiles(times, n=100)
-        p50, p99 = statistics.median(times), cuts[98]
+        p50, p99 = p50_p99(times)
         print(f"  p50 {p50:.3f} ms, p99 {p99:.3f} ms", flush=True)
 
         # Last, on an emptied stream: the handler's new durable reads it from the start.
         await clean_shared_server(js)
         print(f"round trip through a handler, sequential, {round_trips} commands …", flush=True)
         trips = await round_trip(Connected(nc, js), round_trips)
-        trip_p50, trip_p99 = statistics.median(trips), statistics.quantiles(trips, n=100)[98]
+        trip_p50, trip_p99 = p50_p99(trips)
         print(
             f"  round trip through a handler in another process, sequential: "
             f"p50 {trip_p50:.2f} ms, p99 {trip_p99:.2f} ms",
