@@ -72,7 +72,8 @@ def start_server(store: Path) -> subprocess.Popen[bytes]:
     port = embedded.free_port()
     proc = subprocess.Popen(
         [embedded.binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     for _ in range(200):
         if embedded.accepts(port):
@@ -82,8 +83,14 @@ def start_server(store: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
-async def preload(nc: Client, js: JetStreamContext, stream: str, subject: str, count: int,
-                  body: Callable[[int], tuple[bytes, dict[str, str] | None]]) -> None:
+async def preload(
+    nc: Client,
+    js: JetStreamContext,
+    stream: str,
+    subject: str,
+    count: int,
+    body: Callable[[int], tuple[bytes, dict[str, str] | None]],
+) -> None:
     """Put ``count`` messages in ``stream`` fast (core publishes), then wait until all are kept."""
     start = (await js.stream_info(stream)).state.messages
     for i in range(count):
@@ -102,9 +109,12 @@ async def preload(nc: Client, js: JetStreamContext, stream: str, subject: str, c
 async def raw(nc: Client, js: JetStreamContext, count: int) -> float:
     await js.add_stream(StreamConfig(name=RAW_STREAM, subjects=["bench.raw"]))
     await preload(nc, js, RAW_STREAM, "bench.raw", count, lambda i: (b'{"n":%d}' % i, None))
-    sub = await js.pull_subscribe("bench.raw", "raw", stream=RAW_STREAM,
-                                  config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT,
-                                                        max_ack_pending=10_000))
+    sub = await js.pull_subscribe(
+        "bench.raw",
+        "raw",
+        stream=RAW_STREAM,
+        config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, max_ack_pending=10_000),
+    )
     seen = 0
     started = 0.0
     while seen < count:
@@ -320,8 +330,10 @@ async def guard_shared_server(js: JetStreamContext) -> None:
 
 
 async def clean_shared_server(js: JetStreamContext) -> None:
-    for stream, subject in ((STREAMS["cmd"], f"soma.cmd.{TENANT}.>"),
-                            (STREAMS["evt"], f"soma.evt.{TENANT}.>")):
+    for stream, subject in (
+        (STREAMS["cmd"], f"soma.cmd.{TENANT}.>"),
+        (STREAMS["evt"], f"soma.evt.{TENANT}.>"),
+    ):
         await js.purge_stream(stream, subject=subject)
 
 
@@ -344,8 +356,7 @@ async def main(count: int, latency_count: int, round_trips: int) -> dict[str, An
         raw_rate = await raw(nc, js, count)
         print(f"  {raw_rate:,.0f} msgs/s", flush=True)
 
-        await preload(nc, js, STREAMS["cmd"], f"soma.cmd.{TENANT}.policy.evaluate", count,
-                      _command)
+        await preload(nc, js, STREAMS["cmd"], f"soma.cmd.{TENANT}.policy.evaluate", count, _command)
         print(f"bus.runtime, handler returns None, {count} messages …", flush=True)
         ours_rate = await ours(js, settings, count, reply=False)
         print(f"  {ours_rate:,.0f} msgs/s ({ours_rate / raw_rate:.0%} of raw)", flush=True)

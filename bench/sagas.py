@@ -175,7 +175,9 @@ def runner_process(nats_url: str, database_url: str, profile_to: str | None) -> 
     from sagas import runner as saga_runner
 
     async def serve(data_dir: str) -> None:
-        settings = Settings(NATS_URL=nats_url, DATABASE_URL=database_url, SOMA_DATA_DIR=data_dir)
+        settings = Settings(
+            NATS_URL=nats_url, DATABASE_URL=database_url, SOMA_DATA_DIR=Path(data_dir)
+        )
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         runner = await saga_runner.start(settings, [instant, grouped])
@@ -185,7 +187,7 @@ def runner_process(nats_url: str, database_url: str, profile_to: str | None) -> 
             # Only the throughput phase: the load generator signals its start.
             asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, profiler.enable)
         await stop.wait()
-        if profiler is not None:
+        if profiler is not None and profile_to:
             profiler.disable()
             profiler.dump_stats(profile_to)
         await runner.stop()
@@ -294,7 +296,7 @@ async def bench_ours(
         log.close()
     if failed:
         raise RuntimeError(f"{len(failed)} sagas did not complete, e.g. {failed[0]}")
-    result = {**latency_figures(latencies), **figures, "publish_s": published}
+    result: dict[str, Any] = {**latency_figures(latencies), **figures, "publish_s": published}
     if profile_to:
         result["profile"] = profile_to
     return result
@@ -470,7 +472,8 @@ def cli() -> None:
     )
     args = parser.parse_args()
     if args.runner:
-        runner_process(*args.runner, args.profile_to)
+        nats_url, database_url = args.runner
+        runner_process(nats_url, database_url, args.profile_to)
     elif args.dbos:
         dbos_process(args.dbos)
     else:

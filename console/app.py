@@ -268,8 +268,9 @@ def create_app(settings: Settings, config: ConsoleConfig | None = None) -> FastA
         operator = await operator_of(request, authorization)
         await _own_letter(request, operator, seq)
         outcome = await bus_views.replay(console_of(request).js, seq)
-        log.info("dead letter %s replayed by %s/%s: %s", seq, operator.tenant, operator.user,
-                 outcome)
+        log.info(
+            "dead letter %s replayed by %s/%s: %s", seq, operator.tenant, operator.user, outcome
+        )
         return outcome
 
     @app.post("/console/api/dead-letters/replay")
@@ -302,8 +303,9 @@ def create_app(settings: Settings, config: ConsoleConfig | None = None) -> FastA
         if any(s in ("", ".", "..") for s in segments) or not any(
             path == p or path.startswith(p + "/") for p in GATEWAY_PATHS
         ):
-            raise AccessError(404, f"The console does not pass {path!r} to the gateway.",
-                              "not_found")
+            raise AccessError(
+                404, f"The console does not pass {path!r} to the gateway.", "not_found"
+            )
         answer = await console_of(request).gateway.request(
             request.method,
             "/" + path,
@@ -352,8 +354,12 @@ async def serve(settings: Settings) -> None:
             timeout_graceful_shutdown=5,
         )
     )
-    log.info("console on http://%s:%s/console/ (gateway %s)", config.host, config.port,
-             config.gateway_url)
+    log.info(
+        "console on http://%s:%s/console/ (gateway %s)",
+        config.host,
+        config.port,
+        config.gateway_url,
+    )
     running = asyncio.create_task(server.serve())
     try:
         await asyncio.shield(running)

@@ -143,8 +143,9 @@ async def streams(nc: Client) -> list[dict[str, Any]]:
     """Every stream's size and each consumer's lag, in-flight and redeliveries, read through
     the JetStream API (its JSON has fields the client's typed objects drop)."""
     out = []
-    for raw in sorted(await _paged(nc, "$JS.API.STREAM.LIST", "streams"),
-                      key=lambda s: s["config"]["name"]):
+    for raw in sorted(
+        await _paged(nc, "$JS.API.STREAM.LIST", "streams"), key=lambda s: s["config"]["name"]
+    ):
         name = raw["config"]["name"]
         state = raw.get("state", {})
         consumers = await _paged(nc, f"$JS.API.CONSUMER.LIST.{name}", "consumers")

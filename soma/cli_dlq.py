@@ -118,9 +118,11 @@ def ls(
     for letter in letters:
         suspect = letter.suspicions()
         table.add_row(
-            str(letter.seq), str(letter.time)[:19],
+            str(letter.seq),
+            str(letter.time)[:19],
             _origin_cell(letter.origin, letter.service, bool(suspect)),
-            letter.subject, str(letter.deliveries),
+            letter.subject,
+            str(letter.deliveries),
             f"[red]SUSPECT: {'; '.join(suspect)}[/red]" if suspect else letter.reason,
         )
     terminal.out.print(table)
@@ -179,11 +181,16 @@ def replay(
         help="Replay even a dead letter whose origin does not hold up (with a warning each).",
     ),
     edit: bool = typer.Option(
-        False, "--edit", "-e",
+        False,
+        "--edit",
+        "-e",
         help="Edit the body first in $VISUAL / $EDITOR (else vi); sent only if it is valid.",
     ),
     body: str = typer.Option(
-        "", "--body", "-b", metavar="FILE|-",
+        "",
+        "--body",
+        "-b",
+        metavar="FILE|-",
         help="Send this JSON body instead of the original (- reads stdin); checked the same way.",
         show_default=False,
     ),
@@ -221,8 +228,9 @@ def replay(
     if bool(seq) == everything:
         terminal.fail("give one sequence to replay, or --all", terminal.USAGE)
     if everything and (edit or body):
-        terminal.fail("--edit and --body replay one dead letter: give its sequence, not --all",
-                      terminal.USAGE)
+        terminal.fail(
+            "--edit and --body replay one dead letter: give its sequence, not --all", terminal.USAGE
+        )
     if edit and body:
         terminal.fail("choose --edit or --body, not both", terminal.USAGE)
     replacement = _new_body(seq, edit, body, force) if (edit or body) else None
@@ -309,8 +317,7 @@ def _new_body(seq: int, edit: bool, source: str, force: bool) -> bytes:
         parse(letter.subject, text)
     except InvalidMessage as exc:
         where = (
-            f"\nyour edit is kept in {kept}: correct it, then "
-            f"`soma dlq replay {seq} --body {kept}`"
+            f"\nyour edit is kept in {kept}: correct it, then `soma dlq replay {seq} --body {kept}`"
             if kept
             else ""
         )
@@ -362,18 +369,25 @@ def _edited(letter: Any) -> tuple[str, str]:
 def purge(
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
     service: str = typer.Option(
-        "", "--service", help="Only dead letters of this service (its origin).",
+        "",
+        "--service",
+        help="Only dead letters of this service (its origin).",
         show_default=False,
     ),
-    tenant: str = typer.Option("", "--tenant", "-t", help="Only this tenant's.",
-                               show_default=False),
+    tenant: str = typer.Option(
+        "", "--tenant", "-t", help="Only this tenant's.", show_default=False
+    ),
     reason: str = typer.Option(
-        "", "--reason", help="Only those whose reason contains this text (any case).",
+        "",
+        "--reason",
+        help="Only those whose reason contains this text (any case).",
         show_default=False,
     ),
     before: str = typer.Option(
-        "", "--before", help="Only those dead-lettered before this: unix seconds, a duration "
-        "ago (7d) or ISO 8601.", show_default=False,
+        "",
+        "--before",
+        help="Only those dead-lettered before this: unix seconds, a duration ago (7d) or ISO 8601.",
+        show_default=False,
     ),
 ) -> None:
     """Delete dead letters: all of them, or those every given filter matches. Asks first

@@ -183,23 +183,36 @@ def create(
         show_default=False,
     ),
     max_budget: float | None = typer.Option(
-        None, "--max-budget", help="US dollars the key may spend per budget window.",
-        min=0, show_default=False,
+        None,
+        "--max-budget",
+        help="US dollars the key may spend per budget window.",
+        min=0,
+        show_default=False,
     ),
     budget_duration: str | None = typer.Option(
-        None, "--budget-duration", help="How often the budget resets (1h, 7d, 30d); "
-        "default: never.", show_default=False,
+        None,
+        "--budget-duration",
+        help="How often the budget resets (1h, 7d, 30d); default: never.",
+        show_default=False,
     ),
     rpm: int | None = typer.Option(
-        None, "--rpm", help="Requests per minute (default: SOMA_RATE_RPM).", min=1,
+        None,
+        "--rpm",
+        help="Requests per minute (default: SOMA_RATE_RPM).",
+        min=1,
         show_default=False,
     ),
     tpm: int | None = typer.Option(
-        None, "--tpm", help="Tokens per minute (default: SOMA_RATE_TPM).", min=1,
+        None,
+        "--tpm",
+        help="Tokens per minute (default: SOMA_RATE_TPM).",
+        min=1,
         show_default=False,
     ),
     metadata: list[str] = typer.Option(
-        [], "--metadata", help="A label KEY=VALUE kept with the key (repeat for more).",
+        [],
+        "--metadata",
+        help="A label KEY=VALUE kept with the key (repeat for more).",
         show_default=False,
     ),
 ) -> None:
@@ -356,8 +369,16 @@ def ls(
     terminal.out.print(table)
 
 
-CLEARABLE = ("name", "models", "expires_at", "max_budget", "budget_duration", "rpm_limit",
-             "tpm_limit", "metadata")
+CLEARABLE = (
+    "name",
+    "models",
+    "expires_at",
+    "max_budget",
+    "budget_duration",
+    "rpm_limit",
+    "tpm_limit",
+    "metadata",
+)
 
 
 def _key_id(key_id: str) -> str:
@@ -403,34 +424,43 @@ def _print_key(info: dict[str, Any]) -> None:
 
 @app.command()
 def update(
-    key_id: str = typer.Argument(..., help="The key's id (or the whole key).",
-                                 show_default=False),
-    name: str | None = typer.Option(None, "--name", "-n", help="A new label.",
-                                    show_default=False),
+    key_id: str = typer.Argument(..., help="The key's id (or the whole key).", show_default=False),
+    name: str | None = typer.Option(None, "--name", "-n", help="A new label.", show_default=False),
     models: str | None = typer.Option(
         None, "--models", "-m", help="Comma-separated models it may call.", show_default=False
     ),
     expires: str | None = typer.Option(
-        None, "--expires", "-e", help="Lifetime from now (30d) or an ISO time.",
+        None,
+        "--expires",
+        "-e",
+        help="Lifetime from now (30d) or an ISO time.",
         show_default=False,
     ),
     max_budget: float | None = typer.Option(
         None, "--max-budget", help="US dollars per budget window.", min=0, show_default=False
     ),
     budget_duration: str | None = typer.Option(
-        None, "--budget-duration", help="How often the budget resets (1h, 7d, 30d).",
+        None,
+        "--budget-duration",
+        help="How often the budget resets (1h, 7d, 30d).",
         show_default=False,
     ),
-    rpm: int | None = typer.Option(None, "--rpm", help="Requests per minute.", min=1,
-                                   show_default=False),
-    tpm: int | None = typer.Option(None, "--tpm", help="Tokens per minute.", min=1,
-                                   show_default=False),
+    rpm: int | None = typer.Option(
+        None, "--rpm", help="Requests per minute.", min=1, show_default=False
+    ),
+    tpm: int | None = typer.Option(
+        None, "--tpm", help="Tokens per minute.", min=1, show_default=False
+    ),
     metadata: list[str] = typer.Option(
-        [], "--metadata", help="Labels KEY=VALUE, replacing the key's (repeat for more).",
+        [],
+        "--metadata",
+        help="Labels KEY=VALUE, replacing the key's (repeat for more).",
         show_default=False,
     ),
     clear: list[str] = typer.Option(
-        [], "--clear", help=f"Remove a limit (repeat for more): {', '.join(CLEARABLE)}.",
+        [],
+        "--clear",
+        help=f"Remove a limit (repeat for more): {', '.join(CLEARABLE)}.",
         show_default=False,
     ),
 ) -> None:
@@ -460,8 +490,12 @@ def update(
         changes["models"] = [m.strip() for m in models.split(",") if m.strip()]
     if expires is not None:
         changes["expires_at"] = expiry(expires, now)
-    for field, value in (("max_budget", max_budget), ("budget_duration", budget_duration),
-                         ("rpm_limit", rpm), ("tpm_limit", tpm)):
+    for field, value in (
+        ("max_budget", max_budget),
+        ("budget_duration", budget_duration),
+        ("rpm_limit", rpm),
+        ("tpm_limit", tpm),
+    ):
         if value is not None:
             changes[field] = value
     if metadata:
@@ -482,8 +516,7 @@ def update(
 
 @app.command()
 def info(
-    key_id: str = typer.Argument(..., help="The key's id (or the whole key).",
-                                 show_default=False),
+    key_id: str = typer.Argument(..., help="The key's id (or the whole key).", show_default=False),
     as_json: bool = typer.Option(False, "--json", "-o", help="One JSON object."),
 ) -> None:
     """A key's limits and its spend in the current budget window (without a budget: all of it).

@@ -16,7 +16,8 @@ import typer
 from soma import terminal
 
 app = typer.Typer(
-    help="Read stored messages of any stream.", rich_markup_mode="markdown",
+    help="Read stored messages of any stream.",
+    rich_markup_mode="markdown",
     no_args_is_help=True,
 )
 

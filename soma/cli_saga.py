@@ -124,8 +124,9 @@ def ls(
         None, "--type", help="Only this saga type (chat_turn, agent_task, …)."
     ),
     state: str = typer.Option(
-        None, help="running, cancelling, completed, failed, cancelled, compensated, "
-        "compensation_failed, terminated."
+        None,
+        help="running, cancelling, completed, failed, cancelled, compensated, "
+        "compensation_failed, terminated.",
     ),
     tenant: str = typer.Option(None, help="Only this tenant."),
     since: str = typer.Option(
@@ -174,9 +175,7 @@ def ls(
     if output not in ("table", "wide", "json"):
         terminal.fail(f"-o {output!r}: choose from table, wide, json", terminal.USAGE)
     if state is not None and state not in set(SagaState):
-        terminal.fail(
-            f"--state {state!r}: choose from {', '.join(SagaState)}", terminal.USAGE
-        )
+        terminal.fail(f"--state {state!r}: choose from {', '.join(SagaState)}", terminal.USAGE)
     where = None
     if query is not None:
         try:

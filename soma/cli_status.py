@@ -116,11 +116,13 @@ def status(
                 "streams": len(streams),
             },
             "data_dir": str(settings.data_dir.resolve()),
-            "database": safe_url(settings.database_url) if settings.database_url
+            "database": safe_url(settings.database_url)
+            if settings.database_url
             else f"SQLite files in {settings.data_dir.resolve()}",
             "processes": processes,
             "gateway": _answers(gateway_url, f"{gateway_url}/healthz")
-            if gateway_url else {"url": None, "state": "not started"},
+            if gateway_url
+            else {"url": None, "state": "not started"},
             "console": _answers(record.console_url, record.console_url)
             if record is not None and record.console_url
             else {"url": None, "state": "unknown" if record is None else "not started"},

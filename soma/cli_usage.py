@@ -24,19 +24,31 @@ app = typer.Typer(rich_markup_mode="markdown", subcommand_metavar="")
 @app.callback(invoke_without_command=True)
 def usage(
     tenant: str = typer.Option(
-        "", "--tenant", "-t", help="Only this tenant (default: every tenant, one group each).",
+        "",
+        "--tenant",
+        "-t",
+        help="Only this tenant (default: every tenant, one group each).",
         show_default=False,
     ),
     since: str = typer.Option(
-        "", "--since", "-s", help="From this long ago (7d, 12h) or this time "
-        "(2026-11-25, 2026-11-25T10:00:00Z). Default: everything recorded.", show_default=False,
+        "",
+        "--since",
+        "-s",
+        help="From this long ago (7d, 12h) or this time "
+        "(2026-11-25, 2026-11-25T10:00:00Z). Default: everything recorded.",
+        show_default=False,
     ),
     until: str = typer.Option(
-        "", "--until", "-u", help="Up to this long ago or this time. Default: now.",
+        "",
+        "--until",
+        "-u",
+        help="Up to this long ago or this time. Default: now.",
         show_default=False,
     ),
     group_by: list[str] = typer.Option(
-        ["model"], "--group-by", "-g",
+        ["model"],
+        "--group-by",
+        "-g",
         help="model, saga_type, day, user, key, tenant: comma-separated or repeated.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
@@ -192,12 +204,19 @@ def _print_table(
     if not rows:
         terminal.out.print(f"{title}: no usage recorded")
         return
-    table = Table(title=title, title_justify="left", caption=f"requests: {unit}",
-                  caption_justify="left")
+    table = Table(
+        title=title, title_justify="left", caption=f"requests: {unit}", caption_justify="left"
+    )
     for dim in dims:
         table.add_column(dim)
-    for column in ("requests", "errors", "prompt tokens", "completion tokens", "cost USD",
-                   "avg latency ms"):
+    for column in (
+        "requests",
+        "errors",
+        "prompt tokens",
+        "completion tokens",
+        "cost USD",
+        "avg latency ms",
+    ):
         table.add_column(column, justify="right")
     for r in rows:
         table.add_row(*_cells(r, dims))

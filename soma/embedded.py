@@ -166,8 +166,7 @@ def start(
         time.sleep(0.05)
     server.stop()
     raise EmbeddedNatsError(
-        f"nats-server did not accept connections on {host}:{port} within {timeout:.0f}s; "
-        f"see {log}"
+        f"nats-server did not accept connections on {host}:{port} within {timeout:.0f}s; see {log}"
     )
 
 

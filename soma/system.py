@@ -170,9 +170,7 @@ def locate(settings: Settings) -> Located:
         same = live is not None and Path(live.data_dir) == settings.data_dir.resolve()
         return Located(settings, ", ".join(named), live if same else None, tuple(named))
     if live is None:
-        stale = (
-            f" ({record.describe(path)}, which no longer runs)" if record is not None else ""
-        )
+        stale = f" ({record.describe(path)}, which no longer runs)" if record is not None else ""
         raise NoSystem(NOT_FOUND + stale)
     update: dict[str, object] = {"nats_url": live.nats_url, "data_dir": Path(live.data_dir)}
     if live.database_url:

@@ -114,8 +114,15 @@ class Start:
 
 
 def start_point(since: str | None, from_seq: int | None, everything: bool) -> Start:
-    chosen = [name for name, on in (("--since", since), ("--from-seq", from_seq is not None),
-                                    ("--all", everything)) if on]
+    chosen = [
+        name
+        for name, on in (
+            ("--since", since),
+            ("--from-seq", from_seq is not None),
+            ("--all", everything),
+        )
+        if on
+    ]
     if len(chosen) > 1:
         raise TailError(f"choose one start point, not {' and '.join(chosen)}")
     if since:

@@ -45,12 +45,23 @@ def _facts() -> Subquery:
     waiting = unattributed.c
     return union_all(
         select(
-            daily.tenant, daily.day, daily.kind, daily.model, daily.saga_type, daily.actor,
-            daily.key_id, *(daily[s] for s in SUMS),
+            daily.tenant,
+            daily.day,
+            daily.kind,
+            daily.model,
+            daily.saga_type,
+            daily.actor,
+            daily.key_id,
+            *(daily[s] for s in SUMS),
         ),
         select(
-            waiting.tenant, waiting.day, literal(MODEL).label("kind"), waiting.model,
-            literal("").label("saga_type"), waiting.actor, waiting.key_id,
+            waiting.tenant,
+            waiting.day,
+            literal(MODEL).label("kind"),
+            waiting.model,
+            literal("").label("saga_type"),
+            waiting.actor,
+            waiting.key_id,
             *(waiting[s] for s in SUMS),
         ),
     ).subquery("facts")

@@ -40,9 +40,7 @@ NICE = 10
 KEEP_MARGIN = 86400.0
 
 
-async def answer(
-    engine: AsyncEngine, cmd: AnalyticsReport, env: Envelope
-) -> AnalyticsReported:
+async def answer(engine: AsyncEngine, cmd: AnalyticsReport, env: Envelope) -> AnalyticsReported:
     """The envelope's tenant's usage; a caller never sees another tenant's."""
     try:
         first, last = window(cmd.since, cmd.until)
@@ -82,9 +80,7 @@ def build(settings: Settings) -> Service:
         await migrate(database_url, "analytics")
         if settings.events_max_age <= 0:
             return  # the stream keeps events for ever: so are their ids
-        forgotten = await rollups.prune(
-            engine, bus.clock() - settings.events_max_age - KEEP_MARGIN
-        )
+        forgotten = await rollups.prune(engine, bus.clock() - settings.events_max_age - KEEP_MARGIN)
         if forgotten:
             log.info("forgot %d counted event ids and sagas past the stream's retention", forgotten)
 

@@ -51,8 +51,16 @@ _NO_SUCH_HASH = hashlib.sha256(b"no such key").hexdigest()
 METADATA_MAX_BYTES = 4096
 # What ``update_api_key`` may change or clear; roles never widen after issue, so not them.
 UPDATABLE = frozenset(
-    {"name", "models", "expires_at", "max_budget", "budget_duration", "rpm_limit", "tpm_limit",
-     "metadata"}
+    {
+        "name",
+        "models",
+        "expires_at",
+        "max_budget",
+        "budget_duration",
+        "rpm_limit",
+        "tpm_limit",
+        "metadata",
+    }
 )
 
 
@@ -71,8 +79,9 @@ def check_limits(limits: KeyLimits) -> None:
     check_budget(limits.max_budget, limits.budget_duration)
     for name in ("rpm_limit", "tpm_limit"):
         value = getattr(limits, name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or value < 1):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
             raise InvalidInput(f"{name} must be a whole number of at least 1 (or no limit)")
     if not isinstance(limits.metadata, Mapping):
         raise InvalidInput("metadata must be an object of labels")
@@ -174,10 +183,19 @@ def _limited(info: ApiKeyInfo, limits: KeyLimits, now: float) -> ApiKeyInfo:
         else BudgetLimit(float(limits.max_budget), limits.budget_duration, now)
     )
     return ApiKeyInfo(
-        id=info.id, tenant=info.tenant, user=info.user, name=info.name, roles=info.roles,
-        models=info.models, created_at=info.created_at, expires_at=info.expires_at,
-        revoked_at=info.revoked_at, budget=budget, rpm_limit=limits.rpm_limit,
-        tpm_limit=limits.tpm_limit, metadata=dict(limits.metadata),
+        id=info.id,
+        tenant=info.tenant,
+        user=info.user,
+        name=info.name,
+        roles=info.roles,
+        models=info.models,
+        created_at=info.created_at,
+        expires_at=info.expires_at,
+        revoked_at=info.revoked_at,
+        budget=budget,
+        rpm_limit=limits.rpm_limit,
+        tpm_limit=limits.tpm_limit,
+        metadata=dict(limits.metadata),
     )
 
 
@@ -420,13 +438,20 @@ async def update_api_key(
         )
         start = budget.budget_start if same_budget and budget is not None else now
         updated = ApiKeyInfo(
-            id=current.id, tenant=current.tenant, user=current.user, name=wanted["name"],
-            roles=current.roles, models=models, created_at=current.created_at,
-            expires_at=wanted["expires_at"], revoked_at=None,
-            budget=None if limits.max_budget is None else BudgetLimit(
-                float(limits.max_budget), limits.budget_duration, start
-            ),
-            rpm_limit=limits.rpm_limit, tpm_limit=limits.tpm_limit,
+            id=current.id,
+            tenant=current.tenant,
+            user=current.user,
+            name=wanted["name"],
+            roles=current.roles,
+            models=models,
+            created_at=current.created_at,
+            expires_at=wanted["expires_at"],
+            revoked_at=None,
+            budget=None
+            if limits.max_budget is None
+            else BudgetLimit(float(limits.max_budget), limits.budget_duration, start),
+            rpm_limit=limits.rpm_limit,
+            tpm_limit=limits.tpm_limit,
             metadata=dict(limits.metadata),
         )
         await conn.execute(

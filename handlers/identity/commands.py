@@ -209,9 +209,7 @@ class IdentityCommands:
             tpm_limit=info.tpm_limit,
         )
 
-    async def key_limits(
-        self, cmd: IdentityGetKeyLimits, env: Envelope
-    ) -> IdentityKeyLimitsFound:
+    async def key_limits(self, cmd: IdentityGetKeyLimits, env: Envelope) -> IdentityKeyLimitsFound:
         """For a gateway holding an access token of a key it has not verified itself: the
         token is held to the key's limits from its first request, wherever it is presented."""
         try:

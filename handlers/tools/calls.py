@@ -87,8 +87,14 @@ async def claim(
         async with engine.begin() as conn:
             await conn.execute(
                 calls.insert().values(
-                    tenant=tenant, call_id=call_id, name=name, caller=caller, status="running",
-                    claim=token, lease_until=now + lease, created_at=now,
+                    tenant=tenant,
+                    call_id=call_id,
+                    name=name,
+                    caller=caller,
+                    status="running",
+                    claim=token,
+                    lease_until=now + lease,
+                    created_at=now,
                 )
             )
         return Claimed(token)

@@ -30,7 +30,12 @@ async def invoke(
     ) -> ToolResult:
         elapsed = (time.perf_counter() - started) * 1000
         return ToolResult(
-            call_id=call_id, name=name, ok=ok, output=output, error=error, duration_ms=elapsed,
+            call_id=call_id,
+            name=name,
+            ok=ok,
+            output=output,
+            error=error,
+            duration_ms=elapsed,
             code=code,
         )
 
@@ -66,6 +71,4 @@ async def invoke(
         )
     except Exception as exc:
         log.exception("tool %s failed", name)
-        return finished(
-            False, error=f"{name!r} failed: {type(exc).__name__}: {exc}", code="failed"
-        )
+        return finished(False, error=f"{name!r} failed: {type(exc).__name__}: {exc}", code="failed")

@@ -63,15 +63,44 @@ class _RefusedRawSocket(_socket.socket):
 
 socket.socket = socket.SocketType = _RefusedSocket  # type: ignore[misc]
 _socket.socket = _socket.SocketType = _RefusedRawSocket  # type: ignore[misc]
-for _name in ("socketpair", "fromfd", "create_connection", "create_server", "getaddrinfo",
-              "gethostbyname", "gethostbyname_ex", "gethostbyaddr"):
+for _name in (
+    "socketpair",
+    "fromfd",
+    "create_connection",
+    "create_server",
+    "getaddrinfo",
+    "gethostbyname",
+    "gethostbyname_ex",
+    "gethostbyaddr",
+):
     for _module in (socket, _socket):
         if hasattr(_module, _name):
             setattr(_module, _name, _refuse_network)
 
-for _name in ("fork", "forkpty", "posix_spawn", "posix_spawnp", "system", "popen", "execv",
-              "execve", "execl", "execle", "execlp", "execlpe", "execvp", "execvpe", "spawnv",
-              "spawnve", "spawnl", "spawnle", "spawnlp", "spawnlpe", "spawnvp", "spawnvpe"):
+for _name in (
+    "fork",
+    "forkpty",
+    "posix_spawn",
+    "posix_spawnp",
+    "system",
+    "popen",
+    "execv",
+    "execve",
+    "execl",
+    "execle",
+    "execlp",
+    "execlpe",
+    "execvp",
+    "execvpe",
+    "spawnv",
+    "spawnve",
+    "spawnl",
+    "spawnle",
+    "spawnlp",
+    "spawnlpe",
+    "spawnvp",
+    "spawnvpe",
+):
     for _module in (os, posix):
         if hasattr(_module, _name):
             setattr(_module, _name, _refuse_processes)

@@ -154,9 +154,7 @@ async def test_undecodable_or_invalid_messages_are_dead_lettered_at_once(
         await running.stop()
 
 
-async def test_a_replayed_dead_letter_is_handled(
-    bus, js, settings: Settings
-) -> None:  # type: ignore[no-untyped-def]
+async def test_a_replayed_dead_letter_is_handled(bus, js, settings: Settings) -> None:  # type: ignore[no-untyped-def]
     healthy = False
 
     async def handler(cmd: PolicyEvaluate, env: Envelope) -> PolicyEvaluated:

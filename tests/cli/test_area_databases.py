@@ -76,9 +76,7 @@ async def test_soma_migrate_gives_each_area_its_tables_from_an_old_shared_file(
     for area in AREAS:
         await migrate(shared, area)
     with sqlite3.connect(tmp_path / "kernel.db") as conn:
-        conn.execute(
-            "INSERT INTO analytics_processed (message_id, seen_at) VALUES ('m-1', 1.0)"
-        )
+        conn.execute("INSERT INTO analytics_processed (message_id, seen_at) VALUES ('m-1', 1.0)")
 
     result = await Soma(clean_env(SOMA_DATA_DIR=str(tmp_path)))("migrate")
 

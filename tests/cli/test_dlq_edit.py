@@ -36,7 +36,7 @@ async def test_replay_edit_sends_the_body_as_edited_in_the_editor(
     js: JetStreamContext, fresh_nats: NatsServer, soma: Soma, tmp_path: Path
 ) -> None:
     await _dead_letters(js, fresh_nats.url, ["fix my stage"])
-    soma.env["EDITOR"] = _editor(tmp_path, "sed -i 's/\"nowhere\"/\"prompt\"/' \"$1\"")
+    soma.env["EDITOR"] = _editor(tmp_path, 'sed -i \'s/"nowhere"/"prompt"/\' "$1"')
     result = await soma("dlq", "replay", "1", "--edit")
     assert result.exit_code == 0, result.stderr
     assert "replayed 1 to soma.cmd.acme.policy.evaluate" in result.stdout
@@ -52,7 +52,7 @@ async def test_an_edited_replay_keeps_the_correlation_and_gets_an_id_of_its_own(
     plain = await soma("dlq", "replay", "1", "--keep")
     assert plain.exit_code == 0, plain.stderr
     _, first = await _last_command(js)
-    soma.env["VISUAL"] = _editor(tmp_path, "sed -i 's/\"nowhere\"/\"answer\"/' \"$1\"")
+    soma.env["VISUAL"] = _editor(tmp_path, 'sed -i \'s/"nowhere"/"answer"/\' "$1"')
     edited = await soma("dlq", "replay", "1", "--edit")
     assert edited.exit_code == 0, edited.stderr
     body, headers = await _last_command(js)
@@ -67,7 +67,7 @@ async def test_replay_edit_refuses_a_body_its_schema_rejects_and_keeps_the_dead_
 ) -> None:
     await _dead_letters(js, fresh_nats.url, ["still wrong"])
     commands = (await js.stream_info(STREAMS["cmd"])).state.messages
-    soma.env["EDITOR"] = _editor(tmp_path, "echo '{\"stage\": 5}' > \"$1\"")
+    soma.env["EDITOR"] = _editor(tmp_path, 'echo \'{"stage": 5}\' > "$1"')
     result = await soma("dlq", "replay", "1", "--edit")
     assert result.exit_code == 2
     assert "not replayed; dead letter 1 stays" in result.stderr

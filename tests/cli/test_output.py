@@ -23,7 +23,12 @@ def _soma(data: Path, *args: str, **extra: str) -> str:
             env.pop(variable, None)
     done = subprocess.run(
         [sys.executable, "-m", "soma.cli", *args],
-        cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     return done.stdout

@@ -19,8 +19,11 @@ async def test_status_names_the_server_and_how_each_process_is_doing(
 ) -> None:
     await js.add_consumer(
         STREAMS["cmd"],
-        ConsumerConfig(durable_name="policy", ack_policy=AckPolicy.EXPLICIT,
-                       filter_subject="soma.cmd.*.policy.>"),
+        ConsumerConfig(
+            durable_name="policy",
+            ack_policy=AckPolicy.EXPLICIT,
+            filter_subject="soma.cmd.*.policy.>",
+        ),
     )
     pulling = await js.pull_subscribe_bind("policy", STREAMS["cmd"])
     waiting = asyncio.ensure_future(pulling.fetch(1, timeout=5))
@@ -38,8 +41,7 @@ async def test_status_names_the_server_and_how_each_process_is_doing(
 
 
 async def test_status_with_no_server_running_says_so_and_exits_1(tmp_path: Path) -> None:
-    soma = Soma(clean_env(NATS_URL=f"nats://127.0.0.1:{free_port()}",
-                          SOMA_DATA_DIR=str(tmp_path)))
+    soma = Soma(clean_env(NATS_URL=f"nats://127.0.0.1:{free_port()}", SOMA_DATA_DIR=str(tmp_path)))
     result = await soma("status")
     assert result.exit_code == 1
     assert "NATS_URL" in result.stderr

@@ -73,7 +73,9 @@ async def test_streams_info_shows_one_streams_limits_state_and_consumers(
     assert result.exit_code == 0, result.stderr
     info = json.loads(result.stdout)
     assert (info["name"], info["subjects"], info["retention"]) == (
-        STREAMS["cmd"], ["soma.cmd.>"], "limits"
+        STREAMS["cmd"],
+        ["soma.cmd.>"],
+        "limits",
     )
     assert (info["messages"], info["last_seq"]) == (5, 5)
     assert [c["name"] for c in info["consumers"]] == ["policy"]
@@ -89,9 +91,7 @@ async def test_streams_info_of_a_stream_that_does_not_exist_says_where_to_look(
     assert "no stream NOPE; `soma streams` lists them" in result.stderr
 
 
-async def test_msg_get_prints_one_stored_message_of_any_stream(
-    bus: Connected, soma: Soma
-) -> None:
+async def test_msg_get_prints_one_stored_message_of_any_stream(bus: Connected, soma: Soma) -> None:
     cmd = PolicyEvaluate(stage="prompt", text="read me back")
     env = envelope_for(cmd, tenant="acme")
     ack = await publish(bus, cmd, env)

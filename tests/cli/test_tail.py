@@ -57,9 +57,7 @@ async def test_a_live_tail_prints_events_published_after_it_started(
     assert lines[0]["seq"] == first.seq and lines[0]["stream"] == STREAMS["evt"]
 
 
-async def test_since_a_time_replays_only_what_came_after_it(
-    bus: Connected, soma: Soma
-) -> None:
+async def test_since_a_time_replays_only_what_came_after_it(bus: Connected, soma: Soma) -> None:
     await _event(bus, "acme", _allow("old"))
     await asyncio.sleep(0.3)
     cut = datetime.now(UTC).isoformat()

@@ -94,4 +94,4 @@ def test_the_page_may_load_nothing_from_elsewhere(system: System) -> None:
     page = httpx.get(f"{system.console}/console/", timeout=30)
     assert page.status_code == 200
     assert "default-src 'self'" in page.headers["content-security-policy"]
-    assert "<script src=\"app.js\"></script>" in page.text
+    assert '<script src="app.js"></script>' in page.text

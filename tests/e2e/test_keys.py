@@ -33,7 +33,14 @@ from tests.servers import NatsServer, nats_server, stop_processes
 
 PROCESSES = ["identity", "policy", "memory", "slm", "tools", "sagas", "analytics"]
 CONSUMERS = [
-    "identity", "policy", "memory", "slm", "tools", "sagas", "sagas-events", "analytics-events"
+    "identity",
+    "policy",
+    "memory",
+    "slm",
+    "tools",
+    "sagas",
+    "sagas-events",
+    "analytics-events",
 ]
 # http_fetch's own limit, longer than the bus timeout of the gateway that calls it.
 FETCH_TIMEOUT = 2
@@ -63,7 +70,11 @@ class System:
 def soma(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "soma.cli", *args],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -185,8 +196,17 @@ async def test_a_budget_spent_by_chat_turns_stops_the_key_until_its_window_reset
     system: System,
 ) -> None:
     key = new_key(
-        system.env, "--tenant", "acme", "--user", "dana", "--role", "member",
-        "--max-budget", "1", "--budget-duration", "1d",
+        system.env,
+        "--tenant",
+        "acme",
+        "--user",
+        "dana",
+        "--role",
+        "member",
+        "--max-budget",
+        "1",
+        "--budget-duration",
+        "1d",
     )
     async with httpx.AsyncClient(base_url=system.url, timeout=90) as client:
         refused = await spend_until_refused(client, key)
@@ -220,11 +240,13 @@ async def test_spend_per_key_equals_the_sum_of_its_usage_events(
             assert len(events) == 3
             total = sum(e.cost_usd for e in events)
             assert total > 0
-            info = (await client.get(f"/v1/admin/keys/{key_id(key)}",
-                                     headers=auth(admin_key))).json()
+            info = (
+                await client.get(f"/v1/admin/keys/{key_id(key)}", headers=auth(admin_key))
+            ).json()
             assert info["spend"] == pytest.approx(total)
-            usage = (await client.get("/v1/usage", headers=auth(admin_key),
-                                      params={"group_by": "key"})).json()
+            usage = (
+                await client.get("/v1/usage", headers=auth(admin_key), params={"group_by": "key"})
+            ).json()
             rows = [r for r in usage["data"] if r["group"]["key"] == key_id(key)]
             assert len(rows) == 1 and rows[0]["cost_usd"] == pytest.approx(total)
             return total
@@ -239,15 +261,23 @@ async def test_raising_a_spent_budget_over_http_lets_the_same_key_work_again(
     system: System, admin_key: str
 ) -> None:
     key = new_key(
-        system.env, "--tenant", "acme", "--user", "fay", "--role", "member",
-        "--max-budget", "0.5",
+        system.env,
+        "--tenant",
+        "acme",
+        "--user",
+        "fay",
+        "--role",
+        "member",
+        "--max-budget",
+        "0.5",
     )
     async with httpx.AsyncClient(base_url=system.url, timeout=90) as client:
         refused = await spend_until_refused(client, key)
         assert refused.json()["error"]["code"] == "budget_exceeded"
         assert "does not reset" in refused.json()["error"]["message"]
         raised = await client.patch(
-            f"/v1/admin/keys/{key_id(key)}", headers=auth(admin_key),
+            f"/v1/admin/keys/{key_id(key)}",
+            headers=auth(admin_key),
             json={"max_budget": 1000, "budget_duration": "30d"},
         )
         assert raised.status_code == 200, raised.text
@@ -261,8 +291,15 @@ async def test_a_token_of_a_spent_key_is_refused_on_its_first_request_to_a_fresh
     system: System,
 ) -> None:
     key = new_key(
-        system.env, "--tenant", "acme", "--user", "max", "--role", "member",
-        "--max-budget", "0.5",
+        system.env,
+        "--tenant",
+        "acme",
+        "--user",
+        "max",
+        "--role",
+        "member",
+        "--max-budget",
+        "0.5",
     )
     async with httpx.AsyncClient(base_url=system.url, timeout=90) as client:
         made = await client.post("/v1/auth/token", headers=auth(key))
@@ -282,8 +319,9 @@ async def test_a_key_s_own_rpm_limit_set_by_the_cli_refuses_the_next_request(
     system: System,
 ) -> None:
     key = new_key(system.env, "--tenant", "acme", "--user", "gus", "--role", "member")
-    changed = soma(system.env, "keys", "update", key_id(key), "--rpm", "1",
-                   "--metadata", "team=search")
+    changed = soma(
+        system.env, "keys", "update", key_id(key), "--rpm", "1", "--metadata", "team=search"
+    )
     assert changed.returncode == 0, changed.stderr
     async with httpx.AsyncClient(base_url=system.url, timeout=90) as client:
         first = await client.get("/v1/models", headers=auth(key))
@@ -309,7 +347,8 @@ async def test_a_tenant_budget_set_by_an_operator_stops_every_key_of_the_tenant(
     member = new_key(system.env, "--tenant", "lean", "--user", "ivy", "--role", "member")
     async with httpx.AsyncClient(base_url=system.url, timeout=90) as client:
         capped = await client.patch(
-            "/v1/admin/tenants/lean", headers=auth(operator),
+            "/v1/admin/tenants/lean",
+            headers=auth(operator),
             json={"max_budget": 0.5, "budget_duration": "7d"},
         )
         assert capped.status_code == 200, capped.text
@@ -325,7 +364,8 @@ async def test_a_budget_duration_that_is_not_a_duration_is_400_naming_the_forms(
     key = new_key(system.env, "--tenant", "acme", "--user", "jo", "--role", "member")
     async with httpx.AsyncClient(base_url=system.url, timeout=30) as client:
         answer = await client.patch(
-            f"/v1/admin/keys/{key_id(key)}", headers=auth(admin_key),
+            f"/v1/admin/keys/{key_id(key)}",
+            headers=auth(admin_key),
             json={"max_budget": 5, "budget_duration": "monthly"},
         )
     assert answer.status_code == 400
@@ -341,12 +381,18 @@ async def test_usage_groups_by_key_user_tenant_model_and_day_given_as_a_list_or_
 
         async def both() -> tuple[dict, dict]:
             dims = "key,user,tenant,model,day"
-            comma = (await client.get("/v1/usage", headers=auth(admin_key),
-                                      params={"group_by": dims, "since": "7d"})).json()
-            listed = (await client.get(
-                "/v1/usage", headers=auth(admin_key),
-                params=[("group_by", d) for d in dims.split(",")] + [("since", "1764460800")],
-            )).json()
+            comma = (
+                await client.get(
+                    "/v1/usage", headers=auth(admin_key), params={"group_by": dims, "since": "7d"}
+                )
+            ).json()
+            listed = (
+                await client.get(
+                    "/v1/usage",
+                    headers=auth(admin_key),
+                    params=[("group_by", d) for d in dims.split(",")] + [("since", "1764460800")],
+                )
+            ).json()
             rows = [r for r in comma["data"] if r["group"]["key"] == key_id(key)]
             assert len(rows) == 1
             return comma, listed
@@ -356,8 +402,19 @@ async def test_usage_groups_by_key_user_tenant_model_and_day_given_as_a_list_or_
     row = next(r for r in comma["data"] if r["group"]["key"] == key_id(key))
     assert set(row["group"]) == {"key", "user", "tenant", "model", "day"}
     assert (row["group"]["tenant"], row["group"]["model"]) == ("acme", "soma-local-dev")
-    cli = soma(system.env, "usage", "--tenant", "acme", "--group-by", "key", "-g", "model,user",
-               "--since", "1764460800", "--json")
+    cli = soma(
+        system.env,
+        "usage",
+        "--tenant",
+        "acme",
+        "--group-by",
+        "key",
+        "-g",
+        "model,user",
+        "--since",
+        "1764460800",
+        "--json",
+    )
     assert cli.returncode == 0, cli.stderr
     cli_rows = [r for r in json.loads(cli.stdout)["rows"] if r["group"]["key"] == key_id(key)]
     assert cli_rows[0]["cost_usd"] == pytest.approx(row["cost_usd"])
@@ -395,15 +452,22 @@ async def test_the_bootstrap_key_creates_a_tenant_its_first_user_and_a_key_that_
         tenant = await client.post("/v1/admin/tenants", headers=boss, json={"id": "newco"})
         assert tenant.status_code == 201, tenant.text
         user = await client.post(
-            "/v1/admin/users", headers=boss,
+            "/v1/admin/users",
+            headers=boss,
             json={"name": "Ada Lovelace", "roles": ["admin"], "tenant": "newco"},
         )
         assert user.status_code == 201, user.text
         assert (user.json()["name"], user.json()["tenant"]) == ("Ada Lovelace", "newco")
         made = await client.post(
-            "/v1/admin/keys", headers=boss,
-            json={"user_id": user.json()["id"], "tenant": "newco", "max_budget": 5,
-                  "budget_duration": "30d", "metadata": {"team": "founders"}},
+            "/v1/admin/keys",
+            headers=boss,
+            json={
+                "user_id": user.json()["id"],
+                "tenant": "newco",
+                "max_budget": 5,
+                "budget_duration": "30d",
+                "metadata": {"team": "founders"},
+            },
         )
         assert made.status_code == 201, made.text
         key = made.json()["key"]
@@ -421,12 +485,14 @@ async def test_an_unknown_role_is_400_naming_the_known_roles(
 ) -> None:
     async with httpx.AsyncClient(base_url=system.url, timeout=30) as client:
         answer = await client.post(
-            "/v1/admin/users", headers=auth(bootstrap_key),
+            "/v1/admin/users",
+            headers=auth(bootstrap_key),
             json={"name": "Eve", "roles": ["superuser"]},
         )
     assert answer.status_code == 400
-    assert "unknown role 'superuser'; choose from operator, admin, service, member, user" in (
-        answer.json()["error"]["message"]
+    assert (
+        "unknown role 'superuser'; choose from operator, admin, service, member, user"
+        in (answer.json()["error"]["message"])
     )
 
 
@@ -460,8 +526,17 @@ async def test_a_member_key_is_refused_admin_commands_with_403(
 
 
 def test_the_cli_refuses_an_unknown_role_naming_the_known_roles(running: System) -> None:
-    refused = soma(running.env, "keys", "create", "--tenant", "cli-co", "--user", "Grace Hopper",
-                   "--role", "wizard")
+    refused = soma(
+        running.env,
+        "keys",
+        "create",
+        "--tenant",
+        "cli-co",
+        "--user",
+        "Grace Hopper",
+        "--role",
+        "wizard",
+    )
     assert refused.returncode == 2
     assert "unknown role 'wizard'; choose from operator, admin" in refused.stderr
     assert refused.stdout == ""
@@ -471,8 +546,10 @@ def test_the_cli_refuses_an_unknown_role_naming_the_known_roles(running: System)
 async def test_invoking_a_tool_that_does_not_exist_is_404_whatever_the_policy_allows(
     system: System, admin_key: str, who: str
 ) -> None:
-    key = admin_key if who == "admin" else new_key(
-        system.env, "--tenant", "acme", "--user", "lou", "--role", "member"
+    key = (
+        admin_key
+        if who == "admin"
+        else new_key(system.env, "--tenant", "acme", "--user", "lou", "--role", "member")
     )
     async with httpx.AsyncClient(base_url=system.url, timeout=30) as client:
         answer = await client.post(
@@ -494,7 +571,8 @@ async def test_a_tool_that_runs_out_of_time_reports_its_own_timeout_not_a_503(
         async with served(settings, impatient) as url:
             async with httpx.AsyncClient(base_url=url, timeout=60) as client:
                 answer = await client.post(
-                    "/v1/tools/http_fetch/invoke", headers=auth(admin_key),
+                    "/v1/tools/http_fetch/invoke",
+                    headers=auth(admin_key),
                     json={"arguments": {"url": f"http://127.0.0.1:{port}/"}},
                 )
     assert answer.status_code == 200, answer.text

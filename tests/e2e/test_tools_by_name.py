@@ -47,8 +47,13 @@ def test_a_task_naming_registry_tools_is_started_with_their_full_specs(
 ) -> None:
     created = http.post(
         "/v1/tasks",
-        json={"input": {"goal": "What time is it, and 6*7?", "max_steps": 1,
-                        "tools": ["calculator", "current_time"]}},
+        json={
+            "input": {
+                "goal": "What time is it, and 6*7?",
+                "max_steps": 1,
+                "tools": ["calculator", "current_time"],
+            }
+        },
     )
 
     assert created.status_code == 202, created.text
@@ -56,8 +61,7 @@ def test_a_task_naming_registry_tools_is_started_with_their_full_specs(
     tools = registry
     assert stored["tools"] == []
     assert stored["platform_tools"] == [
-        {"name": n, "description": tools[n]["description"],
-         "parameters": tools[n]["input_schema"]}
+        {"name": n, "description": tools[n]["description"], "parameters": tools[n]["input_schema"]}
         for n in ("calculator", "current_time")
     ]
 
@@ -67,8 +71,9 @@ def test_a_task_mixing_names_and_full_specs_keeps_the_specs_as_the_callers_own(
 ) -> None:
     created = http.post(
         "/v1/tasks",
-        json={"input": {"goal": "Check order 7", "max_steps": 1,
-                        "tools": [OWN_SPEC, "calculator"]}},
+        json={
+            "input": {"goal": "Check order 7", "max_steps": 1, "tools": [OWN_SPEC, "calculator"]}
+        },
     )
 
     assert created.status_code == 202, created.text
@@ -131,7 +136,11 @@ def test_a_run_whose_agent_names_an_unknown_tool_is_404_naming_the_place(
 def _saga_cli(system: System, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "soma.cli", "saga", *args],
-        env=system.env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env=system.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -147,8 +156,11 @@ def test_soma_saga_start_of_a_task_naming_registry_tools_stores_their_full_specs
     stored = json.loads(shown.stdout)["saga"]["input"]
     assert stored["tools"] == []
     assert stored["platform_tools"] == [
-        {"name": "calculator", "description": registry["calculator"]["description"],
-         "parameters": registry["calculator"]["input_schema"]}
+        {
+            "name": "calculator",
+            "description": registry["calculator"]["description"],
+            "parameters": registry["calculator"]["input_schema"],
+        }
     ]
 
 

@@ -428,7 +428,12 @@ async def test_the_limits_of_another_tenants_or_a_revoked_key_are_not_valid(requ
 # Admin commands are checked where the records are, whoever relays them.
 
 ADMIN_COMMANDS = [
-    "create_tenant", "create_user", "create_key", "update_key", "revoke_key", "update_tenant",
+    "create_tenant",
+    "create_user",
+    "create_key",
+    "update_key",
+    "revoke_key",
+    "update_tenant",
     "revoke_user",
 ]
 

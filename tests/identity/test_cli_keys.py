@@ -245,8 +245,21 @@ def test_keys_and_tokens_work_on_postgresql(postgres_env):
 
 
 def test_keys_ls_output_json_shows_each_keys_budget_and_limits(env):
-    key = created_key(env, "--tenant", "acme", "--user", "bob", "--max-budget", "12.5",
-                      "--budget-duration", "7d", "--rpm", "30", "--metadata", "team=ops")
+    key = created_key(
+        env,
+        "--tenant",
+        "acme",
+        "--user",
+        "bob",
+        "--max-budget",
+        "12.5",
+        "--budget-duration",
+        "7d",
+        "--rpm",
+        "30",
+        "--metadata",
+        "team=ops",
+    )
 
     listed = soma_cli(env, "keys", "ls", "--tenant", "acme", "-o", "json")
 
@@ -254,7 +267,10 @@ def test_keys_ls_output_json_shows_each_keys_budget_and_limits(env):
     (row,) = [json.loads(line) for line in listed.stdout.splitlines()]
     assert row["id"] == key_id_of(key)
     assert (row["max_budget"], row["budget_duration"], row["rpm_limit"], row["tpm_limit"]) == (
-        12.5, "7d", 30, None
+        12.5,
+        "7d",
+        30,
+        None,
     )
     assert row["metadata"] == {"team": "ops"}
 
@@ -262,8 +278,18 @@ def test_keys_ls_output_json_shows_each_keys_budget_and_limits(env):
 def test_keys_update_changes_limits_in_place_and_the_key_still_verifies(env):
     key = created_key(env, "--tenant", "acme", "--user", "carol", "--max-budget", "1")
 
-    changed = soma_cli(env, "keys", "update", key_id_of(key), "--max-budget", "5",
-                       "--tpm", "1000", "--clear", "budget_duration")
+    changed = soma_cli(
+        env,
+        "keys",
+        "update",
+        key_id_of(key),
+        "--max-budget",
+        "5",
+        "--tpm",
+        "1000",
+        "--clear",
+        "budget_duration",
+    )
 
     assert changed.exit_code == 0, changed.stderr
     assert "max_budget       5.0" in changed.stdout
@@ -271,8 +297,9 @@ def test_keys_update_changes_limits_in_place_and_the_key_still_verifies(env):
 
 
 def test_keys_info_before_analytics_ran_shows_limits_and_no_spend_and_creates_nothing(env):
-    key = created_key(env, "--tenant", "acme", "--user", "dan", "--max-budget", "3",
-                      "--budget-duration", "1d")
+    key = created_key(
+        env, "--tenant", "acme", "--user", "dan", "--max-budget", "3", "--budget-duration", "1d"
+    )
 
     shown = soma_cli(env, "keys", "info", key_id_of(key), "--json")
 

@@ -16,24 +16,30 @@ from handlers.identity.errors import AlreadyExists, InvalidInput
 
 
 async def test_a_key_keeps_its_budget_limits_and_metadata(db, alice, now):
-    limits = KeyLimits(max_budget=10, budget_duration="30d", rpm_limit=60, tpm_limit=1000,
-                       metadata={"team": "search"})
+    limits = KeyLimits(
+        max_budget=10,
+        budget_duration="30d",
+        rpm_limit=60,
+        tpm_limit=1000,
+        metadata={"team": "search"},
+    )
     issued = await create_api_key(db, "acme", alice.user, now=now, limits=limits)
 
     key = await get_api_key(db, "acme", issued.info.id)
 
     assert key.budget is not None
     assert (key.budget.max_budget, key.budget.budget_duration, key.budget.budget_start) == (
-        10, "30d", now
+        10,
+        "30d",
+        now,
     )
     assert (key.rpm_limit, key.tpm_limit, dict(key.metadata)) == (60, 1000, {"team": "search"})
 
 
-async def test_a_changed_budget_starts_a_new_window_and_the_same_one_again_does_not(
-    db, alice, now
-):
-    issued = await create_api_key(db, "acme", alice.user, now=now,
-                                  limits=KeyLimits(max_budget=10, budget_duration="1d"))
+async def test_a_changed_budget_starts_a_new_window_and_the_same_one_again_does_not(db, alice, now):
+    issued = await create_api_key(
+        db, "acme", alice.user, now=now, limits=KeyLimits(max_budget=10, budget_duration="1d")
+    )
     key_id = issued.info.id
 
     same = await update_api_key(db, "acme", key_id, {"max_budget": 10}, now=now + 60)
@@ -44,11 +50,13 @@ async def test_a_changed_budget_starts_a_new_window_and_the_same_one_again_does_
 
 
 async def test_clearing_limits_removes_them_and_keeps_the_rest(db, alice, now):
-    issued = await create_api_key(db, "acme", alice.user, now=now,
-                                  limits=KeyLimits(max_budget=5, rpm_limit=10, tpm_limit=99))
+    issued = await create_api_key(
+        db, "acme", alice.user, now=now, limits=KeyLimits(max_budget=5, rpm_limit=10, tpm_limit=99)
+    )
 
-    key = await update_api_key(db, "acme", issued.info.id, {}, clear=["max_budget", "rpm_limit"],
-                               now=now)
+    key = await update_api_key(
+        db, "acme", issued.info.id, {}, clear=["max_budget", "rpm_limit"], now=now
+    )
 
     assert (key.budget, key.rpm_limit, key.tpm_limit) == (None, None, 99)
 
@@ -63,8 +71,7 @@ async def test_clearing_limits_removes_them_and_keeps_the_rest(db, alice, now):
     ],
 )
 async def test_a_limit_it_cannot_keep_is_invalid_and_says_why(db, alice, now, changes, says):
-    issued = await create_api_key(db, "acme", alice.user, now=now,
-                                  limits=KeyLimits(max_budget=5))
+    issued = await create_api_key(db, "acme", alice.user, now=now, limits=KeyLimits(max_budget=5))
 
     with pytest.raises(InvalidInput, match=says):
         await update_api_key(db, "acme", issued.info.id, changes, now=now)
